@@ -1,0 +1,369 @@
+"""Imagination throughput of a REM world model: POP versus token-by-token.
+
+What it measures
+----------------
+Imagined env-steps per second = batch size / median wall time of one batched
+``REMModel.imagine_step`` (``time.perf_counter``; on CUDA the device is synchronised before
+the clock is read). Every cell of the grid
+
+* batch size (``--batch-sizes``, default ``1 16 64 256``),
+* path: ``pop`` (REM's Parallel Observation Prediction, one pass of 2K+1 tokens per step) or
+  ``token`` (the paper's "no POP" ablation, ``WorldModelConfig(pop=False)``, K sequential
+  passes per step) at the same model sizes,
+* mode: ``tokens`` (``imagine_step`` only) or ``rgb`` (``imagine_step``, then
+  ``model.decode(step.obs_tokens)`` and conversion to uint8 HWC numpy frames on the host, the
+  cost a user pays for an RGB observation),
+
+starts from the model's start contexts repeated to the batch size, runs ``--warmup`` untimed
+steps, then up to ``--steps`` timed steps. The dream keeps stepping forward (positions grow),
+as a real dream does. A slow cell stops after ``--max-seconds-per-cell`` of timed steps once it
+has at least 3 of them. Models are in eval mode with random weights, float32, under
+``torch.inference_mode()``; ``torch.set_num_threads`` is left at its default.
+
+The header also gives an analytic count of the matmul FLOPs of one POP env-step (see
+:func:`pop_step_flops`) and the table the GFLOP/s it implies for the POP tokens cells.
+
+How to run
+----------
+From the repository root, with the package installed (``pip install -e .``)::
+
+    python benchmarks/imagination.py                                # paper sizes, CPU
+    python benchmarks/imagination.py --max-seconds-per-cell 20      # cap slow cells
+    python benchmarks/imagination.py --device cuda --steps 50
+    python benchmarks/imagination.py --preset tiny --batch-sizes 1 2 --steps 2
+
+The markdown table goes to stdout, progress to stderr, and every measurement to ``--json``
+(default ``benchmarks/results/imagination.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rem_env import REMConfig, REMModel
+from rem_env.models.world_model import NUM_REWARD_CLASSES
+
+PATHS = ("pop", "token")
+MODES = ("tokens", "rgb")
+PATH_LABELS = {"pop": "POP", "token": "token-by-token"}
+MIN_TIMED_STEPS = 3
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "imagination.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One measured cell of the grid."""
+
+    device: str
+    preset: str
+    batch_size: int
+    path: str
+    mode: str
+    env_steps_per_s: float
+    ms_per_step: float
+    steps_timed: int
+
+
+# ------------------------------------------------------------------------------------ arguments
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parses and validates the command line."""
+    parser = argparse.ArgumentParser(
+        description="Imagined env-steps per second of a REM world model: POP vs token-by-token, "
+        "tokens-only vs RGB observations.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--preset", choices=("paper", "tiny"), default="paper")
+    parser.add_argument("--num-actions", type=int, default=4)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per cell (at most)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    parser.add_argument(
+        "--max-seconds-per-cell",
+        type=float,
+        default=30.0,
+        help=f"stop timing a cell after this many seconds once it has {MIN_TIMED_STEPS} steps",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda was requested but torch.cuda.is_available() is False")
+    if any(b < 1 for b in args.batch_sizes):
+        parser.error(f"batch sizes must be positive, got {args.batch_sizes}")
+    if args.steps < 1 or args.warmup < 0 or args.num_actions < 1:
+        parser.error("need --steps >= 1, --warmup >= 0 and --num-actions >= 1")
+    if args.max_seconds_per_cell <= 0:
+        parser.error("--max-seconds-per-cell must be positive")
+    return args
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+def build_config(preset: str, num_actions: int, path: str) -> REMConfig:
+    """The preset's config; ``path="token"`` switches POP off at the same sizes."""
+    config = REMConfig.preset(preset, num_actions=num_actions)
+    if path == "token":
+        world_model = dataclasses.replace(config.world_model, pop=False)
+        config = dataclasses.replace(config, world_model=world_model)
+    return config
+
+
+def build_model(config: REMConfig, device: torch.device, seed: int) -> REMModel:
+    """A randomly initialised float32 model in eval mode on ``device``."""
+    torch.manual_seed(seed)
+    return REMModel(config).to(device=device, dtype=torch.float32).eval()
+
+
+def pop_step_flops(config: REMConfig) -> int:
+    """Analytic matmul FLOPs of one POP env-step (one dream, one step).
+
+    A POP step pushes ``T = 2K + 1`` tokens through L layers. Per token and layer: the five
+    E x E projections (q, k, v, g, out) and the two feed-forward matrices, ``2 (5 E^2 + 2 E F)``;
+    per head, the intra-chunk retention ``q k^T`` and ``(.) v`` over the whole chunk,
+    ``2 (T d 2)``, plus the state read and update, ``2 (2 d^2)``. Heads: the observation head
+    (two linears, E -> E -> V) on the K prediction tokens, and the reward and end heads on the
+    action token. Elementwise work (norms, rotations, softmax, sampling) is not counted.
+    """
+    wm, tok = config.world_model, config.tokenizer
+    k, e, f, v = tok.tokens_per_frame, wm.embed_dim, wm.ffn_dim, tok.vocab_size
+    heads, d = wm.num_heads, wm.head_dim
+    tokens = 2 * k + 1
+    dense = 2 * (5 * e * e + 2 * e * f)
+    retention = heads * (2 * (tokens * d * 2) + 2 * 2 * d * d)
+    layers = wm.num_layers * tokens * (dense + retention)
+    obs_head = k * 2 * (e * e + e * v)
+    small_heads = 2 * (e * e + e * NUM_REWARD_CLASSES) + 2 * (e * e + e * 2)
+    return layers + obs_head + small_heads
+
+
+# ------------------------------------------------------------------------------------- timing
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for queued device work (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def to_host_rgb(frames: torch.Tensor) -> Any:
+    """(B, 3, H, W) frames in [0, 1] -> (B, H, W, 3) uint8 numpy array on the host."""
+    return (frames.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def make_step(
+    model: REMModel, batch_size: int, mode: str, device: torch.device, seed: int
+) -> Callable[[], None]:
+    """A closure that advances one batched dream by one step each call."""
+    n = model.num_start_contexts
+    idx = torch.arange(batch_size, device=device) % n
+    state = model.start_state(model.start_tokens[idx], model.start_actions[idx])
+    generator = torch.Generator(device=device).manual_seed(seed)
+    num_actions = model.num_actions
+
+    def step() -> None:
+        nonlocal state
+        actions = torch.randint(num_actions, (batch_size,), device=device, generator=generator)
+        out, state = model.imagine_step(state, actions, generator=generator)
+        if mode == "rgb":
+            to_host_rgb(model.decode(out.obs_tokens))
+
+    return step
+
+
+def time_cell(
+    step: Callable[[], None],
+    device: torch.device,
+    warmup: int,
+    max_steps: int,
+    max_seconds: float,
+) -> list[float]:
+    """Runs ``warmup`` untimed steps, then returns the wall seconds of each timed step."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    min_steps = min(MIN_TIMED_STEPS, max_steps)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < max_steps:
+        begin = time.perf_counter()
+        step()
+        synchronize(device)
+        end = time.perf_counter()
+        times.append(end - begin)
+        if len(times) >= min_steps and end - started >= max_seconds:
+            break
+    return times
+
+
+def measure(
+    models: dict[str, REMModel], args: argparse.Namespace, device: torch.device
+) -> list[Record]:
+    """Measures every (batch size, path, mode) cell."""
+    records = []
+    for batch_size in args.batch_sizes:
+        for path in PATHS:
+            for mode in MODES:
+                step = make_step(models[path], batch_size, mode, device, args.seed)
+                times = time_cell(step, device, args.warmup, args.steps, args.max_seconds_per_cell)
+                median = statistics.median(times)
+                record = Record(
+                    device=str(device),
+                    preset=args.preset,
+                    batch_size=batch_size,
+                    path=path,
+                    mode=mode,
+                    env_steps_per_s=batch_size / median,
+                    ms_per_step=median * 1e3,
+                    steps_timed=len(times),
+                )
+                print(
+                    f"B={batch_size:<4} {PATH_LABELS[path]:<15} {mode:<6} "
+                    f"{record.env_steps_per_s:10.1f} env-steps/s  {record.ms_per_step:9.2f} "
+                    f"ms/step  ({record.steps_timed} steps)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                records.append(record)
+    return records
+
+
+# ------------------------------------------------------------------------------------- output
+
+
+def cpu_model() -> str | None:
+    """The CPU model name from /proc/cpuinfo, when there is one."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return None
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the device being measured."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model() or platform.processor() or "unknown CPU"
+
+
+def metadata(args: argparse.Namespace, device: torch.device, flops: int) -> dict[str, Any]:
+    """Context of a run, stored next to the measurements."""
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "preset": args.preset,
+        "num_actions": args.num_actions,
+        "warmup": args.warmup,
+        "max_steps": args.steps,
+        "max_seconds_per_cell": args.max_seconds_per_cell,
+        "seed": args.seed,
+        "pop_flops_per_env_step": flops,
+    }
+
+
+def header(meta: dict[str, Any]) -> str:
+    """One line describing the run."""
+    return (
+        f"device: {meta['device']} ({meta['device_name']}) | torch {meta['torch_version']} | "
+        f"threads: {meta['threads']} | preset: {meta['preset']} | "
+        f"POP step FLOPs (matmuls, analytic): {meta['pop_flops_per_env_step'] / 1e9:.3f} "
+        "GFLOP per env-step"
+    )
+
+
+def _cell(record: Record) -> str:
+    return f"{record.env_steps_per_s:,.1f} ({record.ms_per_step:,.2f} ms)"
+
+
+def _ratio(pop: Record, token: Record) -> str:
+    return f"{pop.env_steps_per_s / token.env_steps_per_s:.2f}x"
+
+
+def markdown_table(records: Sequence[Record], flops: int) -> str:
+    """The results as a markdown table, one row per batch size."""
+    by_key = {(r.batch_size, r.path, r.mode): r for r in records}
+    columns = [
+        "batch size",
+        "POP tokens: env-steps/s (ms/step)",
+        "token-by-token tokens",
+        "POP/token (tokens)",
+        "POP rgb",
+        "token-by-token rgb",
+        "POP/token (rgb)",
+        "POP tokens GFLOP/s",
+    ]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for batch_size in dict.fromkeys(r.batch_size for r in records):
+        pop_t, tok_t = by_key[batch_size, "pop", "tokens"], by_key[batch_size, "token", "tokens"]
+        pop_r, tok_r = by_key[batch_size, "pop", "rgb"], by_key[batch_size, "token", "rgb"]
+        gflops = pop_t.env_steps_per_s * flops / 1e9
+        row = [
+            str(batch_size),
+            _cell(pop_t),
+            _cell(tok_t),
+            _ratio(pop_t, tok_t),
+            _cell(pop_r),
+            _cell(tok_r),
+            _ratio(pop_r, tok_r),
+            f"{gflops:.1f}",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, meta: dict[str, Any], records: Sequence[Record]) -> None:
+    """Writes metadata and records to ``path``, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"metadata": meta, "records": [dataclasses.asdict(r) for r in records]}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the benchmark; returns the exit status."""
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    models = {
+        path: build_model(build_config(args.preset, args.num_actions, path), device, args.seed)
+        for path in PATHS
+    }
+    flops = pop_step_flops(models["pop"].config)
+    meta = metadata(args, device, flops)
+    print(header(meta), flush=True)
+    with torch.inference_mode():
+        records = measure(models, args, device)
+    print()
+    print(markdown_table(records, flops))
+    write_json(args.json, meta, records)
+    print(f"\nwrote {len(records)} records to {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

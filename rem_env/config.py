@@ -1,0 +1,256 @@
+"""Typed, frozen configuration of the REM models (tokenizer, RetNet world model)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["REMConfig", "TokenizerConfig", "WorldModelConfig"]
+
+PresetName = Literal["paper", "tiny"]
+
+
+def _require(condition: bool, field_name: str, message: str) -> None:
+    """Raises a ValueError naming the offending field when ``condition`` is false."""
+    if not condition:
+        raise ValueError(f"invalid config field '{field_name}': {message}")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Sizes of the VQ-VAE tokenizer (REM_SPEC section 3).
+
+    Attributes:
+        image_size: Height and width of the square RGB frames (64 in the paper).
+        in_channels: Colour channels of the frames (3).
+        base_channels: Channels after the first conv; doubled by each downsample (32).
+        num_downsamples: Stride-2 downsampling steps; tokens per frame = (image_size / 2**n) ** 2.
+        vocab_size: Number of codebook entries (512).
+        embed_dim: Dimension of each codebook vector (256).
+        norm_groups: Groups of every GroupNorm (8).
+    """
+
+    image_size: int = 64
+    in_channels: int = 3
+    base_channels: int = 32
+    num_downsamples: int = 3
+    vocab_size: int = 512
+    embed_dim: int = 256
+    norm_groups: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "in_channels", "base_channels", "vocab_size", "embed_dim"):
+            _require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        _require(self.num_downsamples >= 1, "num_downsamples", "must be at least 1")
+        _require(
+            self.image_size % (2**self.num_downsamples) == 0,
+            "image_size",
+            f"{self.image_size} is not divisible by 2**num_downsamples = {2**self.num_downsamples}",
+        )
+        _require(self.norm_groups > 0, "norm_groups", "must be positive")
+        _require(
+            self.base_channels % self.norm_groups == 0,
+            "base_channels",
+            f"{self.base_channels} is not divisible by norm_groups={self.norm_groups}",
+        )
+        _require(
+            self.embed_dim % self.norm_groups == 0,
+            "embed_dim",
+            f"{self.embed_dim} is not divisible by norm_groups={self.norm_groups}",
+        )
+
+    @property
+    def latent_size(self) -> int:
+        """Side of the token grid (8 for 64x64 frames and 3 downsamples)."""
+        return self.image_size // (2**self.num_downsamples)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Tokens per frame (64 in the paper), in raster (h-major) order."""
+        return self.latent_size**2
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    """Sizes and options of the RetNet world model (REM_SPEC sections 4 and 5).
+
+    Attributes:
+        embed_dim: Width of the RetNet (256). Must equal the tokenizer's ``embed_dim`` when
+            ``shared_embeddings`` is on.
+        num_layers: RetNet decoder layers (5).
+        num_heads: Retention heads (4); ``embed_dim / num_heads`` must be a multiple of 8.
+        ffn_dim: Hidden width of the swish feed-forward block (1024).
+        dropout: Dropout probability in retention output and feed-forward blocks (0.1).
+        max_blocks: Frames (blocks) per training segment (10).
+        blocks_per_chunk: Blocks per chunk of the chunkwise POP training forward (3).
+        context_length: Real frames given before the first predicted frame (2).
+        shared_embeddings: Embed observation tokens with the tokenizer's codebook vectors (True),
+            or with the world model's own embedding table (False, the paper's ablation).
+        pop: Parallel Observation Prediction (True, REM). False is the paper's "no POP"
+            ablation: IRIS-style next-token prediction, imagined one token at a time.
+        shared_prediction_token: One prediction embedding for all slots instead of one per slot.
+        identical_layer_init: Start all layers with identical weights, as the reference code does
+            (it deep-copies one layer).
+        rope_base: Base of the rotation frequencies (10000).
+        min_decay_window: Effective window 1/(1-gamma) of the fastest-decaying head (32).
+        max_decay_window: Effective window of the slowest-decaying head (512).
+    """
+
+    embed_dim: int = 256
+    num_layers: int = 5
+    num_heads: int = 4
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    max_blocks: int = 10
+    blocks_per_chunk: int = 3
+    context_length: int = 2
+    shared_embeddings: bool = True
+    pop: bool = True
+    shared_prediction_token: bool = False
+    identical_layer_init: bool = True
+    rope_base: float = 10000.0
+    min_decay_window: float = 32.0
+    max_decay_window: float = 512.0
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dim", "num_layers", "num_heads", "ffn_dim", "max_blocks"):
+            _require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        _require(
+            self.embed_dim % self.num_heads == 0,
+            "num_heads",
+            f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}",
+        )
+        _require(
+            (self.embed_dim // self.num_heads) % 8 == 0,
+            "num_heads",
+            f"head_dim = {self.embed_dim // self.num_heads} must be a multiple of 8",
+        )
+        _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(self.blocks_per_chunk >= 1, "blocks_per_chunk", "must be at least 1")
+        _require(
+            1 <= self.context_length < self.max_blocks,
+            "context_length",
+            f"must be in [1, max_blocks={self.max_blocks}), got {self.context_length}",
+        )
+        _require(self.rope_base > 1.0, "rope_base", "must be greater than 1")
+        _require(
+            1.0 < self.min_decay_window <= self.max_decay_window,
+            "min_decay_window",
+            "must satisfy 1 < min_decay_window <= max_decay_window",
+        )
+
+    @property
+    def head_dim(self) -> int:
+        """Dimension of each retention head (64 in the paper)."""
+        return self.embed_dim // self.num_heads
+
+
+_PRESETS: dict[str, tuple[TokenizerConfig, WorldModelConfig]] = {
+    "paper": (TokenizerConfig(), WorldModelConfig()),
+    "tiny": (
+        TokenizerConfig(
+            image_size=16, base_channels=8, num_downsamples=2, vocab_size=16, embed_dim=32
+        ),
+        WorldModelConfig(embed_dim=32, num_layers=2, num_heads=2, ffn_dim=64, max_blocks=6),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class REMConfig:
+    """Everything needed to build an :class:`rem_env.REMModel`.
+
+    Attributes:
+        num_actions: Size of the game's minimal action set.
+        tokenizer: Tokenizer sizes.
+        world_model: World-model sizes and options.
+        game: Atari game the model simulates (e.g. ``"Breakout"``), or None for a generic model.
+        format_version: Version of this config's JSON layout.
+
+    Example:
+        >>> from rem_env import REMConfig
+        >>> cfg = REMConfig.preset("paper", num_actions=4, game="Breakout")
+        >>> cfg.tokenizer.tokens_per_frame, cfg.world_model.num_layers
+        (64, 5)
+    """
+
+    num_actions: int
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    game: str | None = None
+    format_version: int = 1
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.num_actions, int) and self.num_actions > 0,
+            "num_actions",
+            f"must be a positive int, got {self.num_actions!r}",
+        )
+        if not isinstance(self.tokenizer, TokenizerConfig):
+            raise TypeError(f"tokenizer must be a TokenizerConfig, got {type(self.tokenizer)}")
+        if not isinstance(self.world_model, WorldModelConfig):
+            raise TypeError(f"world_model must be a WorldModelConfig, got {type(self.world_model)}")
+        if self.world_model.shared_embeddings:
+            _require(
+                self.world_model.embed_dim == self.tokenizer.embed_dim,
+                "world_model.embed_dim",
+                f"shared_embeddings needs world_model.embed_dim ({self.world_model.embed_dim}) "
+                f"== tokenizer.embed_dim ({self.tokenizer.embed_dim})",
+            )
+
+    @classmethod
+    def preset(cls, name: PresetName, num_actions: int, game: str | None = None) -> REMConfig:
+        """Builds a named preset.
+
+        Args:
+            name: ``"paper"`` (the published sizes) or ``"tiny"`` (16x16 frames, vocab 16,
+                2 layers; for tests and CPU smoke runs).
+            num_actions: Size of the game's action set.
+            game: Optional game name recorded in the config.
+
+        Raises:
+            ValueError: If the preset name is unknown.
+        """
+        if name not in _PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(_PRESETS)}")
+        tokenizer, world_model = _PRESETS[name]
+        return cls(num_actions=num_actions, tokenizer=tokenizer, world_model=world_model, game=game)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of this config."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> REMConfig:
+        """Rebuilds a config from :meth:`to_dict` output, rejecting unknown keys.
+
+        Raises:
+            ValueError: On unknown or missing keys, or a newer ``format_version``.
+        """
+        data = dict(data)
+        version = data.get("format_version", 1)
+        if not isinstance(version, int) or version > 1:
+            raise ValueError(
+                f"config format_version {version!r} is newer than this rem-env understands (1); "
+                "upgrade rem-env"
+            )
+        sub = {"tokenizer": TokenizerConfig, "world_model": WorldModelConfig}
+        for key, sub_cls in sub.items():
+            if key in data:
+                data[key] = _build(sub_cls, data[key], key)
+        return _build(cls, data, "config")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Instantiates dataclass ``cls`` from ``data``, raising ValueError on unknown keys."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(names)}")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise ValueError(f"{where}: {err}") from err

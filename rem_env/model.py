@@ -1,0 +1,118 @@
+"""REMModel: the tokenizer and the world model as one unit that dreams, saves and loads."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from rem_env.config import REMConfig
+from rem_env.models.tokenizer import Tokenizer
+from rem_env.models.world_model import ImaginationStep, WorldModel
+from rem_env.state import ImaginationState
+
+__all__ = ["REMModel"]
+
+DEFAULT_NUM_START_CONTEXTS = 8
+
+
+class REMModel(nn.Module):
+    """A REM world model: VQ-VAE tokenizer + RetNet world model + start contexts for resets.
+
+    Start contexts are real (or, for an untrained model, random) openings of ``context_length``
+    frames as tokens, (N, C, K), and the C-1 actions between them, (N, C-1). A dream starts from
+    one of them. They are buffers, so they travel with the weights.
+
+    Args:
+        config: The model's configuration.
+        num_start_contexts: How many random start contexts a fresh model carries.
+
+    Example:
+        >>> import torch
+        >>> from rem_env import REMConfig, REMModel
+        >>> model = REMModel(REMConfig.preset("tiny", num_actions=4)).eval()
+        >>> ctx_tokens, ctx_actions = model.start_tokens[:3], model.start_actions[:3]
+        >>> with torch.inference_mode():
+        ...     state = model.start_state(ctx_tokens, ctx_actions)
+        ...     step, state = model.imagine_step(state, torch.tensor([0, 1, 2]))
+        ...     frames = model.decode(step.obs_tokens)
+        >>> frames.shape, step.rewards.shape
+        (torch.Size([3, 3, 16, 16]), torch.Size([3]))
+    """
+
+    start_tokens: Tensor
+    start_actions: Tensor
+
+    def __init__(self, config: REMConfig, num_start_contexts: int = DEFAULT_NUM_START_CONTEXTS):
+        super().__init__()
+        if not isinstance(config, REMConfig):
+            raise TypeError(f"config must be a REMConfig, got {type(config).__name__}")
+        if num_start_contexts < 1:
+            raise ValueError(f"num_start_contexts must be at least 1, got {num_start_contexts}")
+        self.config = config
+        tok = config.tokenizer
+        self.tokenizer = Tokenizer(tok)
+        self.world_model = WorldModel(
+            config.world_model, config.num_actions, tok.vocab_size, tok.tokens_per_frame
+        )
+        frames = config.world_model.context_length
+        shape = (num_start_contexts, frames)
+        self.register_buffer(
+            "start_tokens", torch.randint(tok.vocab_size, (*shape, tok.tokens_per_frame))
+        )
+        self.register_buffer(
+            "start_actions", torch.randint(config.num_actions, (num_start_contexts, frames - 1))
+        )
+
+    @property
+    def num_actions(self) -> int:
+        """Size of the action set."""
+        return self.config.num_actions
+
+    @property
+    def num_start_contexts(self) -> int:
+        """How many start contexts the model carries."""
+        return self.start_tokens.shape[0]
+
+    def set_start_contexts(self, tokens: Tensor, actions: Tensor) -> None:
+        """Replaces the start contexts with (N, C, K) tokens and (N, C-1) actions."""
+        k = self.config.tokenizer.tokens_per_frame
+        if tokens.ndim != 3 or tokens.shape[2] != k or tokens.shape[1] < 1:
+            raise ValueError(f"start tokens must be (N, C, {k}), got {tuple(tokens.shape)}")
+        if actions.shape != (tokens.shape[0], tokens.shape[1] - 1):
+            raise ValueError(
+                f"start actions must be {(tokens.shape[0], tokens.shape[1] - 1)}, "
+                f"got {tuple(actions.shape)}"
+            )
+        self.world_model._check_values(tokens, actions)
+        device = self.start_tokens.device
+        self.start_tokens = tokens.to(device=device, dtype=torch.long).clone()
+        self.start_actions = actions.to(device=device, dtype=torch.long).clone()
+
+    def encode(self, frames: Tensor) -> Tensor:
+        """Tokenises (B, 3, H, W) frames in [0, 1] into (B, K) int64 tokens."""
+        return self.tokenizer.encode(frames).tokens
+
+    def decode(self, tokens: Tensor) -> Tensor:
+        """Decodes (B, K) tokens into (B, 3, H, W) frames in [0, 1]."""
+        return self.tokenizer.decode_tokens(tokens)
+
+    def start_state(
+        self, context_tokens: Tensor, context_actions: Tensor, position: int | None = None
+    ) -> ImaginationState:
+        """Imagination state from (B, C, K) context tokens and (B, C-1) actions."""
+        return self.world_model.start_state(
+            context_tokens, context_actions, self.tokenizer.codebook, position
+        )
+
+    def imagine_step(
+        self,
+        state: ImaginationState,
+        actions: Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        next_obs_tokens: Tensor | None = None,
+    ) -> tuple[ImaginationStep, ImaginationState]:
+        """One batched imagination step; see :meth:`WorldModel.step`."""
+        return self.world_model.step(
+            state, actions, self.tokenizer.codebook, temperature, generator, next_obs_tokens
+        )

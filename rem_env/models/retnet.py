@@ -1,0 +1,272 @@
+"""RetNet decoder layer and stack (pre-LN, multi-scale retention, swish feed-forward).
+
+A layer is ``x += dropout(MSR(LN1(x)))`` then ``x += FFN(LN2(x))`` with
+``FFN = dropout(Linear2(dropout(silu(Linear1(x)))))`` (REM_SPEC section 4). There is no final
+LayerNorm. States go in as arguments and come back as return values: a stack state is a tuple
+with one (B, H, d, d) tensor per layer, or None for zero states.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import Tensor, nn
+
+from rem_env.models.retention import (
+    MultiScaleRetention,
+    block_states,
+    retention_chunk,
+    retention_chunkwise,
+    retention_parallel,
+    retention_recurrent,
+    rotation_tables,
+)
+
+__all__ = ["LayerStates", "RetNetDecoder", "RetNetDecoderLayer"]
+
+LayerStates = tuple[Tensor, ...]
+"""One retention state (B, H, d, d) per layer."""
+
+
+class RetNetDecoderLayer(nn.Module):
+    """One pre-LN RetNet decoder layer.
+
+    Args:
+        embed_dim: Model width E.
+        num_heads: Retention heads.
+        ffn_dim: Hidden width of the feed-forward block.
+        dropout: Dropout probability.
+        rope_base: Base of the rotation frequencies.
+        min_decay_window: Window of the fastest-decaying head.
+        max_decay_window: Window of the slowest-decaying head.
+
+    Example:
+        >>> import torch
+        >>> layer = RetNetDecoderLayer(embed_dim=32, num_heads=2, ffn_dim=64)
+        >>> y, state = layer.forward_chunk(torch.randn(2, 7, 32), start=0, state=None)
+        >>> y.shape, state.shape
+        (torch.Size([2, 7, 32]), torch.Size([2, 2, 16, 16]))
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float = 0.0,
+        rope_base: float = 10000.0,
+        min_decay_window: float = 32.0,
+        max_decay_window: float = 512.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.retention = MultiScaleRetention(
+            embed_dim, num_heads, dropout, rope_base, min_decay_window, max_decay_window
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.linear1 = nn.Linear(embed_dim, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, embed_dim)
+        for linear in (self.linear1, self.linear2):
+            nn.init.xavier_normal_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        """The residual feed-forward half of the layer: ``x + FFN(LN2(x))``."""
+        hidden = self.dropout(nn.functional.silu(self.linear1(self.norm2(x))))
+        return x + self.dropout(self.linear2(hidden))
+
+    def forward_parallel(self, x: Tensor, start: int) -> Tensor:
+        """Parallel form from a zero state over (B, T, E) inputs."""
+        q, k, v, g = self.retention.project(self.norm1(x), start)
+        o = retention_parallel(q, k, v, self.retention.gammas)
+        return self.feed_forward(x + self.dropout(self.retention.combine(o, g)))
+
+    def forward_chunk(
+        self, x: Tensor, start: int, state: Tensor | None, state_len: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One chunk from ``state``; only the first ``state_len`` tokens update the state."""
+        q, k, v, g = self.retention.project(self.norm1(x), start)
+        o, new_state = retention_chunk(q, k, v, self.retention.gammas, state, state_len)
+        return self.feed_forward(x + self.dropout(self.retention.combine(o, g))), new_state
+
+    def forward_chunkwise(
+        self, x: Tensor, start: int, state: Tensor | None, chunk_size: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """Chunkwise form over (B, T, E) in chunks of ``chunk_size`` tokens."""
+        q, k, v, g = self.retention.project(self.norm1(x), start)
+        o, new_state = retention_chunkwise(q, k, v, self.retention.gammas, state, chunk_size)
+        return self.feed_forward(x + self.dropout(self.retention.combine(o, g))), new_state
+
+    def forward_recurrent(
+        self, x: Tensor, start: int, state: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Recurrent form, token by token, over (B, T, E) inputs."""
+        q, k, v, g = self.retention.project(self.norm1(x), start)
+        o, new_state = retention_recurrent(q, k, v, self.retention.gammas, state)
+        return self.feed_forward(x + self.dropout(self.retention.combine(o, g))), new_state
+
+    def forward_chunk_with_block_states(
+        self, x: Tensor, start: int, state: Tensor | None, block_size: int
+    ) -> tuple[Tensor, Tensor]:
+        """One chunk of whole blocks; also returns the state after every block.
+
+        Returns:
+            ``(y, states)``: y (B, T, E) and states (B, T / block_size, H, d, d).
+        """
+        q, k, v, g = self.retention.project(self.norm1(x), start)
+        o, _ = retention_chunk(q, k, v, self.retention.gammas, state)
+        states = block_states(k, v, self.retention.gammas, block_size, state)
+        return self.feed_forward(x + self.dropout(self.retention.combine(o, g))), states
+
+    def forward_from_block_states(
+        self, u: Tensor, start: int, states: Tensor, block_size: int
+    ) -> Tensor:
+        """Runs one group of tokens per block, each from its own state, writing no state.
+
+        Group ``t`` (of ``P <= block_size`` tokens) sits at positions
+        ``start + t * block_size + j`` and reads ``states[:, t]``.
+
+        Args:
+            u: (B, nb, P, E) token groups, one per block.
+            start: Absolute position of the first block.
+            states: (B, nb, H, d, d) state before each block.
+            block_size: Tokens per block (the stride between groups).
+        """
+        batch, num_blocks, group, _ = u.shape
+        cos, sin = rotation_tables(
+            start,
+            num_blocks * block_size,
+            self.retention.head_dim,
+            self.retention.rope_base,
+            u.dtype,
+            u.device,
+        )
+        cos = cos.unflatten(0, (num_blocks, block_size))[:, :group].flatten(0, 1)  # (nb*P, d)
+        sin = sin.unflatten(0, (num_blocks, block_size))[:, :group].flatten(0, 1)
+        flat = u.flatten(1, 2)  # (B, nb*P, E)
+        q, k, v, g = self.retention.project_with_tables(self.norm1(flat), cos, sin)
+
+        def per_block(t: Tensor) -> Tensor:
+            # (B, H, nb*P, d) -> (B*nb, H, P, d)
+            return t.unflatten(2, (num_blocks, group)).transpose(1, 2).flatten(0, 1)
+
+        o, _ = retention_chunk(
+            per_block(q),
+            per_block(k),
+            per_block(v),
+            self.retention.gammas,
+            states.flatten(0, 1),  # (B*nb, H, d, d)
+        )
+        o = o.unflatten(0, (batch, num_blocks)).transpose(1, 2).flatten(2, 3)  # (B, H, nb*P, d)
+        y = self.feed_forward(flat + self.dropout(self.retention.combine(o, g)))
+        return y.unflatten(1, (num_blocks, group))  # (B, nb, P, E)
+
+
+class RetNetDecoder(nn.Module):
+    """A stack of :class:`RetNetDecoderLayer` sharing one set of sizes.
+
+    Args:
+        num_layers: Number of layers.
+        identical_init: Start every layer with the same weights (REM deep-copies one layer).
+        **layer_sizes: Arguments of :class:`RetNetDecoderLayer` (named explicitly below).
+
+    Example:
+        >>> import torch
+        >>> dec = RetNetDecoder(2, embed_dim=32, num_heads=2, ffn_dim=64)
+        >>> y, states = dec.forward_chunk(torch.randn(2, 7, 32), start=0, states=None)
+        >>> y.shape, len(states)
+        (torch.Size([2, 7, 32]), 2)
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        *,
+        embed_dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float = 0.0,
+        rope_base: float = 10000.0,
+        min_decay_window: float = 32.0,
+        max_decay_window: float = 512.0,
+        identical_init: bool = True,
+    ) -> None:
+        super().__init__()
+
+        def make() -> RetNetDecoderLayer:
+            return RetNetDecoderLayer(
+                embed_dim,
+                num_heads,
+                ffn_dim,
+                dropout,
+                rope_base,
+                min_decay_window,
+                max_decay_window,
+            )
+
+        first = make()
+        self.layers = nn.ModuleList(
+            [first]
+            + [copy.deepcopy(first) if identical_init else make() for _ in range(num_layers - 1)]
+        )
+
+    def forward_parallel(self, x: Tensor, start: int = 0) -> Tensor:
+        """Parallel form of the whole stack from zero states."""
+        for layer in self.layers:
+            x = layer.forward_parallel(x, start)
+        return x
+
+    def forward_chunk(
+        self, x: Tensor, start: int, states: LayerStates | None, state_len: int | None = None
+    ) -> tuple[Tensor, LayerStates]:
+        """One chunk through every layer; see :meth:`RetNetDecoderLayer.forward_chunk`."""
+        new_states = []
+        for i, layer in enumerate(self.layers):
+            x, state = layer.forward_chunk(x, start, _at(states, i), state_len)
+            new_states.append(state)
+        return x, tuple(new_states)
+
+    def forward_chunkwise(
+        self, x: Tensor, start: int, states: LayerStates | None, chunk_size: int
+    ) -> tuple[Tensor, LayerStates | None]:
+        """Chunkwise form through every layer (each layer splits into ``chunk_size`` chunks)."""
+        new_states = []
+        for i, layer in enumerate(self.layers):
+            x, state = layer.forward_chunkwise(x, start, _at(states, i), chunk_size)
+            new_states.append(state)
+        return x, tuple(new_states)
+
+    def forward_recurrent(
+        self, x: Tensor, start: int, states: LayerStates | None
+    ) -> tuple[Tensor, LayerStates]:
+        """Recurrent form (token by token) through every layer."""
+        new_states = []
+        for i, layer in enumerate(self.layers):
+            x, state = layer.forward_recurrent(x, start, _at(states, i))
+            new_states.append(state)
+        return x, tuple(new_states)
+
+    def forward_chunk_with_block_states(
+        self, x: Tensor, start: int, states: LayerStates | None, block_size: int
+    ) -> tuple[Tensor, LayerStates]:
+        """One chunk of whole blocks; per layer, the state after every block (B, nb, H, d, d)."""
+        all_states = []
+        for i, layer in enumerate(self.layers):
+            x, per_block = layer.forward_chunk_with_block_states(
+                x, start, _at(states, i), block_size
+            )
+            all_states.append(per_block)
+        return x, tuple(all_states)
+
+    def forward_from_block_states(
+        self, u: Tensor, start: int, states: LayerStates, block_size: int
+    ) -> Tensor:
+        """Token groups (B, nb, P, E), each read from its layer's state before its block."""
+        for layer, per_block in zip(self.layers, states, strict=True):
+            u = layer.forward_from_block_states(u, start, per_block, block_size)
+        return u
+
+
+def _at(states: LayerStates | None, index: int) -> Tensor | None:
+    return None if states is None else states[index]

@@ -1,0 +1,412 @@
+"""REM's RetNet world model with Parallel Observation Prediction (POP).
+
+Token layout: each time step is one block of ``K + 1`` tokens, the K observation tokens of a
+frame (raster order) followed by one action token with id ``obs_vocab_size + a``. The model
+owns this layout; nobody else computes token ids.
+
+Entry points:
+
+* :meth:`WorldModel.forward`: the training forward over (B, T) blocks (REM_SPEC 5.3). With POP,
+  the K prediction tokens of block t read the retention state from before block t, so
+  ``obs_logits[:, t]`` predicts block t's own tokens; rewards and ends come from the real action
+  token of block t.
+* :meth:`WorldModel.start_state` and :meth:`WorldModel.step`: imagination with an explicit
+  :class:`~rem_env.state.ImaginationState` (REM_SPEC 5.4). A POP step is ONE pass of
+  ``2K + 1`` tokens (the current frame, the action, then the K prediction tokens riding behind
+  them without writing to the state); all K next tokens are sampled at once.
+* With ``config.pop = False`` the same entry points run the paper's "no POP" ablation:
+  next-token prediction, imagined one token at a time (the baseline that shows what POP buys).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from rem_env.config import WorldModelConfig
+from rem_env.models.retnet import LayerStates, RetNetDecoder
+from rem_env.state import ImaginationState
+
+__all__ = ["ImaginationStep", "WorldModel", "WorldModelOutput", "sample_categorical"]
+
+NUM_REWARD_CLASSES = 3
+"""Reward classes: ``sign(r) + 1``, so an imagined reward is ``class - 1``."""
+
+
+class WorldModelOutput(NamedTuple):
+    """Logits of the training forward over (B, T) blocks of K observation tokens."""
+
+    obs_logits: Tensor
+    """(B, T, K, V): distribution of block t's observation tokens given all blocks before t."""
+    reward_logits: Tensor
+    """(B, T, 3): reward class of step t (read at block t's action token)."""
+    end_logits: Tensor
+    """(B, T, 2): episode end after step t."""
+
+
+class ImaginationStep(NamedTuple):
+    """What one imagination step produced for a batch of B dreams."""
+
+    obs_tokens: Tensor
+    """(B, K) int64: the next observation (sampled, or the teacher-forced tokens)."""
+    rewards: Tensor
+    """(B,) float: sampled reward class - 1, in {-1, 0, 1}."""
+    ends: Tensor
+    """(B,) bool: sampled episode end."""
+    obs_logits: Tensor
+    """(B, K, V): logits of the next observation tokens."""
+    reward_logits: Tensor
+    """(B, 3)."""
+    end_logits: Tensor
+    """(B, 2)."""
+
+
+def sample_categorical(
+    logits: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """Samples class indices from logits (..., C) at a temperature; 0 means argmax."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    flat = probs.reshape(-1, probs.shape[-1])  # (N, C)
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def _head(embed_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, out_dim))
+
+
+class WorldModel(nn.Module):
+    """RetNet world model over blocks of observation tokens and one action token.
+
+    Args:
+        config: Sizes and options.
+        num_actions: Number of actions A (the action set of the game).
+        obs_vocab_size: Tokenizer vocabulary V (512 in the paper).
+        tokens_per_obs: Observation tokens per frame K (64 in the paper).
+
+    With ``config.shared_embeddings`` the observation tokens are embedded by the tokenizer's
+    codebook, which callers pass as ``codebook`` (it never receives a gradient here).
+
+    Example:
+        >>> import torch
+        >>> from rem_env.config import WorldModelConfig
+        >>> cfg = WorldModelConfig(embed_dim=32, num_layers=2, num_heads=2, ffn_dim=64,
+        ...                        shared_embeddings=False)
+        >>> wm = WorldModel(cfg, num_actions=4, obs_vocab_size=16, tokens_per_obs=16).eval()
+        >>> out = wm(torch.randint(16, (2, 5, 16)), torch.randint(4, (2, 5)))
+        >>> out.obs_logits.shape, out.reward_logits.shape
+        (torch.Size([2, 5, 16, 16]), torch.Size([2, 5, 3]))
+        >>> state = wm.start_state(torch.randint(16, (2, 2, 16)), torch.randint(4, (2, 1)))
+        >>> step, state = wm.step(state, torch.tensor([0, 3]))
+        >>> step.obs_tokens.shape, state.position
+        (torch.Size([2, 16]), 34)
+    """
+
+    def __init__(
+        self, config: WorldModelConfig, num_actions: int, obs_vocab_size: int, tokens_per_obs: int
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.num_actions = num_actions
+        self.obs_vocab_size = obs_vocab_size
+        self.tokens_per_obs = tokens_per_obs
+        self.tokens_per_block = tokens_per_obs + 1
+        self.action_token_offset = obs_vocab_size
+        embed_dim = config.embed_dim
+        # Rows: V observation tokens (unused with shared embeddings), A actions, one unused pad.
+        self.embedding = nn.Embedding(obs_vocab_size + num_actions + 1, embed_dim)
+        self.prediction_embeddings: nn.Embedding | None = None
+        if config.pop:
+            rows = 1 if config.shared_prediction_token else self.tokens_per_block
+            self.prediction_embeddings = nn.Embedding(rows, embed_dim)
+        self.decoder = RetNetDecoder(
+            config.num_layers,
+            embed_dim=embed_dim,
+            num_heads=config.num_heads,
+            ffn_dim=config.ffn_dim,
+            dropout=config.dropout,
+            rope_base=config.rope_base,
+            min_decay_window=config.min_decay_window,
+            max_decay_window=config.max_decay_window,
+            identical_init=config.identical_layer_init,
+        )
+        self.head_obs = _head(embed_dim, obs_vocab_size)
+        self.head_reward = _head(embed_dim, NUM_REWARD_CLASSES)
+        self.head_end = _head(embed_dim, 2)
+
+    # ----------------------------------------------------------------------------- embeddings
+
+    def embed_obs(self, obs_tokens: Tensor, codebook: Tensor | None = None) -> Tensor:
+        """Embeds observation tokens (...,) -> (..., E)."""
+        if self.config.shared_embeddings:
+            if codebook is None:
+                raise ValueError(
+                    "this world model shares the tokenizer's codebook (shared_embeddings=True): "
+                    "pass codebook=tokenizer.codebook"
+                )
+            return nn.functional.embedding(obs_tokens, codebook.detach())
+        return self.embedding(obs_tokens)
+
+    def embed_actions(self, actions: Tensor) -> Tensor:
+        """Embeds actions (...,) -> (..., E)."""
+        return self.embedding(actions + self.action_token_offset)
+
+    def embed_blocks(
+        self, obs_tokens: Tensor, actions: Tensor, codebook: Tensor | None = None
+    ) -> Tensor:
+        """Embeds (B, T, K) observation tokens and (B, T) actions as (B, T, K+1, E) blocks."""
+        obs = self.embed_obs(obs_tokens, codebook)  # (B, T, K, E)
+        act = self.embed_actions(actions)[:, :, None]  # (B, T, 1, E)
+        return torch.cat([obs, act], dim=2)
+
+    def prediction_tokens(self) -> Tensor:
+        """The K prediction embeddings u_0..u_{K-1} as (K, E)."""
+        if self.prediction_embeddings is None:
+            raise ValueError(
+                "this world model was built with pop=False: it has no prediction tokens"
+            )
+        weight = self.prediction_embeddings.weight
+        if self.config.shared_prediction_token:
+            return weight.expand(self.tokens_per_obs, -1)
+        # Row K (u_K) is part of the published parameter set; its output is never used.
+        return weight[: self.tokens_per_obs]
+
+    # ------------------------------------------------------------------------ training forward
+
+    def forward(
+        self, obs_tokens: Tensor, actions: Tensor, codebook: Tensor | None = None
+    ) -> WorldModelOutput:
+        """Training forward over segments of T blocks.
+
+        Args:
+            obs_tokens: (B, T, K) int64 observation tokens.
+            actions: (B, T) int64 actions taken after each observation.
+            codebook: (V, E) tokenizer codebook, needed with shared embeddings.
+        """
+        self._check_blocks(obs_tokens, actions)
+        x = self.embed_blocks(obs_tokens, actions, codebook)  # (B, T, K+1, E)
+        if self.config.pop:
+            obs_hidden, action_hidden = self._hidden_pop(x)
+        else:
+            obs_hidden, action_hidden = self._hidden_next_token(x)
+        return WorldModelOutput(
+            self.head_obs(obs_hidden), self.head_reward(action_hidden), self.head_end(action_hidden)
+        )
+
+    def _hidden_pop(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """POP forward (REM_SPEC 5.3): chunks of whole blocks, parallel inside a chunk."""
+        batch, num_blocks, block, embed_dim = x.shape
+        k = self.tokens_per_obs
+        u = self.prediction_tokens()  # (K, E)
+        states: LayerStates | None = None
+        obs_hidden, action_hidden = [], []
+        for first in range(0, num_blocks, self.config.blocks_per_chunk):
+            chunk = x[:, first : first + self.config.blocks_per_chunk]  # (B, Tc, K+1, E)
+            count = chunk.shape[1]
+            start = first * block
+            out, after = self.decoder.forward_chunk_with_block_states(
+                chunk.flatten(1, 2), start, states, block
+            )
+            before = tuple(  # state BEFORE each block of the chunk, (B, Tc, H, d, d)
+                torch.cat([_zeros_like_block(a) if s is None else s[:, None], a[:, :-1]], dim=1)
+                for s, a in zip(states or (None,) * len(after), after, strict=True)
+            )
+            u_out = self.decoder.forward_from_block_states(
+                u.expand(batch, count, k, embed_dim), start, before, block
+            )  # (B, Tc, K, E)
+            obs_hidden.append(u_out)
+            action_hidden.append(out.unflatten(1, (count, block))[:, :, k])  # (B, Tc, E)
+            states = tuple(a[:, -1] for a in after)
+        return torch.cat(obs_hidden, dim=1), torch.cat(action_hidden, dim=1)
+
+    def _hidden_next_token(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """No-POP forward: each token's output predicts the next token (IRIS-style)."""
+        batch, num_blocks, block, embed_dim = x.shape
+        chunk = self.config.blocks_per_chunk * block
+        out, _ = self.decoder.forward_chunkwise(x.flatten(1, 2), 0, None, chunk)  # (B, T*(K+1), E)
+        # Output at token n predicts token n+1; the first token has no predictor (zeros).
+        previous = torch.cat([out.new_zeros(batch, 1, embed_dim), out[:, :-1]], dim=1)
+        previous = previous.unflatten(1, (num_blocks, block))  # (B, T, K+1, E)
+        action_hidden = out.unflatten(1, (num_blocks, block))[:, :, -1]  # (B, T, E)
+        return previous[:, :, :-1], action_hidden
+
+    # ------------------------------------------------------------------------------ imagination
+
+    def start_state(
+        self,
+        obs_tokens: Tensor,
+        actions: Tensor,
+        codebook: Tensor | None = None,
+        position: int | None = None,
+    ) -> ImaginationState:
+        """Builds the imagination state from a real context of C frames and C-1 actions.
+
+        Args:
+            obs_tokens: (B, C) blocks of (K,) tokens, shape (B, C, K); the last frame becomes
+                the current observation.
+            actions: (B, C-1) actions between the context frames.
+            codebook: Tokenizer codebook (shared embeddings).
+            position: Absolute position given to the last frame (default ``(C-1)*(K+1)``);
+                pass an existing state's position to merge the two with
+                :meth:`ImaginationState.where`.
+        """
+        if obs_tokens.ndim != 3 or obs_tokens.shape[2] != self.tokens_per_obs:
+            raise ValueError(
+                f"context tokens must be (B, C, {self.tokens_per_obs}), "
+                f"got {tuple(obs_tokens.shape)}"
+            )
+        batch, frames, _ = obs_tokens.shape
+        if frames < 1 or actions.shape != (batch, frames - 1):
+            raise ValueError(
+                f"a context of {frames} frames needs actions of shape ({batch}, {frames - 1}), "
+                f"got {tuple(actions.shape)}"
+            )
+        self._check_values(obs_tokens, actions)
+        block = self.tokens_per_block
+        position = (frames - 1) * block if position is None else position
+        if frames > 1:
+            x = self.embed_blocks(obs_tokens[:, :-1], actions, codebook).flatten(1, 2)
+            _, states = self.decoder.forward_chunk(x, position - (frames - 1) * block, None)
+        else:
+            states = self._zero_states(batch, obs_tokens.device)
+        current = obs_tokens[:, -1]
+        num_fed = 0
+        if not self.config.pop:  # fold all but the last token, as after a token-by-token step
+            num_fed = self.tokens_per_obs - 1
+            x = self.embed_obs(current[:, :num_fed], codebook)
+            _, states = self.decoder.forward_chunk(x, position, states)
+        return ImaginationState(states, current, position, num_fed)
+
+    def step(
+        self,
+        state: ImaginationState,
+        actions: Tensor,
+        codebook: Tensor | None = None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        next_obs_tokens: Tensor | None = None,
+    ) -> tuple[ImaginationStep, ImaginationState]:
+        """Imagines one step for a batch: reward, end and the next observation.
+
+        Args:
+            state: The state before the step (not modified).
+            actions: (B,) int64 actions.
+            codebook: Tokenizer codebook (shared embeddings).
+            temperature: Sampling temperature of all three heads (0 = argmax).
+            generator: Random generator for sampling.
+            next_obs_tokens: (B, K) tokens to use as the next observation instead of sampling
+                (teacher forcing); logits are still computed.
+
+        Returns:
+            ``(step, new_state)``.
+        """
+        if actions.shape != (state.batch_size,):
+            raise ValueError(f"actions must be ({state.batch_size},), got {tuple(actions.shape)}")
+        if self.config.pop:
+            return self._step_pop(state, actions, codebook, temperature, generator, next_obs_tokens)
+        return self._step_token_by_token(
+            state, actions, codebook, temperature, generator, next_obs_tokens
+        )
+
+    def _step_pop(
+        self,
+        state: ImaginationState,
+        actions: Tensor,
+        codebook: Tensor | None,
+        temperature: float,
+        generator: torch.Generator | None,
+        next_obs_tokens: Tensor | None,
+    ) -> tuple[ImaginationStep, ImaginationState]:
+        k, block = self.tokens_per_obs, self.tokens_per_block
+        real = self.embed_blocks(state.obs_tokens[:, None], actions[:, None], codebook)
+        u = self.prediction_tokens().expand(state.batch_size, k, -1)  # (B, K, E)
+        x = torch.cat([real.flatten(1, 2), u], dim=1)  # (B, 2K+1, E)
+        out, states = self.decoder.forward_chunk(x, state.position, state.retention, block)
+        action_hidden, obs_hidden = out[:, k], out[:, block:]
+        obs_logits = self.head_obs(obs_hidden)  # (B, K, V)
+        if next_obs_tokens is None:
+            next_obs_tokens = sample_categorical(obs_logits, temperature, generator)
+        step = self._finish_step(action_hidden, obs_logits, next_obs_tokens, temperature, generator)
+        return step, ImaginationState(states, next_obs_tokens, state.position + block, 0)
+
+    def _step_token_by_token(
+        self,
+        state: ImaginationState,
+        actions: Tensor,
+        codebook: Tensor | None,
+        temperature: float,
+        generator: torch.Generator | None,
+        next_obs_tokens: Tensor | None,
+    ) -> tuple[ImaginationStep, ImaginationState]:
+        k, block, fed = self.tokens_per_obs, self.tokens_per_block, state.num_fed
+        rest = self.embed_obs(state.obs_tokens[:, fed:], codebook)  # (B, K-fed, E)
+        x = torch.cat([rest, self.embed_actions(actions)[:, None]], dim=1)
+        out, states = self.decoder.forward_chunk(x, state.position + fed, state.retention)
+        action_hidden = out[:, -1]
+        hidden, logits, tokens = action_hidden, [], []
+        next_block = state.position + block
+        for j in range(k):
+            logits.append(self.head_obs(hidden))  # (B, V)
+            if next_obs_tokens is None:
+                tokens.append(sample_categorical(logits[-1], temperature, generator))
+            else:
+                tokens.append(next_obs_tokens[:, j])
+            if j < k - 1:
+                x = self.embed_obs(tokens[-1][:, None], codebook)  # (B, 1, E)
+                hidden, states = self.decoder.forward_recurrent(x, next_block + j, states)
+                hidden = hidden[:, 0]
+        obs_logits = torch.stack(logits, dim=1)  # (B, K, V)
+        next_tokens = torch.stack(tokens, dim=1)  # (B, K)
+        step = self._finish_step(action_hidden, obs_logits, next_tokens, temperature, generator)
+        return step, ImaginationState(states, next_tokens, next_block, k - 1)
+
+    def _finish_step(
+        self,
+        action_hidden: Tensor,
+        obs_logits: Tensor,
+        obs_tokens: Tensor,
+        temperature: float,
+        generator: torch.Generator | None,
+    ) -> ImaginationStep:
+        reward_logits = self.head_reward(action_hidden)
+        end_logits = self.head_end(action_hidden)
+        rewards = sample_categorical(reward_logits, temperature, generator).to(obs_logits.dtype) - 1
+        ends = sample_categorical(end_logits, temperature, generator).bool()
+        return ImaginationStep(obs_tokens, rewards, ends, obs_logits, reward_logits, end_logits)
+
+    # ----------------------------------------------------------------------------------- checks
+
+    def _zero_states(self, batch: int, device: torch.device) -> LayerStates:
+        heads, dim = self.config.num_heads, self.config.head_dim
+        dtype = self.head_obs[0].weight.dtype
+        return tuple(
+            torch.zeros(batch, heads, dim, dim, dtype=dtype, device=device)
+            for _ in range(self.config.num_layers)
+        )
+
+    def _check_blocks(self, obs_tokens: Tensor, actions: Tensor) -> None:
+        if obs_tokens.ndim != 3 or obs_tokens.shape[2] != self.tokens_per_obs:
+            raise ValueError(
+                f"obs_tokens must be (B, T, {self.tokens_per_obs}), got {tuple(obs_tokens.shape)}"
+            )
+        if actions.shape != obs_tokens.shape[:2]:
+            raise ValueError(
+                f"actions must be {tuple(obs_tokens.shape[:2])}, got {tuple(actions.shape)}"
+            )
+
+    def _check_values(self, obs_tokens: Tensor, actions: Tensor) -> None:
+        """Value checks (one host sync): only outside the hot path."""
+        if obs_tokens.numel() and (obs_tokens.min() < 0 or obs_tokens.max() >= self.obs_vocab_size):
+            raise ValueError(f"observation tokens must be in [0, {self.obs_vocab_size})")
+        if actions.numel() and (actions.min() < 0 or actions.max() >= self.num_actions):
+            raise ValueError(f"actions must be in [0, {self.num_actions})")
+
+
+def _zeros_like_block(after: Tensor) -> Tensor:
+    """A zero state shaped like one block of ``after`` (B, nb, H, d, d) -> (B, 1, H, d, d)."""
+    return after.new_zeros(after[:, :1].shape)

@@ -1,0 +1,214 @@
+"""POP world model equivalences (REM_SPEC 5.5 E1-E3) and the imagination API, in float64."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from rem_env.config import REMConfig, WorldModelConfig
+from rem_env.models.world_model import WorldModel, sample_categorical
+from rem_env.state import ImaginationState
+
+TOL = 1e-10
+K, V, A, T = 4, 16, 3, 7  # tokens per frame, vocab, actions, blocks (bpc 3 -> chunks 3, 3, 1)
+
+
+def make_model(**overrides) -> WorldModel:
+    options = dict(
+        embed_dim=32,
+        num_layers=2,
+        num_heads=2,
+        ffn_dim=64,
+        dropout=0.0,
+        max_blocks=T,
+        blocks_per_chunk=3,
+        shared_embeddings=False,
+        identical_layer_init=False,
+    )
+    options.update(overrides)
+    return WorldModel(WorldModelConfig(**options), A, V, K).double().eval()
+
+
+def random_segment(batch=2, blocks=T):
+    return torch.randint(V, (batch, blocks, K)), torch.randint(A, (batch, blocks))
+
+
+def max_diff(a, b):
+    return (a - b).abs().max().item()
+
+
+def sequential_reference(wm: WorldModel, obs, actions, recurrent: bool):
+    """Block by block from the state before each block (E1 with chunks, E2 token by token)."""
+    run = wm.decoder.forward_recurrent if recurrent else wm.decoder.forward_chunk
+    x = wm.embed_blocks(obs, actions)  # (B, T, K+1, E)
+    u = wm.prediction_tokens().expand(obs.shape[0], K, -1)
+    states, obs_h, act_h = None, [], []
+    for t in range(obs.shape[1]):
+        start = t * (K + 1)
+        obs_h.append(run(u, start, states)[0])  # prediction tokens from S_{t-1}, state dropped
+        out, states = run(x[:, t], start, states)
+        act_h.append(out[:, K])
+    obs_h, act_h = torch.stack(obs_h, 1), torch.stack(act_h, 1)
+    return wm.head_obs(obs_h), wm.head_reward(act_h), wm.head_end(act_h)
+
+
+@pytest.mark.parametrize("recurrent", [False, True], ids=["E1-chunk", "E2-recurrent"])
+def test_pop_training_forward_equals_sequential_reference(recurrent):
+    wm = make_model()
+    obs, actions = random_segment()
+    out = wm(obs, actions)
+    ref = sequential_reference(wm, obs, actions, recurrent)
+    for got, expected in zip(out, ref, strict=True):
+        assert got.shape == expected.shape
+        assert max_diff(got, expected) < TOL
+
+
+@pytest.mark.parametrize("blocks_per_chunk", [1, 2, 4, 7])
+def test_pop_forward_does_not_depend_on_chunking(blocks_per_chunk):
+    wm = make_model()
+    obs, actions = random_segment()
+    reference = wm(obs, actions)
+    wm.config = dataclasses.replace(wm.config, blocks_per_chunk=blocks_per_chunk)
+    for got, expected in zip(wm(obs, actions), reference, strict=True):
+        assert max_diff(got, expected) < TOL
+
+
+@pytest.mark.parametrize("pop", [True, False], ids=["pop", "token-by-token"])
+@pytest.mark.parametrize("shared", [False, True], ids=["own-embeddings", "shared-codebook"])
+def test_imagination_teacher_forced_equals_training_forward(pop, shared):
+    """E3: start from 2 context blocks, then feed the real next blocks."""
+    wm = make_model(pop=pop, shared_embeddings=shared)
+    codebook = torch.randn(V, 32, dtype=torch.float64) if shared else None
+    obs, actions = random_segment()
+    train = wm(obs, actions, codebook)
+    state = wm.start_state(obs[:, :2], actions[:, :1], codebook)
+    assert state.position == K + 1
+    for t in range(1, T - 1):
+        step, state = wm.step(state, actions[:, t], codebook, next_obs_tokens=obs[:, t + 1])
+        assert max_diff(step.reward_logits, train.reward_logits[:, t]) < TOL
+        assert max_diff(step.end_logits, train.end_logits[:, t]) < TOL
+        assert max_diff(step.obs_logits, train.obs_logits[:, t + 1]) < TOL
+        assert torch.equal(step.obs_tokens, obs[:, t + 1])
+        assert state.position == (t + 1) * (K + 1)
+
+
+def test_imagination_is_invariant_to_the_start_position():
+    wm = make_model()
+    obs, actions = random_segment(blocks=4)
+    near = wm.start_state(obs[:, :2], actions[:, :1])
+    far = wm.start_state(obs[:, :2], actions[:, :1], position=10**6)
+    for t in range(1, 3):
+        a, near = wm.step(near, actions[:, t], next_obs_tokens=obs[:, t + 1])
+        b, far = wm.step(far, actions[:, t], next_obs_tokens=obs[:, t + 1])
+        assert max_diff(a.obs_logits, b.obs_logits) < 1e-8
+        assert max_diff(a.reward_logits, b.reward_logits) < 1e-8
+
+
+def test_states_merge_for_partial_resets():
+    wm = make_model()
+    obs, actions = random_segment(batch=3, blocks=3)
+    state = wm.start_state(obs[:, :2], actions[:, :1])
+    _, state = wm.step(state, actions[:, 1])
+    fresh_obs, fresh_actions = random_segment(batch=3, blocks=2)
+    fresh = wm.start_state(fresh_obs, fresh_actions[:, :1], position=state.position)
+    merged = state.where(torch.tensor([True, False, True]), fresh)
+    assert torch.equal(merged.obs_tokens[0], fresh.obs_tokens[0])
+    assert torch.equal(merged.obs_tokens[1], state.obs_tokens[1])
+    for m, old, new in zip(merged.retention, state.retention, fresh.retention, strict=True):
+        assert torch.equal(m[1], old[1]) and torch.equal(m[2], new[2])
+    misplaced = wm.start_state(fresh_obs, fresh_actions[:, :1])
+    with pytest.raises(ValueError, match="different positions"):
+        state.where(torch.ones(3, dtype=torch.bool), misplaced)
+
+
+def test_single_frame_context_starts_from_zero_state():
+    wm = make_model()
+    obs, actions = random_segment(blocks=3)
+    state = wm.start_state(obs[:, :1], actions[:, :0])
+    assert state.position == 0 and all(s.abs().max() == 0 for s in state.retention)
+    train = wm(obs, actions)
+    step, _ = wm.step(state, actions[:, 0], next_obs_tokens=obs[:, 1])
+    assert max_diff(step.reward_logits, train.reward_logits[:, 0]) < TOL
+    assert max_diff(step.obs_logits, train.obs_logits[:, 1]) < TOL
+
+
+def test_shapes_dtypes_and_sampling_in_float32():
+    wm = make_model().float()
+    obs, actions = random_segment(batch=5)
+    out = wm(obs, actions)
+    assert out.obs_logits.shape == (5, T, K, V) and out.obs_logits.dtype == torch.float32
+    assert out.reward_logits.shape == (5, T, 3) and out.end_logits.shape == (5, T, 2)
+    state = wm.start_state(obs[:, :2], actions[:, :1])
+    gen = torch.Generator().manual_seed(0)
+    step, new_state = wm.step(state, actions[:, 2], generator=gen)
+    assert step.obs_tokens.shape == (5, K) and step.obs_tokens.dtype == torch.int64
+    assert ((step.obs_tokens >= 0) & (step.obs_tokens < V)).all()
+    assert set(step.rewards.tolist()) <= {-1.0, 0.0, 1.0}
+    assert step.ends.dtype == torch.bool
+    assert isinstance(new_state, ImaginationState) and new_state is not state
+    # The state passed in is untouched and stepping is reproducible under a seeded generator.
+    again, _ = wm.step(state, actions[:, 2], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.obs_tokens, step.obs_tokens)
+
+
+def test_gradients_of_training_forward():
+    wm = make_model(embed_dim=16, num_heads=2, ffn_dim=16, blocks_per_chunk=2)
+    # gradcheck along 6 random directions of the (1, 3, K+1, E) input: 3 blocks, 2 chunks.
+    base = torch.randn(1, 3, K + 1, 16, dtype=torch.float64)
+    directions = torch.randn(base.numel(), 6, dtype=torch.float64)
+    z = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+
+    def hidden(coords):
+        obs_h, act_h = wm._hidden_pop(base + (directions @ coords).view_as(base))
+        return obs_h.sum(-1), act_h.sum(-1)
+
+    assert torch.autograd.gradcheck(hidden, (z,), eps=1e-6, atol=1e-6)
+    wm.train()
+    obs, actions = random_segment()
+    out = wm(obs, actions)
+    (out.obs_logits.sum() + out.reward_logits.sum() + out.end_logits.sum()).backward()
+    for name, param in wm.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_dropout_is_active_only_in_training():
+    wm = make_model(dropout=0.5)
+    obs, actions = random_segment()
+    wm.eval()
+    assert torch.equal(wm(obs, actions).obs_logits, wm(obs, actions).obs_logits)
+    wm.train()
+    assert not torch.equal(wm(obs, actions).obs_logits, wm(obs, actions).obs_logits)
+
+
+def test_user_errors_are_clear():
+    wm = make_model(shared_embeddings=True)
+    obs, actions = random_segment()
+    with pytest.raises(ValueError, match="codebook"):
+        wm(obs, actions)
+    codebook = torch.randn(V, 32, dtype=torch.float64)
+    with pytest.raises(ValueError, match="obs_tokens must be"):
+        wm(obs[..., :2], actions, codebook)
+    with pytest.raises(ValueError, match="actions must be"):
+        wm(obs, actions[:, :3], codebook)
+    with pytest.raises(ValueError, match="actions must be in"):
+        wm.start_state(obs[:, :2], actions[:, :1] + A, codebook)
+    state = wm.start_state(obs[:, :2], actions[:, :1], codebook)
+    with pytest.raises(ValueError, match="actions must be"):
+        wm.step(state, actions[:1, 0], codebook)
+    with pytest.raises(ValueError, match="temperature"):
+        sample_categorical(torch.zeros(3, 4), temperature=-1.0)
+
+
+def test_greedy_sampling_is_argmax():
+    logits = torch.randn(6, 5)
+    assert torch.equal(sample_categorical(logits, 0.0), logits.argmax(-1))
+
+
+def test_paper_world_model_parameter_count():
+    cfg = REMConfig.preset("paper", num_actions=4)
+    wm = WorldModel(cfg.world_model, 4, 512, 64)
+    total = sum(p.numel() for p in wm.parameters())
+    retnet = sum(p.numel() for p in wm.decoder.parameters())
+    assert abs(total - 4.76e6) / 4.76e6 < 0.02
+    assert abs(retnet - 4.28e6) / 4.28e6 < 0.02
+    assert len(wm.prediction_embeddings.weight) == 65
