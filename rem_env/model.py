@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from rem_env.config import REMConfig
 from rem_env.models.tokenizer import Tokenizer
-from rem_env.models.world_model import ImaginationStep, WorldModel
+from rem_env.models.world_model import ImaginationStep, StepNoise, WorldModel
 from rem_env.state import ImaginationState
 
 __all__ = ["REMModel"]
@@ -109,10 +109,17 @@ class REMModel(nn.Module):
         state: ImaginationState,
         actions: Tensor,
         temperature: float = 1.0,
-        generator: torch.Generator | None = None,
+        noise: StepNoise | None = None,
         next_obs_tokens: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[ImaginationStep, ImaginationState]:
         """One batched imagination step; see :meth:`WorldModel.step`."""
         return self.world_model.step(
-            state, actions, self.tokenizer.codebook, temperature, generator, next_obs_tokens
+            state,
+            actions,
+            self.tokenizer.codebook,
+            temperature=temperature,
+            noise=noise,
+            next_obs_tokens=next_obs_tokens,
+            generator=generator,
         )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rem_env.config import REMConfig, WorldModelConfig
-from rem_env.models.world_model import WorldModel, sample_categorical
+from rem_env.models.world_model import StepNoise, WorldModel, sample_categorical
 from rem_env.state import ImaginationState
 
 TOL = 1e-10
@@ -196,12 +196,38 @@ def test_user_errors_are_clear():
     with pytest.raises(ValueError, match="actions must be"):
         wm.step(state, actions[:1, 0], codebook)
     with pytest.raises(ValueError, match="temperature"):
-        sample_categorical(torch.zeros(3, 4), temperature=-1.0)
+        sample_categorical(torch.zeros(3, 4), torch.rand(3), temperature=-1.0)
 
 
 def test_greedy_sampling_is_argmax():
     logits = torch.randn(6, 5)
-    assert torch.equal(sample_categorical(logits, 0.0), logits.argmax(-1))
+    assert torch.equal(sample_categorical(logits, torch.rand(6), 0.0), logits.argmax(-1))
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0]).log_softmax(-1)
+    probs = logits.exp()
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(1))
+    counts = torch.bincount(sample_categorical(logits.expand(len(u), 4), u), minlength=4)
+    assert torch.allclose(counts / len(u), probs, atol=0.005)
+    # Each number picks the class whose CDF interval holds it, whatever the batch around it.
+    edges = probs.cumsum(0)
+    assert sample_categorical(logits[None], torch.tensor([edges[1].item() - 1e-4]))[0] == 1
+    assert sample_categorical(logits[None], torch.tensor([edges[1].item() + 1e-4]))[0] == 2
+
+
+def test_step_noise_makes_each_dream_independent_of_its_batch():
+    wm = make_model().float()
+    obs, actions = random_segment(batch=3, blocks=3)
+    noise = StepNoise.draw(3, K, torch.device("cpu"))
+    state = wm.start_state(obs[:, :2], actions[:, :1])
+    together, _ = wm.step(state, actions[:, 2], noise=noise)
+    for i in range(3):
+        alone_state = wm.start_state(obs[i : i + 1, :2], actions[i : i + 1, :1])
+        alone_noise = StepNoise(noise.obs[i : i + 1], noise.reward[i : i + 1], noise.end[i : i + 1])
+        alone, _ = wm.step(alone_state, actions[i : i + 1, 2], noise=alone_noise)
+        assert torch.equal(alone.obs_tokens[0], together.obs_tokens[i])
+        assert alone.rewards[0] == together.rewards[i] and alone.ends[0] == together.ends[i]
 
 
 def test_paper_world_model_parameter_count():

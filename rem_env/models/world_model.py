@@ -29,7 +29,13 @@ from rem_env.config import WorldModelConfig
 from rem_env.models.retnet import LayerStates, RetNetDecoder
 from rem_env.state import ImaginationState
 
-__all__ = ["ImaginationStep", "WorldModel", "WorldModelOutput", "sample_categorical"]
+__all__ = [
+    "ImaginationStep",
+    "StepNoise",
+    "WorldModel",
+    "WorldModelOutput",
+    "sample_categorical",
+]
 
 NUM_REWARD_CLASSES = 3
 """Reward classes: ``sign(r) + 1``, so an imagined reward is ``class - 1``."""
@@ -63,17 +69,41 @@ class ImaginationStep(NamedTuple):
     """(B, 2)."""
 
 
-def sample_categorical(
-    logits: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
-) -> Tensor:
-    """Samples class indices from logits (..., C) at a temperature; 0 means argmax."""
+class StepNoise(NamedTuple):
+    """Uniform numbers in [0, 1) that drive the sampling of one imagination step.
+
+    Supplying them (instead of a generator) lets a caller give every dream its own random
+    stream, so that a dream does not depend on which other dreams share its batch.
+    """
+
+    obs: Tensor
+    """(B, K): one number per next-observation token."""
+    reward: Tensor
+    """(B,)."""
+    end: Tensor
+    """(B,)."""
+
+    @staticmethod
+    def draw(
+        batch: int, tokens: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> StepNoise:
+        """Draws the noise of one step from ``generator``."""
+        flat = torch.rand(batch, tokens + 2, generator=generator, device=device)  # (B, K+2)
+        return StepNoise(flat[:, :tokens], flat[:, tokens], flat[:, tokens + 1])
+
+
+def sample_categorical(logits: Tensor, uniforms: Tensor, temperature: float = 1.0) -> Tensor:
+    """Samples class indices from logits (..., C) by inverting the CDF at ``uniforms`` (...,).
+
+    ``temperature`` scales the logits; 0 means argmax (the uniforms are then ignored).
+    """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    flat = probs.reshape(-1, probs.shape[-1])  # (N, C)
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(dim=-1)  # (..., C)
+    index = (cdf < uniforms[..., None].to(cdf.dtype)).sum(dim=-1)
+    return index.clamp_max(logits.shape[-1] - 1)
 
 
 def _head(embed_dim: int, out_dim: int) -> nn.Sequential:
@@ -288,8 +318,9 @@ class WorldModel(nn.Module):
         actions: Tensor,
         codebook: Tensor | None = None,
         temperature: float = 1.0,
-        generator: torch.Generator | None = None,
+        noise: StepNoise | None = None,
         next_obs_tokens: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[ImaginationStep, ImaginationState]:
         """Imagines one step for a batch: reward, end and the next observation.
 
@@ -298,19 +329,24 @@ class WorldModel(nn.Module):
             actions: (B,) int64 actions.
             codebook: Tokenizer codebook (shared embeddings).
             temperature: Sampling temperature of all three heads (0 = argmax).
-            generator: Random generator for sampling.
+            noise: Uniform numbers that drive the sampling; drawn from ``generator`` if None.
             next_obs_tokens: (B, K) tokens to use as the next observation instead of sampling
                 (teacher forcing); logits are still computed.
+            generator: Random generator used when ``noise`` is None.
 
         Returns:
             ``(step, new_state)``.
         """
         if actions.shape != (state.batch_size,):
             raise ValueError(f"actions must be ({state.batch_size},), got {tuple(actions.shape)}")
+        if noise is None:
+            noise = StepNoise.draw(
+                state.batch_size, self.tokens_per_obs, state.obs_tokens.device, generator
+            )
         if self.config.pop:
-            return self._step_pop(state, actions, codebook, temperature, generator, next_obs_tokens)
+            return self._step_pop(state, actions, codebook, temperature, noise, next_obs_tokens)
         return self._step_token_by_token(
-            state, actions, codebook, temperature, generator, next_obs_tokens
+            state, actions, codebook, temperature, noise, next_obs_tokens
         )
 
     def _step_pop(
@@ -319,7 +355,7 @@ class WorldModel(nn.Module):
         actions: Tensor,
         codebook: Tensor | None,
         temperature: float,
-        generator: torch.Generator | None,
+        noise: StepNoise,
         next_obs_tokens: Tensor | None,
     ) -> tuple[ImaginationStep, ImaginationState]:
         k, block = self.tokens_per_obs, self.tokens_per_block
@@ -330,8 +366,8 @@ class WorldModel(nn.Module):
         action_hidden, obs_hidden = out[:, k], out[:, block:]
         obs_logits = self.head_obs(obs_hidden)  # (B, K, V)
         if next_obs_tokens is None:
-            next_obs_tokens = sample_categorical(obs_logits, temperature, generator)
-        step = self._finish_step(action_hidden, obs_logits, next_obs_tokens, temperature, generator)
+            next_obs_tokens = sample_categorical(obs_logits, noise.obs, temperature)
+        step = self._finish_step(action_hidden, obs_logits, next_obs_tokens, temperature, noise)
         return step, ImaginationState(states, next_obs_tokens, state.position + block, 0)
 
     def _step_token_by_token(
@@ -340,7 +376,7 @@ class WorldModel(nn.Module):
         actions: Tensor,
         codebook: Tensor | None,
         temperature: float,
-        generator: torch.Generator | None,
+        noise: StepNoise,
         next_obs_tokens: Tensor | None,
     ) -> tuple[ImaginationStep, ImaginationState]:
         k, block, fed = self.tokens_per_obs, self.tokens_per_block, state.num_fed
@@ -353,7 +389,7 @@ class WorldModel(nn.Module):
         for j in range(k):
             logits.append(self.head_obs(hidden))  # (B, V)
             if next_obs_tokens is None:
-                tokens.append(sample_categorical(logits[-1], temperature, generator))
+                tokens.append(sample_categorical(logits[-1], noise.obs[:, j], temperature))
             else:
                 tokens.append(next_obs_tokens[:, j])
             if j < k - 1:
@@ -362,7 +398,7 @@ class WorldModel(nn.Module):
                 hidden = hidden[:, 0]
         obs_logits = torch.stack(logits, dim=1)  # (B, K, V)
         next_tokens = torch.stack(tokens, dim=1)  # (B, K)
-        step = self._finish_step(action_hidden, obs_logits, next_tokens, temperature, generator)
+        step = self._finish_step(action_hidden, obs_logits, next_tokens, temperature, noise)
         return step, ImaginationState(states, next_tokens, next_block, k - 1)
 
     def _finish_step(
@@ -371,12 +407,13 @@ class WorldModel(nn.Module):
         obs_logits: Tensor,
         obs_tokens: Tensor,
         temperature: float,
-        generator: torch.Generator | None,
+        noise: StepNoise,
     ) -> ImaginationStep:
         reward_logits = self.head_reward(action_hidden)
         end_logits = self.head_end(action_hidden)
-        rewards = sample_categorical(reward_logits, temperature, generator).to(obs_logits.dtype) - 1
-        ends = sample_categorical(end_logits, temperature, generator).bool()
+        reward_class = sample_categorical(reward_logits, noise.reward, temperature)
+        rewards = reward_class.to(obs_logits.dtype) - 1
+        ends = sample_categorical(end_logits, noise.end, temperature).bool()
         return ImaginationStep(obs_tokens, rewards, ends, obs_logits, reward_logits, end_logits)
 
     # ----------------------------------------------------------------------------------- checks
