@@ -142,7 +142,7 @@ class RetNetDecoderLayer(nn.Module):
             u.dtype,
             u.device,
         )
-        cos = cos.unflatten(0, (num_blocks, block_size))[:, :group].flatten(0, 1)  # (nb*P, d)
+        cos = cos.unflatten(0, (num_blocks, block_size))[:, :group].flatten(0, 1)  # (nb*P, d/2)
         sin = sin.unflatten(0, (num_blocks, block_size))[:, :group].flatten(0, 1)
         flat = u.flatten(1, 2)  # (B, nb*P, E)
         q, k, v, g = self.retention.project_with_tables(self.norm1(flat), cos, sin)
