@@ -170,3 +170,18 @@ def test_msr_group_norm_and_gate_shapes():
     assert layer.retention.head_dim == 8
     with pytest.raises(ValueError, match="multiple of 8"):
         RetNetDecoderLayer(24, 2, 64)
+
+
+@pytest.mark.parametrize("tail_batch", [1, 2])
+@pytest.mark.parametrize("keep_from", [0, 4, 6])
+def test_forward_with_tail_equals_one_chunk_with_state_len(tail_batch, keep_from):
+    decoder = RetNetDecoder(3, embed_dim=32, num_heads=2, ffn_dim=64, identical_init=False).double().eval()
+    x = torch.randn(2, 6, 32, dtype=torch.float64)
+    tail = torch.randn(tail_batch, 5, 32, dtype=torch.float64)
+    _, prev = decoder.forward_chunk(torch.randn(2, 4, 32, dtype=torch.float64), 11, None)
+    joined = torch.cat([x, tail.expand(2, -1, -1)], dim=1)
+    expected, expected_states = decoder.forward_chunk(joined, 15, prev, state_len=6)
+    got, states = decoder.forward_with_tail(x, tail, 15, prev, keep_from)
+    assert _max_diff(got, expected[:, keep_from:]) < TOL
+    for a, b in zip(states, expected_states, strict=True):
+        assert _max_diff(a, b) < TOL

@@ -107,7 +107,7 @@ def rotation_tables(
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotates each pair (x[2i], x[2i+1]) of the last dim by the angle behind cos[..., i], sin[..., i].
+    """Rotates each pair (x[2i], x[2i+1]) of the last dim by the angle behind cos/sin[..., i].
 
     ``(x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos)``; cos and sin broadcast against
     ``x[..., ::2]``. float32/float64 use one complex multiplication (several times faster than
@@ -134,27 +134,33 @@ def retention_chunk(
     gammas: tuple[float, ...],
     prev_state: Tensor | None = None,
     state_len: int | None = None,
+    query_start: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """One chunk of the chunkwise form.
 
     ``o_i = sum_{j<=i} gamma^(i-j) q_i k_j^T v_j + gamma^(i+1) q_i S_prev``.
 
     Args:
-        q, k, v: (B, H, T, d) heads of the chunk.
+        q: (B, H, T - query_start, d) queries of the chunk's tokens ``query_start..T-1``.
+        k, v: (B, H, T, d) keys and values of the chunk.
         gammas: Per-head decays.
         prev_state: (B, H, d, d) state before the chunk, or None for zero.
         state_len: Only the first ``state_len`` tokens are folded into the returned state
             (default: all ``T``). Tokens after them still read the earlier ones, which is how
             POP prediction tokens ride behind the real tokens without writing to the state.
+        query_start: Index of the first token whose output is wanted (default 0: all).
 
     Returns:
-        ``(o, state)``: outputs (B, H, T, d) and the state after the first ``state_len`` tokens.
+        ``(o, state)``: outputs (B, H, T - query_start, d) and the state after the first
+        ``state_len`` tokens.
     """
-    length = q.shape[-2]
+    length = k.shape[-2]
     state_len = length if state_len is None else state_len
-    out = retention_parallel(q, k, v, gammas)
+    mask, cross = _decay_tables(gammas, length, q.dtype, q.device)
+    if query_start:
+        mask, cross = mask[:, query_start:], cross[:, query_start:]
+    out = ((q @ k.transpose(-1, -2)) * mask) @ v
     if prev_state is not None:
-        _, cross = _decay_tables(gammas, length, q.dtype, q.device)
         out = out + (q @ prev_state) * cross
     per_token, whole = _state_decays(gammas, state_len, q.dtype, q.device)
     k_used = k[..., :state_len, :] * per_token  # (B, H, L, d)

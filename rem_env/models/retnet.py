@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import Tensor, nn
 
 from rem_env.models.retention import (
@@ -89,6 +90,47 @@ class RetNetDecoderLayer(nn.Module):
         q, k, v, g = self.retention.project(self.norm1(x), start)
         o, new_state = retention_chunk(q, k, v, self.retention.gammas, state, state_len)
         return self.feed_forward(x + self.dropout(self.retention.combine(o, g))), new_state
+
+    def forward_with_tail(
+        self,
+        x: Tensor,
+        tail: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        state: Tensor | None,
+        keep_from: int = 0,
+    ) -> tuple[Tensor, Tensor]:
+        """One chunk of ``x`` followed by ``tail`` tokens that read ``x`` but write no state.
+
+        Equal to :meth:`forward_chunk` on ``cat([x, tail])`` with ``state_len = R``, but
+        cheaper: a tail with batch size 1 (the same tokens for every batch entry) is projected
+        once, and outputs are computed only from row ``keep_from`` on.
+
+        Args:
+            x: (B, R, E) tokens that update the state.
+            tail: (B or 1, P, E) tokens after them.
+            cos, sin: (R + P, d/2) rotation tables of the chunk's positions.
+            state: (B, H, d, d) state before the chunk, or None.
+            keep_from: First row of ``cat([x, tail])`` whose output is returned.
+
+        Returns:
+            ``(y, state)``: y (B, R + P - keep_from, E) and the state after ``x``.
+        """
+        batch, real = x.shape[:2]
+        msr = self.retention
+        q_x, k_x, v_x, g_x = msr.project_with_tables(self.norm1(x), cos[:real], sin[:real])
+        q_t, k_t, v_t, g_t = msr.project_with_tables(self.norm1(tail), cos[real:], sin[real:])
+
+        def join(a: Tensor, b: Tensor, dim: int) -> Tensor:
+            return torch.cat([a, b.expand(batch, *b.shape[1:])], dim=dim)
+
+        k, v = join(k_x, k_t, 2), join(v_x, v_t, 2)  # (B, H, R+P, d)
+        q = join(q_x[:, :, keep_from:], q_t, 2)  # (B, H, R+P-keep_from, d)
+        g = join(g_x[:, keep_from:], g_t, 1)  # (B, R+P-keep_from, E)
+        residual = join(x[:, keep_from:], tail, 1)
+        o, new_state = retention_chunk(q, k, v, msr.gammas, state, real, keep_from)
+        y = self.feed_forward(residual + self.dropout(msr.combine(o, g)))
+        return y, new_state
 
     def forward_chunkwise(
         self, x: Tensor, start: int, state: Tensor | None, chunk_size: int
@@ -226,6 +268,29 @@ class RetNetDecoder(nn.Module):
             x, state = layer.forward_chunk(x, start, _at(states, i), state_len)
             new_states.append(state)
         return x, tuple(new_states)
+
+    def forward_with_tail(
+        self, x: Tensor, tail: Tensor, start: int, states: LayerStates | None, keep_from: int
+    ) -> tuple[Tensor, LayerStates]:
+        """``x`` (B, R, E) then ``tail`` (B or 1, P, E) through the stack; only ``x`` writes state.
+
+        Equals :meth:`forward_chunk` on ``cat([x, tail])`` with ``state_len=R``, returning rows
+        ``keep_from..`` of the output: the last layer computes only those rows (the others
+        still contribute keys and values), and a batch-1 tail is projected once in layer 0.
+        """
+        real = x.shape[1]
+        head = self.layers[0].retention
+        cos, sin = rotation_tables(
+            start, real + tail.shape[1], head.head_dim, head.rope_base, x.dtype, x.device
+        )
+        new_states = []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            keep = keep_from if i == last else 0
+            y, state = layer.forward_with_tail(x, tail, cos, sin, _at(states, i), keep)
+            new_states.append(state)
+            x, tail = y[:, :real], y[:, real:]
+        return y, tuple(new_states)
 
     def forward_chunkwise(
         self, x: Tensor, start: int, states: LayerStates | None, chunk_size: int

@@ -360,10 +360,13 @@ class WorldModel(nn.Module):
     ) -> tuple[ImaginationStep, ImaginationState]:
         k, block = self.tokens_per_obs, self.tokens_per_block
         real = self.embed_blocks(state.obs_tokens[:, None], actions[:, None], codebook)
-        u = self.prediction_tokens().expand(state.batch_size, k, -1)  # (B, K, E)
-        x = torch.cat([real.flatten(1, 2), u], dim=1)  # (B, 2K+1, E)
-        out, states = self.decoder.forward_chunk(x, state.position, state.retention, block)
-        action_hidden, obs_hidden = out[:, k], out[:, block:]
+        # One pass: the real block (K+1 tokens) then the K prediction tokens at the next
+        # block's positions; only the real tokens write to the state, and only the action
+        # token's and the prediction tokens' outputs are computed in the last layer.
+        out, states = self.decoder.forward_with_tail(
+            real.flatten(1, 2), self.prediction_tokens()[None], state.position, state.retention, k
+        )  # (B, K+1, E): the action token, then the K prediction tokens
+        action_hidden, obs_hidden = out[:, 0], out[:, 1:]
         obs_logits = self.head_obs(obs_hidden)  # (B, K, V)
         if next_obs_tokens is None:
             next_obs_tokens = sample_categorical(obs_logits, noise.obs, temperature)
