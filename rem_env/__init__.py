@@ -1,9 +1,25 @@
-"""rem-env: REM token-based world models as batched Gymnasium dream environments."""
+"""rem-env: REM token-based world models as batched Gymnasium dream environments.
+
+Importing the package registers ``REM-<Game>-v0`` for the 26 Atari 100K games;
+``gym.make("rem_env:REM-Breakout-v0", model=...)`` imports it for you.
+"""
 
 from rem_env.config import REMConfig, TokenizerConfig, WorldModelConfig
+from rem_env.dream import DreamEnv, DreamVectorEnv
 from rem_env.model import REMModel
+from rem_env.registration import register_dream_envs
 from rem_env.state import ImaginationState
 
-__all__ = ["ImaginationState", "REMConfig", "REMModel", "TokenizerConfig", "WorldModelConfig"]
+__all__ = [
+    "DreamEnv",
+    "DreamVectorEnv",
+    "ImaginationState",
+    "REMConfig",
+    "REMModel",
+    "TokenizerConfig",
+    "WorldModelConfig",
+]
 
 __version__ = "0.1.0"
+
+register_dream_envs()

@@ -1,4 +1,4 @@
-"""Start contexts of dreams: the model's bundled ones, drawn per env, or ones the caller supplies."""
+"""Start contexts of dreams: the model's bundled ones drawn per env, or the caller's own."""
 
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ def draw_start_contexts(model: REMModel, uniforms: Tensor) -> StartContexts:
     return StartContexts(model.start_tokens[index], model.start_actions[index])
 
 
-def check_contexts(model: REMModel, contexts: object, count: int, device: torch.device) -> StartContexts:
+def check_contexts(
+    model: REMModel, contexts: object, count: int, device: torch.device
+) -> StartContexts:
     """Validates caller-supplied contexts for ``count`` envs and moves them to ``device``.
 
     Args:
@@ -61,7 +63,10 @@ def check_contexts(model: REMModel, contexts: object, count: int, device: torch.
             "options['contexts'] must be a pair (tokens (n, C, K), actions (n, C-1)), "
             f"got {type(contexts).__name__}"
         )
-    tokens, actions = (_as_long_tensor(x, name, device) for x, name in zip(contexts, ("tokens", "actions")))
+    tokens, actions = (
+        _as_long_tensor(x, name, device)
+        for x, name in zip(contexts, ("tokens", "actions"), strict=True)
+    )
     k = model.config.tokenizer.tokens_per_frame
     if tokens.ndim != 3 or tokens.shape[0] != count or tokens.shape[2] != k or tokens.shape[1] < 1:
         raise ValueError(
