@@ -1,0 +1,195 @@
+"""Dream env steps/s (DreamVectorEnv) beside ale-py's real Breakout vector env, in the same run.
+
+For every batch size N and obs type, steps a ``DreamVectorEnv`` (random weights, numpy output,
+NEXT_STEP autoreset, uniformly random actions) and reports env-steps/s = N * steps / seconds.
+For the same N, steps ``gym.make_vec("ALE/Breakout-v5", num_envs=N)`` (ale-py's
+``AtariVectorEnv`` with its defaults: 84x84 grayscale, 4-frame stack, frameskip 4) the same way.
+Prints a markdown table and writes JSON (default ``benchmarks/results/dream_env.json``).
+
+    python benchmarks/dream_env.py                                  # paper sizes, N in 1 16 64 256
+    python benchmarks/dream_env.py --preset tiny --num-envs 1 2 --steps 3 --no-ale   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rem_env import DreamVectorEnv, REMConfig, REMModel
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "dream_env.json"
+OBS_TYPES = ("rgb", "tokens", "latent")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One measured cell."""
+
+    env: str  # "dream" or "ale"
+    num_envs: int
+    obs_type: str
+    steps_timed: int
+    seconds: float
+    env_steps_per_s: float
+    ms_per_step: float
+    device: str
+    preset: str
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["paper", "tiny"], default="paper")
+    parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--obs-types", nargs="+", choices=OBS_TYPES, default=list(OBS_TYPES))
+    parser.add_argument("--steps", type=int, default=200, help="most timed steps per cell")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per cell")
+    parser.add_argument(
+        "--max-seconds-per-cell", type=float, default=10.0, help="stop a cell after this long"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--no-ale", action="store_true", help="skip the ale-py Breakout baseline")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or min(args.num_envs) < 1:
+        parser.error("--steps and --num-envs must be >= 1 and --warmup >= 0")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device} requested but CUDA is not available")
+    return args
+
+
+def time_steps(step, warmup: int, steps: int, max_seconds: float, sync) -> tuple[int, float]:
+    """Runs ``warmup`` then up to ``steps`` calls of ``step`` (at most ``max_seconds``)."""
+    for _ in range(warmup):
+        step()
+    sync()
+    done, start = 0, time.perf_counter()
+    while done < steps:
+        step()
+        done += 1
+        if time.perf_counter() - start > max_seconds:
+            break
+    sync()
+    return done, time.perf_counter() - start
+
+
+def bench_dream(model: REMModel, n: int, obs_type: str, args: argparse.Namespace) -> Record:
+    env = DreamVectorEnv(model, n, obs_type=obs_type, device=args.device)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, model.num_actions, (1024, n))
+    counter = iter(range(10**12))
+
+    def step() -> None:
+        env.step(actions[next(counter) % len(actions)])
+
+    def sync() -> None:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    done, seconds = time_steps(step, args.warmup, args.steps, args.max_seconds_per_cell, sync)
+    env.close()
+    return _record("dream", n, obs_type, done, seconds, args)
+
+
+def bench_ale(n: int, args: argparse.Namespace) -> Record:
+    import ale_py
+
+    gym.register_envs(ale_py)
+    env = gym.make_vec("ALE/Breakout-v5", num_envs=n)
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).integers(0, env.single_action_space.n, (1024, n))
+    counter = iter(range(10**12))
+
+    def step() -> None:
+        env.step(actions[next(counter) % len(actions)])
+
+    done, seconds = time_steps(
+        step, args.warmup, args.steps, args.max_seconds_per_cell, lambda: None
+    )
+    env.close()
+    return _record("ale", n, "grayscale 84x84 x4", done, seconds, args)
+
+
+def _record(env: str, n: int, obs: str, done: int, seconds: float, args) -> Record:
+    return Record(
+        env=env,
+        num_envs=n,
+        obs_type=obs,
+        steps_timed=done,
+        seconds=round(seconds, 4),
+        env_steps_per_s=round(n * done / seconds, 2),
+        ms_per_step=round(1000 * seconds / done, 3),
+        device="cpu" if env == "ale" else args.device,
+        preset=args.preset if env == "dream" else "-",
+    )
+
+
+def table(records: list[Record], obs_types: list[str], num_envs: list[int]) -> str:
+    dream = {(r.num_envs, r.obs_type): r for r in records if r.env == "dream"}
+    ale = {r.num_envs: r for r in records if r.env == "ale"}
+    head = "| N | " + " | ".join(f"dream {o} (env-steps/s)" for o in obs_types)
+    head += " | ALE Breakout-v5 vector (env-steps/s) |"
+    lines = [head, "|---" * (len(obs_types) + 2) + "|"]
+    for n in num_envs:
+        cells = [f"{dream[(n, o)].env_steps_per_s:,.0f}" for o in obs_types]
+        cells.append(f"{ale[n].env_steps_per_s:,.0f}" if n in ale else "-")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = REMModel(REMConfig.preset(args.preset, num_actions=4, game="Breakout"))
+    model.to(args.device).eval()
+    records: list[Record] = []
+    for n in args.num_envs:
+        for obs_type in args.obs_types:
+            records.append(bench_dream(model, n, obs_type, args))
+            print(
+                f"dream N={n} {obs_type}: {records[-1].env_steps_per_s:,.0f} env-steps/s",
+                file=sys.stderr,
+            )
+        if not args.no_ale:
+            records.append(bench_ale(n, args))
+            print(f"ale N={n}: {records[-1].env_steps_per_s:,.0f} env-steps/s", file=sys.stderr)
+    metadata = {
+        "torch_version": torch.__version__,
+        "gymnasium_version": gym.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "device": args.device,
+        "preset": args.preset,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else argv,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if not args.no_ale:
+        import ale_py
+
+        metadata["ale_py_version"] = ale_py.__version__
+    print(
+        f"preset: {args.preset}, device: {args.device}, threads: {torch.get_num_threads()}, "
+        f"torch {torch.__version__}"
+    )
+    print(table(records, args.obs_types, args.num_envs))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"metadata": metadata, "records": [asdict(r) for r in records]}
+    args.json.write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()

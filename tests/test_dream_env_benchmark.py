@@ -1,0 +1,26 @@
+"""Smoke test of the dream env benchmark script (benchmarks/dream_env.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dream_env.py"
+
+
+def test_tiny_run_writes_table_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    command = [sys.executable, str(SCRIPT), "--preset", "tiny", "--num-envs", "1", "2"]
+    command += ["--steps", "2", "--warmup", "1", "--threads", "1", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "| N | dream rgb" in result.stdout and "ALE Breakout" in result.stdout
+    assert "\n| 1 |" in result.stdout and "\n| 2 |" in result.stdout
+    payload = json.loads(out.read_text())
+    assert payload["metadata"]["ale_py_version"]
+    records = payload["records"]
+    kinds = {(r["env"], r["num_envs"], r["obs_type"]) for r in records}
+    assert len(records) == len(kinds) == 8  # 2 sizes x (3 obs types + ALE)
+    assert all(r["env_steps_per_s"] > 0 and r["steps_timed"] == 2 for r in records)
