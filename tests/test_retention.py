@@ -175,7 +175,11 @@ def test_msr_group_norm_and_gate_shapes():
 @pytest.mark.parametrize("tail_batch", [1, 2])
 @pytest.mark.parametrize("keep_from", [0, 4, 6])
 def test_forward_with_tail_equals_one_chunk_with_state_len(tail_batch, keep_from):
-    decoder = RetNetDecoder(3, embed_dim=32, num_heads=2, ffn_dim=64, identical_init=False).double().eval()
+    decoder = (
+        RetNetDecoder(3, embed_dim=32, num_heads=2, ffn_dim=64, identical_init=False)
+        .double()
+        .eval()
+    )
     x = torch.randn(2, 6, 32, dtype=torch.float64)
     tail = torch.randn(tail_batch, 5, 32, dtype=torch.float64)
     _, prev = decoder.forward_chunk(torch.randn(2, 4, 32, dtype=torch.float64), 11, None)
@@ -184,4 +188,25 @@ def test_forward_with_tail_equals_one_chunk_with_state_len(tail_batch, keep_from
     got, states = decoder.forward_with_tail(x, tail, 15, prev, keep_from)
     assert _max_diff(got, expected[:, keep_from:]) < TOL
     for a, b in zip(states, expected_states, strict=True):
+        assert _max_diff(a, b) < TOL
+
+
+def test_inference_pieces_do_not_change_results(monkeypatch):
+    from rem_env.models import retnet
+
+    decoder = (
+        RetNetDecoder(2, embed_dim=32, num_heads=2, ffn_dim=64, identical_init=False)
+        .double()
+        .eval()
+    )
+    x = torch.randn(5, 6, 32, dtype=torch.float64)
+    tail = torch.randn(1, 5, 32, dtype=torch.float64)
+    _, prev = decoder.forward_chunk(torch.randn(5, 4, 32, dtype=torch.float64), 0, None)
+    with torch.no_grad():
+        whole, whole_states = decoder.forward_with_tail(x, tail, 4, prev, 5)
+        monkeypatch.setattr(retnet, "STEP_ROWS_PER_PIECE", 22)  # 2 envs of 11 rows per piece
+        monkeypatch.setattr(retnet, "FFN_ROWS_PER_PIECE", 7)
+        split, split_states = decoder.forward_with_tail(x, tail, 4, prev, 5)
+    assert _max_diff(whole, split) < TOL
+    for a, b in zip(whole_states, split_states, strict=True):
         assert _max_diff(a, b) < TOL

@@ -28,6 +28,16 @@ __all__ = ["LayerStates", "RetNetDecoder", "RetNetDecoderLayer"]
 LayerStates = tuple[Tensor, ...]
 """One retention state (B, H, d, d) per layer."""
 
+FFN_ROWS_PER_PIECE = 1024
+"""Rows of the feed-forward block processed at once when no gradient is recorded."""
+
+STEP_ROWS_PER_PIECE = 8192
+"""Token rows (batch x tokens) of one imagination pass processed at once without autograd.
+
+Larger batches are split: beyond ~32 MB per activation, CPU allocations are fresh memory maps
+whose page faults cost more than the arithmetic. Results do not depend on the split.
+"""
+
 
 class RetNetDecoderLayer(nn.Module):
     """One pre-LN RetNet decoder layer.
@@ -73,9 +83,25 @@ class RetNetDecoderLayer(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def feed_forward(self, x: Tensor) -> Tensor:
-        """The residual feed-forward half of the layer: ``x + FFN(LN2(x))``."""
+        """The residual feed-forward half of the layer: ``x + FFN(LN2(x))``.
+
+        Without autograd, rows are processed in pieces of ``FFN_ROWS_PER_PIECE`` so that the
+        wide hidden activations stay small and in cache (on CPU a (64*129, 1024) float32
+        activation costs more in page faults than in arithmetic).
+        """
+        rows = x.shape[:-1].numel()
+        if torch.is_grad_enabled() or rows <= FFN_ROWS_PER_PIECE:
+            return x + self._ffn(x)
+        flat = x.reshape(rows, x.shape[-1])  # (N, E)
+        out = torch.empty_like(flat)
+        for begin in range(0, rows, FFN_ROWS_PER_PIECE):
+            piece = flat[begin : begin + FFN_ROWS_PER_PIECE]
+            torch.add(piece, self._ffn(piece), out=out[begin : begin + FFN_ROWS_PER_PIECE])
+        return out.view_as(x)
+
+    def _ffn(self, x: Tensor) -> Tensor:
         hidden = self.dropout(nn.functional.silu(self.linear1(self.norm2(x))))
-        return x + self.dropout(self.linear2(hidden))
+        return self.dropout(self.linear2(hidden))
 
     def forward_parallel(self, x: Tensor, start: int) -> Tensor:
         """Parallel form from a zero state over (B, T, E) inputs."""
@@ -277,12 +303,36 @@ class RetNetDecoder(nn.Module):
         Equals :meth:`forward_chunk` on ``cat([x, tail])`` with ``state_len=R``, returning rows
         ``keep_from..`` of the output: the last layer computes only those rows (the others
         still contribute keys and values), and a batch-1 tail is projected once in layer 0.
+        Without autograd, batches beyond ``STEP_ROWS_PER_PIECE`` rows run in pieces.
         """
-        real = x.shape[1]
+        real, batch = x.shape[1], x.shape[0]
         head = self.layers[0].retention
         cos, sin = rotation_tables(
             start, real + tail.shape[1], head.head_dim, head.rope_base, x.dtype, x.device
         )
+        piece = max(1, STEP_ROWS_PER_PIECE // (real + tail.shape[1]))
+        if batch <= piece or torch.is_grad_enabled():
+            return self._forward_with_tail(x, tail, cos, sin, states, keep_from)
+        outputs, pieces = [], []
+        for begin in range(0, batch, piece):
+            part = slice(begin, begin + piece)
+            part_tail = tail if tail.shape[0] == 1 else tail[part]
+            part_states = None if states is None else tuple(s[part] for s in states)
+            y, new = self._forward_with_tail(x[part], part_tail, cos, sin, part_states, keep_from)
+            outputs.append(y)
+            pieces.append(new)
+        return torch.cat(outputs), tuple(torch.cat(layer) for layer in zip(*pieces, strict=True))
+
+    def _forward_with_tail(
+        self,
+        x: Tensor,
+        tail: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        states: LayerStates | None,
+        keep_from: int,
+    ) -> tuple[Tensor, LayerStates]:
+        real = x.shape[1]
         new_states = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
