@@ -195,7 +195,7 @@ class DreamVectorEnv(VectorEnv):
         contexts = None
         if options.get("contexts") is not None:
             contexts = check_contexts(self.model, options["contexts"], int(mask.sum()), self.device)
-        super().reset(seed=seed if isinstance(seed, int) else None)
+        super().reset(seed=int(seed) if isinstance(seed, (int, np.integer)) else None)
 
         device = self.device
         mask_t = torch.as_tensor(mask, device=device)
