@@ -159,9 +159,9 @@ def retention_chunk(
     mask, cross = _decay_tables(gammas, length, q.dtype, q.device)
     if query_start:
         mask, cross = mask[:, query_start:], cross[:, query_start:]
-    out = ((q @ k.transpose(-1, -2)) * mask) @ v
+    out = (q @ k.transpose(-1, -2)).mul_(mask) @ v  # in place: matmul keeps no output for backward
     if prev_state is not None:
-        out = out + (q @ prev_state) * cross
+        out = out.addcmul_(q @ prev_state, cross)
     per_token, whole = _state_decays(gammas, state_len, q.dtype, q.device)
     k_used = k[..., :state_len, :] * per_token  # (B, H, L, d)
     state = k_used.transpose(-1, -2) @ v[..., :state_len, :]  # (B, H, d, d)
@@ -319,8 +319,9 @@ class MultiScaleRetention(torch.nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Like :meth:`project` with explicit rotation tables, each (T, d/2)."""
         cos, sin = cos[:, None], sin[:, None]  # (T, 1, d/2): shared by the heads
+        scale = self.head_dim**-0.5  # the key scaling rides on the (small) rotation tables
         q = rotate(self._split(self.q_proj(x)), cos, sin)  # (B, T, H, d)
-        k = rotate(self._split(self.k_proj(x)), cos, sin) * (self.head_dim**-0.5)
+        k = rotate(self._split(self.k_proj(x)), cos * scale, sin * scale)
         v = self._split(self.v_proj(x))
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.g_proj(x)
 

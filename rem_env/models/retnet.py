@@ -236,8 +236,9 @@ class RetNetDecoder(nn.Module):
 
     Args:
         num_layers: Number of layers.
+        embed_dim, num_heads, ffn_dim, dropout, rope_base, min_decay_window, max_decay_window:
+            Sizes of every layer; see :class:`RetNetDecoderLayer`.
         identical_init: Start every layer with the same weights (REM deep-copies one layer).
-        **layer_sizes: Arguments of :class:`RetNetDecoderLayer` (named explicitly below).
 
     Example:
         >>> import torch
