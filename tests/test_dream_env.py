@@ -452,3 +452,37 @@ def test_long_dream_has_no_nan_and_no_memory_growth() -> None:
 
 def test_package_exports() -> None:
     assert rem_env.DreamVectorEnv is DreamVectorEnv and "DreamEnv" in rem_env.__all__
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_torch_and_numpy_outputs_dream_the_same(model: REMModel, mode: AutoresetMode) -> None:
+    kwargs = {"obs_type": "tokens", "autoreset_mode": mode, "max_episode_steps": 3}
+    numpy_env = DreamVectorEnv(model, 4, **kwargs)
+    torch_env = DreamVectorEnv(model, 4, output="torch", **kwargs)
+    a, b = numpy_env.reset(seed=2)[0], torch_env.reset(seed=2)[0]
+    assert np.array_equal(a, b.numpy())
+    for actions in np.random.default_rng(1).integers(0, 4, (10, 4)):
+        out_np = numpy_env.step(actions)
+        out_t = torch_env.step(torch.as_tensor(actions))
+        for x, y in zip(out_np[:4], out_t[:4], strict=True):
+            assert np.array_equal(x, y.numpy())
+        if mode == AutoresetMode.SAME_STEP and out_np[4]:
+            done = out_np[4]["_final_obs"]
+            assert np.array_equal(done, out_t[4]["_final_obs"].numpy())
+            for i in np.flatnonzero(done):
+                assert np.array_equal(out_np[4]["final_obs"][i], out_t[4]["final_obs"][i].numpy())
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_gymnasium_vector_wrappers_work(model: REMModel, mode: AutoresetMode) -> None:
+    from gymnasium.wrappers.vector import DictInfoToList, RecordEpisodeStatistics
+
+    env = DreamVectorEnv(model, 3, obs_type="tokens", autoreset_mode=mode, max_episode_steps=3)
+    env = DictInfoToList(RecordEpisodeStatistics(env))
+    env.reset(seed=0)
+    episodes = 0
+    for _ in range(8):
+        *_, infos = env.step(np.zeros(3, dtype=np.int64))
+        assert isinstance(infos, list) and len(infos) == 3
+        episodes += sum("episode" in info for info in infos)
+    assert episodes > 0
