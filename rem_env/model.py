@@ -6,8 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from rem_env.config import REMConfig
+from rem_env.models.sampling import StepNoise
 from rem_env.models.tokenizer import Tokenizer
-from rem_env.models.world_model import ImaginationStep, StepNoise, WorldModel
+from rem_env.models.world_model import ImaginationStep, WorldModel
 from rem_env.state import ImaginationState
 
 __all__ = ["REMModel"]
