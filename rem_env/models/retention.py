@@ -315,14 +315,19 @@ class MultiScaleRetention(torch.nn.Module):
         return self.project_with_tables(x, cos, sin)
 
     def project_with_tables(
-        self, x: Tensor, cos: Tensor, sin: Tensor
+        self, x: Tensor, cos: Tensor, sin: Tensor, query_from: int = 0
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Like :meth:`project` with explicit rotation tables, each (T, d/2)."""
+        """Like :meth:`project` with explicit rotation tables, each (T, d/2).
+
+        With ``query_from > 0`` the queries and gates are computed only for tokens
+        ``query_from..T-1`` (keys and values for all).
+        """
         cos, sin = cos[:, None], sin[:, None]  # (T, 1, d/2): shared by the heads
         scale = self.head_dim**-0.5  # the key scaling rides on the (small) rotation tables
-        q = rotate(self._split(self.q_proj(x)), cos, sin)  # (B, T, H, d)
-        k = rotate(self._split(self.k_proj(x)), cos * scale, sin * scale)
+        k = rotate(self._split(self.k_proj(x)), cos * scale, sin * scale)  # (B, T, H, d)
         v = self._split(self.v_proj(x))
+        x = x[:, query_from:]
+        q = rotate(self._split(self.q_proj(x)), cos[query_from:], sin[query_from:])
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.g_proj(x)
 
     def combine(self, o: Tensor, g: Tensor) -> Tensor:

@@ -144,15 +144,17 @@ class RetNetDecoderLayer(nn.Module):
         """
         batch, real = x.shape[:2]
         msr = self.retention
-        q_x, k_x, v_x, g_x = msr.project_with_tables(self.norm1(x), cos[:real], sin[:real])
+        q_x, k_x, v_x, g_x = msr.project_with_tables(
+            self.norm1(x), cos[:real], sin[:real], query_from=keep_from
+        )
         q_t, k_t, v_t, g_t = msr.project_with_tables(self.norm1(tail), cos[real:], sin[real:])
 
         def join(a: Tensor, b: Tensor, dim: int) -> Tensor:
             return torch.cat([a, b.expand(batch, *b.shape[1:])], dim=dim)
 
         k, v = join(k_x, k_t, 2), join(v_x, v_t, 2)  # (B, H, R+P, d)
-        q = join(q_x[:, :, keep_from:], q_t, 2)  # (B, H, R+P-keep_from, d)
-        g = join(g_x[:, keep_from:], g_t, 1)  # (B, R+P-keep_from, E)
+        q = join(q_x, q_t, 2)  # (B, H, R+P-keep_from, d)
+        g = join(g_x, g_t, 1)  # (B, R+P-keep_from, E)
         residual = join(x[:, keep_from:], tail, 1)
         o, new_state = retention_chunk(q, k, v, msr.gammas, state, real, keep_from)
         y = self.feed_forward(residual + self.dropout(msr.combine(o, g)))
