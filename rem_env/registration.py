@@ -12,7 +12,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from rem_env.dream import DreamEnv, DreamVectorEnv
+from rem_env.dream import DreamVectorEnv
+from rem_env.dream_env import DreamEnv
 from rem_env.model import REMModel
 
 __all__ = ["ATARI_100K_GAMES", "env_id", "make_dream_env", "make_dream_vector_env"]

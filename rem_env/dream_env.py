@@ -1,0 +1,108 @@
+"""DreamEnv: a single dream as a ``gymnasium.Env``, over a one-env DreamVectorEnv."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from torch import Tensor
+
+from rem_env.dream import RENDER_FPS, DreamVectorEnv, ObsType
+from rem_env.model import REMModel
+
+__all__ = ["DreamEnv"]
+
+
+class DreamEnv(gym.Env):
+    """A single dream as a ``gymnasium.Env`` (a :class:`DreamVectorEnv` of one env underneath).
+
+    Observations are numpy arrays (see :class:`DreamVectorEnv` for the obs types). After an
+    episode ends, call :meth:`reset` (``gym.make`` enforces it).
+
+    Args:
+        model: The world model.
+        obs_type: ``"rgb"``, ``"tokens"`` or ``"latent"``.
+        device: Where to dream (default: the model's device).
+        temperature: Sampling temperature (0 = argmax).
+        max_episode_steps: Truncate episodes after this many steps (``gym.make`` can also add a
+            ``TimeLimit``).
+        render_mode: None or ``"rgb_array"``.
+
+    Example:
+        >>> from rem_env import DreamEnv, REMConfig, REMModel
+        >>> env = DreamEnv(REMModel(REMConfig.preset("tiny", num_actions=4)), obs_type="tokens")
+        >>> obs, info = env.reset(seed=1)
+        >>> obs.shape
+        (16,)
+        >>> obs, reward, terminated, truncated, info = env.step(0)
+        >>> type(reward), type(terminated)
+        (<class 'float'>, <class 'bool'>)
+    """
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": RENDER_FPS}  # noqa: RUF012
+
+    def __init__(
+        self,
+        model: REMModel,
+        *,
+        obs_type: ObsType = "rgb",
+        device: str | torch.device | None = None,
+        temperature: float = 1.0,
+        max_episode_steps: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        self.vector_env = DreamVectorEnv(
+            model,
+            1,
+            obs_type=obs_type,
+            device=device,
+            temperature=temperature,
+            max_episode_steps=max_episode_steps,
+            autoreset_mode=AutoresetMode.DISABLED,
+            render_mode=render_mode,
+        )
+        self.render_mode = render_mode
+        self.observation_space = self.vector_env.single_observation_space
+        self.action_space = self.vector_env.single_action_space
+
+    @property
+    def model(self) -> REMModel:
+        """The world model."""
+        return self.vector_env.model
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Starts a new dream; ``options={"contexts": (tokens (1, C, K), actions (1, C-1))}``."""
+        if options is not None and "reset_mask" in options:
+            raise ValueError("reset_mask is for vector envs; a DreamEnv always resets its one env")
+        super().reset(seed=seed)
+        obs, _ = self.vector_env.reset(seed=seed, options=options)
+        return obs[0], {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One imagined step from an integer action."""
+        if isinstance(action, Tensor):
+            action = action.reshape(-1) if action.numel() == 1 else action
+        elif isinstance(action, (bool, np.bool_)):
+            raise TypeError(f"action must be an integer, got {action!r}")
+        else:
+            try:
+                action = np.asarray(action).reshape(-1) if np.size(action) == 1 else action
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"action must be an integer: {err}") from None
+        obs, reward, terminated, truncated, _ = self.vector_env.step(action)
+        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), {}
+
+    def render(self) -> np.ndarray | None:  # type: ignore[override]
+        """The current frame, uint8 (H, W, 3), if ``render_mode="rgb_array"``."""
+        frames = self.vector_env.render()
+        return None if frames is None else frames[0]
+
+    def close(self) -> None:
+        """Closes the underlying vector env."""
+        if not self.vector_env.closed:
+            self.vector_env.close()
