@@ -1,0 +1,114 @@
+"""Tests of training.actor_critic: shapes, explicit state, masking, burn-in flag, size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rem_env.config import REMConfig
+from training.actor_critic import ActorCritic, LSTMState
+
+
+@pytest.fixture
+def ac() -> ActorCritic:
+    torch.manual_seed(0)
+    return ActorCritic(num_actions=3, embed_dim=8, latent_size=4, hidden_size=16)
+
+
+def test_param_count_paper_sizes() -> None:
+    ac = ActorCritic.from_config(REMConfig.preset("paper", num_actions=18))
+    n = sum(p.numel() for p in ac.parameters())
+    assert abs(n - 4.58e6) / 4.58e6 < 0.02, n
+    assert ac.embed_dim == 256 and ac.latent_size == 8
+
+
+def test_shapes_and_no_state_on_module(ac: ActorCritic) -> None:
+    state = ac.initial_state(5)
+    assert state.h.shape == (5, 16) and state.c.abs().sum() == 0
+    out = ac(torch.randn(5, 8, 4, 4), state)
+    assert out.logits.shape == (5, 3) and out.value.shape == (5,)
+    assert isinstance(out.state, LSTMState)
+    assert not any(isinstance(v, torch.Tensor) for v in vars(ac).values())
+    with pytest.raises(ValueError, match="codes must have shape"):
+        ac(torch.randn(5, 8, 2, 2), state)
+    with pytest.raises(ValueError, match="actions"):
+        ac.observe_action(torch.zeros(5, 1, dtype=torch.long), state)
+
+
+def test_same_inputs_same_outputs(ac: ActorCritic) -> None:
+    codes = torch.randn(2, 8, 4, 4)
+    s0 = ac.initial_state(2)
+    a = ac(codes, s0)
+    b = ac(codes, s0)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.state.h, b.state.h)
+    # A different state gives a different output: the state is really an input.
+    c = ac(codes, a.state)
+    assert not torch.allclose(a.logits, c.logits)
+    # Rows are independent.
+    single = ac(codes[1:], ac.initial_state(1))
+    assert torch.allclose(single.logits, a.logits[1:], atol=1e-6)
+
+
+def test_action_step_changes_state(ac: ActorCritic) -> None:
+    s = ac(torch.randn(2, 8, 4, 4), ac.initial_state(2)).state
+    s1 = ac.observe_action(torch.tensor([0, 0]), s)
+    s2 = ac.observe_action(torch.tensor([1, 1]), s)
+    assert not torch.allclose(s1.h, s2.h)
+
+
+def test_state_select_and_reset() -> None:
+    old = LSTMState(torch.zeros(3, 2), torch.zeros(3, 2))
+    new = LSTMState(torch.ones(3, 2), torch.full((3, 2), 2.0))
+    mixed = old.select(torch.tensor([True, False, True]), new)
+    assert mixed.h[:, 0].tolist() == [1.0, 0.0, 1.0] and mixed.c[:, 0].tolist() == [2.0, 0.0, 2.0]
+    reset = new.reset(torch.tensor([False, True, False]))
+    assert reset.h[:, 0].tolist() == [1.0, 0.0, 1.0]
+
+
+def _manual(ac: ActorCritic, codes, actions, with_actions: bool) -> LSTMState:
+    state = ac.initial_state(codes.shape[0])
+    for i in range(codes.shape[1]):
+        state = ac(codes[:, i], state).state
+        if with_actions:
+            state = ac.observe_action(actions[:, i], state)
+    return state
+
+
+def test_burn_in_left_padding_is_skipped(ac: ActorCritic) -> None:
+    torch.manual_seed(1)
+    codes = torch.randn(2, 5, 8, 4, 4)
+    actions = torch.randint(3, (2, 5))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    for flag in (True, False):
+        state = ac.burn_in(codes, actions, mask, burn_in_actions=flag)
+        assert not state.h.requires_grad
+        row0 = _manual(ac, codes[:1, 2:], actions[:1, 2:], flag)
+        row1 = _manual(ac, codes[1:], actions[1:], flag)
+        assert torch.allclose(state.h[0], row0.h[0], atol=1e-6)
+        assert torch.allclose(state.c[1], row1.c[0], atol=1e-6)
+    # A fully padded row keeps its start state.
+    start = LSTMState(torch.randn(2, 16), torch.randn(2, 16))
+    none = torch.zeros(2, 5, dtype=torch.bool)
+    kept = ac.burn_in(codes, actions, none, state=start)
+    assert torch.equal(kept.h, start.h) and torch.equal(kept.c, start.c)
+
+
+def test_burn_in_flag_makes_a_difference(ac: ActorCritic) -> None:
+    codes = torch.randn(2, 4, 8, 4, 4)
+    actions = torch.randint(3, (2, 4))
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    intended = ac.burn_in(codes, actions, mask, burn_in_actions=True)
+    published = ac.burn_in(codes, actions, mask, burn_in_actions=False)
+    assert not torch.allclose(intended.h, published.h)
+    # The published behaviour ignores the actions entirely.
+    other = ac.burn_in(codes, (actions + 1) % 3, mask, burn_in_actions=False)
+    assert torch.equal(other.h, published.h)
+    with pytest.raises(ValueError, match="mask and actions"):
+        ac.burn_in(codes, actions, mask[:, :2])
+
+
+def test_constructor_errors() -> None:
+    with pytest.raises(ValueError, match="num_actions"):
+        ActorCritic(num_actions=0, embed_dim=8, latent_size=4)
+    with pytest.raises(TypeError, match="REMConfig"):
+        ActorCritic.from_config("paper")  # type: ignore[arg-type]

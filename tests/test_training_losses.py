@@ -1,0 +1,219 @@
+"""Tests of training.losses: hand-worked lambda-returns, masks, gradient routing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rem_env.config import REMConfig
+from rem_env.models.tokenizer import Tokenizer
+from rem_env.models.world_model import WorldModelOutput
+from training.losses import (
+    actor_critic_loss,
+    lambda_returns,
+    reward_classes,
+    tokenizer_loss,
+    world_model_loss,
+)
+
+
+def test_lambda_returns_hand_worked_no_ends() -> None:
+    # gamma = 0.5, lambda = 0.5, r = [1, 2, 3], V = [4, 8, 16]
+    # G2 = V2 = 16
+    # G1 = r1 + 0.5 * (0.5 * V2 + 0.5 * G2) = 2 + 0.5 * (8 + 8) = 10
+    # G0 = r0 + 0.5 * (0.5 * V1 + 0.5 * G1) = 1 + 0.5 * (4 + 5) = 5.5
+    r = torch.tensor([[1.0, 2.0, 3.0]])
+    v = torch.tensor([[4.0, 8.0, 16.0]])
+    g = lambda_returns(r, v, torch.zeros(1, 3), gamma=0.5, lambda_=0.5)
+    assert torch.allclose(g, torch.tensor([[5.5, 10.0, 16.0]]))
+
+
+def test_lambda_returns_hand_worked_with_end() -> None:
+    # gamma = 0.9, lambda = 0.5, r = [1, 1, 0], V = [2, 4, 10], d = [0, 1, 0]
+    # G2 = 10; G1 = r1 + 0 = 1 (end after step 1: no bootstrap)
+    # G0 = 1 + 0.9 * (0.5 * 4 + 0.5 * 1) = 1 + 0.9 * 2.5 = 3.25
+    r = torch.tensor([[1.0, 1.0, 0.0]])
+    v = torch.tensor([[2.0, 4.0, 10.0]])
+    d = torch.tensor([[False, True, False]])
+    g = lambda_returns(r, v, d, gamma=0.9, lambda_=0.5)
+    assert torch.allclose(g, torch.tensor([[3.25, 1.0, 10.0]]))
+
+
+def test_lambda_returns_limits() -> None:
+    # lambda = 1: discounted Monte Carlo return bootstrapped with V_{T-1};
+    # lambda = 0: one-step TD targets r_t + gamma * V_{t+1}.
+    r = torch.tensor([[1.0, 2.0, 0.0]])
+    v = torch.tensor([[0.0, 3.0, 5.0]])
+    d = torch.zeros(1, 3)
+    g1 = lambda_returns(r, v, d, gamma=0.5, lambda_=1.0)
+    assert torch.allclose(g1, torch.tensor([[1 + 0.5 * 2 + 0.25 * 5, 2 + 0.5 * 5, 5.0]]))
+    g0 = lambda_returns(r, v, d, gamma=0.5, lambda_=0.0)
+    assert torch.allclose(g0, torch.tensor([[1 + 0.5 * 3, 2 + 0.5 * 5, 5.0]]))
+
+
+def test_lambda_returns_no_grad_and_shape_errors() -> None:
+    v = torch.ones(2, 4, requires_grad=True)
+    g = lambda_returns(torch.zeros(2, 4), v, torch.zeros(2, 4))
+    assert not g.requires_grad
+    with pytest.raises(ValueError, match="share one"):
+        lambda_returns(torch.zeros(2, 3), v, torch.zeros(2, 4))
+
+
+def test_reward_classes() -> None:
+    assert reward_classes(torch.tensor([-3.0, 0.0, 0.5, 7.0])).tolist() == [0, 1, 2, 2]
+
+
+def _wm_output(b: int, t: int, k: int, v: int) -> WorldModelOutput:
+    return WorldModelOutput(
+        torch.randn(b, t, k, v, requires_grad=True),
+        torch.randn(b, t, 3, requires_grad=True),
+        torch.randn(b, t, 2, requires_grad=True),
+    )
+
+
+def test_world_model_loss_masks_padding_and_context() -> None:
+    torch.manual_seed(0)
+    b, t, k, v = 2, 5, 3, 7
+    out = _wm_output(b, t, k, v)
+    tokens = torch.randint(v, (b, t, k))
+    rewards = torch.tensor([[0.0, 1.0, -2.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0, 0.0]])
+    ends = torch.zeros(b, t, dtype=torch.bool)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    loss, metrics = world_model_loss(out, tokens, rewards, ends, mask, context_length=2)
+    loss.backward()
+    # No gradient reaches padded blocks (any head) or context blocks (obs head).
+    assert out.obs_logits.grad[:, :2].abs().sum() == 0
+    assert out.obs_logits.grad[0, 4].abs().sum() == 0
+    assert out.obs_logits.grad[1, 3:].abs().sum() == 0
+    assert out.obs_logits.grad[0, 2:4].abs().sum() > 0
+    assert out.reward_logits.grad[0, 4].abs().sum() == 0
+    assert out.reward_logits.grad[0, :4].abs().sum() > 0
+    assert out.end_logits.grad[1, 3:].abs().sum() == 0
+    # The obs term equals a hand-picked mean over the predicted blocks only.
+    picked_logits = torch.cat(
+        [out.obs_logits[0, 2:4].reshape(-1, v), out.obs_logits[1, 2:3].reshape(-1, v)]
+    )
+    picked_labels = torch.cat([tokens[0, 2:4].reshape(-1), tokens[1, 2:3].reshape(-1)])
+    expected = torch.nn.functional.cross_entropy(picked_logits, picked_labels)
+    assert metrics["obs"] == pytest.approx(expected.item(), rel=1e-5)
+    # Changing padded targets changes nothing.
+    tokens2 = tokens.clone()
+    tokens2[0, 4] = (tokens2[0, 4] + 1) % v
+    rewards2 = rewards.clone()
+    rewards2[1, 4] = -5.0
+    loss2, _ = world_model_loss(out, tokens2, rewards2, ends, mask, context_length=2)
+    assert loss2.item() == pytest.approx(loss.item())
+    assert metrics["total"] == pytest.approx(metrics["obs"] + metrics["reward"] + metrics["end"])
+
+
+def test_world_model_loss_reward_labels_and_empty_targets() -> None:
+    out = WorldModelOutput(
+        torch.zeros(1, 2, 1, 4),
+        torch.tensor([[[0.0, 0.0, 10.0], [10.0, 0.0, 0.0]]]),
+        torch.zeros(1, 2, 2),
+    )
+    tokens = torch.zeros(1, 2, 1, dtype=torch.long)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    # Rewards +4 and -1: classes 2 and 0, which the logits predict confidently.
+    loss, metrics = world_model_loss(out, tokens, torch.tensor([[4.0, -1.0]]), mask, mask, 2)
+    assert metrics["reward"] < 1e-3
+    # Every block is context: the obs term is 0, not NaN.
+    assert metrics["obs"] == 0.0
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="mask"):
+        world_model_loss(out, tokens, torch.zeros(1, 2), mask, mask[:, :1])
+
+
+def test_tokenizer_loss_terms_and_gradient_routing() -> None:
+    torch.manual_seed(0)
+    tok = Tokenizer(REMConfig.preset("tiny", num_actions=4).tokenizer)
+    frames = torch.rand(2, 3, 16, 16)
+    out = tok(frames)
+    loss, metrics = tokenizer_loss(out, frames, beta=1.0)
+    x = frames * 2 - 1
+    recon = torch.mean((out.reconstruction - x) ** 2).item()
+    assert metrics["reconstruction"] == pytest.approx(recon, rel=1e-5)
+    assert metrics["codebook"] == pytest.approx(metrics["commitment"], rel=1e-5)
+    assert "perceptual" not in metrics
+    assert metrics["total"] == pytest.approx(loss.item())
+
+    # Codebook gets gradient from the codebook term only; the encoder from commitment and
+    # reconstruction only.
+    def grads(term: str) -> tuple[float, float]:
+        tok.zero_grad()
+        o = tok(frames)
+        value = {
+            "codebook": torch.mean((o.codes - o.z.detach()) ** 2),
+            "commitment": torch.mean((o.z - o.codes.detach()) ** 2),
+            "reconstruction": torch.mean((o.reconstruction - x) ** 2),
+        }[term]
+        value.backward()
+        cb = tok.embedding.weight.grad
+        enc = tok.encoder.conv_in.weight.grad
+        return (
+            0.0 if cb is None else cb.abs().sum().item(),
+            0.0 if enc is None else enc.abs().sum().item(),
+        )
+
+    assert grads("codebook")[0] > 0 and grads("codebook")[1] == 0
+    assert grads("commitment")[0] == 0 and grads("commitment")[1] > 0
+    assert grads("reconstruction")[0] == 0 and grads("reconstruction")[1] > 0
+    # The combined loss reaches both.
+    tok.zero_grad()
+    loss, _ = tokenizer_loss(tok(frames), frames)
+    loss.backward()
+    assert tok.embedding.weight.grad.abs().sum() > 0
+    assert tok.decoder.conv_out.weight.grad.abs().sum() > 0
+
+
+def test_tokenizer_loss_perceptual_and_errors() -> None:
+    tok = Tokenizer(REMConfig.preset("tiny", num_actions=4).tokenizer)
+    frames = torch.rand(3, 3, 16, 16)
+    out = tok(frames)
+    seen = {}
+
+    def fake_perceptual(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        seen["range"] = (a.min().item(), a.max().item())
+        return torch.full((a.shape[0],), 0.25)
+
+    base, _ = tokenizer_loss(out, frames)
+    loss, metrics = tokenizer_loss(out, frames, perceptual=fake_perceptual)
+    assert metrics["perceptual"] == pytest.approx(0.25)
+    assert loss.item() == pytest.approx(base.item() + 0.25, rel=1e-5)
+    assert seen["range"][0] >= -1.0 and seen["range"][0] < -0.5  # images given in [-1, 1]
+    with pytest.raises(TypeError, match="floating"):
+        tokenizer_loss(out, (frames * 255).to(torch.uint8))
+
+
+def test_actor_critic_loss_by_hand() -> None:
+    # T = 3, so t = 0..1 enter the loss; uniform policy over 2 actions, so log pi = log 0.5.
+    logits = torch.zeros(1, 3, 2, requires_grad=True)
+    values = torch.tensor([[1.0, 2.0, 4.0]], requires_grad=True)
+    actions = torch.tensor([[0, 1, 0]])
+    rewards = torch.tensor([[1.0, 0.0, 0.0]])
+    ends = torch.zeros(1, 3)
+    gamma, lam = 0.5, 0.5
+    # G2 = 4; G1 = 0 + 0.5 * (0.5 * 4 + 0.5 * 4) = 2; G0 = 1 + 0.5 * (0.5 * 2 + 0.5 * 2) = 2
+    g = torch.tensor([2.0, 2.0])
+    adv = g - torch.tensor([1.0, 2.0])  # [1, 0]
+    log_half = torch.log(torch.tensor(0.5))
+    policy = -(log_half * adv).mean()
+    entropy = -log_half  # H of uniform over 2 = log 2
+    value = ((torch.tensor([1.0, 2.0]) - g) ** 2).mean()  # 0.5
+    loss, m = actor_critic_loss(logits, values, actions, rewards, ends, gamma, lam, 0.001)
+    assert m["policy"] == pytest.approx(policy.item(), rel=1e-5)
+    assert m["entropy"] == pytest.approx(entropy.item(), rel=1e-5)
+    assert m["value"] == pytest.approx(value.item(), rel=1e-5)
+    expected = policy - 0.001 * entropy + value
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    # The last step contributes no gradient (t = 0..T-2 only).
+    assert logits.grad[0, 2].abs().sum() == 0 and values.grad[0, 2] == 0
+    assert values.grad[0, 0] != 0
+
+
+def test_actor_critic_loss_errors() -> None:
+    with pytest.raises(ValueError, match="T >= 2"):
+        actor_critic_loss(torch.zeros(1, 1, 2), *(torch.zeros(1, 1),) * 4)
+    with pytest.raises(ValueError, match="values"):
+        actor_critic_loss(torch.zeros(1, 3, 2), *(torch.zeros(1, 2),) * 4)

@@ -1,0 +1,205 @@
+"""REM's latent-space actor-critic ("LSAC", REM_SPEC 6): a CNN on token codes, then an LSTM.
+
+The recurrent state ``(h, c)`` is passed in and returned; the module never stores it. The LSTM
+input sequence is o_0, a_0, o_1, a_1, ...: after each observation step (:meth:`ActorCritic.forward`)
+the executed action is pushed through the same LSTM as its own step
+(:meth:`ActorCritic.observe_action`), whose output is discarded.
+
+Masked steps (``mask`` False, e.g. left padding in a burn-in segment) leave the state unchanged,
+so running a left-padded segment from zeros equals running its real frames alone.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from rem_env.config import REMConfig
+
+__all__ = ["ActorCritic", "ActorCriticOutput", "LSTMState"]
+
+
+class LSTMState(NamedTuple):
+    """Recurrent state of the actor-critic's LSTM cell."""
+
+    h: Tensor
+    """(B, hidden) hidden state."""
+    c: Tensor
+    """(B, hidden) cell state."""
+
+    def select(self, keep_new: Tensor, new: LSTMState) -> LSTMState:
+        """Row-wise choice: ``new`` where ``keep_new`` (B,) is True, ``self`` elsewhere."""
+        m = keep_new.bool()[:, None]  # (B, 1)
+        return LSTMState(torch.where(m, new.h, self.h), torch.where(m, new.c, self.c))
+
+    def reset(self, done: Tensor) -> LSTMState:
+        """Zeros the rows where ``done`` (B,) is True (a new episode starts there)."""
+        m = done.bool()[:, None]  # (B, 1)
+        return LSTMState(self.h.masked_fill(m, 0.0), self.c.masked_fill(m, 0.0))
+
+
+class ActorCriticOutput(NamedTuple):
+    """Result of one observation step."""
+
+    logits: Tensor
+    """(B, A) policy logits."""
+    value: Tensor
+    """(B,) value estimate."""
+    state: LSTMState
+    """The LSTM state after this observation."""
+
+
+class ActorCritic(nn.Module):
+    """REM's actor-critic on tokenizer codes: conv-conv-linear, LSTMCell, actor and critic heads.
+
+    Layers (paper sizes in brackets): ``Conv3x3(E->128)+SiLU``, ``Conv3x3(128->64)+SiLU``,
+    flatten (64*h*w = 4096), ``Linear(->512)+SiLU``, ``LSTMCell(512, 512)``, actor
+    ``Linear(512, A)``, critic ``Linear(512, 1)``, and action embeddings
+    ``nn.Embedding(A, 512)`` fed through the same LSTM. About 4.58M parameters.
+
+    Args:
+        num_actions: Size of the action set A.
+        embed_dim: Channels E of the token codes (the tokenizer's ``embed_dim``, 256).
+        latent_size: Side h = w of the token grid (8).
+        hidden_size: Width of the linear layer and the LSTM (512).
+
+    Example:
+        >>> import torch
+        >>> ac = ActorCritic(num_actions=4, embed_dim=32, latent_size=4, hidden_size=64)
+        >>> state = ac.initial_state(batch_size=2)
+        >>> out = ac(torch.randn(2, 32, 4, 4), state)
+        >>> out.logits.shape, out.value.shape
+        (torch.Size([2, 4]), torch.Size([2]))
+        >>> state = ac.observe_action(torch.tensor([0, 3]), out.state)
+        >>> state.h.shape
+        torch.Size([2, 64])
+    """
+
+    def __init__(
+        self, num_actions: int, embed_dim: int, latent_size: int, hidden_size: int = 512
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("num_actions", num_actions),
+            ("embed_dim", embed_dim),
+            ("latent_size", latent_size),
+            ("hidden_size", hidden_size),
+        ):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.num_actions = num_actions
+        self.embed_dim = embed_dim
+        self.latent_size = latent_size
+        self.hidden_size = hidden_size
+        self.encoder = nn.Sequential(
+            nn.Conv2d(embed_dim, 128, kernel_size=3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(128, 64, kernel_size=3, padding=1),
+            nn.SiLU(),
+            nn.Flatten(),  # (B, 64*h*w)
+            nn.Linear(64 * latent_size * latent_size, hidden_size),
+            nn.SiLU(),
+        )
+        self.lstm = nn.LSTMCell(hidden_size, hidden_size)
+        self.actor = nn.Linear(hidden_size, num_actions)
+        self.critic = nn.Linear(hidden_size, 1)
+        self.action_embeddings = nn.Embedding(num_actions, hidden_size)
+
+    @classmethod
+    def from_config(cls, config: REMConfig, hidden_size: int = 512) -> ActorCritic:
+        """Builds the actor-critic matching a model config (A, E and the token grid)."""
+        if not isinstance(config, REMConfig):
+            raise TypeError(f"config must be a REMConfig, got {type(config).__name__}")
+        tok = config.tokenizer
+        return cls(config.num_actions, tok.embed_dim, tok.latent_size, hidden_size)
+
+    def initial_state(self, batch_size: int, device: torch.device | None = None) -> LSTMState:
+        """Zero state for ``batch_size`` rows, on ``device`` (default: the parameters' device)."""
+        weight = self.actor.weight
+        shape = (batch_size, self.hidden_size)
+        device = weight.device if device is None else device
+        return LSTMState(
+            torch.zeros(shape, device=device, dtype=weight.dtype),
+            torch.zeros(shape, device=device, dtype=weight.dtype),
+        )
+
+    def forward(self, codes: Tensor, state: LSTMState) -> ActorCriticOutput:
+        """One observation step.
+
+        Args:
+            codes: (B, E, h, w) token codes of the current frames (``z_quantized`` of the
+                tokenizer when acting, ``to_codes(tokens)`` in imagination).
+            state: LSTM state before this observation.
+
+        Returns:
+            Policy logits, value and the new state.
+
+        Raises:
+            ValueError: If ``codes`` does not have shape (B, E, h, w).
+        """
+        self._check_codes(codes)
+        x = self.encoder(codes)  # (B, hidden)
+        h, c = self.lstm(x, (state.h, state.c))
+        return ActorCriticOutput(self.actor(h), self.critic(h).squeeze(-1), LSTMState(h, c))
+
+    def observe_action(self, actions: Tensor, state: LSTMState) -> LSTMState:
+        """Pushes the executed actions (B,) through the LSTM as their own step."""
+        if actions.ndim != 1:
+            raise ValueError(f"actions must have shape (B,), got {tuple(actions.shape)}")
+        h, c = self.lstm(self.action_embeddings(actions.long()), (state.h, state.c))
+        return LSTMState(h, c)
+
+    @torch.no_grad()
+    def burn_in(
+        self,
+        codes: Tensor,
+        actions: Tensor,
+        mask: Tensor,
+        burn_in_actions: bool = True,
+        state: LSTMState | None = None,
+    ) -> LSTMState:
+        """Runs a (left-padded) segment of real frames under no_grad and returns the state.
+
+        Args:
+            codes: (B, T, E, h, w) token codes of the burn-in frames.
+            actions: (B, T) actions executed after each frame (read only with
+                ``burn_in_actions``).
+            mask: (B, T) bool, False for padding; masked steps leave the state unchanged.
+            burn_in_actions: True (intended, default) feeds o_0, a_0, ..., o_{T-1}, a_{T-1}, as
+                when acting; False (the published REM behaviour, REM_SPEC 11.1) feeds the
+                observations only.
+            state: Start state; zeros when None.
+
+        Returns:
+            The state after the segment; the next observation step continues from it.
+
+        Raises:
+            ValueError: If the shapes disagree.
+        """
+        if codes.ndim != 5:
+            raise ValueError(f"codes must have shape (B, T, E, h, w), got {tuple(codes.shape)}")
+        b, t = codes.shape[:2]
+        if tuple(mask.shape) != (b, t) or tuple(actions.shape) != (b, t):
+            raise ValueError(
+                f"mask and actions must have shape {(b, t)}, got {tuple(mask.shape)} and "
+                f"{tuple(actions.shape)}"
+            )
+        if state is None:
+            state = self.initial_state(b, device=codes.device)
+        for i in range(t):
+            new = self(codes[:, i], state).state
+            if burn_in_actions:
+                new = self.observe_action(actions[:, i], new)
+            state = state.select(mask[:, i], new)
+        return state
+
+    def _check_codes(self, codes: Tensor) -> None:
+        """Raises if ``codes`` is not (B, E, h, w) with this module's sizes."""
+        expected = (self.embed_dim, self.latent_size, self.latent_size)
+        if codes.ndim != 4 or tuple(codes.shape[1:]) != expected:
+            raise ValueError(
+                f"codes must have shape (B, {', '.join(map(str, expected))}), "
+                f"got {tuple(codes.shape)}"
+            )

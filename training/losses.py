@@ -1,0 +1,275 @@
+"""Training losses of REM's three components and lambda-returns, as pure functions.
+
+Every loss returns ``(loss, metrics)``: a scalar tensor to back-propagate and a
+``dict[str, float]`` of detached values for logging. Nothing here owns parameters; the
+perceptual network, if any, is passed in (see :mod:`training.lpips`).
+
+Formulas follow REM_SPEC section 3 (tokenizer), section 4 (world model: three
+cross-entropies) and section 6 (actor-critic: lambda-returns, policy gradient with the value as
+baseline, entropy bonus, value regression).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rem_env.models.tokenizer import TokenizerReconstruction
+from rem_env.models.world_model import WorldModelOutput
+
+__all__ = [
+    "IGNORE_INDEX",
+    "Metrics",
+    "actor_critic_loss",
+    "lambda_returns",
+    "reward_classes",
+    "tokenizer_loss",
+    "world_model_loss",
+]
+
+Metrics = dict[str, float]
+"""Detached scalar values of a loss and its terms, keyed by name, for logging."""
+
+IGNORE_INDEX = -100
+"""Label value that a cross-entropy skips (padded blocks, context blocks)."""
+
+PerceptualLoss = Callable[[Tensor, Tensor], Tensor]
+"""``(x, x_hat) -> (B,)`` distances of images in [-1, 1], e.g. :class:`training.lpips.LPIPS`."""
+
+
+def tokenizer_loss(
+    output: TokenizerReconstruction,
+    frames: Tensor,
+    beta: float = 1.0,
+    perceptual: PerceptualLoss | None = None,
+) -> tuple[Tensor, Metrics]:
+    """The VQ-VAE loss of REM (REM_SPEC 3), every term with weight 1.
+
+    ``L = mse(codes, sg(z)) + beta * mse(z, sg(codes)) + mse(x, x_hat) [+ mean LPIPS(x, x_hat)]``
+    with images in [-1, 1]. The first term (codebook) is the only one that reaches the codebook;
+    the commitment and reconstruction terms reach the encoder (the latter straight-through).
+
+    Args:
+        output: :meth:`rem_env.models.tokenizer.Tokenizer.forward` of ``frames``.
+        frames: The input frames, float in [0, 1], shape (B, C, H, W).
+        beta: Weight of the commitment term (1.0 in REM).
+        perceptual: Optional perceptual distance on [-1, 1] images returning (B,) values;
+            None trains without it.
+
+    Returns:
+        The loss and metrics ``codebook``, ``commitment``, ``reconstruction``, ``perceptual``
+        (only with a perceptual network) and ``total``.
+
+    Raises:
+        TypeError: If ``frames`` is not a floating-point tensor.
+        ValueError: If ``frames`` and the reconstruction differ in shape.
+    """
+    if not isinstance(frames, Tensor) or not frames.dtype.is_floating_point:
+        raise TypeError("frames must be a floating-point tensor in [0, 1] (uint8 / 255)")
+    x_hat = output.reconstruction
+    if tuple(frames.shape) != tuple(x_hat.shape):
+        raise ValueError(
+            f"frames {tuple(frames.shape)} and reconstruction {tuple(x_hat.shape)} differ in shape"
+        )
+    x = frames.to(x_hat.dtype) * 2.0 - 1.0
+    codebook = F.mse_loss(output.codes, output.z.detach())
+    commitment = F.mse_loss(output.z, output.codes.detach())
+    reconstruction = F.mse_loss(x_hat, x)
+    loss = codebook + beta * commitment + reconstruction
+    metrics: Metrics = {
+        "codebook": codebook.item(),
+        "commitment": commitment.item(),
+        "reconstruction": reconstruction.item(),
+    }
+    if perceptual is not None:
+        lpips = perceptual(x, x_hat).mean()
+        loss = loss + lpips
+        metrics["perceptual"] = lpips.item()
+    metrics["total"] = loss.item()
+    return loss, metrics
+
+
+def reward_classes(rewards: Tensor) -> Tensor:
+    """Reward labels of the world model: ``sign(r) + 1`` in {0, 1, 2}, int64."""
+    return (torch.sign(rewards) + 1).long()
+
+
+def _masked_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy over labels != IGNORE_INDEX; 0 (with grad) when there are none."""
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),  # (N, classes)
+        labels.reshape(-1),  # (N,)
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    count = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    return total / count
+
+
+def world_model_loss(
+    output: WorldModelOutput,
+    obs_tokens: Tensor,
+    rewards: Tensor,
+    ends: Tensor,
+    mask: Tensor,
+    context_length: int = 2,
+) -> tuple[Tensor, Metrics]:
+    """The world-model loss: observation + reward + end cross-entropies, summed (REM_SPEC 4).
+
+    ``output.obs_logits[:, t]`` predicts block t's own tokens (POP), so the observation targets
+    are ``obs_tokens`` themselves, skipped for padded blocks and for the first
+    ``context_length`` blocks. Reward (``sign(r) + 1``) and end labels are read at every real
+    block. Each term is a mean over its non-ignored labels.
+
+    Args:
+        output: :meth:`rem_env.models.world_model.WorldModel.forward` of the segment.
+        obs_tokens: (B, T, K) int64 tokens of the segment's frames.
+        rewards: (B, T) float rewards received after each block's action.
+        ends: (B, T) bool (or 0/1) episode-end flags after each block's action.
+        mask: (B, T) bool, True for real blocks, False for padding.
+        context_length: Leading blocks that are never an observation target (2 in REM).
+
+    Returns:
+        The loss and metrics ``obs``, ``reward``, ``end``, ``total``.
+
+    Raises:
+        ValueError: If shapes disagree or ``context_length`` is negative.
+    """
+    b, t, k, _ = output.obs_logits.shape
+    if tuple(obs_tokens.shape) != (b, t, k):
+        raise ValueError(f"obs_tokens must have shape {(b, t, k)}, got {tuple(obs_tokens.shape)}")
+    for name, value in (("rewards", rewards), ("ends", ends), ("mask", mask)):
+        if tuple(value.shape) != (b, t):
+            raise ValueError(f"{name} must have shape {(b, t)}, got {tuple(value.shape)}")
+    if context_length < 0:
+        raise ValueError(f"context_length must be non-negative, got {context_length}")
+    mask = mask.bool()
+    ignore = torch.full_like(obs_tokens, IGNORE_INDEX, dtype=torch.long)
+    predicted = mask.clone()
+    predicted[:, :context_length] = False
+    obs_labels = torch.where(predicted[..., None], obs_tokens.long(), ignore)  # (B, T, K)
+    reward_labels = torch.where(mask, reward_classes(rewards), IGNORE_INDEX)  # (B, T)
+    end_labels = torch.where(mask, ends.long(), IGNORE_INDEX)  # (B, T)
+    obs_loss = _masked_cross_entropy(output.obs_logits, obs_labels)
+    reward_loss = _masked_cross_entropy(output.reward_logits, reward_labels)
+    end_loss = _masked_cross_entropy(output.end_logits, end_labels)
+    loss = obs_loss + reward_loss + end_loss
+    metrics: Metrics = {
+        "obs": obs_loss.item(),
+        "reward": reward_loss.item(),
+        "end": end_loss.item(),
+        "total": loss.item(),
+    }
+    return loss, metrics
+
+
+@torch.no_grad()
+def lambda_returns(
+    rewards: Tensor, values: Tensor, ends: Tensor, gamma: float = 0.995, lambda_: float = 0.95
+) -> Tensor:
+    """Lambda-returns along time, without gradient (REM_SPEC 6).
+
+    ``G[T-1] = V[T-1]`` and, going back,
+    ``G[t] = r[t] + gamma * (1 - d[t]) * ((1 - lambda) * V[t+1] + lambda * G[t+1])``.
+
+    Args:
+        rewards: (B, T) rewards received after the action at step t.
+        values: (B, T) value estimates of the state at step t.
+        ends: (B, T) bool or 0/1 episode ends after step t (stop bootstrapping).
+        gamma: Discount (0.995 in REM).
+        lambda_: Lambda (0.95 in REM).
+
+    Returns:
+        (B, T) returns in ``values``' dtype.
+
+    Raises:
+        ValueError: If the shapes differ or T is 0.
+
+    Example:
+        >>> import torch
+        >>> r = torch.tensor([[1.0, 0.0]]); v = torch.tensor([[0.0, 2.0]])
+        >>> lambda_returns(r, v, torch.zeros(1, 2), gamma=0.5, lambda_=0.5)
+        tensor([[2., 2.]])
+    """
+    if rewards.shape != values.shape or ends.shape != values.shape or values.ndim != 2:
+        raise ValueError(
+            "rewards, values and ends must share one (B, T) shape, got "
+            f"{tuple(rewards.shape)}, {tuple(values.shape)}, {tuple(ends.shape)}"
+        )
+    if values.shape[1] == 0:
+        raise ValueError("lambda_returns needs at least one time step")
+    values = values.detach()
+    continues = 1.0 - ends.to(values.dtype)
+    rewards = rewards.to(values.dtype)
+    returns = torch.empty_like(values)
+    returns[:, -1] = values[:, -1]
+    for t in range(values.shape[1] - 2, -1, -1):
+        bootstrap = (1.0 - lambda_) * values[:, t + 1] + lambda_ * returns[:, t + 1]
+        returns[:, t] = rewards[:, t] + gamma * continues[:, t] * bootstrap
+    return returns
+
+
+def actor_critic_loss(
+    logits: Tensor,
+    values: Tensor,
+    actions: Tensor,
+    rewards: Tensor,
+    ends: Tensor,
+    gamma: float = 0.995,
+    lambda_: float = 0.95,
+    entropy_weight: float = 0.001,
+) -> tuple[Tensor, Metrics]:
+    """REM's actor-critic loss on an imagined trajectory of T steps (REM_SPEC 6).
+
+    With lambda-returns G (no gradient) over all T steps, the loss uses t = 0..T-2:
+    policy ``-mean(log pi(a_t) * (G_t - sg(V_t)))``, entropy ``-entropy_weight * mean(H(pi_t))``
+    and value ``mean((V_t - G_t)^2)``, summed with no other weights.
+
+    Args:
+        logits: (B, T, A) policy logits at each imagined step (with gradient).
+        values: (B, T) value estimates (with gradient).
+        actions: (B, T) int64 actions taken at each step.
+        rewards: (B, T) rewards after each action (constants from the world model).
+        ends: (B, T) episode ends after each action (constants).
+        gamma: Discount (0.995).
+        lambda_: Lambda of the returns (0.95).
+        entropy_weight: Weight of the entropy bonus (0.001).
+
+    Returns:
+        The loss and metrics ``policy``, ``entropy`` (mean H, not the loss term), ``value``,
+        ``return`` (mean G), ``total``.
+
+    Raises:
+        ValueError: If shapes disagree or T < 2.
+    """
+    if logits.ndim != 3:
+        raise ValueError(f"logits must have shape (B, T, A), got {tuple(logits.shape)}")
+    b, t, _ = logits.shape
+    if t < 2:
+        raise ValueError(f"the actor-critic loss needs T >= 2 imagined steps, got {t}")
+    for name, value in (("values", values), ("actions", actions), ("rewards", rewards)):
+        if tuple(value.shape) != (b, t):
+            raise ValueError(f"{name} must have shape {(b, t)}, got {tuple(value.shape)}")
+    if tuple(ends.shape) != (b, t):
+        raise ValueError(f"ends must have shape {(b, t)}, got {tuple(ends.shape)}")
+    returns = lambda_returns(rewards, values, ends, gamma, lambda_)[:, :-1]  # (B, T-1)
+    log_probs = F.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, A)
+    taken = log_probs.gather(-1, actions[:, :-1, None].long()).squeeze(-1)  # (B, T-1)
+    v = values[:, :-1]
+    advantage = returns - v.detach()
+    policy_loss = -(taken * advantage).mean()
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1).mean()
+    entropy_loss = -entropy_weight * entropy
+    value_loss = (v - returns).pow(2).mean()
+    loss = policy_loss + entropy_loss + value_loss
+    metrics: Metrics = {
+        "policy": policy_loss.item(),
+        "entropy": entropy.item(),
+        "value": value_loss.item(),
+        "return": returns.mean().item(),
+        "total": loss.item(),
+    }
+    return loss, metrics
