@@ -83,6 +83,9 @@ class DreamVectorEnv(VectorEnv):
         >>> envs.close()
     """
 
+    _host_views = True
+    """Use free host views of masks on CPU (tests turn it off to run the accelerator path)."""
+
     metadata: dict[str, Any] = {  # noqa: RUF012 (gymnasium's convention)
         "render_modes": ["rgb_array"],
         "render_fps": RENDER_FPS,
@@ -293,7 +296,8 @@ class DreamVectorEnv(VectorEnv):
             truncated = self._truncated()
             if mode == AutoresetMode.NEXT_STEP:
                 due = self._pending
-                state = self._restart(state, due, self._pending_host, u[:, k + 2], None)
+                due_host = self._pending_host if self.output == "numpy" else self._host_view(due)
+                state = self._restart(state, due, due_host, u[:, k + 2], None)
                 rewards = rewards.masked_fill(due, 0.0)
                 terminated = terminated & ~due
                 truncated = truncated & ~due
@@ -303,7 +307,7 @@ class DreamVectorEnv(VectorEnv):
             elif mode == AutoresetMode.SAME_STEP:
                 done = terminated | truncated
                 final_obs = self._observe(step.obs_tokens)
-                done_host = done.cpu().numpy() if self.output == "numpy" else None
+                done_host = done.cpu().numpy() if self.output == "numpy" else self._host_view(done)
                 state = self._restart(state, done, done_host, u[:, k + 2], None)
                 self._elapsed = torch.where(done, 0, self._elapsed)
                 if done_host is None or done_host.any():
@@ -364,7 +368,7 @@ class DreamVectorEnv(VectorEnv):
         self, final_obs: Tensor, done: Tensor, done_host: np.ndarray | None
     ) -> dict[str, Any]:
         """SAME_STEP infos: gymnasium's layout in numpy mode, (B, ...) tensors in torch mode."""
-        if done_host is None:
+        if self.output == "torch" or done_host is None:
             return {
                 "final_obs": final_obs,
                 "_final_obs": done,
@@ -402,8 +406,9 @@ class DreamVectorEnv(VectorEnv):
     ) -> ImaginationState:
         """``state`` with the envs in ``mask`` started afresh.
 
-        With a host copy of the mask only the reset envs are computed; without one (torch mode)
-        fresh states are computed for the whole batch and merged, so that no device sync is needed.
+        With a host view of the mask (numpy output, or a CPU device) only the reset envs are
+        computed; without one (torch output on an accelerator) fresh states are computed for the
+        whole batch and merged, so that no device sync is needed.
         """
         if host_mask is not None:
             index = np.flatnonzero(host_mask)
@@ -438,6 +443,12 @@ class DreamVectorEnv(VectorEnv):
         frames = self.model.decode(tokens)  # (B, 3, H, W) in [0, 1]
         pixels = (frames * 255.0).round_().clamp_(0, 255).to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3)
+
+    def _host_view(self, mask: Tensor) -> np.ndarray | None:
+        """A numpy view of a device mask where reading it is free (a CPU device), else None."""
+        if mask.device.type == "cpu" and self._host_views:
+            return mask.numpy()
+        return None
 
     def _out(self, value: Tensor) -> Any:
         return value if self.output == "torch" else value.cpu().numpy()

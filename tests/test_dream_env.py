@@ -260,6 +260,7 @@ def test_torch_output_stays_on_device_without_host_copies(
     env = DreamVectorEnv(
         model, 6, obs_type="latent", output="torch", validate_actions=False, max_episode_steps=2
     )
+    env._host_views = False  # as on an accelerator: masks are never read on the host
     obs, _ = env.reset(seed=0)
     assert isinstance(obs, torch.Tensor) and obs.dtype == torch.float32
     actions = torch.zeros(6, dtype=torch.long)
@@ -454,11 +455,15 @@ def test_package_exports() -> None:
     assert rem_env.DreamVectorEnv is DreamVectorEnv and "DreamEnv" in rem_env.__all__
 
 
+@pytest.mark.parametrize("host_views", [True, False])
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
-def test_torch_and_numpy_outputs_dream_the_same(model: REMModel, mode: AutoresetMode) -> None:
+def test_torch_and_numpy_outputs_dream_the_same(
+    model: REMModel, mode: AutoresetMode, host_views: bool
+) -> None:
     kwargs = {"obs_type": "tokens", "autoreset_mode": mode, "max_episode_steps": 3}
     numpy_env = DreamVectorEnv(model, 4, **kwargs)
     torch_env = DreamVectorEnv(model, 4, output="torch", **kwargs)
+    torch_env._host_views = host_views  # False: the sync-free path of accelerators
     a, b = numpy_env.reset(seed=2)[0], torch_env.reset(seed=2)[0]
     assert np.array_equal(a, b.numpy())
     for actions in np.random.default_rng(1).integers(0, 4, (10, 4)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -113,3 +114,12 @@ def test_registration_is_idempotent() -> None:
     before = len(gym.registry)
     rem_env.register_dream_envs()
     assert len(gym.registry) == before
+
+
+def test_model_from_a_folder(model: REMModel, tmp_path: Path) -> None:
+    if not (hasattr(REMModel, "from_pretrained") and hasattr(REMModel, "save_pretrained")):
+        pytest.skip("Hub loading is not available")
+    model.save_pretrained(tmp_path / "breakout")
+    env = gym.make("REM-Breakout-v0", model=str(tmp_path / "breakout"), obs_type="tokens")
+    assert torch.equal(env.unwrapped.model.start_tokens, model.start_tokens)
+    assert env.reset(seed=0)[0].shape == (16,)
