@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor, nn
 
@@ -10,6 +13,9 @@ from rem_env.models.sampling import StepNoise
 from rem_env.models.tokenizer import Tokenizer
 from rem_env.models.world_model import ImaginationStep, WorldModel
 from rem_env.state import ImaginationState
+
+if TYPE_CHECKING:
+    from rem_env.manifest import ProtocolManifest
 
 __all__ = ["REMModel"]
 
@@ -42,6 +48,8 @@ class REMModel(nn.Module):
 
     start_tokens: Tensor
     start_actions: Tensor
+    manifest: ProtocolManifest | None = None
+    """The protocol manifest the model was loaded with (None for a model built in memory)."""
 
     def __init__(self, config: REMConfig, num_start_contexts: int = DEFAULT_NUM_START_CONTEXTS):
         super().__init__()
@@ -124,3 +132,37 @@ class REMModel(nn.Module):
             next_obs_tokens=next_obs_tokens,
             generator=generator,
         )
+
+    def save_pretrained(
+        self,
+        folder: str | os.PathLike[str],
+        manifest: ProtocolManifest | None = None,
+        repo_id: str | None = None,
+    ) -> str:
+        """Saves the model as a folder (safetensors + JSON + model card); see
+        :func:`rem_env.hub.save_pretrained`. Returns the folder."""
+        from rem_env.hub import save_pretrained
+
+        return str(save_pretrained(self, folder, manifest=manifest, repo_id=repo_id))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_folder: str | os.PathLike[str],
+        revision: str | None = None,
+        map_location: str | torch.device = "cpu",
+        **kwargs: Any,
+    ) -> REMModel:
+        """Loads a model from a folder or a Hub repo id; see :func:`rem_env.hub.load_pretrained`
+        for the other arguments (``expected_protocol``, ``on_protocol_mismatch``, ...)."""
+        from rem_env.hub import load_pretrained
+
+        return load_pretrained(
+            repo_id_or_folder, revision=revision, map_location=map_location, **kwargs
+        )
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Publishes the model to a Hub repo; see :func:`rem_env.hub.push_to_hub`."""
+        from rem_env.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)

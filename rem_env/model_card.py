@@ -1,0 +1,107 @@
+"""The ``README.md`` model card written beside saved weights, with Hub YAML metadata."""
+
+from __future__ import annotations
+
+from rem_env.config import REMConfig
+from rem_env.manifest import ProtocolManifest
+
+__all__ = ["render_model_card"]
+
+NOT_MEASURED = "not measured"
+
+
+def render_model_card(config: REMConfig, manifest: ProtocolManifest, repo_id: str | None) -> str:
+    """The model card: YAML front matter the Hub reads, then what is known about the model.
+
+    Args:
+        config: The model's configuration.
+        manifest: Its protocol manifest.
+        repo_id: Where it is (or will be) published, for the usage snippet; None for a folder.
+
+    Example:
+        >>> from rem_env import REMConfig
+        >>> from rem_env.manifest import ProtocolManifest
+        >>> card = render_model_card(
+        ...     REMConfig.preset("tiny", 4, "Breakout"), ProtocolManifest("Breakout"), "me/rem"
+        ... )
+        >>> card.splitlines()[:3]
+        ['---', 'library_name: rem-env', 'license: mit']
+    """
+    game = manifest.game or config.game
+    tags = ["reinforcement-learning", "world-models", "atari", "rem"]
+    if game:
+        tags.append(game)
+    lines = ["---", "library_name: rem-env", "license: mit", "tags:"]
+    lines += [f"- {tag}" for tag in tags]
+    lines += ["---", "", f"# REM world model{f' of {game}' if game else ''}", ""]
+    lines += [
+        "A token-based world model (VQ-VAE tokenizer + RetNet with Parallel Observation "
+        "Prediction) that runs as a batched Gymnasium dream environment with "
+        "[rem-env](https://github.com/rem-env/rem-env).",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import gymnasium as gym",
+        "import rem_env",
+        "",
+    ]
+    source = repo_id or "path/to/this/folder"
+    if game:
+        lines.append(f'env = gym.make("REM-{game}-v0", model="{source}")')
+    lines += [f'model = rem_env.REMModel.from_pretrained("{source}")', "```", ""]
+
+    training, evaluation = manifest.training, manifest.evaluation
+    fidelity = NOT_MEASURED
+    if evaluation.fidelity_psnr is not None:
+        horizon = evaluation.fidelity_horizon
+        fidelity = f"{evaluation.fidelity_psnr:.2f} dB PSNR" + (
+            f" over {horizon} steps" if horizon else ""
+        )
+    lines += [
+        "## Figures",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| real environment steps | {_known(training.env_steps)} |",
+        f"| training epochs | {_known(training.epochs)} |",
+        f"| mean return | {_known(evaluation.mean_return)} |",
+        f"| human-normalised score | {_known(evaluation.human_normalized_score)} |",
+        f"| evaluation episodes | {_known(evaluation.episodes)} |",
+        f"| dream fidelity | {fidelity} |",
+        "",
+        "## Protocol",
+        "",
+    ]
+    protocol = manifest.protocol
+    if protocol is None:
+        lines.append("Not recorded.")
+    else:
+        lines += [
+            f"- environment: `{protocol.env_id}` (gymnasium: `{protocol.gymnasium_env_id}`)",
+            f"- frameskip {protocol.frameskip}, sticky actions "
+            f"{protocol.repeat_action_probability}, up to {protocol.noop_max} no-ops at reset",
+            f"- terminal on life loss: {protocol.terminal_on_life_loss}",
+            f"- frames {protocol.frame_size}x{protocol.frame_size} RGB, "
+            f"{protocol.num_actions} actions"
+            + (f" ({', '.join(protocol.action_meanings)})" if protocol.action_meanings else ""),
+        ]
+    versions = manifest.versions
+    lines += [
+        "",
+        "## Software",
+        "",
+        f"ale-py {_known(versions.ale_py)}, gymnasium {_known(versions.gymnasium)}, "
+        f"torch {_known(versions.torch)}, rem-env {_known(versions.rem_env)}.",
+        "",
+        "## Files",
+        "",
+        "`model.safetensors` (weights), `start_contexts.safetensors` (dream openings), "
+        "`config.json` (model sizes), `manifest.json` (protocol, versions, figures).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _known(value: object) -> str:
+    return NOT_MEASURED if value is None else str(value)

@@ -1,0 +1,66 @@
+"""Test session setup: a private Hugging Face cache and a fake Hub on 127.0.0.1.
+
+huggingface_hub reads ``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` once,
+when it is first imported. pytest imports this file before any test module (and rem_env imports
+huggingface_hub only when a model is downloaded or pushed), so setting them here, at the top,
+before anything else, points every Hub call of the session at the fake server
+(``tests/hub_server.py``) and a throwaway cache: no test can reach the real Hub. The server's
+port is bound now and served by the ``fake_hub`` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+from hub_server import FakeHub, FakeHubServer
+
+HF_TEST_HOME = tempfile.mkdtemp(prefix="rem-env-tests-hf-")
+FAKE_HUB = FakeHub()
+FAKE_HUB_SERVER = FakeHubServer(FAKE_HUB)
+
+os.environ.update(
+    {
+        "HF_HOME": HF_TEST_HOME,
+        "HF_HUB_CACHE": os.path.join(HF_TEST_HOME, "hub"),
+        "HF_ENDPOINT": FAKE_HUB_SERVER.endpoint,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_ETAG_TIMEOUT": "5",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "5",
+    }
+)
+for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE_DIR"):
+    os.environ.pop(_name, None)
+
+if "huggingface_hub" in sys.modules:  # imported before this file: its constants are stale
+    HUB_SETUP_ERROR: str | None = (
+        "huggingface_hub was imported before tests/conftest.py could point it at the fake Hub "
+        "(a pytest plugin?); Hub tests cannot run safely"
+    )
+else:
+    HUB_SETUP_ERROR = None
+
+
+def pytest_unconfigure(config: object) -> None:
+    FAKE_HUB_SERVER.stop()
+    shutil.rmtree(HF_TEST_HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def fake_hub() -> Iterator[FakeHubServer]:
+    """The running fake Hub (``.hub`` holds its repos); restarted after a test that stops it."""
+    if HUB_SETUP_ERROR is not None:
+        pytest.fail(HUB_SETUP_ERROR)
+    from huggingface_hub import constants
+
+    if FAKE_HUB_SERVER.endpoint != constants.ENDPOINT:
+        pytest.fail(f"huggingface_hub points at {constants.ENDPOINT}, not the fake Hub")
+    FAKE_HUB_SERVER.start()
+    yield FAKE_HUB_SERVER
+    FAKE_HUB_SERVER.start()
