@@ -437,7 +437,7 @@ class DreamVectorEnv(VectorEnv):
     def _observe(self, tokens: Tensor) -> Tensor:
         """Observations of (B, K) tokens, on the device."""
         if self.obs_type == "tokens":
-            return tokens
+            return tokens.clone()  # never hand out the state's own tensor (numpy views share it)
         if self.obs_type == "latent":
             return self.model.tokenizer.to_codes(tokens).float()  # (B, E, h, w)
         frames = self.model.decode(tokens)  # (B, 3, H, W) in [0, 1]

@@ -491,3 +491,14 @@ def test_gymnasium_vector_wrappers_work(model: REMModel, mode: AutoresetMode) ->
         assert isinstance(infos, list) and len(infos) == 3
         episodes += sum("episode" in info for info in infos)
     assert episodes > 0
+
+
+@pytest.mark.parametrize("output", ["numpy", "torch"])
+def test_writing_into_observations_does_not_change_the_dream(model: REMModel, output: str) -> None:
+    envs = [DreamVectorEnv(model, 2, obs_type="tokens", output=output) for _ in range(2)]
+    obs = [env.reset(seed=4)[0] for env in envs]
+    obs[0][:] = 0  # a user scribbling on the first env's observations
+    for _ in range(3):
+        a, b = (env.step(np.array([1, 2]))[0] for env in envs)
+        a[:] = 0
+        assert np.array_equal(np.asarray(envs[0].state.obs_tokens), np.asarray(b))
