@@ -413,10 +413,11 @@ def test_cache_is_reused_with_the_server_stopped(fake_hub, saved: Path) -> None:
 OFFLINE_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    import torch
-    from huggingface_hub import constants
     from rem_env import REMModel
     from rem_env.hub import ModelNotCachedError
+
+    assert "huggingface_hub" not in sys.modules, "import rem_env must not import huggingface_hub"
+    from huggingface_hub import constants
 
     assert constants.HF_HUB_OFFLINE
     model = REMModel.from_pretrained("acme/offline")
