@@ -1,0 +1,247 @@
+"""Tests of training.replay: masks and padding, uniform windows, crash safety, resume, full disk."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import training.replay as replay_module
+from training.replay import ReplayBuffer, ReplayWriteError, frames_to_tensor
+
+SHAPE = (2, 2, 3)
+
+
+def _obs(value: int) -> np.ndarray:
+    return np.full(SHAPE, value % 256, dtype=np.uint8)
+
+
+def _fill(buf: ReplayBuffer, lengths: list[int], first_value: int = 0) -> None:
+    """Appends episodes of the given lengths; step values count up from first_value."""
+    value = first_value
+    for length in lengths:
+        for t in range(length):
+            buf.append(_obs(value), value % 4, float(value), terminated=t == length - 1)
+            value += 1
+
+
+@pytest.fixture
+def buf(tmp_path: Path) -> ReplayBuffer:
+    b = ReplayBuffer(tmp_path / "buf", obs_shape=SHAPE, fsync=False)
+    yield b
+    b.close()
+
+
+def test_episodes_and_flags(buf: ReplayBuffer) -> None:
+    _fill(buf, [3, 5])
+    buf.append(_obs(8), 1, 0.0, terminated=False, truncated=True)
+    assert buf.num_steps == 9 and len(buf) == 9
+    assert buf.episode_lengths.tolist() == [3, 5, 1]
+    ep = buf.episode(1)
+    assert ep.obs[:, 0, 0, 0].tolist() == [3, 4, 5, 6, 7]
+    assert ep.terminated.tolist() == [False] * 4 + [True]
+    assert ep.rewards.dtype == np.float32 and ep.actions.dtype == np.int64
+    assert buf.episode(-1).truncated.tolist() == [True]
+    with pytest.raises(IndexError):
+        buf.episode(3)
+    with pytest.raises(TypeError, match="uint8"):
+        buf.append(np.zeros(SHAPE, np.float32), 0, 0.0, False)
+    with pytest.raises(ValueError, match="shape"):
+        buf.append(np.zeros((3, 3, 3), np.uint8), 0, 0.0, False)
+
+
+def test_right_padded_segments(buf: ReplayBuffer) -> None:
+    _fill(buf, [4])  # values 0..3; windows start 0 or 1 (len - 3)
+    batch = buf.sample_segments(200, 6, np.random.default_rng(0), pad="right")
+    assert batch.obs.shape == (200, 6, *SHAPE) and batch.obs.dtype == np.uint8
+    starts = set()
+    for b in range(200):
+        n = int(batch.mask[b].sum())
+        assert batch.mask[b].tolist() == [True] * n + [False] * (6 - n)
+        first = int(batch.obs[b, 0, 0, 0, 0])
+        starts.add(first)
+        assert n == 4 - first
+        assert batch.obs[b, :n, 0, 0, 0].tolist() == list(range(first, 4))
+        assert (batch.obs[b, n:] == 0).all() and (batch.actions[b, n:] == 0).all()
+        assert (batch.rewards[b, n:] == 0).all() and not batch.ends[b, n:].any()
+        assert batch.ends[b, n - 1]  # the episode's last step is its end
+        assert batch.rewards[b, :n].tolist() == [float(v) for v in range(first, 4)]
+    assert starts == {0, 1}
+
+
+def test_left_padded_segments(buf: ReplayBuffer) -> None:
+    _fill(buf, [5], first_value=10)  # values 10..14; window ends 3, 4, 5
+    batch = buf.sample_segments(300, 4, np.random.default_rng(1), pad="left")
+    ends = Counter()
+    for b in range(300):
+        n = int(batch.mask[b].sum())
+        assert batch.mask[b].tolist() == [False] * (4 - n) + [True] * n
+        last = int(batch.obs[b, -1, 0, 0, 0])
+        ends[last] += 1
+        assert batch.obs[b, 4 - n :, 0, 0, 0].tolist() == list(range(last - n + 1, last + 1))
+        assert (batch.obs[b, : 4 - n] == 0).all()
+        assert n == min(4, last - 10 + 1)
+    assert set(ends) == {12, 13, 14}
+
+
+def test_windows_are_uniform_over_episodes(buf: ReplayBuffer) -> None:
+    # Episodes of 3, 12 and 2 steps: 1 + 10 + 0 windows; each window equally likely.
+    _fill(buf, [3, 12, 2])
+    rng = np.random.default_rng(2)
+    n = 22_000
+    batch = buf.sample_segments(n, 10, rng, pad="right")
+    firsts = Counter(batch.obs[:, 0, 0, 0, 0].tolist())
+    assert set(firsts) == {0, *range(3, 13)}  # never the 2-step episode (values 15, 16)
+    for count in firsts.values():
+        assert abs(count - n / 11) < 5 * np.sqrt(n / 11)
+    frames = buf.sample_frames(17_000, rng)
+    counts = Counter(frames.obs[:, 0, 0, 0].tolist())
+    assert len(counts) == 17
+    assert all(abs(c - 1000) < 200 for c in counts.values())
+
+
+def test_sampling_is_seedable_and_errors(buf: ReplayBuffer) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        buf.sample_frames(2, np.random.default_rng(0))
+    _fill(buf, [2])
+    with pytest.raises(ValueError, match="at least 3"):
+        buf.sample_segments(2, 10, np.random.default_rng(0), pad="right")
+    with pytest.raises(ValueError, match="pad"):
+        buf.sample_segments(2, 10, np.random.default_rng(0), pad="middle")  # type: ignore[arg-type]
+    _fill(buf, [6, 7], first_value=2)
+    a = buf.sample_segments(8, 5, np.random.default_rng(3), pad="left")
+    b = buf.sample_segments(8, 5, np.random.default_rng(3), pad="left")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_tail_segment_and_torch(buf: ReplayBuffer) -> None:
+    empty = buf.tail_segment(3)
+    assert not empty.mask.any() and empty.obs.shape == (1, 3, *SHAPE)
+    _fill(buf, [4])
+    buf.append(_obs(50), 0, 0.0, terminated=False)
+    buf.append(_obs(51), 0, 0.0, terminated=False)
+    tail = buf.tail_segment(3)
+    assert tail.mask.tolist() == [[False, True, True]]
+    assert tail.obs[0, 1:, 0, 0, 0].tolist() == [50, 51]
+    t = tail.to_torch()
+    assert t.obs.dtype == torch.uint8 and t.mask.dtype == torch.bool
+    assert t.actions.dtype == torch.int64 and t.rewards.dtype == torch.float32
+    x = frames_to_tensor(t.obs)
+    assert x.shape == (1, 3, 3, 2, 2) and x.max() <= 1.0
+    assert buf.sample_frames(2, np.random.default_rng(0)).frames().shape == (2, 3, 2, 2)
+
+
+def test_reopen_resumes_and_starts_a_new_episode(tmp_path: Path) -> None:
+    root = tmp_path / "buf"
+    with ReplayBuffer(root, obs_shape=SHAPE, fsync=False) as buf:
+        _fill(buf, [3])
+        buf.append(_obs(9), 0, 0.0, terminated=False)  # an unfinished episode
+        with pytest.raises(RuntimeError, match="another process"):
+            ReplayBuffer(root, obs_shape=SHAPE)
+    with ReplayBuffer(root, obs_shape=SHAPE, fsync=False) as buf:
+        assert buf.num_steps == 4 and buf.episode_lengths.tolist() == [3, 1]
+        buf.append(_obs(10), 0, 0.0, terminated=False)
+        assert buf.episode_lengths.tolist() == [3, 1, 1]
+    with pytest.raises(ValueError, match="shape"):
+        ReplayBuffer(root, obs_shape=(4, 4, 3))
+
+
+def test_partial_and_corrupt_tail_is_dropped(tmp_path: Path) -> None:
+    root = tmp_path / "buf"
+    with ReplayBuffer(root, obs_shape=SHAPE, fsync=False) as buf:
+        _fill(buf, [3, 2])
+        size = buf._record_size
+    data = root / "transitions.bin"
+    with open(data, "ab") as f:
+        f.write(b"\x01" * (size // 2))  # half a record
+    with ReplayBuffer(root, obs_shape=SHAPE, fsync=False) as buf:
+        assert buf.num_steps == 5
+    assert data.stat().st_size == 5 * size
+    raw = bytearray(data.read_bytes())
+    raw[-6] ^= 0xFF  # corrupt the last complete record's payload
+    data.write_bytes(bytes(raw))
+    with ReplayBuffer(root, obs_shape=SHAPE, fsync=False) as buf:
+        assert buf.num_steps == 4 and buf.episode_lengths.tolist() == [3, 1]
+
+
+def test_full_disk_keeps_the_store_consistent(
+    buf: ReplayBuffer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill(buf, [3])
+    real_pwrite = os.pwrite
+
+    def half_then_fail(fd: int, data: memoryview, offset: int) -> int:
+        if len(data) > 10:
+            real_pwrite(fd, bytes(data[: len(data) // 2]), offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(replay_module.os, "pwrite", half_then_fail)
+    with pytest.raises(ReplayWriteError, match="No space left") as info:
+        buf.append(_obs(3), 0, 0.0, terminated=False)
+    assert info.value.errno == errno.ENOSPC
+    assert buf.num_steps == 3
+    assert (buf.root / "transitions.bin").stat().st_size == 3 * buf._record_size
+    monkeypatch.setattr(replay_module.os, "pwrite", real_pwrite)
+    buf.append(_obs(3), 0, 0.0, terminated=True)  # space freed: it works again
+    assert buf.episode_lengths.tolist() == [3, 1]  # the failed step did not open an episode
+    root = buf.root
+    buf.close()
+    with ReplayBuffer(root, obs_shape=SHAPE) as again:
+        assert again.episode(1).obs[0, 0, 0, 0] == 3 and again.num_steps == 4
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from training.replay import ReplayBuffer
+
+    buf = ReplayBuffer(sys.argv[1], obs_shape=(64, 64, 3), fsync=False)
+    i = 0
+    while True:
+        buf.append(np.full((64, 64, 3), i % 251, np.uint8), i % 7, float(i), i % 13 == 12)
+        print(i, flush=True)
+        i += 1
+    """
+)
+
+
+def test_sigkill_mid_write_loses_no_completed_transition(tmp_path: Path) -> None:
+    root = tmp_path / "buf"
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(root)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    try:
+        completed = -1
+        for line in child.stdout:  # type: ignore[union-attr]
+            completed = int(line)
+            if completed >= 300:
+                break
+        os.kill(child.pid, signal.SIGKILL)  # while it keeps writing
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+    with ReplayBuffer(root, obs_shape=(64, 64, 3)) as buf:
+        assert buf.num_steps >= completed + 1
+        n = buf.num_steps
+        episodes = [buf.episode(e) for e in range(buf.num_episodes)]
+        obs = np.concatenate([ep.obs[:, 0, 0, 0] for ep in episodes])
+        rewards = np.concatenate([ep.rewards for ep in episodes])
+        assert rewards.tolist() == [float(i) for i in range(n)]
+        assert obs.tolist() == [i % 251 for i in range(n)]
+        assert (buf.episode_lengths[:-1] == 13).all()

@@ -1,0 +1,449 @@
+"""Replay buffer of real episodes, stored on disk as they are collected, with segment sampling.
+
+Storage: one append-only file ``transitions.bin`` of fixed-size records (observation, action,
+reward, flags, CRC-32), next to ``meta.json``. A record is the observation at step t, the action
+taken after it, the reward received and whether the episode ended there (the final observation
+after an end is not stored). A flag marks the first record of each episode, so the episode index
+is rebuilt from the file on open. Every append is one ``write`` (optionally ``fsync``'ed); on open,
+a partial or corrupt tail record is truncated away, so after a crash (SIGKILL, power loss with
+``fsync=True``) every completed transition is still there. A failed write (full disk) truncates
+the file back to the last complete record and raises :class:`ReplayWriteError`.
+
+Sampling is uniform over every valid window (REM_SPEC 7), with a padding mask:
+
+* single frames for the tokenizer (:meth:`ReplayBuffer.sample_frames`);
+* right-padded segments for the world model (``pad="right"``: starts 0..len-min_real);
+* left-padded segments for the actor-critic (``pad="left"``: window ends min_real..len).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "Episode",
+    "FrameBatch",
+    "ReplayBuffer",
+    "ReplayWriteError",
+    "SegmentBatch",
+    "TensorSegmentBatch",
+    "frames_to_tensor",
+]
+
+FORMAT_NAME = "rem-env-replay"
+FORMAT_VERSION = 1
+_DATA_FILE = "transitions.bin"
+_META_FILE = "meta.json"
+_TERMINATED, _TRUNCATED, _START = 1, 2, 4
+
+
+class ReplayWriteError(OSError):
+    """Appending to the replay buffer failed (e.g. the disk is full); the store is unchanged."""
+
+
+class Episode(NamedTuple):
+    """One stored episode (numpy copies)."""
+
+    obs: np.ndarray
+    """(L, H, W, C) uint8 observations."""
+    actions: np.ndarray
+    """(L,) int64 actions taken after each observation."""
+    rewards: np.ndarray
+    """(L,) float32 rewards received after each action."""
+    terminated: np.ndarray
+    """(L,) bool: the episode terminated after this step (life loss counts in train mode)."""
+    truncated: np.ndarray
+    """(L,) bool: the episode was cut (time limit) after this step."""
+
+
+class FrameBatch(NamedTuple):
+    """Single frames for the tokenizer."""
+
+    obs: np.ndarray
+    """(B, H, W, C) uint8."""
+
+    def frames(self, device: torch.device | str = "cpu") -> Tensor:
+        """The frames as float (B, C, H, W) in [0, 1] on ``device``."""
+        return frames_to_tensor(self.obs, device)
+
+
+class TensorSegmentBatch(NamedTuple):
+    """:class:`SegmentBatch` as torch tensors (observations stay uint8)."""
+
+    obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    ends: Tensor
+    mask: Tensor
+
+
+class SegmentBatch(NamedTuple):
+    """Segments of T consecutive steps of one episode each, padded, with a mask."""
+
+    obs: np.ndarray
+    """(B, T, H, W, C) uint8; zeros where padded."""
+    actions: np.ndarray
+    """(B, T) int64; 0 where padded."""
+    rewards: np.ndarray
+    """(B, T) float32; 0 where padded."""
+    ends: np.ndarray
+    """(B, T) bool: terminated after this step (the world model's end label); False if padded."""
+    mask: np.ndarray
+    """(B, T) bool: True for real steps, False for padding."""
+
+    def to_torch(self, device: torch.device | str = "cpu") -> TensorSegmentBatch:
+        """The batch as tensors on ``device`` (obs uint8, actions int64, rewards float32)."""
+        return TensorSegmentBatch(
+            *(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in self)
+        )
+
+
+def frames_to_tensor(obs: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
+    """uint8 frames (..., H, W, C) to float (..., C, H, W) in [0, 1] on ``device``."""
+    x = torch.as_tensor(obs).to(device)
+    if x.dtype != torch.uint8:
+        raise TypeError(f"frames must be uint8, got {x.dtype}")
+    return x.movedim(-1, -3).float().div_(255.0)  # (..., C, H, W)
+
+
+def _record_dtype(obs_shape: tuple[int, ...]) -> np.dtype:
+    """The packed little-endian record layout."""
+    return np.dtype(
+        [
+            ("obs", np.uint8, obs_shape),
+            ("action", "<i4"),
+            ("reward", "<f4"),
+            ("flags", "u1"),
+            ("crc", "<u4"),
+        ]
+    )
+
+
+class ReplayBuffer:
+    """Episodes on disk, appended step by step, sampled as frames or padded segments.
+
+    Opening an existing folder resumes it: every complete record is kept, a partial last record
+    is dropped, and the next append starts a new episode (the environment that produced an
+    unfinished episode is gone after a restart). Only one process may open a folder at a time.
+
+    Args:
+        root: Folder of the buffer; created if missing.
+        obs_shape: Shape of one uint8 observation, (64, 64, 3) for REM.
+        fsync: Flush every append to the device (survives power loss, not just process death).
+
+    Raises:
+        ValueError: If ``root`` holds a buffer of another format or observation shape.
+        RuntimeError: If another process has the folder open.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as d, ReplayBuffer(d, obs_shape=(2, 2, 3)) as buf:
+        ...     for t in range(4):
+        ...         buf.append(np.full((2, 2, 3), t, np.uint8), 1, 0.0, terminated=t == 3)
+        ...     batch = buf.sample_segments(2, 5, np.random.default_rng(0), pad="right")
+        ...     buf.num_steps, buf.num_episodes, batch.obs.shape, bool(batch.mask.sum(1).min() >= 3)
+        (4, 1, (2, 5, 2, 2, 3), True)
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        obs_shape: tuple[int, ...] = (64, 64, 3),
+        fsync: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.obs_shape = tuple(int(s) for s in obs_shape)
+        self.fsync = bool(fsync)
+        self._dtype = _record_dtype(self.obs_shape)
+        self._record_size = self._dtype.itemsize
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._check_or_write_meta()
+        path = self.root / _DATA_FILE
+        self._map: np.ndarray | None = None
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RuntimeError(
+                        f"replay buffer {self.root} is open in another process; "
+                        "close it there or use another folder"
+                    ) from None
+            self._num_steps = self._recover()
+            self._starts = self._read_starts()
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._open_episode = False
+
+    # ----------------------------------------------------------------- storage
+
+    def _check_or_write_meta(self) -> None:
+        meta_path = self.root / _META_FILE
+        meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "obs_shape": self.obs_shape}
+        if meta_path.exists():
+            found = json.loads(meta_path.read_text())
+            if found.get("format") != FORMAT_NAME or found.get("version") != FORMAT_VERSION:
+                raise ValueError(
+                    f"{meta_path} is not a version-{FORMAT_VERSION} {FORMAT_NAME} buffer: {found}"
+                )
+            if tuple(found.get("obs_shape", ())) != self.obs_shape:
+                raise ValueError(
+                    f"replay buffer {self.root} stores observations of shape "
+                    f"{tuple(found['obs_shape'])}, not {self.obs_shape}"
+                )
+            return
+        if (self.root / _DATA_FILE).exists():
+            raise ValueError(f"{self.root} has {_DATA_FILE} but no {_META_FILE}; not a buffer")
+        tmp = meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, meta_path)
+
+    def _recover(self) -> int:
+        """Drops a partial or corrupt tail; returns the number of complete records."""
+        size = os.fstat(self._fd).st_size
+        n = size // self._record_size
+        while n > 0:
+            raw = os.pread(self._fd, self._record_size, (n - 1) * self._record_size)
+            if zlib.crc32(raw[:-4]) == int.from_bytes(raw[-4:], "little"):
+                break
+            n -= 1
+        if n * self._record_size != size:
+            os.ftruncate(self._fd, n * self._record_size)
+            os.fsync(self._fd)
+        return n
+
+    def _read_starts(self) -> list[int]:
+        if self._num_steps == 0:
+            return []
+        flags = self._records()["flags"]
+        starts = np.flatnonzero(flags & _START).tolist()
+        if not starts or starts[0] != 0:
+            raise ValueError(f"{self.root / _DATA_FILE} is corrupt: no episode start at record 0")
+        return starts
+
+    def _records(self) -> np.ndarray:
+        """A read-only memory map of the complete records, (num_steps,) structured."""
+        if self._num_steps == 0:
+            return np.zeros((0,), dtype=self._dtype)
+        if self._map is None or len(self._map) != self._num_steps:
+            self._map = np.memmap(
+                self.root / _DATA_FILE, dtype=self._dtype, mode="r", shape=(self._num_steps,)
+            )
+        return self._map
+
+    def append(
+        self,
+        obs: np.ndarray,
+        action: int,
+        reward: float,
+        terminated: bool,
+        truncated: bool = False,
+    ) -> None:
+        """Appends one transition to the current episode (a new one if none is open).
+
+        Args:
+            obs: (H, W, C) uint8 observation at this step.
+            action: Action taken after it.
+            reward: Reward received (raw, unclipped).
+            terminated: The episode ended after this step (a life loss in train mode).
+            truncated: The episode was cut (time limit) after this step.
+
+        Either flag closes the episode; the next append starts a new one.
+
+        Raises:
+            TypeError: If ``obs`` is not uint8.
+            ValueError: If ``obs`` has the wrong shape.
+            ReplayWriteError: If the write failed (e.g. disk full); nothing was stored.
+        """
+        obs = np.asarray(obs)
+        if obs.dtype != np.uint8:
+            raise TypeError(f"obs must be uint8, got {obs.dtype}")
+        if obs.shape != self.obs_shape:
+            raise ValueError(f"obs must have shape {self.obs_shape}, got {obs.shape}")
+        flags = (0 if self._open_episode else _START) | (_TERMINATED if terminated else 0)
+        flags |= _TRUNCATED if truncated else 0
+        record = np.zeros((), dtype=self._dtype)
+        record["obs"] = obs
+        record["action"] = int(action)
+        record["reward"] = float(reward)
+        record["flags"] = flags
+        raw = bytearray(record.tobytes())
+        raw[-4:] = zlib.crc32(raw[:-4]).to_bytes(4, "little")
+        offset = self._num_steps * self._record_size
+        try:
+            view = memoryview(raw)
+            written = 0
+            while written < len(raw):
+                written += os.pwrite(self._fd, view[written:], offset + written)
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as error:
+            with contextlib.suppress(OSError):  # else the next open drops the partial record
+                os.ftruncate(self._fd, offset)
+            raise ReplayWriteError(
+                error.errno,
+                f"could not append to the replay buffer {self.root} ({error.strerror or error}); "
+                "nothing was stored. Free disk space and retry; the buffer stays usable",
+            ) from error
+        if flags & _START:
+            self._starts.append(self._num_steps)
+        self._num_steps += 1
+        self._open_episode = not (terminated or truncated)
+
+    def end_episode(self) -> None:
+        """Closes the current episode without an end flag; the next append starts a new one."""
+        self._open_episode = False
+
+    def close(self) -> None:
+        """Releases the file (and the folder lock). Idempotent."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._map = None
+
+    def __enter__(self) -> ReplayBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def num_steps(self) -> int:
+        """Stored transitions."""
+        return self._num_steps
+
+    def __len__(self) -> int:
+        return self._num_steps
+
+    @property
+    def num_episodes(self) -> int:
+        """Stored episodes (the open one included)."""
+        return len(self._starts)
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        """(num_episodes,) int64 lengths, oldest first."""
+        bounds = np.array([*self._starts, self._num_steps], dtype=np.int64)
+        return np.diff(bounds)
+
+    def episode(self, index: int) -> Episode:
+        """A copy of episode ``index`` (negative counts from the newest)."""
+        n = self.num_episodes
+        if not -n <= index < n:
+            raise IndexError(f"episode {index} out of range; the buffer has {n} episodes")
+        index %= n
+        start = self._starts[index]
+        stop = self._starts[index + 1] if index + 1 < n else self._num_steps
+        rec = self._records()[start:stop]
+        flags = rec["flags"]
+        return Episode(
+            np.array(rec["obs"]),
+            rec["action"].astype(np.int64),
+            rec["reward"].astype(np.float32),
+            (flags & _TERMINATED) != 0,
+            (flags & _TRUNCATED) != 0,
+        )
+
+    def sample_frames(self, batch_size: int, rng: np.random.Generator) -> FrameBatch:
+        """Frames drawn uniformly (with replacement) from every stored step."""
+        if self._num_steps == 0:
+            raise ValueError("the replay buffer is empty; collect some steps first")
+        index = rng.integers(0, self._num_steps, size=batch_size)
+        return FrameBatch(np.array(self._records()["obs"][index]))
+
+    def sample_segments(
+        self,
+        batch_size: int,
+        length: int,
+        rng: np.random.Generator,
+        pad: Literal["right", "left"],
+        min_real: int = 3,
+    ) -> SegmentBatch:
+        """Segments drawn uniformly over every valid window of every episode.
+
+        ``pad="right"`` (world model): a window starts at s in 0..len-min_real and covers
+        ``min(length, len - s)`` real steps, padded at the end. ``pad="left"`` (actor-critic
+        burn-in): a window ends at e in min_real..len and covers steps ``max(0, e-length)..e-1``,
+        padded at the front. Either way each window has at least ``min_real`` real steps, and an
+        episode of length L offers ``L - min_real + 1`` windows (none if shorter).
+
+        Args:
+            batch_size: Segments B.
+            length: Steps per segment T (10 for the world model, 21 for the actor-critic).
+            rng: Source of randomness.
+            pad: ``"right"`` or ``"left"``.
+            min_real: Fewest real steps per window (3).
+
+        Raises:
+            ValueError: On bad arguments or when no episode is long enough yet.
+        """
+        if pad not in ("right", "left"):
+            raise ValueError(f"pad must be 'right' or 'left', got {pad!r}")
+        if not 1 <= min_real <= length:
+            raise ValueError(f"need 1 <= min_real <= length, got {min_real} and {length}")
+        lengths = self.episode_lengths
+        counts = np.maximum(lengths - min_real + 1, 0)
+        total = int(counts.sum())
+        if total == 0:
+            raise ValueError(f"no episode has at least {min_real} steps yet; collect more")
+        window = rng.integers(0, total, size=batch_size)
+        cumulative = np.cumsum(counts)
+        episode = np.searchsorted(cumulative, window, side="right")
+        offset = window - (cumulative[episode] - counts[episode])
+        starts = np.asarray(self._starts, dtype=np.int64)[episode]
+        # First step of each window inside its episode; a left-padded window ends at
+        # offset + min_real and may start before 0.
+        first = offset if pad == "right" else offset + min_real - length
+        steps = first[:, None] + np.arange(length)  # (B, T) positions inside the episode
+        mask = (steps >= 0) & (steps < lengths[episode][:, None])
+        return self._gather(starts[:, None] + steps, mask)
+
+    def tail_segment(self, length: int) -> SegmentBatch:
+        """The last ``length`` steps of the newest episode as one left-padded segment (B=1).
+
+        For burn-in while collecting. With an empty buffer every step is padding.
+        """
+        if length < 1:
+            raise ValueError(f"length must be positive, got {length}")
+        if not self._starts:
+            index = np.zeros((1, length), dtype=np.int64)
+            return self._gather(index, np.zeros((1, length), dtype=bool))
+        start = self._starts[-1]
+        first = self._num_steps - length
+        index = (first + np.arange(length))[None]  # (1, T)
+        return self._gather(index, index >= start)
+
+    def _gather(self, index: np.ndarray, mask: np.ndarray) -> SegmentBatch:
+        """Reads records at global ``index`` (B, T) where ``mask``; zeros elsewhere."""
+        safe = np.where(mask, index, 0)
+        if self._num_steps == 0:
+            picked = np.zeros(safe.shape, dtype=self._dtype)
+        else:
+            picked = self._records()[safe.reshape(-1)].reshape(safe.shape)  # (B, T) structured
+        m = mask
+        obs_mask = m.reshape(m.shape + (1,) * len(self.obs_shape))  # (B, T, 1, 1, 1)
+        return SegmentBatch(
+            obs=np.where(obs_mask, picked["obs"], np.uint8(0)),  # (B, T, H, W, C)
+            actions=np.where(m, picked["action"], 0).astype(np.int64),
+            rewards=np.where(m, picked["reward"], 0.0).astype(np.float32),
+            ends=m & ((picked["flags"] & _TERMINATED) != 0),
+            mask=m.copy(),
+        )
