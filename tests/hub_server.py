@@ -1,11 +1,15 @@
-"""A small Hugging Face Hub-protocol HTTP server on 127.0.0.1, for tests (read endpoints only).
+"""A small Hugging Face Hub-protocol HTTP server on 127.0.0.1, for tests.
 
-It answers what ``huggingface_hub.snapshot_download`` and ``hf_hub_download`` ask:
+It answers what ``huggingface_hub.snapshot_download``, ``hf_hub_download``, ``HfApi.create_repo``
+and ``HfApi.upload_folder`` (regular, non-LFS files only) ask:
 
 * ``GET /api/models/{repo}/revision/{rev}`` -> ``{"id", "sha", "siblings"}``;
 * ``GET /api/models/{repo}/tree/{rev}`` -> ``[{"type": "file", "path", "size", "oid"}]``;
 * ``HEAD``/``GET /{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag`` and
   ``Content-Length``;
+* ``POST /api/repos/create``, ``POST /api/models/{repo}/preupload/{rev}`` (every file
+  "regular"), ``POST /api/models/{repo}/commit/{rev}`` (NDJSON, base64 files),
+  ``POST /api/validate-yaml``;
 * 404 with ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``.
 
 It never imports huggingface_hub (the client side must read ``HF_ENDPOINT`` first).
@@ -13,6 +17,7 @@ It never imports huggingface_hub (the client side must read ``HF_ENDPOINT`` firs
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -43,6 +48,13 @@ class FakeHub:
         self.repos: dict[str, FakeRepo] = {}
         self.requests: Counter[str] = Counter()
         self.lock = threading.Lock()
+
+    def create(self, repo_id: str) -> bool:
+        """Creates an empty repo; False if it exists."""
+        if repo_id in self.repos:
+            return False
+        self.repos[repo_id] = FakeRepo()
+        return True
 
     def commit(
         self,
@@ -91,6 +103,53 @@ class _Handler(BaseHTTPRequestHandler):
             self._resolve(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]), body)
         else:
             self._error(404, "NotFound", "no such endpoint", body)
+
+    def do_POST(self) -> None:
+        path = unquote(urlsplit(self.path).path)
+        with self.hub.lock:
+            self.hub.requests[f"POST {path}"] += 1
+        length = int(self.headers.get("Content-Length", 0))
+        payload = self.rfile.read(length)
+        parts = path.strip("/").split("/")
+        if parts == ["api", "validate-yaml"]:
+            return self._json(200, {"errors": [], "warnings": []})
+        if parts == ["api", "repos", "create"]:
+            data = json.loads(payload)
+            repo_id = f"{data['organization']}/{data['name']}"
+            url = f"http://{self.headers['Host']}/{repo_id}"
+            if not self.hub.create(repo_id):  # the Hub answers 409 and still gives the url
+                return self._json(409, {"error": "You already created this model repo", "url": url})
+            return self._json(200, {"url": url})
+        if parts[:2] == ["api", "models"] and len(parts) == 6:
+            repo_id, kind, revision = f"{parts[2]}/{parts[3]}", parts[4], parts[5]
+            repo = self.hub.repos.get(repo_id)
+            if repo is None:
+                return self._error(404, "RepoNotFound", f"Repository {repo_id} not found", True)
+            if kind == "preupload":
+                files = [
+                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                    for f in json.loads(payload)["files"]
+                ]
+                return self._json(200, {"files": files})
+            if kind == "commit":
+                return self._commit(repo_id, repo, revision, payload)
+        self._error(404, "NotFound", "no such endpoint", True)
+
+    def _commit(self, repo_id: str, repo: FakeRepo, revision: str, payload: bytes) -> None:
+        parent = repo.resolve(revision)
+        files = dict(repo.commits[parent]) if parent else {}
+        for line in payload.splitlines():
+            item = json.loads(line)
+            if item["key"] == "file":
+                files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] != "header":
+                return self._error(400, "BadRequest", f"unsupported {item['key']}", True)
+        sha = self.hub.commit(repo_id, files, branch=revision)
+        url = f"http://{self.headers['Host']}/{repo_id}/commit/{sha}"
+        self._json(200, {"commitUrl": url, "commitOid": sha, "pullRequestUrl": None})
+
+    def _json(self, status: int, data: object) -> None:
+        self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json"}, True)
 
     def _api(self, repo_id: str, kind: str, revision: str, body: bool) -> None:
         repo = self.hub.repos.get(repo_id)

@@ -447,37 +447,19 @@ def test_offline_uses_the_cache_and_explains_what_is_missing(fake_hub, saved: Pa
     assert "hf download acme/offline --revision v2" in message and "local folder" in message
 
 
-class RecordingApi:
-    """Stands in for HfApi in push_to_hub: records calls, commits the folder to the fake Hub."""
-
-    def __init__(self, server) -> None:
-        self.server = server
-        self.calls: list[tuple[str, dict]] = []
-
-    def create_repo(self, repo_id: str, **kwargs: object) -> str:
-        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
-        return f"{self.server.endpoint}/{repo_id}"
-
-    def upload_folder(self, **kwargs: object) -> str:
-        self.calls.append(("upload_folder", dict(kwargs)))
-        folder = Path(kwargs["folder_path"])  # type: ignore[arg-type]
-        return self.server.hub.commit(kwargs["repo_id"], folder)
-
-
 def test_push_to_hub_uploads_a_loadable_folder(fake_hub, model: REMModel) -> None:
-    api = RecordingApi(fake_hub)
-    sha = model.push_to_hub("me/rem-breakout", private=True, api=api)
-    assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
-    assert api.calls[0][1] == {
-        "repo_id": "me/rem-breakout",
-        "private": True,
-        "exist_ok": True,
-        "repo_type": "model",
-    }
-    files = fake_hub.hub.repos["me/rem-breakout"].commits[sha]
+    """The real HfApi.create_repo + upload_folder protocol, against the fake Hub."""
+    info = model.push_to_hub("me/rem-breakout", token="hf_test")
+    files = fake_hub.hub.repos["me/rem-breakout"].commits[info.oid]
     assert sorted(files) == sorted([*hub.MODEL_FILES, "README.md"])
     assert b'model="me/rem-breakout"' in files["README.md"]
     assert_same_model(model, REMModel.from_pretrained("me/rem-breakout"))
+    # pushing again to the existing repo makes a new commit on main
+    newer = tiny_model(seed=5)
+    again = newer.push_to_hub("me/rem-breakout", token="hf_test", commit_message="v2")
+    assert again.oid != info.oid and fake_hub.hub.requests["POST /api/repos/create"] == 2
+    assert_same_model(newer, REMModel.from_pretrained("me/rem-breakout"))
+    assert_same_model(model, REMModel.from_pretrained("me/rem-breakout", revision=info.oid))
 
 
 def test_gym_make_with_a_repo_id(fake_hub, model: REMModel, saved: Path) -> None:
