@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import rem_env.checkpoint as checkpoint
 import rem_env.hub as hub
 from rem_env import REMConfig, REMModel
 from rem_env.hub import (
@@ -159,7 +160,7 @@ def test_interrupted_save_leaves_no_broken_model(
             raise KeyboardInterrupt("power cut")
         save_file(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(hub, "save_file", crash_on_second_file)
+    monkeypatch.setattr(checkpoint, "save_file", crash_on_second_file)
     with pytest.raises(KeyboardInterrupt):
         model.save_pretrained(target)
     assert [p.name for p in tmp_path.iterdir()] == (["m"] if existing else [])
@@ -180,7 +181,7 @@ def test_failed_rename_restores_the_old_folder(
             raise OSError("disk full")
         real_replace(src, dst)
 
-    monkeypatch.setattr(hub.os, "replace", fail_second)
+    monkeypatch.setattr(checkpoint.os, "replace", fail_second)
     with pytest.raises(OSError, match="disk full"):
         tiny_model(seed=4).save_pretrained(saved)
     monkeypatch.undo()
