@@ -112,10 +112,14 @@ def test_manifest_and_model_card(model: REMModel, tmp_path: Path) -> None:
     assert data["protocol"]["repeat_action_probability"] == 0.0
     assert data["training"] == {"env_steps": 100_000, "epochs": 600}
     assert REMModel.from_pretrained(folder).manifest == manifest
+    from huggingface_hub.repocard import metadata_load
+
+    assert metadata_load(folder / "README.md") == {
+        "library_name": "rem-env",
+        "license": "mit",
+        "tags": ["reinforcement-learning", "world-models", "atari", "rem", "Breakout"],
+    }
     card = (folder / "README.md").read_text()
-    front = card.split("---")[1]
-    for line in ("library_name: rem-env", "license: mit", "- world-models", "- Breakout"):
-        assert line in front
     assert "| real environment steps | 100000 |" in card
     assert "| dream fidelity | not measured |" in card
     assert 'model="me/rem-b"' in card
@@ -326,12 +330,16 @@ def test_load_model_accepts_models_folders_and_repo_ids(model: REMModel, saved: 
         load_model(3)  # type: ignore[arg-type]
 
 
-def test_gym_make_with_a_model_folder(model: REMModel, saved: Path) -> None:
+def test_gym_make_and_make_vec_with_a_model_folder(model: REMModel, saved: Path) -> None:
     env = gym.make("REM-Breakout-v0", model=str(saved))
     env.reset(seed=0)
     env.step(0)
     assert_same_model(model, env.unwrapped.model)
     env.close()
+    envs = gym.make_vec("REM-Breakout-v0", num_envs=3, model=saved)
+    assert envs.reset(seed=0)[0].shape[0] == 3
+    assert_same_model(model, envs.unwrapped.model)
+    envs.close()
 
 
 # --- Hub ----------------------------------------------------------------------------------
@@ -463,9 +471,13 @@ def test_push_to_hub_uploads_a_loadable_folder(fake_hub, model: REMModel) -> Non
     assert_same_model(model, REMModel.from_pretrained("me/rem-breakout", revision=info.oid))
 
 
-def test_gym_make_with_a_repo_id(fake_hub, model: REMModel, saved: Path) -> None:
+def test_gym_make_and_make_vec_with_a_repo_id(fake_hub, model: REMModel, saved: Path) -> None:
     fake_hub.hub.commit("acme/rem-gym", saved)
     env = gym.make("REM-Breakout-v0", model="acme/rem-gym")
     env.reset(seed=0)
     assert_same_model(model, env.unwrapped.model)
     env.close()
+    envs = gym.make_vec("REM-Breakout-v0", num_envs=2, model="acme/rem-gym")
+    assert envs.reset(seed=0)[0].shape[0] == 2
+    assert_same_model(model, envs.unwrapped.model)
+    envs.close()
