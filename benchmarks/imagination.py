@@ -44,6 +44,7 @@ import datetime
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -257,6 +258,22 @@ def cpu_model() -> str | None:
     return None
 
 
+def git_revision() -> str | None:
+    """``git describe --always --dirty`` of the checkout this script lives in, if any."""
+    try:
+        result = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
 def device_name(device: torch.device) -> str:
     """A readable name of the device being measured."""
     if device.type == "cuda":
@@ -275,6 +292,7 @@ def metadata(args: argparse.Namespace, device: torch.device, flops: int) -> dict
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
+        "git_revision": git_revision(),
         "preset": args.preset,
         "num_actions": args.num_actions,
         "warmup": args.warmup,
