@@ -12,6 +12,7 @@ from training.atari import (
     TRAIN_SETTINGS,
     REMAtariPreprocessing,
     make_atari_env,
+    make_atari_vector_env,
 )
 
 FIRE = 1
@@ -189,3 +190,17 @@ def test_breakout_reward_is_the_sum_of_raw_frame_rewards() -> None:
         if terminated or truncated:
             break
     env.close()
+
+
+def test_vector_env_seeds_each_copy() -> None:
+    venv = make_atari_vector_env("Breakout", 2, train=False, seed=4)
+    obs, _ = venv.reset()
+    assert obs.shape == (2, 64, 64, 3) and obs.dtype == np.uint8
+    single = make_atari_env("Breakout", train=False, seed=5)
+    assert np.array_equal(single.reset()[0], obs[1])
+    obs, reward, terminated, _, _ = venv.step(np.array([1, 1]))
+    assert reward.shape == (2,) and terminated.shape == (2,)
+    with pytest.raises(ValueError, match="unknown game"):
+        make_atari_vector_env("Tetris", 2, train=False)
+    venv.close()
+    single.close()

@@ -32,6 +32,7 @@ __all__ = [
     "AtariSettings",
     "REMAtariPreprocessing",
     "make_atari_env",
+    "make_atari_vector_env",
 ]
 
 gym.register_envs(ale_py)
@@ -231,3 +232,44 @@ def make_atari_env(
         render_mode=render_mode,
     )
     return REMAtariPreprocessing(env, settings, seed=seed)
+
+
+def make_atari_vector_env(
+    game: str,
+    num_envs: int,
+    train: bool,
+    seed: int | None = None,
+    *,
+    asynchronous: bool = False,
+    max_raw_frames: int | None = None,
+) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of :func:`make_atari_env` as a gymnasium vector env (e.g. for eval).
+
+    Env i is seeded with ``seed + i``. Episodes reset automatically on the step after they end
+    (gymnasium's default ``NEXT_STEP`` autoreset mode).
+
+    Args:
+        game: Atari 100K game name.
+        num_envs: Number of envs.
+        train: Train or test preprocessing (see :func:`make_atari_env`).
+        seed: Base seed; None draws one per env.
+        asynchronous: One subprocess per env (:class:`gymnasium.vector.AsyncVectorEnv`)
+            instead of stepping them in turn in this process.
+        max_raw_frames: Override of the raw-frame limit.
+
+    Raises:
+        ValueError: If the game is unknown or ``num_envs`` < 1.
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+    if game not in ATARI_100K_GAMES:
+        make_atari_env(game, train)  # raises the unknown-game error
+
+    def factory(i: int) -> Any:
+        env_seed = None if seed is None else seed + i
+        return lambda: make_atari_env(game, train, env_seed, max_raw_frames=max_raw_frames)
+
+    fns = [factory(i) for i in range(num_envs)]
+    if asynchronous:
+        return gym.vector.AsyncVectorEnv(fns)
+    return gym.vector.SyncVectorEnv(fns)
