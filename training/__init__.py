@@ -1,1 +1,17 @@
-"""training."""
+"""REM's training pipeline: real Atari env, replay buffer, actor-critic, losses and LPIPS.
+
+The pieces, one concept per module (the trainer and the ``rem-train`` CLI build on them):
+
+* :mod:`training.atari`: the real env with REM's preprocessing (``make_atari_env``,
+  ``make_atari_vector_env``; train and test variants, REM_SPEC 2).
+* :mod:`training.replay`: crash-safe on-disk episode storage and uniform window sampling with
+  padding masks (``ReplayBuffer``; REM_SPEC 7).
+* :mod:`training.actor_critic`: REM's latent-space actor-critic with explicit LSTM state and
+  burn-in (``ActorCritic``; REM_SPEC 6).
+* :mod:`training.losses`: tokenizer, world-model and actor-critic losses and lambda-returns,
+  as pure functions.
+* :mod:`training.lpips`: LPIPS-VGG16 in plain torch; ``python -m training.lpips fetch``
+  downloads and converts its weights once.
+
+Dependencies point one way: ``training`` imports ``rem_env``, never the reverse.
+"""
