@@ -201,11 +201,21 @@ def test_full_disk_keeps_the_store_consistent(
 
 _CHILD = textwrap.dedent(
     """
-    import sys
+    import os, signal, sys
     import numpy as np
-    from training.replay import ReplayBuffer
+    import training.replay as replay
 
-    buf = ReplayBuffer(sys.argv[1], obs_shape=(64, 64, 3), fsync=False)
+    buf = replay.ReplayBuffer(sys.argv[1], obs_shape=(64, 64, 3), fsync=False)
+    if sys.argv[2] == "mid_record":
+        real_pwrite = os.pwrite
+
+        def pwrite_then_die(fd, data, offset):
+            if buf.num_steps == 300:  # the 301st record: write half of it, then get killed
+                real_pwrite(fd, bytes(data[: len(data) // 2]), offset)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_pwrite(fd, data, offset)
+
+        replay.os.pwrite = pwrite_then_die
     i = 0
     while True:
         buf.append(np.full((64, 64, 3), i % 251, np.uint8), i % 7, float(i), i % 13 == 12)
@@ -215,11 +225,12 @@ _CHILD = textwrap.dedent(
 )
 
 
-def test_sigkill_mid_write_loses_no_completed_transition(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["mid_record", "external"])
+def test_sigkill_loses_no_completed_transition(tmp_path: Path, how: str) -> None:
     root = tmp_path / "buf"
     repo = Path(__file__).resolve().parents[1]
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(root)],
+        [sys.executable, "-c", _CHILD, str(root), how],
         stdout=subprocess.PIPE,
         text=True,
         cwd=repo,
@@ -229,15 +240,22 @@ def test_sigkill_mid_write_loses_no_completed_transition(tmp_path: Path) -> None
         completed = -1
         for line in child.stdout:  # type: ignore[union-attr]
             completed = int(line)
-            if completed >= 300:
+            if how == "external" and completed >= 300:
+                os.kill(child.pid, signal.SIGKILL)  # while it keeps writing
                 break
-        os.kill(child.pid, signal.SIGKILL)  # while it keeps writing
     finally:
         child.kill()
-        child.wait()
+        assert child.wait() == -signal.SIGKILL
         child.stdout.close()  # type: ignore[union-attr]
+    data = root / "transitions.bin"
+    if how == "mid_record":
+        assert completed == 299
+        record = replay_module._record_dtype((64, 64, 3)).itemsize
+        assert data.stat().st_size == 300 * record + record // 2  # a half record on disk
     with ReplayBuffer(root, obs_shape=(64, 64, 3)) as buf:
         assert buf.num_steps >= completed + 1
+        if how == "mid_record":
+            assert buf.num_steps == 300
         n = buf.num_steps
         episodes = [buf.episode(e) for e in range(buf.num_episodes)]
         obs = np.concatenate([ep.obs[:, 0, 0, 0] for ep in episodes])
