@@ -263,3 +263,21 @@ def test_sigkill_loses_no_completed_transition(tmp_path: Path, how: str) -> None
         assert rewards.tolist() == [float(i) for i in range(n)]
         assert obs.tolist() == [i % 251 for i in range(n)]
         assert (buf.episode_lengths[:-1] == 13).all()
+
+
+def test_failed_open_releases_the_folder(tmp_path: Path) -> None:
+    root = tmp_path / "buf"
+    root.mkdir()
+    (root / "transitions.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no meta\.json"):
+        ReplayBuffer(root, obs_shape=SHAPE)
+    other = tmp_path / "other"
+    with ReplayBuffer(other, obs_shape=SHAPE) as buf:
+        _fill(buf, [2])
+        flags_at = buf._record_size - 5  # the flags byte of record 0
+    raw = bytearray((other / "transitions.bin").read_bytes())
+    raw[flags_at] = 0  # record 0 no longer starts an episode
+    (other / "transitions.bin").write_bytes(bytes(raw))
+    for _ in range(2):  # the same error twice: the failed open released the lock
+        with pytest.raises(ValueError, match="corrupt"):
+            ReplayBuffer(other, obs_shape=SHAPE)

@@ -186,10 +186,12 @@ class ActorCritic(nn.Module):
                 f"mask and actions must have shape {(b, t)}, got {tuple(mask.shape)} and "
                 f"{tuple(actions.shape)}"
             )
+        self._check_codes(codes[:, 0])
         if state is None:
             state = self.initial_state(b, device=codes.device)
+        x = self.encoder(codes.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, hidden), one pass
         for i in range(t):
-            new = self(codes[:, i], state).state
+            new = LSTMState(*self.lstm(x[:, i], (state.h, state.c)))
             if burn_in_actions:
                 new = self.observe_action(actions[:, i], new)
             state = state.select(mask[:, i], new)

@@ -170,6 +170,7 @@ class ReplayBuffer:
         self.fsync = bool(fsync)
         self._dtype = _record_dtype(self.obs_shape)
         self._record_size = self._dtype.itemsize
+        self._fd = -1
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_or_write_meta()
         path = self.root / _DATA_FILE
@@ -188,6 +189,7 @@ class ReplayBuffer:
             self._starts = self._read_starts()
         except BaseException:
             os.close(self._fd)
+            self._fd = -1
             raise
         self._open_episode = False
 
@@ -316,6 +318,10 @@ class ReplayBuffer:
             os.close(self._fd)
             self._fd = -1
         self._map = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __enter__(self) -> ReplayBuffer:
         return self
