@@ -39,6 +39,8 @@ def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_load_missing_returns_none(tmp_path: Path) -> None:
     assert load_lpips(tmp_path / "absent.safetensors") is None
+    message = lpips_module.missing_weights_message(tmp_path / "absent.safetensors")
+    assert "training without LPIPS" in message and "python -m training.lpips fetch" in message
 
 
 @pytest.fixture(scope="module")

