@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
 from rem_env.contexts import check_contexts, draw_start_contexts
+from rem_env.hub import load_model
 from rem_env.model import REMModel
 from rem_env.models.world_model import StepNoise
 from rem_env.noise import MAX_SEED, hash_uniforms
@@ -52,8 +54,9 @@ class DreamVectorEnv(VectorEnv):
     * ``"latent"``: float32 (E, h, w) codebook vectors, channels first.
 
     Args:
-        model: The world model. It is put in eval mode (again at each step if it was switched
-            back to training mode).
+        model: The world model: an REMModel, a model folder or a Hub repo id (loaded with
+            :func:`rem_env.hub.load_model`). It is put in eval mode (again at each step if it
+            was switched back to training mode).
         num_envs: Number of dreams stepped together.
         obs_type: ``"rgb"``, ``"tokens"`` or ``"latent"``.
         device: Where to dream; the model is moved there. Default: the model's device.
@@ -69,6 +72,7 @@ class DreamVectorEnv(VectorEnv):
             step, except checking the range of action tensors if ``validate_actions``).
         render_mode: None or ``"rgb_array"``.
         validate_actions: Check action values (on the host for numpy actions).
+        revision: Hub revision (branch, tag or commit) when ``model`` is a repo id.
 
     Example:
         >>> from rem_env import DreamVectorEnv, REMConfig, REMModel
@@ -94,7 +98,7 @@ class DreamVectorEnv(VectorEnv):
 
     def __init__(
         self,
-        model: REMModel,
+        model: REMModel | str | os.PathLike[str],
         num_envs: int = 1,
         *,
         obs_type: ObsType = "rgb",
@@ -105,9 +109,9 @@ class DreamVectorEnv(VectorEnv):
         output: OutputType = "numpy",
         render_mode: str | None = None,
         validate_actions: bool = True,
+        revision: str | None = None,
     ) -> None:
-        if not isinstance(model, REMModel):
-            raise TypeError(f"model must be a rem_env.REMModel, got {type(model).__name__}")
+        model = load_model(model, revision=revision)
         if (
             isinstance(num_envs, bool)
             or not isinstance(num_envs, (int, np.integer))
@@ -422,7 +426,10 @@ class DreamVectorEnv(VectorEnv):
             chosen = uniforms if index_t is None else uniforms[index_t]
             contexts = draw_start_contexts(self.model, chosen)
         position = None if state is None else state.position
-        fresh = self.model.start_state(contexts.tokens, contexts.actions, position=position)
+        # Contexts are the model's validated ones or were checked by check_contexts: no sync.
+        fresh = self.model.start_state(
+            contexts.tokens, contexts.actions, position=position, check_values=False
+        )
         if state is None:
             return fresh
         if index_t is None:
@@ -439,8 +446,8 @@ class DreamVectorEnv(VectorEnv):
         if self.obs_type == "tokens":
             return tokens.clone()  # never hand out the state's own tensor (numpy views share it)
         if self.obs_type == "latent":
-            return self.model.tokenizer.to_codes(tokens).float()  # (B, E, h, w)
-        frames = self.model.decode(tokens)  # (B, 3, H, W) in [0, 1]
+            return self.model.tokenizer.to_codes(tokens, check_values=False).float()  # (B, E, h, w)
+        frames = self.model.decode(tokens, check_values=False)  # (B, 3, H, W) in [0, 1]
         pixels = (frames * 255.0).round_().clamp_(0, 255).to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3)
 

@@ -101,16 +101,26 @@ class REMModel(nn.Module):
         """Tokenises (B, 3, H, W) frames in [0, 1] into (B, K) int64 tokens."""
         return self.tokenizer.encode(frames).tokens
 
-    def decode(self, tokens: Tensor) -> Tensor:
-        """Decodes (B, K) tokens into (B, 3, H, W) frames in [0, 1]."""
-        return self.tokenizer.decode_tokens(tokens)
+    def decode(self, tokens: Tensor, check_values: bool = True) -> Tensor:
+        """Decodes (B, K) tokens into (B, 3, H, W) frames in [0, 1].
+
+        ``check_values=False`` skips the id-range check (a host sync) for tokens known valid.
+        """
+        return self.tokenizer.decode_tokens(tokens, check_values)
 
     def start_state(
-        self, context_tokens: Tensor, context_actions: Tensor, position: int | None = None
+        self,
+        context_tokens: Tensor,
+        context_actions: Tensor,
+        position: int | None = None,
+        check_values: bool = True,
     ) -> ImaginationState:
-        """Imagination state from (B, C, K) context tokens and (B, C-1) actions."""
+        """Imagination state from (B, C, K) context tokens and (B, C-1) actions.
+
+        ``check_values=False`` skips the range checks (a host sync) for validated contexts.
+        """
         return self.world_model.start_state(
-            context_tokens, context_actions, self.tokenizer.codebook, position
+            context_tokens, context_actions, self.tokenizer.codebook, position, check_values
         )
 
     def imagine_step(

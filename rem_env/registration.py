@@ -7,13 +7,13 @@ forward per step). The model is passed as ``model=``.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import gymnasium as gym
 
 from rem_env.dream import DreamVectorEnv
 from rem_env.dream_env import DreamEnv
+from rem_env.hub import ModelLoadError, NoDefaultModelError, load_model, resolve_default_model
 from rem_env.model import REMModel
 
 __all__ = ["ATARI_100K_GAMES", "env_id", "make_dream_env", "make_dream_vector_env"]
@@ -60,34 +60,30 @@ def env_id(game: str) -> str:
     return f"REM-{game}-v0"
 
 
-def resolve_model(game: str, model: Any) -> REMModel:
+def resolve_model(game: str, model: Any, revision: str | None = None) -> REMModel:
     """The model to dream ``game`` with, checked against the game's action set.
 
+    Args:
+        game: Game name of the games table.
+        model: An REMModel, a model folder, a Hub repo id, or None for the game's default
+            (see :func:`rem_env.hub.resolve_default_model`).
+        revision: Hub revision (branch, tag or commit) for a repo id.
+
     Raises:
-        gymnasium.error.Error: If no model is given, a path/repo id cannot be loaded yet, or the
-            model was made for another game or another action set.
+        gymnasium.error.Error: If there is no model to load, loading fails, or the model was
+            made for another game or another action set.
         TypeError: If ``model`` is neither an REMModel nor a path or repo id.
     """
     name = env_id(game)
     if model is None:
-        raise gym.error.Error(
-            f"{name} needs a world model and rem-env bundles no weights for {game}. Pass "
-            f"model=<rem_env.REMModel> (e.g. one trained with `rem-train --game {game}`), e.g. "
-            f"gym.make('{name}', model=model)"
-        )
-    if isinstance(model, (str, os.PathLike)):
-        loader = getattr(REMModel, "from_pretrained", None)
-        if loader is None:
-            raise gym.error.Error(
-                f"loading a model from a folder or Hub repo id ({model!s}) is not available in "
-                f"this version of rem-env; build or train an REMModel and pass model=<REMModel>"
-            )
-        model = loader(str(model))
-    if not isinstance(model, REMModel):
-        raise TypeError(
-            "model must be a rem_env.REMModel, a folder or a Hub repo id, "
-            f"got {type(model).__name__}"
-        )
+        try:
+            model = resolve_default_model(game)
+        except NoDefaultModelError as err:
+            raise gym.error.Error(f"{name}: {err}") from err
+    try:
+        model = load_model(model, revision=revision)
+    except ModelLoadError as err:
+        raise gym.error.Error(f"{name}: {err}") from err
     recorded = model.config.game
     if recorded is not None and recorded != game:
         raise gym.error.Error(f"this model was trained on {recorded!r}; it cannot dream {name}")
@@ -100,16 +96,18 @@ def resolve_model(game: str, model: Any) -> REMModel:
     return model
 
 
-def make_dream_env(game: str, model: Any = None, **kwargs: Any) -> DreamEnv:
+def make_dream_env(
+    game: str, model: Any = None, revision: str | None = None, **kwargs: Any
+) -> DreamEnv:
     """Entry point of ``gym.make``; ``kwargs`` go to :class:`~rem_env.DreamEnv`."""
-    return DreamEnv(resolve_model(game, model), **kwargs)
+    return DreamEnv(resolve_model(game, model, revision), **kwargs)
 
 
 def make_dream_vector_env(
-    game: str, num_envs: int = 1, model: Any = None, **kwargs: Any
+    game: str, num_envs: int = 1, model: Any = None, revision: str | None = None, **kwargs: Any
 ) -> DreamVectorEnv:
     """Entry point of ``gym.make_vec``; ``kwargs`` go to :class:`~rem_env.DreamVectorEnv`."""
-    return DreamVectorEnv(resolve_model(game, model), num_envs, **kwargs)
+    return DreamVectorEnv(resolve_model(game, model, revision), num_envs, **kwargs)
 
 
 def register_dream_envs() -> None:

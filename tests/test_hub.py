@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 import rem_env.checkpoint as checkpoint
 import rem_env.hub as hub
-from rem_env import REMConfig, REMModel
+from rem_env import DreamVectorEnv, REMConfig, REMModel
 from rem_env.hub import (
     ModelLoadError,
     ModelNotCachedError,
@@ -481,3 +481,22 @@ def test_gym_make_and_make_vec_with_a_repo_id(fake_hub, model: REMModel, saved: 
     assert envs.reset(seed=0)[0].shape[0] == 2
     assert_same_model(model, envs.unwrapped.model)
     envs.close()
+
+
+def test_revision_reaches_gym_make_make_vec_and_dream_vector_env(
+    fake_hub, model: REMModel, saved: Path, tmp_path: Path
+) -> None:
+    pinned = fake_hub.hub.commit("acme/rem-rev", saved, tag="v1")
+    newer = tiny_model(seed=3)
+    fake_hub.hub.commit("acme/rem-rev", Path(newer.save_pretrained(tmp_path / "newer")))
+    env = gym.make("REM-Breakout-v0", model="acme/rem-rev", revision="v1")
+    assert_same_model(model, env.unwrapped.model)
+    env.close()
+    envs = gym.make_vec("REM-Breakout-v0", num_envs=2, model="acme/rem-rev", revision=pinned)
+    assert_same_model(model, envs.unwrapped.model)
+    envs.close()
+    assert_same_model(newer, DreamVectorEnv("acme/rem-rev", num_envs=2).model)
+    assert_same_model(model, DreamVectorEnv("acme/rem-rev", num_envs=2, revision="v1").model)
+    assert_same_model(model, DreamVectorEnv(saved, num_envs=1).model)
+    with pytest.raises(gym.error.Error, match="acme/no-such-repo"):
+        gym.make("REM-Breakout-v0", model="acme/no-such-repo")

@@ -92,13 +92,6 @@ def test_missing_model_says_how_to_get_one() -> None:
         gym.make_vec("REM-Pong-v0", num_envs=2)
 
 
-def test_paths_and_repo_ids_are_not_loadable_yet() -> None:
-    if hasattr(REMModel, "from_pretrained"):
-        pytest.skip("Hub loading is available")
-    with pytest.raises(gym.error.Error, match="not available"):
-        gym.make("REM-Breakout-v0", model="someone/rem-breakout")
-
-
 def test_model_for_another_game_or_action_set_is_rejected(model: REMModel) -> None:
     with pytest.raises(gym.error.Error, match="Breakout"):
         gym.make("REM-Pong-v0", model=model)

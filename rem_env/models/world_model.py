@@ -237,6 +237,7 @@ class WorldModel(nn.Module):
         actions: Tensor,
         codebook: Tensor | None = None,
         position: int | None = None,
+        check_values: bool = True,
     ) -> ImaginationState:
         """Builds the imagination state from a real context of C frames and C-1 actions.
 
@@ -248,6 +249,8 @@ class WorldModel(nn.Module):
             position: Absolute position given to the last frame (default ``(C-1)*(K+1)``);
                 pass an existing state's position to merge the two with
                 :meth:`ImaginationState.where`.
+            check_values: Check token and action ranges (one host sync); callers that
+                validated the context already skip it.
         """
         if obs_tokens.ndim != 3 or obs_tokens.shape[2] != self.tokens_per_obs:
             raise ValueError(
@@ -260,7 +263,8 @@ class WorldModel(nn.Module):
                 f"a context of {frames} frames needs actions of shape ({batch}, {frames - 1}), "
                 f"got {tuple(actions.shape)}"
             )
-        self._check_values(obs_tokens, actions)
+        if check_values:
+            self._check_values(obs_tokens, actions)
         block = self.tokens_per_block
         position = (frames - 1) * block if position is None else position
         if frames > 1:
