@@ -120,9 +120,10 @@ def world_model_loss(
     """The world-model loss: observation + reward + end cross-entropies, summed (REM_SPEC 4).
 
     ``output.obs_logits[:, t]`` predicts block t's own tokens (POP), so the observation targets
-    are ``obs_tokens`` themselves, skipped for padded blocks and for the first
-    ``context_length`` blocks. Reward (``sign(r) + 1``) and end labels are read at every real
-    block. Each term is a mean over its non-ignored labels.
+    are ``obs_tokens`` themselves. Reward (``sign(r) + 1``) and end labels are read at block t's
+    action token. All three use the same mask: padded blocks and the first ``context_length``
+    blocks are never a target (REM_SPEC 4). Each term is a mean over its non-ignored labels
+    (0 when there are none).
 
     Args:
         output: :meth:`rem_env.models.world_model.WorldModel.forward` of the segment.
@@ -130,7 +131,7 @@ def world_model_loss(
         rewards: (B, T) float rewards received after each block's action.
         ends: (B, T) bool (or 0/1) episode-end flags after each block's action.
         mask: (B, T) bool, True for real blocks, False for padding.
-        context_length: Leading blocks that are never an observation target (2 in REM).
+        context_length: Leading blocks that are never a target (2 in REM).
 
     Returns:
         The loss and metrics ``obs``, ``reward``, ``end``, ``total``.
@@ -151,8 +152,8 @@ def world_model_loss(
     predicted = mask.clone()
     predicted[:, :context_length] = False
     obs_labels = torch.where(predicted[..., None], obs_tokens.long(), ignore)  # (B, T, K)
-    reward_labels = torch.where(mask, reward_classes(rewards), IGNORE_INDEX)  # (B, T)
-    end_labels = torch.where(mask, ends.long(), IGNORE_INDEX)  # (B, T)
+    reward_labels = torch.where(predicted, reward_classes(rewards), IGNORE_INDEX)  # (B, T)
+    end_labels = torch.where(predicted, ends.long(), IGNORE_INDEX)  # (B, T)
     obs_loss = _masked_cross_entropy(output.obs_logits, obs_labels)
     reward_loss = _masked_cross_entropy(output.reward_logits, reward_labels)
     end_loss = _masked_cross_entropy(output.end_logits, end_labels)
