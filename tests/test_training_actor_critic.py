@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rem_env.config import REMConfig
-from training.actor_critic import ActorCritic, LSTMState
+from training.actor_critic import ActorCritic, LSTMState, sample_actions
 
 
 @pytest.fixture
@@ -112,3 +112,21 @@ def test_constructor_errors() -> None:
         ActorCritic(num_actions=0, embed_dim=8, latent_size=4)
     with pytest.raises(TypeError, match="REMConfig"):
         ActorCritic.from_config("paper")  # type: ignore[arg-type]
+
+
+def test_sample_actions_temperature_epsilon_and_seed() -> None:
+    logits = torch.tensor([[0.0, 1.0]]).repeat(20_000, 1)
+    g = torch.Generator().manual_seed(0)
+    p1 = sample_actions(logits, 1.0, generator=g).float().mean().item()
+    p_half = sample_actions(logits, 0.5, generator=g).float().mean().item()
+    # P(a=1) = sigmoid(1) = 0.731 at temperature 1 and sigmoid(2) = 0.881 at 0.5.
+    assert abs(p1 - 0.731) < 0.015 and abs(p_half - 0.881) < 0.015
+    certain = torch.tensor([[0.0, 100.0]]).repeat(20_000, 1)
+    explored = sample_actions(certain, 1.0, epsilon=0.1, generator=g)
+    assert abs((explored == 0).float().mean().item() - 0.05) < 0.01  # half the random picks
+    a = sample_actions(logits[:50], 1.0, 0.5, torch.Generator().manual_seed(3))
+    b = sample_actions(logits[:50], 1.0, 0.5, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.dtype == torch.int64
+    for kwargs in ({"temperature": 0.0}, {"epsilon": 1.5}):
+        with pytest.raises(ValueError):
+            sample_actions(logits[:2], **kwargs)

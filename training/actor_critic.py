@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from rem_env.config import REMConfig
 
-__all__ = ["ActorCritic", "ActorCriticOutput", "LSTMState"]
+__all__ = ["ActorCritic", "ActorCriticOutput", "LSTMState", "sample_actions"]
 
 
 class LSTMState(NamedTuple):
@@ -205,3 +205,50 @@ class ActorCritic(nn.Module):
                 f"codes must have shape (B, {', '.join(map(str, expected))}), "
                 f"got {tuple(codes.shape)}"
             )
+
+
+def sample_actions(
+    logits: Tensor,
+    temperature: float = 1.0,
+    epsilon: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Samples actions from policy logits with a temperature and epsilon-uniform exploration.
+
+    REM collects with temperature 1.0 and epsilon 0.01 and evaluates with temperature 0.5 and
+    epsilon 0 (REM_SPEC 7, 8). The returned action is the one to execute AND to feed to
+    :meth:`ActorCritic.observe_action` (REM_SPEC 11.3: REM fed the sampled one instead).
+
+    Args:
+        logits: (B, A) policy logits.
+        temperature: Positive divisor of the logits.
+        epsilon: Probability in [0, 1] of replacing the sample by a uniform random action.
+        generator: Optional torch generator (on the logits' device) for reproducible draws.
+
+    Returns:
+        (B,) int64 actions.
+
+    Raises:
+        ValueError: If ``temperature`` <= 0, ``epsilon`` is outside [0, 1] or ``logits`` is
+            not 2-D.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> sample_actions(torch.tensor([[0.0, 50.0], [50.0, 0.0]]), generator=g).tolist()
+        [1, 0]
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (B, A), got {tuple(logits.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
+    b, a = logits.shape
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, A)
+    actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    if epsilon > 0:
+        explore = torch.rand(b, device=logits.device, generator=generator) < epsilon
+        uniform = torch.randint(a, (b,), device=logits.device, generator=generator)
+        actions = torch.where(explore, uniform, actions)
+    return actions
