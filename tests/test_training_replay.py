@@ -145,7 +145,7 @@ def test_reopen_resumes_and_starts_a_new_episode(tmp_path: Path) -> None:
     with ReplayBuffer(root, obs_shape=SHAPE, fsync=False) as buf:
         _fill(buf, [3])
         buf.append(_obs(9), 0, 0.0, terminated=False)  # an unfinished episode
-        with pytest.raises(RuntimeError, match="another process"):
+        with pytest.raises(RuntimeError, match="already open"):
             ReplayBuffer(root, obs_shape=SHAPE)
     with ReplayBuffer(root, obs_shape=SHAPE, fsync=False) as buf:
         assert buf.num_steps == 4 and buf.episode_lengths.tolist() == [3, 1]
@@ -153,6 +153,8 @@ def test_reopen_resumes_and_starts_a_new_episode(tmp_path: Path) -> None:
         assert buf.episode_lengths.tolist() == [3, 1, 1]
     with pytest.raises(ValueError, match="shape"):
         ReplayBuffer(root, obs_shape=(4, 4, 3))
+    with pytest.raises(ValueError, match="closed"):
+        buf.append(_obs(0), 0, 0.0, terminated=False)
 
 
 def test_partial_and_corrupt_tail_is_dropped(tmp_path: Path) -> None:

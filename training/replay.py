@@ -182,7 +182,7 @@ class ReplayBuffer:
                     fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     raise RuntimeError(
-                        f"replay buffer {self.root} is open in another process; "
+                        f"replay buffer {self.root} is already open (in this or another process); "
                         "close it there or use another folder"
                     ) from None
             self._num_steps = self._recover()
@@ -272,7 +272,10 @@ class ReplayBuffer:
             TypeError: If ``obs`` is not uint8.
             ValueError: If ``obs`` has the wrong shape.
             ReplayWriteError: If the write failed (e.g. disk full); nothing was stored.
+            ValueError: If the buffer was closed.
         """
+        if self._fd < 0:
+            raise ValueError(f"the replay buffer {self.root} is closed; reopen it to append")
         obs = np.asarray(obs)
         if obs.dtype != np.uint8:
             raise TypeError(f"obs must be uint8, got {obs.dtype}")
