@@ -1,0 +1,304 @@
+"""``rem-env``: look at dreams, play inside them, see what is installed, run the benchmarks.
+
+Subcommands: ``dream`` (roll dreams, write a GIF/MP4, print episode returns), ``play`` (play a
+dream with the keyboard), ``info`` (env ids, default models, versions, devices) and ``bench``
+(the benchmark scripts of a source checkout). ``python -m rem_env`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import gymnasium as gym
+import torch
+
+from rem_env.actions import action_meanings
+from rem_env.agents import AgentError, RandomAgent, SB3Agent, check_actor_critic, roll_dream
+from rem_env.config import REMConfig
+from rem_env.dream import DreamVectorEnv
+from rem_env.hub import ModelLoadError, NoDefaultModelError, resolve_default_model
+from rem_env.model import REMModel
+from rem_env.registration import ATARI_100K_GAMES, env_id, resolve_model
+from rem_env.video import VideoError, check_video_path, tile_frames, write_video
+
+__all__ = ["BENCHMARKS", "CLIError", "build_parser", "main"]
+
+BENCHMARKS = ("imagination", "dream_env")
+UNTRAINED = "UNTRAINED MODEL: random weights, the frames are noise"
+_ENV_ID = re.compile(r"^(?:rem_env:)?REM-(\w+)-v0$")
+
+
+class CLIError(ValueError):
+    """A user error: printed on stderr, exit status 2."""
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def parse_game(name: str) -> str:
+    """The game of a ``REM-<Game>-v0`` id (a bare game name is accepted too)."""
+    match = _ENV_ID.match(name)
+    game = match.group(1) if match else name
+    if game in ATARI_100K_GAMES:
+        return game
+    ids = [env_id(g) for g in ATARI_100K_GAMES]
+    close = difflib.get_close_matches(name, ids + list(ATARI_100K_GAMES), n=3)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise CLIError(f"unknown env id {name!r}.{hint} See `rem-env info` for the registered ids.")
+
+
+def load_dream_model(args: argparse.Namespace, game: str) -> tuple[REMModel, bool]:
+    """The model to dream with, and whether it is an untrained one."""
+    if args.random_weights is not None:
+        if args.model is not None:
+            raise CLIError("pass either --model or --random-weights, not both")
+        torch.manual_seed(args.seed if args.seed is not None else 0)
+        config = REMConfig.preset(args.random_weights, ATARI_100K_GAMES[game], game=game)
+        print(f"warning: {UNTRAINED} ({args.random_weights} preset)", file=sys.stderr)
+        return REMModel(config).eval(), True
+    try:
+        return resolve_model(game, args.model, args.revision), False
+    except gym.error.Error as err:
+        hint = ""
+        if args.model is None:
+            hint = " (or try the CLI with --random-weights tiny to see untrained noise)"
+        raise CLIError(f"{err}{hint}") from err
+
+
+def pick_device(name: str) -> str:
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("env_id", metavar="ENV_ID", help="a registered id, e.g. REM-Breakout-v0")
+    parser.add_argument(
+        "--model",
+        metavar="FOLDER|REPO_ID",
+        help="model folder or Hub repo id (default: the game's default model, see `rem-env info`)",
+    )
+    parser.add_argument("--revision", help="Hub branch, tag or commit of --model")
+    parser.add_argument(
+        "--random-weights",
+        choices=("tiny", "paper"),
+        help="dream with an UNTRAINED model of this preset instead (random noise, for trying "
+        "the tool before any trained weights exist)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed of the dreams (env i: s+i)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (auto: cuda if any)")
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature (0: argmax)"
+    )
+
+
+# ------------------------------------------------------------------------------------ dream
+
+
+def cmd_dream(args: argparse.Namespace) -> int:
+    game = parse_game(args.env_id)
+    out = check_video_path(args.out)
+    if args.steps < 1 or args.num_envs < 1 or args.scale < 1:
+        raise CLIError("--steps, --num-envs and --scale must be positive")
+    model, untrained = load_dream_model(args, game)
+    device = pick_device(args.device)
+    probe = DreamVectorEnv(model, 1, device=device)
+    if args.agent == "random":
+        agent = RandomAgent(model.num_actions, args.seed)
+    elif args.agent == "actor-critic":
+        folder = Path(args.model) if args.model and Path(args.model).is_dir() else None
+        check_actor_critic(folder, "this model" if args.model is None else repr(args.model))
+    else:
+        agent = SB3Agent(args.agent, probe, algo=args.algo, device=device)
+    envs = DreamVectorEnv(
+        model,
+        args.num_envs,
+        obs_type=agent.obs_type,
+        device=device,
+        temperature=args.temperature,
+        render_mode="rgb_array",
+    )
+    with torch.inference_mode():
+        rollout = roll_dream(envs, agent, args.steps, args.seed)
+    images = [tile_frames(frames, args.scale) for frames in rollout.frames]
+    write_video(out, images, fps=args.fps, caption=UNTRAINED if untrained else None)
+    print(f"wrote {len(images)} frames of {args.num_envs} dream(s) to {out}")
+    for i, (done, running) in enumerate(
+        zip(rollout.episode_returns, rollout.unfinished_returns, strict=True)
+    ):
+        finished = ", ".join(f"{r:+g}" for r in done) or "none"
+        print(f"env {i}: episode returns {finished}; unfinished episode {running:+g}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- play
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    game = parse_game(args.env_id)
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    try:
+        import pygame  # noqa: F401
+    except ImportError as err:
+        raise CLIError("`rem-env play` needs pygame: pip install 'rem-env[play]'") from err
+    from rem_env import play
+
+    model, untrained = load_dream_model(args, game)
+    env = DreamVectorEnv(
+        model,
+        1,
+        obs_type="tokens",
+        device=pick_device(args.device),
+        temperature=args.temperature,
+        render_mode="rgb_array",
+        autoreset_mode="DISABLED",
+    )
+    label = f"{env_id(game)} (a pure dream)" + (f"  {UNTRAINED}" if untrained else "")
+    session = play.PlaySession(env, action_meanings(game), seed=args.seed, label=label)
+    with torch.inference_mode():
+        play.run(session, scale=args.scale, fps=args.fps, max_ticks=args.max_steps)
+    print(f"played {session.total_steps} steps, {session.episodes} finished episode(s)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- info
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print("versions:")
+    for dist in ("rem-env", "torch", "gymnasium", "ale-py", "stable-baselines3", "huggingface-hub"):
+        print(f"  {dist}: {_version(dist)}")
+    print("devices:")
+    print("  cpu: available")
+    cuda = torch.cuda.is_available()
+    names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    print(f"  cuda: {'available (' + names + ')' if cuda else 'not available'}")
+    mps = getattr(torch.backends, "mps", None)
+    print(f"  mps: {'available' if mps is not None and mps.is_available() else 'not available'}")
+    print("env ids (default model):")
+    for game in ATARI_100K_GAMES:
+        try:
+            where = resolve_default_model(game)
+        except NoDefaultModelError:
+            where = "none (pass --model)"
+        print(f"  {env_id(game)}: {where}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ bench
+
+
+def benchmark_script(name: str) -> Path:
+    """``benchmarks/<name>.py`` of the source checkout rem_env was imported from."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    if not script.is_file():
+        raise CLIError(
+            f"benchmark script {script} not found: the benchmarks live in the rem-env source "
+            "repository (not in the wheel); clone it and `pip install -e .` from there"
+        )
+    return script
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    names = BENCHMARKS if args.which == "all" else (args.which,)
+    scripts = [benchmark_script(name) for name in names]
+    extra = args.script_args[1:] if args.script_args[:1] == ["--"] else args.script_args
+    for script in scripts:
+        print(f"$ python {script.relative_to(script.parent.parent)} {' '.join(extra)}".rstrip())
+        sys.stdout.flush()
+        status = subprocess.run([sys.executable, str(script), *extra], check=False).returncode
+        if status != 0:
+            print(f"rem-env: {script.name} exited with status {status}", file=sys.stderr)
+            return status
+    return 0
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rem-env`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="rem-env",
+        description="REM world models as dream environments: watch, play, inspect, benchmark.",
+    )
+    parser.add_argument("--version", action="version", version=f"rem-env {_version('rem-env')}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dream = sub.add_parser(
+        "dream",
+        help="roll dreams, write a GIF/MP4 and print episode returns",
+        description="Roll NUM_ENVS dreams for STEPS steps with an agent, write them tiled in one "
+        "video (GIF, or MP4 with rem-env[video]) and print each env's episode returns.",
+    )
+    _add_model_args(dream)
+    dream.add_argument(
+        "--agent",
+        default="random",
+        metavar="random|PATH.zip|actor-critic",
+        help="who acts: random actions, a stable-baselines3 policy file, or the model's own "
+        "actor-critic (none ships one yet) (default: random)",
+    )
+    dream.add_argument("--algo", choices=("PPO", "A2C", "DQN"), help="SB3 algorithm of --agent")
+    dream.add_argument("--num-envs", type=int, default=1, help="dreams side by side (default: 1)")
+    dream.add_argument("--steps", type=int, default=100, help="steps per dream (default: 100)")
+    dream.add_argument("--out", default="dream.gif", help="video file: .gif or .mp4")
+    dream.add_argument("--scale", type=int, default=4, help="upscaling factor (default: 4)")
+    dream.add_argument("--fps", type=int, default=15, help="video frames per second (default: 15)")
+    dream.set_defaults(func=cmd_dream)
+
+    play = sub.add_parser(
+        "play",
+        help="play inside a dream with the keyboard (pygame window)",
+        description="Play a pure dream (never re-grounded on the emulator): arrows move, space "
+        "fires, R resets, P pauses, Esc/Q quits. Needs pygame (rem-env[play]).",
+    )
+    _add_model_args(play)
+    play.add_argument("--scale", type=int, default=8, help="window pixels per dream pixel")
+    play.add_argument("--fps", type=int, default=15, help="dream steps per second (default: 15)")
+    play.add_argument("--max-steps", type=int, default=None, help="quit after this many frames")
+    play.set_defaults(func=cmd_play)
+
+    info = sub.add_parser("info", help="env ids, default models, versions and devices")
+    info.set_defaults(func=cmd_info)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmark scripts of a source checkout and print their tables",
+        description="Runs benchmarks/<name>.py of the source checkout; arguments after `--` go "
+        "to the script(s), e.g. `rem-env bench --which imagination -- --preset tiny`.",
+    )
+    bench.add_argument("--which", choices=(*BENCHMARKS, "all"), default="all")
+    bench.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments of the script(s)")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``rem-env``; returns the exit status (2 for user errors, printed without traceback)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CLIError, AgentError, VideoError, ModelLoadError, gym.error.Error) as err:
+        print(f"rem-env {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Dream videos: frames of a batch of dreams tiled in a grid, upscaled, written as GIF or MP4."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["VIDEO_SUFFIXES", "VideoError", "check_video_path", "tile_frames", "write_video"]
+
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
+class VideoError(ValueError):
+    """Raised for a video path or format rem-env cannot write."""
+
+
+def check_video_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, checked to end in ``.gif`` or ``.mp4`` (MP4 needs imageio-ffmpeg).
+
+    Raises:
+        VideoError: For another suffix, or ``.mp4`` without imageio and imageio-ffmpeg.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise VideoError(f"cannot write {str(path)!r}: the file must end in .gif or .mp4")
+    if suffix == ".mp4":
+        try:
+            import imageio.v2  # noqa: F401
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError as err:
+            raise VideoError(
+                "writing .mp4 needs imageio and imageio-ffmpeg: pip install 'rem-env[video]', "
+                "or write a .gif"
+            ) from err
+    return path
+
+
+def tile_frames(frames: np.ndarray, scale: int = 1, columns: int | None = None) -> np.ndarray:
+    """One image from a batch of frames: a grid, each frame upscaled (nearest neighbour).
+
+    Args:
+        frames: (N, H, W, 3) uint8 frames.
+        scale: Integer upscaling factor.
+        columns: Grid columns (default: ``ceil(sqrt(N))``). Empty cells are black.
+
+    Returns:
+        (rows * H * scale, columns * W * scale, 3) uint8; 1-pixel gaps between cells.
+
+    Example:
+        >>> tile_frames(np.zeros((3, 2, 2, 3), np.uint8), scale=2).shape
+        (9, 9, 3)
+    """
+    if frames.ndim != 4 or frames.shape[3] != 3:
+        raise ValueError(f"frames must be (N, H, W, 3), got {frames.shape}")
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive int, got {scale!r}")
+    n, h, w, _ = frames.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    big = frames.repeat(scale, axis=1).repeat(scale, axis=2)  # (N, H*s, W*s, 3)
+    hs, ws = h * scale, w * scale
+    grid = np.zeros((rows * hs + rows - 1, columns * ws + columns - 1, 3), np.uint8)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        grid[r * (hs + 1) : r * (hs + 1) + hs, c * (ws + 1) : c * (ws + 1) + ws] = big[i]
+    return grid
+
+
+def _captioned(images: Sequence[np.ndarray], caption: str) -> list[np.ndarray]:
+    """The images with ``caption`` written on a black band above them."""
+    from PIL import Image, ImageDraw
+
+    band = 14
+    out = []
+    for image in images:
+        canvas = Image.new("RGB", (image.shape[1], image.shape[0] + band))
+        canvas.paste(Image.fromarray(image), (0, band))
+        ImageDraw.Draw(canvas).text((2, 1), caption, fill=(255, 200, 0))
+        out.append(np.asarray(canvas))
+    return out
+
+
+def write_video(
+    path: str | os.PathLike[str],
+    images: Sequence[np.ndarray],
+    fps: int = 15,
+    caption: str | None = None,
+) -> Path:
+    """Writes (H, W, 3) uint8 images as a looping GIF (Pillow) or an MP4 (imageio-ffmpeg).
+
+    Args:
+        path: Where to write; the suffix picks the format (``.gif`` or ``.mp4``).
+        images: The frames, all of one shape.
+        fps: Frames per second.
+        caption: Text written on a band above every frame (e.g. to mark an untrained model).
+
+    Returns:
+        The path written.
+
+    Raises:
+        VideoError: See :func:`check_video_path`; also for no images.
+    """
+    path = check_video_path(path)
+    if not images:
+        raise VideoError("no frames to write")
+    frames = _captioned(images, caption) if caption else list(images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        from PIL import Image
+
+        pictures = [Image.fromarray(frame) for frame in frames]
+        pictures[0].save(
+            path,
+            save_all=True,
+            append_images=pictures[1:],
+            duration=max(20, round(1000 / fps)),
+            loop=0,
+            optimize=False,
+        )
+    else:
+        import imageio.v2 as imageio
+
+        even = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]  # yuv420p
+        imageio.mimwrite(path, even, fps=fps, macro_block_size=1)
+    return path

@@ -1,0 +1,175 @@
+"""The ``rem-env`` command: dream videos, agents, info, bench and user errors (exit 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rem_env import REMConfig, REMModel
+from rem_env.agents import ACTOR_CRITIC_NAME
+from rem_env.cli import build_parser, main
+from rem_env.hub import save_pretrained
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = REMModel(REMConfig.preset("tiny", num_actions=4, game="Breakout"))
+    return save_pretrained(model, tmp_path_factory.mktemp("models") / "breakout")
+
+
+def test_dream_writes_a_tiled_upscaled_gif_and_prints_returns(
+    model_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "dream.gif"
+    argv = ["dream", "REM-Breakout-v0", "--model", str(model_folder), "--num-envs", "3"]
+    status = main([*argv, "--steps", "4", "--seed", "0", "--scale", "2", "--out", str(out)])
+    assert status == 0
+    with Image.open(out) as gif:
+        assert gif.n_frames == 5  # reset + 4 steps
+        assert gif.size == (2 * 32 + 1, 2 * 32 + 1)  # 2x2 grid of 16px frames upscaled 2x
+    printed = capsys.readouterr().out
+    assert "wrote 5 frames of 3 dream(s)" in printed
+    assert printed.count("episode returns") == 3
+
+
+def test_dream_is_seeded(model_folder: Path, tmp_path: Path) -> None:
+    common = ["dream", "REM-Breakout-v0", "--model", str(model_folder), "--steps", "3"]
+    for name in ("a", "b"):
+        assert main([*common, "--seed", "5", "--out", str(tmp_path / f"{name}.gif")]) == 0
+    assert (tmp_path / "a.gif").read_bytes() == (tmp_path / "b.gif").read_bytes()
+
+
+def test_random_weights_are_labelled_untrained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "noise.gif"
+    argv = ["dream", "REM-Pong-v0", "--random-weights", "tiny", "--steps", "2", "--out", str(out)]
+    assert main(argv) == 0
+    assert "UNTRAINED" in capsys.readouterr().err
+    with Image.open(out) as gif:
+        assert gif.size[1] > 16 * 4 + 1  # the caption band above the frames
+
+
+def test_sb3_policy_acts_in_the_dream(model_folder: Path, tmp_path: Path) -> None:
+    from stable_baselines3 import A2C
+
+    from rem_env import DreamVectorEnv
+    from rem_env.sb3 import SB3DreamVecEnv
+
+    venv = SB3DreamVecEnv(DreamVectorEnv(str(model_folder), 2, obs_type="tokens"))
+    A2C("MlpPolicy", venv, n_steps=2, device="cpu").learn(4).save(tmp_path / "a2c.zip")
+    out = tmp_path / "sb3.gif"
+    argv = ["dream", "REM-Breakout-v0", "--model", str(model_folder), "--steps", "2"]
+    assert main([*argv, "--agent", str(tmp_path / "a2c.zip"), "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["dream", "REM-Breakot-v0"], "Did you mean REM-Breakout-v0"),
+        (["dream", "REM-Tetris-v0"], "unknown env id"),
+        (["dream", "REM-Breakout-v0", "--out", "dream.avi"], ".gif or .mp4"),
+        (["dream", "REM-Breakout-v0"], "no default model for Breakout"),
+        (["dream", "REM-Breakout-v0", "--model", "no/such-model"], "not cached"),
+        (["dream", "REM-Breakout-v0", "--random-weights", "tiny", "--model", "x"], "either"),
+        (["play", "REM-Nope-v0"], "unknown env id"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "dream.gif").exists()
+
+
+def test_wrong_game_and_bad_agents(
+    model_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = ["--out", str(tmp_path / "x.gif"), "--steps", "1"]
+    assert main(["dream", "REM-Pong-v0", "--model", str(model_folder), *out]) == 2
+    assert "trained on 'Breakout'" in capsys.readouterr().err
+    base = ["dream", "REM-Breakout-v0", "--model", str(model_folder), *out]
+    assert main([*base, "--agent", "actor-critic"]) == 2
+    assert f"no {ACTOR_CRITIC_NAME}" in capsys.readouterr().err
+    assert main([*base, "--agent", str(tmp_path / "missing.zip")]) == 2
+    assert "no SB3 policy file" in capsys.readouterr().err
+
+
+def test_info_lists_ids_versions_and_devices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("REM-") == 26
+    assert "REM-Breakout-v0: none (pass --model)" in printed
+    for name in ("rem-env", "torch", "gymnasium", "ale-py", "stable-baselines3", "cuda"):
+        assert name in printed
+
+
+def test_info_shows_configured_default(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REM_ENV_HUB_ORG", "someone")
+    assert main(["info"]) == 0
+    assert "REM-Pong-v0: someone/rem-pong" in capsys.readouterr().out
+
+
+def test_bench_passes_arguments_through(tmp_path: Path) -> None:
+    """Runs the real console script, as a user does (slowest test here: a subprocess)."""
+    argv = ["-m", "rem_env", "bench", "--which", "dream_env", "--", "--preset", "tiny"]
+    argv += ["--num-envs", "1", "--obs-types", "tokens", "--steps", "2", "--no-ale"]
+    argv += ["--json", str(tmp_path / "bench.json")]
+    result = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| N | dream tokens" in result.stdout
+    assert (tmp_path / "bench.json").is_file()
+
+
+def test_bench_without_a_checkout(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("rem_env.cli.__file__", "/nowhere/site-packages/rem_env/cli.py")
+    assert main(["bench", "--which", "imagination"]) == 2
+    assert "not in the wheel" in capsys.readouterr().err
+
+
+def test_help_names_every_subcommand_and_option() -> None:
+    text = build_parser().format_help()
+    for command in ("dream", "play", "info", "bench"):
+        assert command in text
+    dream = build_parser().parse_args(["dream", "REM-Breakout-v0"])
+    assert (dream.agent, dream.num_envs, dream.out, dream.scale) == ("random", 1, "dream.gif", 4)
+
+
+def test_tile_frames_places_envs_in_a_grid() -> None:
+    from rem_env.video import tile_frames
+
+    frames = np.stack([np.full((2, 2, 3), i * 50, np.uint8) for i in range(1, 4)])
+    grid = tile_frames(frames, scale=3)
+    assert grid.shape == (13, 13, 3)
+    assert (grid[:6, :6] == 50).all() and (grid[:6, 7:] == 100).all()
+    assert (grid[7:, :6] == 150).all() and (grid[7:, 7:] == 0).all()
