@@ -207,7 +207,7 @@ def retention_recurrent(
     ``S_n = gamma S_{n-1} + k_n^T v_n`` and ``o_n = q_n S_n``.
     """
     batch, heads, length, dim = q.shape
-    gamma = torch.tensor(gammas, dtype=q.dtype, device=q.device)[:, None, None]  # (H, 1, 1)
+    _, gamma = _state_decays(gammas, 1, q.dtype, q.device)  # (H, 1, 1), cached on the device
     state = prev_state if prev_state is not None else q.new_zeros(batch, heads, dim, dim)
     outputs = []
     for n in range(length):
