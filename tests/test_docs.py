@@ -1,0 +1,118 @@
+"""The documentation site builds with ``mkdocs build --strict`` and its code examples run.
+
+Every ```python block of ``docs/*.md`` and ``README.md`` is executed, page by page in one fresh
+namespace (blocks of a page build on each other), in a temporary working directory. A block
+preceded by ``<!-- no-test: REASON -->`` is skipped; :data:`EXPECTED_SKIPS` lists every such
+block, so a new skip fails the test until it is listed here with its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rem_env.cli import build_parser, main
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
+BLOCK = re.compile(r"(<!-- no-test: (?P<reason>[^>]*?) -->\s*\n)?```python\n(?P<code>.*?)```", re.S)
+
+EXPECTED_SKIPS = {
+    ("hub.md", "needs a published model on the Hub and network access"),
+    ("hub.md", "uploads to the Hugging Face Hub (needs an account and network access)"),
+}
+"""(page, reason) of every example the suite does not run."""
+
+
+def blocks(page: Path) -> list[tuple[str, str | None]]:
+    """(code, skip reason or None) of every python block of ``page``."""
+    text = page.read_text()
+    return [(m.group("code"), m.group("reason")) for m in BLOCK.finditer(text)]
+
+
+def test_every_page_is_in_the_nav() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for page in (ROOT / "docs").glob("*.md"):
+        assert f": {page.name}" in nav, f"{page.name} is not in mkdocs.yml's nav"
+
+
+def test_skips_are_the_listed_ones() -> None:
+    found = {
+        (page.name, reason) for page in PAGES for _, reason in blocks(page) if reason is not None
+    }
+    assert found == EXPECTED_SKIPS
+
+
+@pytest.mark.parametrize(
+    "page", [p for p in PAGES if any(r is None for _, r in blocks(p))], ids=lambda p: p.name
+)
+def test_code_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runnable = [code for code, reason in blocks(page) if reason is None]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
+    for i, code in enumerate(runnable):
+        torch.manual_seed(0)
+        try:
+            exec(compile(code, f"{page.name}[python block {i}]", "exec"), namespace)
+        except Exception as err:
+            pytest.fail(f"{page.name}, python block {i} failed: {type(err).__name__}: {err}")
+
+
+def cli_lines() -> list[tuple[str, list[str]]]:
+    """(page, argv) of every ``rem-env`` command in the bash blocks of the docs and README."""
+    found = []
+    for page in PAGES:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in block.splitlines():
+                command = line.split(" #")[0].strip()
+                if "rem-env " in command:
+                    argv = shlex.split(command.split("rem-env ", 1)[1])
+                    found.append((page.name, argv))
+    return found
+
+
+def test_documented_commands_parse() -> None:
+    """Every ``rem-env`` command the docs show is accepted by the parser (options stay true)."""
+    lines = cli_lines()
+    assert {argv[0] for _, argv in lines} >= {"dream", "play", "info", "bench"}
+    parser = build_parser()
+    for page, argv in lines:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{page}: `rem-env {shlex.join(argv)}` does not parse")
+
+
+def test_readme_first_command_makes_a_gif(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's first command, shortened to 3 steps."""
+    readme = [argv for page, argv in cli_lines() if page == "README.md" and "dream.gif" in argv]
+    assert readme, "the README's first command no longer makes dream.gif"
+    monkeypatch.chdir(tmp_path)
+    assert main([*readme[0], "--steps", "3"]) == 0
+    assert (tmp_path / "dream.gif").stat().st_size > 0
+
+
+def test_mkdocs_build_strict(tmp_path: Path) -> None:
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "index.html").is_file()
+    assert (tmp_path / "api" / "index.html").is_file()
