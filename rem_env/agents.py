@@ -20,7 +20,7 @@ __all__ = [
     "DreamRollout",
     "RandomAgent",
     "SB3Agent",
-    "check_actor_critic",
+    "actor_critic_file",
     "roll_dream",
 ]
 
@@ -132,22 +132,16 @@ def _matching_obs_type(space: Any, env: DreamVectorEnv, path: Path) -> ObsType:
     )
 
 
-def check_actor_critic(folder: str | os.PathLike[str] | None, where: str) -> Path:
-    """The model's own actor-critic file, or an AgentError saying why there is none to run.
+def actor_critic_file(folder: str | os.PathLike[str] | None) -> Path | None:
+    """The actor-critic a model folder ships (:data:`ACTOR_CRITIC_NAME`), or None.
 
-    A model folder ships an actor-critic as :data:`ACTOR_CRITIC_NAME`. rem-env's trainer is
-    being built, so no model ships one yet, and this version cannot run one.
+    rem-env's trainer is being built: no model ships an actor-critic yet, and this version of
+    rem-env cannot run one (the CLI says so).
     """
-    path = None if folder is None else Path(folder) / ACTOR_CRITIC_NAME
-    if path is None or not path.is_file():
-        raise AgentError(
-            f"{where} ships no actor-critic (no {ACTOR_CRITIC_NAME} in its folder); no model "
-            "ships one yet. Use --agent random or --agent PATH.zip (an SB3 policy)"
-        )
-    raise AgentError(
-        f"{where} ships {ACTOR_CRITIC_NAME}, but this version of rem-env cannot run "
-        "actor-critics yet; use --agent random or --agent PATH.zip (an SB3 policy)"
-    )
+    if folder is None:
+        return None
+    path = Path(folder) / ACTOR_CRITIC_NAME
+    return path if path.is_file() else None
 
 
 @dataclass

@@ -21,7 +21,15 @@ import gymnasium as gym
 import torch
 
 from rem_env.actions import action_meanings
-from rem_env.agents import AgentError, RandomAgent, SB3Agent, check_actor_critic, roll_dream
+from rem_env.agents import (
+    ACTOR_CRITIC_NAME,
+    Agent,
+    AgentError,
+    RandomAgent,
+    SB3Agent,
+    actor_critic_file,
+    roll_dream,
+)
 from rem_env.config import REMConfig
 from rem_env.dream import DreamVectorEnv
 from rem_env.hub import ModelLoadError, NoDefaultModelError, resolve_default_model
@@ -103,6 +111,27 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------------ dream
 
 
+def make_agent(args: argparse.Namespace, model: REMModel, device: str) -> Agent:
+    """The agent of ``--agent``: random, an SB3 policy file, or the model's actor-critic."""
+    if args.algo is not None and args.agent in ("random", "actor-critic"):
+        raise CLIError("--algo applies to an SB3 policy file (--agent PATH.zip)")
+    if args.agent == "random":
+        return RandomAgent(model.num_actions, args.seed)
+    if args.agent == "actor-critic":
+        where = "this model" if args.model is None else repr(args.model)
+        folder = Path(args.model) if args.model and Path(args.model).is_dir() else None
+        if actor_critic_file(folder) is None:
+            raise AgentError(
+                f"{where} ships no actor-critic (no {ACTOR_CRITIC_NAME} in its folder); no "
+                "model ships one yet. Use --agent random or --agent PATH.zip (an SB3 policy)"
+            )
+        raise AgentError(
+            f"{where} ships {ACTOR_CRITIC_NAME}, but this version of rem-env cannot run "
+            "actor-critics yet; use --agent random or --agent PATH.zip (an SB3 policy)"
+        )
+    return SB3Agent(args.agent, DreamVectorEnv(model, 1, device=device), args.algo, device=device)
+
+
 def cmd_dream(args: argparse.Namespace) -> int:
     game = parse_game(args.env_id)
     out = check_video_path(args.out)
@@ -110,14 +139,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
         raise CLIError("--steps, --num-envs and --scale must be positive")
     model, untrained = load_dream_model(args, game)
     device = pick_device(args.device)
-    probe = DreamVectorEnv(model, 1, device=device)
-    if args.agent == "random":
-        agent = RandomAgent(model.num_actions, args.seed)
-    elif args.agent == "actor-critic":
-        folder = Path(args.model) if args.model and Path(args.model).is_dir() else None
-        check_actor_critic(folder, "this model" if args.model is None else repr(args.model))
-    else:
-        agent = SB3Agent(args.agent, probe, algo=args.algo, device=device)
+    agent = make_agent(args, model, device)
     envs = DreamVectorEnv(
         model,
         args.num_envs,
@@ -283,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs benchmarks/<name>.py of the source checkout; arguments after `--` go "
         "to the script(s), e.g. `rem-env bench --which imagination -- --preset tiny`.",
     )
-    bench.add_argument("--which", choices=(*BENCHMARKS, "all"), default="all")
+    bench.add_argument(
+        "--which", choices=(*BENCHMARKS, "all"), default="all", help="which script (default: all)"
+    )
     bench.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments of the script(s)")
     bench.set_defaults(func=cmd_bench)
     return parser

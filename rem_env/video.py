@@ -72,15 +72,25 @@ def tile_frames(frames: np.ndarray, scale: int = 1, columns: int | None = None) 
 
 
 def _captioned(images: Sequence[np.ndarray], caption: str) -> list[np.ndarray]:
-    """The images with ``caption`` written on a black band above them."""
+    """The images with ``caption`` written on a black band above them (wrapped to their width)."""
     from PIL import Image, ImageDraw
 
-    band = 14
+    width = images[0].shape[1]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for word in caption.split():
+        if lines and measure.textlength(f"{lines[-1]} {word}") <= width - 4:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    band = 12 * len(lines) + 2
     out = []
     for image in images:
-        canvas = Image.new("RGB", (image.shape[1], image.shape[0] + band))
+        canvas = Image.new("RGB", (width, image.shape[0] + band))
         canvas.paste(Image.fromarray(image), (0, band))
-        ImageDraw.Draw(canvas).text((2, 1), caption, fill=(255, 200, 0))
+        draw = ImageDraw.Draw(canvas)
+        for i, line in enumerate(lines):
+            draw.text((2, 1 + 12 * i), line, fill=(255, 200, 0))
         out.append(np.asarray(canvas))
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,38 @@ def test_wrong_game_and_bad_agents(
     assert f"no {ACTOR_CRITIC_NAME}" in capsys.readouterr().err
     assert main([*base, "--agent", str(tmp_path / "missing.zip")]) == 2
     assert "no SB3 policy file" in capsys.readouterr().err
+    assert main([*base, "--algo", "PPO"]) == 2
+    assert "--algo applies to an SB3 policy file" in capsys.readouterr().err
+    not_a_policy = tmp_path / "junk.zip"
+    not_a_policy.write_bytes(b"not a zip")
+    assert main([*base, "--agent", str(not_a_policy), "--algo", "DQN"]) == 2
+    assert "could not load" in capsys.readouterr().err
+
+
+def test_actor_critic_in_a_model_folder_is_detected_but_not_run_yet(
+    model_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "with_ac"
+    shutil.copytree(model_folder, folder)
+    (folder / ACTOR_CRITIC_NAME).write_bytes(b"")
+    argv = ["dream", "REM-Breakout-v0", "--model", str(folder), "--agent", "actor-critic"]
+    assert main([*argv, "--out", str(tmp_path / "x.gif")]) == 2
+    assert "cannot run actor-critics yet" in capsys.readouterr().err
+
+
+def test_mp4_with_imageio_ffmpeg(model_folder: Path, tmp_path: Path) -> None:
+    pytest.importorskip("imageio_ffmpeg")
+    argv = ["dream", "REM-Breakout-v0", "--model", str(model_folder), "--steps", "2"]
+    assert main([*argv, "--num-envs", "2", "--out", str(tmp_path / "dream.mp4")]) == 0
+    assert (tmp_path / "dream.mp4").stat().st_size > 0
+
+
+def test_mp4_without_imageio_ffmpeg_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # makes the import fail
+    assert main(["dream", "REM-Breakout-v0", "--out", str(tmp_path / "dream.mp4")]) == 2
+    assert "pip install 'rem-env[video]'" in capsys.readouterr().err
 
 
 def test_info_lists_ids_versions_and_devices(capsys: pytest.CaptureFixture[str]) -> None:
