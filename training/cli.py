@@ -1,0 +1,173 @@
+"""``rem-train`` (also ``python -m training``): REM's training run from the command line.
+
+Every field of :class:`training.config.TrainConfig` is an option (``--world-model.lr 3e-4``),
+documented in ``--help`` with its ``atari100k`` default; the preset fills in whatever is not
+given. Shortcuts: ``--epochs``, ``--seed``.
+
+Example:
+    ``rem-train --game Breakout --preset smoke --out runs/smoke`` then, after a crash,
+    ``rem-train --resume runs/smoke``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from training.config import PRESETS, TrainConfig
+
+__all__ = ["build_config", "main", "parser"]
+
+_SHORTCUTS = {"epochs": "common.epochs", "seed": "common.seed"}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _converter(annotation: Any) -> Any:
+    """argparse type of a field annotation (``int``, ``float``, ``bool``, ``str``, ``X | None``)."""
+    hints = {"int": int, "float": float, "bool": _parse_bool, "str": str}
+    if isinstance(annotation, str):
+        base = annotation.replace(" | None", "")
+        optional = base != annotation
+        convert = hints[base]
+    else:  # pragma: no cover - annotations are strings under `from __future__ import annotations`
+        args = typing.get_args(annotation)
+        optional = isinstance(annotation, types.UnionType) and type(None) in args
+        convert = hints[
+            (next(a for a in args if a is not type(None)) if optional else annotation).__name__
+        ]
+    if not optional:
+        return convert
+    return lambda text: None if text.lower() == "none" else convert(text)
+
+
+def _fields() -> list[tuple[str, dataclasses.Field[Any]]]:
+    """(dotted name, field) of every leaf field of TrainConfig."""
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        factory: Any = f.default_factory
+        if factory is not dataclasses.MISSING:  # a section: one option per field
+            for sub in dataclasses.fields(factory):
+                out.append((f"{f.name}.{sub.name}", sub))
+        else:
+            out.append((f.name, f))
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (every config field, with its documentation)."""
+    p = argparse.ArgumentParser(
+        prog="rem-train",
+        description="Train REM (tokenizer, world model, actor-critic in imagination) on an "
+        "Atari 100K game. Defaults shown are the atari100k preset's.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--out", type=Path, help="run folder (new, or with --resume the run to go on)")
+    p.add_argument("--resume", type=Path, help="continue the killed or stopped run in this folder")
+    p.add_argument("--export", type=Path, help="also export the final model to this folder")
+    p.add_argument("--epochs", type=int, help="shortcut for --common.epochs")
+    p.add_argument("--seed", type=int, help="shortcut for --common.seed")
+    defaults = PRESETS["atari100k"].to_dict()
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, f in _fields():
+        section = name.split(".")[0] if "." in name else "run"
+        group = groups.setdefault(section, p.add_argument_group(section))
+        default = defaults
+        for part in name.split("."):
+            default = default[part]
+        option = "--" + name.replace("_", "-")
+        help_text = f"{f.metadata.get('doc', '')} (default: {default})"
+        if name == "preset":
+            help_text += f"; one of {sorted(PRESETS)}"
+        group.add_argument(
+            option, dest=name, type=_converter(f.type), metavar=_metavar(f), help=help_text
+        )
+    return p
+
+
+def _metavar(f: dataclasses.Field[Any]) -> str:
+    return str(f.type).replace(" | None", "|None").upper()
+
+
+def build_config(args: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """The config from parsed options: the preset (or ``base``) with the given fields replaced.
+
+    Raises:
+        ValueError: On an unknown preset or game, or an invalid value.
+    """
+    args = dict(args)
+    for short, full in _SHORTCUTS.items():
+        if short in args:
+            args[full] = args.pop(short)
+    if base is None:
+        base = TrainConfig.from_preset(
+            args.get("preset", "atari100k"), args.get("game", "Breakout")
+        )
+    data = base.to_dict()
+    for name, value in args.items():
+        if name in ("out", "resume", "export"):
+            continue
+        target = data
+        *sections, leaf = name.split(".")
+        for section in sections:
+            target = target[section]
+        target[leaf] = value
+    return TrainConfig.from_dict(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``rem-train``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = vars(parser().parse_args(argv))
+    resume = args.get("resume")
+    out = args.get("out")
+    try:
+        if resume is not None:
+            if out is not None and Path(out) != Path(resume):
+                raise ValueError("--out and --resume name different folders; give only --resume")
+            config_path = Path(resume) / "config.json"
+            if not config_path.is_file():
+                raise ValueError(
+                    f"cannot resume {resume}: it holds no run (config.json is missing)"
+                )
+            saved = TrainConfig.from_dict(json.loads(config_path.read_text()))
+            given = {
+                k: v for k, v in args.items() if k not in ("resume", "out", "export", "device")
+            }
+            config = build_config(given) if given else saved
+            config = dataclasses.replace(config, device=args.get("device", saved.device))
+            out = resume
+        else:
+            if out is None:
+                raise ValueError("--out is required (the run folder), or --resume RUN_DIR")
+            config = build_config(args)
+        from training.trainer import Trainer
+
+        trainer = Trainer(
+            config, out, resume=resume is not None, command=shlex.join(["rem-train", *argv])
+        )
+    except ValueError as err:
+        print(f"rem-train: error: {err}", file=sys.stderr)
+        return 2
+    exported = trainer.run(export_to=args.get("export"))
+    print(f"done: model in {exported}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

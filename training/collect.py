@@ -1,0 +1,118 @@
+"""Phase 1 of the REM epoch: act in the real train env with the actor-critic, store every step.
+
+The actor-critic acts on the tokenizer's codes of each frame (temperature 1.0, epsilon 0.01; the
+untrained one acts too, before its phase starts, as in REM) and the executed action is fed back
+through its LSTM. The env and the ongoing episode persist across epochs; when an epoch resumes
+an open episode, the LSTM is first warmed up on that episode's last stored frames (REM_SPEC 6).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rem_env import REMModel
+from training.actor_critic import ActorCritic, LSTMState, sample_actions
+from training.atari import make_atari_env
+from training.replay import ReplayBuffer, frames_to_tensor
+
+__all__ = ["Collector"]
+
+
+class Collector:
+    """The real train env and its ongoing episode, stepped by the actor-critic into the replay.
+
+    Args:
+        game: Atari 100K game.
+        seed: Seed of the env's first reset.
+        temperature: Policy temperature.
+        epsilon: Probability of a uniform random action.
+        burn_in: Stored frames of the ongoing episode that warm up the LSTM at an epoch's start.
+        burn_in_actions: Feed actions during that burn-in (REM_SPEC 11.1).
+        max_raw_frames: Raw-frame limit of the env (None: REM's 20000).
+    """
+
+    def __init__(
+        self,
+        game: str,
+        seed: int,
+        temperature: float,
+        epsilon: float,
+        burn_in: int,
+        burn_in_actions: bool,
+        max_raw_frames: int | None = None,
+    ) -> None:
+        self.env: gym.Env[np.ndarray, int] = make_atari_env(
+            game, train=True, seed=seed, max_raw_frames=max_raw_frames
+        )
+        self.temperature = temperature
+        self.epsilon = epsilon
+        self.burn_in = burn_in
+        self.burn_in_actions = burn_in_actions
+        self.obs: np.ndarray | None = None
+        self.episode_return = 0.0
+
+    @torch.no_grad()
+    def collect(
+        self,
+        model: REMModel,
+        actor_critic: ActorCritic,
+        replay: ReplayBuffer,
+        num_steps: int,
+        stop: Any = None,
+    ) -> dict[str, Any]:
+        """Steps the env ``num_steps`` times, appending each transition to ``replay``.
+
+        Args:
+            model: Its tokenizer encodes the frames (eval mode).
+            actor_critic: The policy (eval mode).
+            replay: Where transitions go (one write per step, crash-safe).
+            num_steps: Steps to take.
+            stop: Optional zero-argument callable; collection ends early when it returns True.
+
+        Returns:
+            Steps taken, finished episodes (lives) and their mean return.
+        """
+        tokenizer, ac = model.tokenizer.eval(), actor_critic.eval()
+        device = ac.actor.weight.device
+        state = self._burn_in(model, ac, replay)
+        returns, taken = [], 0
+        for _ in range(num_steps):
+            if stop is not None and stop():
+                break
+            if self.obs is None:
+                self.obs, _ = self.env.reset()
+                state = ac.initial_state(1)
+                self.episode_return = 0.0
+            codes = tokenizer.encode(frames_to_tensor(self.obs[None], device)).z_quantized
+            out = ac(codes, state)  # codes: (1, E, h, w)
+            action = sample_actions(out.logits, self.temperature, self.epsilon)
+            state = ac.observe_action(action, out.state)
+            obs, reward, terminated, truncated, _ = self.env.step(int(action))
+            replay.append(self.obs, int(action), float(reward), terminated, truncated)
+            taken += 1
+            self.episode_return += float(reward)
+            if terminated or truncated:
+                returns.append(self.episode_return)
+                self.obs = None
+            else:
+                self.obs = obs
+        mean = float(np.mean(returns)) if returns else None
+        return {"steps": taken, "episodes": len(returns), "mean_return": mean}
+
+    def _burn_in(self, model: REMModel, ac: ActorCritic, replay: ReplayBuffer) -> LSTMState:
+        """LSTM state for the ongoing episode: burn-in on its last stored frames."""
+        if self.obs is None:
+            return ac.initial_state(1)
+        device = ac.actor.weight.device
+        segment = replay.tail_segment(self.burn_in).to_torch(device)
+        frames = frames_to_tensor(segment.obs[0])  # (T, 3, H, W)
+        codes = model.tokenizer.encode(frames).z_quantized[None]  # (1, T, E, h, w)
+        return ac.burn_in(codes, segment.actions, segment.mask, self.burn_in_actions)
+
+    def close(self) -> None:
+        """Closes the env."""
+        self.env.close()

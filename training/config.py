@@ -1,0 +1,307 @@
+"""Typed configuration of a REM training run (REM_SPEC 7, 8): presets ``atari100k`` and ``smoke``.
+
+Every field is documented with ``doc(default, "...")``; the text is what ``rem-train --help``
+shows. Configs are frozen dataclasses; :meth:`TrainConfig.to_dict` / :meth:`TrainConfig.from_dict`
+round-trip them through the run folder's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from rem_env.config import REMConfig, TokenizerConfig, WorldModelConfig
+from rem_env.registration import ATARI_100K_GAMES
+
+__all__ = [
+    "PRESETS",
+    "ActorCriticPhase",
+    "CollectConfig",
+    "CommonConfig",
+    "EvalConfig",
+    "TokenizerPhase",
+    "TrainConfig",
+    "WorldModelPhase",
+    "doc",
+]
+
+PRESET_NAMES = ("atari100k", "smoke")
+"""Presets of :data:`PRESETS`."""
+MODEL_SIZES = ("paper", "smoke")
+"""Model sizes a run can use: the published REM sizes, or a small 64x64 model for CPU runs."""
+
+
+def doc(default: Any, text: str) -> Any:
+    """A dataclass field with a default and a help text (shown by the CLI)."""
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    """Schedule of the run as a whole."""
+
+    epochs: int = doc(600, "training epochs")
+    collect_epochs: int = doc(500, "real env steps are collected in epochs 1..collect_epochs only")
+    env_steps_per_epoch: int = doc(200, "real env steps collected per epoch (1 env)")
+    seed: int = doc(1, "seed of python, numpy, torch and the envs")
+    checkpoint_every: int = doc(
+        50, "keep a numbered checkpoint every N epochs (resume state: every epoch)"
+    )
+    eval_every: int = doc(10, "evaluate every N epochs ...")
+    eval_start_epoch: int = doc(5, "... from this epoch on (and always after the last epoch)")
+    max_raw_frames: int | None = doc(None, "raw-frame limit of the train env (None: REM's 20000)")
+    replay_fsync: bool = doc(
+        True, "fsync every replay append (survives power loss, not only kills)"
+    )
+    track_progress: bool = doc(
+        False,
+        "record each step's loss on its own batch before and after the update (extra forwards)",
+    )
+    progress_bars: bool = doc(True, "show tqdm progress bars for the phases (on a terminal)")
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Phase 1: acting in the real env with the actor-critic (also before it trains)."""
+
+    temperature: float = doc(1.0, "policy temperature while collecting")
+    epsilon: float = doc(0.01, "probability of a uniform random action while collecting")
+
+
+@dataclass(frozen=True)
+class TokenizerPhase:
+    """Phase 2: the VQ-VAE tokenizer on single frames."""
+
+    start_after_epoch: int = doc(5, "train in epochs > this")
+    steps_per_epoch: int = doc(200, "gradient steps per epoch")
+    batch_size: int = doc(128, "frames per batch")
+    lr: float = doc(1e-4, "AdamW learning rate")
+    weight_decay: float = doc(0.01, "AdamW weight decay (all parameters)")
+    grad_clip: float = doc(10.0, "gradient-norm clip")
+    beta: float = doc(1.0, "commitment weight")
+    lpips: bool = doc(
+        True, "add LPIPS if its weights were fetched (python -m training.lpips fetch)"
+    )
+
+
+@dataclass(frozen=True)
+class WorldModelPhase:
+    """Phase 3: the world model on right-padded segments of real blocks."""
+
+    start_after_epoch: int = doc(25, "train in epochs > this")
+    steps_per_epoch: int = doc(200, "gradient steps per epoch")
+    batch_size: int = doc(64, "segments per batch")
+    segment_length: int = doc(10, "blocks per segment (right-padded, >= 3 real)")
+    lr: float = doc(2e-4, "AdamW learning rate")
+    weight_decay: float = doc(
+        0.05, "AdamW weight decay on weight matrices only (not biases, norms, embeddings)"
+    )
+    grad_clip: float = doc(100.0, "gradient-norm clip")
+
+
+@dataclass(frozen=True)
+class ActorCriticPhase:
+    """Phase 4: the actor-critic in imagination, from burn-in on real segments."""
+
+    start_after_epoch: int = doc(50, "train in epochs > this")
+    steps_per_epoch: int = doc(100, "gradient steps per epoch")
+    batch_size: int = doc(128, "imagined trajectories per batch (dream envs)")
+    burn_in: int = doc(
+        20, "real frames fed to the LSTM before imagination (segments of burn_in+1, left-padded)"
+    )
+    horizon: int = doc(10, "imagination horizon; horizon-1 imagined steps enter the loss")
+    burn_in_actions: bool = doc(
+        True, "feed actions during burn-in (intended; False = published REM, REM_SPEC 11.1)"
+    )
+    hidden_size: int = doc(512, "width of the actor-critic's linear layer and LSTM")
+    lr: float = doc(1e-4, "AdamW learning rate")
+    weight_decay: float = doc(0.01, "AdamW weight decay (torch's default)")
+    grad_clip: float = doc(3.0, "gradient-norm clip")
+    gamma: float = doc(0.995, "discount")
+    lambda_: float = doc(0.95, "lambda of the lambda-returns")
+    entropy_weight: float = doc(0.001, "weight of the entropy bonus")
+    dream_temperature: float = doc(1.0, "sampling temperature of the world model in imagination")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Atari 100K evaluation in the test env (REM_SPEC 8)."""
+
+    temperature: float = doc(0.5, "policy temperature (epsilon is 0)")
+    num_envs: int = doc(8, "test envs stepped together; they run in rounds of one episode each")
+    episodes: int = doc(16, "episodes of a periodic evaluation")
+    final_episodes: int = doc(100, "episodes of the final evaluation (rounded up to whole rounds)")
+    max_raw_frames: int | None = doc(None, "raw-frame limit of the test env (None: REM's 108000)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run: game, schedule, the four phases, evaluation and model sizes.
+
+    Example:
+        >>> cfg = TrainConfig.from_preset("atari100k", "Breakout")
+        >>> cfg.world_model.lr, cfg.actor_critic.steps_per_epoch
+        (0.0002, 100)
+    """
+
+    game: str = doc("Breakout", "Atari 100K game")
+    preset: str = doc("atari100k", "preset the run started from (atari100k or smoke)")
+    model: str = doc("paper", "model sizes: paper or smoke (small 64x64 model for CPU runs)")
+    device: str = doc("cpu", "torch device (cpu, cuda, cuda:1, mps)")
+    common: CommonConfig = field(default_factory=CommonConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    tokenizer: TokenizerPhase = field(default_factory=TokenizerPhase)
+    world_model: WorldModelPhase = field(default_factory=WorldModelPhase)
+    actor_critic: ActorCriticPhase = field(default_factory=ActorCriticPhase)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.game not in ATARI_100K_GAMES:
+            raise ValueError(
+                f"unknown game {self.game!r}; choose one of the Atari 100K games: "
+                f"{', '.join(sorted(ATARI_100K_GAMES))}"
+            )
+        if self.preset not in PRESET_NAMES:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {PRESET_NAMES}")
+        if self.model not in MODEL_SIZES:
+            raise ValueError(f"unknown model sizes {self.model!r}; choose one of {MODEL_SIZES}")
+        _check_positive(self)
+        ac = self.actor_critic
+        if ac.horizon < 3:
+            raise ValueError(
+                f"actor_critic.horizon must be >= 3 (2 imagined steps), got {ac.horizon}"
+            )
+        if self.evaluation.temperature <= 0 or self.collect.temperature <= 0:
+            raise ValueError("collect.temperature and evaluation.temperature must be positive")
+        if not 0.0 <= self.collect.epsilon <= 1.0:
+            raise ValueError(f"collect.epsilon must lie in [0, 1], got {self.collect.epsilon}")
+
+    @classmethod
+    def from_preset(cls, name: str, game: str = "Breakout", **top: Any) -> TrainConfig:
+        """The named preset for ``game``; ``top`` overrides top-level fields (``device=...``).
+
+        Raises:
+            ValueError: If the preset or the game is unknown.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], game=game, **top)
+
+    @property
+    def num_actions(self) -> int:
+        """Size of the game's minimal action set."""
+        return ATARI_100K_GAMES[self.game]
+
+    @property
+    def imagined_steps(self) -> int:
+        """Imagined steps per actor-critic trajectory (horizon - 1)."""
+        return self.actor_critic.horizon - 1
+
+    def model_config(self) -> REMConfig:
+        """The REM model configuration of this run."""
+        if self.model == "paper":
+            return REMConfig.preset("paper", num_actions=self.num_actions, game=self.game)
+        return REMConfig(self.num_actions, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, game=self.game)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of this config."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuilds a config from :meth:`to_dict` output, rejecting unknown keys."""
+        return _build(cls, data, "config")
+
+    def differences(self, other: TrainConfig, ignore: tuple[str, ...] = ("device",)) -> list[str]:
+        """Dotted names of the fields that differ between two configs (``ignore`` skipped)."""
+        mine, theirs = flatten(self.to_dict()), flatten(other.to_dict())
+        keys = sorted(set(mine) | set(theirs))
+        return [k for k in keys if k not in ignore and mine.get(k) != theirs.get(k)]
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _SECTIONS.get(name) if cls is TrainConfig else None
+        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub else value
+    return cls(**kwargs)
+
+
+def _check_positive(config: TrainConfig) -> None:
+    """Counts, sizes and learning rates must be positive (start epochs and flags excepted)."""
+    for section in _SECTIONS:
+        part = getattr(config, section)
+        for f in dataclasses.fields(part):
+            value = getattr(part, f.name)
+            if f.name.startswith("start_after") or isinstance(value, bool) or value is None:
+                continue
+            if f.name in ("epsilon", "weight_decay", "lambda_", "entropy_weight", "seed"):
+                if value < 0:
+                    raise ValueError(f"{section}.{f.name} must be >= 0, got {value!r}")
+                continue
+            if isinstance(value, (int, float)) and not value > 0:
+                raise ValueError(f"{section}.{f.name} must be positive, got {value!r}")
+
+
+_SECTIONS: dict[str, type] = {
+    "common": CommonConfig,
+    "collect": CollectConfig,
+    "tokenizer": TokenizerPhase,
+    "world_model": WorldModelPhase,
+    "actor_critic": ActorCriticPhase,
+    "evaluation": EvalConfig,
+}
+
+SMOKE_TOKENIZER = TokenizerConfig(
+    image_size=64, base_channels=8, num_downsamples=3, vocab_size=32, embed_dim=32
+)
+"""64x64 frames, 8x8 = 64 tokens (as in REM), but a small codebook and few channels."""
+SMOKE_WORLD_MODEL = WorldModelConfig(embed_dim=32, num_layers=1, num_heads=2, ffn_dim=64)
+"""One RetNet layer of width 32 (head dim 16)."""
+
+PRESETS: dict[str, TrainConfig] = {
+    "atari100k": TrainConfig(game="Breakout", preset="atari100k", model="paper"),
+    "smoke": TrainConfig(
+        game="Breakout",
+        preset="smoke",
+        model="smoke",
+        common=CommonConfig(
+            epochs=5,
+            collect_epochs=5,
+            env_steps_per_epoch=60,
+            checkpoint_every=2,
+            eval_every=2,
+            eval_start_epoch=4,
+            max_raw_frames=2000,
+            replay_fsync=False,
+            track_progress=True,
+        ),
+        tokenizer=TokenizerPhase(
+            start_after_epoch=1, steps_per_epoch=12, batch_size=16, lpips=False
+        ),
+        world_model=WorldModelPhase(start_after_epoch=2, steps_per_epoch=10, batch_size=8),
+        actor_critic=ActorCriticPhase(
+            start_after_epoch=3, steps_per_epoch=6, batch_size=8, hidden_size=64
+        ),
+        evaluation=EvalConfig(num_envs=2, episodes=2, final_episodes=2, max_raw_frames=400),
+    ),
+}
+"""The paper's schedule, and a complete four-phase cycle on CPU in about a minute."""

@@ -1,0 +1,145 @@
+"""Atari 100K evaluation (REM_SPEC 8): test env, temperature 0.5, human-normalised score.
+
+The actor-critic acts on the tokenizer's codes of each real frame, sampling with temperature 0.5
+and no epsilon. ``num_envs`` test envs play in rounds: every env plays one episode per round and
+the round ends when all have finished, as in REM (100 episodes with 8 envs give 104).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from rem_env.models.tokenizer import Tokenizer
+from training.actor_critic import ActorCritic, sample_actions
+from training.atari import make_atari_vector_env
+from training.batches import frames_to_tensor
+
+__all__ = ["HUMAN_SCORES", "RANDOM_SCORES", "EvalResult", "evaluate", "human_normalized_score"]
+
+# Game: (random, human) mean raw scores of the Atari 100K table (REM_SPEC 9.1).
+_RANDOM_HUMAN: dict[str, tuple[float, float]] = {
+    "Alien": (227.8, 7127.7),
+    "Amidar": (5.8, 1719.5),
+    "Assault": (222.4, 742.0),
+    "Asterix": (210.0, 8503.3),
+    "BankHeist": (14.2, 753.1),
+    "BattleZone": (2360.0, 37187.5),
+    "Boxing": (0.1, 12.1),
+    "Breakout": (1.7, 30.5),
+    "ChopperCommand": (811.0, 7387.8),
+    "CrazyClimber": (10780.5, 35829.4),
+    "DemonAttack": (152.1, 1971.0),
+    "Freeway": (0.0, 29.6),
+    "Frostbite": (65.2, 4334.7),
+    "Gopher": (257.6, 2412.5),
+    "Hero": (1027.0, 30826.4),
+    "Jamesbond": (29.0, 302.8),
+    "Kangaroo": (52.0, 3035.0),
+    "Krull": (1598.0, 2665.5),
+    "KungFuMaster": (258.5, 22736.3),
+    "MsPacman": (307.3, 6951.6),
+    "Pong": (-20.7, 14.6),
+    "PrivateEye": (24.9, 69571.3),
+    "Qbert": (163.9, 13455.0),
+    "RoadRunner": (11.5, 7845.0),
+    "Seaquest": (68.4, 42054.7),
+    "UpNDown": (533.4, 11693.2),
+}
+RANDOM_SCORES: dict[str, float] = {game: r for game, (r, _) in _RANDOM_HUMAN.items()}
+"""Mean raw score of a uniform random policy per game."""
+HUMAN_SCORES: dict[str, float] = {game: h for game, (_, h) in _RANDOM_HUMAN.items()}
+"""Mean raw score of a human player per game."""
+
+
+def human_normalized_score(game: str, score: float) -> float:
+    """``(score - random) / (human - random)``.
+
+    Example:
+        >>> human_normalized_score("Breakout", 30.5)
+        1.0
+
+    Raises:
+        ValueError: If the game is not an Atari 100K game.
+    """
+    if game not in _RANDOM_HUMAN:
+        raise ValueError(f"no random/human scores for {game!r}; known: {sorted(_RANDOM_HUMAN)}")
+    random_score, human = _RANDOM_HUMAN[game]
+    return (score - random_score) / (human - random_score)
+
+
+class EvalResult(NamedTuple):
+    """Scores of an evaluation."""
+
+    scores: list[float]
+    """Undiscounted return of every episode."""
+    mean: float
+    """Mean return."""
+    std: float
+    """Population standard deviation of the returns."""
+    human_normalized: float
+    """Human-normalised mean return."""
+    lengths: list[int]
+    """Agent steps of every episode."""
+
+
+@torch.no_grad()
+def evaluate(
+    tokenizer: Tokenizer,
+    actor_critic: ActorCritic,
+    game: str,
+    episodes: int,
+    num_envs: int = 8,
+    temperature: float = 0.5,
+    seed: int | None = None,
+    max_raw_frames: int | None = None,
+) -> EvalResult:
+    """Plays ``ceil(episodes / num_envs)`` rounds of one episode per test env.
+
+    Args:
+        tokenizer: Encodes real frames to codes (put in eval mode here).
+        actor_critic: The policy (put in eval mode here).
+        game: Atari 100K game.
+        episodes: Episodes wanted; rounded up to whole rounds.
+        num_envs: Test envs stepped together.
+        temperature: Policy temperature (0.5 in REM); epsilon is 0.
+        seed: Seed of the test envs (env i gets seed + i).
+        max_raw_frames: Raw-frame limit of the test env (None: 108000).
+    """
+    if episodes < 1 or num_envs < 1:
+        raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
+    tokenizer.eval()
+    actor_critic.eval()
+    device = actor_critic.actor.weight.device
+    envs = make_atari_vector_env(
+        game, num_envs, train=False, seed=seed, max_raw_frames=max_raw_frames
+    )
+    scores: list[float] = []
+    lengths: list[int] = []
+    try:
+        for _ in range(math.ceil(episodes / num_envs)):
+            obs, _ = envs.reset()
+            state = actor_critic.initial_state(num_envs)
+            running = np.ones(num_envs, dtype=bool)
+            returns = np.zeros(num_envs)
+            steps = np.zeros(num_envs, dtype=np.int64)
+            while running.any():
+                codes = tokenizer.encode(frames_to_tensor(obs, device)).z_quantized
+                out = actor_critic(codes, state)
+                actions = sample_actions(out.logits, temperature=temperature)
+                state = actor_critic.observe_action(actions, out.state)
+                obs, rewards, terminated, truncated, _ = envs.step(actions.cpu().numpy())
+                returns += np.where(running, rewards, 0.0)
+                steps += running
+                running &= ~(terminated | truncated)
+            scores.extend(returns.tolist())
+            lengths.extend(steps.tolist())
+    finally:
+        envs.close()
+    mean = float(np.mean(scores))
+    return EvalResult(
+        scores, mean, float(np.std(scores)), human_normalized_score(game, mean), lengths
+    )

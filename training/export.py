@@ -1,0 +1,113 @@
+"""Export of a run as a model folder for ``REMModel.from_pretrained`` and ``gym.make``.
+
+The folder is :meth:`rem_env.REMModel.save_pretrained`'s (config, weights, start contexts,
+manifest, model card) with start contexts sampled from the replay buffer (real frames' tokens and
+the actions between them), plus the run's actor-critic (``actor_critic.safetensors`` and its
+sizes in ``actor_critic.json``) and ``training.json`` (wall time, command, preset, scores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from rem_env import REMModel
+from rem_env.manifest import AtariProtocol, Evaluation, ProtocolManifest, TrainingBudget
+from training.actor_critic import ActorCritic
+from training.evaluate import EvalResult
+from training.replay import ReplayBuffer, frames_to_tensor
+
+__all__ = ["AC_CONFIG", "AC_WEIGHTS", "export_run", "load_actor_critic", "sample_start_contexts"]
+
+AC_WEIGHTS = "actor_critic.safetensors"
+AC_CONFIG = "actor_critic.json"
+
+
+@torch.no_grad()
+def sample_start_contexts(
+    model: REMModel, replay: ReplayBuffer, count: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` real openings: (N, C, K) tokens of C consecutive frames and (N, C-1) actions."""
+    c = model.config.world_model.context_length
+    batch = replay.sample_segments(count, c, rng, pad="right", min_real=c).to_torch(
+        model.start_tokens.device
+    )
+    model.tokenizer.eval()
+    frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (N*C, 3, H, W)
+    tokens = model.tokenizer.encode(frames).tokens.unflatten(0, (count, c))  # (N, C, K)
+    return tokens, batch.actions[:, : c - 1]
+
+
+def export_run(
+    folder: str | os.PathLike[str],
+    model: REMModel,
+    actor_critic: ActorCritic,
+    replay: ReplayBuffer,
+    rng: np.random.Generator,
+    epochs: int,
+    info: dict[str, Any],
+    evaluation: EvalResult | None = None,
+    num_contexts: int = 8,
+) -> Path:
+    """Writes the model folder; returns its path.
+
+    Args:
+        folder: Destination (created; existing model files are replaced).
+        model: The trained tokenizer + world model (its start contexts are replaced).
+        actor_critic: The trained actor-critic.
+        replay: The run's replay buffer (for start contexts and the env-step count).
+        rng: Draws the start contexts.
+        epochs: Epochs trained.
+        info: Extra facts for ``training.json`` (command, preset, wall time, ...).
+        evaluation: The last evaluation, recorded in the manifest.
+        num_contexts: Start contexts to bundle.
+    """
+    folder = Path(folder)
+    game = model.config.game
+    if game is None:
+        raise ValueError("the model's config names no game; cannot write an Atari manifest")
+    model.set_start_contexts(*sample_start_contexts(model, replay, num_contexts, rng))
+    manifest = ProtocolManifest(
+        game=game,
+        protocol=AtariProtocol.atari100k(game, model.num_actions),
+        training=TrainingBudget(env_steps=replay.num_steps, epochs=epochs),
+        evaluation=Evaluation()
+        if evaluation is None
+        else Evaluation(
+            mean_return=evaluation.mean,
+            human_normalized_score=evaluation.human_normalized,
+            episodes=len(evaluation.scores),
+        ),
+    )
+    model.save_pretrained(folder, manifest=manifest)
+    weights = {k: v.detach().cpu().contiguous() for k, v in actor_critic.state_dict().items()}
+    save_file(weights, str(folder / AC_WEIGHTS))
+    sizes = {
+        "num_actions": actor_critic.num_actions,
+        "embed_dim": actor_critic.embed_dim,
+        "latent_size": actor_critic.latent_size,
+        "hidden_size": actor_critic.hidden_size,
+    }
+    (folder / AC_CONFIG).write_text(json.dumps(sizes, indent=2) + "\n")
+    record = dict(info, env_steps=replay.num_steps, epochs=epochs)
+    if evaluation is not None:
+        record["evaluation"] = evaluation._asdict()
+    (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    return folder
+
+
+def load_actor_critic(folder: str | os.PathLike[str], device: str = "cpu") -> ActorCritic:
+    """The actor-critic bundled in an exported model folder."""
+    folder = Path(folder)
+    if not (folder / AC_CONFIG).is_file():
+        raise FileNotFoundError(f"{folder} holds no actor-critic ({AC_CONFIG} is missing)")
+    sizes = json.loads((folder / AC_CONFIG).read_text())
+    actor_critic = ActorCritic(**sizes)
+    actor_critic.load_state_dict(load_file(str(folder / AC_WEIGHTS), device=device))
+    return actor_critic.to(device).eval()

@@ -1,0 +1,169 @@
+"""The actor-critic phase's imagination: burn-in on real segments, then rollouts in the dream env.
+
+Imagination goes through the same :class:`rem_env.DreamVectorEnv` users get, in its on-device
+torch mode (``obs_type="latent"``, ``output="torch"``, autoreset disabled): REM never resets at
+a predicted end, ends only stop bootstrapping (REM_SPEC 11.5). Each rollout starts from
+replay-buffer contexts: the last ``context_length`` real frames' tokens of a left-padded segment
+and the actions between them, passed as ``reset(options={"contexts": ...})``. The frames before
+the start frame warm up the actor-critic's LSTM (burn-in, REM_SPEC 6); its state goes in and
+comes back, the env owns the world-model state.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from rem_env import DreamVectorEnv, REMModel
+from training.actor_critic import ActorCritic, LSTMState, sample_actions
+from training.batches import TensorSegmentBatch, frames_to_tensor
+
+__all__ = ["Imagination", "Rollout", "StartPoint", "replay_rollout"]
+
+
+class StartPoint(NamedTuple):
+    """Where a batch of imagined trajectories starts."""
+
+    state: LSTMState
+    """Actor-critic state after burn-in on the real frames before the start frame."""
+    context_tokens: Tensor
+    """(B, C, K) tokens of the last C real frames (the last one is the start frame)."""
+    context_actions: Tensor
+    """(B, C-1) actions between them."""
+
+
+class Rollout(NamedTuple):
+    """An imagined batch of T steps, as :func:`training.losses.actor_critic_loss` wants."""
+
+    codes: Tensor
+    """(B, T, E, h, w) observation codes the actor-critic saw (constants)."""
+    logits: Tensor
+    """(B, T, A) policy logits (with gradient)."""
+    values: Tensor
+    """(B, T) values (with gradient)."""
+    actions: Tensor
+    """(B, T) int64 actions taken."""
+    rewards: Tensor
+    """(B, T) imagined rewards in {-1, 0, 1}."""
+    ends: Tensor
+    """(B, T) bool imagined episode ends."""
+    start: LSTMState
+    """The (detached) LSTM state the rollout started from."""
+
+
+class Imagination:
+    """Rolls an actor-critic through a batch of dreams of ``model``; build it once per run.
+
+    Args:
+        model: The trainer's REM model (shared, not copied: imagination sees the latest
+            weights). The dream env puts it in eval mode at each step.
+        num_envs: Trajectories per batch (the actor-critic batch size, 128).
+        temperature: Sampling temperature of the world model.
+
+    Example:
+        >>> import torch
+        >>> from rem_env import REMConfig, REMModel
+        >>> model = REMModel(REMConfig.preset("tiny", num_actions=3))
+        >>> ac = ActorCritic.from_config(model.config, hidden_size=16)
+        >>> imagination = Imagination(model, num_envs=2)
+        >>> start = StartPoint(ac.initial_state(2), model.start_tokens[:2], model.start_actions[:2])
+        >>> rollout = imagination.rollout(ac, start, steps=4, seed=0)
+        >>> rollout.logits.shape, rollout.rewards.shape
+        (torch.Size([2, 4, 3]), torch.Size([2, 4]))
+    """
+
+    def __init__(self, model: REMModel, num_envs: int, temperature: float = 1.0) -> None:
+        self.model = model
+        self.env = DreamVectorEnv(
+            model,
+            num_envs,
+            obs_type="latent",
+            output="torch",
+            autoreset_mode="disabled",
+            temperature=temperature,
+            validate_actions=False,
+        )
+
+    @torch.no_grad()
+    def start_from(
+        self, actor_critic: ActorCritic, batch: TensorSegmentBatch, burn_in_actions: bool
+    ) -> StartPoint:
+        """Encodes a left-padded segment batch, burns in all but its last frame, takes its contexts.
+
+        Args:
+            actor_critic: The actor-critic to warm up.
+            batch: (B, T) segments from ``ReplayBuffer.sample_segments(pad="left")``; the last
+                ``context_length`` frames of every segment must be real.
+            burn_in_actions: Feed actions during burn-in (REM_SPEC 11.1).
+        """
+        tokenizer = self.model.tokenizer
+        b, t = batch.mask.shape
+        c = self.model.config.world_model.context_length
+        if not bool(batch.mask[:, -c:].all()):
+            raise ValueError(f"the last {c} frames of every segment must be real (min_real >= {c})")
+        frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (B*T, 3, H, W)
+        tokens = tokenizer.encode(frames).tokens.unflatten(0, (b, t))  # (B, T, K)
+        codes = tokenizer.to_codes(tokens[:, :-1].flatten(0, 1), check_values=False)
+        codes = codes.unflatten(0, (b, t - 1))  # (B, T-1, E, h, w)
+        state = actor_critic.burn_in(
+            codes, batch.actions[:, :-1], batch.mask[:, :-1], burn_in_actions=burn_in_actions
+        )
+        return StartPoint(state, tokens[:, -c:], batch.actions[:, -c:-1])
+
+    def rollout(
+        self, actor_critic: ActorCritic, start: StartPoint, steps: int, seed: int | None = None
+    ) -> Rollout:
+        """Imagines ``steps`` steps from ``start`` with the actor-critic acting (temperature 1).
+
+        At each step the actor-critic sees the current codes, samples an action, the action is
+        pushed through its LSTM, and the dream env steps. Gradients flow through the
+        actor-critic across the whole rollout; the world model's outputs are constants.
+        """
+        obs, _ = self.env.reset(
+            seed=seed, options={"contexts": (start.context_tokens, start.context_actions)}
+        )
+        state = start.state
+        codes, logits, values, actions, rewards, ends = [], [], [], [], [], []
+        for _ in range(steps):
+            out = actor_critic(obs, state)
+            action = sample_actions(out.logits.detach())
+            state = actor_critic.observe_action(action, out.state)
+            codes.append(obs)
+            obs, reward, terminated, _, _ = self.env.step(action)
+            logits.append(out.logits)
+            values.append(out.value)
+            actions.append(action)
+            rewards.append(reward)
+            ends.append(terminated)
+        return Rollout(
+            torch.stack(codes, 1),  # (B, T, E, h, w)
+            torch.stack(logits, 1),  # (B, T, A)
+            torch.stack(values, 1),  # (B, T)
+            torch.stack(actions, 1),
+            torch.stack(rewards, 1),
+            torch.stack(ends, 1),
+            LSTMState(start.state.h.detach(), start.state.c.detach()),
+        )
+
+    def close(self) -> None:
+        """Closes the dream env."""
+        self.env.close()
+
+
+def replay_rollout(actor_critic: ActorCritic, rollout: Rollout) -> tuple[Tensor, Tensor]:
+    """Runs the actor-critic again over a stored rollout's codes and actions.
+
+    Returns:
+        (B, T, A) logits and (B, T) values, with gradient; used to measure a step's loss on the
+        same batch after the update.
+    """
+    state = rollout.start
+    logits, values = [], []
+    for t in range(rollout.codes.shape[1]):
+        out = actor_critic(rollout.codes[:, t], state)
+        state = actor_critic.observe_action(rollout.actions[:, t], out.state)
+        logits.append(out.logits)
+        values.append(out.value)
+    return torch.stack(logits, 1), torch.stack(values, 1)

@@ -1,0 +1,468 @@
+"""REM's training loop: each epoch collect -> tokenizer -> world model -> actor-critic (REM_SPEC 7).
+
+Reads top to bottom like a CleanRL script: :meth:`Trainer.run` is the schedule, one method per
+phase. Each component trains in ``train()`` mode during its own phase and is in ``eval()`` mode
+otherwise (the tokenizer encodes for the world model in eval mode; the world model dreams in eval
+mode). The run folder holds ``config.json``, the on-disk replay buffer (``replay/``), the
+checkpoint (``checkpoints/last.safetensors``, rewritten after every epoch, plus numbered copies),
+``metrics.jsonl``, TensorBoard logs and, at the end, the exported model (``export/``).
+
+Resuming (``Trainer(..., resume=True)``) loads the last checkpoint: weights, optimizers, RNG
+states and the epoch; the interrupted epoch runs again, and its collection only tops the replay
+buffer up to the schedule's step count, so no transition is lost or collected twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rem_env import REMModel
+from training.actor_critic import ActorCritic
+from training.checkpoint import (
+    load_checkpoint,
+    prepare_run_dir,
+    restore_rng,
+    rng_fingerprint,
+    save_checkpoint,
+    seed_everything,
+)
+from training.collect import Collector
+from training.config import TrainConfig
+from training.evaluate import EvalResult, evaluate
+from training.export import export_run
+from training.imagination import Imagination, Rollout, replay_rollout
+from training.losses import actor_critic_loss, lambda_returns, tokenizer_loss, world_model_loss
+from training.lpips import load_lpips, missing_weights_message
+from training.replay import ReplayBuffer, frames_to_tensor
+from training.run_log import RunLog
+
+__all__ = ["Trainer", "weight_decay_groups"]
+
+
+def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: decay on Linear/Conv weight matrices only (REM_SPEC 11.6).
+
+    Biases, norms, embeddings and free parameters (e.g. prediction tokens) get no decay.
+    """
+    decay, no_decay = [], []
+    for sub in module.modules():
+        for name, param in sub.named_parameters(recurse=False):
+            is_matrix = name == "weight" and isinstance(sub, (nn.Linear, nn.Conv1d, nn.Conv2d))
+            (decay if is_matrix else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class Trainer:
+    """One REM training run in a run folder.
+
+    Args:
+        config: The run's configuration.
+        run_dir: The run folder (new, or the run to continue with ``resume``).
+        resume: Continue the run in ``run_dir`` from its last checkpoint.
+        command: The command line, recorded in the export.
+
+    Raises:
+        ValueError: On a run folder that does not fit (see
+            :func:`training.checkpoint.prepare_run_dir`).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | os.PathLike[str],
+        resume: bool = False,
+        command: str = "",
+    ) -> None:
+        self.config = cfg = config
+        self.run_dir = prepare_run_dir(run_dir, config, resume)
+        self.command = command
+        self.device = torch.device(cfg.device)
+        self.log = RunLog(self.run_dir)
+        self.rng = seed_everything(cfg.common.seed)
+        self.model = REMModel(cfg.model_config()).to(self.device)
+        self.actor_critic = ActorCritic.from_config(
+            self.model.config, cfg.actor_critic.hidden_size
+        ).to(self.device)
+        tok, wm, ac = cfg.tokenizer, cfg.world_model, cfg.actor_critic
+        self.optimizers = {
+            "tokenizer": torch.optim.AdamW(
+                self.model.tokenizer.parameters(), lr=tok.lr, weight_decay=tok.weight_decay
+            ),
+            "world_model": torch.optim.AdamW(
+                weight_decay_groups(self.model.world_model, wm.weight_decay), lr=wm.lr
+            ),
+            "actor_critic": torch.optim.AdamW(
+                self.actor_critic.parameters(), lr=ac.lr, weight_decay=ac.weight_decay
+            ),
+        }
+        self.lpips = None
+        if tok.lpips:
+            self.lpips = load_lpips()
+            if self.lpips is None:
+                self.log.info(missing_weights_message())
+            else:
+                self.lpips = self.lpips.to(self.device)
+        else:
+            self.log.info("training the tokenizer without LPIPS (tokenizer.lpips is off)")
+        burn_in = (
+            "actions fed (intended)" if ac.burn_in_actions else "observations only (published REM)"
+        )
+        self.log.info(f"actor-critic burn-in: {burn_in}; REM_SPEC 11.1")
+        self.epoch = 0
+        self.wall_time = 0.0
+        self.last_eval: EvalResult | None = None
+        self.resumed_fingerprint: str | None = None
+        if resume and (self.run_dir / "checkpoints" / "last.safetensors").is_file():
+            self._load(self.run_dir / "checkpoints")
+        self.replay = ReplayBuffer(self.run_dir / "replay", fsync=cfg.common.replay_fsync)
+        self.log.info(
+            f"{'resuming' if resume else 'new'} run in {self.run_dir}: {cfg.game}, preset "
+            f"{cfg.preset}, after epoch {self.epoch}, {self.replay.num_steps} env steps stored"
+        )
+        self.collector: Collector | None = None
+        self.imagination: Imagination | None = None
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------------------ schedule
+
+    def run(self, export_to: str | os.PathLike[str] | None = None) -> Path:
+        """Trains the remaining epochs, evaluates, exports; returns the export folder.
+
+        Args:
+            export_to: Also export the final model to this folder.
+        """
+        cfg = self.config
+        previous = signal.signal(signal.SIGTERM, self._request_stop)
+        try:
+            for epoch in range(self.epoch + 1, cfg.common.epochs + 1):
+                self.train_epoch(epoch)
+                if self.stop_requested:
+                    self.log.info(f"stopped after epoch {epoch} (SIGTERM); resume with --resume")
+                    sys.exit(143)
+            if export_to is not None:
+                self.export(export_to)
+            return self.export()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.close()
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Runs one epoch's phases, evaluation, logging and checkpoint."""
+        cfg, start = self.config, time.perf_counter()
+        record: dict[str, Any] = {"epoch": epoch, "rng_at_start": rng_fingerprint(self.rng)}
+        timings: dict[str, float] = {}
+        if epoch <= cfg.common.collect_epochs:
+            t = time.perf_counter()
+            target = epoch * cfg.common.env_steps_per_epoch
+            record["collect"] = self.collect(max(target - self.replay.num_steps, 0))
+            timings["collect"] = time.perf_counter() - t
+        phases = (
+            ("tokenizer", cfg.tokenizer.start_after_epoch, self.train_tokenizer),
+            ("world_model", cfg.world_model.start_after_epoch, self.train_world_model),
+            ("actor_critic", cfg.actor_critic.start_after_epoch, self.train_actor_critic),
+        )
+        for name, start_after, train in phases:
+            if epoch > start_after:
+                t = time.perf_counter()
+                record[name] = train(epoch)
+                timings[name] = time.perf_counter() - t
+        last = epoch == cfg.common.epochs
+        if last or (epoch >= cfg.common.eval_start_epoch and epoch % cfg.common.eval_every == 0):
+            t = time.perf_counter()
+            episodes = cfg.evaluation.final_episodes if last else cfg.evaluation.episodes
+            self.last_eval = evaluate(
+                self.model.tokenizer, self.actor_critic, cfg.game, episodes,
+                cfg.evaluation.num_envs, cfg.evaluation.temperature,
+                seed=int(self.rng.integers(2**31)), max_raw_frames=cfg.evaluation.max_raw_frames,
+            )  # fmt: skip
+            record["eval"] = self.last_eval._asdict()
+            timings["eval"] = time.perf_counter() - t
+            self._log_images(epoch)
+        self.wall_time += time.perf_counter() - start
+        record.update(timings=timings, env_steps=self.replay.num_steps, wall_time=self.wall_time)
+        self._summarise(record)
+        self.log.epoch(record)
+        self.epoch = epoch
+        self._save(keep_numbered=epoch % cfg.common.checkpoint_every == 0 or last)
+        return record
+
+    # ------------------------------------------------------------------------ phase 1: collect
+
+    def collect(self, num_steps: int) -> dict[str, Any]:
+        """Acts ``num_steps`` steps in the real train env with the actor-critic; stores them."""
+        cfg = self.config
+        if self.collector is None:
+            self.collector = Collector(
+                cfg.game,
+                seed=int(self.rng.integers(2**31)),
+                temperature=cfg.collect.temperature,
+                epsilon=cfg.collect.epsilon,
+                burn_in=cfg.actor_critic.burn_in,
+                burn_in_actions=cfg.actor_critic.burn_in_actions,
+                max_raw_frames=cfg.common.max_raw_frames,
+            )
+        return self.collector.collect(
+            self.model, self.actor_critic, self.replay, num_steps, lambda: self.stop_requested
+        )
+
+    # ---------------------------------------------------------------------- phase 2: tokenizer
+
+    def train_tokenizer(self, epoch: int) -> dict[str, Any]:
+        """``steps_per_epoch`` steps of the VQ-VAE loss on uniformly sampled single frames."""
+        cfg = self.config.tokenizer
+        tokenizer, optimizer = self.model.tokenizer.train(), self.optimizers["tokenizer"]
+        losses = []
+        for _ in self._progress(range(cfg.steps_per_epoch), "tokenizer"):
+            frames = self.replay.sample_frames(cfg.batch_size, self.rng).frames(self.device)
+            loss, metrics = tokenizer_loss(tokenizer(frames), frames, cfg.beta, self.lpips)
+            self._update(loss, optimizer, tokenizer, cfg.grad_clip)
+            if self.config.common.track_progress:  # same batch, same (deterministic) mode
+                with torch.no_grad():
+                    after, _ = tokenizer_loss(tokenizer(frames), frames, cfg.beta, self.lpips)
+                metrics.update(check_before=loss.item(), check_after=after.item())
+            losses.append(metrics)
+        tokenizer.eval()
+        return _summary(losses)
+
+    # -------------------------------------------------------------------- phase 3: world model
+
+    def train_world_model(self, epoch: int) -> dict[str, Any]:
+        """Steps of the three cross-entropies on right-padded segments (tokenizer in eval mode)."""
+        cfg = self.config.world_model
+        tokenizer, wm = self.model.tokenizer.eval(), self.model.world_model.train()
+        optimizer = self.optimizers["world_model"]
+        context = self.model.config.world_model.context_length
+        losses = []
+        for _ in self._progress(range(cfg.steps_per_epoch), "world model"):
+            batch = self.replay.sample_segments(
+                cfg.batch_size, cfg.segment_length, self.rng, pad="right"
+            ).to_torch(self.device)
+            b, t = batch.mask.shape
+            with torch.no_grad():
+                frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (B*T, 3, H, W)
+                tokens = tokenizer.encode(frames).tokens.unflatten(0, (b, t))  # (B, T, K)
+            loss_fn = functools.partial(
+                self._wm_loss, tokens, batch, tokenizer.codebook.detach(), context
+            )
+            before = self._eval_loss(wm, loss_fn) if self.config.common.track_progress else None
+            loss, metrics = loss_fn()
+            self._update(loss, optimizer, wm, cfg.grad_clip)
+            if before is not None:  # same batch, eval mode (no dropout) before and after
+                metrics.update(check_before=before, check_after=self._eval_loss(wm, loss_fn))
+            losses.append(metrics)
+        wm.eval()
+        return _summary(losses)
+
+    # ------------------------------------------------------------------- phase 4: actor-critic
+
+    def train_actor_critic(self, epoch: int) -> dict[str, Any]:
+        """Steps of the actor-critic loss on imagined trajectories (world model in eval mode)."""
+        cfg = self.config.actor_critic
+        self.model.eval()
+        ac, optimizer = self.actor_critic.train(), self.optimizers["actor_critic"]
+        if self.imagination is None:
+            self.imagination = Imagination(self.model, cfg.batch_size, cfg.dream_temperature)
+        context = self.model.config.world_model.context_length
+        losses = []
+        for _ in self._progress(range(cfg.steps_per_epoch), "actor-critic"):
+            batch = self.replay.sample_segments(
+                cfg.batch_size, cfg.burn_in + 1, self.rng, pad="left", min_real=max(3, context)
+            ).to_torch(self.device)
+            start = self.imagination.start_from(ac, batch, cfg.burn_in_actions)
+            seed = int(torch.randint(2**31, ()).item())
+            rollout = self.imagination.rollout(ac, start, self.config.imagined_steps, seed=seed)
+            loss, metrics = self._ac_loss(rollout.logits, rollout.values, rollout)
+            self._update(loss, optimizer, ac, cfg.grad_clip)
+            if self.config.common.track_progress:
+                before, after = self._ac_check(rollout)
+                metrics.update(check_before=before, check_after=after)
+            metrics["imagined_reward"] = rollout.rewards.mean().item()
+            losses.append(metrics)
+            self._last_rollout = rollout
+        ac.eval()
+        return _summary(losses)
+
+    def _ac_loss(self, logits: torch.Tensor, values: torch.Tensor, rollout: Any) -> Any:
+        cfg = self.config.actor_critic
+        return actor_critic_loss(
+            logits, values, rollout.actions, rollout.rewards, rollout.ends,
+            cfg.gamma, cfg.lambda_, cfg.entropy_weight,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def _ac_check(self, rollout: Rollout) -> tuple[float, float]:
+        """The step's objective on its own rollout, before and after the update.
+
+        The objective the gradient step descends holds the lambda-returns and advantages
+        fixed (they are constants of the step); both values use the pre-update ones.
+        """
+        cfg = self.config.actor_critic
+
+        def objective(logits: torch.Tensor, values: torch.Tensor) -> float:
+            log_probs = torch.log_softmax(logits[:, :-1], -1)  # (B, T-1, A)
+            taken = log_probs.gather(-1, rollout.actions[:, :-1, None]).squeeze(-1)
+            entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
+            policy = -(taken * (returns - old_values[:, :-1])).mean()
+            value = (values[:, :-1] - returns).pow(2).mean()
+            return float(policy - cfg.entropy_weight * entropy + value)
+
+        old_values = rollout.values.detach()
+        returns = lambda_returns(rollout.rewards, old_values, rollout.ends, cfg.gamma, cfg.lambda_)[
+            :, :-1
+        ]  # (B, T-1)
+        before = objective(rollout.logits.detach(), old_values)
+        return before, objective(*replay_rollout(self.actor_critic, rollout))
+
+    def _wm_loss(
+        self, tokens: torch.Tensor, batch: Any, codebook: torch.Tensor, context: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        output = self.model.world_model(tokens, batch.actions, codebook)
+        return world_model_loss(output, tokens, batch.rewards, batch.ends, batch.mask, context)
+
+    @staticmethod
+    def _eval_loss(module: nn.Module, loss_fn: Any) -> float:
+        """``loss_fn()`` in eval mode without gradient (then back to train mode)."""
+        module.eval()
+        with torch.no_grad():
+            value = loss_fn()[0].item()
+        module.train()
+        return value
+
+    # ------------------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _update(
+        loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, clip: float
+    ) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(module.parameters(), clip)
+        optimizer.step()
+
+    def _progress(self, iterable: Any, name: str) -> Any:
+        if not self.config.common.progress_bars or not sys.stderr.isatty():
+            return iterable
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return iterable
+        return tqdm(iterable, desc=name, leave=False)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+        self.log.info("SIGTERM: stopping after this epoch's checkpoint")
+
+    def _summarise(self, record: dict[str, Any]) -> None:
+        parts = [f"epoch {record['epoch']}/{self.config.common.epochs}"]
+        parts.append(f"env steps {self.replay.num_steps}")
+        for name in ("tokenizer", "world_model", "actor_critic"):
+            if name in record:
+                parts.append(f"{name} {record[name]['total']:.4f}")
+        if "eval" in record:
+            ev = record["eval"]
+            parts.append(f"eval {ev['mean']:.1f} (HNS {ev['human_normalized']:.3f})")
+        parts.append(f"{sum(record['timings'].values()):.1f}s")
+        self.log.info(" | ".join(parts))
+        scalars = {}
+        for name in ("tokenizer", "world_model", "actor_critic", "collect"):
+            for key, value in record.get(name, {}).items():
+                if isinstance(value, (int, float)):
+                    scalars[f"{name}/{key}"] = float(value)
+        if "eval" in record:
+            scalars["eval/mean_return"] = record["eval"]["mean"]
+            scalars["eval/human_normalized"] = record["eval"]["human_normalized"]
+        self.log.scalars(scalars, record["epoch"])
+
+    @torch.no_grad()
+    def _log_images(self, epoch: int) -> None:
+        if self.log.writer is None or self.replay.num_steps == 0:
+            return
+        frames = self.replay.sample_frames(8, np.random.default_rng(epoch)).frames(self.device)
+        reconstruction = self.model.tokenizer(frames).reconstruction.add(1).div(2)
+        self.log.images("tokenizer/reconstructions", torch.cat([frames, reconstruction], -2), epoch)
+        rollout = getattr(self, "_last_rollout", None)
+        if rollout is not None:
+            dream = self.model.tokenizer.decode_latents(rollout.codes[0]).add(1).div(2)
+            self.log.images("actor_critic/imagined_rollout", dream, epoch)
+
+    # ------------------------------------------------------------------ checkpoints and export
+
+    def _modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "actor_critic": self.actor_critic}
+
+    def _save(self, keep_numbered: bool) -> None:
+        extra = {"wall_time": self.wall_time}
+        save_checkpoint(
+            self.run_dir / "checkpoints", self.epoch, self._modules(), self.optimizers,
+            self.rng, extra, keep_numbered,
+        )  # fmt: skip
+
+    def _load(self, folder: Path) -> None:
+        checkpoint = load_checkpoint(folder, self.device)
+        for name, module in self._modules().items():
+            module.load_state_dict(checkpoint.modules[name])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(checkpoint.optimizers[name])
+        restore_rng(checkpoint.rng["state"], checkpoint.rng["tensors"], self.rng)
+        self.epoch = checkpoint.epoch
+        self.wall_time = float(checkpoint.extra.get("wall_time", 0.0))
+        self.resumed_fingerprint = rng_fingerprint(self.rng)
+        self.log.info(
+            f"loaded the checkpoint of epoch {self.epoch} (rng {self.resumed_fingerprint})"
+        )
+
+    def export(self, folder: str | os.PathLike[str] | None = None) -> Path:
+        """Exports the model, start contexts, manifest and actor-critic (default ``run/export``)."""
+        folder = self.run_dir / "export" if folder is None else Path(folder)
+        info = {
+            "command": self.command,
+            "preset": self.config.preset,
+            "wall_time_s": self.wall_time,
+            "burn_in_actions": self.config.actor_critic.burn_in_actions,
+            "lpips": self.lpips is not None,
+        }
+        path = export_run(
+            folder, self.model, self.actor_critic, self.replay, np.random.default_rng(0),
+            self.epoch, info, self.last_eval,
+        )  # fmt: skip
+        self.log.info(f"exported the model to {path}")
+        return path
+
+    def close(self) -> None:
+        """Closes the env, the dream env, the replay buffer and the log."""
+        if self.collector is not None:
+            self.collector.close()
+            self.collector = None
+        if self.imagination is not None:
+            self.imagination.close()
+            self.imagination = None
+        self.replay.close()
+        self.log.close()
+
+
+def _summary(metrics: list[dict[str, float]]) -> dict[str, Any]:
+    """Means over the epoch's steps, plus every step's total loss (``steps``)."""
+    keys = metrics[0].keys() if metrics else ()
+    out: dict[str, Any] = {k: float(np.mean([m[k] for m in metrics])) for k in keys}
+    out["steps"] = [m["total"] for m in metrics]
+    if metrics and "check_after" in metrics[0]:  # per-step lists, not means
+        out["check_before"] = [m["check_before"] for m in metrics]
+        out["check_after"] = [m["check_after"] for m in metrics]
+    out["num_steps"] = len(metrics)
+    if not all(math.isfinite(v) for v in out["steps"]):
+        raise FloatingPointError(f"a training loss became non-finite: {out['steps']}")
+    return out
