@@ -183,7 +183,7 @@ def cmd_play(args: argparse.Namespace) -> int:
         render_mode="rgb_array",
         autoreset_mode="DISABLED",
     )
-    label = f"{env_id(game)} (a pure dream)" + (f"  {UNTRAINED}" if untrained else "")
+    label = f"{env_id(game)} (a pure dream)" + (f"\n{UNTRAINED}" if untrained else "")
     session = play.PlaySession(env, action_meanings(game), seed=args.seed, label=label)
     with torch.inference_mode():
         play.run(session, scale=args.scale, fps=args.fps, max_ticks=args.max_steps)

@@ -49,7 +49,8 @@ class PlaySession:
             (an ended episode waits for the next :meth:`tick`, which starts a new one).
         meanings: The game's action meanings (:func:`rem_env.actions.action_meanings`).
         seed: Seed of the first reset.
-        label: Text shown above the game (e.g. the env id, or that the model is untrained).
+        label: Text shown above the game, one or more lines (e.g. the env id, and that the
+            model is untrained).
     """
 
     def __init__(
@@ -140,7 +141,7 @@ class PlaySession:
         return [
             line
             for line in (
-                self.label,
+                *self.label.splitlines(),
                 f"step {self.steps}  return {self.episode_return:+g}  "
                 f"reward {self.last_reward:+g}  {state}",
                 f"action {self.meanings[self.action]}",
@@ -177,7 +178,8 @@ def run(session: PlaySession, scale: int = 8, fps: int = 15, max_ticks: int | No
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     import pygame
 
-    pygame.init()
+    pygame.display.init()  # no pygame.init(): the dream has no sound to open
+    pygame.font.init()
     try:
         font = pygame.font.Font(None, 20)
         h, w, _ = session.frame.shape

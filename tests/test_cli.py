@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def no_default_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No game has a default model here, whatever the caller's environment says."""
+    monkeypatch.delenv("REM_ENV_HUB_ORG", raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,6 @@ def test_sb3_policy_acts_in_the_dream(model_folder: Path, tmp_path: Path) -> Non
         (["dream", "REM-Tetris-v0"], "unknown env id"),
         (["dream", "REM-Breakout-v0", "--out", "dream.avi"], ".gif or .mp4"),
         (["dream", "REM-Breakout-v0"], "no default model for Breakout"),
-        (["dream", "REM-Breakout-v0", "--model", "no/such-model"], "not cached"),
         (["dream", "REM-Breakout-v0", "--random-weights", "tiny", "--model", "x"], "either"),
         (["play", "REM-Nope-v0"], "unknown env id"),
     ],
@@ -105,6 +105,15 @@ def test_user_errors_exit_2_without_traceback(
     assert message in err
     assert "Traceback" not in err
     assert not (tmp_path / "dream.gif").exists()
+
+
+def test_unknown_hub_repo_exits_2(
+    fake_hub: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["dream", "REM-Breakout-v0", "--model", "nobody/no-such-model"]
+    assert main([*argv, "--out", str(tmp_path / "x.gif")]) == 2
+    err = capsys.readouterr().err
+    assert "no Hub repo 'nobody/no-such-model'" in err and "Traceback" not in err
 
 
 def test_wrong_game_and_bad_agents(

@@ -58,7 +58,6 @@ def test_skips_are_the_listed_ones() -> None:
 def test_code_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runnable = [code for code, reason in blocks(page) if reason is None]
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
     for i, code in enumerate(runnable):
         torch.manual_seed(0)
