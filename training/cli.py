@@ -146,11 +146,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"cannot resume {resume}: it holds no run (config.json is missing)"
                 )
             saved = TrainConfig.from_dict(json.loads(config_path.read_text()))
-            given = {
-                k: v for k, v in args.items() if k not in ("resume", "out", "export", "device")
-            }
-            config = build_config(given) if given else saved
-            config = dataclasses.replace(config, device=args.get("device", saved.device))
+            # Options given with --resume go on top of the run's own config (or of a preset
+            # named again); the Trainer refuses a result that differs from the saved run.
+            given = {k: v for k, v in args.items() if k not in ("resume", "out", "export")}
+            named = "preset" in given or "game" in given
+            config = build_config(given, base=None if named else saved)
             out = resume
         else:
             if out is None:

@@ -213,7 +213,9 @@ class TrainConfig:
         """Rebuilds a config from :meth:`to_dict` output, rejecting unknown keys."""
         return _build(cls, data, "config")
 
-    def differences(self, other: TrainConfig, ignore: tuple[str, ...] = ("device",)) -> list[str]:
+    def differences(
+        self, other: TrainConfig, ignore: tuple[str, ...] = ("device", "common.progress_bars")
+    ) -> list[str]:
         """Dotted names of the fields that differ between two configs (``ignore`` skipped)."""
         mine, theirs = flatten(self.to_dict()), flatten(other.to_dict())
         keys = sorted(set(mine) | set(theirs))
