@@ -150,9 +150,9 @@ def cmd_dream(args: argparse.Namespace) -> int:
     )
     with torch.inference_mode():
         rollout = roll_dream(envs, agent, args.steps, args.seed)
-    images = [tile_frames(frames, args.scale) for frames in rollout.frames]
+    images = (tile_frames(frames, args.scale) for frames in rollout.frames)
     write_video(out, images, fps=args.fps, caption=UNTRAINED if untrained else None)
-    print(f"wrote {len(images)} frames of {args.num_envs} dream(s) to {out}")
+    print(f"wrote {len(rollout.frames)} frames of {args.num_envs} dream(s) to {out}")
     for i, (done, running) in enumerate(
         zip(rollout.episode_returns, rollout.unfinished_returns, strict=True)
     ):
@@ -168,7 +168,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     game = parse_game(args.env_id)
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     try:
-        import pygame  # noqa: F401
+        import pygame
     except ImportError as err:
         raise CLIError("`rem-env play` needs pygame: pip install 'rem-env[play]'") from err
     from rem_env import play
@@ -185,8 +185,14 @@ def cmd_play(args: argparse.Namespace) -> int:
     )
     label = f"{env_id(game)} (a pure dream)" + (f"\n{UNTRAINED}" if untrained else "")
     session = play.PlaySession(env, action_meanings(game), seed=args.seed, label=label)
-    with torch.inference_mode():
-        play.run(session, scale=args.scale, fps=args.fps, max_ticks=args.max_steps)
+    try:
+        with torch.inference_mode():
+            play.run(session, scale=args.scale, fps=args.fps, max_ticks=args.max_steps)
+    except pygame.error as err:
+        raise CLIError(
+            f"cannot open a game window ({err}); `rem-env play` needs a display "
+            "(SDL_VIDEODRIVER=dummy runs it without one, unseen)"
+        ) from err
     print(f"played {session.total_steps} steps, {session.episodes} finished episode(s)")
     return 0
 
@@ -205,6 +211,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("versions:")
     for dist in ("rem-env", "torch", "gymnasium", "ale-py", "stable-baselines3", "huggingface-hub"):
         print(f"  {dist}: {_version(dist)}")
+    print("optional:")
+    for dist, use in (("pygame", "rem-env play"), ("imageio-ffmpeg", "MP4 videos")):
+        print(f"  {dist} ({use}): {_version(dist)}")
     print("devices:")
     print("  cpu: available")
     cuda = torch.cuda.is_available()
@@ -322,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, AgentError, VideoError, ModelLoadError, gym.error.Error) as err:
         print(f"rem-env {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`rem-env info | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

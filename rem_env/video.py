@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,15 @@ def tile_frames(frames: np.ndarray, scale: int = 1, columns: int | None = None) 
     return grid
 
 
-def _captioned(images: Sequence[np.ndarray], caption: str) -> list[np.ndarray]:
+def _captioned(images: Iterable[np.ndarray], caption: str) -> Iterator[np.ndarray]:
     """The images with ``caption`` written on a black band above them (wrapped to their width)."""
     from PIL import Image, ImageDraw
 
-    width = images[0].shape[1]
+    images = iter(images)
+    first = next(images, None)
+    if first is None:
+        return
+    width = first.shape[1]
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     lines: list[str] = []
     for word in caption.split():
@@ -84,20 +89,18 @@ def _captioned(images: Sequence[np.ndarray], caption: str) -> list[np.ndarray]:
         else:
             lines.append(word)
     band = 12 * len(lines) + 2
-    out = []
-    for image in images:
+    for image in itertools.chain([first], images):
         canvas = Image.new("RGB", (width, image.shape[0] + band))
         canvas.paste(Image.fromarray(image), (0, band))
         draw = ImageDraw.Draw(canvas)
         for i, line in enumerate(lines):
             draw.text((2, 1 + 12 * i), line, fill=(255, 200, 0))
-        out.append(np.asarray(canvas))
-    return out
+        yield np.asarray(canvas)
 
 
 def write_video(
     path: str | os.PathLike[str],
-    images: Sequence[np.ndarray],
+    images: Iterable[np.ndarray],
     fps: int = 15,
     caption: str | None = None,
 ) -> Path:
@@ -105,7 +108,8 @@ def write_video(
 
     Args:
         path: Where to write; the suffix picks the format (``.gif`` or ``.mp4``).
-        images: The frames, all of one shape.
+        images: The frames, all of one shape; an iterator is consumed as the file is written
+            (a GIF keeps only its 8-bit palette frames in memory).
         fps: Frames per second.
         caption: Text written on a band above every frame (e.g. to mark an untrained model).
 
@@ -116,18 +120,18 @@ def write_video(
         VideoError: See :func:`check_video_path`; also for no images.
     """
     path = check_video_path(path)
-    if not images:
+    frames = _captioned(images, caption) if caption else iter(images)
+    first = next(frames, None)
+    if first is None:
         raise VideoError("no frames to write")
-    frames = _captioned(images, caption) if caption else list(images)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".gif":
         from PIL import Image
 
-        pictures = [Image.fromarray(frame) for frame in frames]
-        pictures[0].save(
+        Image.fromarray(first).save(
             path,
             save_all=True,
-            append_images=pictures[1:],
+            append_images=(Image.fromarray(frame) for frame in frames),
             duration=max(20, round(1000 / fps)),
             loop=0,
             optimize=False,
@@ -135,6 +139,6 @@ def write_video(
     else:
         import imageio.v2 as imageio
 
-        even = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]  # yuv420p
-        imageio.mimwrite(path, even, fps=fps, macro_block_size=1)
+        even = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in [first, *frames]]
+        imageio.mimwrite(path, even, fps=fps, macro_block_size=1)  # yuv420p wants even sides
     return path

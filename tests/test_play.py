@@ -170,3 +170,15 @@ def test_play_session_checks_its_env() -> None:
     env = DreamVectorEnv(model, 1, render_mode="rgb_array")
     with pytest.raises(ValueError, match="DISABLED"):
         PlaySession(env, action_meanings("Breakout"))
+
+
+def test_play_without_a_display_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rem_env.cli import main
+
+    pygame.quit()
+    monkeypatch.setenv("SDL_VIDEODRIVER", "no-such-driver")
+    assert main(["play", "REM-Breakout-v0", "--random-weights", "tiny", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open a game window" in err and "Traceback" not in err
