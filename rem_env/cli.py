@@ -187,7 +187,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     session = play.PlaySession(env, action_meanings(game), seed=args.seed, label=label)
     try:
         with torch.inference_mode():
-            play.run(session, scale=args.scale, fps=args.fps, max_ticks=args.max_steps)
+            play.run(session, scale=args.scale, fps=args.fps, max_steps=args.max_steps)
     except pygame.error as err:
         raise CLIError(
             f"cannot open a game window ({err}); `rem-env play` needs a display "
@@ -300,9 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
         "fires, R resets, P pauses, Esc/Q quits. Needs pygame (rem-env[play]).",
     )
     _add_model_args(play)
-    play.add_argument("--scale", type=int, default=8, help="window pixels per dream pixel")
+    play.add_argument(
+        "--scale", type=int, default=8, help="window pixels per dream pixel (default: 8)"
+    )
     play.add_argument("--fps", type=int, default=15, help="dream steps per second (default: 15)")
-    play.add_argument("--max-steps", type=int, default=None, help="quit after this many frames")
+    play.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="quit after this many dream steps (default: play until quit)",
+    )
     play.set_defaults(func=cmd_play)
 
     info = sub.add_parser("info", help="env ids, default models, versions and devices")

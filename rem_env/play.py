@@ -166,14 +166,14 @@ def draw(surface: Any, session: PlaySession, font: Any) -> None:
         surface.blit(font.render(line, True, (255, 220, 0)), (4, i * line_height))
 
 
-def run(session: PlaySession, scale: int = 8, fps: int = 15, max_ticks: int | None = None) -> None:
-    """Opens a window and plays until quit (or ``max_ticks`` loop turns, for tests).
+def run(session: PlaySession, scale: int = 8, fps: int = 15, max_steps: int | None = None) -> None:
+    """Opens a window and plays until quit (or until ``max_steps`` dream steps).
 
     Args:
         session: The session to play.
         scale: Window pixels per dream pixel.
         fps: Dream steps per second.
-        max_ticks: Stop after this many loop turns (None: until quit).
+        max_steps: Stop after this many dream steps (None: until quit).
     """
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     import pygame
@@ -187,13 +187,12 @@ def run(session: PlaySession, scale: int = 8, fps: int = 15, max_ticks: int | No
         surface = pygame.display.set_mode((max(w * scale, 480), h * scale + text_height))
         pygame.display.set_caption("rem-env play")
         clock = pygame.time.Clock()
-        turns = 0
-        while session.running and (max_ticks is None or turns < max_ticks):
+        steps = 0
+        while session.running and (max_steps is None or steps < max_steps):
             session.handle_events(pygame.event.get())
-            session.tick()
+            steps += session.tick()
             draw(surface, session, font)
             pygame.display.flip()
             clock.tick(fps)
-            turns += 1
     finally:
         pygame.quit()

@@ -123,7 +123,7 @@ def test_draw_and_run_headless() -> None:
     draw(surface, session, pygame.font.Font(None, 20))
     assert surface.get_at((80, 150))[:3] != (0, 0, 0) or session.frame.max() == 0
     press(pygame.K_LEFT)
-    run(session, scale=4, fps=1000, max_ticks=3)
+    run(session, scale=4, fps=1000, max_steps=3)
     assert env.actions == [3, 3, 3]  # LEFT held through the loop
 
 
