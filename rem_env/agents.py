@@ -118,11 +118,10 @@ def _load_sb3(path: Path, algo: str | None, device: str) -> Any:
 
 def _matching_obs_type(space: Any, env: DreamVectorEnv, path: Path) -> ObsType:
     """The dream obs type whose space has the policy's shape (channel-first RGB too)."""
-    from rem_env.dream import _observation_space
-
     shape = tuple(space.shape)
     for obs_type in ("rgb", "tokens", "latent"):
-        dream = tuple(_observation_space(env.model, obs_type).shape)
+        probe = DreamVectorEnv(env.model, 1, obs_type=obs_type)  # cheap: builds spaces only
+        dream = tuple(probe.single_observation_space.shape)
         transposed = (dream[2], dream[0], dream[1]) if obs_type == "rgb" else dream
         if shape in (dream, transposed):
             return obs_type  # type: ignore[return-value]
@@ -142,6 +141,11 @@ def actor_critic_file(folder: str | os.PathLike[str] | None) -> Path | None:
         return None
     path = Path(folder) / ACTOR_CRITIC_NAME
     return path if path.is_file() else None
+
+
+def _frames(envs: DreamVectorEnv, obs: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 frames: the observations themselves when they are RGB."""
+    return obs.copy() if envs.obs_type == "rgb" else np.stack(envs.render())
 
 
 @dataclass
@@ -174,11 +178,11 @@ def roll_dream(envs: DreamVectorEnv, agent: Agent, steps: int, seed: int | None)
     rollout = DreamRollout(episode_returns=[[] for _ in range(n)])
     running = np.zeros(n)
     obs, _ = envs.reset(seed=seed)
-    rollout.frames.append(np.stack(envs.render()))
+    rollout.frames.append(_frames(envs, obs))
     for _ in range(steps):
         obs, rewards, terminated, truncated, _ = envs.step(agent.act(obs))
         running += rewards
-        rollout.frames.append(np.stack(envs.render()))
+        rollout.frames.append(_frames(envs, obs))
         for i in np.flatnonzero(terminated | truncated):
             rollout.episode_returns[i].append(float(running[i]))
             running[i] = 0.0

@@ -215,3 +215,22 @@ def test_tile_frames_places_envs_in_a_grid() -> None:
     assert grid.shape == (13, 13, 3)
     assert (grid[:6, :6] == 50).all() and (grid[:6, 7:] == 100).all()
     assert (grid[7:, :6] == 150).all() and (grid[7:, 7:] == 0).all()
+
+
+def test_rollout_records_the_same_frames_whatever_the_agent_observes() -> None:
+    from rem_env import DreamVectorEnv
+    from rem_env.agents import RandomAgent, roll_dream
+
+    model = REMModel(REMConfig.preset("tiny", num_actions=4))
+    rollouts = [
+        roll_dream(
+            DreamVectorEnv(model, 2, obs_type=obs_type, render_mode="rgb_array"),
+            RandomAgent(4, seed=0),
+            steps=4,
+            seed=3,
+        )
+        for obs_type in ("rgb", "tokens", "latent")
+    ]
+    for other in rollouts[1:]:
+        assert all((a == b).all() for a, b in zip(rollouts[0].frames, other.frames, strict=True))
+        assert other.episode_returns == rollouts[0].episode_returns
