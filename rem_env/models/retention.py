@@ -142,7 +142,8 @@ def retention_chunk(
 
     Args:
         q: (B, H, T - query_start, d) queries of the chunk's tokens ``query_start..T-1``.
-        k, v: (B, H, T, d) keys and values of the chunk.
+        k: (B, H, T, d) keys of the chunk.
+        v: (B, H, T, d) values of the chunk.
         gammas: Per-head decays.
         prev_state: (B, H, d, d) state before the chunk, or None for zero.
         state_len: Only the first ``state_len`` tokens are folded into the returned state
@@ -229,7 +230,11 @@ def block_states(
     ``S_t = gamma^K S_{t-1} + sum_i gamma^(K-1-i) k_{t,i}^T v_{t,i}``, starting from ``prev_state``.
 
     Args:
-        k, v: (B, H, T, d) with T a multiple of ``block_size``.
+        k: (B, H, T, d) keys, T a multiple of ``block_size``.
+        v: (B, H, T, d) values.
+        gammas: Per-head decays.
+        block_size: Tokens per block.
+        prev_state: (B, H, d, d) state before the first block, or None for zero.
 
     Returns:
         (B, num_blocks, H, d, d): the state after each block.

@@ -238,8 +238,13 @@ class RetNetDecoder(nn.Module):
 
     Args:
         num_layers: Number of layers.
-        embed_dim, num_heads, ffn_dim, dropout, rope_base, min_decay_window, max_decay_window:
-            Sizes of every layer; see :class:`RetNetDecoderLayer`.
+        embed_dim: Model width.
+        num_heads: Retention heads.
+        ffn_dim: Hidden width of the feed-forward blocks.
+        dropout: Dropout probability.
+        rope_base: Base of the rotation frequencies.
+        min_decay_window: Window of the fastest-decaying head.
+        max_decay_window: Window of the slowest-decaying head.
         identical_init: Start every layer with the same weights (REM deep-copies one layer).
 
     Example:
