@@ -83,3 +83,18 @@ def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
     assert first_resumed["epoch"] == checkpoint.epoch + 1
     assert first_resumed["rng_at_start"] == checkpointed  # the RNG went on, not restarted
     assert (out / "export" / "model.safetensors").is_file()
+
+
+def test_sigterm_stops_at_a_step_boundary(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = _train(out, "--preset", "smoke", "--out", str(out))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not read_metrics(out):
+        time.sleep(0.01)
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    log, _ = process.communicate(timeout=60)
+    assert process.returncode == 143, log
+    assert "stopped by SIGTERM" in log and f"--resume {out}" in log
+    with ReplayBuffer(out / "replay", fsync=False) as replay:  # closed cleanly, consistent
+        assert replay.num_steps >= STEPS_PER_EPOCH

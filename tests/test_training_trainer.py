@@ -15,9 +15,10 @@ from rem_env import REMModel
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.export import load_actor_critic
+from training.optim import weight_decay_groups
 from training.replay import ReplayBuffer
 from training.run_log import read_metrics
-from training.trainer import Trainer, weight_decay_groups
+from training.trainer import Trainer
 
 torch.set_num_threads(1)
 
@@ -112,3 +113,18 @@ def test_weight_decay_groups_cover_matrices_only() -> None:
         m.weight for m in model.world_model.modules() if isinstance(m, torch.nn.Embedding)
     ]
     assert embeddings and all(id(e) not in {id(p) for p in decay["params"]} for e in embeddings)
+
+
+def test_tensorboard_has_losses_scores_and_images(
+    smoke_run: tuple[Path, Path, TrainConfig],
+) -> None:
+    pytest.importorskip("torch.utils.tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _, _ = smoke_run
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("tokenizer/total", "world_model/obs", "actor_critic/value", "eval/mean_return"):
+        assert tag in tags["scalars"], tag
+    assert {"tokenizer/reconstructions", "actor_critic/imagined_rollout"} <= set(tags["images"])

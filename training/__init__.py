@@ -13,6 +13,14 @@ The pieces, one concept per module (the trainer and the ``rem-train`` CLI build 
   as pure functions.
 * :mod:`training.lpips`: LPIPS-VGG16 in plain torch; ``python -m training.lpips fetch``
   downloads and converts its weights once.
+* :mod:`training.config`: the typed ``TrainConfig`` tree and its presets ``atari100k`` and
+  ``smoke``.
+* :mod:`training.collect`, :mod:`training.imagination`, :mod:`training.evaluate`: acting in the
+  real env, rolling the actor-critic through ``DreamVectorEnv``, the Atari 100K evaluation.
+* :mod:`training.trainer`: the four-phase epoch (``Trainer``); :mod:`training.checkpoint` its
+  atomic checkpoints and run folders; :mod:`training.export` the final model folder;
+  :mod:`training.run_log` its logs; :mod:`training.cli` the ``rem-train`` command
+  (also ``python -m training``).
 
 Dependencies point one way: ``training`` imports ``rem_env``, never the reverse.
 """

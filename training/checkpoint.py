@@ -161,9 +161,17 @@ def save_checkpoint(
     tensors.update(rng_tensors)
     meta = {"epoch": epoch, "optimizers": opt_meta, "rng": rng_state, "extra": extra}
     tmp = folder / f".{LAST}.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp), metadata={"rem_train": json.dumps(meta)})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    try:
+        save_file(tensors, str(tmp), metadata={"rem_train": json.dumps(meta)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except OSError as error:  # e.g. a full disk: the previous checkpoint is untouched
+        tmp.unlink(missing_ok=True)
+        raise OSError(
+            error.errno,
+            f"could not write the checkpoint in {folder} ({error.strerror or error}); the "
+            "previous checkpoint is intact. Free disk space and resume with --resume",
+        ) from error
     if keep_numbered:  # a hard link: same bytes, no second write
         numbered = folder / f"epoch_{epoch:04d}.safetensors"
         numbered.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import PRESETS, TrainConfig
+from training.trainer import Trainer, TrainingStoppedError
 
 __all__ = ["build_config", "main", "parser"]
 
@@ -156,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
             if out is None:
                 raise ValueError("--out is required (the run folder), or --resume RUN_DIR")
             config = build_config(args)
-        from training.trainer import Trainer
 
         trainer = Trainer(
             config, out, resume=resume is not None, command=shlex.join(["rem-train", *argv])
@@ -164,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"rem-train: error: {err}", file=sys.stderr)
         return 2
-    exported = trainer.run(export_to=args.get("export"))
+    try:
+        exported = trainer.run(export_to=args.get("export"))
+    except TrainingStoppedError as stopped:
+        print(f"rem-train: {stopped}", file=sys.stderr)
+        return 143
     print(f"done: model in {exported}")
     return 0
 

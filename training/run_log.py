@@ -60,8 +60,33 @@ class RunLog:
             row = torch.cat(list(images.detach().float().clamp(0, 1).cpu()), dim=-1)  # (3, H, N*W)
             self.writer.add_image(tag, row, step)
 
-    def epoch(self, record: dict[str, Any]) -> None:
-        """Appends the epoch's record to ``metrics.jsonl`` (one line, flushed and fsynced)."""
+    def epoch(self, record: dict[str, Any], epochs: int) -> None:
+        """Logs a completed epoch: its summary line, TensorBoard scalars and ``metrics.jsonl``.
+
+        Args:
+            record: The epoch's record (``epoch``, ``env_steps``, ``timings`` and one dict of
+                means per phase that ran, ``eval`` when evaluated).
+            epochs: Epochs of the whole run.
+        """
+        parts = [f"epoch {record['epoch']}/{epochs}", f"env steps {record['env_steps']}"]
+        scalars: dict[str, float] = {}
+        for name in ("collect", "tokenizer", "world_model", "actor_critic"):
+            for key, value in record.get(name, {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    scalars[f"{name}/{key}"] = float(value)
+            if name in record and "total" in record[name]:
+                parts.append(f"{name} {record[name]['total']:.4f}")
+        if "eval" in record:
+            ev = record["eval"]
+            parts.append(f"eval {ev['mean']:.1f} (HNS {ev['human_normalized']:.3f})")
+            scalars["eval/mean_return"] = ev["mean"]
+            scalars["eval/human_normalized"] = ev["human_normalized"]
+        for name, seconds in record["timings"].items():
+            scalars[f"time/{name}"] = seconds
+        timings = ", ".join(f"{k} {v:.1f}s" for k, v in record["timings"].items())
+        parts.append(f"{sum(record['timings'].values()):.1f}s ({timings})")
+        self.info(" | ".join(parts))
+        self.scalars(scalars, record["epoch"])
         with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()

@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,26 +45,15 @@ from training.export import export_run
 from training.imagination import Imagination, Rollout, replay_rollout
 from training.losses import actor_critic_loss, lambda_returns, tokenizer_loss, world_model_loss
 from training.lpips import load_lpips, missing_weights_message
+from training.optim import build_optimizers, clipped_step
 from training.replay import ReplayBuffer, frames_to_tensor
 from training.run_log import RunLog
 
-__all__ = ["Trainer", "weight_decay_groups"]
+__all__ = ["Trainer", "TrainingStoppedError"]
 
 
-def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: decay on Linear/Conv weight matrices only (REM_SPEC 11.6).
-
-    Biases, norms, embeddings and free parameters (e.g. prediction tokens) get no decay.
-    """
-    decay, no_decay = [], []
-    for sub in module.modules():
-        for name, param in sub.named_parameters(recurse=False):
-            is_matrix = name == "weight" and isinstance(sub, (nn.Linear, nn.Conv1d, nn.Conv2d))
-            (decay if is_matrix else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+class TrainingStoppedError(Exception):
+    """The run stopped early on SIGTERM, at a step boundary; it can be resumed."""
 
 
 class Trainer:
@@ -97,18 +87,8 @@ class Trainer:
         self.actor_critic = ActorCritic.from_config(
             self.model.config, cfg.actor_critic.hidden_size
         ).to(self.device)
-        tok, wm, ac = cfg.tokenizer, cfg.world_model, cfg.actor_critic
-        self.optimizers = {
-            "tokenizer": torch.optim.AdamW(
-                self.model.tokenizer.parameters(), lr=tok.lr, weight_decay=tok.weight_decay
-            ),
-            "world_model": torch.optim.AdamW(
-                weight_decay_groups(self.model.world_model, wm.weight_decay), lr=wm.lr
-            ),
-            "actor_critic": torch.optim.AdamW(
-                self.actor_critic.parameters(), lr=ac.lr, weight_decay=ac.weight_decay
-            ),
-        }
+        self.optimizers = build_optimizers(cfg, self.model, self.actor_critic)
+        tok, ac = cfg.tokenizer, cfg.actor_critic
         self.lpips = None
         if tok.lpips:
             self.lpips = load_lpips()
@@ -146,18 +126,17 @@ class Trainer:
             export_to: Also export the final model to this folder.
         """
         cfg = self.config
-        previous = signal.signal(signal.SIGTERM, self._request_stop)
+        handle = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, self._request_stop) if handle else None
         try:
             for epoch in range(self.epoch + 1, cfg.common.epochs + 1):
                 self.train_epoch(epoch)
-                if self.stop_requested:
-                    self.log.info(f"stopped after epoch {epoch} (SIGTERM); resume with --resume")
-                    sys.exit(143)
             if export_to is not None:
                 self.export(export_to)
             return self.export()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if handle:
+                signal.signal(signal.SIGTERM, previous)
             self.close()
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -176,6 +155,7 @@ class Trainer:
             ("actor_critic", cfg.actor_critic.start_after_epoch, self.train_actor_critic),
         )
         for name, start_after, train in phases:
+            self._check_stop()
             if epoch > start_after:
                 t = time.perf_counter()
                 record[name] = train(epoch)
@@ -194,8 +174,7 @@ class Trainer:
             self._log_images(epoch)
         self.wall_time += time.perf_counter() - start
         record.update(timings=timings, env_steps=self.replay.num_steps, wall_time=self.wall_time)
-        self._summarise(record)
-        self.log.epoch(record)
+        self.log.epoch(record, cfg.common.epochs)
         self.epoch = epoch
         self._save(keep_numbered=epoch % cfg.common.checkpoint_every == 0 or last)
         return record
@@ -229,7 +208,7 @@ class Trainer:
         for _ in self._progress(range(cfg.steps_per_epoch), "tokenizer"):
             frames = self.replay.sample_frames(cfg.batch_size, self.rng).frames(self.device)
             loss, metrics = tokenizer_loss(tokenizer(frames), frames, cfg.beta, self.lpips)
-            self._update(loss, optimizer, tokenizer, cfg.grad_clip)
+            clipped_step(loss, optimizer, tokenizer, cfg.grad_clip)
             if self.config.common.track_progress:  # same batch, same (deterministic) mode
                 with torch.no_grad():
                     after, _ = tokenizer_loss(tokenizer(frames), frames, cfg.beta, self.lpips)
@@ -260,7 +239,7 @@ class Trainer:
             )
             before = self._eval_loss(wm, loss_fn) if self.config.common.track_progress else None
             loss, metrics = loss_fn()
-            self._update(loss, optimizer, wm, cfg.grad_clip)
+            clipped_step(loss, optimizer, wm, cfg.grad_clip)
             if before is not None:  # same batch, eval mode (no dropout) before and after
                 metrics.update(check_before=before, check_after=self._eval_loss(wm, loss_fn))
             losses.append(metrics)
@@ -286,7 +265,7 @@ class Trainer:
             seed = int(torch.randint(2**31, ()).item())
             rollout = self.imagination.rollout(ac, start, self.config.imagined_steps, seed=seed)
             loss, metrics = self._ac_loss(rollout.logits, rollout.values, rollout)
-            self._update(loss, optimizer, ac, cfg.grad_clip)
+            clipped_step(loss, optimizer, ac, cfg.grad_clip)
             if self.config.common.track_progress:
                 before, after = self._ac_check(rollout)
                 metrics.update(check_before=before, check_after=after)
@@ -344,48 +323,29 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- helpers
 
-    @staticmethod
-    def _update(
-        loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, clip: float
-    ) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(module.parameters(), clip)
-        optimizer.step()
-
     def _progress(self, iterable: Any, name: str) -> Any:
-        if not self.config.common.progress_bars or not sys.stderr.isatty():
-            return iterable
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return iterable
-        return tqdm(iterable, desc=name, leave=False)
+        """Iterates (with a progress bar on a terminal); raises TrainingStoppedError on SIGTERM."""
+        if self.config.common.progress_bars and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                iterable = tqdm(iterable, desc=name, leave=False)
+        for item in iterable:
+            self._check_stop()
+            yield item
+
+    def _check_stop(self) -> None:
+        if self.stop_requested:
+            raise TrainingStoppedError(
+                f"stopped by SIGTERM during epoch {self.epoch + 1}; the replay buffer and the "
+                f"checkpoint of epoch {self.epoch} are on disk: continue with --resume "
+                f"{self.run_dir}"
+            )
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
-        self.log.info("SIGTERM: stopping after this epoch's checkpoint")
-
-    def _summarise(self, record: dict[str, Any]) -> None:
-        parts = [f"epoch {record['epoch']}/{self.config.common.epochs}"]
-        parts.append(f"env steps {self.replay.num_steps}")
-        for name in ("tokenizer", "world_model", "actor_critic"):
-            if name in record:
-                parts.append(f"{name} {record[name]['total']:.4f}")
-        if "eval" in record:
-            ev = record["eval"]
-            parts.append(f"eval {ev['mean']:.1f} (HNS {ev['human_normalized']:.3f})")
-        parts.append(f"{sum(record['timings'].values()):.1f}s")
-        self.log.info(" | ".join(parts))
-        scalars = {}
-        for name in ("tokenizer", "world_model", "actor_critic", "collect"):
-            for key, value in record.get(name, {}).items():
-                if isinstance(value, (int, float)):
-                    scalars[f"{name}/{key}"] = float(value)
-        if "eval" in record:
-            scalars["eval/mean_return"] = record["eval"]["mean"]
-            scalars["eval/human_normalized"] = record["eval"]["human_normalized"]
-        self.log.scalars(scalars, record["epoch"])
 
     @torch.no_grad()
     def _log_images(self, epoch: int) -> None:

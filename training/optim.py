@@ -1,0 +1,68 @@
+"""The three components' AdamW optimizers (REM_SPEC 7) and one clipped gradient step.
+
+The tokenizer and the actor-critic decay every parameter (0.01, torch's default for the
+actor-critic); the world model decays its weight matrices only, not biases, norms, embeddings or
+free parameters (REM_SPEC 11.6).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rem_env import REMModel
+from training.actor_critic import ActorCritic
+from training.config import TrainConfig
+
+__all__ = ["build_optimizers", "clipped_step", "weight_decay_groups"]
+
+
+def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: ``weight_decay`` on Linear/Conv weight matrices, 0 elsewhere.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3))
+        >>> decay, no_decay = weight_decay_groups(net, 0.05)
+        >>> [tuple(p.shape) for p in decay["params"]], len(no_decay["params"])
+        ([(3, 2)], 3)
+    """
+    decay, no_decay = [], []
+    for sub in module.modules():
+        for name, param in sub.named_parameters(recurse=False):
+            is_matrix = name == "weight" and isinstance(sub, (nn.Linear, nn.Conv1d, nn.Conv2d))
+            (decay if is_matrix else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizers(
+    config: TrainConfig, model: REMModel, actor_critic: ActorCritic
+) -> dict[str, torch.optim.Optimizer]:
+    """AdamW for ``"tokenizer"``, ``"world_model"`` and ``"actor_critic"`` (the run's settings)."""
+    tok, wm, ac = config.tokenizer, config.world_model, config.actor_critic
+    return {
+        "tokenizer": torch.optim.AdamW(
+            model.tokenizer.parameters(), lr=tok.lr, weight_decay=tok.weight_decay
+        ),
+        "world_model": torch.optim.AdamW(
+            weight_decay_groups(model.world_model, wm.weight_decay), lr=wm.lr
+        ),
+        "actor_critic": torch.optim.AdamW(
+            actor_critic.parameters(), lr=ac.lr, weight_decay=ac.weight_decay
+        ),
+    }
+
+
+def clipped_step(
+    loss: Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, max_norm: float
+) -> float:
+    """Back-propagates ``loss``, clips ``module``'s gradient norm, steps; returns the norm."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    optimizer.step()
+    return float(norm)
