@@ -66,7 +66,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
     fresh = rng_fingerprint(seed_everything(1))
     assert checkpointed != fresh
 
-    resumed = _train(out, "--resume", str(out))
+    resumed = _train(out, "--resume", str(out), "--export", str(tmp_path / "model"))
     log, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, log
     assert f"loaded the checkpoint of epoch {checkpoint.epoch}" in log
@@ -83,6 +83,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
     assert first_resumed["epoch"] == checkpoint.epoch + 1
     assert first_resumed["rng_at_start"] == checkpointed  # the RNG went on, not restarted
     assert (out / "export" / "model.safetensors").is_file()
+    assert (tmp_path / "model" / "actor_critic.safetensors").is_file()  # --export FOLDER
 
 
 def test_sigterm_stops_at_a_step_boundary(tmp_path: Path) -> None:

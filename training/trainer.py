@@ -68,6 +68,12 @@ class Trainer:
     Raises:
         ValueError: On a run folder that does not fit (see
             :func:`training.checkpoint.prepare_run_dir`).
+
+    Example:
+        >>> from training.config import TrainConfig
+        >>> config = TrainConfig.from_preset("smoke", "Breakout")
+        >>> folder = Trainer(config, "runs/smoke").run()  # doctest: +SKIP
+        >>> folder = Trainer(config, "runs/smoke", resume=True).run()  # doctest: +SKIP
     """
 
     def __init__(
