@@ -17,6 +17,7 @@ import torch
 from rem_env import REMModel
 from training.actor_critic import ActorCritic, LSTMState, sample_actions
 from training.atari import make_atari_env
+from training.config import TrainConfig
 from training.replay import ReplayBuffer, frames_to_tensor
 
 __all__ = ["Collector"]
@@ -54,6 +55,19 @@ class Collector:
         self.burn_in_actions = burn_in_actions
         self.obs: np.ndarray | None = None
         self.episode_return = 0.0
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, seed: int) -> Collector:
+        """The collector of a training run (its ``collect`` and ``actor_critic`` settings)."""
+        return cls(
+            config.game,
+            seed=seed,
+            temperature=config.collect.temperature,
+            epsilon=config.collect.epsilon,
+            burn_in=config.actor_critic.burn_in,
+            burn_in_actions=config.actor_critic.burn_in_actions,
+            max_raw_frames=config.common.max_raw_frames,
+        )
 
     @torch.no_grad()
     def collect(

@@ -19,8 +19,9 @@ from torch import Tensor
 from rem_env import DreamVectorEnv, REMModel
 from training.actor_critic import ActorCritic, LSTMState, sample_actions
 from training.batches import TensorSegmentBatch, frames_to_tensor
+from training.losses import lambda_returns
 
-__all__ = ["Imagination", "Rollout", "StartPoint", "replay_rollout"]
+__all__ = ["Imagination", "Rollout", "StartPoint", "objective_before_after", "replay_rollout"]
 
 
 class StartPoint(NamedTuple):
@@ -167,3 +168,35 @@ def replay_rollout(actor_critic: ActorCritic, rollout: Rollout) -> tuple[Tensor,
         logits.append(out.logits)
         values.append(out.value)
     return torch.stack(logits, 1), torch.stack(values, 1)
+
+
+@torch.no_grad()
+def objective_before_after(
+    actor_critic: ActorCritic,
+    rollout: Rollout,
+    gamma: float = 0.995,
+    lambda_: float = 0.95,
+    entropy_weight: float = 0.001,
+) -> tuple[float, float]:
+    """A training step's objective on its own rollout, before and after the update.
+
+    The objective a gradient step descends holds the lambda-returns and the advantages fixed
+    (constants of the step), so both values use the rollout's (pre-update) values for them; the
+    "after" value re-runs the updated actor-critic over the same codes and actions
+    (:func:`replay_rollout`). A diagnostic: the trainer records it with ``track_progress``.
+    """
+    old_values = rollout.values.detach()
+    returns = lambda_returns(rollout.rewards, old_values, rollout.ends, gamma, lambda_)
+    returns = returns[:, :-1]  # (B, T-1)
+    advantages = returns - old_values[:, :-1]
+
+    def objective(logits: Tensor, values: Tensor) -> float:
+        log_probs = torch.log_softmax(logits[:, :-1], -1)  # (B, T-1, A)
+        taken = log_probs.gather(-1, rollout.actions[:, :-1, None]).squeeze(-1)  # (B, T-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
+        policy = -(taken * advantages).mean()
+        value = (values[:, :-1] - returns).pow(2).mean()
+        return float(policy - entropy_weight * entropy + value)
+
+    before = objective(rollout.logits.detach(), old_values)
+    return before, objective(*replay_rollout(actor_critic, rollout))

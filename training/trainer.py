@@ -42,8 +42,8 @@ from training.collect import Collector
 from training.config import TrainConfig
 from training.evaluate import EvalResult, evaluate
 from training.export import export_run
-from training.imagination import Imagination, Rollout, replay_rollout
-from training.losses import actor_critic_loss, lambda_returns, tokenizer_loss, world_model_loss
+from training.imagination import Imagination, objective_before_after
+from training.losses import actor_critic_loss, tokenizer_loss, world_model_loss
 from training.lpips import load_lpips, missing_weights_message
 from training.optim import build_optimizers, clipped_step
 from training.replay import ReplayBuffer, frames_to_tensor
@@ -121,6 +121,7 @@ class Trainer:
         )
         self.collector: Collector | None = None
         self.imagination: Imagination | None = None
+        self.last_dream: torch.Tensor | None = None
         self.stop_requested = False
 
     # ------------------------------------------------------------------------------ schedule
@@ -189,17 +190,8 @@ class Trainer:
 
     def collect(self, num_steps: int) -> dict[str, Any]:
         """Acts ``num_steps`` steps in the real train env with the actor-critic; stores them."""
-        cfg = self.config
         if self.collector is None:
-            self.collector = Collector(
-                cfg.game,
-                seed=int(self.rng.integers(2**31)),
-                temperature=cfg.collect.temperature,
-                epsilon=cfg.collect.epsilon,
-                burn_in=cfg.actor_critic.burn_in,
-                burn_in_actions=cfg.actor_critic.burn_in_actions,
-                max_raw_frames=cfg.common.max_raw_frames,
-            )
+            self.collector = Collector.from_config(self.config, seed=int(self.rng.integers(2**31)))
         return self.collector.collect(
             self.model, self.actor_critic, self.replay, num_steps, lambda: self.stop_requested
         )
@@ -273,11 +265,13 @@ class Trainer:
             loss, metrics = self._ac_loss(rollout.logits, rollout.values, rollout)
             clipped_step(loss, optimizer, ac, cfg.grad_clip)
             if self.config.common.track_progress:
-                before, after = self._ac_check(rollout)
+                before, after = objective_before_after(
+                    ac, rollout, cfg.gamma, cfg.lambda_, cfg.entropy_weight
+                )
                 metrics.update(check_before=before, check_after=after)
             metrics["imagined_reward"] = rollout.rewards.mean().item()
             losses.append(metrics)
-            self._last_rollout = rollout
+            self.last_dream = rollout.codes[0]  # (T, E, h, w) constants, for TensorBoard
         ac.eval()
         return _summary(losses)
 
@@ -287,30 +281,6 @@ class Trainer:
             logits, values, rollout.actions, rollout.rewards, rollout.ends,
             cfg.gamma, cfg.lambda_, cfg.entropy_weight,
         )  # fmt: skip
-
-    @torch.no_grad()
-    def _ac_check(self, rollout: Rollout) -> tuple[float, float]:
-        """The step's objective on its own rollout, before and after the update.
-
-        The objective the gradient step descends holds the lambda-returns and advantages
-        fixed (they are constants of the step); both values use the pre-update ones.
-        """
-        cfg = self.config.actor_critic
-
-        def objective(logits: torch.Tensor, values: torch.Tensor) -> float:
-            log_probs = torch.log_softmax(logits[:, :-1], -1)  # (B, T-1, A)
-            taken = log_probs.gather(-1, rollout.actions[:, :-1, None]).squeeze(-1)
-            entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
-            policy = -(taken * (returns - old_values[:, :-1])).mean()
-            value = (values[:, :-1] - returns).pow(2).mean()
-            return float(policy - cfg.entropy_weight * entropy + value)
-
-        old_values = rollout.values.detach()
-        returns = lambda_returns(rollout.rewards, old_values, rollout.ends, cfg.gamma, cfg.lambda_)[
-            :, :-1
-        ]  # (B, T-1)
-        before = objective(rollout.logits.detach(), old_values)
-        return before, objective(*replay_rollout(self.actor_critic, rollout))
 
     def _wm_loss(
         self, tokens: torch.Tensor, batch: Any, codebook: torch.Tensor, context: int
@@ -360,9 +330,8 @@ class Trainer:
         frames = self.replay.sample_frames(8, np.random.default_rng(epoch)).frames(self.device)
         reconstruction = self.model.tokenizer(frames).reconstruction.add(1).div(2)
         self.log.images("tokenizer/reconstructions", torch.cat([frames, reconstruction], -2), epoch)
-        rollout = getattr(self, "_last_rollout", None)
-        if rollout is not None:
-            dream = self.model.tokenizer.decode_latents(rollout.codes[0]).add(1).div(2)
+        if self.last_dream is not None:
+            dream = self.model.tokenizer.decode_latents(self.last_dream).add(1).div(2)
             self.log.images("actor_critic/imagined_rollout", dream, epoch)
 
     # ------------------------------------------------------------------ checkpoints and export
@@ -371,7 +340,10 @@ class Trainer:
         return {"model": self.model, "actor_critic": self.actor_critic}
 
     def _save(self, keep_numbered: bool) -> None:
-        extra = {"wall_time": self.wall_time}
+        extra = {
+            "wall_time": self.wall_time,
+            "last_eval": None if self.last_eval is None else self.last_eval._asdict(),
+        }
         save_checkpoint(
             self.run_dir / "checkpoints", self.epoch, self._modules(), self.optimizers,
             self.rng, extra, keep_numbered,
@@ -386,6 +358,8 @@ class Trainer:
         restore_rng(checkpoint.rng["state"], checkpoint.rng["tensors"], self.rng)
         self.epoch = checkpoint.epoch
         self.wall_time = float(checkpoint.extra.get("wall_time", 0.0))
+        if checkpoint.extra.get("last_eval") is not None:
+            self.last_eval = EvalResult(**checkpoint.extra["last_eval"])
         self.resumed_fingerprint = rng_fingerprint(self.rng)
         self.log.info(
             f"loaded the checkpoint of epoch {self.epoch} (rng {self.resumed_fingerprint})"
