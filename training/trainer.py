@@ -86,13 +86,13 @@ class Trainer:
         self.config = cfg = config
         self.run_dir = prepare_run_dir(run_dir, config, resume)
         self.command = command
-        self.device = torch.device(cfg.device)
         self.log = RunLog(self.run_dir)
         self.rng = seed_everything(cfg.common.seed)
-        self.model = REMModel(cfg.model_config()).to(self.device)
+        device = torch.device(cfg.device)
+        self.model = REMModel(cfg.model_config()).to(device)
         self.actor_critic = ActorCritic.from_config(
             self.model.config, cfg.actor_critic.hidden_size
-        ).to(self.device)
+        ).to(device)
         self.optimizers = build_optimizers(cfg, self.model, self.actor_critic)
         tok, ac = cfg.tokenizer, cfg.actor_critic
         self.lpips = None
@@ -101,7 +101,7 @@ class Trainer:
             if self.lpips is None:
                 self.log.info(missing_weights_message())
             else:
-                self.lpips = self.lpips.to(self.device)
+                self.lpips = self.lpips.to(device)
         else:
             self.log.info("training the tokenizer without LPIPS (tokenizer.lpips is off)")
         burn_in = (
@@ -123,6 +123,11 @@ class Trainer:
         self.imagination: Imagination | None = None
         self.last_dream: torch.Tensor | None = None
         self.stop_requested = False
+
+    @property
+    def device(self) -> torch.device:
+        """Where the models live (read from their parameters)."""
+        return self.model.start_tokens.device
 
     # ------------------------------------------------------------------------------ schedule
 
