@@ -24,6 +24,10 @@ from training.losses import lambda_returns
 __all__ = ["Imagination", "Rollout", "StartPoint", "objective_before_after", "replay_rollout"]
 
 
+ENCODE_CHUNK = 512
+"""Frames the tokenizer encodes at once when preparing a burn-in batch."""
+
+
 class StartPoint(NamedTuple):
     """Where a batch of imagined trajectories starts."""
 
@@ -104,8 +108,10 @@ class Imagination:
         c = self.model.config.world_model.context_length
         if not bool(batch.mask[:, -c:].all()):
             raise ValueError(f"the last {c} frames of every segment must be real (min_real >= {c})")
-        frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (B*T, 3, H, W)
-        tokens = tokenizer.encode(frames).tokens.unflatten(0, (b, t))  # (B, T, K)
+        obs = batch.obs.flatten(0, 1)  # (B*T, H, W, C) uint8
+        tokens = torch.cat(  # chunks bound the encoder's activation memory (B*T = 2688 in REM)
+            [tokenizer.encode(frames_to_tensor(chunk)).tokens for chunk in obs.split(ENCODE_CHUNK)]
+        ).unflatten(0, (b, t))  # (B, T, K)
         codes = tokenizer.to_codes(tokens[:, :-1].flatten(0, 1), check_values=False)
         codes = codes.unflatten(0, (b, t - 1))  # (B, T-1, E, h, w)
         state = actor_critic.burn_in(
