@@ -91,10 +91,8 @@ def parser() -> argparse.ArgumentParser:
         default = defaults
         for part in name.split("."):
             default = default[part]
-        option = "--" + name.replace("_", "-")
+        option = "--" + name.rstrip("_").replace("_", "-")  # lambda_ -> --actor-critic.lambda
         help_text = f"{f.metadata.get('doc', '')} (default: {default})"
-        if name == "preset":
-            help_text += f"; one of {sorted(PRESETS)}"
         group.add_argument(
             option, dest=name, type=_converter(f.type), metavar=_metavar(f), help=help_text
         )
