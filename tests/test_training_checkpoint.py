@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import random
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from torch import nn
 
 import training.checkpoint as checkpoint_module
 from training.checkpoint import load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from training.run_log import RunLog, read_metrics
 
 torch.set_num_threads(1)
 
@@ -72,3 +74,11 @@ def test_failed_write_keeps_the_previous_checkpoint(
         save_checkpoint(tmp_path, 2, {"net": net}, {"net": opt}, rng, {})
     assert load_checkpoint(tmp_path).epoch == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors"]
+
+
+def test_metrics_log_drops_a_torn_line(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "tor')  # killed mid-write
+    log = RunLog(tmp_path, tensorboard=False, stream=io.StringIO())
+    log.epoch({"epoch": 2, "env_steps": 10, "timings": {"collect": 0.5}}, epochs=3)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert "epoch 2/3 | env steps 10" in log.stream.getvalue()

@@ -36,6 +36,7 @@ class RunLog:
         self.run_dir = Path(run_dir)
         self.stream = sys.stdout if stream is None else stream
         self.writer: Any = None
+        _drop_torn_line(self.run_dir / METRICS_FILE)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -99,6 +100,16 @@ class RunLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def _drop_torn_line(path: Path) -> None:
+    """Truncates a partial last line left by a killed run, so the next record starts clean."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
