@@ -9,23 +9,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from rem_env.dream import DreamVectorEnv, ObsType
+from rem_env.models.actor_critic import ActorCritic, sample_actions
 
 __all__ = [
-    "ACTOR_CRITIC_NAME",
     "SB3_ALGOS",
+    "ActorCriticAgent",
     "Agent",
     "AgentError",
     "DreamRollout",
     "RandomAgent",
     "SB3Agent",
-    "actor_critic_file",
     "roll_dream",
 ]
-
-ACTOR_CRITIC_NAME = "actor_critic.safetensors"
-"""A model folder that ships its own actor-critic holds it under this name."""
 
 SB3_ALGOS = ("PPO", "A2C", "DQN")
 """The stable-baselines3 algorithms a policy file is loaded with (tried in this order)."""
@@ -42,6 +40,10 @@ class Agent(Protocol):
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """(num_envs,) int64 actions."""
+        ...
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        """Told which envs (bool (num_envs,)) start a new episode at the next observation."""
         ...
 
 
@@ -61,6 +63,9 @@ class RandomAgent:
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self.rng.integers(self.num_actions, size=len(obs), dtype=np.int64)
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        """A random agent has no memory."""
 
 
 class SB3Agent:
@@ -99,6 +104,64 @@ class SB3Agent:
         actions, _ = self.policy.predict(obs, deterministic=self.deterministic)
         return np.asarray(actions, dtype=np.int64).reshape(len(obs))
 
+    def episodes_ended(self, done: np.ndarray) -> None:
+        """The SB3 policies loaded here are feed-forward: nothing to forget."""
+
+
+class ActorCriticAgent:
+    """The model's own actor-critic (REM's LSAC) acting on latent observations.
+
+    It keeps the LSTM state of the batch it acts for (the agent is the rollout's owner of that
+    state; the module stays stateless), feeds each chosen action back as its own LSTM step, and
+    forgets an env's memory when its episode ends.
+
+    Args:
+        actor_critic: The trained actor-critic.
+        num_envs: Batch size of the dream it acts in.
+        temperature: Sampling temperature (0.5: the Atari 100K evaluation protocol).
+        seed: Seed of its sampling.
+
+    Example:
+        >>> from rem_env import REMConfig
+        >>> cfg = REMConfig.preset("tiny", num_actions=4)
+        >>> agent = ActorCriticAgent(ActorCritic.from_config(cfg, hidden_size=16), 2, seed=0)
+        >>> agent.act(np.zeros((2, 32, 4, 4), dtype=np.float32)).shape
+        (2,)
+    """
+
+    obs_type: ObsType = "latent"
+
+    def __init__(
+        self,
+        actor_critic: ActorCritic,
+        num_envs: int,
+        temperature: float = 0.5,
+        seed: int | None = None,
+    ) -> None:
+        self.actor_critic = actor_critic.eval()
+        self.temperature = temperature
+        device = next(actor_critic.parameters()).device
+        self.generator = torch.Generator(device=device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.state = actor_critic.initial_state(num_envs, device)
+        self._ended = torch.zeros(num_envs, dtype=torch.bool, device=device)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        device = self.state.h.device
+        with torch.inference_mode():
+            codes = torch.as_tensor(obs, dtype=torch.float32, device=device)  # (B, E, h, w)
+            out = self.actor_critic(codes, self.state)
+            actions = sample_actions(out.logits, self.temperature, 0.0, self.generator)
+            # With NEXT_STEP autoreset an ended env ignores this action and shows its new
+            # episode's first frame next: its memory restarts from zero there.
+            self.state = self.actor_critic.observe_action(actions, out.state).reset(self._ended)
+            self._ended = torch.zeros_like(self._ended)
+        return actions.cpu().numpy().astype(np.int64)
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        self._ended = torch.as_tensor(done, dtype=torch.bool, device=self.state.h.device)
+
 
 def _load_sb3(path: Path, algo: str | None, device: str) -> Any:
     import stable_baselines3
@@ -129,18 +192,6 @@ def _matching_obs_type(space: Any, env: DreamVectorEnv, path: Path) -> ObsType:
         f"{path} was trained on observations of shape {shape}, which no obs type of this model "
         "has (rgb, tokens or latent): was it trained on another model's dreams?"
     )
-
-
-def actor_critic_file(folder: str | os.PathLike[str] | None) -> Path | None:
-    """The actor-critic a model folder ships (:data:`ACTOR_CRITIC_NAME`), or None.
-
-    rem-env's trainer is being built: no model ships an actor-critic yet, and this version of
-    rem-env cannot run one (the CLI says so).
-    """
-    if folder is None:
-        return None
-    path = Path(folder) / ACTOR_CRITIC_NAME
-    return path if path.is_file() else None
 
 
 def _frames(envs: DreamVectorEnv, obs: np.ndarray) -> np.ndarray:
@@ -183,8 +234,11 @@ def roll_dream(envs: DreamVectorEnv, agent: Agent, steps: int, seed: int | None)
         obs, rewards, terminated, truncated, _ = envs.step(agent.act(obs))
         running += rewards
         rollout.frames.append(_frames(envs, obs))
-        for i in np.flatnonzero(terminated | truncated):
+        ended = terminated | truncated
+        for i in np.flatnonzero(ended):
             rollout.episode_returns[i].append(float(running[i]))
             running[i] = 0.0
+        if ended.any():
+            agent.episodes_ended(ended)
     rollout.unfinished_returns = [float(r) for r in running]
     return rollout

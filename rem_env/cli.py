@@ -21,13 +21,18 @@ import gymnasium as gym
 import torch
 
 from rem_env.actions import action_meanings
+from rem_env.actor_critic_files import (
+    ACTOR_CRITIC_CONFIG,
+    ACTOR_CRITIC_WEIGHTS,
+    actor_critic_file,
+    load_actor_critic,
+)
 from rem_env.agents import (
-    ACTOR_CRITIC_NAME,
+    ActorCriticAgent,
     Agent,
     AgentError,
     RandomAgent,
     SB3Agent,
-    actor_critic_file,
     roll_dream,
 )
 from rem_env.config import REMConfig
@@ -118,17 +123,25 @@ def make_agent(args: argparse.Namespace, model: REMModel, device: str) -> Agent:
     if args.agent == "random":
         return RandomAgent(model.num_actions, args.seed)
     if args.agent == "actor-critic":
-        where = "this model" if args.model is None else repr(args.model)
         folder = Path(args.model) if args.model and Path(args.model).is_dir() else None
         if actor_critic_file(folder) is None:
+            where = "this model" if args.model is None else repr(args.model)
             raise AgentError(
-                f"{where} ships no actor-critic (no {ACTOR_CRITIC_NAME} in its folder); no "
-                "model ships one yet. Use --agent random or --agent PATH.zip (an SB3 policy)"
+                f"{where} ships no actor-critic ({ACTOR_CRITIC_WEIGHTS} and "
+                f"{ACTOR_CRITIC_CONFIG} in a local model folder, as `rem-train` exports them; "
+                "for a Hub model, download it with `hf download REPO --local-dir DIR` and pass "
+                "--model DIR). Use --agent random or --agent PATH.zip (an SB3 policy)"
             )
-        raise AgentError(
-            f"{where} ships {ACTOR_CRITIC_NAME}, but this version of rem-env cannot run "
-            "actor-critics yet; use --agent random or --agent PATH.zip (an SB3 policy)"
-        )
+        try:
+            actor_critic = load_actor_critic(folder, device)
+        except ValueError as err:
+            raise AgentError(str(err)) from err
+        if actor_critic.num_actions != model.num_actions:
+            raise AgentError(
+                f"the shipped actor-critic has {actor_critic.num_actions} actions, the model "
+                f"{model.num_actions}"
+            )
+        return ActorCriticAgent(actor_critic, args.num_envs, seed=args.seed)
     return SB3Agent(args.agent, DreamVectorEnv(model, 1, device=device), args.algo, device=device)
 
 
@@ -283,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="random",
         metavar="random|PATH.zip|actor-critic",
         help="who acts: random actions, a stable-baselines3 policy file, or the model's own "
-        "actor-critic (none ships one yet) (default: random)",
+        "actor-critic (the one a local model folder exported by rem-train ships) (default: random)",
     )
     dream.add_argument("--algo", choices=("PPO", "A2C", "DQN"), help="SB3 algorithm of --agent")
     dream.add_argument("--num-envs", type=int, default=1, help="dreams side by side (default: 1)")

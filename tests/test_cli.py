@@ -13,9 +13,11 @@ import torch
 from PIL import Image
 
 from rem_env import REMConfig, REMModel
-from rem_env.agents import ACTOR_CRITIC_NAME
+from rem_env.actor_critic_files import ACTOR_CRITIC_WEIGHTS, save_actor_critic
+from rem_env.agents import ActorCriticAgent
 from rem_env.cli import build_parser, main
 from rem_env.hub import save_pretrained
+from rem_env.models.actor_critic import ActorCritic
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +126,7 @@ def test_wrong_game_and_bad_agents(
     assert "trained on 'Breakout'" in capsys.readouterr().err
     base = ["dream", "REM-Breakout-v0", "--model", str(model_folder), *out]
     assert main([*base, "--agent", "actor-critic"]) == 2
-    assert f"no {ACTOR_CRITIC_NAME}" in capsys.readouterr().err
+    assert f"ships no actor-critic ({ACTOR_CRITIC_WEIGHTS}" in capsys.readouterr().err
     assert main([*base, "--agent", str(tmp_path / "missing.zip")]) == 2
     assert "no SB3 policy file" in capsys.readouterr().err
     assert main([*base, "--algo", "PPO"]) == 2
@@ -135,15 +137,31 @@ def test_wrong_game_and_bad_agents(
     assert "could not load" in capsys.readouterr().err
 
 
-def test_actor_critic_in_a_model_folder_is_detected_but_not_run_yet(
+def test_the_actor_critic_a_model_folder_ships_plays_the_dream(
     model_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "with_ac"
     shutil.copytree(model_folder, folder)
-    (folder / ACTOR_CRITIC_NAME).write_bytes(b"")
+    config = REMModel.from_pretrained(folder).config
+    save_actor_critic(ActorCritic.from_config(config, hidden_size=16), folder)
+    out = tmp_path / "ac.gif"
     argv = ["dream", "REM-Breakout-v0", "--model", str(folder), "--agent", "actor-critic"]
+    assert main([*argv, "--num-envs", "2", "--steps", "4", "--seed", "1", "--out", str(out)]) == 0
+    assert out.is_file()
+    (folder / ACTOR_CRITIC_WEIGHTS).write_bytes(b"garbage")
     assert main([*argv, "--out", str(tmp_path / "x.gif")]) == 2
-    assert "cannot run actor-critics yet" in capsys.readouterr().err
+    assert "actor-critic in" in capsys.readouterr().err
+
+
+def test_actor_critic_agent_forgets_an_ended_episode() -> None:
+    config = REMConfig.preset("tiny", num_actions=4)
+    agent = ActorCriticAgent(ActorCritic.from_config(config, hidden_size=16), 2, seed=0)
+    codes = np.random.default_rng(0).normal(size=(2, 32, 4, 4)).astype(np.float32)
+    agent.act(codes)
+    agent.episodes_ended(np.array([True, False]))
+    agent.act(codes)  # env 0 shows its terminal frame here; its action is ignored
+    assert torch.all(agent.state.h[0] == 0) and torch.all(agent.state.c[0] == 0)
+    assert torch.any(agent.state.h[1] != 0)
 
 
 def test_mp4_with_imageio_ffmpeg(model_folder: Path, tmp_path: Path) -> None:

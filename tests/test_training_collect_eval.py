@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rem_env import REMModel
-from training.actor_critic import ActorCritic
+from rem_env.models.actor_critic import ActorCritic
 from training.collect import Collector
 from training.config import TrainConfig
 from training.evaluate import evaluate, human_normalized_score

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from rem_env import REMConfig, REMModel
-from training.actor_critic import ActorCritic
+from rem_env.models.actor_critic import ActorCritic
 from training.losses import actor_critic_loss, tokenizer_loss, world_model_loss
 from training.replay import ReplayBuffer, frames_to_tensor
 

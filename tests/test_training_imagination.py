@@ -7,7 +7,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from rem_env import REMConfig, REMModel
-from training.actor_critic import ActorCritic
+from rem_env.models.actor_critic import ActorCritic
 from training.batches import TensorSegmentBatch, frames_to_tensor
 from training.imagination import Imagination, objective_before_after, replay_rollout
 from training.losses import actor_critic_loss

@@ -13,9 +13,9 @@ import torch
 
 import rem_env  # noqa: F401  (registers REM-<Game>-v0)
 from rem_env import REMModel
+from rem_env.actor_critic_files import load_actor_critic
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
-from training.export import load_actor_critic
 from training.optim import weight_decay_groups
 from training.replay import ReplayBuffer
 from training.run_log import read_metrics

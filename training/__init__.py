@@ -7,7 +7,7 @@ The pieces, one concept per module (the trainer and the ``rem-train`` CLI build 
 * :mod:`training.replay`: crash-safe on-disk episode storage and uniform window sampling with
   padding masks (``ReplayBuffer``; REM_SPEC 7); its typed batches live in
   :mod:`training.batches` (also importable from :mod:`training.replay`).
-* :mod:`training.actor_critic`: REM's latent-space actor-critic with explicit LSTM state and
+* :mod:`rem_env.models.actor_critic`: REM's latent-space actor-critic with explicit LSTM state and
   burn-in (``ActorCritic``; REM_SPEC 6).
 * :mod:`training.losses`: tokenizer, world-model and actor-critic losses and lambda-returns,
   as pure functions.

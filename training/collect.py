@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from rem_env import REMModel
-from training.actor_critic import ActorCritic, LSTMState, sample_actions
+from rem_env.models.actor_critic import ActorCritic, LSTMState, sample_actions
 from training.atari import make_atari_env
 from training.config import TrainConfig
 from training.replay import ReplayBuffer, frames_to_tensor

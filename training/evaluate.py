@@ -13,8 +13,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from rem_env.models.actor_critic import ActorCritic, sample_actions
 from rem_env.models.tokenizer import Tokenizer
-from training.actor_critic import ActorCritic, sample_actions
 from training.atari import make_atari_vector_env
 from training.batches import frames_to_tensor
 

@@ -15,18 +15,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from rem_env import REMModel
+from rem_env.actor_critic_files import save_actor_critic
 from rem_env.manifest import AtariProtocol, Evaluation, ProtocolManifest, TrainingBudget
-from training.actor_critic import ActorCritic
+from rem_env.models.actor_critic import ActorCritic
 from training.evaluate import EvalResult
 from training.replay import ReplayBuffer, frames_to_tensor
 
-__all__ = ["AC_CONFIG", "AC_WEIGHTS", "export_run", "load_actor_critic", "sample_start_contexts"]
-
-AC_WEIGHTS = "actor_critic.safetensors"
-AC_CONFIG = "actor_critic.json"
+__all__ = ["export_run", "sample_start_contexts"]
 
 
 @torch.no_grad()
@@ -86,28 +83,9 @@ def export_run(
         ),
     )
     model.save_pretrained(folder, manifest=manifest)
-    weights = {k: v.detach().cpu().contiguous() for k, v in actor_critic.state_dict().items()}
-    save_file(weights, str(folder / AC_WEIGHTS))
-    sizes = {
-        "num_actions": actor_critic.num_actions,
-        "embed_dim": actor_critic.embed_dim,
-        "latent_size": actor_critic.latent_size,
-        "hidden_size": actor_critic.hidden_size,
-    }
-    (folder / AC_CONFIG).write_text(json.dumps(sizes, indent=2) + "\n")
+    save_actor_critic(actor_critic, folder)
     record = dict(info, env_steps=replay.num_steps, epochs=epochs)
     if evaluation is not None:
         record["evaluation"] = evaluation._asdict()
     (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return folder
-
-
-def load_actor_critic(folder: str | os.PathLike[str], device: str = "cpu") -> ActorCritic:
-    """The actor-critic bundled in an exported model folder."""
-    folder = Path(folder)
-    if not (folder / AC_CONFIG).is_file():
-        raise FileNotFoundError(f"{folder} holds no actor-critic ({AC_CONFIG} is missing)")
-    sizes = json.loads((folder / AC_CONFIG).read_text())
-    actor_critic = ActorCritic(**sizes)
-    actor_critic.load_state_dict(load_file(str(folder / AC_WEIGHTS), device=device))
-    return actor_critic.to(device).eval()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from rem_env import DreamVectorEnv, REMModel
-from training.actor_critic import ActorCritic, LSTMState, sample_actions
+from rem_env.models.actor_critic import ActorCritic, LSTMState, sample_actions
 from training.batches import TensorSegmentBatch, frames_to_tensor
 from training.losses import lambda_returns
 

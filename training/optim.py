@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from rem_env import REMModel
-from training.actor_critic import ActorCritic
+from rem_env.models.actor_critic import ActorCritic
 from training.config import TrainConfig
 
 __all__ = ["build_optimizers", "clipped_step", "weight_decay_groups"]

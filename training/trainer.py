@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from rem_env import REMModel
-from training.actor_critic import ActorCritic
+from rem_env.models.actor_critic import ActorCritic
 from training.checkpoint import (
     load_checkpoint,
     prepare_run_dir,

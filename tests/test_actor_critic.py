@@ -1,4 +1,4 @@
-"""Tests of training.actor_critic: shapes, explicit state, masking, burn-in flag, size."""
+"""Tests of rem_env.models.actor_critic: shapes, explicit state, masking, burn-in flag, size."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rem_env.config import REMConfig
-from training.actor_critic import ActorCritic, LSTMState, sample_actions
+from rem_env.models.actor_critic import ActorCritic, LSTMState, sample_actions
 
 
 @pytest.fixture
