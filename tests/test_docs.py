@@ -92,6 +92,33 @@ def test_documented_commands_parse() -> None:
             pytest.fail(f"{page}: `rem-env {shlex.join(argv)}` does not parse")
 
 
+def training_lines() -> list[tuple[str, list[str]]]:
+    """(page, argv) of every ``rem-train`` / ``python -m training`` command in bash blocks."""
+    found = []
+    for page in PAGES:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in block.splitlines():
+                command = line.split(" #")[0].strip()
+                for prefix in ("rem-train ", "python -m training "):
+                    if command.startswith(prefix):
+                        found.append((page.name, shlex.split(command[len(prefix) :])))
+    return found
+
+
+def test_documented_training_commands_parse() -> None:
+    """Every trainer command the docs show is accepted by ``rem-train``'s parser."""
+    from training.cli import parser as training_parser
+
+    lines = training_lines()
+    assert len(lines) >= 4
+    parser = training_parser()
+    for page, argv in lines:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{page}: `rem-train {shlex.join(argv)}` does not parse")
+
+
 def test_readme_first_command_makes_a_gif(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's first command, shortened to 3 steps."""
     readme = [argv for page, argv in cli_lines() if page == "README.md" and "dream.gif" in argv]
