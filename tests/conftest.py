@@ -6,6 +6,10 @@ huggingface_hub only when a model is downloaded or pushed), so setting them here
 before anything else, points every Hub call of the session at the fake server
 (``tests/hub_server.py``) and a throwaway cache: no test can reach the real Hub. The server's
 port is bound now and served by the ``fake_hub`` fixture.
+
+Torch runs on one intra-op thread in the whole session: the tests use tiny models, for which
+OpenMP threads only add overhead, and on a busy 2-core machine spinning threads slow them down by
+tens of times.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+import torch
 from hub_server import FakeHub, FakeHubServer
+
+torch.set_num_threads(1)
 
 HF_TEST_HOME = tempfile.mkdtemp(prefix="rem-env-tests-hf-")
 FAKE_HUB = FakeHub()

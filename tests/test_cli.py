@@ -19,7 +19,6 @@ from rem_env.cli import build_parser, main
 from rem_env.hub import save_pretrained
 from rem_env.models.actor_critic import ActorCritic
 
-torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -20,8 +20,6 @@ import torch
 
 from rem_env.cli import build_parser, main
 
-torch.set_num_threads(1)
-
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 BLOCK = re.compile(r"(<!-- no-test: (?P<reason>[^>]*?) -->\s*\n)?```python\n(?P<code>.*?)```", re.S)

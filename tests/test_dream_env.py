@@ -25,15 +25,6 @@ USER_ERRORS = (ValueError, TypeError, gym.error.Error)
 OWN_MODULES = ("dream.py", "contexts.py", "noise.py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine: intra-op threads only thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> REMModel:
     torch.manual_seed(0)

@@ -19,8 +19,6 @@ from rem_env.registration import ATARI_100K_GAMES
 pygame = pytest.importorskip("pygame")
 from rem_env.play import PlaySession, draw, run  # noqa: E402
 
-torch.set_num_threads(1)
-
 
 class SpyDream(DreamVectorEnv):
     """A dream that records the actions it is stepped with."""

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import torch
 from gymnasium.vector import AutoresetMode
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.env_checker import check_env
@@ -14,14 +11,6 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from rem_env import DreamEnv, DreamVectorEnv, REMConfig, REMModel, TokenizerConfig, WorldModelConfig
 from rem_env.sb3 import SB3DreamVecEnv
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

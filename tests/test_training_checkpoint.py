@@ -16,8 +16,6 @@ import training.checkpoint as checkpoint_module
 from training.checkpoint import load_checkpoint, restore_rng, save_checkpoint, seed_everything
 from training.run_log import RunLog, read_metrics
 
-torch.set_num_threads(1)
-
 
 def _trained(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(seed)

@@ -15,8 +15,6 @@ from training.config import TrainConfig
 from training.evaluate import evaluate, human_normalized_score
 from training.replay import ReplayBuffer
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def agent() -> tuple[TrainConfig, REMModel, ActorCritic]:

@@ -6,14 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from training.checkpoint import prepare_run_dir
 from training.cli import build_config, main, parser
 from training.config import TrainConfig
 from training.evaluate import human_normalized_score
-
-torch.set_num_threads(1)
 
 
 def test_atari100k_preset_is_the_paper_schedule() -> None:

@@ -12,8 +12,6 @@ from training.batches import TensorSegmentBatch, frames_to_tensor
 from training.imagination import Imagination, objective_before_after, replay_rollout
 from training.losses import actor_critic_loss
 
-torch.set_num_threads(1)
-
 B, T = 3, 6
 
 

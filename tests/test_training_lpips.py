@@ -15,15 +15,6 @@ from training import lpips as lpips_module
 from training.lpips import LPIPS, convert_checkpoint, load_lpips
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """VGG on tiny images: one thread avoids OpenMP spin contention on shared CPUs (40x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)

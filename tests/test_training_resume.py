@@ -10,13 +10,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from training.checkpoint import load_checkpoint, restore_rng, rng_fingerprint, seed_everything
 from training.replay import ReplayBuffer, _record_dtype
 from training.run_log import read_metrics
-
-torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 60  # the smoke preset's

@@ -21,8 +21,6 @@ from training.replay import ReplayBuffer
 from training.run_log import read_metrics
 from training.trainer import Trainer
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, TrainConfig]:
