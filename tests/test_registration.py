@@ -101,8 +101,6 @@ def test_registration_is_idempotent() -> None:
 
 
 def test_model_from_a_folder(model: REMModel, tmp_path: Path) -> None:
-    if not (hasattr(REMModel, "from_pretrained") and hasattr(REMModel, "save_pretrained")):
-        pytest.skip("Hub loading is not available")
     model.save_pretrained(tmp_path / "breakout")
     env = gym.make("REM-Breakout-v0", model=str(tmp_path / "breakout"), obs_type="tokens")
     assert torch.equal(env.unwrapped.model.start_tokens, model.start_tokens)
