@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shlex
 import time
 from pathlib import Path
 
 import pytest
 
+from training.cli import build_config
+from training.cli import parser as train_parser
 from training.sweep import (
+    _command,
     aggregate,
     interquartile_mean,
     main,
+    parser,
     plan_runs,
     read_final_score,
     run_sweep,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Few steps per phase and short episodes: each run takes about 6 s on one CPU core.
 FAST = [
@@ -129,3 +137,38 @@ def test_smoke_sweep_two_games_two_seeds(
     assert run_sweep(runs, "smoke", FAST, parallel=2, stream=stream) == []
     assert stream.getvalue().count("already finished") == 4
     assert time.perf_counter() - again < 5 < elapsed
+
+
+def test_new_runs_start_and_started_runs_resume(tmp_path: Path) -> None:
+    (run,) = plan_runs(["Pong"], [3], ["cuda:1"], tmp_path)
+    command = _command(run, "smoke", ["--epochs", "2"])
+    assert command[1:3] == ["-m", "training"]
+    args = vars(train_parser().parse_args(command[3:]))
+    config = build_config(args)
+    assert (config.game, config.common.seed, config.preset, config.device) == (
+        "Pong", 3, "smoke", "cuda:1",
+    )  # fmt: skip
+    assert (args["out"], config.common.epochs, config.common.progress_bars) == (
+        run.run_dir, 2, False,
+    )  # fmt: skip
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "config.json").write_text("{}")  # a run that started, then stopped
+    resumed = vars(train_parser().parse_args(_command(run, "smoke", ["--epochs", "2"])[3:]))
+    assert resumed == {"resume": run.run_dir, "device": "cuda:1", "common.progress_bars": False}
+
+
+def test_documented_sweep_commands_parse() -> None:
+    text = (ROOT / "docs" / "training.md").read_text()
+    prefix = "python -m training.sweep "
+    commands = [
+        line.split(" #")[0].strip()[len(prefix) :]
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+        for line in block.splitlines()
+        if line.startswith(prefix)
+    ]
+    assert len(commands) >= 2
+    for command in commands:
+        argv = shlex.split(command)
+        split = argv.index("--") if "--" in argv else len(argv)
+        parser().parse_args(argv[:split])
+        train_parser().parse_args(argv[split + 1 :])
