@@ -317,7 +317,7 @@ def write_results(runs: Sequence[SweepRun], out: Path) -> Aggregates:
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m training.sweep``."""
     p = argparse.ArgumentParser(
-        prog="python -m training.sweep",
+        prog="rem-sweep",
         description="Train games x seeds as independent rem-train runs over the devices and "
         "collect their final scores (scores.json) and human-normalised aggregates "
         "(aggregates.json). Options after `--` go to every rem-train run.",
