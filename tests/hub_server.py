@@ -151,14 +151,23 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, data: object) -> None:
         self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json"}, True)
 
-    def _api(self, repo_id: str, kind: str, revision: str, body: bool) -> None:
+    def _revision(self, repo_id: str, revision: str, body: bool) -> tuple[str, dict] | None:
+        """(sha, files) of ``revision``, or None after answering the 404 for it."""
         repo = self.hub.repos.get(repo_id)
         if repo is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo_id} not found", body)
+            self._error(404, "RepoNotFound", f"Repository {repo_id} not found", body)
+            return None
         sha = repo.resolve(revision)
         if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", body)
-        files = repo.commits[sha]
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", body)
+            return None
+        return sha, repo.commits[sha]
+
+    def _api(self, repo_id: str, kind: str, revision: str, body: bool) -> None:
+        found = self._revision(repo_id, revision, body)
+        if found is None:
+            return
+        sha, files = found
         if kind == "revision":
             data: object = {
                 "id": repo_id,
@@ -174,13 +183,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, json.dumps(data).encode(), {"Content-Type": "application/json"}, body)
 
     def _resolve(self, repo_id: str, revision: str, name: str, body: bool) -> None:
-        repo = self.hub.repos.get(repo_id)
-        if repo is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo_id} not found", body)
-        sha = repo.resolve(revision)
-        if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", body)
-        content = repo.commits[sha].get(name)
+        found = self._revision(repo_id, revision, body)
+        if found is None:
+            return
+        sha, files = found
+        content = files.get(name)
         if content is None:
             headers = {"X-Repo-Commit": sha}
             return self._error(404, "EntryNotFound", f"{name} does not exist", body, headers)
