@@ -1,7 +1,8 @@
 """``rem-env``: look at dreams, play inside them, see what is installed, run the benchmarks.
 
 Subcommands: ``dream`` (roll dreams, write a GIF/MP4, print episode returns), ``play`` (play a
-dream with the keyboard), ``info`` (env ids, default models, versions, devices) and ``bench``
+dream with the keyboard), ``fidelity`` (dream the actions of real play and score the dream against
+the real game), ``info`` (env ids, default models, versions, devices) and ``bench``
 (the benchmark scripts of a source checkout). ``python -m rem_env`` is the same command.
 """
 
@@ -174,6 +175,38 @@ def cmd_dream(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------- fidelity
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from rem_env.fidelity import run_fidelity  # plays the real game (ale-py)
+
+    game = parse_game(args.env_id)
+    if min(args.games, args.horizon, args.stride, args.max_steps) < 1:
+        raise CLIError("--games, --horizon, --stride and --max-steps must be positive")
+    model, untrained = load_dream_model(args, game)
+    device = pick_device(args.device)
+    model = model.to(device)
+    args.num_envs = 1  # the agent plays one real game at a time
+    agent = make_agent(args, model, device)
+    report = run_fidelity(
+        model,
+        game,
+        agent,
+        args.out,
+        games=args.games,
+        horizon=args.horizon,
+        stride=args.stride,
+        seed=args.seed if args.seed is not None else 0,
+        max_steps=args.max_steps,
+        temperature=args.temperature,
+    )
+    del untrained  # load_dream_model already warned
+    print(report.summary_table(tuple(s for s in (1, 5, 10) if s <= args.horizon)))
+    print(f"wrote fidelity.json, fidelity_curve.png and fidelity_strip.png to {args.out}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------- play
 
 
@@ -324,6 +357,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="quit after this many dream steps (default: play until quit)",
     )
     play.set_defaults(func=cmd_play)
+
+    fidelity = sub.add_parser(
+        "fidelity",
+        help="score a dream against the real game (token accuracy, PSNR, rewards, ends)",
+        description="Play GAMES real games (ale-py, REM's training preprocessing: a lost life "
+        "ends an episode) with an agent, then dream the same actions for HORIZON steps from the "
+        "same real contexts (one dream every STRIDE real steps) and score each imagined step: "
+        "token accuracy, PSNR against the real frame, reward and episode-end precision/recall. "
+        "Writes fidelity.json, fidelity_curve.png and fidelity_strip.png (real above dream).",
+    )
+    _add_model_args(fidelity)
+    fidelity.add_argument(
+        "--agent",
+        default="random",
+        metavar="random|PATH.zip|actor-critic",
+        help="who plays the real game (default: random)",
+    )
+    fidelity.add_argument("--algo", choices=("PPO", "A2C", "DQN"), help="SB3 algorithm of --agent")
+    fidelity.add_argument("--games", type=int, default=4, help="real games to play (default: 4)")
+    fidelity.add_argument("--horizon", type=int, default=10, help="imagined steps (default: 10)")
+    fidelity.add_argument(
+        "--stride", type=int, default=5, help="real steps between dream starts (default: 5)"
+    )
+    fidelity.add_argument(
+        "--max-steps", type=int, default=5000, help="agent steps per real game at most"
+    )
+    fidelity.add_argument("--out", default="fidelity", help="output folder (default: fidelity)")
+    fidelity.set_defaults(func=cmd_fidelity)
 
     info = sub.add_parser("info", help="env ids, default models, versions and devices")
     info.set_defaults(func=cmd_info)

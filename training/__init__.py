@@ -2,8 +2,9 @@
 
 The pieces, one concept per module (the trainer and the ``rem-train`` CLI build on them):
 
-* :mod:`training.atari`: the real env with REM's preprocessing (``make_atari_env``,
-  ``make_atari_vector_env``; train and test variants, REM_SPEC 2).
+* :mod:`rem_env.atari`: the real env with REM's preprocessing (``make_atari_env``,
+  ``make_atari_vector_env``; train and test variants, REM_SPEC 2). It lives in ``rem_env``
+  because ``rem-env fidelity`` plays the real game too.
 * :mod:`training.replay`: crash-safe on-disk episode storage and uniform window sampling with
   padding masks (``ReplayBuffer``; REM_SPEC 7); its typed batches live in
   :mod:`training.batches` (also importable from :mod:`training.replay`).
@@ -13,8 +14,8 @@ The pieces, one concept per module (the trainer and the ``rem-train`` CLI build 
   as pure functions.
 * :mod:`training.lpips`: LPIPS-VGG16 in plain torch; ``python -m training.lpips fetch``
   downloads and converts its weights once.
-* :mod:`training.config`: the typed ``TrainConfig`` tree and its presets ``atari100k`` and
-  ``smoke``.
+* :mod:`training.config`: the typed ``TrainConfig`` tree and its presets ``atari100k``,
+  ``cpu`` and ``smoke``.
 * :mod:`training.collect`, :mod:`training.imagination`, :mod:`training.evaluate`: acting in the
   real env, rolling the actor-critic through ``DreamVectorEnv``, the Atari 100K evaluation.
 * :mod:`training.trainer`: the four-phase epoch (``Trainer``); :mod:`training.checkpoint` its

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from rem_env import REMModel
+from rem_env.atari import make_atari_env
 from rem_env.models.actor_critic import ActorCritic, LSTMState, sample_actions
-from training.atari import make_atari_env
 from training.config import TrainConfig
 from training.replay import ReplayBuffer, frames_to_tensor
 

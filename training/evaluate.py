@@ -13,9 +13,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from rem_env.atari import make_atari_vector_env
 from rem_env.models.actor_critic import ActorCritic, sample_actions
 from rem_env.models.tokenizer import Tokenizer
-from training.atari import make_atari_vector_env
 from training.batches import frames_to_tensor
 
 __all__ = ["HUMAN_SCORES", "RANDOM_SCORES", "EvalResult", "evaluate", "human_normalized_score"]

@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from training.atari import (
+from rem_env.atari import (
     FRAME_SKIP,
     TEST_SETTINGS,
     TRAIN_SETTINGS,

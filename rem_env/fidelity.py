@@ -1,0 +1,504 @@
+"""How close a dream is to the real game: the fidelity report behind ``rem-env fidelity``.
+
+The recipe: play the real game (ale-py with REM's training preprocessing, so that a lost life ends
+an episode as the world model learned it) with some policy and record every frame, action, reward
+and end; then start the world model from the same real context (the last ``context_length`` real
+frames) and dream the *same* actions for ``horizon`` steps. Each imagined step ``h`` is scored
+against the real step ``h``:
+
+* token accuracy: imagined tokens equal to the tokenizer's tokens of the real frame;
+* PSNR of the decoded imagined frame against the real frame (and, as the ceiling a dream cannot
+  beat, the PSNR of the tokenizer's own reconstruction of the real frames);
+* precision and recall of non-zero rewards and of episode ends.
+
+A rollout is compared only while its real episode goes on: after a real end the remaining steps
+of that rollout are left out. Dreams sample with the same temperature as the dream envs (1.0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from PIL import Image, ImageDraw
+
+from rem_env.agents import Agent
+from rem_env.model import REMModel
+
+__all__ = [
+    "FidelityReport",
+    "RealTrajectory",
+    "measure_fidelity",
+    "record_real_trajectories",
+    "run_fidelity",
+    "save_curve_png",
+    "save_strip_png",
+]
+
+
+@dataclass(frozen=True)
+class RealTrajectory:
+    """One recorded real episode (one life with REM's training preprocessing).
+
+    Attributes:
+        frames: (T+1, H, W, 3) uint8 observations, the first one after the reset.
+        actions: (T,) int64 actions taken.
+        rewards: (T,) float32 rewards received.
+        ends: (T,) bool, True at the step that ended the episode (a lost life or game over).
+    """
+
+    frames: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    ends: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+@dataclass(frozen=True)
+class FidelityReport:
+    """Fidelity of a dream against the real game, per imagined step ``h = 1..horizon``.
+
+    Attributes:
+        horizon: Imagined steps per rollout.
+        token_accuracy: Mean token accuracy at each ``h`` (list of ``horizon`` floats).
+        psnr: Mean PSNR (dB) of decoded dream frames against real frames at each ``h``.
+        compared: Number of compared (rollout, step) pairs at each ``h``.
+        tokenizer_psnr: Mean PSNR of the tokenizer's reconstruction of the real frames.
+        reward_precision: Of the imagined non-zero rewards, the fraction that were real.
+        reward_recall: Of the real non-zero rewards, the fraction the dream produced.
+        real_rewards: Number of real non-zero rewards compared.
+        end_precision: Of the imagined episode ends, the fraction that were real.
+        end_recall: Of the real episode ends, the fraction the dream produced.
+        real_ends: Number of real episode ends compared.
+        rollouts: Dreams started from real contexts.
+        episodes: Real episodes (lives) recorded.
+        real_steps: Real steps recorded.
+        temperature: Sampling temperature of the dream.
+        seed: Seed of the dream's sampling.
+    """
+
+    horizon: int
+    token_accuracy: list[float]
+    psnr: list[float]
+    compared: list[int]
+    tokenizer_psnr: float
+    reward_precision: float | None
+    reward_recall: float | None
+    real_rewards: int
+    end_precision: float | None
+    end_recall: float | None
+    real_ends: int
+    rollouts: int
+    episodes: int
+    real_steps: int
+    temperature: float
+    seed: int
+
+    def at(self, step: int) -> dict[str, float]:
+        """Token accuracy and PSNR after ``step`` imagined steps (1-based)."""
+        if not 1 <= step <= self.horizon:
+            raise ValueError(f"step must lie in [1, {self.horizon}], got {step}")
+        return {"token_accuracy": self.token_accuracy[step - 1], "psnr": self.psnr[step - 1]}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return asdict(self)
+
+    def summary_table(self, steps: tuple[int, ...] = (1, 5, 10)) -> str:
+        """A markdown table of token accuracy and PSNR at ``steps``, then rewards and ends."""
+        rows = ["| imagined step | token accuracy | PSNR (dB) |", "|---|---|---|"]
+        for step in steps:
+            if step <= self.horizon:
+                at = self.at(step)
+                rows.append(f"| {step} | {at['token_accuracy']:.3f} | {at['psnr']:.2f} |")
+        rows.append("")
+        rows.append(f"Tokenizer reconstruction PSNR (the ceiling): {self.tokenizer_psnr:.2f} dB.")
+        rows.append(
+            f"Rewards: precision {_fmt(self.reward_precision)}, recall "
+            f"{_fmt(self.reward_recall)} ({self.real_rewards} real rewards). Episode ends: "
+            f"precision {_fmt(self.end_precision)}, recall {_fmt(self.end_recall)} "
+            f"({self.real_ends} real ends). {self.rollouts} dreams of {self.horizon} steps from "
+            f"{self.episodes} real episodes ({self.real_steps} real steps)."
+        )
+        return "\n".join(rows)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _real_obs(model: REMModel, frames: np.ndarray, obs_type: str) -> np.ndarray:
+    """Observations of type ``obs_type`` of (N, H, W, 3) uint8 real frames, as a dream gives."""
+    if obs_type == "rgb":
+        return frames
+    with torch.inference_mode():
+        device = model.start_tokens.device
+        pixels = torch.as_tensor(frames, device=device).permute(0, 3, 1, 2).float() / 255.0
+        tokens = model.encode(pixels)  # (N, K)
+        if obs_type == "tokens":
+            return tokens.cpu().numpy()
+        return model.tokenizer.to_codes(tokens).float().cpu().numpy()  # (N, E, h, w)
+
+
+def record_real_trajectories(
+    model: REMModel,
+    game: str,
+    agent: Agent,
+    games: int = 2,
+    seed: int = 0,
+    max_steps: int = 5_000,
+) -> list[RealTrajectory]:
+    """Plays ``games`` real games and returns one trajectory per life.
+
+    Args:
+        model: The world model (its tokenizer turns real frames into the agent's observations).
+        game: Atari 100K game.
+        agent: Acts on observations of its ``obs_type``, one env at a time.
+        games: Whole games to play (each gives one trajectory per life).
+        seed: Seed of the first reset.
+        max_steps: Agent steps per game at most (a policy that never serves stops here).
+    """
+    from rem_env.atari import OBS_SIZE, make_atari_env  # ale-py, only to play the real game
+
+    if games < 1 or max_steps < 1:
+        raise ValueError(f"games and max_steps must be positive, got {games}, {max_steps}")
+    env = make_atari_env(game, train=True, seed=seed)
+    size = model.config.tokenizer.image_size
+    if size != OBS_SIZE:  # a model of smaller frames (tests): the same area resize to its size
+        env = gym.wrappers.TransformObservation(
+            env,
+            lambda obs: cv2.resize(obs, (size, size), interpolation=cv2.INTER_AREA),
+            spaces.Box(0, 255, (size, size, 3), np.uint8),
+        )
+    trajectories: list[RealTrajectory] = []
+    try:
+        for _ in range(games):
+            obs, info = env.reset()
+            game_over, steps = False, 0
+            while not game_over:
+                frames, actions, rewards, ends = [obs], [], [], []
+                while True:
+                    action = int(agent.act(_real_obs(model, obs[None], agent.obs_type))[0])
+                    obs, reward, terminated, truncated, info = env.step(action)
+                    steps += 1
+                    actions.append(action)
+                    rewards.append(float(reward))
+                    ends.append(bool(terminated))
+                    if terminated or truncated or steps >= max_steps:
+                        break
+                    frames.append(obs)
+                frames.append(obs)
+                agent.episodes_ended(np.ones(1, dtype=bool))
+                trajectories.append(
+                    RealTrajectory(
+                        np.stack(frames),
+                        np.asarray(actions, dtype=np.int64),
+                        np.asarray(rewards, dtype=np.float32),
+                        np.asarray(ends, dtype=bool),
+                    )
+                )
+                game_over = bool(info.get("game_over")) or truncated or steps >= max_steps
+                if not game_over:
+                    obs, info = env.reset()  # the next life of the same game
+    finally:
+        env.close()
+    return trajectories
+
+
+def _to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [0, 1]."""
+    return torch.as_tensor(frames, device=device).movedim(-1, -3).float() / 255.0
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-frame PSNR (dB) of (N, 3, H, W) frames in [0, 1]."""
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return -10.0 * torch.log10(mse)
+
+
+@dataclass
+class _Counts:
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def add(self, predicted: torch.Tensor, real: torch.Tensor) -> None:
+        self.tp += int((predicted & real).sum())
+        self.fp += int((predicted & ~real).sum())
+        self.fn += int((~predicted & real).sum())
+
+    def precision(self) -> float | None:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else None
+
+    def recall(self) -> float | None:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+
+
+@torch.inference_mode()
+def measure_fidelity(
+    model: REMModel,
+    trajectories: list[RealTrajectory],
+    horizon: int = 10,
+    stride: int = 5,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> tuple[FidelityReport, dict[str, np.ndarray]]:
+    """Dreams the recorded actions from real contexts and scores every imagined step.
+
+    Args:
+        model: The world model.
+        trajectories: Real episodes from :func:`record_real_trajectories`.
+        horizon: Imagined steps per dream.
+        stride: A dream starts every ``stride`` real steps of each episode.
+        temperature: Sampling temperature of the dream (1.0 as in the dream envs).
+        seed: Seed of the dream's sampling.
+        batch_size: Dreams imagined together (one forward pass per step for all of them).
+
+    Returns:
+        ``(report, strip)``: the report, and the real and dreamed frames ``(horizon+1, H, W, 3)``
+        uint8 of the first dream that runs its whole horizon (for :func:`save_strip_png`).
+
+    Raises:
+        ValueError: If no episode is long enough to start a dream.
+    """
+    if horizon < 1 or stride < 1 or batch_size < 1:
+        raise ValueError(f"horizon, stride and batch_size must be positive: {horizon}, {stride}")
+    model.eval()
+    device = model.start_tokens.device
+    context = model.config.world_model.context_length
+    starts = [
+        (i, t) for i, traj in enumerate(trajectories) for t in range(context - 1, len(traj), stride)
+    ]
+    if not starts:
+        raise ValueError(f"no recorded episode has {context} frames to start a dream from")
+    tokens = [model.encode(_to_tensor(traj.frames, device)) for traj in trajectories]  # (T+1, K)
+
+    hits = torch.zeros(horizon, dtype=torch.float64)
+    psnr = torch.zeros(horizon, dtype=torch.float64)
+    compared = torch.zeros(horizon, dtype=torch.int64)
+    rewards, ends = _Counts(), _Counts()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    strip: dict[str, np.ndarray] = {}
+    for first in range(0, len(starts), batch_size):
+        batch = starts[first : first + batch_size]
+        b = len(batch)
+        ctx_tokens = torch.stack(
+            [tokens[i][t - context + 1 : t + 1] for i, t in batch]
+        )  # (b, C, K)
+        ctx_actions = torch.stack(
+            [torch.as_tensor(trajectories[i].actions[t - context + 1 : t]) for i, t in batch]
+        ).to(device)  # (b, C-1)
+        state = model.start_state(ctx_tokens, ctx_actions)
+        alive = torch.ones(b, dtype=torch.bool, device=device)
+        dreamed: list[np.ndarray] = []
+        for h in range(1, horizon + 1):
+            index = [t + h - 1 for _, t in batch]  # the real step taken from the last frame
+            valid = (
+                torch.tensor(
+                    [j < len(trajectories[i]) for (i, _), j in zip(batch, index, strict=True)],
+                    device=device,
+                )
+                & alive
+            )
+            if not valid.any():
+                break
+            actions = torch.tensor(
+                [
+                    int(trajectories[i].actions[j]) if j < len(trajectories[i]) else 0
+                    for (i, _), j in zip(batch, index, strict=True)
+                ],
+                device=device,
+            )
+            step, state = model.imagine_step(state, actions, temperature, generator=generator)
+            real_reward = torch.tensor(
+                [
+                    _at(trajectories[i].rewards, j) != 0
+                    for (i, _), j in zip(batch, index, strict=True)
+                ],
+                device=device,
+            )
+            real_end = torch.tensor(
+                [
+                    bool(_at(trajectories[i].ends, j))
+                    for (i, _), j in zip(batch, index, strict=True)
+                ],
+                device=device,
+            )
+            rewards.add((step.rewards != 0)[valid], real_reward[valid])
+            ends.add(step.ends[valid], real_end[valid])
+            # The next frame exists only while the real episode goes on.
+            seen = valid & ~real_end
+            if seen.any():
+                rows = seen.nonzero().squeeze(1)
+                real_tokens = torch.stack(
+                    [tokens[batch[r][0]][index[r] + 1] for r in rows.tolist()]
+                )
+                real_frames = _to_tensor(
+                    np.stack(
+                        [trajectories[batch[r][0]].frames[index[r] + 1] for r in rows.tolist()]
+                    ),
+                    device,
+                )
+                dream_frames = model.decode(step.obs_tokens[rows])
+                hits[h - 1] += (step.obs_tokens[rows] == real_tokens).float().mean(1).sum().item()
+                psnr[h - 1] += _psnr(dream_frames, real_frames).sum().item()
+                compared[h - 1] += len(rows)
+                if not strip and bool(seen[0]):
+                    dreamed.append(_pixels(dream_frames[:1])[0])
+            if dreamed and len(dreamed) < h:
+                dreamed = []  # the first dream's episode ended: no strip from it
+            alive = seen
+        if not strip and len(dreamed) == horizon:
+            i, t = batch[0]
+            strip = {
+                "real": trajectories[i].frames[t : t + horizon + 1],
+                "dream": np.stack([trajectories[i].frames[t], *dreamed]),
+            }
+    all_frames = np.concatenate([traj.frames for traj in trajectories])
+    tokenizer_psnr = _reconstruction_psnr(model, all_frames, batch_size)
+    count = compared.clamp_min(1).double()
+    report = FidelityReport(
+        horizon=horizon,
+        token_accuracy=[float(v) for v in hits / count],
+        psnr=[float(v) for v in psnr / count],
+        compared=[int(v) for v in compared],
+        tokenizer_psnr=tokenizer_psnr,
+        reward_precision=rewards.precision(),
+        reward_recall=rewards.recall(),
+        real_rewards=rewards.tp + rewards.fn,
+        end_precision=ends.precision(),
+        end_recall=ends.recall(),
+        real_ends=ends.tp + ends.fn,
+        rollouts=len(starts),
+        episodes=len(trajectories),
+        real_steps=sum(len(traj) for traj in trajectories),
+        temperature=temperature,
+        seed=seed,
+    )
+    return report, strip
+
+
+def _at(values: np.ndarray, index: int) -> Any:
+    return values[index] if index < len(values) else 0
+
+
+def _pixels(frames: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8."""
+    return (frames * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _reconstruction_psnr(model: REMModel, frames: np.ndarray, batch_size: int) -> float:
+    device = model.start_tokens.device
+    total = 0.0
+    for first in range(0, len(frames), batch_size):
+        real = _to_tensor(frames[first : first + batch_size], device)
+        total += _psnr(model.decode(model.encode(real)), real).sum().item()
+    return total / len(frames)
+
+
+def save_strip_png(
+    strip: dict[str, np.ndarray], path: str | os.PathLike[str], scale: int = 3
+) -> None:
+    """A PNG of real frames (top row) above dreamed frames (bottom row), step 0 = the context."""
+    real, dream = strip["real"], strip["dream"]
+    n, h, w, _ = real.shape
+    gap = 2
+    canvas = Image.new("RGB", (n * (w + gap) - gap, 2 * h + gap), (255, 255, 255))
+    for row, frames in enumerate((real, dream)):
+        for k in range(n):
+            canvas.paste(Image.fromarray(frames[k]), (k * (w + gap), row * (h + gap)))
+    canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST).save(path)
+
+
+def save_curve_png(report: FidelityReport, path: str | os.PathLike[str]) -> None:
+    """A PNG with token accuracy and PSNR over the imagined steps (PIL only, no matplotlib)."""
+    width, height, pad = 360, 220, 36
+    canvas = Image.new("RGB", (2 * width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    panels = [
+        ("token accuracy", report.token_accuracy, 0.0, 1.0, None),
+        ("PSNR (dB); dashed: tokenizer", report.psnr, 0.0, _ceil_to(report.tokenizer_psnr + 2, 5),
+         report.tokenizer_psnr),
+    ]  # fmt: skip
+    for p, (title, values, low, high, line) in enumerate(panels):
+        x0, x1 = p * width + pad, (p + 1) * width - 10
+        y0, y1 = 20, height - pad
+
+        def xy(i: int, v: float, x0: int = x0, x1: int = x1, y0: int = y0, y1: int = y1,
+               low: float = low, high: float = high) -> tuple[float, float]:  # fmt: skip
+            x = x0 + (x1 - x0) * (i / max(1, report.horizon - 1))
+            return x, y1 - (y1 - y0) * (min(max(v, low), high) - low) / (high - low)
+
+        draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0))
+        draw.text((x0, 4), title, fill=(0, 0, 0))
+        for tick in (low, (low + high) / 2, high):
+            y = xy(0, tick)[1]
+            draw.text((p * width + 2, y - 5), f"{tick:g}", fill=(0, 0, 0))
+        for i in range(report.horizon):
+            x = xy(i, low)[0]
+            draw.text((x - 3, y1 + 4), str(i + 1), fill=(0, 0, 0))
+        if line is not None:
+            y = xy(0, line)[1]
+            for x in range(x0, x1, 8):
+                draw.line((x, y, x + 4, y), fill=(120, 120, 120))
+        points = [xy(i, v) for i, v in enumerate(values) if not math.isnan(v)]
+        if len(points) > 1:
+            draw.line(points, fill=(31, 119, 180), width=2)
+        for x, y in points:
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(31, 119, 180))
+        draw.text(((x0 + x1) // 2 - 40, height - 14), "imagined step", fill=(0, 0, 0))
+    canvas.save(path)
+
+
+def _ceil_to(value: float, step: float) -> float:
+    return step * math.ceil(value / step)
+
+
+def run_fidelity(
+    model: REMModel,
+    game: str,
+    agent: Agent,
+    out_dir: str | os.PathLike[str],
+    games: int = 2,
+    horizon: int = 10,
+    stride: int = 5,
+    seed: int = 0,
+    max_steps: int = 5_000,
+    temperature: float = 1.0,
+) -> FidelityReport:
+    """Records real play, measures fidelity and writes ``fidelity.json``, ``fidelity_curve.png``
+    and ``fidelity_strip.png`` into ``out_dir``.
+
+    Example:
+        >>> import tempfile
+        >>> from rem_env import REMConfig
+        >>> from rem_env.agents import RandomAgent
+        >>> model = REMModel(REMConfig.preset("tiny", num_actions=4, game="Breakout"))
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     report = run_fidelity(model, "Breakout", RandomAgent(4, seed=0), out, games=1,
+        ...                           horizon=3, max_steps=40)
+        ...     sorted(p.name for p in Path(out).iterdir())
+        ['fidelity.json', 'fidelity_curve.png', 'fidelity_strip.png']
+    """
+    trajectories = record_real_trajectories(model, game, agent, games, seed, max_steps)
+    report, strip = measure_fidelity(model, trajectories, horizon, stride, temperature, seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"game": game, "agent": type(agent).__name__, "games": games, **report.to_dict()}
+    (out / "fidelity.json").write_text(json.dumps(data, indent=2) + "\n")
+    save_curve_png(report, out / "fidelity_curve.png")
+    if strip:
+        save_strip_png(strip, out / "fidelity_strip.png")
+    return report

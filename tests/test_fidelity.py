@@ -1,0 +1,164 @@
+"""Tests of the fidelity report: real recording on ALE Breakout, scoring, files and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rem_env import REMConfig, REMModel
+from rem_env.agents import RandomAgent
+from rem_env.cli import main
+from rem_env.fidelity import (
+    RealTrajectory,
+    measure_fidelity,
+    record_real_trajectories,
+    run_fidelity,
+)
+
+
+def _model() -> REMModel:
+    torch.manual_seed(0)
+    return REMModel(REMConfig.preset("tiny", num_actions=4, game="Breakout")).eval()
+
+
+def _self_dream(model: REMModel, steps: int, seed: int) -> tuple[RealTrajectory, dict]:
+    """A "real" episode that is the model's own argmax dream from its first two frames, and a
+    table from each of its frames to the tokens it was decoded from."""
+    gen = torch.Generator().manual_seed(seed)
+    k, v = model.config.tokenizer.tokens_per_frame, model.config.tokenizer.vocab_size
+    context = torch.randint(v, (1, 2, k), generator=gen)
+    actions = torch.randint(model.num_actions, (steps + 1,), generator=gen)
+    tokens, rewards, ends = [context[0, 0], context[0, 1]], [0.0], [False]
+    with torch.inference_mode():
+        state = model.start_state(context, actions[:1].view(1, 1))
+        for t in range(1, steps + 1):  # action t leads from frame t to frame t+1
+            step, state = model.imagine_step(state, actions[t : t + 1], temperature=0.0)
+            tokens.append(step.obs_tokens[0])
+            rewards.append(float(step.rewards[0]))
+            ends.append(bool(step.ends[0]))
+            if ends[-1]:
+                break
+        frames = model.decode(torch.stack(tokens))
+    pixels = (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    table = {p.tobytes(): t for p, t in zip(pixels, tokens, strict=True)}
+    n = len(rewards)
+    traj = RealTrajectory(
+        pixels, actions[:n].numpy(), np.asarray(rewards, np.float32), np.asarray(ends)
+    )
+    return traj, table
+
+
+def _lookup_encode(table: dict):
+    def encode(frames: torch.Tensor) -> torch.Tensor:
+        pixels = (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return torch.stack([table[p.tobytes()] for p in pixels])
+
+    return encode
+
+
+@pytest.mark.parametrize("seed", [7, 1])  # 7: 9 steps, rewards, no end; 1: ends at step 5
+def test_a_dream_of_its_own_argmax_play_is_scored_perfect(monkeypatch, seed):
+    model = _model()
+    traj, table = _self_dream(model, steps=9, seed=seed)
+    # The frames are the model's own decodes and their "tokenizer tokens" the tokens they were
+    # decoded from; one dream from the same first context (stride past the end) is exact.
+    monkeypatch.setattr(model, "encode", _lookup_encode(table))
+    report, strip = measure_fidelity(model, [traj], horizon=4, stride=100, temperature=0.0)
+    assert report.rollouts == 1 and report.compared[0] == 1
+    assert report.token_accuracy[: sum(c > 0 for c in report.compared)] == [1.0] * sum(
+        c > 0 for c in report.compared
+    )
+    # Only the uint8 rounding of the real frames differs: PSNR near 59 dB.
+    assert all(p > 50.0 for p, c in zip(report.psnr, report.compared, strict=True) if c)
+    for value in (report.reward_precision, report.reward_recall):
+        assert value in (1.0, None)
+    for value in (report.end_precision, report.end_recall):
+        assert value in (1.0, None)
+    if seed == 7:
+        assert (
+            report.compared == [1, 1, 1, 1] and report.real_rewards == 3
+        )  # steps 1, 3, 4: -1, +1, +1
+        assert report.reward_precision == report.reward_recall == 1.0
+        assert strip["real"].shape == strip["dream"].shape == (5, 16, 16, 3)
+        np.testing.assert_array_equal(strip["real"], strip["dream"])
+    else:
+        assert report.real_ends == 1 and report.end_recall == 1.0
+
+
+def test_other_actions_lower_the_scores(monkeypatch):
+    model = _model()
+    traj, table = _self_dream(model, steps=9, seed=3)
+    monkeypatch.setattr(model, "encode", _lookup_encode(table))
+    other = RealTrajectory(traj.frames, (traj.actions + 1) % 4, traj.rewards, traj.ends)
+    perfect, _ = measure_fidelity(model, [traj], horizon=4, stride=100, temperature=0.0)
+    wrong, _ = measure_fidelity(model, [other], horizon=4, stride=100, temperature=0.0)
+    assert wrong.compared == perfect.compared
+    assert sum(wrong.token_accuracy) < sum(perfect.token_accuracy)
+
+
+def test_reward_and_end_counts_follow_their_definitions():
+    model = _model()
+    frames = np.zeros((7, 16, 16, 3), np.uint8)
+    traj = RealTrajectory(
+        frames, np.zeros(6, np.int64), np.asarray([0, 1, 0, 0, 1, 0], np.float32),
+        np.asarray([False] * 5 + [True]),
+    )  # fmt: skip
+    report, _ = measure_fidelity(model, [traj], horizon=3, stride=1, temperature=1.0, seed=1)
+    # Every step compared: starts t=1..5; step h of start t is real step t+h-1 when < 6.
+    assert report.rollouts == 5
+    assert report.compared == [4, 3, 2]  # the frame after the final end is never compared
+    # Real rewards at steps 1 and 4, seen by the dreams (1,h1), (4,h1), (3,h2), (2,h3).
+    assert report.real_rewards == 4
+    assert report.real_ends == 3  # the end at step 5 is seen from starts 5, 4 and 3
+    for value in (report.reward_precision, report.reward_recall, report.end_recall):
+        assert value is None or 0.0 <= value <= 1.0
+
+
+def test_measure_fidelity_rejects_episodes_too_short():
+    traj = RealTrajectory(
+        np.zeros((1, 16, 16, 3), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.float32),
+        np.zeros(0, bool),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="no recorded episode"):
+        measure_fidelity(_model(), [traj])
+
+
+def test_record_real_trajectories_on_breakout():
+    model = _model()
+    trajs = record_real_trajectories(model, "Breakout", RandomAgent(4, seed=0), 1, seed=0)
+    assert len(trajs) == 5  # one per life of a whole game
+    for traj in trajs:
+        assert traj.frames.shape == (len(traj) + 1, 16, 16, 3)
+        assert traj.frames.dtype == np.uint8
+        assert traj.ends[-1] and not traj.ends[:-1].any()
+        assert set(np.unique(traj.rewards)) <= {0.0, 1.0, 4.0, 7.0}
+        assert traj.actions.min() >= 0 and traj.actions.max() < 4
+
+
+def test_run_fidelity_writes_report_files(tmp_path):
+    model = _model()
+    report = run_fidelity(
+        model, "Breakout", RandomAgent(4, seed=1), tmp_path, games=1, horizon=3, max_steps=60
+    )
+    data = json.loads((tmp_path / "fidelity.json").read_text())
+    assert data["horizon"] == 3 and data["token_accuracy"] == report.token_accuracy
+    assert data["game"] == "Breakout" and data["agent"] == "RandomAgent"
+    assert (tmp_path / "fidelity_curve.png").stat().st_size > 0
+    assert (tmp_path / "fidelity_strip.png").stat().st_size > 0
+    assert "| 1 |" in report.summary_table()
+
+
+def test_cli_fidelity(tmp_path, capsys):
+    out = tmp_path / "fid"
+    code = main(
+        ["fidelity", "REM-Breakout-v0", "--random-weights", "tiny", "--games", "1",
+         "--horizon", "2", "--max-steps", "40", "--out", str(out), "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0
+    assert "token accuracy" in capsys.readouterr().out
+    assert (out / "fidelity.json").is_file()
+    assert main(["fidelity", "REM-Breakout-v0", "--random-weights", "tiny", "--horizon", "0"]) == 2
+    assert "--horizon" in capsys.readouterr().err
