@@ -66,7 +66,7 @@ def test_a_dream_of_its_own_argmax_play_is_scored_perfect(monkeypatch, seed):
     # The frames are the model's own decodes and their "tokenizer tokens" the tokens they were
     # decoded from; one dream from the same first context (stride past the end) is exact.
     monkeypatch.setattr(model, "encode", _lookup_encode(table))
-    report, strip = measure_fidelity(model, [traj], horizon=4, stride=100, temperature=0.0)
+    report, strip = measure_fidelity(model, [traj], horizon=6, stride=100, temperature=0.0)
     assert report.rollouts == 1 and report.compared[0] == 1
     assert report.token_accuracy[: sum(c > 0 for c in report.compared)] == [1.0] * sum(
         c > 0 for c in report.compared
@@ -79,12 +79,13 @@ def test_a_dream_of_its_own_argmax_play_is_scored_perfect(monkeypatch, seed):
         assert value in (1.0, None)
     if seed == 7:
         assert (
-            report.compared == [1, 1, 1, 1] and report.real_rewards == 3
-        )  # steps 1, 3, 4: -1, +1, +1
+            report.compared == [1] * 6 and report.real_rewards == 3
+        )  # steps 1..6: -1, 0, +1, +1, 0, 0
         assert report.reward_precision == report.reward_recall == 1.0
-        assert strip["real"].shape == strip["dream"].shape == (5, 16, 16, 3)
+        assert strip["real"].shape == strip["dream"].shape == (7, 16, 16, 3)
         np.testing.assert_array_equal(strip["real"], strip["dream"])
     else:
+        assert report.compared == [1, 1, 1, 1, 0, 0]  # no frame after the end at step 5
         assert report.real_ends == 1 and report.end_recall == 1.0
 
 
