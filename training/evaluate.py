@@ -8,7 +8,7 @@ the round ends when all have finished, as in REM (100 episodes with 8 envs give 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -18,7 +18,16 @@ from rem_env.models.actor_critic import ActorCritic, sample_actions
 from rem_env.models.tokenizer import Tokenizer
 from training.batches import frames_to_tensor
 
-__all__ = ["HUMAN_SCORES", "RANDOM_SCORES", "EvalResult", "evaluate", "human_normalized_score"]
+__all__ = [
+    "HUMAN_SCORES",
+    "RANDOM_SCORES",
+    "EvalResult",
+    "LatentActorCriticPolicy",
+    "Policy",
+    "evaluate",
+    "evaluate_agent",
+    "human_normalized_score",
+]
 
 # Game: (random, human) mean raw scores of the Atari 100K table (REM_SPEC 9.1).
 _RANDOM_HUMAN: dict[str, tuple[float, float]] = {
@@ -86,7 +95,99 @@ class EvalResult(NamedTuple):
     """Agent steps of every episode."""
 
 
-@torch.no_grad()
+class Policy(Protocol):
+    """What :func:`evaluate_agent` plays with (the :class:`rem_env.agents.Agent` protocol on
+    real frames): ``act`` maps (num_envs, 64, 64, 3) uint8 frames to (num_envs,) actions;
+    ``episodes_ended`` is told which envs start a new episode at the next frame."""
+
+    def act(self, obs: np.ndarray) -> np.ndarray: ...
+
+    def episodes_ended(self, done: np.ndarray) -> None: ...
+
+
+class LatentActorCriticPolicy:
+    """REM's actor-critic on real frames: tokenizer codes in, LSTM state kept per env.
+
+    Args:
+        tokenizer: Encodes the real frames (put in eval mode).
+        actor_critic: The policy (put in eval mode).
+        num_envs: Envs it acts for.
+        temperature: Sampling temperature (0.5 in REM's evaluation; epsilon is 0).
+    """
+
+    def __init__(
+        self, tokenizer: Tokenizer, actor_critic: ActorCritic, num_envs: int, temperature: float
+    ) -> None:
+        self.tokenizer = tokenizer.eval()
+        self.actor_critic = actor_critic.eval()
+        self.temperature = temperature
+        self.device = actor_critic.actor.weight.device
+        self.state = actor_critic.initial_state(num_envs, self.device)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        codes = self.tokenizer.encode(frames_to_tensor(obs, self.device)).z_quantized
+        out = self.actor_critic(codes, self.state)
+        actions = sample_actions(out.logits, temperature=self.temperature)
+        self.state = self.actor_critic.observe_action(actions, out.state)
+        return actions.cpu().numpy()
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        self.state = self.state.reset(torch.as_tensor(done, device=self.device))
+
+
+def evaluate_agent(
+    agent: Policy,
+    game: str,
+    episodes: int,
+    num_envs: int = 8,
+    seed: int | None = None,
+    max_raw_frames: int | None = None,
+) -> EvalResult:
+    """Plays ``ceil(episodes / num_envs)`` rounds of one episode per real test env.
+
+    Every env plays one whole game per round (the test env: no-op start of at most 1 frame, a
+    lost life does not end the episode, 108,000 raw frames at most); the round ends when all
+    have finished, as in REM (100 episodes with 8 envs give 104).
+
+    Args:
+        agent: Acts on real (num_envs, 64, 64, 3) uint8 frames (see :class:`Policy`).
+        game: Atari 100K game.
+        episodes: Episodes wanted; rounded up to whole rounds.
+        num_envs: Test envs stepped together.
+        seed: Seed of the test envs (env i gets seed + i).
+        max_raw_frames: Raw-frame limit of the test env (None: 108000).
+    """
+    if episodes < 1 or num_envs < 1:
+        raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
+    envs = make_atari_vector_env(
+        game, num_envs, train=False, seed=seed, max_raw_frames=max_raw_frames
+    )
+    scores: list[float] = []
+    lengths: list[int] = []
+    try:
+        for _ in range(math.ceil(episodes / num_envs)):
+            obs, _ = envs.reset()
+            agent.episodes_ended(np.ones(num_envs, dtype=bool))
+            running = np.ones(num_envs, dtype=bool)
+            returns = np.zeros(num_envs)
+            steps = np.zeros(num_envs, dtype=np.int64)
+            while running.any():
+                actions = np.asarray(agent.act(obs), dtype=np.int64).reshape(num_envs)
+                obs, rewards, terminated, truncated, _ = envs.step(actions)
+                returns += np.where(running, rewards, 0.0)
+                steps += running
+                running &= ~(terminated | truncated)
+            scores.extend(returns.tolist())
+            lengths.extend(steps.tolist())
+    finally:
+        envs.close()
+    mean = float(np.mean(scores))
+    return EvalResult(
+        scores, mean, float(np.std(scores)), human_normalized_score(game, mean), lengths
+    )
+
+
 def evaluate(
     tokenizer: Tokenizer,
     actor_critic: ActorCritic,
@@ -97,7 +198,8 @@ def evaluate(
     seed: int | None = None,
     max_raw_frames: int | None = None,
 ) -> EvalResult:
-    """Plays ``ceil(episodes / num_envs)`` rounds of one episode per test env.
+    """REM's evaluation of its actor-critic: :func:`evaluate_agent` with
+    :class:`LatentActorCriticPolicy` (sampling temperature 0.5, no epsilon).
 
     Args:
         tokenizer: Encodes real frames to codes (put in eval mode here).
@@ -111,35 +213,5 @@ def evaluate(
     """
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
-    tokenizer.eval()
-    actor_critic.eval()
-    device = actor_critic.actor.weight.device
-    envs = make_atari_vector_env(
-        game, num_envs, train=False, seed=seed, max_raw_frames=max_raw_frames
-    )
-    scores: list[float] = []
-    lengths: list[int] = []
-    try:
-        for _ in range(math.ceil(episodes / num_envs)):
-            obs, _ = envs.reset()
-            state = actor_critic.initial_state(num_envs)
-            running = np.ones(num_envs, dtype=bool)
-            returns = np.zeros(num_envs)
-            steps = np.zeros(num_envs, dtype=np.int64)
-            while running.any():
-                codes = tokenizer.encode(frames_to_tensor(obs, device)).z_quantized
-                out = actor_critic(codes, state)
-                actions = sample_actions(out.logits, temperature=temperature)
-                state = actor_critic.observe_action(actions, out.state)
-                obs, rewards, terminated, truncated, _ = envs.step(actions.cpu().numpy())
-                returns += np.where(running, rewards, 0.0)
-                steps += running
-                running &= ~(terminated | truncated)
-            scores.extend(returns.tolist())
-            lengths.extend(steps.tolist())
-    finally:
-        envs.close()
-    mean = float(np.mean(scores))
-    return EvalResult(
-        scores, mean, float(np.std(scores)), human_normalized_score(game, mean), lengths
-    )
+    policy = LatentActorCriticPolicy(tokenizer, actor_critic, num_envs, temperature)
+    return evaluate_agent(policy, game, episodes, num_envs, seed, max_raw_frames)

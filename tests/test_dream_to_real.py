@@ -1,0 +1,63 @@
+"""Tests of training.dream_to_real: frame stacking as in the dream, and a whole tiny run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
+
+from rem_env import REMConfig, REMModel
+from training.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
+from training.dream_to_real import StackedSB3Policy, main
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def predict(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, None]:
+        self.seen.append(obs.copy())
+        return np.zeros(len(obs), dtype=np.int64), None
+
+
+def test_stacked_policy_sees_what_vec_frame_stack_gives():
+    rng = np.random.default_rng(0)
+    space = spaces.Box(0, 255, (4, 4, 3), np.uint8)
+    reference = StackedObservations(3, 4, space, "last")
+    recorder = _Recorder()
+    policy = StackedSB3Policy(recorder, num_envs=3, n_stack=4)
+    obs = rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    expected = [reference.reset(obs)]
+    policy.episodes_ended(np.ones(3, dtype=bool))
+    policy.act(obs)
+    for _ in range(9):
+        obs = rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+        dones = rng.random(3) < 0.3
+        infos = [{"terminal_observation": obs[i]} if d else {} for i, d in enumerate(dones)]
+        stacked, _ = reference.update(obs, dones, infos)
+        expected.append(stacked)
+        policy.episodes_ended(dones)
+        policy.act(obs)
+    for mine, theirs in zip(recorder.seen, expected, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_a_tiny_dream_to_real_run(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, game="Breakout"))
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    code = main(
+        ["--model", str(tmp_path / "model"), "--steps", "64", "--num-envs", "2",
+         "--episodes", "2", "--eval-envs", "2", "--max-raw-frames", "400", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "dream_to_real.json").read_text())
+    assert report["agent"]["episodes"] == report["random"]["episodes"] == 2
+    assert len(report["agent"]["scores"]) == 2
+    assert report["dream_steps"] == 64 and report["frame_stack"] == 4
+    assert (out / "ppo_dream.zip").is_file()
+    assert "PPO trained only in the dream" in capsys.readouterr().out

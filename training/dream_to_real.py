@@ -1,0 +1,247 @@
+"""Train a stable-baselines3 agent only inside a dream, then score it on the real game.
+
+The agent (PPO with ``CnnPolicy`` on the dream's 64x64 RGB frames, 4 stacked) learns purely in
+imagination from ``gym.make_vec("REM-<Game>-v0")``: it never sees a real frame while it trains.
+It is then scored on the real game with REM's test protocol
+(:func:`training.evaluate.evaluate_agent`: no-op start, whole games, 108,000 raw frames at most),
+beside a uniformly random policy scored the same way. The result goes to ``dream_to_real.json`` and a short markdown table.
+
+Run it as ``python -m training.dream_to_real --out runs/dream_to_real`` (the bundled Breakout
+model) or with ``--model FOLDER|REPO_ID``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import rem_env  # noqa: F401  (registers REM-<Game>-v0)
+from rem_env.agents import RandomAgent
+from rem_env.registration import ATARI_100K_GAMES, env_id
+from training.evaluate import EvalResult, evaluate_agent
+
+__all__ = ["StackedSB3Policy", "main", "train_in_dream"]
+
+N_STACK = 4
+"""Frames stacked along the channels, as SB3's ``VecFrameStack`` does in the dream."""
+
+
+def train_in_dream(
+    game: str,
+    steps: int,
+    model: Any = None,
+    num_envs: int = 16,
+    seed: int = 0,
+    max_episode_steps: int = 2000,
+    device: str = "cpu",
+    verbose: int = 0,
+) -> Any:
+    """PPO (``CnnPolicy``, Atari hyper-parameters of the SB3 zoo) trained ``steps`` dream steps.
+
+    Args:
+        game: Atari 100K game.
+        steps: Dream env-steps to train (all envs together).
+        model: ``model=`` of ``gym.make_vec`` (None: the game's default model).
+        num_envs: Dreams stepped together (one world-model forward pass per step).
+        seed: Seed of the dreams and of PPO.
+        max_episode_steps: Dream episodes are truncated after this many steps.
+        device: Torch device of the dream and the agent.
+        verbose: SB3 verbosity.
+    """
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
+
+    from rem_env.sb3 import SB3DreamVecEnv
+
+    venv = gym.make_vec(
+        env_id(game),
+        num_envs=num_envs,
+        model=model,
+        obs_type="rgb",
+        device=device,
+        max_episode_steps=max_episode_steps,
+    )
+    env = VecFrameStack(VecMonitor(SB3DreamVecEnv(venv)), N_STACK)
+    env.seed(seed)
+    agent = PPO(
+        "CnnPolicy",
+        env,
+        n_steps=128,
+        n_epochs=4,
+        batch_size=256,
+        learning_rate=2.5e-4,
+        clip_range=0.1,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        seed=seed,
+        device=device,
+        verbose=verbose,
+    )
+    agent.learn(total_timesteps=steps)
+    env.close()
+    return agent
+
+
+class StackedSB3Policy:
+    """An SB3 policy trained on ``VecFrameStack(n_stack)`` observations, acting on single frames.
+
+    It keeps the last ``n_stack`` frames of every env and zeroes an env's stack when its
+    episode starts, exactly as ``VecFrameStack`` does in the dream.
+
+    Args:
+        agent: The trained SB3 algorithm (anything with ``predict``).
+        num_envs: Envs it acts for.
+        n_stack: Frames per observation.
+        deterministic: Greedy actions (True) or sampled ones (False, as in training).
+
+    Example:
+        >>> class Echo:  # a stand-in for an SB3 model: action = first pixel of the newest frame
+        ...     def predict(self, obs, deterministic):
+        ...         return obs[:, 0, 0, -1], None
+        >>> policy = StackedSB3Policy(Echo(), num_envs=2, n_stack=2)
+        >>> policy.episodes_ended(np.ones(2, dtype=bool))
+        >>> policy.act(np.full((2, 4, 4, 3), 3, dtype=np.uint8)).tolist()
+        [3, 3]
+    """
+
+    def __init__(
+        self, agent: Any, num_envs: int, n_stack: int = N_STACK, deterministic: bool = False
+    ) -> None:
+        self.agent = agent
+        self.n_stack = n_stack
+        self.deterministic = deterministic
+        self.num_envs = num_envs
+        self.stack: np.ndarray | None = None
+        self.fresh = np.ones(num_envs, dtype=bool)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        channels = obs.shape[-1]
+        if self.stack is None:
+            self.stack = np.zeros((*obs.shape[:-1], channels * self.n_stack), dtype=obs.dtype)
+        self.stack = np.roll(self.stack, -channels, axis=-1)  # oldest frame out
+        self.stack[self.fresh] = 0
+        self.stack[..., -channels:] = obs
+        self.fresh[:] = False
+        actions, _ = self.agent.predict(self.stack, deterministic=self.deterministic)
+        return np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        self.fresh |= np.asarray(done, dtype=bool)
+
+
+def _summary(result: EvalResult) -> dict[str, Any]:
+    return {
+        "mean": result.mean,
+        "std": result.std,
+        "min": float(np.min(result.scores)),
+        "max": float(np.max(result.scores)),
+        "episodes": len(result.scores),
+        "scores": result.scores,
+        "lengths": result.lengths,
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    """A markdown table of the real-game scores of the dream-trained agent and of random."""
+    rows = ["| policy (real game, test protocol) | mean | std | min | max | episodes |"]
+    rows.append("|---|---|---|---|---|---|")
+    for name, key in (("PPO trained only in the dream", "agent"), ("uniformly random", "random")):
+        s = report[key]
+        rows.append(
+            f"| {name} | {s['mean']:.2f} | {s['std']:.2f} | {s['min']:g} | {s['max']:g} | "
+            f"{s['episodes']} |"
+        )
+    ratio = report["agent_over_random"]
+    rows.append("")
+    rows.append(f"Dream-trained agent / random: {ratio:.2f}x" if ratio else "random scored 0")
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.dream_to_real",
+        description="Train PPO (CnnPolicy, 4 stacked 64x64 RGB frames) only inside "
+        "REM-<Game>-v0, then score it and a random policy on the real game with REM's test "
+        "protocol. Writes dream_to_real.json, dream_to_real.md and the agent (ppo_dream.zip).",
+    )
+    parser.add_argument("--game", default="Breakout", choices=sorted(ATARI_100K_GAMES))
+    parser.add_argument(
+        "--model", default=None, help="model folder or Hub repo id (default: the game's default)"
+    )
+    parser.add_argument("--steps", type=int, default=200_000, help="dream env-steps of training")
+    parser.add_argument("--num-envs", type=int, default=16, help="dreams stepped together")
+    parser.add_argument("--episodes", type=int, default=24, help="real episodes per policy")
+    parser.add_argument("--eval-envs", type=int, default=8, help="real test envs per round")
+    parser.add_argument(
+        "--max-raw-frames", type=int, default=None, help="raw-frame limit of a real episode"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", required=True, help="output folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the experiment; prints the table and returns 0."""
+    args = build_parser().parse_args(argv)
+    if min(args.steps, args.num_envs, args.episodes, args.eval_envs) < 1:
+        raise SystemExit("--steps, --num-envs, --episodes and --eval-envs must be positive")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    agent = train_in_dream(
+        args.game, args.steps, args.model, args.num_envs, args.seed, device=args.device
+    )
+    train_seconds = time.perf_counter() - start
+    agent.save(out / "ppo_dream.zip")
+    start = time.perf_counter()
+    policy = StackedSB3Policy(agent, args.eval_envs)
+    trained = evaluate_agent(
+        policy, args.game, args.episodes, args.eval_envs, args.seed + 1000, args.max_raw_frames
+    )
+    num_actions = ATARI_100K_GAMES[args.game]
+    random = evaluate_agent(
+        RandomAgent(num_actions, seed=args.seed),
+        args.game,
+        args.episodes,
+        args.eval_envs,
+        args.seed + 1000,
+        args.max_raw_frames,
+    )
+    report = {
+        "command": "python -m training.dream_to_real "
+        + " ".join(sys.argv[1:] if argv is None else list(argv)),
+        "game": args.game,
+        "model": args.model or f"default model of {env_id(args.game)}",
+        "dream_steps": args.steps,
+        "dream_envs": args.num_envs,
+        "frame_stack": N_STACK,
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.perf_counter() - start, 1),
+        "protocol": "real test env: no-op start, whole games, 108,000 raw frames at most; "
+        "PPO samples its actions (deterministic=False)",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, device {args.device}",
+        "agent": _summary(trained),
+        "random": _summary(random),
+        "agent_over_random": trained.mean / random.mean if random.mean else None,
+    }
+    (out / "dream_to_real.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = table(report)
+    (out / "dream_to_real.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
