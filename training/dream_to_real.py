@@ -4,7 +4,8 @@ The agent (PPO with ``CnnPolicy`` on the dream's 64x64 RGB frames, 4 stacked) le
 imagination from ``gym.make_vec("REM-<Game>-v0")``: it never sees a real frame while it trains.
 It is then scored on the real game with REM's test protocol
 (:func:`training.evaluate.evaluate_agent`: no-op start, whole games, 108,000 raw frames at most),
-beside a uniformly random policy scored the same way. The result goes to ``dream_to_real.json`` and a short markdown table.
+beside a uniformly random policy scored the same way. The result goes to ``dream_to_real.json``
+and a short markdown table.
 
 Run it as ``python -m training.dream_to_real --out runs/dream_to_real`` (the bundled Breakout
 model) or with ``--model FOLDER|REPO_ID``.
