@@ -10,13 +10,16 @@ __all__ = ["render_model_card"]
 NOT_MEASURED = "not measured"
 
 
-def render_model_card(config: REMConfig, manifest: ProtocolManifest, repo_id: str | None) -> str:
+def render_model_card(
+    config: REMConfig, manifest: ProtocolManifest, repo_id: str | None, extra: str = ""
+) -> str:
     """The model card: YAML front matter the Hub reads, then what is known about the model.
 
     Args:
         config: The model's configuration.
         manifest: Its protocol manifest.
         repo_id: Where it is (or will be) published, for the usage snippet; None for a folder.
+        extra: Markdown sections put before "Software" (how it was trained, measured figures).
 
     Example:
         >>> from rem_env import REMConfig
@@ -86,6 +89,8 @@ def render_model_card(config: REMConfig, manifest: ProtocolManifest, repo_id: st
             f"{protocol.num_actions} actions"
             + (f" ({', '.join(protocol.action_meanings)})" if protocol.action_meanings else ""),
         ]
+    if extra:
+        lines += ["", extra.strip()]
     versions = manifest.versions
     lines += [
         "",

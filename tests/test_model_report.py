@@ -1,0 +1,68 @@
+"""Tests of training.model_report: the model card of an exported model gets the measured figures."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from rem_env import REMConfig, REMModel
+from rem_env.agents import RandomAgent
+from rem_env.fidelity import run_fidelity
+from rem_env.manifest import ProtocolManifest
+from training.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
+from training.model_report import main
+
+
+def test_model_report_writes_training_fidelity_and_dream_to_real(tmp_path):
+    torch.manual_seed(0)
+    model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, game="Breakout")).eval()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    record = {
+        "command": "rem-train --game Breakout --preset cpu --out runs/x",
+        "preset": "cpu",
+        "wall_time_s": 5400.0,
+        "env_steps": 20000,
+        "epochs": 50,
+        "lpips": False,
+        "evaluation": {"scores": [1.0, 3.0], "mean": 2.0, "std": 1.0},
+    }
+    (folder / "training.json").write_text(json.dumps(record))
+    report = run_fidelity(
+        model, "Breakout", RandomAgent(4, seed=0), tmp_path / "fid", games=1, horizon=3,
+        max_steps=60,
+    )  # fmt: skip
+    d2r = tmp_path / "d2r"
+    d2r.mkdir()
+    summary = {"mean": 2.5, "std": 0.5, "min": 2.0, "max": 3.0, "episodes": 2}
+    (d2r / "dream_to_real.json").write_text(
+        json.dumps(
+            {
+                "command": "python -m training.dream_to_real --out d2r",
+                "frame_stack": 4,
+                "dream_steps": 1000,
+                "dream_envs": 2,
+                "train_seconds": 60.0,
+                "protocol": "test env",
+                "agent": summary,
+                "random": {**summary, "mean": 1.0},
+                "agent_over_random": 2.5,
+            }
+        )
+    )
+    assert main([str(folder), "--fidelity", str(tmp_path / "fid"), "--dream-to-real", str(d2r),
+                 "--machine", "a test machine"]) == 0  # fmt: skip
+    card = (folder / "README.md").read_text()
+    assert "rem-train --game Breakout --preset cpu" in card
+    assert "wall time: 90.0 min" in card and "a test machine" in card
+    assert "2.00 ± 1.00 over 2 episodes" in card
+    assert f"| 1 | {report.token_accuracy[0]:.3f} |" in card
+    assert "![real vs dream](fidelity_strip.png)" in card
+    assert (folder / "fidelity_strip.png").is_file() and (folder / "fidelity_curve.png").is_file()
+    assert "| PPO trained only in the dream | 2.50 |" in card and "2.50x" in card
+    manifest = ProtocolManifest.from_dict(json.loads((folder / "manifest.json").read_text()))
+    assert manifest.evaluation.fidelity_horizon == 3
+    assert manifest.evaluation.fidelity_psnr == round(sum(report.psnr) / 3, 2)
+    assert f"{manifest.evaluation.fidelity_psnr:.2f} dB PSNR over 3 steps" in card
+    REMModel.from_pretrained(folder)  # still a loadable model

@@ -1,0 +1,171 @@
+"""Write what was measured about an exported model into its model card and manifest.
+
+``python -m training.model_report MODEL_FOLDER --fidelity DIR --dream-to-real DIR`` reads the
+folder's ``training.json`` (written by ``rem-train``), the output of ``rem-env fidelity`` and of
+``python -m training.dream_to_real``, copies the fidelity figures into the folder, records the
+fidelity in ``manifest.json`` and rewrites ``README.md`` with three sections: how the model was
+trained, its fidelity, and the dream-to-real result. The weights are not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rem_env.checkpoint import CONFIG_NAME, MANIFEST_NAME, MODEL_CARD_NAME
+from rem_env.config import REMConfig
+from rem_env.fidelity import FidelityReport
+from rem_env.manifest import ProtocolManifest
+from rem_env.model_card import render_model_card
+from training.dream_to_real import table as dream_to_real_table
+
+__all__ = ["describe_machine", "main", "training_section", "write_model_report"]
+
+FIDELITY_FIGURES = ("fidelity_curve.png", "fidelity_strip.png")
+"""Figures of ``rem-env fidelity`` copied into the model folder."""
+
+
+def describe_machine() -> str:
+    """This machine in words: CPU count, architecture, torch threads and version."""
+    return (
+        f"{os.cpu_count()} CPU cores ({platform.machine()}), {torch.get_num_threads()} torch "
+        f"threads, torch {torch.__version__}, no GPU"
+        if not torch.cuda.is_available()
+        else f"{torch.cuda.get_device_name()} GPU, torch {torch.__version__}"
+    )
+
+
+def training_section(record: dict[str, Any], machine: str) -> str:
+    """The "How it was trained" section from ``training.json``."""
+    lines = ["## How it was trained", ""]
+    if "command" in record:
+        lines += ["```bash", str(record["command"]), "```", ""]
+    wall = record.get("wall_time_s")
+    lines += [
+        f"- preset: `{record.get('preset', 'unknown')}`",
+        f"- real env steps: {record.get('env_steps', 'unknown')}, epochs: "
+        f"{record.get('epochs', 'unknown')}",
+        f"- wall time: {wall / 60:.1f} min" if isinstance(wall, (int, float)) else "- wall time: ?",
+        f"- machine: {machine}",
+        f"- LPIPS in the tokenizer loss: {record.get('lpips', 'unknown')}",
+    ]
+    evaluation = record.get("evaluation")
+    if evaluation:
+        scores = evaluation["scores"]
+        lines.append(
+            f"- its own actor-critic on the real game (REM's test protocol, temperature 0.5): "
+            f"{evaluation['mean']:.2f} ± {evaluation['std']:.2f} over {len(scores)} episodes"
+        )
+    return "\n".join(lines)
+
+
+def write_model_report(
+    folder: str | os.PathLike[str],
+    fidelity_dir: str | os.PathLike[str] | None = None,
+    dream_to_real_dir: str | os.PathLike[str] | None = None,
+    machine: str | None = None,
+) -> Path:
+    """Rewrites ``README.md`` (and the fidelity of ``manifest.json``) of an exported model.
+
+    Args:
+        folder: A model folder exported by ``rem-train`` (with ``training.json``).
+        fidelity_dir: Output folder of ``rem-env fidelity`` for this model.
+        dream_to_real_dir: Output folder of ``python -m training.dream_to_real``.
+        machine: Where it was trained, in words (default: this machine).
+
+    Returns:
+        The path of the model card.
+    """
+    folder = Path(folder)
+    config = REMConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
+    manifest = ProtocolManifest.from_dict(json.loads((folder / MANIFEST_NAME).read_text()))
+    record_path = folder / "training.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    sections = [training_section(record, machine or describe_machine())]
+    if fidelity_dir is not None:
+        data = json.loads((Path(fidelity_dir) / "fidelity.json").read_text())
+        fields = {f.name for f in dataclasses.fields(FidelityReport)}
+        report = FidelityReport(**{k: v for k, v in data.items() if k in fields})
+        for name in FIDELITY_FIGURES:
+            if (Path(fidelity_dir) / name).is_file():
+                shutil.copyfile(Path(fidelity_dir) / name, folder / name)
+        mean_psnr = sum(report.psnr) / len(report.psnr)
+        evaluation = dataclasses.replace(
+            manifest.evaluation, fidelity_psnr=round(mean_psnr, 2), fidelity_horizon=report.horizon
+        )
+        manifest = dataclasses.replace(manifest, evaluation=evaluation)
+        sections.append(
+            "\n".join(
+                [
+                    "## Fidelity to the real game",
+                    "",
+                    f"`rem-env fidelity`: {data.get('games', '?')} real games played by "
+                    f"{data.get('agent', '?')}, the same actions dreamed from the same real "
+                    f"contexts (a dream every few real steps, sampled at temperature "
+                    f"{report.temperature:g}).",
+                    "",
+                    report.summary_table(),
+                    "",
+                    "![fidelity over the horizon](fidelity_curve.png)",
+                    "",
+                    "Real frames (top) and the dream of the same actions (bottom):",
+                    "",
+                    "![real vs dream](fidelity_strip.png)",
+                ]
+            )
+        )
+    if dream_to_real_dir is not None:
+        data = json.loads((Path(dream_to_real_dir) / "dream_to_real.json").read_text())
+        sections.append(
+            "\n".join(
+                [
+                    "## Trained in the dream, scored on the real game",
+                    "",
+                    f"PPO (`CnnPolicy`, {data['frame_stack']} stacked frames) trained "
+                    f"{data['dream_steps']:,} steps only inside this dream "
+                    f"({data['dream_envs']} dreams batched, {data['train_seconds'] / 60:.1f} "
+                    f"min), then scored on the real game: {data['protocol']}.",
+                    "",
+                    "```bash",
+                    data["command"],
+                    "```",
+                    "",
+                    dream_to_real_table(data),
+                ]
+            )
+        )
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    card = render_model_card(config, manifest, None, extra="\n\n".join(sections))
+    (folder / MODEL_CARD_NAME).write_text(card)
+    return folder / MODEL_CARD_NAME
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.model_report``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training.model_report",
+        description="Rewrite an exported model's README.md (and manifest fidelity) with how it "
+        "was trained, its fidelity (rem-env fidelity) and its dream-to-real result.",
+    )
+    parser.add_argument("folder", help="model folder exported by rem-train")
+    parser.add_argument("--fidelity", help="output folder of `rem-env fidelity`")
+    parser.add_argument("--dream-to-real", help="output folder of training.dream_to_real")
+    parser.add_argument("--machine", help="where it was trained, in words (default: here)")
+    args = parser.parse_args(argv)
+    path = write_model_report(args.folder, args.fidelity, args.dream_to_real, args.machine)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
