@@ -10,6 +10,7 @@ from rem_env.models.tokenizer import Tokenizer
 from rem_env.models.world_model import WorldModelOutput
 from training.losses import (
     actor_critic_loss,
+    foreground_weights,
     lambda_returns,
     reward_classes,
     tokenizer_loss,
@@ -217,3 +218,31 @@ def test_actor_critic_loss_errors() -> None:
         actor_critic_loss(torch.zeros(1, 1, 2), *(torch.zeros(1, 1),) * 4)
     with pytest.raises(ValueError, match="values"):
         actor_critic_loss(torch.zeros(1, 3, 2), *(torch.zeros(1, 2),) * 4)
+
+
+def test_foreground_weights_mark_pixels_that_differ_from_the_background() -> None:
+    background = torch.zeros(3, 4, 4)
+    frames = torch.zeros(2, 3, 4, 4)
+    frames[0, 1, 2, 3] = 0.5  # one channel of one pixel differs
+    frames[1, :, 0, 0] = 0.05  # below the threshold
+    w = foreground_weights(frames, background, weight=9.0)
+    assert w.shape == (2, 1, 4, 4)
+    expected = torch.ones(2, 1, 4, 4)
+    expected[0, 0, 2, 3] = 10.0
+    assert torch.equal(w, expected)
+
+
+def test_tokenizer_loss_pixel_weights() -> None:
+    torch.manual_seed(0)
+    tok = Tokenizer(REMConfig.preset("tiny", num_actions=4).tokenizer)
+    frames = torch.rand(2, 3, 16, 16)
+    out = tok(frames)
+    plain, _ = tokenizer_loss(out, frames)
+    ones, _ = tokenizer_loss(out, frames, pixel_weights=torch.ones(2, 1, 16, 16))
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-6)
+    w = torch.ones(2, 1, 16, 16)
+    w[1, 0, 3, 5] = 41.0
+    _, metrics = tokenizer_loss(out, frames, pixel_weights=w)
+    err = (out.reconstruction - (frames * 2 - 1)).square()  # (2, 3, 16, 16)
+    expected = (err.sum() + 40.0 * err[1, :, 3, 5].sum()) / (3 * (2 * 256 + 40))
+    assert metrics["reconstruction"] == pytest.approx(expected.item(), rel=1e-5)

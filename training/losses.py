@@ -24,7 +24,9 @@ __all__ = [
     "IGNORE_INDEX",
     "Metrics",
     "actor_critic_loss",
+    "foreground_weights",
     "lambda_returns",
+    "predicted_blocks",
     "reward_classes",
     "tokenizer_loss",
     "world_model_loss",
@@ -40,17 +42,40 @@ PerceptualLoss = Callable[[Tensor, Tensor], Tensor]
 """``(x, x_hat) -> (B,)`` distances of images in [-1, 1], e.g. :class:`training.lpips.LPIPS`."""
 
 
+def foreground_weights(
+    frames: Tensor, background: Tensor, weight: float, threshold: float = 0.1
+) -> Tensor:
+    """(B, 1, H, W) pixel weights: ``1 + weight`` where a frame differs from the background.
+
+    A pixel is foreground where any channel differs from ``background`` by more than
+    ``threshold`` (frames in [0, 1]). In Atari games the moving objects (Breakout's ball and
+    paddle) cover a few pixels of a mostly static screen; weighting them lets a tokenizer trained
+    without a perceptual loss keep them.
+
+    Args:
+        frames: (B, C, H, W) frames in [0, 1].
+        background: (C, H, W) the game's static picture, e.g. the per-pixel median of many frames.
+        weight: Extra weight of foreground pixels (0: all pixels weigh 1).
+        threshold: Difference that makes a pixel foreground.
+    """
+    moving = (frames - background).abs().amax(dim=1, keepdim=True) > threshold  # (B, 1, H, W)
+    return 1.0 + weight * moving.to(frames.dtype)
+
+
 def tokenizer_loss(
     output: TokenizerReconstruction,
     frames: Tensor,
     beta: float = 1.0,
     perceptual: PerceptualLoss | None = None,
+    pixel_weights: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """The VQ-VAE loss of REM (REM_SPEC 3), every term with weight 1.
 
     ``L = mse(codes, sg(z)) + beta * mse(z, sg(codes)) + mse(x, x_hat) [+ mean LPIPS(x, x_hat)]``
     with images in [-1, 1]. The first term (codebook) is the only one that reaches the codebook;
     the commitment and reconstruction terms reach the encoder (the latter straight-through).
+    With ``pixel_weights`` the reconstruction term is the weighted mean
+    ``sum(w * (x - x_hat)^2) / sum(w)`` over pixels and channels (equal to the mse for w = 1).
 
     Args:
         output: :meth:`rem_env.models.tokenizer.Tokenizer.forward` of ``frames``.
@@ -58,6 +83,8 @@ def tokenizer_loss(
         beta: Weight of the commitment term (1.0 in REM).
         perceptual: Optional perceptual distance on [-1, 1] images returning (B,) values;
             None trains without it.
+        pixel_weights: Optional (B, 1, H, W) weights of the reconstruction error (not in REM;
+            see :func:`foreground_weights`).
 
     Returns:
         The loss and metrics ``codebook``, ``commitment``, ``reconstruction``, ``perceptual``
@@ -77,7 +104,11 @@ def tokenizer_loss(
     x = frames.to(x_hat.dtype) * 2.0 - 1.0
     codebook = F.mse_loss(output.codes, output.z.detach())
     commitment = F.mse_loss(output.z, output.codes.detach())
-    reconstruction = F.mse_loss(x_hat, x)
+    if pixel_weights is None:
+        reconstruction = F.mse_loss(x_hat, x)
+    else:
+        weights = pixel_weights.expand_as(x)
+        reconstruction = (weights * (x_hat - x).square()).sum() / weights.sum()
     loss = codebook + beta * commitment + reconstruction
     metrics: Metrics = {
         "codebook": codebook.item(),
@@ -107,6 +138,21 @@ def _masked_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     )
     count = (labels != IGNORE_INDEX).sum().clamp(min=1)
     return total / count
+
+
+def predicted_blocks(mask: Tensor, context_length: int) -> Tensor:
+    """(B, T) bool: the blocks the world-model loss predicts (real, after the context).
+
+    Every term of :func:`world_model_loss` is a mean over these blocks' labels (K observation
+    tokens, one reward, one end each).
+
+    Example:
+        >>> predicted_blocks(torch.tensor([[True, True, True, False]]), 2)
+        tensor([[False, False,  True, False]])
+    """
+    predicted = mask.bool().clone()
+    predicted[:, :context_length] = False
+    return predicted
 
 
 def world_model_loss(
@@ -147,10 +193,8 @@ def world_model_loss(
             raise ValueError(f"{name} must have shape {(b, t)}, got {tuple(value.shape)}")
     if context_length < 0:
         raise ValueError(f"context_length must be non-negative, got {context_length}")
-    mask = mask.bool()
     ignore = torch.full_like(obs_tokens, IGNORE_INDEX, dtype=torch.long)
-    predicted = mask.clone()
-    predicted[:, :context_length] = False
+    predicted = predicted_blocks(mask, context_length)
     obs_labels = torch.where(predicted[..., None], obs_tokens.long(), ignore)  # (B, T, K)
     reward_labels = torch.where(predicted, reward_classes(rewards), IGNORE_INDEX)  # (B, T)
     end_labels = torch.where(predicted, ends.long(), IGNORE_INDEX)  # (B, T)

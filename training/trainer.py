@@ -10,6 +10,16 @@ checkpoint (``checkpoints/last.safetensors``, rewritten after every epoch, plus 
 Resuming (``Trainer(..., resume=True)``) loads the last checkpoint: weights, optimizers, RNG
 states and the epoch; the interrupted epoch runs again, and its collection only tops the replay
 buffer up to the schedule's step count, so no transition is lost or collected twice.
+
+Data-parallel (``dist_ctx`` with several ranks, see :mod:`training.distributed`): the three
+training phases split every global batch over the ranks. All ranks draw the global batch's
+indices from the same numpy generator (the run's, identical everywhere) and read their own rows,
+so together they draw the batches one process would; gradients are averaged before clipping.
+Rank 0 alone collects, evaluates and writes (log, checkpoint, export); the others wait, then take
+over rank 0's generator state and re-scan the replay folder (opened read-only). Torch's RNG
+(dropout, imagined actions and dreams) is rank 0's checkpointed stream on rank 0 and is re-seeded
+each epoch from ``(seed, rank, epoch)`` on the others. The checkpoint does not depend on the
+number of ranks, so a run can resume with another one.
 """
 
 from __future__ import annotations
@@ -40,16 +50,40 @@ from training.checkpoint import (
 )
 from training.collect import Collector
 from training.config import TrainConfig
+from training.distributed import (
+    DistContext,
+    any_rank,
+    average_metrics,
+    broadcast_modules,
+    check_batch_sizes,
+    check_in_sync,
+    global_share,
+    rank_device,
+    rank_seed,
+    rank_slice,
+    run_on_main,
+    share_from_main,
+)
 from training.evaluate import EvalResult, evaluate
 from training.export import export_run
 from training.imagination import Imagination, objective_before_after
-from training.losses import actor_critic_loss, tokenizer_loss, world_model_loss
+from training.losses import (
+    actor_critic_loss,
+    foreground_weights,
+    predicted_blocks,
+    tokenizer_loss,
+    world_model_loss,
+)
 from training.lpips import load_lpips, missing_weights_message
 from training.optim import build_optimizers, clipped_step
 from training.replay import ReplayBuffer, frames_to_tensor
 from training.run_log import RunLog
 
 __all__ = ["Trainer", "TrainingStoppedError"]
+
+
+BACKGROUND_FRAMES = 1024
+"""Replay frames whose per-pixel median is the background of ``tokenizer.foreground_weight``."""
 
 
 class TrainingStoppedError(Exception):
@@ -64,10 +98,13 @@ class Trainer:
         run_dir: The run folder (new, or the run to continue with ``resume``).
         resume: Continue the run in ``run_dir`` from its last checkpoint.
         command: The command line, recorded in the export.
+        dist_ctx: This process's rank among data-parallel ranks (default: one process); the
+            process group must be joined already (:func:`training.distributed.init_from_env`).
 
     Raises:
         ValueError: On a run folder that does not fit (see
-            :func:`training.checkpoint.prepare_run_dir`).
+            :func:`training.checkpoint.prepare_run_dir`), or a global batch size that is not a
+            multiple of the number of ranks.
 
     Example:
         >>> from training.config import TrainConfig
@@ -82,13 +119,24 @@ class Trainer:
         run_dir: str | os.PathLike[str],
         resume: bool = False,
         command: str = "",
+        dist_ctx: DistContext | None = None,
     ) -> None:
         self.config = cfg = config
-        self.run_dir = prepare_run_dir(run_dir, config, resume)
+        self.dist = ctx = DistContext() if dist_ctx is None else dist_ctx
+        check_batch_sizes(
+            {
+                "tokenizer.batch-size": cfg.tokenizer.batch_size,
+                "world-model.batch-size": cfg.world_model.batch_size,
+                "actor-critic.batch-size": cfg.actor_critic.batch_size,
+            },
+            ctx,
+        )
+        device = rank_device(cfg.device, ctx)
+        run_on_main(lambda: prepare_run_dir(run_dir, config, resume), ctx)
+        self.run_dir = Path(run_dir)
         self.command = command
-        self.log = RunLog(self.run_dir)
+        self.log = RunLog(self.run_dir, enabled=ctx.is_main)
         self.rng = seed_everything(cfg.common.seed)
-        device = torch.device(cfg.device)
         self.model = REMModel(cfg.model_config()).to(device)
         self.actor_critic = ActorCritic.from_config(
             self.model.config, cfg.actor_critic.hidden_size
@@ -114,10 +162,14 @@ class Trainer:
         self.resumed_fingerprint: str | None = None
         if resume and (self.run_dir / "checkpoints" / "last.safetensors").is_file():
             self._load(self.run_dir / "checkpoints")
-        self.replay = ReplayBuffer(self.run_dir / "replay", fsync=cfg.common.replay_fsync)
+        broadcast_modules(self._modules().values(), ctx)  # every rank starts from rank 0's
+        folder, fsync = self.run_dir / "replay", cfg.common.replay_fsync
+        replay = run_on_main(lambda: ReplayBuffer(folder, fsync=fsync), ctx)  # rank 0 writes
+        self.replay = ReplayBuffer(folder, read_only=True) if replay is None else replay
         self.log.info(
             f"{'resuming' if resume else 'new'} run in {self.run_dir}: {cfg.game}, preset "
             f"{cfg.preset}, after epoch {self.epoch}, {self.replay.num_steps} env steps stored"
+            + (f"; data-parallel over {ctx.world_size} ranks" if ctx.is_distributed else "")
         )
         self.collector: Collector | None = None
         self.imagination: Imagination | None = None
@@ -144,8 +196,8 @@ class Trainer:
             for epoch in range(self.epoch + 1, cfg.common.epochs + 1):
                 self.train_epoch(epoch)
             if export_to is not None:
-                self.export(export_to)
-            return self.export()
+                run_on_main(lambda: self.export(export_to), self.dist)
+            return run_on_main(self.export, self.dist) or self.run_dir / "export"
         finally:
             if handle:
                 signal.signal(signal.SIGTERM, previous)
@@ -154,12 +206,16 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """Runs one epoch's phases, evaluation, logging and checkpoint."""
         cfg, start = self.config, time.perf_counter()
+        if self.dist.rank > 0:  # rank 0 goes on with the run's (checkpointed) torch stream
+            torch.manual_seed(rank_seed(cfg.common.seed, self.dist.rank, epoch))
         record: dict[str, Any] = {"epoch": epoch, "rng_at_start": rng_fingerprint(self.rng)}
         timings: dict[str, float] = {}
         if epoch <= cfg.common.collect_epochs:
             t = time.perf_counter()
             target = epoch * cfg.common.env_steps_per_epoch
-            record["collect"] = self.collect(max(target - self.replay.num_steps, 0))
+            record["collect"] = self._on_main(
+                lambda: self.collect(max(target - self.replay.num_steps, 0))
+            )
             timings["collect"] = time.perf_counter() - t
         phases = (
             ("tokenizer", cfg.tokenizer.start_after_epoch, self.train_tokenizer),
@@ -175,21 +231,37 @@ class Trainer:
         last = epoch == cfg.common.epochs
         if last or (epoch >= cfg.common.eval_start_epoch and epoch % cfg.common.eval_every == 0):
             t = time.perf_counter()
-            episodes = cfg.evaluation.final_episodes if last else cfg.evaluation.episodes
-            self.last_eval = evaluate(
-                self.model.tokenizer, self.actor_critic, cfg.game, episodes,
-                cfg.evaluation.num_envs, cfg.evaluation.temperature,
-                seed=int(self.rng.integers(2**31)), max_raw_frames=cfg.evaluation.max_raw_frames,
-            )  # fmt: skip
-            record["eval"] = self.last_eval._asdict()
+            record["eval"] = self._on_main(lambda: self._evaluate(epoch, last))
             timings["eval"] = time.perf_counter() - t
-            self._log_images(epoch)
         self.wall_time += time.perf_counter() - start
         record.update(timings=timings, env_steps=self.replay.num_steps, wall_time=self.wall_time)
+        record["ranks"] = self.dist.world_size
         self.log.epoch(record, cfg.common.epochs)
         self.epoch = epoch
-        self._save(keep_numbered=epoch % cfg.common.checkpoint_every == 0 or last)
+        keep = epoch % cfg.common.checkpoint_every == 0 or last
+        run_on_main(lambda: self._save(keep_numbered=keep), self.dist)
         return record
+
+    def _evaluate(self, epoch: int, last: bool) -> dict[str, Any]:
+        """The periodic (or final) evaluation in the real test env; logs images too."""
+        cfg = self.config
+        episodes = cfg.evaluation.final_episodes if last else cfg.evaluation.episodes
+        self.last_eval = evaluate(
+            self.model.tokenizer, self.actor_critic, cfg.game, episodes,
+            cfg.evaluation.num_envs, cfg.evaluation.temperature,
+            seed=int(self.rng.integers(2**31)), max_raw_frames=cfg.evaluation.max_raw_frames,
+        )  # fmt: skip
+        self._log_images(epoch)
+        return self.last_eval._asdict()
+
+    def _on_main(self, fn: Any) -> Any:
+        """``fn()`` on rank 0 only (None elsewhere); then every rank goes on from rank 0's
+        numpy generator (the shared sampling stream) and sees the replay buffer rank 0 left."""
+        result = run_on_main(fn, self.dist)
+        if self.dist.is_distributed:
+            self.rng.bit_generator.state = share_from_main(self.rng.bit_generator.state, self.dist)
+            self.replay.refresh()
+        return result
 
     # ------------------------------------------------------------------------ phase 1: collect
 
@@ -207,17 +279,29 @@ class Trainer:
         """``steps_per_epoch`` steps of the VQ-VAE loss on uniformly sampled single frames."""
         cfg = self.config.tokenizer
         tokenizer, optimizer = self.model.tokenizer.train(), self.optimizers["tokenizer"]
-        losses = []
+        rows, losses = rank_slice(cfg.batch_size, self.dist), []
+        background = None
+        if cfg.foreground_weight > 0:  # the game's static picture, from the frames seen so far
+            sample = self.replay.sample_frames(BACKGROUND_FRAMES, self.rng).frames(self.device)
+            background = sample.median(dim=0).values  # (3, H, W)
         for _ in self._progress(range(cfg.steps_per_epoch), "tokenizer"):
-            frames = self.replay.sample_frames(cfg.batch_size, self.rng).frames(self.device)
-            loss, metrics = tokenizer_loss(tokenizer(frames), frames, cfg.beta, self.lpips)
-            clipped_step(loss, optimizer, tokenizer, cfg.grad_clip)
+            frames = self.replay.sample_frames(cfg.batch_size, self.rng, rows).frames(self.device)
+            weights = None
+            if background is not None:
+                weights = foreground_weights(frames, background, cfg.foreground_weight)
+            loss_fn = functools.partial(
+                tokenizer_loss, frames=frames, beta=cfg.beta, perceptual=self.lpips,
+                pixel_weights=weights,
+            )  # fmt: skip
+            loss, metrics = loss_fn(tokenizer(frames))
+            clipped_step(loss, optimizer, tokenizer, cfg.grad_clip, self.dist)
             if self.config.common.track_progress:  # same batch, same (deterministic) mode
                 with torch.no_grad():
-                    after, _ = tokenizer_loss(tokenizer(frames), frames, cfg.beta, self.lpips)
+                    after, _ = loss_fn(tokenizer(frames))
                 metrics.update(check_before=loss.item(), check_after=after.item())
-            losses.append(metrics)
+            losses.append(average_metrics(metrics, self.dist, 1 / self.dist.world_size))
         tokenizer.eval()
+        check_in_sync(tokenizer, "tokenizer", self.dist)
         return _summary(losses)
 
     # -------------------------------------------------------------------- phase 3: world model
@@ -228,10 +312,10 @@ class Trainer:
         tokenizer, wm = self.model.tokenizer.eval(), self.model.world_model.train()
         optimizer = self.optimizers["world_model"]
         context = self.model.config.world_model.context_length
-        losses = []
+        rows, losses = rank_slice(cfg.batch_size, self.dist), []
         for _ in self._progress(range(cfg.steps_per_epoch), "world model"):
             batch = self.replay.sample_segments(
-                cfg.batch_size, cfg.segment_length, self.rng, pad="right"
+                cfg.batch_size, cfg.segment_length, self.rng, pad="right", rows=rows
             ).to_torch(self.device)
             b, t = batch.mask.shape
             with torch.no_grad():
@@ -242,12 +326,24 @@ class Trainer:
             )
             before = self._eval_loss(wm, loss_fn) if self.config.common.track_progress else None
             loss, metrics = loss_fn()
-            clipped_step(loss, optimizer, wm, cfg.grad_clip)
+            # Each rank's loss is a mean over its own predicted blocks; weighted by its share of
+            # the global count, the averaged gradient is that of the global batch's mean.
+            share = self._share(batch.mask, context)
+            if self.dist.is_distributed:
+                loss = loss * (share * self.dist.world_size)
+            clipped_step(loss, optimizer, wm, cfg.grad_clip, self.dist)
             if before is not None:  # same batch, eval mode (no dropout) before and after
                 metrics.update(check_before=before, check_after=self._eval_loss(wm, loss_fn))
-            losses.append(metrics)
+            losses.append(average_metrics(metrics, self.dist, share))
         wm.eval()
+        check_in_sync(wm, "world model", self.dist)
         return _summary(losses)
+
+    def _share(self, mask: torch.Tensor, context: int) -> float:
+        """This rank's share of the global batch's predicted blocks (1.0 for one process)."""
+        if not self.dist.is_distributed:
+            return 1.0
+        return global_share(int(predicted_blocks(mask, context).sum()), self.dist)
 
     # ------------------------------------------------------------------- phase 4: actor-critic
 
@@ -256,28 +352,33 @@ class Trainer:
         cfg = self.config.actor_critic
         self.model.eval()
         ac, optimizer = self.actor_critic.train(), self.optimizers["actor_critic"]
-        if self.imagination is None:
-            self.imagination = Imagination(self.model, cfg.batch_size, cfg.dream_temperature)
+        rows = rank_slice(cfg.batch_size, self.dist)
+        if self.imagination is None:  # this rank's trajectories
+            self.imagination = Imagination(
+                self.model, rows.stop - rows.start, cfg.dream_temperature
+            )
         context = self.model.config.world_model.context_length
         losses = []
         for _ in self._progress(range(cfg.steps_per_epoch), "actor-critic"):
             batch = self.replay.sample_segments(
-                cfg.batch_size, cfg.burn_in + 1, self.rng, pad="left", min_real=max(3, context)
-            ).to_torch(self.device)
+                cfg.batch_size, cfg.burn_in + 1, self.rng, pad="left",
+                min_real=max(3, context), rows=rows,
+            ).to_torch(self.device)  # fmt: skip
             start = self.imagination.start_from(ac, batch, cfg.burn_in_actions)
             seed = int(torch.randint(2**31, ()).item())
             rollout = self.imagination.rollout(ac, start, self.config.imagined_steps, seed=seed)
             loss, metrics = self._ac_loss(rollout.logits, rollout.values, rollout)
-            clipped_step(loss, optimizer, ac, cfg.grad_clip)
+            clipped_step(loss, optimizer, ac, cfg.grad_clip, self.dist)
             if self.config.common.track_progress:
                 before, after = objective_before_after(
                     ac, rollout, cfg.gamma, cfg.lambda_, cfg.entropy_weight
                 )
                 metrics.update(check_before=before, check_after=after)
             metrics["imagined_reward"] = rollout.rewards.mean().item()
-            losses.append(metrics)
+            losses.append(average_metrics(metrics, self.dist, 1 / self.dist.world_size))
             self.last_dream = rollout.codes[0]  # (T, E, h, w) constants, for TensorBoard
         ac.eval()
+        check_in_sync(ac, "actor-critic", self.dist)
         return _summary(losses)
 
     def _ac_loss(self, logits: torch.Tensor, values: torch.Tensor, rollout: Any) -> Any:
@@ -318,7 +419,8 @@ class Trainer:
             yield item
 
     def _check_stop(self) -> None:
-        if self.stop_requested:
+        """Raises TrainingStoppedError (on every rank, if any rank got SIGTERM)."""
+        if any_rank(self.stop_requested, self.dist):
             raise TrainingStoppedError(
                 f"stopped by SIGTERM during epoch {self.epoch + 1}; the replay buffer and the "
                 f"checkpoint of epoch {self.epoch} are on disk: continue with --resume "
