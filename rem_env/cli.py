@@ -124,7 +124,13 @@ def make_agent(args: argparse.Namespace, model: REMModel, device: str) -> Agent:
     if args.agent == "random":
         return RandomAgent(model.num_actions, args.seed)
     if args.agent == "actor-critic":
-        folder = Path(args.model) if args.model and Path(args.model).is_dir() else None
+        source = args.model
+        if source is None and args.random_weights is None and model.config.game:
+            try:  # the game's default model: a bundled folder ships its actor-critic
+                source = resolve_default_model(model.config.game)
+            except NoDefaultModelError:
+                source = None
+        folder = Path(source) if source and Path(source).is_dir() else None
         if actor_critic_file(folder) is None:
             where = "this model" if args.model is None else repr(args.model)
             raise AgentError(

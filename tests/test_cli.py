@@ -88,7 +88,7 @@ def test_sb3_policy_acts_in_the_dream(model_folder: Path, tmp_path: Path) -> Non
         (["dream", "REM-Breakot-v0"], "Did you mean REM-Breakout-v0"),
         (["dream", "REM-Tetris-v0"], "unknown env id"),
         (["dream", "REM-Breakout-v0", "--out", "dream.avi"], ".gif or .mp4"),
-        (["dream", "REM-Breakout-v0"], "no default model for Breakout"),
+        (["dream", "REM-Pong-v0"], "no default model for Pong"),
         (["dream", "REM-Breakout-v0", "--random-weights", "tiny", "--model", "x"], "either"),
         (["play", "REM-Nope-v0"], "unknown env id"),
     ],
