@@ -91,12 +91,15 @@ def test_documented_commands_parse() -> None:
 
 
 def training_lines() -> list[tuple[str, list[str]]]:
-    """(page, argv) of every ``rem-train`` / ``python -m training`` command in bash blocks."""
+    """(page, argv) of every ``rem-train`` / ``python -m training`` command in bash blocks, and
+    of every ``torchrun ... -m training`` one."""
     found = []
     for page in PAGES:
         for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
             for line in block.splitlines():
                 command = line.split(" #")[0].strip()
+                if command.startswith("torchrun ") and " -m training " in command:
+                    command = "python -m training " + command.split(" -m training ", 1)[1]
                 for prefix in ("rem-train ", "python -m training "):
                     if command.startswith(prefix):
                         found.append((page.name, shlex.split(command[len(prefix) :])))

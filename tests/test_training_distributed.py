@@ -1,10 +1,12 @@
-"""DDP on CPU: 2 gloo ranks train the world model like one process on the same global batch."""
+"""2 gloo ranks on CPU: DDP trains the world model like one process on the same global batch;
+the collective helpers the trainer uses (gradient averaging, rank-0-only work, sync checks)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -16,14 +18,26 @@ from rem_env import REMModel
 from training.config import TrainConfig
 from training.distributed import (
     DistContext,
+    any_rank,
+    average_gradients,
+    average_metrics,
+    backend_for,
+    broadcast_modules,
+    check_in_sync,
     cleanup,
+    global_share,
     init_from_env,
     init_process_group,
+    rank_device,
+    rank_seed,
     rank_slice,
+    run_on_main,
+    share_from_main,
     wrap,
 )
 from training.losses import world_model_loss
 from training.optim import clipped_step, weight_decay_groups
+from training.trainer import Trainer
 
 GLOBAL_BATCH, BLOCKS, STEPS, WORLD_SIZE = 4, 4, 3, 2
 
@@ -79,6 +93,51 @@ def _train(model: REMModel, module: nn.Module, rows: slice) -> dict[str, torch.T
     return {k: v.detach().clone().contiguous() for k, v in wm.state_dict().items()}
 
 
+def _raised(fn: Any) -> str | None:
+    """``"Type: message"`` of what ``fn()`` raised, else None."""
+    try:
+        fn()
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _collectives(ctx: DistContext) -> dict[str, Any]:
+    """What the trainer's collective helpers give on this rank."""
+    r = ctx.rank
+    both, one, none = (nn.Parameter(torch.zeros(2)) for _ in range(3))
+    both.grad = torch.full((2,), float(r + 1))
+    one.grad = torch.full((2,), 4.0) if r == 1 else None
+    average_gradients([both, one, none], ctx)
+    module = nn.Linear(2, 1)
+    with torch.no_grad():
+        module.weight.fill_(float(r))
+    broadcast_modules([module], ctx)
+    in_sync = _raised(lambda: check_in_sync(module, "linear", ctx))
+    with torch.no_grad():
+        module.bias.add_(float(r))
+    return {
+        "grads": [both.grad.tolist(), one.grad.tolist(), none.grad],
+        "broadcast": module.weight.tolist(),
+        "in_sync": in_sync,
+        "out_of_sync": _raised(lambda: check_in_sync(module, "linear", ctx)),
+        "share": global_share([1, 3][r], ctx),
+        "metrics": average_metrics({"x": [1.0, 3.0][r]}, ctx, 0.5),
+        "any": [any_rank(r == 1, ctx), any_rank(False, ctx)],
+        "from_main": share_from_main(f"rank {r}", ctx),
+        "result": run_on_main(lambda: 7, ctx),
+        "user_error": _raised(lambda: run_on_main(_fail(ValueError("bad folder")), ctx)),
+        "crash": _raised(lambda: run_on_main(_fail(ZeroDivisionError("boom")), ctx)),
+    }
+
+
+def _fail(error: Exception) -> Any:
+    def fn() -> None:
+        raise error
+
+    return fn
+
+
 def _rank(rank: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     ctx = init_process_group(DistContext(rank, WORLD_SIZE), "gloo", f"file://{init_file}")
@@ -89,12 +148,37 @@ def _rank(rank: int, init_file: str, out: str) -> None:
                 param.add_(float(rank))
         params = _train(model, wrap(model.world_model, ctx), rank_slice(GLOBAL_BATCH, ctx))
         save_file(params, str(Path(out) / f"rank{rank}.safetensors"))
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps(_collectives(ctx)))
     finally:
         cleanup()
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
-    mp.spawn(_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder where 2 spawned gloo ranks left their results."""
+    out = tmp_path_factory.mktemp("ranks")
+    mp.spawn(_rank, args=(str(out / "init"), str(out)), nprocs=WORLD_SIZE, join=True)
+    return out
+
+
+def test_collective_helpers(two_ranks: Path) -> None:
+    ranks = [json.loads((two_ranks / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    for r, got in enumerate(ranks):
+        # Mean over ranks; a missing gradient counts as 0; none anywhere stays None.
+        assert got["grads"] == [[1.5, 1.5], [2.0, 2.0], None]
+        assert got["broadcast"] == [[0.0, 0.0]] and got["in_sync"] is None
+        assert got["out_of_sync"].startswith("RuntimeError: the linear parameters differ")
+        assert got["share"] == [0.25, 0.75][r]
+        assert got["metrics"] == {"x": 2.0} and got["any"] == [True, False]
+        assert got["from_main"] == "rank 0"
+        assert got["result"] == [7, None][r]
+        assert got["user_error"] == "ValueError: bad folder"  # the same user error everywhere
+    assert ranks[0]["crash"] == "ZeroDivisionError: boom"
+    assert ranks[1]["crash"] == "RuntimeError: rank 0 failed with ZeroDivisionError: boom"
+
+
+def test_two_gloo_ranks_match_one_process(two_ranks: Path) -> None:
+    tmp_path = two_ranks
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD_SIZE)]
     single_model = _model(seed=0)
     initial = {k: v.clone() for k, v in single_model.world_model.state_dict().items()}
@@ -129,3 +213,19 @@ def test_context_checks_and_single_process_defaults(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE"):
         init_from_env()
+
+
+def test_rank_devices_seeds_and_batch_checks(tmp_path: Path) -> None:
+    two = DistContext(rank=1, world_size=2, local_rank=1)
+    assert rank_device("cuda", two) == torch.device("cuda", 1)
+    assert rank_device("cpu", two) == torch.device("cpu")
+    assert rank_device("cuda:3", DistContext()) == torch.device("cuda", 3)
+    with pytest.raises(ValueError, match="give --device cuda"):
+        rank_device("cuda:0", two)
+    assert (backend_for("cuda:1"), backend_for("cpu")) == ("nccl", "gloo")
+    seeds = {rank_seed(1, rank, epoch) for rank in range(1, 4) for epoch in range(1, 4)}
+    assert len(seeds) == 9  # a stream per rank and epoch
+    config = TrainConfig.from_preset("smoke", "Breakout")  # batches 16, 8, 8
+    with pytest.raises(ValueError, match=r"--tokenizer\.batch-size 16 .* multiple of 3"):
+        Trainer(config, tmp_path / "run", dist_ctx=DistContext(rank=0, world_size=3))
+    assert not (tmp_path / "run").exists()  # refused before touching anything

@@ -7,9 +7,14 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from rem_env import REMConfig, REMModel
-from rem_env.models.actor_critic import ActorCritic
+from rem_env.models.actor_critic import ActorCritic, LSTMState
 from training.batches import TensorSegmentBatch, frames_to_tensor
-from training.imagination import Imagination, objective_before_after, replay_rollout
+from training.imagination import (
+    Imagination,
+    StartPoint,
+    objective_before_after,
+    replay_rollout,
+)
 from training.losses import actor_critic_loss
 
 B, T = 3, 6
@@ -105,3 +110,22 @@ def test_replay_rollout_reproduces_the_rollout(parts: tuple) -> None:
     torch.testing.assert_close(values, rollout.values)
     before, after = objective_before_after(actor_critic, rollout)
     assert before == pytest.approx(after, abs=1e-6)
+
+
+def test_a_trajectory_dreams_the_same_in_any_batch(parts: tuple) -> None:
+    """Rows 1..2 imagined alone (``first_row=1``, a data-parallel rank) match the whole batch's."""
+    model, actor_critic, imagination = parts
+    start = imagination.start_from(actor_critic, _segments(model), burn_in_actions=True)
+    whole = imagination.rollout(actor_critic, start, steps=5, seed=3)
+    part = Imagination(model, num_envs=B - 1)
+    rows = StartPoint(
+        LSTMState(start.state.h[1:], start.state.c[1:]),
+        start.context_tokens[1:],
+        start.context_actions[1:],
+    )
+    torch.manual_seed(99)  # torch's RNG plays no part
+    alone = part.rollout(actor_critic, rows, steps=5, seed=3, first_row=1)
+    for name in ("actions", "rewards", "ends"):
+        assert torch.equal(getattr(alone, name), getattr(whole, name)[1:]), name
+    torch.testing.assert_close(alone.codes, whole.codes[1:])
+    torch.testing.assert_close(alone.logits, whole.logits[1:], rtol=1e-5, atol=1e-6)

@@ -283,3 +283,48 @@ def test_failed_open_releases_the_folder(tmp_path: Path) -> None:
     for _ in range(2):  # the same error twice: the failed open released the lock
         with pytest.raises(ValueError, match="corrupt"):
             ReplayBuffer(other, obs_shape=SHAPE)
+
+
+def test_read_only_views_follow_the_writer(buf: ReplayBuffer) -> None:
+    """Data-parallel ranks > 0: no lock, no writes, refresh() takes in what the writer appended."""
+    with pytest.raises(ValueError, match="no replay buffer"):
+        ReplayBuffer(buf.root.parent / "missing", obs_shape=SHAPE, read_only=True)
+    _fill(buf, [4, 3])
+    buf.append(_obs(50), 1, 0.0, terminated=False)  # an open episode
+    views = [ReplayBuffer(buf.root, obs_shape=SHAPE, read_only=True) for _ in range(2)]
+    view = views[0]
+    assert (view.num_steps, view.episode_lengths.tolist()) == (8, [4, 3, 1])
+    with pytest.raises(ValueError, match="read-only"):
+        view.append(_obs(0), 0, 0.0, terminated=False)
+    buf.append(_obs(51), 2, 1.0, terminated=True)  # closes the open episode
+    _fill(buf, [5], first_value=60)
+    with open(buf.root / "transitions.bin", "ab") as f:  # a record still being written
+        f.write(b"\0" * 7)
+    assert view.num_steps == 8 and view.refresh() == 14
+    assert view.episode_lengths.tolist() == buf.episode_lengths.tolist() == [4, 3, 2, 5]
+    rng = [np.random.default_rng(3) for _ in range(2)]
+    for a, b in zip(
+        view.sample_segments(6, 4, rng[0], pad="left"),
+        buf.sample_segments(6, 4, rng[1], pad="left"),
+        strict=True,
+    ):
+        assert np.array_equal(a, b)
+    assert buf.refresh() == 14  # the writer just says how many it holds
+    for v in views:
+        v.close()
+
+
+def test_rows_read_a_part_of_the_same_global_batch(buf: ReplayBuffer) -> None:
+    """Ranks draw the global batch from one shared generator state and read their own rows."""
+    _fill(buf, [6, 9, 4])
+    whole = buf.sample_segments(8, 5, np.random.default_rng(7), pad="right")
+    parts = [
+        buf.sample_segments(8, 5, np.random.default_rng(7), pad="right", rows=slice(r, r + 4))
+        for r in (0, 4)
+    ]
+    for name, value in whole._asdict().items():
+        assert np.array_equal(np.concatenate([getattr(p, name) for p in parts]), value), name
+    frames = buf.sample_frames(6, np.random.default_rng(1)).obs
+    assert np.array_equal(
+        buf.sample_frames(6, np.random.default_rng(1), slice(2, 4)).obs, frames[2:4]
+    )

@@ -22,6 +22,8 @@ The pieces, one concept per module (the trainer and the ``rem-train`` CLI build 
   atomic checkpoints and run folders; :mod:`training.export` the final model folder;
   :mod:`training.run_log` its logs; :mod:`training.cli` the ``rem-train`` command
   (also ``python -m training``).
+* :mod:`training.distributed`: data-parallel runs under ``torchrun`` (batches split over the
+  ranks, gradients averaged; rank 0 alone collects, evaluates and writes).
 
 Dependencies point one way: ``training`` imports ``rem_env``, never the reverse.
 """

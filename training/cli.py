@@ -4,9 +4,13 @@ Every field of :class:`training.config.TrainConfig` is an option (``--world-mode
 documented in ``--help`` with its ``atari100k`` default; the preset fills in whatever is not
 given. Shortcuts: ``--epochs``, ``--seed``.
 
+Under ``torchrun --nproc_per_node=N`` the run is data-parallel over N processes (see
+:mod:`training.distributed`); no option changes.
+
 Example:
     ``rem-train --game Breakout --preset smoke --out runs/smoke`` then, after a crash,
-    ``rem-train --resume runs/smoke``.
+    ``rem-train --resume runs/smoke``; on 4 GPUs,
+    ``torchrun --nproc_per_node=4 -m training --preset atari100k --device cuda --out runs/b``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import PRESETS, TrainConfig
+from training.distributed import DistContext, backend_for, cleanup, init_from_env
 from training.trainer import Trainer, TrainingStoppedError
 
 __all__ = ["build_config", "main", "parser"]
@@ -77,6 +82,11 @@ def parser() -> argparse.ArgumentParser:
         "Atari 100K game. Defaults shown are the atari100k preset's.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=argparse.SUPPRESS,
+        epilog="Data-parallel training: launch with torchrun, e.g. `torchrun --nproc_per_node=2 "
+        "-m training --preset smoke --out runs/ddp` (CPU, gloo) or `torchrun --nproc_per_node=4 "
+        "-m training --device cuda ...` (one GPU per process, NCCL). The batch sizes are global "
+        "(split over the processes; each must divide evenly); rank 0 collects, evaluates and "
+        "writes the run folder; --resume works with any number of processes.",
     )
     p.add_argument("--out", type=Path, help="run folder (new, or with --resume the run to go on)")
     p.add_argument("--resume", type=Path, help="continue the killed or stopped run in this folder")
@@ -155,19 +165,40 @@ def main(argv: list[str] | None = None) -> int:
             if out is None:
                 raise ValueError("--out is required (the run folder), or --resume RUN_DIR")
             config = build_config(args)
-
-        trainer = Trainer(
-            config, out, resume=resume is not None, command=shlex.join(["rem-train", *argv])
-        )
+        ctx = init_from_env(backend_for(config.device))
     except ValueError as err:
         print(f"rem-train: error: {err}", file=sys.stderr)
         return 2
     try:
-        exported = trainer.run(export_to=args.get("export"))
+        return _train(config, out, resume is not None, argv, args.get("export"), ctx)
+    finally:
+        cleanup()
+
+
+def _train(
+    config: TrainConfig,
+    out: Path,
+    resume: bool,
+    argv: list[str],
+    export: Path | None,
+    ctx: DistContext,
+) -> int:
+    """Builds the trainer and runs it on this rank; returns the exit status."""
+    where = f" (rank {ctx.rank})" if ctx.is_distributed else ""
+    try:
+        trainer = Trainer(
+            config, out, resume=resume, command=shlex.join(["rem-train", *argv]), dist_ctx=ctx
+        )
+    except ValueError as err:
+        print(f"rem-train: error{where}: {err}", file=sys.stderr)
+        return 2
+    try:
+        exported = trainer.run(export_to=export)
     except TrainingStoppedError as stopped:
-        print(f"rem-train: {stopped}", file=sys.stderr)
+        print(f"rem-train{where}: {stopped}", file=sys.stderr)
         return 143
-    print(f"done: model in {exported}")
+    if ctx.is_main:
+        print(f"done: model in {exported}")
     return 0
 
 

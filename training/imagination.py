@@ -7,6 +7,11 @@ replay-buffer contexts: the last ``context_length`` real frames' tokens of a lef
 and the actions between them, passed as ``reset(options={"contexts": ...})``. The frames before
 the start frame warm up the actor-critic's LSTM (burn-in, REM_SPEC 6); its state goes in and
 comes back, the env owns the world-model state.
+
+Every imagined trajectory draws its randomness (the dream's and its actions') from counter-based
+streams of its own seed (:mod:`rem_env.noise`), so it is the same whichever batch it is part
+of: data-parallel ranks that imagine their rows of a global batch (``first_row``) imagine what
+one process would.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import torch
 from torch import Tensor
 
 from rem_env import DreamVectorEnv, REMModel
-from rem_env.models.actor_critic import ActorCritic, LSTMState, sample_actions
+from rem_env.models.actor_critic import ActorCritic, LSTMState
+from rem_env.models.sampling import sample_categorical
+from rem_env.noise import hash_uniforms
 from training.batches import TensorSegmentBatch, frames_to_tensor
 from training.losses import lambda_returns
 
@@ -26,6 +33,8 @@ __all__ = ["Imagination", "Rollout", "StartPoint", "objective_before_after", "re
 
 ENCODE_CHUNK = 512
 """Frames the tokenizer encodes at once when preparing a burn-in batch."""
+ACTION_STREAM_KEY = 0x2545F4914F6CDD1D
+"""XOR-ed into a trajectory's seed for its action stream (apart from its dream's stream)."""
 
 
 class StartPoint(NamedTuple):
@@ -120,22 +129,43 @@ class Imagination:
         return StartPoint(state, tokens[:, -c:], batch.actions[:, -c:-1])
 
     def rollout(
-        self, actor_critic: ActorCritic, start: StartPoint, steps: int, seed: int | None = None
+        self,
+        actor_critic: ActorCritic,
+        start: StartPoint,
+        steps: int,
+        seed: int | None = None,
+        first_row: int = 0,
     ) -> Rollout:
         """Imagines ``steps`` steps from ``start`` with the actor-critic acting (temperature 1).
 
         At each step the actor-critic sees the current codes, samples an action, the action is
         pushed through its LSTM, and the dream env steps. Gradients flow through the
         actor-critic across the whole rollout; the world model's outputs are constants.
+
+        Args:
+            actor_critic: The policy being trained.
+            start: Where the trajectories start (:meth:`start_from`).
+            steps: Imagined steps.
+            seed: Trajectory ``i`` uses seed ``seed + first_row + i`` for its dream and its
+                actions (None: a seed drawn from torch's RNG).
+            first_row: Row of the first trajectory in the global batch (a data-parallel rank's
+                offset; 0 for one process).
         """
+        if seed is None:
+            seed = int(torch.randint(2**62, ()).item())
         obs, _ = self.env.reset(
-            seed=seed, options={"contexts": (start.context_tokens, start.context_actions)}
+            seed=seed + first_row,
+            options={"contexts": (start.context_tokens, start.context_actions)},
         )
+        seeds = seed + first_row + torch.arange(self.env.num_envs, device=obs.device)  # (B,)
+        action_seeds = seeds ^ ACTION_STREAM_KEY
         state = start.state
         codes, logits, values, actions, rewards, ends = [], [], [], [], [], []
-        for _ in range(steps):
+        for t in range(steps):
             out = actor_critic(obs, state)
-            action = sample_actions(out.logits.detach())
+            step = torch.full_like(action_seeds, t)
+            uniforms = hash_uniforms(action_seeds, step, 1)[:, 0]  # (B,)
+            action = sample_categorical(out.logits.detach(), uniforms)
             state = actor_critic.observe_action(action, out.state)
             codes.append(obs)
             obs, reward, terminated, _, _ = self.env.step(action)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from rem_env import REMModel
 from rem_env.models.actor_critic import ActorCritic
 from training.config import TrainConfig
+from training.distributed import DistContext, average_gradients
 
 __all__ = ["build_optimizers", "clipped_step", "weight_decay_groups"]
 
@@ -58,11 +59,21 @@ def build_optimizers(
 
 
 def clipped_step(
-    loss: Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, max_norm: float
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    module: nn.Module,
+    max_norm: float,
+    ctx: DistContext | None = None,
 ) -> float:
-    """Back-propagates ``loss``, clips ``module``'s gradient norm, steps; returns the norm."""
+    """Back-propagates ``loss``, clips ``module``'s gradient norm, steps; returns the norm.
+
+    With a data-parallel ``ctx`` the gradients are averaged over the ranks between the backward
+    pass and the clipping, so every rank clips the same gradient and takes the same step.
+    """
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if ctx is not None:
+        average_gradients(module.parameters(), ctx)
     norm = nn.utils.clip_grad_norm_(module.parameters(), max_norm)
     optimizer.step()
     return float(norm)

@@ -9,6 +9,9 @@ a partial or corrupt tail record is truncated away, so after a crash (SIGKILL, p
 ``fsync=True``) every completed transition is still there. A failed write (full disk) truncates
 the file back to the last complete record and raises :class:`ReplayWriteError`.
 
+One process writes (it locks the folder); others may open it ``read_only`` and call
+:meth:`ReplayBuffer.refresh` to see what the writer appended since (the data-parallel ranks > 0).
+
 Sampling is uniform over every valid window (REM_SPEC 7), with a padding mask:
 
 * single frames for the tokenizer (:meth:`ReplayBuffer.sample_frames`);
@@ -79,16 +82,20 @@ class ReplayBuffer:
 
     Opening an existing folder resumes it: every complete record is kept, a partial last record
     is dropped, and the next append starts a new episode (the environment that produced an
-    unfinished episode is gone after a restart). Only one process may open a folder at a time.
+    unfinished episode is gone after a restart). Only one process may open a folder for writing
+    at a time; any number may open it ``read_only`` (no lock, no writes) and :meth:`refresh` to
+    see the records appended since.
 
     Args:
         root: Folder of the buffer; created if missing.
         obs_shape: Shape of one uint8 observation, (64, 64, 3) for REM.
         fsync: Flush every append to the device (survives power loss, not just process death).
+        read_only: Open an existing buffer without locking or changing it (appends raise).
 
     Raises:
-        ValueError: If ``root`` holds a buffer of another format or observation shape.
-        RuntimeError: If another process has the folder open.
+        ValueError: If ``root`` holds a buffer of another format or observation shape, or (with
+            ``read_only``) holds no buffer.
+        RuntimeError: If another process has the folder open for writing.
 
     Example:
         >>> import tempfile, numpy as np
@@ -105,17 +112,32 @@ class ReplayBuffer:
         root: str | os.PathLike[str],
         obs_shape: tuple[int, ...] = (64, 64, 3),
         fsync: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.root = Path(root)
         self.obs_shape = tuple(int(s) for s in obs_shape)
         self.fsync = bool(fsync)
+        self.read_only = bool(read_only)
         self._dtype = _record_dtype(self.obs_shape)
         self._record_size = self._dtype.itemsize
         self._fd = -1
+        self._map: np.ndarray | None = None
+        path = self.root / _DATA_FILE
+        if self.read_only:
+            if not (self.root / _META_FILE).is_file() or not path.is_file():
+                raise ValueError(f"{self.root} holds no replay buffer to open read-only")
+            self._check_or_write_meta()
+            self._fd = os.open(path, os.O_RDONLY)
+            self._num_steps, self._starts = 0, []
+            self._open_episode = False
+            try:
+                self.refresh()
+            except BaseException:
+                self.close()
+                raise
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_or_write_meta()
-        path = self.root / _DATA_FILE
-        self._map: np.ndarray | None = None
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if fcntl is not None:
@@ -157,8 +179,8 @@ class ReplayBuffer:
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, meta_path)
 
-    def _recover(self) -> int:
-        """Drops a partial or corrupt tail; returns the number of complete records."""
+    def _complete_records(self) -> tuple[int, int]:
+        """(complete records before any partial or corrupt tail, file size in bytes)."""
         size = os.fstat(self._fd).st_size
         n = size // self._record_size
         while n > 0:
@@ -166,19 +188,42 @@ class ReplayBuffer:
             if zlib.crc32(raw[:-4]) == int.from_bytes(raw[-4:], "little"):
                 break
             n -= 1
+        return n, size
+
+    def _recover(self) -> int:
+        """Drops a partial or corrupt tail; returns the number of complete records."""
+        n, size = self._complete_records()
         if n * self._record_size != size:
             os.ftruncate(self._fd, n * self._record_size)
             os.fsync(self._fd)
         return n
 
-    def _read_starts(self) -> list[int]:
-        if self._num_steps == 0:
+    def _read_starts(self, first: int = 0) -> list[int]:
+        """Episode starts among records ``first..num_steps-1``."""
+        if self._num_steps == first:
             return []
-        flags = self._records()["flags"]
-        starts = np.flatnonzero(flags & _START).tolist()
-        if not starts or starts[0] != 0:
+        flags = self._records()["flags"][first:]
+        starts = (first + np.flatnonzero(flags & _START)).tolist()
+        if first == 0 and (not starts or starts[0] != 0):
             raise ValueError(f"{self.root / _DATA_FILE} is corrupt: no episode start at record 0")
         return starts
+
+    def refresh(self) -> int:
+        """Read-only view: takes in the records the writer appended since; returns the count.
+
+        A record the writer is still writing is left for the next refresh. For the writer
+        itself this just returns :attr:`num_steps`.
+        """
+        if self._fd < 0:
+            raise ValueError(f"the replay buffer {self.root} is closed; reopen it")
+        if self.read_only:
+            old = self._num_steps
+            n, _ = self._complete_records()
+            if n < old:
+                raise ValueError(f"{self.root / _DATA_FILE} shrank from {old} to {n} records")
+            self._num_steps = n
+            self._starts.extend(self._read_starts(old))
+        return self._num_steps
 
     def _records(self) -> np.ndarray:
         """A read-only memory map of the complete records, (num_steps,) structured."""
@@ -217,6 +262,8 @@ class ReplayBuffer:
         """
         if self._fd < 0:
             raise ValueError(f"the replay buffer {self.root} is closed; reopen it to append")
+        if self.read_only:
+            raise ValueError(f"the replay buffer {self.root} was opened read-only; cannot append")
         obs = np.asarray(obs)
         if obs.dtype != np.uint8:
             raise TypeError(f"obs must be uint8, got {obs.dtype}")
@@ -312,11 +359,17 @@ class ReplayBuffer:
             (flags & _TRUNCATED) != 0,
         )
 
-    def sample_frames(self, batch_size: int, rng: np.random.Generator) -> FrameBatch:
-        """Frames drawn uniformly (with replacement) from every stored step."""
+    def sample_frames(
+        self, batch_size: int, rng: np.random.Generator, rows: slice = slice(None)
+    ) -> FrameBatch:
+        """Frames drawn uniformly (with replacement) from every stored step.
+
+        ``rows`` reads only those rows of the drawn batch: data-parallel ranks draw the same
+        global batch from one shared generator and each reads its own part.
+        """
         if self._num_steps == 0:
             raise ValueError("the replay buffer is empty; collect some steps first")
-        index = rng.integers(0, self._num_steps, size=batch_size)
+        index = rng.integers(0, self._num_steps, size=batch_size)[rows]
         return FrameBatch(np.array(self._records()["obs"][index]))
 
     def sample_segments(
@@ -326,6 +379,7 @@ class ReplayBuffer:
         rng: np.random.Generator,
         pad: Literal["right", "left"],
         min_real: int = 3,
+        rows: slice = slice(None),
     ) -> SegmentBatch:
         """Segments drawn uniformly over every valid window of every episode.
 
@@ -341,6 +395,7 @@ class ReplayBuffer:
             rng: Source of randomness.
             pad: ``"right"`` or ``"left"``.
             min_real: Fewest real steps per window (3).
+            rows: Read only these rows of the drawn batch (as in :meth:`sample_frames`).
 
         Raises:
             ValueError: On bad arguments or when no episode is long enough yet.
@@ -354,7 +409,7 @@ class ReplayBuffer:
         total = int(counts.sum())
         if total == 0:
             raise ValueError(f"no episode has at least {min_real} steps yet; collect more")
-        window = rng.integers(0, total, size=batch_size)
+        window = rng.integers(0, total, size=batch_size)[rows]
         cumulative = np.cumsum(counts)
         episode = np.searchsorted(cumulative, window, side="right")
         offset = window - (cumulative[episode] - counts[episode])

@@ -28,14 +28,22 @@ class RunLog:
         run_dir: The run folder.
         tensorboard: Try to log to ``run_dir/tensorboard``.
         stream: Where printed lines go (stdout).
+        enabled: False makes every method a no-op (the data-parallel ranks > 0: rank 0 logs).
     """
 
     def __init__(
-        self, run_dir: str | os.PathLike[str], tensorboard: bool = True, stream: Any = None
+        self,
+        run_dir: str | os.PathLike[str],
+        tensorboard: bool = True,
+        stream: Any = None,
+        enabled: bool = True,
     ):
         self.run_dir = Path(run_dir)
         self.stream = sys.stdout if stream is None else stream
+        self.enabled = enabled
         self.writer: Any = None
+        if not enabled:
+            return
         _drop_torn_line(self.run_dir / METRICS_FILE)
         if tensorboard:
             try:
@@ -47,7 +55,8 @@ class RunLog:
 
     def info(self, line: str) -> None:
         """Prints one line (flushed, so a log file follows the run live)."""
-        print(f"[rem-train] {line}", file=self.stream, flush=True)
+        if self.enabled:
+            print(f"[rem-train] {line}", file=self.stream, flush=True)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Logs ``{"tokenizer/total": ...}`` scalars at ``step`` (the epoch)."""
@@ -69,6 +78,8 @@ class RunLog:
                 means per phase that ran, ``eval`` when evaluated).
             epochs: Epochs of the whole run.
         """
+        if not self.enabled:
+            return
         parts = [f"epoch {record['epoch']}/{epochs}", f"env steps {record['env_steps']}"]
         scalars: dict[str, float] = {}
         for name in ("collect", "tokenizer", "world_model", "actor_critic"):

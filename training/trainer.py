@@ -365,8 +365,10 @@ class Trainer:
                 min_real=max(3, context), rows=rows,
             ).to_torch(self.device)  # fmt: skip
             start = self.imagination.start_from(ac, batch, cfg.burn_in_actions)
-            seed = int(torch.randint(2**31, ()).item())
-            rollout = self.imagination.rollout(ac, start, self.config.imagined_steps, seed=seed)
+            seed = int(self.rng.integers(2**31))  # shared: row i dreams as in one process
+            rollout = self.imagination.rollout(
+                ac, start, self.config.imagined_steps, seed=seed, first_row=rows.start
+            )
             loss, metrics = self._ac_loss(rollout.logits, rollout.values, rollout)
             clipped_step(loss, optimizer, ac, cfg.grad_clip, self.dist)
             if self.config.common.track_progress:
