@@ -48,6 +48,7 @@ from training.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
+from training.codebook import DeadCodeRestarter
 from training.collect import Collector
 from training.config import TrainConfig
 from training.distributed import (
@@ -93,24 +94,25 @@ class TrainingStoppedError(Exception):
 class Trainer:
     """One REM training run in a run folder.
 
-    Args:
-        config: The run's configuration.
-        run_dir: The run folder (new, or the run to continue with ``resume``).
-        resume: Continue the run in ``run_dir`` from its last checkpoint.
-        command: The command line, recorded in the export.
-        dist_ctx: This process's rank among data-parallel ranks (default: one process); the
-            process group must be joined already (:func:`training.distributed.init_from_env`).
+        Args:
+            config: The run's configuration.
+            run_dir: The run folder (new, or the run to continue with ``resume``).
+            resume: Continue the run in ``run_dir`` from its last checkpoint.
+            command: The command line, recorded in the export.
+            dist_ctx: This process's rank among data-parallel ranks (default: one process); the
+                process group must be joined already (:func:`training.distributed.init_from_env`).
 
-    Raises:
-        ValueError: On a run folder that does not fit (see
-            :func:`training.checkpoint.prepare_run_dir`), or a global batch size that is not a
-            multiple of the number of ranks.
+        Raises:
+            ValueError: On a run folder that does not fit (see
+                :func:`training.checkpoint.prepare_run_dir`), or a global batch size that is not a
+                multiple of the number of ranks.
 
-    Example:
-        >>> from training.config import TrainConfig
-        >>> config = TrainConfig.from_preset("smoke", "Breakout")
-        >>> folder = Trainer(config, "runs/smoke").run()  # doctest: +SKIP
-        >>> folder = Trainer(config, "runs/smoke", resume=True).run()  # doctest: +SKIP
+        Example:
+            >>> from training.codebook import DeadCodeRestarter
+    from training.config import TrainConfig
+            >>> config = TrainConfig.from_preset("smoke", "Breakout")
+            >>> folder = Trainer(config, "runs/smoke").run()  # doctest: +SKIP
+            >>> folder = Trainer(config, "runs/smoke", resume=True).run()  # doctest: +SKIP
     """
 
     def __init__(
@@ -143,6 +145,10 @@ class Trainer:
         ).to(device)
         self.optimizers = build_optimizers(cfg, self.model, self.actor_critic)
         tok, ac = cfg.tokenizer, cfg.actor_critic
+        self.code_restarter = None
+        if tok.restart_dead_codes_every > 0:  # usage restarts empty on resume
+            vocab = self.model.config.tokenizer.vocab_size
+            self.code_restarter = DeadCodeRestarter(vocab, tok.restart_dead_codes_every, device)
         self.lpips = None
         if tok.lpips:
             self.lpips = load_lpips()
@@ -280,6 +286,10 @@ class Trainer:
         cfg = self.config.tokenizer
         tokenizer, optimizer = self.model.tokenizer.train(), self.optimizers["tokenizer"]
         rows, losses = rank_slice(cfg.batch_size, self.dist), []
+        generator = None
+        if self.code_restarter is not None:  # the same on every rank: drawn from the shared rng
+            seed = int(self.rng.integers(2**31))
+            generator = torch.Generator(device=self.device).manual_seed(seed)
         background = None
         if cfg.foreground_weight > 0:  # the game's static picture, from the frames seen so far
             sample = self.replay.sample_frames(BACKGROUND_FRAMES, self.rng).frames(self.device)
@@ -293,8 +303,13 @@ class Trainer:
                 tokenizer_loss, frames=frames, beta=cfg.beta, perceptual=self.lpips,
                 pixel_weights=weights,
             )  # fmt: skip
-            loss, metrics = loss_fn(tokenizer(frames))
+            output = tokenizer(frames)
+            loss, metrics = loss_fn(output)
             clipped_step(loss, optimizer, tokenizer, cfg.grad_clip, self.dist)
+            if self.code_restarter is not None:
+                self.code_restarter.observe(output.tokens)
+                restarted = self.code_restarter.step(tokenizer, output.z, generator, self.dist)
+                metrics["restarted_codes"] = float(restarted)
             if self.config.common.track_progress:  # same batch, same (deterministic) mode
                 with torch.no_grad():
                     after, _ = loss_fn(tokenizer(frames))
