@@ -187,8 +187,9 @@ def cleanup() -> None:
 def wrap(module: nn.Module, ctx: DistContext) -> nn.Module:
     """``module`` in ``DistributedDataParallel`` with several ranks, else ``module`` itself.
 
-    For a loop with one forward per backward; the trainer uses :func:`average_gradients`
-    instead. The module must already be on its device (``cuda:<local_rank>`` or the CPU). DDP
+    For a loop with one forward per backward (the trainer's tokenizer and world-model phases;
+    the actor-critic phase uses :func:`average_gradients`). The module must already be on its
+    device (``cuda:<local_rank>`` or the CPU). DDP
     makes every rank start from rank 0's parameters and buffers.
     """
     if not ctx.is_distributed:

@@ -64,6 +64,7 @@ from training.distributed import (
     rank_slice,
     run_on_main,
     share_from_main,
+    wrap,
 )
 from training.evaluate import EvalResult, evaluate
 from training.export import export_run
@@ -169,6 +170,12 @@ class Trainer:
         if resume and (self.run_dir / "checkpoints" / "last.safetensors").is_file():
             self._load(self.run_dir / "checkpoints")
         broadcast_modules(self._modules().values(), ctx)  # every rank starts from rank 0's
+        # DistributedDataParallel for the two phases with one forward per backward (the module
+        # itself with one process). The actor-critic's rollout calls its module ~30 times per
+        # backward, which DDP's hooks do not allow: its gradients are averaged by one
+        # all_reduce after the backward (training.distributed.average_gradients).
+        self.tokenizer_ddp = wrap(self.model.tokenizer, ctx)
+        self.world_model_ddp = wrap(self.model.world_model, ctx)
         folder, fsync = self.run_dir / "replay", cfg.common.replay_fsync
         replay = run_on_main(lambda: ReplayBuffer(folder, fsync=fsync), ctx)  # rank 0 writes
         self.replay = ReplayBuffer(folder, read_only=True) if replay is None else replay
@@ -303,9 +310,9 @@ class Trainer:
                 tokenizer_loss, frames=frames, beta=cfg.beta, perceptual=self.lpips,
                 pixel_weights=weights,
             )  # fmt: skip
-            output = tokenizer(frames)
+            output = self.tokenizer_ddp(frames)
             loss, metrics = loss_fn(output)
-            clipped_step(loss, optimizer, tokenizer, cfg.grad_clip, self.dist)
+            clipped_step(loss, optimizer, tokenizer, cfg.grad_clip)  # DDP averaged the grads
             if self.code_restarter is not None:
                 self.code_restarter.observe(output.tokens)
                 restarted = self.code_restarter.step(tokenizer, output.z, generator, self.dist)
@@ -346,7 +353,7 @@ class Trainer:
             share = self._share(batch.mask, context)
             if self.dist.is_distributed:
                 loss = loss * (share * self.dist.world_size)
-            clipped_step(loss, optimizer, wm, cfg.grad_clip, self.dist)
+            clipped_step(loss, optimizer, wm, cfg.grad_clip)  # DDP averaged the gradients
             if before is not None:  # same batch, eval mode (no dropout) before and after
                 metrics.update(check_before=before, check_after=self._eval_loss(wm, loss_fn))
             losses.append(average_metrics(metrics, self.dist, share))
@@ -408,7 +415,7 @@ class Trainer:
     def _wm_loss(
         self, tokens: torch.Tensor, batch: Any, codebook: torch.Tensor, context: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        output = self.model.world_model(tokens, batch.actions, codebook)
+        output = self.world_model_ddp(tokens, batch.actions, codebook)
         return world_model_loss(output, tokens, batch.rewards, batch.ends, batch.mask, context)
 
     @staticmethod
