@@ -26,6 +26,7 @@ def test_model_report_writes_training_fidelity_and_dream_to_real(tmp_path):
         "env_steps": 20000,
         "epochs": 50,
         "lpips": False,
+        "note": "stopped early, then resumed",
         "evaluation": {"scores": [1.0, 3.0], "mean": 2.0, "std": 1.0},
     }
     (folder / "training.json").write_text(json.dumps(record))
@@ -56,7 +57,7 @@ def test_model_report_writes_training_fidelity_and_dream_to_real(tmp_path):
     card = (folder / "README.md").read_text()
     assert "rem-train --game Breakout --preset cpu" in card
     assert "wall time: 90.0 min" in card and "a test machine" in card
-    assert "2.00 ± 1.00 over 2 episodes" in card
+    assert "2.00 ± 1.00 over 2 episodes" in card and "stopped early, then resumed" in card
     assert f"| 1 | {report.token_accuracy[0]:.3f} |" in card
     assert "![real vs dream](fidelity_strip.png)" in card
     assert (folder / "fidelity_strip.png").is_file() and (folder / "fidelity_curve.png").is_file()

@@ -50,6 +50,8 @@ def training_section(record: dict[str, Any], machine: str) -> str:
     lines = ["## How it was trained", ""]
     if "command" in record:
         lines += ["```bash", str(record["command"]), "```", ""]
+    if "note" in record:
+        lines += [str(record["note"]), ""]
     wall = record.get("wall_time_s")
     lines += [
         f"- preset: `{record.get('preset', 'unknown')}`",
