@@ -16,7 +16,7 @@ from rem_env import REMConfig, REMModel
 from rem_env.actor_critic_files import ACTOR_CRITIC_WEIGHTS, save_actor_critic
 from rem_env.agents import ActorCriticAgent
 from rem_env.cli import build_parser, main
-from rem_env.hub import save_pretrained
+from rem_env.hub import bundled_model_folder, save_pretrained
 from rem_env.models.actor_critic import ActorCritic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +182,8 @@ def test_info_lists_ids_versions_and_devices(capsys: pytest.CaptureFixture[str])
     assert main(["info"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("REM-") == 26
-    assert "REM-Breakout-v0: none (pass --model)" in printed
+    assert "REM-Pong-v0: none (pass --model)" in printed
+    assert f"REM-Breakout-v0: {bundled_model_folder('Breakout')}" in printed
     for name in ("rem-env", "torch", "gymnasium", "ale-py", "stable-baselines3", "cuda"):
         assert name in printed
 

@@ -58,8 +58,10 @@ def test_make_without_prior_import() -> None:
     code = (
         "import gymnasium as gym, sys\n"
         "assert 'rem_env' not in sys.modules\n"
+        "env = gym.make('rem_env:REM-Breakout-v0')\n"  # the bundled model
+        "assert type(env.unwrapped).__name__ == 'DreamEnv'\n"
         "try:\n"
-        "    gym.make('rem_env:REM-Breakout-v0')\n"
+        "    gym.make('rem_env:REM-Pong-v0')\n"  # no weights for Pong
         "except gym.error.Error as err:\n"
         "    assert 'REMModel' in str(err), err\n"
         "    print('ok')\n"

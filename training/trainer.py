@@ -95,25 +95,24 @@ class TrainingStoppedError(Exception):
 class Trainer:
     """One REM training run in a run folder.
 
-        Args:
-            config: The run's configuration.
-            run_dir: The run folder (new, or the run to continue with ``resume``).
-            resume: Continue the run in ``run_dir`` from its last checkpoint.
-            command: The command line, recorded in the export.
-            dist_ctx: This process's rank among data-parallel ranks (default: one process); the
-                process group must be joined already (:func:`training.distributed.init_from_env`).
+    Args:
+        config: The run's configuration.
+        run_dir: The run folder (new, or the run to continue with ``resume``).
+        resume: Continue the run in ``run_dir`` from its last checkpoint.
+        command: The command line, recorded in the export.
+        dist_ctx: This process's rank among data-parallel ranks (default: one process); the
+            process group must be joined already (:func:`training.distributed.init_from_env`).
 
-        Raises:
-            ValueError: On a run folder that does not fit (see
-                :func:`training.checkpoint.prepare_run_dir`), or a global batch size that is not a
-                multiple of the number of ranks.
+    Raises:
+        ValueError: On a run folder that does not fit (see
+            :func:`training.checkpoint.prepare_run_dir`), or a global batch size that is not a
+            multiple of the number of ranks.
 
-        Example:
-            >>> from training.codebook import DeadCodeRestarter
-    from training.config import TrainConfig
-            >>> config = TrainConfig.from_preset("smoke", "Breakout")
-            >>> folder = Trainer(config, "runs/smoke").run()  # doctest: +SKIP
-            >>> folder = Trainer(config, "runs/smoke", resume=True).run()  # doctest: +SKIP
+    Example:
+        >>> from training.config import TrainConfig
+        >>> config = TrainConfig.from_preset("smoke", "Breakout")
+        >>> folder = Trainer(config, "runs/smoke").run()  # doctest: +SKIP
+        >>> folder = Trainer(config, "runs/smoke", resume=True).run()  # doctest: +SKIP
     """
 
     def __init__(
