@@ -210,3 +210,70 @@ def test_inference_pieces_do_not_change_results(monkeypatch):
     assert _max_diff(whole, split) < TOL
     for a, b in zip(whole_states, split_states, strict=True):
         assert _max_diff(a, b) < TOL
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("tail_batch", [1, 2])
+@pytest.mark.parametrize("keep_from", [0, 6])
+def test_fast_inference_path_equals_one_chunk(mode, tail_batch, keep_from):
+    """Without autograd the projections run stacked and the tail's first-layer projections are
+    kept between calls: the same numbers as the plain chunk, call after call."""
+    decoder = (
+        RetNetDecoder(3, embed_dim=32, num_heads=2, ffn_dim=64, identical_init=False)
+        .double()
+        .eval()
+    )
+    x = torch.randn(2, 6, 32, dtype=torch.float64)
+    tail = torch.randn(tail_batch, 5, 32, dtype=torch.float64)
+    _, prev = decoder.forward_chunk(torch.randn(2, 4, 32, dtype=torch.float64), 11, None)
+    joined = torch.cat([x, tail.expand(2, -1, -1)], dim=1)
+    expected, expected_states = decoder.forward_chunk(joined, 15, prev, state_len=6)
+    context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with context:
+        for _ in range(2):  # the second call reuses what the first kept
+            got, states = decoder.forward_with_tail(x, tail, 15, prev, keep_from)
+            assert _max_diff(got, expected[:, keep_from:]) < TOL
+            for a, b in zip(states, expected_states, strict=True):
+                assert _max_diff(a, b) < TOL
+
+
+def test_kept_projections_follow_weight_and_tail_updates():
+    """What the fast path keeps between calls is recomputed after an in-place update of a
+    weight (an optimizer step), a load_state_dict, a replaced parameter and a changed tail."""
+    decoder = RetNetDecoder(2, embed_dim=32, num_heads=2, ffn_dim=64).double().eval()
+    x = torch.randn(2, 6, 32, dtype=torch.float64)
+    tail_weight = torch.randn(5, 32, dtype=torch.float64)
+
+    def check() -> None:
+        tail = tail_weight[None]  # a fresh view each call, as WorldModel passes it
+        joined = torch.cat([x, tail.expand(2, -1, -1)], dim=1)
+        expected, _ = decoder.forward_chunk(joined, 3, None, state_len=6)
+        with torch.no_grad():
+            got, _ = decoder.forward_with_tail(x, tail, 3, None, 0)
+        assert _max_diff(got, expected) < TOL
+
+    check()
+    msr = decoder.layers[0].retention
+    with torch.no_grad():
+        msr.q_proj.weight.add_(0.5)  # in place, like an optimizer step
+        msr.k_proj.bias.add_(0.25)
+        decoder.layers[0].norm1.weight.mul_(2.0)
+    check()
+    other = RetNetDecoder(2, embed_dim=32, num_heads=2, ffn_dim=64).double()
+    decoder.load_state_dict(other.state_dict())
+    check()
+    msr.v_proj.weight = torch.nn.Parameter(torch.randn_like(msr.v_proj.weight))
+    check()
+    with torch.no_grad():
+        tail_weight.mul_(-1.0)
+    check()
+
+
+def test_rotate_without_autograd_returns_contiguous_heads():
+    x = torch.randn(2, 7, 3, 8).transpose(1, 2)  # (B, H, T, d), not contiguous
+    cos, sin = rotation_tables(4, 7, 8)
+    with torch.no_grad():
+        fast = rotate(x, cos, sin)
+    slow = rotate(x.double(), cos.double(), sin.double())
+    assert fast.is_contiguous() and fast.shape == x.shape
+    assert _max_diff(fast.double(), slow) < 1e-6

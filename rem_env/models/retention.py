@@ -15,12 +15,15 @@ The three forms compute the same outputs and states (tested to 1e-10 in float64)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "DerivedCache",
     "MultiScaleRetention",
     "block_states",
     "decay_rates",
@@ -33,6 +36,47 @@ __all__ = [
 ]
 
 _TABLE_CACHE_SIZE = 64
+
+
+class DerivedCache:
+    """Values computed from tensors (stacked weights, projections of constant tokens), kept
+    while those tensors are unchanged.
+
+    An entry is reused only if every input is the same storage, shape, strides and dtype at
+    the same version counter (in-place updates, optimizer steps and ``load_state_dict`` bump
+    it); the entry holds its inputs, so their memory cannot be reused by other tensors. Tensors
+    made under ``torch.inference_mode`` track no version: their values are never kept.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[list[Tensor], tuple[int, ...], Any]] = {}
+
+    def get(self, name: str, inputs: list[Tensor], compute: Callable[[], Any]) -> Any:
+        """The value ``compute()`` gave for ``inputs`` under ``name``, computed again if needed."""
+        try:
+            versions = tuple(t._version for t in inputs)
+        except RuntimeError:  # inference tensors
+            return compute()
+        entry = self._entries.get(name)
+        if (
+            entry is not None
+            and entry[1] == versions
+            and all(_same_tensor(a, b) for a, b in zip(entry[0], inputs, strict=True))
+        ):
+            return entry[2]
+        value = compute()
+        self._entries[name] = (list(inputs), versions, value)
+        return value
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    return (
+        a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+        and a.device == b.device
+    )
 
 
 def decay_rates(num_heads: int, min_window: float = 32.0, max_window: float = 512.0) -> tuple:
@@ -111,11 +155,17 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
     ``(x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos)``; cos and sin broadcast against
     ``x[..., ::2]``. float32/float64 use one complex multiplication (several times faster than
-    the real-arithmetic form used for other dtypes).
+    the real-arithmetic form used for other dtypes). Without autograd the result is contiguous
+    whatever the strides of ``x``.
     """
     pairs = x.unflatten(-1, (-1, 2))  # (..., d/2, 2)
     if x.dtype in (torch.float32, torch.float64) and x.stride(-1) == 1:
-        turned = torch.view_as_complex(pairs) * torch.complex(cos, sin)  # (..., d/2)
+        rotation = torch.complex(cos, sin)
+        if torch.is_grad_enabled():
+            turned = torch.view_as_complex(pairs) * rotation  # (..., d/2)
+        else:
+            turned = rotation.new_empty(torch.broadcast_shapes(pairs.shape[:-1], rotation.shape))
+            torch.mul(torch.view_as_complex(pairs), rotation, out=turned)
         return torch.view_as_real(turned).flatten(-2)
     x0, x1 = pairs[..., 0], pairs[..., 1]
     return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
@@ -303,6 +353,8 @@ class MultiScaleRetention(torch.nn.Module):
         self.g_proj = torch.nn.Linear(embed_dim, embed_dim)
         self.out_proj = torch.nn.Linear(embed_dim, embed_dim)
         self.dropout = torch.nn.Dropout(dropout)
+        self._stacked_cache = DerivedCache()
+        """Stacked projection weights for inference, a function of the parameters only."""
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.out_proj):
             torch.nn.init.xavier_normal_(proj.weight)
             torch.nn.init.zeros_(proj.bias)
@@ -327,13 +379,66 @@ class MultiScaleRetention(torch.nn.Module):
         With ``query_from > 0`` the queries and gates are computed only for tokens
         ``query_from..T-1`` (keys and values for all).
         """
-        cos, sin = cos[:, None], sin[:, None]  # (T, 1, d/2): shared by the heads
+        return self.rotate_heads(*self.linear_qkvg(x, query_from), cos, sin, query_from)
+
+    def linear_qkvg(self, x: Tensor, query_from: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The q, k, v and g projections of (B, T, E) inputs, before rotation: each (B, ., E).
+
+        Without autograd the four projections run as one matrix product with the weights
+        stacked (two when ``query_from > 0``: k and v of every token, q and g from token
+        ``query_from`` on); with autograd, or when the projections are not plain linear layers
+        (quantized ones), as the four layers.
+        """
+        if torch.is_grad_enabled() or not self.plain_projections:
+            k, v = self.k_proj(x), self.v_proj(x)
+            x = x[:, query_from:]
+            return self.q_proj(x), k, v, self.g_proj(x)
+        size = x.shape[-1]
+        if query_from == 0:
+            q, k, v, g = torch.nn.functional.linear(x, *self._stacked("qkvg")).split(size, -1)
+            return q, k, v, g
+        k, v = torch.nn.functional.linear(x, *self._stacked("kv")).split(size, -1)
+        q, g = torch.nn.functional.linear(x[:, query_from:], *self._stacked("qg")).split(size, -1)
+        return q, k, v, g
+
+    @property
+    def plain_projections(self) -> bool:
+        """Whether q, k, v and g are plain ``nn.Linear`` layers (not, say, quantized ones)."""
+        return all(type(getattr(self, f"{n}_proj")) is torch.nn.Linear for n in "qkvg")
+
+    def rotate_heads(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        g: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        query_from: int = 0,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Splits projections (B, ., E) into heads and rotates q and k by tables (T, d/2).
+
+        ``q`` and ``g`` hold tokens ``query_from..T-1``, ``k`` and ``v`` all T. Returns q, k, v
+        as (B, H, ., d), k scaled by ``1/sqrt(d)``, and g unchanged.
+        """
         scale = self.head_dim**-0.5  # the key scaling rides on the (small) rotation tables
-        k = rotate(self._split(self.k_proj(x)), cos * scale, sin * scale)  # (B, T, H, d)
-        v = self._split(self.v_proj(x))
-        x = x[:, query_from:]
-        q = rotate(self._split(self.q_proj(x)), cos[query_from:], sin[query_from:])
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.g_proj(x)
+        # Heads are moved in front before rotating, so the rotated q and k come out contiguous
+        # in the (B, H, T, d) layout the retention products read.
+        k = rotate(self._split(k).transpose(1, 2), cos * scale, sin * scale)  # (B, H, T, d)
+        q = rotate(self._split(q).transpose(1, 2), cos[query_from:], sin[query_from:])
+        return q, k, self._split(v).transpose(1, 2), g
+
+    def _stacked(self, names: str) -> tuple[Tensor, Tensor]:
+        """Weights and biases of the named projections (letters of "qkvg") stacked row-wise,
+        kept between calls while the parameters are unchanged (see :class:`DerivedCache`)."""
+        projections = [getattr(self, f"{name}_proj") for name in names]
+        inputs = [t for proj in projections for t in (proj.weight, proj.bias)]
+
+        def stack() -> tuple[Tensor, Tensor]:
+            weight = torch.cat([proj.weight.detach() for proj in projections])  # (n E, E)
+            return weight, torch.cat([proj.bias.detach() for proj in projections])
+
+        return self._stacked_cache.get(names, inputs, stack)
 
     def combine(self, o: Tensor, g: Tensor) -> Tensor:
         """Group norm per head, swish gate and output projection: (B, H, T, d) -> (B, T, E)."""

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from rem_env.models.retention import (
+    DerivedCache,
     MultiScaleRetention,
     block_states,
     retention_chunk,
@@ -78,6 +79,8 @@ class RetNetDecoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dim, eps=1e-6)
         self.linear1 = nn.Linear(embed_dim, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, embed_dim)
+        self._tail_cache = DerivedCache()
+        """Projections of the last tail seen without autograd, a function of its inputs."""
         for linear in (self.linear1, self.linear2):
             nn.init.xavier_normal_(linear.weight)
             nn.init.zeros_(linear.bias)
@@ -120,45 +123,69 @@ class RetNetDecoderLayer(nn.Module):
     def forward_with_tail(
         self,
         x: Tensor,
-        tail: Tensor,
         cos: Tensor,
         sin: Tensor,
         state: Tensor | None,
+        real: int,
         keep_from: int = 0,
+        tail: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """One chunk of ``x`` followed by ``tail`` tokens that read ``x`` but write no state.
+        """A chunk whose first ``real`` tokens write the state; the tokens after them (the tail)
+        read them but write nothing.
 
-        Equal to :meth:`forward_chunk` on ``cat([x, tail])`` with ``state_len = R``, but
-        cheaper: a tail with batch size 1 (the same tokens for every batch entry) is projected
-        once, and outputs are computed only from row ``keep_from`` on.
+        Equal to :meth:`forward_chunk` on the chunk with ``state_len = real``, but cheaper:
+        outputs are computed only from row ``keep_from`` on, and a tail passed apart with batch
+        size 1 (the same tokens for every batch entry, as the POP prediction tokens in the
+        first layer) is projected once, and without autograd only once per weight update.
 
         Args:
-            x: (B, R, E) tokens that update the state.
-            tail: (B or 1, P, E) tokens after them.
-            cos, sin: (R + P, d/2) rotation tables of the chunk's positions.
+            x: (B, real + P, E) the whole chunk, or (B, real, E) when ``tail`` is given.
+            cos, sin: (real + P, d/2) rotation tables of the chunk's positions.
             state: (B, H, d, d) state before the chunk, or None.
-            keep_from: First row of ``cat([x, tail])`` whose output is returned.
+            real: Number of tokens that update the state.
+            keep_from: First row of the chunk whose output is returned (at most ``real``).
+            tail: (B or 1, P, E) tail tokens, or None when ``x`` holds them.
 
         Returns:
-            ``(y, state)``: y (B, R + P - keep_from, E) and the state after ``x``.
+            ``(y, state)``: y (B, real + P - keep_from, E) and the state after the real tokens.
         """
-        batch, real = x.shape[:2]
         msr = self.retention
-        q_x, k_x, v_x, g_x = msr.project_with_tables(
-            self.norm1(x), cos[:real], sin[:real], query_from=keep_from
-        )
-        q_t, k_t, v_t, g_t = msr.project_with_tables(self.norm1(tail), cos[real:], sin[real:])
+        if tail is None:
+            q, k, v, g = msr.project_with_tables(self.norm1(x), cos, sin, keep_from)
+            residual = x[:, keep_from:]
+        else:
+            batch = x.shape[0]
+            q_x, k_x, v_x, g_x = msr.project_with_tables(
+                self.norm1(x), cos[:real], sin[:real], query_from=keep_from
+            )
+            q_t, k_t, v_t, g_t = msr.rotate_heads(
+                *self._tail_projections(tail), cos[real:], sin[real:]
+            )
 
-        def join(a: Tensor, b: Tensor, dim: int) -> Tensor:
-            return torch.cat([a, b.expand(batch, *b.shape[1:])], dim=dim)
+            def join(a: Tensor, b: Tensor, dim: int) -> Tensor:
+                return torch.cat([a, b.expand(batch, *b.shape[1:])], dim=dim)
 
-        k, v = join(k_x, k_t, 2), join(v_x, v_t, 2)  # (B, H, R+P, d)
-        q = join(q_x, q_t, 2)  # (B, H, R+P-keep_from, d)
-        g = join(g_x, g_t, 1)  # (B, R+P-keep_from, E)
-        residual = join(x[:, keep_from:], tail, 1)
+            k, v = join(k_x, k_t, 2), join(v_x, v_t, 2)  # (B, H, R+P, d)
+            q = join(q_x, q_t, 2)  # (B, H, R+P-keep_from, d)
+            g = join(g_x, g_t, 1)  # (B, R+P-keep_from, E)
+            residual = join(x[:, keep_from:], tail, 1)
         o, new_state = retention_chunk(q, k, v, msr.gammas, state, real, keep_from)
-        y = self.feed_forward(residual + self.dropout(msr.combine(o, g)))
-        return y, new_state
+        return self.feed_forward(residual + self.dropout(msr.combine(o, g))), new_state
+
+    def _tail_projections(self, tail: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """q, k, v, g of tail tokens before rotation; without autograd, kept between calls
+        while the tail and the weights behind them are unchanged."""
+        msr = self.retention
+
+        def project() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            return msr.linear_qkvg(self.norm1(tail))
+
+        if torch.is_grad_enabled() or not msr.plain_projections:
+            return project()
+        inputs = [tail, *self.norm1.parameters()] + [
+            t for name in "qkvg" for t in getattr(msr, f"{name}_proj").parameters()
+        ]
+        return self._tail_cache.get("tail", inputs, project)
 
     def forward_chunkwise(
         self, x: Tensor, start: int, state: Tensor | None, chunk_size: int
@@ -314,13 +341,17 @@ class RetNetDecoder(nn.Module):
         Without autograd, batches beyond ``STEP_ROWS_PER_PIECE`` rows run in pieces.
         """
         real, batch = x.shape[1], x.shape[0]
+        if not 0 <= keep_from <= real:
+            raise ValueError(f"keep_from must be in [0, {real}], got {keep_from}")
         head = self.layers[0].retention
         cos, sin = rotation_tables(
             start, real + tail.shape[1], head.head_dim, head.rope_base, x.dtype, x.device
         )
-        piece = max(1, STEP_ROWS_PER_PIECE // (real + tail.shape[1]))
-        if batch <= piece or torch.is_grad_enabled():
+        rows = batch * (real + tail.shape[1])
+        if rows <= STEP_ROWS_PER_PIECE or torch.is_grad_enabled():
             return self._forward_with_tail(x, tail, cos, sin, states, keep_from)
+        num_pieces = -(-rows // STEP_ROWS_PER_PIECE)
+        piece = -(-batch // num_pieces)  # pieces of equal size (the last may be smaller)
         outputs, pieces = [], []
         for begin in range(0, batch, piece):
             part = slice(begin, begin + piece)
@@ -345,10 +376,10 @@ class RetNetDecoder(nn.Module):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             keep = keep_from if i == last else 0
-            y, state = layer.forward_with_tail(x, tail, cos, sin, _at(states, i), keep)
+            first_tail = tail if i == 0 else None  # after layer 0 the rows travel together
+            x, state = layer.forward_with_tail(x, cos, sin, _at(states, i), real, keep, first_tail)
             new_states.append(state)
-            x, tail = y[:, :real], y[:, real:]
-        return y, tuple(new_states)
+        return x, tuple(new_states)
 
     def forward_chunkwise(
         self, x: Tensor, start: int, states: LayerStates | None, chunk_size: int
