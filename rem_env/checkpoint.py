@@ -107,9 +107,14 @@ def save_pretrained(
         The folder.
 
     Raises:
-        ValueError: If ``folder`` holds something other than a saved model, or the manifest
-            contradicts the config.
+        ValueError: If ``folder`` holds something other than a saved model, the manifest
+            contradicts the config, or the model is a quantized copy.
     """
+    if model.quantization is not None:
+        raise ValueError(
+            f"this model is a {model.quantization}-quantized copy for dreaming; save the float "
+            "model it was made from"
+        )
     folder = Path(folder).expanduser()
     manifest = manifest if manifest is not None else default_manifest(model)
     _check_manifest_fits(manifest, model.config, ValueError, "manifest")

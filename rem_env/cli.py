@@ -40,6 +40,7 @@ from rem_env.config import REMConfig
 from rem_env.dream import DreamVectorEnv
 from rem_env.hub import ModelLoadError, NoDefaultModelError, resolve_default_model
 from rem_env.model import REMModel
+from rem_env.quantization import QUANTIZATIONS, quantize_model
 from rem_env.registration import ATARI_100K_GAMES, env_id, resolve_model
 from rem_env.video import VideoError, check_video_path, tile_frames, write_video
 
@@ -112,6 +113,22 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--temperature", type=float, default=1.0, help="sampling temperature (0: argmax)"
     )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        default=None,
+        help="dream with int8 weights in the world model's layers (CPU only: faster, close to "
+        "but not equal to the float dreams)",
+    )
+
+
+def dream_device(args: argparse.Namespace) -> str:
+    """The device of ``--device``; with ``--quantize``, the CPU (the only place int8 runs)."""
+    if args.quantize is None:
+        return pick_device(args.device)
+    if args.device not in ("auto", "cpu"):
+        raise CLIError(f"--quantize {args.quantize} runs on the CPU only; drop --device")
+    return "cpu"
 
 
 # ------------------------------------------------------------------------------------ dream
@@ -158,13 +175,14 @@ def cmd_dream(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.num_envs < 1 or args.scale < 1:
         raise CLIError("--steps, --num-envs and --scale must be positive")
     model, untrained = load_dream_model(args, game)
-    device = pick_device(args.device)
+    device = dream_device(args)
     agent = make_agent(args, model, device)
     envs = DreamVectorEnv(
         model,
         args.num_envs,
         obs_type=agent.obs_type,
         device=device,
+        quantize=args.quantize,
         temperature=args.temperature,
         render_mode="rgb_array",
     )
@@ -191,8 +209,10 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     if min(args.games, args.horizon, args.stride, args.max_steps) < 1:
         raise CLIError("--games, --horizon, --stride and --max-steps must be positive")
     model, untrained = load_dream_model(args, game)
-    device = pick_device(args.device)
+    device = dream_device(args)
     model = model.to(device)
+    if args.quantize is not None:
+        model = quantize_model(model, args.quantize)
     args.num_envs = 1  # the agent plays one real game at a time
     agent = make_agent(args, model, device)
     report = run_fidelity(
@@ -230,7 +250,8 @@ def cmd_play(args: argparse.Namespace) -> int:
         model,
         1,
         obs_type="tokens",
-        device=pick_device(args.device),
+        device=dream_device(args),
+        quantize=args.quantize,
         temperature=args.temperature,
         render_mode="rgb_array",
         autoreset_mode="DISABLED",

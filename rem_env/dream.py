@@ -20,6 +20,7 @@ from rem_env.hub import load_model
 from rem_env.model import REMModel
 from rem_env.models.world_model import StepNoise
 from rem_env.noise import MAX_SEED, hash_uniforms
+from rem_env.quantization import QUANTIZATIONS, Quantization, quantize_model
 from rem_env.state import ImaginationState
 
 __all__ = ["DreamEnvClosedError", "DreamVectorEnv"]
@@ -60,6 +61,9 @@ class DreamVectorEnv(VectorEnv):
         num_envs: Number of dreams stepped together.
         obs_type: ``"rgb"``, ``"tokens"`` or ``"latent"``.
         device: Where to dream; the model is moved there. Default: the model's device.
+        quantize: None (float32, the default) or ``"int8"``: dream with a copy of the model
+            whose RetNet layers run with int8 weights (CPU only; faster, close to but not equal
+            to the float dreams; see :func:`rem_env.quantization.quantize_model`).
         temperature: Sampling temperature of observation, reward and end heads (0 = argmax).
         max_episode_steps: Episodes are truncated after this many steps (None: never).
         autoreset_mode: ``NEXT_STEP`` (default: an env that ended is reset by the next ``step``,
@@ -103,6 +107,7 @@ class DreamVectorEnv(VectorEnv):
         *,
         obs_type: ObsType = "rgb",
         device: str | torch.device | None = None,
+        quantize: Quantization | None = None,
         temperature: float = 1.0,
         max_episode_steps: int | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
@@ -112,6 +117,10 @@ class DreamVectorEnv(VectorEnv):
         revision: str | None = None,
     ) -> None:
         model = load_model(model, revision=revision)
+        if quantize is not None and quantize not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantize must be None or one of {list(QUANTIZATIONS)}, got {quantize!r}"
+            )
         if (
             isinstance(num_envs, bool)
             or not isinstance(num_envs, (int, np.integer))
@@ -134,6 +143,8 @@ class DreamVectorEnv(VectorEnv):
 
         if device is not None:
             model.to(torch.device(device))
+        if quantize is not None:
+            model = quantize_model(model, quantize)  # a copy; the float model stays as it was
         self.model = model.eval()
         self.num_envs = int(num_envs)
         self.obs_type: ObsType = obs_type

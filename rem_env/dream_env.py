@@ -12,6 +12,7 @@ from torch import Tensor
 
 from rem_env.dream import RENDER_FPS, DreamVectorEnv, ObsType
 from rem_env.model import REMModel
+from rem_env.quantization import Quantization
 
 __all__ = ["DreamEnv"]
 
@@ -26,6 +27,7 @@ class DreamEnv(gym.Env):
         model: The world model.
         obs_type: ``"rgb"``, ``"tokens"`` or ``"latent"``.
         device: Where to dream (default: the model's device).
+        quantize: None (float32) or ``"int8"`` (CPU; see :class:`DreamVectorEnv`).
         temperature: Sampling temperature (0 = argmax).
         max_episode_steps: Truncate episodes after this many steps (``gym.make`` can also add a
             ``TimeLimit``).
@@ -50,6 +52,7 @@ class DreamEnv(gym.Env):
         *,
         obs_type: ObsType = "rgb",
         device: str | torch.device | None = None,
+        quantize: Quantization | None = None,
         temperature: float = 1.0,
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
@@ -59,6 +62,7 @@ class DreamEnv(gym.Env):
             1,
             obs_type=obs_type,
             device=device,
+            quantize=quantize,
             temperature=temperature,
             max_episode_steps=max_episode_steps,
             autoreset_mode=AutoresetMode.DISABLED,

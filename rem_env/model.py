@@ -50,6 +50,9 @@ class REMModel(nn.Module):
     start_actions: Tensor
     manifest: ProtocolManifest | None = None
     """The protocol manifest the model was loaded with (None for a model built in memory)."""
+    quantization: str | None = None
+    """None for a float model; ``"int8"`` for a dreaming copy made by
+    :func:`rem_env.quantization.quantize_model`."""
 
     def __init__(self, config: REMConfig, num_start_contexts: int = DEFAULT_NUM_START_CONTEXTS):
         super().__init__()

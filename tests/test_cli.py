@@ -57,6 +57,22 @@ def test_dream_is_seeded(model_folder: Path, tmp_path: Path) -> None:
     assert (tmp_path / "a.gif").read_bytes() == (tmp_path / "b.gif").read_bytes()
 
 
+def test_dream_with_int8_weights(model_folder: Path, tmp_path: Path) -> None:
+    common = ["dream", "REM-Breakout-v0", "--model", str(model_folder), "--steps", "3"]
+    for name in ("a", "b"):
+        argv = [
+            *common,
+            "--quantize",
+            "int8",
+            "--seed",
+            "5",
+            "--out",
+            str(tmp_path / f"{name}.gif"),
+        ]
+        assert main(argv) == 0
+    assert (tmp_path / "a.gif").read_bytes() == (tmp_path / "b.gif").read_bytes()
+
+
 def test_random_weights_are_labelled_untrained(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -91,6 +107,10 @@ def test_sb3_policy_acts_in_the_dream(model_folder: Path, tmp_path: Path) -> Non
         (["dream", "REM-Pong-v0"], "no default model for Pong"),
         (["dream", "REM-Breakout-v0", "--random-weights", "tiny", "--model", "x"], "either"),
         (["play", "REM-Nope-v0"], "unknown env id"),
+        (
+            ["dream", "REM-Breakout-v0", "--quantize", "int8", "--device", "cuda"],
+            "runs on the CPU only",
+        ),
     ],
 )
 def test_user_errors_exit_2_without_traceback(

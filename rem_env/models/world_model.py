@@ -391,7 +391,7 @@ class WorldModel(nn.Module):
 
     def _zero_states(self, batch: int, device: torch.device) -> LayerStates:
         heads, dim = self.config.num_heads, self.config.head_dim
-        dtype = self.head_obs[0].weight.dtype
+        dtype = self.embedding.weight.dtype  # (linear layers may be quantized)
         return tuple(
             torch.zeros(batch, heads, dim, dim, dtype=dtype, device=device)
             for _ in range(self.config.num_layers)
