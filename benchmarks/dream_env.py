@@ -4,9 +4,12 @@ For every batch size N and obs type, steps a ``DreamVectorEnv`` (random weights,
 NEXT_STEP autoreset, uniformly random actions) and reports env-steps/s = N * steps / seconds.
 For the same N, steps ``gym.make_vec("ALE/Breakout-v5", num_envs=N)`` (ale-py's
 ``AtariVectorEnv`` with its defaults: 84x84 grayscale, 4-frame stack, frameskip 4) the same way.
+With ``--quantize none int8`` every dream cell is measured twice: float32, and with the
+world model's RetNet layers in int8 (``DreamVectorEnv(quantize="int8")``, CPU only).
 Prints a markdown table and writes JSON (default ``benchmarks/results/dream_env.json``).
 
     python benchmarks/dream_env.py                                  # paper sizes, N in 1 16 64 256
+    python benchmarks/dream_env.py --num-envs 1 16 64 --quantize none int8
     python benchmarks/dream_env.py --preset tiny --num-envs 1 2 --steps 3 --no-ale   # smoke run
 """
 
@@ -44,6 +47,7 @@ class Record:
     ms_per_step: float
     device: str
     preset: str
+    quantize: str = "none"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,12 +63,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--no-ale", action="store_true", help="skip the ale-py Breakout baseline")
+    parser.add_argument(
+        "--quantize",
+        nargs="+",
+        choices=("none", "int8"),
+        default=["none"],
+        help="dream with float32 weights (none) and/or int8 RetNet layers (CPU only)",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or min(args.num_envs) < 1:
         parser.error("--steps and --num-envs must be >= 1 and --warmup >= 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device} requested but CUDA is not available")
+    if "int8" in args.quantize and args.device != "cpu":
+        parser.error("--quantize int8 runs on the CPU only")
     return args
 
 
@@ -83,8 +96,11 @@ def time_steps(step, warmup: int, steps: int, max_seconds: float, sync) -> tuple
     return done, time.perf_counter() - start
 
 
-def bench_dream(model: REMModel, n: int, obs_type: str, args: argparse.Namespace) -> Record:
-    env = DreamVectorEnv(model, n, obs_type=obs_type, device=args.device)
+def bench_dream(
+    model: REMModel, n: int, obs_type: str, quantize: str, args: argparse.Namespace
+) -> Record:
+    int8 = "int8" if quantize == "int8" else None
+    env = DreamVectorEnv(model, n, obs_type=obs_type, device=args.device, quantize=int8)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     actions = rng.integers(0, model.num_actions, (1024, n))
@@ -99,7 +115,7 @@ def bench_dream(model: REMModel, n: int, obs_type: str, args: argparse.Namespace
 
     done, seconds = time_steps(step, args.warmup, args.steps, args.max_seconds_per_cell, sync)
     env.close()
-    return _record("dream", n, obs_type, done, seconds, args)
+    return _record("dream", n, obs_type, done, seconds, args, quantize)
 
 
 def bench_ale(n: int, args: argparse.Namespace) -> Record:
@@ -121,7 +137,9 @@ def bench_ale(n: int, args: argparse.Namespace) -> Record:
     return _record("ale", n, "grayscale 84x84 x4", done, seconds, args)
 
 
-def _record(env: str, n: int, obs: str, done: int, seconds: float, args) -> Record:
+def _record(
+    env: str, n: int, obs: str, done: int, seconds: float, args, quantize: str = "none"
+) -> Record:
     return Record(
         env=env,
         num_envs=n,
@@ -132,17 +150,26 @@ def _record(env: str, n: int, obs: str, done: int, seconds: float, args) -> Reco
         ms_per_step=round(1000 * seconds / done, 3),
         device="cpu" if env == "ale" else args.device,
         preset=args.preset if env == "dream" else "-",
+        quantize=quantize,
     )
 
 
-def table(records: list[Record], obs_types: list[str], num_envs: list[int]) -> str:
-    dream = {(r.num_envs, r.obs_type): r for r in records if r.env == "dream"}
+def table(
+    records: list[Record],
+    obs_types: list[str],
+    num_envs: list[int],
+    quantize: tuple[str, ...] | list[str] = ("none",),
+) -> str:
+    dream = {(r.num_envs, r.obs_type, r.quantize): r for r in records if r.env == "dream"}
     ale = {r.num_envs: r for r in records if r.env == "ale"}
-    head = "| N | " + " | ".join(f"dream {o} (env-steps/s)" for o in obs_types)
+    cols = [(o, q) for q in quantize for o in obs_types]
+    head = "| N | " + " | ".join(
+        f"dream {o}{' int8' if q == 'int8' else ''} (env-steps/s)" for o, q in cols
+    )
     head += " | ALE Breakout-v5 vector (env-steps/s) |"
-    lines = [head, "|---" * (len(obs_types) + 2) + "|"]
+    lines = [head, "|---" * (len(cols) + 2) + "|"]
     for n in num_envs:
-        cells = [f"{dream[(n, o)].env_steps_per_s:,.0f}" for o in obs_types]
+        cells = [f"{dream[(n, o, q)].env_steps_per_s:,.0f}" for o, q in cols]
         cells.append(f"{ale[n].env_steps_per_s:,.0f}" if n in ale else "-")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -157,12 +184,14 @@ def main(argv: list[str] | None = None) -> None:
     model.to(args.device).eval()
     records: list[Record] = []
     for n in args.num_envs:
-        for obs_type in args.obs_types:
-            records.append(bench_dream(model, n, obs_type, args))
-            print(
-                f"dream N={n} {obs_type}: {records[-1].env_steps_per_s:,.0f} env-steps/s",
-                file=sys.stderr,
-            )
+        for quantize in args.quantize:
+            for obs_type in args.obs_types:
+                records.append(bench_dream(model, n, obs_type, quantize, args))
+                print(
+                    f"dream N={n} {obs_type} {quantize}: "
+                    f"{records[-1].env_steps_per_s:,.0f} env-steps/s",
+                    file=sys.stderr,
+                )
         if not args.no_ale:
             records.append(bench_ale(n, args))
             print(f"ale N={n}: {records[-1].env_steps_per_s:,.0f} env-steps/s", file=sys.stderr)
@@ -185,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         f"preset: {args.preset}, device: {args.device}, threads: {torch.get_num_threads()}, "
         f"torch {torch.__version__}"
     )
-    print(table(records, args.obs_types, args.num_envs))
+    print(table(records, args.obs_types, args.num_envs, args.quantize))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     payload = {"metadata": metadata, "records": [asdict(r) for r in records]}
     args.json.write_text(json.dumps(payload, indent=2))

@@ -7,9 +7,10 @@ Imagined env-steps per second = batch size / median wall time of one batched
 the clock is read). Every cell of the grid
 
 * batch size (``--batch-sizes``, default ``1 16 64 256``),
-* path: ``pop`` (REM's Parallel Observation Prediction, one pass of 2K+1 tokens per step) or
-  ``token`` (the paper's "no POP" ablation, ``WorldModelConfig(pop=False)``, K sequential
-  passes per step) at the same model sizes,
+* path: ``pop`` (REM's Parallel Observation Prediction, one pass of 2K+1 tokens per step),
+  ``int8`` (the same POP model with int8 RetNet layers, :func:`rem_env.quantization.
+  quantize_model`; CPU only) or ``token`` (the paper's "no POP" ablation,
+  ``WorldModelConfig(pop=False)``, K sequential passes per step) at the same model sizes,
 * mode: ``tokens`` (``imagine_step`` only) or ``rgb`` (``imagine_step``, then
   ``model.decode(step.obs_tokens)`` and conversion to uint8 HWC numpy frames on the host, the
   cost a user pays for an RGB observation),
@@ -21,7 +22,9 @@ has at least 3 of them. Models are in eval mode with random weights, float32, un
 ``torch.inference_mode()``; ``torch.set_num_threads`` is left at its default.
 
 The header also gives an analytic count of the matmul FLOPs of one POP env-step (see
-:func:`pop_step_flops`) and the table the GFLOP/s it implies for the POP tokens cells.
+:func:`pop_step_flops`) and the table the GFLOP/s it implies for the POP tokens cells. With the
+paper sizes on a CPU, a second table puts our cells beside the peers' numbers of :data:`PEERS`
+(quoted, not measured by this script).
 
 How to run
 ----------
@@ -55,12 +58,25 @@ import torch
 
 from rem_env import REMConfig, REMModel
 from rem_env.models.world_model import NUM_REWARD_CLASSES
+from rem_env.quantization import quantize_model
 
-PATHS = ("pop", "token")
+PATHS = ("pop", "int8", "token")
 MODES = ("tokens", "rgb")
-PATH_LABELS = {"pop": "POP", "token": "token-by-token"}
+PATH_LABELS = {"pop": "POP", "int8": "POP int8", "token": "token-by-token"}
 MIN_TIMED_STEPS = 3
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "imagination.json"
+
+PEERS: dict[str, dict[int, float]] = {
+    "REM code, POP, tokens only": {1: 43.2, 16: 95.5, 64: 100.3},
+    "REM code, POP + pixel decode": {1: 30.3, 16: 66.5, 64: 66.5},
+    "REM code, token-by-token, tokens only": {1: 4.4, 16: 35.3, 64: 71.8},
+    "IRIS code, tokens only (16 tokens/frame, 10 layers)": {1: 6.9, 16: 63.5, 64: 119.9},
+    "IRIS code + pixel decode": {1: 5.8, 16: 24.8, 64: 25.0},
+}
+"""Imagined env-steps/s of the authors' REM code and of IRIS's code, timed by this project on a
+2-core CPU machine like its CI machine (torch 2.13 CPU, float32, paper sizes, random weights,
+eval mode, no grad; batch size / median time of one batched step). Quoted from the project's
+issue 9, not measured by this script."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +107,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-actions", type=int, default=4)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        choices=PATHS,
+        default=None,
+        help="paths to measure (default: all; int8 only on CPU)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per cell (at most)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument(
@@ -110,6 +133,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("need --steps >= 1, --warmup >= 0 and --num-actions >= 1")
     if args.max_seconds_per_cell <= 0:
         parser.error("--max-seconds-per-cell must be positive")
+    if args.paths is None:
+        args.paths = [p for p in PATHS if not (p == "int8" and args.device == "cuda")]
+    if "int8" in args.paths and args.device == "cuda":
+        parser.error("the int8 path runs on the CPU only")
+    if "pop" not in args.paths:
+        args.paths.insert(0, "pop")  # the table's reference column
     return args
 
 
@@ -117,7 +146,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(preset: str, num_actions: int, path: str) -> REMConfig:
-    """The preset's config; ``path="token"`` switches POP off at the same sizes."""
+    """The preset's config; ``path="token"`` switches POP off at the same sizes (``"int8"`` is
+    the POP config, quantized after it is built)."""
     config = REMConfig.preset(preset, num_actions=num_actions)
     if path == "token":
         world_model = dataclasses.replace(config.world_model, pop=False)
@@ -218,7 +248,7 @@ def measure(
     """Measures every (batch size, path, mode) cell."""
     records = []
     for batch_size in args.batch_sizes:
-        for path in PATHS:
+        for path in args.paths:
             for mode in MODES:
                 step = make_step(models[path], batch_size, mode, device, args.seed)
                 times = time_cell(step, device, args.warmup, args.steps, args.max_seconds_per_cell)
@@ -334,22 +364,46 @@ def markdown_table(records: Sequence[Record], flops: int) -> str:
         "POP/token (rgb)",
         "POP tokens GFLOP/s",
     ]
+    paths = set(r.path for r in records)
+    if "token" not in paths:
+        columns = [columns[0], columns[1], columns[4], columns[7]]  # the POP columns
+    if "int8" in paths:
+        columns += ["POP int8 tokens", "POP int8 rgb"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for batch_size in dict.fromkeys(r.batch_size for r in records):
-        pop_t, tok_t = by_key[batch_size, "pop", "tokens"], by_key[batch_size, "token", "tokens"]
-        pop_r, tok_r = by_key[batch_size, "pop", "rgb"], by_key[batch_size, "token", "rgb"]
-        gflops = pop_t.env_steps_per_s * flops / 1e9
-        row = [
-            str(batch_size),
-            _cell(pop_t),
-            _cell(tok_t),
-            _ratio(pop_t, tok_t),
-            _cell(pop_r),
-            _cell(tok_r),
-            _ratio(pop_r, tok_r),
-            f"{gflops:.1f}",
-        ]
-        lines.append("| " + " | ".join(row) + " |")
+        pop_t, pop_r = by_key[batch_size, "pop", "tokens"], by_key[batch_size, "pop", "rgb"]
+        gflops = f"{pop_t.env_steps_per_s * flops / 1e9:.1f}"
+        if "token" in paths:
+            tok_t, tok_r = by_key[batch_size, "token", "tokens"], by_key[batch_size, "token", "rgb"]
+            row = [_cell(pop_t), _cell(tok_t), _ratio(pop_t, tok_t)]
+            row += [_cell(pop_r), _cell(tok_r), _ratio(pop_r, tok_r), gflops]
+        else:
+            row = [_cell(pop_t), _cell(pop_r), gflops]
+        if "int8" in paths:
+            row += [_cell(by_key[batch_size, "int8", mode]) for mode in MODES]
+        lines.append("| " + " | ".join([str(batch_size), *row]) + " |")
+    return "\n".join(lines)
+
+
+def peers_table(records: Sequence[Record]) -> str:
+    """Our env-steps/s beside :data:`PEERS` at the batch sizes both have (quoted peers)."""
+    sizes = [b for b in dict.fromkeys(r.batch_size for r in records) if b in (1, 16, 64)]
+    lines = [
+        "| imagined env-steps/s | " + " | ".join(f"B={b}" for b in sizes) + " |",
+        "|" + "---|" * (len(sizes) + 1),
+    ]
+    for name, values in PEERS.items():
+        cells = [f"{values[b]:.1f}" if b in values else "-" for b in sizes]
+        lines.append(f"| {name} (quoted) | " + " | ".join(cells) + " |")
+    by_key = {(r.batch_size, r.path, r.mode): r for r in records}
+    for path in PATHS:
+        for mode in MODES:
+            if all((b, path, mode) in by_key for b in sizes):
+                label = f"rem-env, {PATH_LABELS[path]}, " + (
+                    "tokens only" if mode == "tokens" else "+ pixel decode"
+                )
+                cells = [f"{by_key[b, path, mode].env_steps_per_s:.1f}" for b in sizes]
+                lines.append(f"| {label} (measured) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -369,8 +423,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     models = {
         path: build_model(build_config(args.preset, args.num_actions, path), device, args.seed)
-        for path in PATHS
+        for path in args.paths
+        if path != "int8"
     }
+    if "int8" in args.paths:
+        models["int8"] = quantize_model(models["pop"])
     flops = pop_step_flops(models["pop"].config)
     meta = metadata(args, device, flops)
     print(header(meta), flush=True)
@@ -378,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = measure(models, args, device)
     print()
     print(markdown_table(records, flops))
+    if args.preset == "paper" and device.type == "cpu":
+        print()
+        print(peers_table(records))
     write_json(args.json, meta, records)
     print(f"\nwrote {len(records)} records to {args.json}", file=sys.stderr)
     return 0
