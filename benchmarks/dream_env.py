@@ -2,6 +2,9 @@
 
 For every batch size N and obs type, steps a ``DreamVectorEnv`` (random weights, numpy output,
 NEXT_STEP autoreset, uniformly random actions) and reports env-steps/s = N * steps / seconds.
+The random model's end head is set to (almost) never end an episode, as a trained model's
+rarely does (an untrained one ends about half of them every step, and the resets' context
+passes would dominate); ``--untrained-ends`` keeps the untrained head.
 For the same N, steps ``gym.make_vec("ALE/Breakout-v5", num_envs=N)`` (ale-py's
 ``AtariVectorEnv`` with its defaults: 84x84 grayscale, 4-frame stack, frameskip 4) the same way.
 With ``--quantize none int8`` every dream cell is measured twice: float32, and with the
@@ -64,6 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--no-ale", action="store_true", help="skip the ale-py Breakout baseline")
     parser.add_argument(
+        "--untrained-ends",
+        action="store_true",
+        help="keep the random end head (about half the dreams end, and reset, every step)",
+    )
+    parser.add_argument(
         "--quantize",
         nargs="+",
         choices=("none", "int8"),
@@ -79,6 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "int8" in args.quantize and args.device != "cpu":
         parser.error("--quantize int8 runs on the CPU only")
     return args
+
+
+def never_end(model: REMModel) -> None:
+    """Sets the end head's last layer to give P(end) = sigmoid(-40), about 4e-18, always."""
+    last = model.world_model.head_end[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([20.0, -20.0]))
 
 
 def time_steps(step, warmup: int, steps: int, max_seconds: float, sync) -> tuple[int, float]:
@@ -181,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = REMModel(REMConfig.preset(args.preset, num_actions=4, game="Breakout"))
+    if not args.untrained_ends:
+        never_end(model)
     model.to(args.device).eval()
     records: list[Record] = []
     for n in args.num_envs:
@@ -203,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         "platform": platform.platform(),
         "device": args.device,
         "preset": args.preset,
+        "untrained_ends": args.untrained_ends,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else argv,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -37,3 +37,33 @@ def test_int8_cells_are_measured_beside_the_float_ones(tmp_path: Path) -> None:
     assert "| N | dream tokens (env-steps/s) | dream tokens int8 (env-steps/s) |" in result.stdout
     records = json.loads(out.read_text())["records"]
     assert sorted(r["quantize"] for r in records) == ["int8", "none"]
+
+
+def test_never_end_stops_the_random_model_ending_dreams() -> None:
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from rem_env import DreamVectorEnv, REMConfig, REMModel
+
+    spec = importlib.util.spec_from_file_location("benchmark_dream_env", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = REMModel(REMConfig.preset("tiny", num_actions=4))
+    ends = []
+    for fix in (False, True):
+        if fix:
+            module.never_end(model)
+        envs = DreamVectorEnv(model, 16, obs_type="tokens")
+        envs.reset(seed=0)
+        ended = 0
+        for _ in range(5):
+            _, _, terminated, _, _ = envs.step(np.zeros(16, dtype=np.int64))
+            ended += int(terminated.sum())
+        envs.close()
+        ends.append(ended)
+    assert ends[0] > 0 and ends[1] == 0
