@@ -8,11 +8,14 @@ passes would dominate); ``--untrained-ends`` keeps the untrained head.
 For the same N, steps ``gym.make_vec("ALE/Breakout-v5", num_envs=N)`` (ale-py's
 ``AtariVectorEnv`` with its defaults: 84x84 grayscale, 4-frame stack, frameskip 4) the same way.
 With ``--quantize none int8`` every dream cell is measured twice: float32, and with the
-world model's RetNet layers in int8 (``DreamVectorEnv(quantize="int8")``, CPU only).
+world model's RetNet layers in int8 (``DreamVectorEnv(quantize="int8")``, CPU only). With
+``--autocast bf16`` it is also measured under bfloat16 autocast (``DreamVectorEnv(autocast=
+"bf16")``, meant for GPUs).
 Prints a markdown table and writes JSON (default ``benchmarks/results/dream_env.json``).
 
     python benchmarks/dream_env.py                                  # paper sizes, N in 1 16 64 256
     python benchmarks/dream_env.py --num-envs 1 16 64 --quantize none int8
+    python benchmarks/dream_env.py --device cuda --num-envs 64 1024 4096 --autocast bf16
     python benchmarks/dream_env.py --preset tiny --num-envs 1 2 --steps 3 --no-ale   # smoke run
 """
 
@@ -24,6 +27,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +55,7 @@ class Record:
     device: str
     preset: str
     quantize: str = "none"
+    autocast: str = "none"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,6 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("none", "int8"),
         default=["none"],
         help="dream with float32 weights (none) and/or int8 RetNet layers (CPU only)",
+    )
+    parser.add_argument(
+        "--autocast",
+        nargs="+",
+        choices=("none", "bf16"),
+        default=["none"],
+        help="also dream float32 weights under bfloat16 autocast (bf16; meant for GPUs)",
     )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
@@ -112,11 +124,28 @@ def time_steps(step, warmup: int, steps: int, max_seconds: float, sync) -> tuple
     return done, time.perf_counter() - start
 
 
+def variants(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (quantize, autocast) pairs to measure, float32 first."""
+    pairs = [(q, "none") for q in args.quantize]
+    return pairs + [("none", a) for a in args.autocast if a != "none"]
+
+
 def bench_dream(
-    model: REMModel, n: int, obs_type: str, quantize: str, args: argparse.Namespace
+    model: REMModel,
+    n: int,
+    obs_type: str,
+    quantize: str,
+    args: argparse.Namespace,
+    autocast: str = "none",
 ) -> Record:
-    int8 = "int8" if quantize == "int8" else None
-    env = DreamVectorEnv(model, n, obs_type=obs_type, device=args.device, quantize=int8)
+    env = DreamVectorEnv(
+        model,
+        n,
+        obs_type=obs_type,
+        device=args.device,
+        quantize=None if quantize == "none" else quantize,
+        autocast=None if autocast == "none" else autocast,
+    )
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     actions = rng.integers(0, model.num_actions, (1024, n))
@@ -131,7 +160,7 @@ def bench_dream(
 
     done, seconds = time_steps(step, args.warmup, args.steps, args.max_seconds_per_cell, sync)
     env.close()
-    return _record("dream", n, obs_type, done, seconds, args, quantize)
+    return _record("dream", n, obs_type, done, seconds, args, quantize, autocast)
 
 
 def bench_ale(n: int, args: argparse.Namespace) -> Record:
@@ -154,7 +183,14 @@ def bench_ale(n: int, args: argparse.Namespace) -> Record:
 
 
 def _record(
-    env: str, n: int, obs: str, done: int, seconds: float, args, quantize: str = "none"
+    env: str,
+    n: int,
+    obs: str,
+    done: int,
+    seconds: float,
+    args,
+    quantize: str = "none",
+    autocast: str = "none",
 ) -> Record:
     return Record(
         env=env,
@@ -167,25 +203,33 @@ def _record(
         device="cpu" if env == "ale" else args.device,
         preset=args.preset if env == "dream" else "-",
         quantize=quantize,
+        autocast=autocast,
     )
+
+
+def _variant_label(quantize: str, autocast: str) -> str:
+    return "".join(f" {v}" for v in (quantize, autocast) if v != "none")
 
 
 def table(
     records: list[Record],
     obs_types: list[str],
     num_envs: list[int],
-    quantize: tuple[str, ...] | list[str] = ("none",),
+    pairs: Sequence[tuple[str, str]] = (("none", "none"),),
 ) -> str:
-    dream = {(r.num_envs, r.obs_type, r.quantize): r for r in records if r.env == "dream"}
+    """Markdown table: one row per N, a column per (variant, obs type), then ALE's."""
+    dream = {
+        (r.num_envs, r.obs_type, r.quantize, r.autocast): r for r in records if r.env == "dream"
+    }
     ale = {r.num_envs: r for r in records if r.env == "ale"}
-    cols = [(o, q) for q in quantize for o in obs_types]
+    cols = [(o, q, a) for q, a in pairs for o in obs_types]
     head = "| N | " + " | ".join(
-        f"dream {o}{' int8' if q == 'int8' else ''} (env-steps/s)" for o, q in cols
+        f"dream {o}{_variant_label(q, a)} (env-steps/s)" for o, q, a in cols
     )
     head += " | ALE Breakout-v5 vector (env-steps/s) |"
     lines = [head, "|---" * (len(cols) + 2) + "|"]
     for n in num_envs:
-        cells = [f"{dream[(n, o, q)].env_steps_per_s:,.0f}" for o, q in cols]
+        cells = [f"{dream[(n, o, q, a)].env_steps_per_s:,.0f}" for o, q, a in cols]
         cells.append(f"{ale[n].env_steps_per_s:,.0f}" if n in ale else "-")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -202,11 +246,11 @@ def main(argv: list[str] | None = None) -> None:
     model.to(args.device).eval()
     records: list[Record] = []
     for n in args.num_envs:
-        for quantize in args.quantize:
+        for quantize, autocast in variants(args):
             for obs_type in args.obs_types:
-                records.append(bench_dream(model, n, obs_type, quantize, args))
+                records.append(bench_dream(model, n, obs_type, quantize, args, autocast))
                 print(
-                    f"dream N={n} {obs_type} {quantize}: "
+                    f"dream N={n} {obs_type}{_variant_label(quantize, autocast) or ' float32'}: "
                     f"{records[-1].env_steps_per_s:,.0f} env-steps/s",
                     file=sys.stderr,
                 )
@@ -233,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         f"preset: {args.preset}, device: {args.device}, threads: {torch.get_num_threads()}, "
         f"torch {torch.__version__}"
     )
-    print(table(records, args.obs_types, args.num_envs, args.quantize))
+    print(table(records, args.obs_types, args.num_envs, variants(args)))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     payload = {"metadata": metadata, "records": [asdict(r) for r in records]}
     args.json.write_text(json.dumps(payload, indent=2))

@@ -9,7 +9,8 @@ the clock is read). Every cell of the grid
 * batch size (``--batch-sizes``, default ``1 16 64 256``),
 * path: ``pop`` (REM's Parallel Observation Prediction, one pass of 2K+1 tokens per step),
   ``int8`` (the same POP model with int8 RetNet layers, :func:`rem_env.quantization.
-  quantize_model`; CPU only) or ``token`` (the paper's "no POP" ablation,
+  quantize_model`; CPU only), ``bf16`` (the same POP model under ``torch.autocast`` with
+  bfloat16, for GPUs) or ``token`` (the paper's "no POP" ablation,
   ``WorldModelConfig(pop=False)``, K sequential passes per step) at the same model sizes,
 * mode: ``tokens`` (``imagine_step`` only) or ``rgb`` (``imagine_step``, then
   ``model.decode(step.obs_tokens)`` and conversion to uint8 HWC numpy frames on the host, the
@@ -60,9 +61,9 @@ from rem_env import REMConfig, REMModel
 from rem_env.models.world_model import NUM_REWARD_CLASSES
 from rem_env.quantization import quantize_model
 
-PATHS = ("pop", "int8", "token")
+PATHS = ("pop", "int8", "bf16", "token")
 MODES = ("tokens", "rgb")
-PATH_LABELS = {"pop": "POP", "int8": "POP int8", "token": "token-by-token"}
+PATH_LABELS = {"pop": "POP", "int8": "POP int8", "bf16": "POP bf16", "token": "token-by-token"}
 MIN_TIMED_STEPS = 3
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "imagination.json"
 
@@ -112,7 +113,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="+",
         choices=PATHS,
         default=None,
-        help="paths to measure (default: all; int8 only on CPU)",
+        help="paths to measure (default: pop, token and int8 on CPU, bf16 on CUDA; int8 runs "
+        "on the CPU only, bf16 anywhere but is slow on CPUs without bfloat16 units)",
     )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per cell (at most)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
@@ -134,7 +136,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.max_seconds_per_cell <= 0:
         parser.error("--max-seconds-per-cell must be positive")
     if args.paths is None:
-        args.paths = [p for p in PATHS if not (p == "int8" and args.device == "cuda")]
+        skip = "int8" if args.device == "cuda" else "bf16"
+        args.paths = [p for p in PATHS if p != skip]
     if "int8" in args.paths and args.device == "cuda":
         parser.error("the int8 path runs on the CPU only")
     if "pop" not in args.paths:
@@ -198,9 +201,15 @@ def to_host_rgb(frames: torch.Tensor) -> Any:
 
 
 def make_step(
-    model: REMModel, batch_size: int, mode: str, device: torch.device, seed: int
+    model: REMModel,
+    batch_size: int,
+    mode: str,
+    device: torch.device,
+    seed: int,
+    autocast: torch.dtype | None = None,
 ) -> Callable[[], None]:
-    """A closure that advances one batched dream by one step each call."""
+    """A closure that advances one batched dream by one step each call (under
+    ``torch.autocast`` with dtype ``autocast`` when given)."""
     n = model.num_start_contexts
     idx = torch.arange(batch_size, device=device) % n
     state = model.start_state(model.start_tokens[idx], model.start_actions[idx])
@@ -210,9 +219,10 @@ def make_step(
     def step() -> None:
         nonlocal state
         actions = torch.randint(num_actions, (batch_size,), device=device, generator=generator)
-        out, state = model.imagine_step(state, actions, generator=generator)
-        if mode == "rgb":
-            to_host_rgb(model.decode(out.obs_tokens))
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            out, state = model.imagine_step(state, actions, generator=generator)
+            if mode == "rgb":
+                to_host_rgb(model.decode(out.obs_tokens).float())
 
     return step
 
@@ -250,7 +260,8 @@ def measure(
     for batch_size in args.batch_sizes:
         for path in args.paths:
             for mode in MODES:
-                step = make_step(models[path], batch_size, mode, device, args.seed)
+                autocast = torch.bfloat16 if path == "bf16" else None
+                step = make_step(models[path], batch_size, mode, device, args.seed, autocast)
                 times = time_cell(step, device, args.warmup, args.steps, args.max_seconds_per_cell)
                 median = statistics.median(times)
                 record = Record(
@@ -277,15 +288,38 @@ def measure(
 # ------------------------------------------------------------------------------------- output
 
 
-def cpu_model() -> str | None:
-    """The CPU model name from /proc/cpuinfo, when there is one."""
-    cpuinfo = Path("/proc/cpuinfo")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_model(cpuinfo: Path = CPUINFO) -> str | None:
+    """The CPU model name from /proc/cpuinfo with its family and model numbers, when there is
+    one (VMs often report a bare "AMD EPYC": the numbers tell CPU generations apart)."""
     if not cpuinfo.is_file():
         return None
+    fields: dict[str, str] = {}
     for line in cpuinfo.read_text(errors="replace").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return None
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name")
+    if name is None:
+        return None
+    numbers = [f"{key} {fields[key]}" for key in ("cpu family", "model") if key in fields]
+    return f"{name} ({', '.join(numbers)})" if numbers else name
+
+
+def cpu_int8_features(cpuinfo: Path = CPUINFO) -> list[str]:
+    """The CPU's vector features that decide int8 and float32 matmul speed (from /proc/cpuinfo
+    flags): AVX2, AVX-512 and the VNNI / AMX int8 dot-product instructions."""
+    if not cpuinfo.is_file():
+        return []
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            wanted = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "amx_int8")
+            return [flag for flag in wanted if flag in flags]
+    return []
 
 
 def git_revision() -> str | None:
@@ -322,6 +356,7 @@ def metadata(args: argparse.Namespace, device: torch.device, flops: int) -> dict
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
+        "cpu_features": cpu_int8_features(),
         "git_revision": git_revision(),
         "preset": args.preset,
         "num_actions": args.num_actions,
@@ -340,6 +375,7 @@ def header(meta: dict[str, Any]) -> str:
         f"threads: {meta['threads']} | preset: {meta['preset']} | "
         f"POP step FLOPs (matmuls, analytic): {meta['pop_flops_per_env_step'] / 1e9:.3f} "
         "GFLOP per env-step"
+        + (f" | CPU features: {' '.join(meta['cpu_features'])}" if meta.get("cpu_features") else "")
     )
 
 
@@ -367,8 +403,9 @@ def markdown_table(records: Sequence[Record], flops: int) -> str:
     paths = set(r.path for r in records)
     if "token" not in paths:
         columns = [columns[0], columns[1], columns[4], columns[7]]  # the POP columns
-    if "int8" in paths:
-        columns += ["POP int8 tokens", "POP int8 rgb"]
+    for extra in ("int8", "bf16"):
+        if extra in paths:
+            columns += [f"POP {extra} tokens", f"POP {extra} rgb"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for batch_size in dict.fromkeys(r.batch_size for r in records):
         pop_t, pop_r = by_key[batch_size, "pop", "tokens"], by_key[batch_size, "pop", "rgb"]
@@ -379,8 +416,9 @@ def markdown_table(records: Sequence[Record], flops: int) -> str:
             row += [_cell(pop_r), _cell(tok_r), _ratio(pop_r, tok_r), gflops]
         else:
             row = [_cell(pop_t), _cell(pop_r), gflops]
-        if "int8" in paths:
-            row += [_cell(by_key[batch_size, "int8", mode]) for mode in MODES]
+        for extra in ("int8", "bf16"):
+            if extra in paths:
+                row += [_cell(by_key[batch_size, extra, mode]) for mode in MODES]
         lines.append("| " + " | ".join([str(batch_size), *row]) + " |")
     return "\n".join(lines)
 
@@ -424,10 +462,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = {
         path: build_model(build_config(args.preset, args.num_actions, path), device, args.seed)
         for path in args.paths
-        if path != "int8"
+        if path not in ("int8", "bf16")
     }
     if "int8" in args.paths:
         models["int8"] = quantize_model(models["pop"])
+    if "bf16" in args.paths:
+        models["bf16"] = models["pop"]  # the same model; make_step adds the autocast
     flops = pop_step_flops(models["pop"].config)
     meta = metadata(args, device, flops)
     print(header(meta), flush=True)

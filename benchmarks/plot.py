@@ -47,8 +47,8 @@ SIZE = (1000, 600)
 SCALE = 2
 """Charts are drawn at SCALE times SIZE, then downsampled: Pillow's lines are not anti-aliased."""
 
-PATH_LABELS = {"pop": "POP", "int8": "POP int8", "token": "token-by-token"}
-PATH_COLORS = {"pop": "#0072B2", "int8": "#009E73", "token": "#D55E00"}
+PATH_LABELS = {"pop": "POP", "int8": "POP int8", "bf16": "POP bf16", "token": "token-by-token"}
+PATH_COLORS = {"pop": "#0072B2", "int8": "#009E73", "bf16": "#CC79A7", "token": "#D55E00"}
 OBS_COLORS = {"rgb": "#0072B2", "tokens": "#009E73", "latent": "#E69F00"}
 OTHER_COLORS = ("#CC79A7", "#56B4E9", "#F0E442")
 ALE_COLOR = "#000000"
@@ -187,17 +187,20 @@ def imagination_chart(meta: dict[str, Any], records: list[dict[str, Any]], sourc
 
 def dream_env_chart(meta: dict[str, Any], records: list[dict[str, Any]], source: str) -> Chart:
     """Env-steps/s against number of envs: one line per dream obs type, one for real ALE."""
-    groups = collect(
-        records, "num_envs", lambda r: (r["env"], r["obs_type"], r.get("quantize", "none"))
-    )
+
+    def variant(r: dict[str, Any]) -> str:
+        names = (r.get("quantize", "none"), r.get("autocast", "none"))
+        return " ".join(v for v in names if v != "none")
+
+    groups = collect(records, "num_envs", lambda r: (r["env"], r["obs_type"], variant(r)))
     series = []
-    for i, ((env, obs_type, quantize), points) in enumerate(groups.items()):
+    for i, ((env, obs_type, kind), points) in enumerate(groups.items()):
         if env == "ale":
             label, color = "real ALE Breakout-v5 vector env", ALE_COLOR
         else:
-            label = f"{env} {obs_type}" + (f" {quantize}" if quantize != "none" else "")
+            label = f"{env} {obs_type}" + (f" {kind}" if kind else "")
             color = OBS_COLORS.get(obs_type, OTHER_COLORS[i % len(OTHER_COLORS)])
-        dashed = env == "ale" or quantize != "none"
+        dashed = env == "ale" or bool(kind)
         series.append(Series(label, tuple(points), color, dashed=dashed))
     command = meta.get("command")
     if isinstance(command, list):

@@ -28,6 +28,9 @@ __all__ = ["DreamEnvClosedError", "DreamVectorEnv"]
 ObsType = Literal["rgb", "tokens", "latent"]
 OutputType = Literal["numpy", "torch"]
 OBS_TYPES = ("rgb", "tokens", "latent")
+Autocast = Literal["bf16"]
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16}
+"""``autocast`` choices of :class:`DreamVectorEnv` and the dtypes they run in."""
 RENDER_FPS = 15  # Atari at frameskip 4
 
 
@@ -64,6 +67,10 @@ class DreamVectorEnv(VectorEnv):
         quantize: None (float32, the default) or ``"int8"``: dream with a copy of the model
             whose RetNet layers run with int8 weights (CPU only; faster, close to but not equal
             to the float dreams; see :func:`rem_env.quantization.quantize_model`).
+        autocast: None (the default) or ``"bf16"``: run the world model and the decoder under
+            ``torch.autocast`` with bfloat16 on ``device`` (weights stay float32; retention
+            states, rewards and observations keep their float32 / uint8 / int64 dtypes). For
+            GPUs with bfloat16 units: CPUs without them (most) run it many times slower.
         temperature: Sampling temperature of observation, reward and end heads (0 = argmax).
         max_episode_steps: Episodes are truncated after this many steps (None: never).
         autoreset_mode: ``NEXT_STEP`` (default: an env that ended is reset by the next ``step``,
@@ -108,6 +115,7 @@ class DreamVectorEnv(VectorEnv):
         obs_type: ObsType = "rgb",
         device: str | torch.device | None = None,
         quantize: Quantization | None = None,
+        autocast: Autocast | None = None,
         temperature: float = 1.0,
         max_episode_steps: int | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
@@ -121,6 +129,12 @@ class DreamVectorEnv(VectorEnv):
             raise ValueError(
                 f"quantize must be None or one of {list(QUANTIZATIONS)}, got {quantize!r}"
             )
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ValueError(
+                f"autocast must be None or one of {list(AUTOCAST_DTYPES)}, got {autocast!r}"
+            )
+        if autocast is not None and quantize is not None:
+            raise ValueError("choose quantize or autocast, not both (int8 layers run in int8)")
         if (
             isinstance(num_envs, bool)
             or not isinstance(num_envs, (int, np.integer))
@@ -146,6 +160,7 @@ class DreamVectorEnv(VectorEnv):
         if quantize is not None:
             model = quantize_model(model, quantize)  # a copy; the float model stays as it was
         self.model = model.eval()
+        self.autocast: Autocast | None = autocast
         self.num_envs = int(num_envs)
         self.obs_type: ObsType = obs_type
         self.output: OutputType = output
@@ -229,7 +244,7 @@ class DreamVectorEnv(VectorEnv):
             new = torch.tensor(seeds, dtype=torch.long, device=device)
             self._seeds = torch.where(mask_t, new, self._seeds)
             self._counters = torch.where(mask_t, 0, self._counters)
-        with self._no_grad():
+        with self._computing():
             uniforms = self._draw(1)[:, 0]  # (B,) context choice
             self._counters = self._counters - (~mask_t).long()  # only reset envs consume
             self._state = self._restart(self._state, mask_t, mask, uniforms, contexts)
@@ -298,7 +313,7 @@ class DreamVectorEnv(VectorEnv):
         actions_t = self._actions(actions)
         mode = self.autoreset_mode
         infos: dict[str, Any] = {}
-        with self._no_grad():
+        with self._computing():
             if self.model.training:
                 self.model.eval()
             k = self.model.config.tokenizer.tokens_per_frame
@@ -458,7 +473,7 @@ class DreamVectorEnv(VectorEnv):
             return tokens.clone()  # never hand out the state's own tensor (numpy views share it)
         if self.obs_type == "latent":
             return self.model.tokenizer.to_codes(tokens, check_values=False).float()  # (B, E, h, w)
-        frames = self.model.decode(tokens, check_values=False)  # (B, 3, H, W) in [0, 1]
+        frames = self.model.decode(tokens, check_values=False).float()  # (B, 3, H, W) in [0, 1]
         pixels = (frames * 255.0).round_().clamp_(0, 255).to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3)
 
@@ -471,9 +486,16 @@ class DreamVectorEnv(VectorEnv):
     def _out(self, value: Tensor) -> Any:
         return value if self.output == "torch" else value.cpu().numpy()
 
-    def _no_grad(self) -> contextlib.AbstractContextManager[Any]:
+    def _computing(self, inference: bool = False) -> contextlib.ExitStack:
+        """No autograd, and the ``autocast`` precision if one was chosen."""
+        stack = contextlib.ExitStack()
         # Tensors handed out in torch mode must be usable by autograd code: no inference mode.
-        return torch.no_grad() if self.output == "torch" else torch.inference_mode()
+        use_inference = inference or self.output != "torch"
+        stack.enter_context(torch.inference_mode() if use_inference else torch.no_grad())
+        if self.autocast is not None:
+            dtype = AUTOCAST_DTYPES[self.autocast]
+            stack.enter_context(torch.autocast(self.device.type, dtype=dtype))
+        return stack
 
     def _check_open(self) -> None:
         if self.closed:
@@ -489,8 +511,8 @@ class DreamVectorEnv(VectorEnv):
             return None
         if self._state is None:
             raise gym.error.ResetNeeded("call reset() before render()")
-        with torch.inference_mode():
-            frames = self.model.decode(self._state.obs_tokens)
+        with self._computing(inference=True):
+            frames = self.model.decode(self._state.obs_tokens).float()
             pixels = (frames * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
             array = pixels.cpu().numpy()
         return tuple(array)

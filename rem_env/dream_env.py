@@ -10,7 +10,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 from torch import Tensor
 
-from rem_env.dream import RENDER_FPS, DreamVectorEnv, ObsType
+from rem_env.dream import RENDER_FPS, Autocast, DreamVectorEnv, ObsType
 from rem_env.model import REMModel
 from rem_env.quantization import Quantization
 
@@ -28,6 +28,7 @@ class DreamEnv(gym.Env):
         obs_type: ``"rgb"``, ``"tokens"`` or ``"latent"``.
         device: Where to dream (default: the model's device).
         quantize: None (float32) or ``"int8"`` (CPU; see :class:`DreamVectorEnv`).
+        autocast: None or ``"bf16"`` (GPUs; see :class:`DreamVectorEnv`).
         temperature: Sampling temperature (0 = argmax).
         max_episode_steps: Truncate episodes after this many steps (``gym.make`` can also add a
             ``TimeLimit``).
@@ -53,6 +54,7 @@ class DreamEnv(gym.Env):
         obs_type: ObsType = "rgb",
         device: str | torch.device | None = None,
         quantize: Quantization | None = None,
+        autocast: Autocast | None = None,
         temperature: float = 1.0,
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
@@ -63,6 +65,7 @@ class DreamEnv(gym.Env):
             obs_type=obs_type,
             device=device,
             quantize=quantize,
+            autocast=autocast,
             temperature=temperature,
             max_episode_steps=max_episode_steps,
             autoreset_mode=AutoresetMode.DISABLED,

@@ -82,3 +82,71 @@ def test_peers_table_puts_measured_rows_beside_the_quoted_ones() -> None:
     assert "| rem-env, POP int8, tokens only (measured) | 10.0 | 160.0 | 640.0 |" in lines
     assert "| rem-env, POP, + pixel decode (measured) | 10.0 | 160.0 | 640.0 |" in lines
     assert not any("token-by-token" in line and "rem-env" in line for line in lines)
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_imagination_cpu", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_description_names_family_model_and_int8_features(tmp_path: Path) -> None:
+    module = _load_script()
+    cpuinfo = tmp_path / "cpuinfo"
+    block = (
+        "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+        "model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_vnni sha_ni\n\n"
+    )
+    cpuinfo.write_text(block.format(n=0) + block.format(n=1).replace("26", "25"))
+    assert module.cpu_model(cpuinfo) == "AMD EPYC (cpu family 26, model 2)"
+    assert module.cpu_int8_features(cpuinfo) == ["avx2", "avx512f", "avx512_vnni"]
+    assert module.cpu_model(tmp_path / "missing") is None
+    assert module.cpu_int8_features(tmp_path / "missing") == []
+    meta = {
+        "device": "cpu",
+        "device_name": "AMD EPYC",
+        "torch_version": "2.13",
+        "threads": 2,
+        "preset": "paper",
+        "pop_flops_per_env_step": 1e9,
+        "cpu_features": ["avx2", "avx512_vnni"],
+    }
+    assert module.header(meta).endswith("| CPU features: avx2 avx512_vnni")
+
+
+def test_bf16_path_runs_under_autocast_and_gets_its_columns(tmp_path: Path) -> None:
+    module = _load_script()
+    out = tmp_path / "bf16.json"
+    argv = ["--preset", "tiny", "--batch-sizes", "2", "--steps", "1", "--warmup", "0"]
+    assert module.main([*argv, "--paths", "pop", "bf16", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())["records"]
+    assert {(r["path"], r["mode"]) for r in records} == {
+        (p, m) for p in ("pop", "bf16") for m in ("tokens", "rgb")
+    }
+    table = module.markdown_table([module.Record(**r) for r in records], 1)
+    assert table.splitlines()[0].endswith("| POP bf16 tokens | POP bf16 rgb |")
+    assert module.parse_args(["--preset", "tiny"]).paths == ["pop", "int8", "token"]
+
+
+def test_make_step_runs_the_model_under_the_requested_autocast() -> None:
+    from rem_env import REMConfig, REMModel
+
+    module = _load_script()
+    model = REMModel(REMConfig.preset("tiny", num_actions=4)).eval()
+    seen: list[tuple[bool, torch.dtype]] = []
+    inner = model.imagine_step
+
+    def recording(*args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return inner(*args, **kwargs)
+
+    model.imagine_step = recording  # type: ignore[method-assign]
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        module.make_step(model, 2, "tokens", cpu, 0, torch.bfloat16)()
+        module.make_step(model, 2, "tokens", cpu, 0)()
+    assert seen[0] == (True, torch.bfloat16)
+    assert seen[1][0] is False

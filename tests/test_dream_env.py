@@ -390,6 +390,8 @@ def test_lifecycle_errors(model: REMModel) -> None:
         ({"autoreset_mode": "sometimes"}, ValueError),
         ({"render_mode": "human"}, ValueError),
         ({"num_envs": 0}, ValueError),
+        ({"autocast": "fp16"}, ValueError),
+        ({"autocast": "bf16", "quantize": "int8"}, ValueError),
     ],
 )
 def test_bad_constructor_arguments(model: REMModel, kwargs: dict[str, Any], error: type) -> None:
@@ -493,3 +495,36 @@ def test_writing_into_observations_does_not_change_the_dream(model: REMModel, ou
         a, b = (env.step(np.array([1, 2]))[0] for env in envs)
         a[:] = 0
         assert np.array_equal(np.asarray(envs[0].state.obs_tokens), np.asarray(b))
+
+
+# -------------------------------------------------------------------------- bfloat16 autocast
+# Meant for GPUs; on this CPU bfloat16 is slow, but the tiny model keeps these tests quick.
+
+
+def test_autocast_keeps_states_and_rewards_in_float32(model: REMModel) -> None:
+    tokens, actions = model.start_tokens[:3], model.start_actions[:3]
+    with torch.inference_mode():
+        ref_state = model.start_state(tokens, actions)
+        ref_step, _ = model.imagine_step(ref_state, torch.tensor([0, 1, 2]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            state = model.start_state(tokens, actions)
+            step, after = model.imagine_step(state, torch.tensor([0, 1, 2]))
+    for s in (*state.retention, *after.retention):
+        assert s.dtype == torch.float32  # a running sum over the dream: not in bfloat16
+    assert step.rewards.dtype == torch.float32
+    assert step.obs_logits.dtype == torch.bfloat16  # the products did run in bfloat16
+    torch.testing.assert_close(step.obs_logits.float(), ref_step.obs_logits, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("obs_type", OBS_TYPES)
+def test_autocast_dream_env_outputs_keep_their_spaces(model: REMModel, obs_type: str) -> None:
+    env = DreamVectorEnv(model, 3, obs_type=obs_type, autocast="bf16", render_mode="rgb_array")
+    steps = list(rollout(env, 4, seed=0))
+    for obs, rewards, terminated, truncated in steps:
+        assert obs in env.observation_space
+        if rewards is not None:
+            assert rewards.dtype == np.float32 and set(rewards.tolist()) <= {-1.0, 0.0, 1.0}
+            assert terminated.dtype == bool and truncated.dtype == bool
+    assert all(s.dtype == torch.float32 for s in env.state.retention)
+    assert len(env.render()) == 3
+    env.close()

@@ -26,17 +26,25 @@ def test_tiny_run_writes_table_and_json(tmp_path: Path) -> None:
     assert all(r["env_steps_per_s"] > 0 and r["steps_timed"] == 2 for r in records)
 
 
-def test_int8_cells_are_measured_beside_the_float_ones(tmp_path: Path) -> None:
+def test_int8_and_bf16_cells_are_measured_beside_the_float_ones(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     command = [sys.executable, str(SCRIPT), "--preset", "tiny", "--num-envs", "2", "--no-ale"]
     command += ["--steps", "2", "--obs-types", "tokens", "--quantize", "none", "int8"]
+    command += ["--autocast", "bf16"]
     result = subprocess.run(
         [*command, "--json", str(out)], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert "| N | dream tokens (env-steps/s) | dream tokens int8 (env-steps/s) |" in result.stdout
+    assert (
+        "| N | dream tokens (env-steps/s) | dream tokens int8 (env-steps/s) "
+        "| dream tokens bf16 (env-steps/s) |" in result.stdout
+    )
     records = json.loads(out.read_text())["records"]
-    assert sorted(r["quantize"] for r in records) == ["int8", "none"]
+    assert sorted((r["quantize"], r["autocast"]) for r in records) == [
+        ("int8", "none"),
+        ("none", "bf16"),
+        ("none", "none"),
+    ]
 
 
 def test_never_end_stops_the_random_model_ending_dreams() -> None:

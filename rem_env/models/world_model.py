@@ -278,7 +278,7 @@ class WorldModel(nn.Module):
             num_fed = self.tokens_per_obs - 1
             x = self.embed_obs(current[:, :num_fed], codebook)
             _, states = self.decoder.forward_chunk(x, position, states)
-        return ImaginationState(states, current, position, num_fed)
+        return ImaginationState(self._float_states(states), current, position, num_fed)
 
     def step(
         self,
@@ -339,7 +339,10 @@ class WorldModel(nn.Module):
         if next_obs_tokens is None:
             next_obs_tokens = sample_categorical(obs_logits, noise.obs, temperature)
         step = self._finish_step(action_hidden, obs_logits, next_obs_tokens, temperature, noise)
-        return step, ImaginationState(states, next_obs_tokens, state.position + block, 0)
+        new_state = ImaginationState(
+            self._float_states(states), next_obs_tokens, state.position + block, 0
+        )
+        return step, new_state
 
     def _step_token_by_token(
         self,
@@ -370,7 +373,7 @@ class WorldModel(nn.Module):
         obs_logits = torch.stack(logits, dim=1)  # (B, K, V)
         next_tokens = torch.stack(tokens, dim=1)  # (B, K)
         step = self._finish_step(action_hidden, obs_logits, next_tokens, temperature, noise)
-        return step, ImaginationState(states, next_tokens, next_block, k - 1)
+        return step, ImaginationState(self._float_states(states), next_tokens, next_block, k - 1)
 
     def _finish_step(
         self,
@@ -383,17 +386,27 @@ class WorldModel(nn.Module):
         reward_logits = self.head_reward(action_hidden)
         end_logits = self.head_end(action_hidden)
         reward_class = sample_categorical(reward_logits, noise.reward, temperature)
-        rewards = reward_class.to(obs_logits.dtype) - 1
+        rewards = reward_class.to(self.float_dtype) - 1
         ends = sample_categorical(end_logits, noise.end, temperature).bool()
         return ImaginationStep(obs_tokens, rewards, ends, obs_logits, reward_logits, end_logits)
 
     # ----------------------------------------------------------------------------------- checks
 
+    @property
+    def float_dtype(self) -> torch.dtype:
+        """The dtype of the model's own numbers (its embedding: linear layers may be quantized),
+        kept by retention states and rewards also under ``torch.autocast``."""
+        return self.embedding.weight.dtype
+
+    def _float_states(self, states: LayerStates) -> LayerStates:
+        # Under autocast the products that build a state come out in the low precision; the
+        # state is a running sum over the whole dream, so it is kept in the model's dtype.
+        return tuple(s.to(self.float_dtype) for s in states)
+
     def _zero_states(self, batch: int, device: torch.device) -> LayerStates:
         heads, dim = self.config.num_heads, self.config.head_dim
-        dtype = self.embedding.weight.dtype  # (linear layers may be quantized)
         return tuple(
-            torch.zeros(batch, heads, dim, dim, dtype=dtype, device=device)
+            torch.zeros(batch, heads, dim, dim, dtype=self.float_dtype, device=device)
             for _ in range(self.config.num_layers)
         )
 
