@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The GPU measurements of the Benchmarks page, in one short run for a lent GPU machine.
+#
+# Usage (from the repository root):
+#   benchmarks/gpu_check.sh OUT_DIR
+#
+# Writes into OUT_DIR (at most 8 files, so that a remote runner can send them all back):
+#   device.txt          nvidia-smi and torch's view of the device
+#   imagination.md/json benchmarks/imagination.py: POP float32 and bf16 autocast, tokens and rgb,
+#                       at the batch sizes of $SIZES
+#   dream_env.md/json   benchmarks/dream_env.py: DreamVectorEnv float32 and bf16, numpy output
+#   train_metrics.jsonl rem-train's metrics of $TRAIN_EPOCHS epochs in which every phase runs
+#                       (collect, tokenizer, world model, actor-critic): "timings" holds each
+#                       phase's wall seconds per epoch
+#   log.txt             everything the steps printed, and which step failed if one did
+#
+# Settings (environment variables):
+#   PYTHON (python3), DEVICE (cuda), PRESET (paper), SIZES ("64 1024 4096"), STEPS (20),
+#   CELL_SECONDS (10), TRAIN_PRESET (atari100k), TRAIN_EPOCHS (2), TRAIN_ENV_STEPS (1000;
+#   real steps collected per epoch, enough for the phases' batches), SKIP_TRAIN (0)
+# A CPU smoke run of the script itself (the test suite does this):
+#   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_ENV_STEPS=60 \
+#     benchmarks/gpu_check.sh /tmp/gpu_check
+#
+# Each step runs even when an earlier one failed; the exit status is 1 if any failed.
+# The training step needs gymnasium and ale-py (carry them as wheels to a machine without them).
+set -uo pipefail
+
+out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
+py=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+preset=${PRESET:-paper}
+read -r -a sizes <<<"${SIZES:-64 1024 4096}"
+steps=${STEPS:-20}
+cell=${CELL_SECONDS:-10}
+train_preset=${TRAIN_PRESET:-atari100k}
+train_epochs=${TRAIN_EPOCHS:-2}
+train_env_steps=${TRAIN_ENV_STEPS:-1000}
+here=$(cd "$(dirname "$0")" && pwd)
+
+mkdir -p "$out"
+log="$out/log.txt"
+: >"$log"
+failed=0
+
+step() {  # step NAME COMMAND...: runs the command, logs its stderr, notes a failure
+    local name=$1
+    shift
+    echo "== $name: $*" >>"$log"
+    local begin=$SECONDS
+    if "$@" 2>>"$log"; then
+        echo "== $name: done in $((SECONDS - begin)) s" >>"$log"
+    else
+        echo "== $name: FAILED (exit $?) after $((SECONDS - begin)) s" >>"$log"
+        failed=1
+    fi
+}
+
+describe_device() {
+    if command -v nvidia-smi >/dev/null; then nvidia-smi || true; fi
+    "$py" -c 'import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "threads", torch.get_num_threads())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(), torch.cuda.get_device_capability())'
+}
+
+step device describe_device >"$out/device.txt"
+
+step imagination "$py" "$here/imagination.py" --device "$device" --preset "$preset" \
+    --batch-sizes "${sizes[@]}" --paths pop bf16 --steps "$steps" --warmup 3 \
+    --max-seconds-per-cell "$cell" --json "$out/imagination.json" >"$out/imagination.md"
+
+step dream_env "$py" "$here/dream_env.py" --device "$device" --preset "$preset" \
+    --num-envs "${sizes[@]}" --autocast bf16 --no-ale --steps "$steps" --warmup 3 \
+    --max-seconds-per-cell "$cell" --json "$out/dream_env.json" >"$out/dream_env.md"
+
+if [[ "${SKIP_TRAIN:-0}" != 1 ]]; then
+    run=$(mktemp -d)
+    step training "$py" -m training --preset "$train_preset" --device "$device" \
+        --out "$run/run" --epochs "$train_epochs" --common.collect-epochs "$train_epochs" \
+        --common.env-steps-per-epoch "$train_env_steps" --common.eval-start-epoch 1000000 \
+        --tokenizer.start-after-epoch 0 --world-model.start-after-epoch 0 \
+        --actor-critic.start-after-epoch 0 --evaluation.num-envs 1 --evaluation.episodes 1 \
+        --evaluation.final-episodes 1 --common.replay-fsync false >>"$log"
+    cp "$run/run/metrics.jsonl" "$out/train_metrics.jsonl" 2>>"$log" || failed=1
+    rm -rf "$run"
+fi
+
+echo "== finished, failed=$failed" >>"$log"
+exit "$failed"

@@ -1,0 +1,61 @@
+"""benchmarks/gpu_check.sh, the one-shot GPU measurement script, run as a CPU smoke test."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+SMOKE = {"DEVICE": "cpu", "PRESET": "tiny", "SIZES": "1 2", "STEPS": "1", "CELL_SECONDS": "5"}
+
+
+def run(out: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHON": sys.executable, **settings}
+    return subprocess.run(
+        [str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_smoke_run_writes_every_table_and_each_phase_timing(tmp_path: Path) -> None:
+    result = run(tmp_path, **SMOKE, TRAIN_PRESET="smoke", TRAIN_ENV_STEPS="60")
+    log = (tmp_path / "log.txt").read_text()
+    assert result.returncode == 0, log
+    assert "failed=0" in log
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "device.txt",
+        "dream_env.json",
+        "dream_env.md",
+        "imagination.json",
+        "imagination.md",
+        "log.txt",
+        "train_metrics.jsonl",
+    ]  # within what a remote runner sends back (8 files)
+    assert "POP bf16 tokens" in (tmp_path / "imagination.md").read_text()
+    assert "dream rgb bf16" in (tmp_path / "dream_env.md").read_text()
+    records = json.loads((tmp_path / "imagination.json").read_text())["records"]
+    assert {r["path"] for r in records} == {"pop", "bf16"}
+    assert {r["batch_size"] for r in records} == {1, 2}
+    epochs = [json.loads(line) for line in (tmp_path / "train_metrics.jsonl").open()]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for epoch in epochs:
+        assert set(epoch["timings"]) >= {"collect", "tokenizer", "world_model", "actor_critic"}
+
+
+def test_a_failing_step_is_logged_the_others_still_run_and_the_status_is_1(
+    tmp_path: Path,
+) -> None:
+    device = "cpu" if torch.cuda.is_available() else "cuda"  # cuda fails here without a GPU
+    bad = {**SMOKE, "DEVICE": device, "SKIP_TRAIN": "1"}
+    if device == "cpu":
+        bad["SIZES"] = "0"  # a batch size the benchmarks refuse
+    result = run(tmp_path, **bad)
+    log = (tmp_path / "log.txt").read_text()
+    assert result.returncode == 1
+    assert "== imagination: FAILED" in log and "== dream_env: FAILED" in log
+    assert "== device: done" in log and "failed=1" in log
