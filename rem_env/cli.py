@@ -37,7 +37,7 @@ from rem_env.agents import (
     roll_dream,
 )
 from rem_env.config import REMConfig
-from rem_env.dream import DreamVectorEnv
+from rem_env.dream import AUTOCAST_DTYPES, DreamVectorEnv
 from rem_env.hub import ModelLoadError, NoDefaultModelError, resolve_default_model
 from rem_env.model import REMModel
 from rem_env.quantization import QUANTIZATIONS, quantize_model
@@ -120,10 +120,18 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         help="dream with int8 weights in the world model's layers (CPU only: faster, close to "
         "but not equal to the float dreams)",
     )
+    parser.add_argument(
+        "--autocast",
+        choices=tuple(AUTOCAST_DTYPES),
+        default=None,
+        help="run the model under bfloat16 autocast (for GPUs; most CPUs run it far slower)",
+    )
 
 
 def dream_device(args: argparse.Namespace) -> str:
     """The device of ``--device``; with ``--quantize``, the CPU (the only place int8 runs)."""
+    if args.quantize is not None and args.autocast is not None:
+        raise CLIError("choose --quantize or --autocast, not both")
     if args.quantize is None:
         return pick_device(args.device)
     if args.device not in ("auto", "cpu"):
@@ -183,6 +191,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
         obs_type=agent.obs_type,
         device=device,
         quantize=args.quantize,
+        autocast=args.autocast,
         temperature=args.temperature,
         render_mode="rgb_array",
     )
@@ -215,18 +224,20 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         model = quantize_model(model, args.quantize)
     args.num_envs = 1  # the agent plays one real game at a time
     agent = make_agent(args, model, device)
-    report = run_fidelity(
-        model,
-        game,
-        agent,
-        args.out,
-        games=args.games,
-        horizon=args.horizon,
-        stride=args.stride,
-        seed=args.seed if args.seed is not None else 0,
-        max_steps=args.max_steps,
-        temperature=args.temperature,
-    )
+    dtype = AUTOCAST_DTYPES[args.autocast] if args.autocast else None
+    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+        report = run_fidelity(
+            model,
+            game,
+            agent,
+            args.out,
+            games=args.games,
+            horizon=args.horizon,
+            stride=args.stride,
+            seed=args.seed if args.seed is not None else 0,
+            max_steps=args.max_steps,
+            temperature=args.temperature,
+        )
     del untrained  # load_dream_model already warned
     print(report.summary_table(tuple(s for s in (1, 5, 10) if s <= args.horizon)))
     print(f"wrote fidelity.json, fidelity_curve.png and fidelity_strip.png to {args.out}")
@@ -252,6 +263,7 @@ def cmd_play(args: argparse.Namespace) -> int:
         obs_type="tokens",
         device=dream_device(args),
         quantize=args.quantize,
+        autocast=args.autocast,
         temperature=args.temperature,
         render_mode="rgb_array",
         autoreset_mode="DISABLED",

@@ -272,3 +272,12 @@ def test_rollout_records_the_same_frames_whatever_the_agent_observes() -> None:
     for other in rollouts[1:]:
         assert all((a == b).all() for a, b in zip(rollouts[0].frames, other.frames, strict=True))
         assert other.episode_returns == rollouts[0].episode_returns
+
+
+def test_dream_under_bf16_autocast(model_folder: Path, tmp_path: Path) -> None:
+    argv = ["dream", "REM-Breakout-v0", "--model", str(model_folder), "--steps", "3"]
+    out = tmp_path / "bf16.gif"
+    assert main([*argv, "--autocast", "bf16", "--seed", "5", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    both = [*argv, "--autocast", "bf16", "--quantize", "int8", "--out", str(tmp_path / "x.gif")]
+    assert main(both) == 2

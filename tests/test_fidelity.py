@@ -163,3 +163,15 @@ def test_cli_fidelity(tmp_path, capsys):
     assert (out / "fidelity.json").is_file()
     assert main(["fidelity", "REM-Breakout-v0", "--random-weights", "tiny", "--horizon", "0"]) == 2
     assert "--horizon" in capsys.readouterr().err
+
+
+def test_cli_fidelity_under_bf16_autocast(tmp_path, capsys):
+    out = tmp_path / "fid"
+    code = main(
+        ["fidelity", "REM-Breakout-v0", "--random-weights", "tiny", "--games", "1",
+         "--horizon", "2", "--max-steps", "40", "--out", str(out), "--device", "cpu",
+         "--autocast", "bf16"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((out / "fidelity.json").read_text())
+    assert all(0.0 <= a <= 1.0 for a in data["token_accuracy"])
