@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from benchmark_scripts import load_benchmark
 from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "plot.py"
@@ -18,12 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "plot.py"
 @pytest.fixture(scope="module")
 def plot() -> ModuleType:
     """benchmarks/plot.py imported as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("benchmark_plot", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("plot")
 
 
 def write(path: Path, metadata: dict[str, Any], records: list[dict[str, Any]]) -> Path:

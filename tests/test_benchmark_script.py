@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "imagination.py"
 BATCH_SIZES = (1, 2)
@@ -65,11 +65,7 @@ def test_cuda_request_without_cuda_fails_cleanly() -> None:
 
 
 def test_peers_table_puts_measured_rows_beside_the_quoted_ones() -> None:
-    spec = importlib.util.spec_from_file_location("benchmark_imagination", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_benchmark("imagination")
     records = [
         module.Record("cpu", "paper", b, path, mode, 10.0 * b, 100.0, 3)
         for b in (1, 16, 64)
@@ -84,17 +80,8 @@ def test_peers_table_puts_measured_rows_beside_the_quoted_ones() -> None:
     assert not any("token-by-token" in line and "rem-env" in line for line in lines)
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_imagination_cpu", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cpu_description_names_family_model_and_int8_features(tmp_path: Path) -> None:
-    module = _load_script()
+    module = load_benchmark("imagination")
     cpuinfo = tmp_path / "cpuinfo"
     block = (
         "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
@@ -118,7 +105,7 @@ def test_cpu_description_names_family_model_and_int8_features(tmp_path: Path) ->
 
 
 def test_bf16_path_runs_under_autocast_and_gets_its_columns(tmp_path: Path) -> None:
-    module = _load_script()
+    module = load_benchmark("imagination")
     out = tmp_path / "bf16.json"
     argv = ["--preset", "tiny", "--batch-sizes", "2", "--steps", "1", "--warmup", "0"]
     assert module.main([*argv, "--paths", "pop", "bf16", "--json", str(out)]) == 0
@@ -134,7 +121,7 @@ def test_bf16_path_runs_under_autocast_and_gets_its_columns(tmp_path: Path) -> N
 def test_make_step_runs_the_model_under_the_requested_autocast() -> None:
     from rem_env import REMConfig, REMModel
 
-    module = _load_script()
+    module = load_benchmark("imagination")
     model = REMModel(REMConfig.preset("tiny", num_actions=4)).eval()
     seen: list[tuple[bool, torch.dtype]] = []
     inner = model.imagine_step

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "data_parallel.py"
 
@@ -16,12 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "data_parallel.py"
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
     """benchmarks/data_parallel.py imported as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("benchmark_data_parallel", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("data_parallel")
 
 
 def _run(folder: Path, ranks: int, tokenizer_steps: list[float]) -> Path:

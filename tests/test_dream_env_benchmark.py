@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmark_scripts import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dream_env.py"
 
 
@@ -48,18 +50,13 @@ def test_int8_and_bf16_cells_are_measured_beside_the_float_ones(tmp_path: Path) 
 
 
 def test_never_end_stops_the_random_model_ending_dreams() -> None:
-    import importlib.util
 
     import numpy as np
     import torch
 
     from rem_env import DreamVectorEnv, REMConfig, REMModel
 
-    spec = importlib.util.spec_from_file_location("benchmark_dream_env", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
+    module = load_benchmark("dream_env")
     torch.manual_seed(0)
     model = REMModel(REMConfig.preset("tiny", num_actions=4))
     ends = []

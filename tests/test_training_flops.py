@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from benchmark_scripts import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "training_flops.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("training_flops", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("training_flops")
 
 
 def test_smoke_counts_scale_with_batch_and_steps(tmp_path, capsys):
