@@ -161,6 +161,15 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_ranks_leave_the_group_cleanly_run_after_run(tmp_path: Path) -> None:
+    """Regression: without a barrier before destroy_process_group, about one run in three
+    aborted a rank (SIGABRT in gloo's teardown) after all its work was done."""
+    for run in range(4):
+        out = tmp_path / str(run)
+        out.mkdir()
+        mp.spawn(_rank, args=(str(out / "init"), str(out)), nprocs=WORLD_SIZE, join=True)
+
+
 def test_collective_helpers(two_ranks: Path) -> None:
     ranks = [json.loads((two_ranks / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
     for r, got in enumerate(ranks):

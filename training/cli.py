@@ -170,9 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rem-train: error: {err}", file=sys.stderr)
         return 2
     try:
-        return _train(config, out, resume is not None, argv, args.get("export"), ctx)
-    finally:
-        cleanup()
+        status = _train(config, out, resume is not None, argv, args.get("export"), ctx)
+    except BaseException:
+        cleanup(wait=False)  # the other ranks may never reach the barrier
+        raise
+    cleanup()
+    return status
 
 
 def _train(

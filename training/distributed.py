@@ -178,9 +178,17 @@ def init_from_env(backend: str | None = None, timeout: timedelta = DEFAULT_TIMEO
     return init_process_group(ctx, backend, timeout=timeout)
 
 
-def cleanup() -> None:
-    """Leaves the process group, if one was joined."""
+def cleanup(wait: bool = True) -> None:
+    """Leaves the process group, if one was joined.
+
+    With ``wait`` (a rank that finished normally) the ranks first meet in a barrier: a gloo
+    group torn down while a peer is still tearing down its own connections can abort the
+    process (SIGABRT, "terminate called without an active exception"). A rank leaving on an
+    error passes ``wait=False``, so that it does not wait for ranks that may never come.
+    """
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
