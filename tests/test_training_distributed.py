@@ -162,8 +162,8 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_ranks_leave_the_group_cleanly_run_after_run(tmp_path: Path) -> None:
-    """Regression: without a barrier before destroy_process_group, about one run in three
-    aborted a rank (SIGABRT in gloo's teardown) after all its work was done."""
+    """Regression: about one run in three aborted a rank (SIGABRT) after all its work was
+    done, when leaving the gloo group (see training.distributed.cleanup)."""
     for run in range(4):
         out = tmp_path / str(run)
         out.mkdir()
