@@ -23,7 +23,8 @@
 #     benchmarks/gpu_check.sh /tmp/gpu_check
 #
 # Each step runs even when an earlier one failed; the exit status is 1 if any failed.
-# The training step needs gymnasium and ale-py (carry them as wheels to a machine without them).
+# rem_env needs gymnasium, safetensors and huggingface_hub, the training step ale-py too: carry
+# missing ones as wheels to a machine without them (nothing is installed by this script).
 set -uo pipefail
 
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
@@ -37,6 +38,8 @@ train_preset=${TRAIN_PRESET:-atari100k}
 train_epochs=${TRAIN_EPOCHS:-2}
 train_env_steps=${TRAIN_ENV_STEPS:-1000}
 here=$(cd "$(dirname "$0")" && pwd)
+# The checkout's packages import without an install (a lent machine starts bare).
+export PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}"
 
 mkdir -p "$out"
 log="$out/log.txt"
