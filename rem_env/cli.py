@@ -224,20 +224,19 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         model = quantize_model(model, args.quantize)
     args.num_envs = 1  # the agent plays one real game at a time
     agent = make_agent(args, model, device)
-    dtype = AUTOCAST_DTYPES[args.autocast] if args.autocast else None
-    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
-        report = run_fidelity(
-            model,
-            game,
-            agent,
-            args.out,
-            games=args.games,
-            horizon=args.horizon,
-            stride=args.stride,
-            seed=args.seed if args.seed is not None else 0,
-            max_steps=args.max_steps,
-            temperature=args.temperature,
-        )
+    report = run_fidelity(
+        model,
+        game,
+        agent,
+        args.out,
+        games=args.games,
+        horizon=args.horizon,
+        stride=args.stride,
+        seed=args.seed if args.seed is not None else 0,
+        max_steps=args.max_steps,
+        temperature=args.temperature,
+        autocast=AUTOCAST_DTYPES[args.autocast] if args.autocast else None,
+    )
     del untrained  # load_dream_model already warned
     print(report.summary_table(tuple(s for s in (1, 5, 10) if s <= args.horizon)))
     print(f"wrote fidelity.json, fidelity_curve.png and fidelity_strip.png to {args.out}")

@@ -254,6 +254,7 @@ def measure_fidelity(
     temperature: float = 1.0,
     seed: int = 0,
     batch_size: int = 256,
+    autocast: torch.dtype | None = None,
 ) -> tuple[FidelityReport, dict[str, np.ndarray]]:
     """Dreams the recorded actions from real contexts and scores every imagined step.
 
@@ -265,6 +266,8 @@ def measure_fidelity(
         temperature: Sampling temperature of the dream (1.0 as in the dream envs).
         seed: Seed of the dream's sampling.
         batch_size: Dreams imagined together (one forward pass per step for all of them).
+        autocast: Dream (and decode the dreamed frames) under ``torch.autocast`` with this
+            dtype; the real frames' tokens and the tokenizer ceiling stay in float32.
 
     Returns:
         ``(report, strip)``: the report, and the real and dreamed frames ``(horizon+1, H, W, 3)``
@@ -285,6 +288,9 @@ def measure_fidelity(
         raise ValueError(f"no recorded episode has {context} frames to start a dream from")
     tokens = [model.encode(_to_tensor(traj.frames, device)) for traj in trajectories]  # (T+1, K)
 
+    def dreaming() -> torch.autocast:
+        return torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
+
     hits = torch.zeros(horizon, dtype=torch.float64)
     psnr = torch.zeros(horizon, dtype=torch.float64)
     compared = torch.zeros(horizon, dtype=torch.int64)
@@ -300,7 +306,8 @@ def measure_fidelity(
         ctx_actions = torch.stack(
             [torch.as_tensor(trajectories[i].actions[t - context + 1 : t]) for i, t in batch]
         ).to(device)  # (b, C-1)
-        state = model.start_state(ctx_tokens, ctx_actions)
+        with dreaming():
+            state = model.start_state(ctx_tokens, ctx_actions)
         alive = torch.ones(b, dtype=torch.bool, device=device)
         dreamed: list[np.ndarray] = []
         for h in range(1, horizon + 1):
@@ -321,7 +328,8 @@ def measure_fidelity(
                 ],
                 device=device,
             )
-            step, state = model.imagine_step(state, actions, temperature, generator=generator)
+            with dreaming():
+                step, state = model.imagine_step(state, actions, temperature, generator=generator)
             real_reward = torch.tensor(
                 [
                     _at(trajectories[i].rewards, j) != 0
@@ -351,7 +359,8 @@ def measure_fidelity(
                     ),
                     device,
                 )
-                dream_frames = model.decode(step.obs_tokens[rows])
+                with dreaming():
+                    dream_frames = model.decode(step.obs_tokens[rows]).float()
                 hits[h - 1] += (step.obs_tokens[rows] == real_tokens).float().mean(1).sum().item()
                 psnr[h - 1] += _psnr(dream_frames, real_frames).sum().item()
                 compared[h - 1] += len(rows)
@@ -477,9 +486,14 @@ def run_fidelity(
     seed: int = 0,
     max_steps: int = 5_000,
     temperature: float = 1.0,
+    autocast: torch.dtype | None = None,
 ) -> FidelityReport:
     """Records real play, measures fidelity and writes ``fidelity.json``, ``fidelity_curve.png``
     and ``fidelity_strip.png`` into ``out_dir``.
+
+    The real games are played in float32; with ``autocast`` (e.g. ``torch.bfloat16``) only the
+    dreams run under ``torch.autocast`` (see :func:`measure_fidelity`), so reports with and
+    without it compare the same real games.
 
     Example:
         >>> import tempfile
@@ -493,7 +507,9 @@ def run_fidelity(
         ['fidelity.json', 'fidelity_curve.png', 'fidelity_strip.png']
     """
     trajectories = record_real_trajectories(model, game, agent, games, seed, max_steps)
-    report, strip = measure_fidelity(model, trajectories, horizon, stride, temperature, seed)
+    report, strip = measure_fidelity(
+        model, trajectories, horizon, stride, temperature, seed, autocast=autocast
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = {"game": game, "agent": type(agent).__name__, "games": games, **report.to_dict()}

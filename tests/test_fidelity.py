@@ -175,3 +175,25 @@ def test_cli_fidelity_under_bf16_autocast(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     data = json.loads((out / "fidelity.json").read_text())
     assert all(0.0 <= a <= 1.0 for a in data["token_accuracy"])
+
+
+def test_autocast_dreams_in_bf16_but_keeps_the_real_side_in_float32(monkeypatch):
+    model = _model()
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
+    traj = RealTrajectory(frames, np.zeros(8, np.int64), np.zeros(8, np.float32), np.zeros(8, bool))
+    seen: list[bool] = []
+    imagine = model.imagine_step
+
+    def recording(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return imagine(*args, **kwargs)
+
+    monkeypatch.setattr(model, "imagine_step", recording)
+    plain, _ = measure_fidelity(model, [traj], horizon=3, stride=2, temperature=0.0)
+    bf16, _ = measure_fidelity(
+        model, [traj], horizon=3, stride=2, temperature=0.0, autocast=torch.bfloat16
+    )
+    assert seen and not any(seen[: len(seen) // 2]) and all(seen[len(seen) // 2 :])
+    assert bf16.tokenizer_psnr == plain.tokenizer_psnr  # the ceiling: real frames, float32
+    assert bf16.compared == plain.compared

@@ -183,12 +183,12 @@ def cleanup(wait: bool = True) -> None:
     """Leaves the process group, if one was joined.
 
     Leaving a gloo group could abort a rank after all its work was done (SIGABRT, "terminate
-    called without an active exception", about one run in three on a 2-core VM): a
-    ``DistributedDataParallel`` wrapper kept alive by a reference cycle was destroyed at exit,
-    after its group. So garbage is collected first, while the group still exists; with ``wait``
-    (a rank that finished normally) the ranks then meet in a barrier before leaving together. A
-    rank leaving on an error passes ``wait=False``, so that it does not wait for ranks that may
-    never come.
+    called without an active exception", about one run in three on a 2-core VM), at exit, most
+    likely when an object still holding the group (a ``DistributedDataParallel`` wrapper in a
+    reference cycle) was destroyed after it. Collecting garbage first, while the group still
+    exists, stopped it (0 aborts in 60 runs). With ``wait`` (a rank that finished normally) the
+    ranks then meet in a barrier before leaving together. A rank leaving on an error passes
+    ``wait=False``, so that it does not wait for ranks that may never come.
     """
     if dist.is_initialized():
         gc.collect()
