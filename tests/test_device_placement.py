@@ -1,0 +1,126 @@
+"""Device placement: every model path keeps its tensors on the model's device.
+
+No GPU runs in CI, so these tests run the model code on PyTorch's ``meta`` device instead
+(shapes and dtypes, no data). Mixing a meta tensor with a non-scalar CPU tensor raises, as
+mixing a CUDA tensor with a CPU one does, so a tensor made without ``device=`` on one of these
+paths fails here before it fails on the first GPU. What meta cannot stand in for: reading a
+value back to the host (``.item()``, ``bool(tensor)``) fails on meta for a reason of its own, so
+the host-side value checks are switched off (``check_values=False``) and the loss functions,
+which return Python-float metrics, are replaced by plain sums of the outputs they read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode
+
+import rem_env.dream
+from rem_env import REMConfig, REMModel
+from rem_env.contexts import StartContexts
+from rem_env.dream import DreamVectorEnv
+from rem_env.models.actor_critic import ActorCritic
+from rem_env.models.sampling import StepNoise
+from training.imagination import Imagination, StartPoint
+
+META = torch.device("meta")
+B = 3
+
+
+def _config(pop: bool = True) -> REMConfig:
+    config = REMConfig.preset("tiny", num_actions=4)
+    world_model = dataclasses.replace(config.world_model, pop=pop)
+    return dataclasses.replace(config, world_model=world_model)
+
+
+def _meta_model(pop: bool = True) -> REMModel:
+    torch.manual_seed(0)
+    return REMModel(_config(pop)).to(META)
+
+
+def test_mixing_a_meta_and_a_cpu_tensor_raises() -> None:
+    """The premise of this module: a CPU tensor created by mistake makes meta code raise."""
+    with pytest.raises(RuntimeError, match="device"):
+        torch.ones(3, device=META) + torch.ones(3)
+
+
+@pytest.mark.parametrize("pop", [True, False], ids=["pop", "token-by-token"])
+def test_imagination_steps_and_decoding_stay_on_the_device(pop: bool) -> None:
+    model = _meta_model(pop).eval()
+    k = model.config.tokenizer.tokens_per_frame
+    size = model.config.tokenizer.image_size
+    actions = torch.zeros(B, dtype=torch.long, device=META)
+    with torch.inference_mode():
+        state = model.start_state(
+            model.start_tokens[:B], model.start_actions[:B], check_values=False
+        )
+        for _ in range(2):
+            uniforms = torch.rand(B, k + 2, device=META)
+            noise = StepNoise(uniforms[:, :k], uniforms[:, k], uniforms[:, k + 1])
+            step, state = model.imagine_step(state, actions, noise=noise)
+        frames = model.decode(step.obs_tokens, check_values=False)
+    assert {step.obs_tokens.device, step.rewards.device, step.ends.device} == {META}
+    assert {s.device for s in state.retention} == {META}
+    assert frames.device == META and frames.shape == (B, 3, size, size)
+
+
+@pytest.mark.parametrize("obs_type", ["rgb", "tokens", "latent"])
+def test_torch_mode_dream_env_steps_and_resets_on_the_device(obs_type: str) -> None:
+    env = DreamVectorEnv(
+        _meta_model().eval(),
+        B,
+        obs_type=obs_type,
+        output="torch",
+        autoreset_mode=AutoresetMode.NEXT_STEP,
+        validate_actions=False,
+    )
+    obs, _ = env.reset(seed=0)
+    for _ in range(3):  # the random end head ends some dreams: the resets run too (masked)
+        obs, rewards, terminated, truncated, _ = env.step(
+            torch.zeros(B, dtype=torch.long, device=META)
+        )
+    assert {obs.device, rewards.device, terminated.device, truncated.device} == {META}
+    env.close()
+
+
+@pytest.mark.parametrize("pop", [True, False], ids=["pop", "token-by-token"])
+def test_training_forwards_and_backwards_stay_on_the_device(pop: bool) -> None:
+    model = _meta_model(pop).train()
+    tok = model.config.tokenizer
+    frames = torch.rand(B, 3, tok.image_size, tok.image_size, device=META)
+    out = model.tokenizer(frames)
+    (out.reconstruction.sum() + out.codes.sum() + out.z.sum()).backward()
+
+    t = 4
+    tokens = torch.randint(tok.vocab_size, (B, t, tok.tokens_per_frame), device=META)
+    actions = torch.randint(model.num_actions, (B, t), device=META)
+    wm = model.world_model(tokens, actions, model.tokenizer.codebook)
+    loss = wm.obs_logits.sum() + wm.reward_logits.sum() + wm.end_logits.sum()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and {g.device for g in grads} == {META}
+
+
+def test_actor_critic_rollout_in_imagination_stays_on_the_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The reset's range check of the start contexts reads them back (min/max): skipped here.
+    monkeypatch.setattr(
+        rem_env.dream,
+        "check_contexts",
+        lambda model, contexts, count, device: StartContexts(*contexts),
+    )
+    model = _meta_model().eval()
+    torch.manual_seed(0)
+    actor_critic = ActorCritic.from_config(model.config, hidden_size=16).to(META)
+    imagination = Imagination(model, num_envs=B)
+    start = StartPoint(
+        actor_critic.initial_state(B), model.start_tokens[:B], model.start_actions[:B]
+    )
+    rollout = imagination.rollout(actor_critic, start, steps=3, seed=0)
+    (rollout.logits.sum() + rollout.values.sum()).backward()
+    assert {rollout.codes.device, rollout.rewards.device, rollout.ends.device} == {META}
+    assert actor_critic.actor.weight.grad.device == META
+    imagination.close()
