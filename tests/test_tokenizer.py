@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import rem_env.models.tokenizer as tokenizer_module
 from rem_env.config import REMConfig, TokenizerConfig
 from rem_env.models.tokenizer import Tokenizer, TokenizerOutput, TokenizerReconstruction
 
@@ -189,3 +190,38 @@ def test_encode_is_deterministic(tok: Tokenizer) -> None:
 def test_non_config_raises() -> None:
     with pytest.raises(TypeError, match="TokenizerConfig"):
         Tokenizer(REMConfig.preset("tiny", num_actions=4))  # type: ignore[arg-type]
+
+
+def _count_calls(module: torch.nn.Module) -> list[int]:
+    """Batch sizes of every call of ``module``, appended as it is called."""
+    sizes: list[int] = []
+    module.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
+    return sizes
+
+
+def test_large_batches_encode_and_decode_in_pieces_without_autograd_with_equal_results(
+    tok: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames = _frames(7)
+    with torch.no_grad():
+        whole_tokens = tok.encode(frames).tokens
+        whole = tok.decode_tokens(whole_tokens)
+    monkeypatch.setattr(tokenizer_module, "ENCODE_FRAMES_PER_PIECE", 2)
+    monkeypatch.setattr(tokenizer_module, "DECODE_FRAMES_PER_PIECE", 3)
+    encoder_calls, decoder_calls = _count_calls(tok.encoder), _count_calls(tok.decoder)
+    with torch.no_grad():
+        tokens = tok.encode(frames).tokens
+        pieces = tok.decode_tokens(tokens)
+    assert encoder_calls == [2, 2, 2, 1] and decoder_calls == [3, 3, 1]
+    assert torch.equal(tokens, whole_tokens)
+    torch.testing.assert_close(pieces, whole)
+
+
+def test_autograd_encodes_and_decodes_whole_batches(
+    tok: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokenizer_module, "ENCODE_FRAMES_PER_PIECE", 2)
+    monkeypatch.setattr(tokenizer_module, "DECODE_FRAMES_PER_PIECE", 2)
+    encoder_calls, decoder_calls = _count_calls(tok.encoder), _count_calls(tok.decoder)
+    tok(_frames(5)).reconstruction.sum().backward()
+    assert encoder_calls == [5] and decoder_calls == [5]
