@@ -12,15 +12,20 @@
 #   train_metrics.jsonl rem-train's metrics of $TRAIN_EPOCHS epochs in which every phase runs
 #                       (collect, tokenizer, world model, actor-critic): "timings" holds each
 #                       phase's wall seconds per epoch
+#   compile.md          benchmarks/imagination.py again: the POP step through torch.compile
+#                       (paths $COMPILE_PATHS, mode reduce-overhead on CUDA: CUDA graphs) beside
+#                       the plain POP step; last, as compiling takes a while
 #   log.txt             everything the steps printed, and which step failed if one did
 #
 # Settings (environment variables):
 #   PYTHON (python3), DEVICE (cuda), PRESET (paper), SIZES ("64 1024 4096"), STEPS (20),
 #   CELL_SECONDS (10), TRAIN_PRESET (atari100k), TRAIN_EPOCHS (2), TRAIN_ENV_STEPS (1000;
-#   real steps collected per epoch, enough for the phases' batches), SKIP_TRAIN (0)
+#   real steps collected per epoch, enough for the phases' batches), SKIP_TRAIN (0),
+#   COMPILE_PATHS ("bf16-compile"; "compile" is float32; empty skips the step),
+#   COMPILE_BACKEND (inductor; aot_eager checks the capture quickly, as the smoke test does)
 # A CPU smoke run of the script itself (the test suite does this):
 #   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_ENV_STEPS=60 \
-#     benchmarks/gpu_check.sh /tmp/gpu_check
+#     COMPILE_BACKEND=aot_eager benchmarks/gpu_check.sh /tmp/gpu_check
 #
 # Each step runs even when an earlier one failed; the exit status is 1 if any failed.
 # rem_env needs gymnasium, safetensors and huggingface_hub, the training step ale-py too: carry
@@ -89,5 +94,14 @@ if [[ "${SKIP_TRAIN:-0}" != 1 ]]; then
     rm -rf "$run"
 fi
 
+read -r -a compile_paths <<<"${COMPILE_PATHS-bf16-compile}"
+if ((${#compile_paths[@]})); then
+    scratch=$(mktemp -d)
+    step compile "$py" "$here/imagination.py" --device "$device" --preset "$preset" \
+        --batch-sizes "${sizes[@]}" --paths pop "${compile_paths[@]}" --steps "$steps" \
+        --warmup 3 --max-seconds-per-cell "$cell" --json "$scratch/compile.json" \
+        --compile-backend "${COMPILE_BACKEND:-inductor}" >"$out/compile.md"
+    rm -rf "$scratch"
+fi
 echo "== finished, failed=$failed" >>"$log"
 exit "$failed"

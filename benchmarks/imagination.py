@@ -10,7 +10,10 @@ the clock is read). Every cell of the grid
 * path: ``pop`` (REM's Parallel Observation Prediction, one pass of 2K+1 tokens per step),
   ``int8`` (the same POP model with int8 RetNet layers, :func:`rem_env.quantization.
   quantize_model`; CPU only), ``bf16`` (the same POP model under ``torch.autocast`` with
-  bfloat16, for GPUs) or ``token`` (the paper's "no POP" ablation,
+  bfloat16, for GPUs), ``compile`` and ``bf16-compile`` (the POP step, float32 or under bf16
+  autocast, through ``torch.compile(fullgraph=True)``; ``--compile-mode``, by default
+  ``reduce-overhead`` on CUDA, which replays CUDA graphs, and ``default`` on CPU; at least 3
+  warm-up steps, which compile) or ``token`` (the paper's "no POP" ablation,
   ``WorldModelConfig(pop=False)``, K sequential passes per step) at the same model sizes,
 * mode: ``tokens`` (``imagine_step`` only) or ``rgb`` (``imagine_step``, then
   ``model.decode(step.obs_tokens)`` and conversion to uint8 HWC numpy frames on the host, the
@@ -34,6 +37,7 @@ From the repository root, with the package installed (``pip install -e .``)::
     python benchmarks/imagination.py                                # paper sizes, CPU
     python benchmarks/imagination.py --max-seconds-per-cell 20      # cap slow cells
     python benchmarks/imagination.py --device cuda --steps 50
+    python benchmarks/imagination.py --device cuda --paths pop bf16 bf16-compile  # CUDA graphs
     python benchmarks/imagination.py --preset tiny --batch-sizes 1 2 --steps 2
 
 The markdown table goes to stdout, progress to stderr, and every measurement to ``--json``
@@ -51,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,12 +63,25 @@ from typing import Any
 import torch
 
 from rem_env import REMConfig, REMModel
+from rem_env.models.sampling import StepNoise
 from rem_env.models.world_model import NUM_REWARD_CLASSES
 from rem_env.quantization import quantize_model
 
-PATHS = ("pop", "int8", "bf16", "token")
+PATHS = ("pop", "int8", "bf16", "compile", "bf16-compile", "token")
 MODES = ("tokens", "rgb")
-PATH_LABELS = {"pop": "POP", "int8": "POP int8", "bf16": "POP bf16", "token": "token-by-token"}
+PATH_LABELS = {
+    "pop": "POP",
+    "int8": "POP int8",
+    "bf16": "POP bf16",
+    "compile": "POP compiled",
+    "bf16-compile": "POP bf16 compiled",
+    "token": "token-by-token",
+}
+EXTRA_PATHS = ("int8", "bf16", "compile", "bf16-compile")
+"""Paths that share the POP model and get their own columns beside it."""
+COMPILE_WARMUP = 3
+"""Least warm-up steps of a compiled path: the first call compiles, the second compiles again
+with the (moving) position as a symbol, the third records CUDA graphs in reduce-overhead mode."""
 MIN_TIMED_STEPS = 3
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "imagination.json"
 
@@ -114,7 +132,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=PATHS,
         default=None,
         help="paths to measure (default: pop, token and int8 on CPU, bf16 on CUDA; int8 runs "
-        "on the CPU only, bf16 anywhere but is slow on CPUs without bfloat16 units)",
+        "on the CPU only, bf16 anywhere but is slow on CPUs without bfloat16 units; compile and "
+        "bf16-compile only when asked for)",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode of the compile paths (default: reduce-overhead on CUDA, "
+        "default on CPU)",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compile paths (aot_eager: a quick check of the capture)",
     )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per cell (at most)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
@@ -137,7 +167,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--max-seconds-per-cell must be positive")
     if args.paths is None:
         skip = "int8" if args.device == "cuda" else "bf16"
-        args.paths = [p for p in PATHS if p != skip]
+        args.paths = [p for p in PATHS if p != skip and "compile" not in p]
+    if args.compile_mode is None:
+        args.compile_mode = "reduce-overhead" if args.device == "cuda" else "default"
     if "int8" in args.paths and args.device == "cuda":
         parser.error("the int8 path runs on the CPU only")
     if "pop" not in args.paths:
@@ -207,20 +239,30 @@ def make_step(
     device: torch.device,
     seed: int,
     autocast: torch.dtype | None = None,
+    compile_options: dict[str, Any] | None = None,
 ) -> Callable[[], None]:
     """A closure that advances one batched dream by one step each call (under
-    ``torch.autocast`` with dtype ``autocast`` when given)."""
+    ``torch.autocast`` with dtype ``autocast`` when given; through
+    ``torch.compile(fullgraph=True, **compile_options)`` when those are given)."""
     n = model.num_start_contexts
     idx = torch.arange(batch_size, device=device) % n
     state = model.start_state(model.start_tokens[idx], model.start_actions[idx])
     generator = torch.Generator(device=device).manual_seed(seed)
     num_actions = model.num_actions
+    imagine_step = model.imagine_step
+    k = model.world_model.tokens_per_obs
+    if compile_options is not None:
+        imagine_step = torch.compile(imagine_step, fullgraph=True, **compile_options)
 
     def step() -> None:
         nonlocal state
         actions = torch.randint(num_actions, (batch_size,), device=device, generator=generator)
+        # The noise is drawn outside the step, as the dream env does, so a compiled step holds
+        # no random generator (the same numbers StepNoise.draw would take).
+        uniforms = torch.rand(batch_size, k + 2, device=device, generator=generator)  # (B, K+2)
+        noise = StepNoise(uniforms[:, :k], uniforms[:, k], uniforms[:, k + 1])
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            out, state = model.imagine_step(state, actions, generator=generator)
+            out, state = imagine_step(state, actions, noise=noise)
             if mode == "rgb":
                 to_host_rgb(model.decode(out.obs_tokens).float())
 
@@ -260,9 +302,18 @@ def measure(
     for batch_size in args.batch_sizes:
         for path in args.paths:
             for mode in MODES:
-                autocast = torch.bfloat16 if path == "bf16" else None
-                step = make_step(models[path], batch_size, mode, device, args.seed, autocast)
-                times = time_cell(step, device, args.warmup, args.steps, args.max_seconds_per_cell)
+                autocast = torch.bfloat16 if path.startswith("bf16") else None
+                compiled = path.endswith("compile")
+                options = (
+                    {"mode": args.compile_mode, "backend": args.compile_backend}
+                    if compiled
+                    else None
+                )
+                step = make_step(
+                    models[path], batch_size, mode, device, args.seed, autocast, options
+                )
+                warmup = max(args.warmup, COMPILE_WARMUP) if compiled else args.warmup
+                times = time_cell(step, device, warmup, args.steps, args.max_seconds_per_cell)
                 median = statistics.median(times)
                 record = Record(
                     device=str(device),
@@ -275,7 +326,7 @@ def measure(
                     steps_timed=len(times),
                 )
                 print(
-                    f"B={batch_size:<4} {PATH_LABELS[path]:<15} {mode:<6} "
+                    f"B={batch_size:<4} {PATH_LABELS[path]:<17} {mode:<6} "
                     f"{record.env_steps_per_s:10.1f} env-steps/s  {record.ms_per_step:9.2f} "
                     f"ms/step  ({record.steps_timed} steps)",
                     file=sys.stderr,
@@ -365,6 +416,9 @@ def metadata(args: argparse.Namespace, device: torch.device, flops: int) -> dict
         "max_seconds_per_cell": args.max_seconds_per_cell,
         "seed": args.seed,
         "pop_flops_per_env_step": flops,
+        "paths": list(args.paths),
+        "compile_mode": args.compile_mode,
+        "compile_backend": args.compile_backend,
     }
 
 
@@ -403,9 +457,9 @@ def markdown_table(records: Sequence[Record], flops: int) -> str:
     paths = set(r.path for r in records)
     if "token" not in paths:
         columns = [columns[0], columns[1], columns[4], columns[7]]  # the POP columns
-    for extra in ("int8", "bf16"):
+    for extra in EXTRA_PATHS:
         if extra in paths:
-            columns += [f"POP {extra} tokens", f"POP {extra} rgb"]
+            columns += [f"{PATH_LABELS[extra]} tokens", f"{PATH_LABELS[extra]} rgb"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for batch_size in dict.fromkeys(r.batch_size for r in records):
         pop_t, pop_r = by_key[batch_size, "pop", "tokens"], by_key[batch_size, "pop", "rgb"]
@@ -416,7 +470,7 @@ def markdown_table(records: Sequence[Record], flops: int) -> str:
             row += [_cell(pop_r), _cell(tok_r), _ratio(pop_r, tok_r), gflops]
         else:
             row = [_cell(pop_t), _cell(pop_r), gflops]
-        for extra in ("int8", "bf16"):
+        for extra in EXTRA_PATHS:
             if extra in paths:
                 row += [_cell(by_key[batch_size, extra, mode]) for mode in MODES]
         lines.append("| " + " | ".join([str(batch_size), *row]) + " |")
@@ -462,12 +516,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = {
         path: build_model(build_config(args.preset, args.num_actions, path), device, args.seed)
         for path in args.paths
-        if path not in ("int8", "bf16")
+        if path not in EXTRA_PATHS
     }
     if "int8" in args.paths:
         models["int8"] = quantize_model(models["pop"])
-    if "bf16" in args.paths:
-        models["bf16"] = models["pop"]  # the same model; make_step adds the autocast
+    for path in ("bf16", "compile", "bf16-compile"):
+        if path in args.paths:  # the same model; make_step adds the autocast or the compile
+            models[path] = models["pop"]
+    if any("compile" in path for path in args.paths):
+        # The decay and rotation tables are lru_cache'd pure functions of sizes: tracing
+        # through them inside the compiled step is exact, which dynamo warns about anyway.
+        warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru")
     flops = pop_step_flops(models["pop"].config)
     meta = metadata(args, device, flops)
     print(header(meta), flush=True)

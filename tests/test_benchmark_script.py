@@ -137,3 +137,36 @@ def test_make_step_runs_the_model_under_the_requested_autocast() -> None:
         module.make_step(model, 2, "tokens", cpu, 0)()
     assert seen[0] == (True, torch.bfloat16)
     assert seen[1][0] is False
+
+
+def test_compile_paths_run_the_step_through_torch_compile_and_get_their_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_benchmark("imagination")
+    calls: list[dict] = []
+    compile_ = torch.compile
+
+    def recording(fn, **kwargs):
+        calls.append(kwargs)
+        return compile_(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording)
+    out = tmp_path / "compile.json"
+    argv = ["--preset", "tiny", "--batch-sizes", "2", "--steps", "1", "--warmup", "0"]
+    argv += ["--paths", "compile", "bf16-compile", "--compile-backend", "aot_eager"]
+    assert module.main([*argv, "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert {(r["path"], r["mode"]) for r in payload["records"]} == {
+        (p, m) for p in ("pop", "compile", "bf16-compile") for m in ("tokens", "rgb")
+    }
+    assert calls and all(
+        c == {"fullgraph": True, "mode": "default", "backend": "aot_eager"} for c in calls
+    )
+    assert payload["metadata"]["compile_backend"] == "aot_eager"
+    table = module.markdown_table([module.Record(**r) for r in payload["records"]], 1)
+    assert table.splitlines()[0].endswith(
+        "| POP compiled tokens | POP compiled rgb | POP bf16 compiled tokens "
+        "| POP bf16 compiled rgb |"
+    )
+    assert "compile" not in module.parse_args(["--preset", "tiny"]).paths
+    assert module.parse_args(["--preset", "tiny"]).compile_mode == "default"

@@ -11,7 +11,14 @@ from pathlib import Path
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
-SMOKE = {"DEVICE": "cpu", "PRESET": "tiny", "SIZES": "1 2", "STEPS": "1", "CELL_SECONDS": "5"}
+SMOKE = {
+    "DEVICE": "cpu",
+    "PRESET": "tiny",
+    "SIZES": "1 2",
+    "STEPS": "1",
+    "CELL_SECONDS": "5",
+    "COMPILE_BACKEND": "aot_eager",  # checks the compiled step's capture in seconds
+}
 
 
 def run(out: Path, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -28,6 +35,7 @@ def test_smoke_run_writes_every_table_and_each_phase_timing(tmp_path: Path) -> N
     assert "failed=0" in log
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
+        "compile.md",
         "device.txt",
         "dream_env.json",
         "dream_env.md",
@@ -37,6 +45,10 @@ def test_smoke_run_writes_every_table_and_each_phase_timing(tmp_path: Path) -> N
         "train_metrics.jsonl",
     ]  # within what a remote runner sends back (8 files)
     assert "POP bf16 tokens" in (tmp_path / "imagination.md").read_text()
+    assert (
+        "| POP bf16 compiled tokens | POP bf16 compiled rgb |"
+        in (tmp_path / "compile.md").read_text()
+    )
     assert "dream rgb bf16" in (tmp_path / "dream_env.md").read_text()
     records = json.loads((tmp_path / "imagination.json").read_text())["records"]
     assert {r["path"] for r in records} == {"pop", "bf16"}
@@ -58,4 +70,5 @@ def test_a_failing_step_is_logged_the_others_still_run_and_the_status_is_1(
     log = (tmp_path / "log.txt").read_text()
     assert result.returncode == 1
     assert "== imagination: FAILED" in log and "== dream_env: FAILED" in log
+    assert "== compile: FAILED" in log
     assert "== device: done" in log and "failed=1" in log

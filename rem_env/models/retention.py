@@ -52,7 +52,12 @@ class DerivedCache:
         self._entries: dict[str, tuple[list[Tensor], tuple[int, ...], Any]] = {}
 
     def get(self, name: str, inputs: list[Tensor], compute: Callable[[], Any]) -> Any:
-        """The value ``compute()`` gave for ``inputs`` under ``name``, computed again if needed."""
+        """The value ``compute()`` gave for ``inputs`` under ``name``, computed again if needed.
+
+        Inside ``torch.compile`` nothing is kept: the value is computed in the graph.
+        """
+        if torch.compiler.is_compiling():
+            return compute()
         try:
             versions = tuple(t._version for t in inputs)
         except RuntimeError:  # inference tensors
@@ -159,7 +164,8 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     whatever the strides of ``x``.
     """
     pairs = x.unflatten(-1, (-1, 2))  # (..., d/2, 2)
-    if x.dtype in (torch.float32, torch.float64) and x.stride(-1) == 1:
+    complex_ok = x.dtype in (torch.float32, torch.float64) and x.stride(-1) == 1
+    if complex_ok and not torch.compiler.is_compiling():  # inductor has no complex kernels
         rotation = torch.complex(cos, sin)
         if torch.is_grad_enabled():
             turned = torch.view_as_complex(pairs) * rotation  # (..., d/2)
