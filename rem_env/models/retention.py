@@ -160,8 +160,9 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
     ``(x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos)``; cos and sin broadcast against
     ``x[..., ::2]``. float32/float64 use one complex multiplication (several times faster than
-    the real-arithmetic form used for other dtypes). Without autograd the result is contiguous
-    whatever the strides of ``x``.
+    the real-arithmetic form used for other dtypes, and inside ``torch.compile``, whose inductor
+    backend has no complex kernels). Without autograd the result is contiguous whatever the
+    strides of ``x``.
     """
     pairs = x.unflatten(-1, (-1, 2))  # (..., d/2, 2)
     complex_ok = x.dtype in (torch.float32, torch.float64) and x.stride(-1) == 1
