@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import rem_env.models.retention as retention_module
 from rem_env.models.retention import (
     block_states,
     decay_rates,
@@ -277,3 +278,16 @@ def test_rotate_without_autograd_returns_contiguous_heads():
     slow = rotate(x.double(), cos.double(), sin.double())
     assert fast.is_contiguous() and fast.shape == x.shape
     assert _max_diff(fast.double(), slow) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [((3, 4, 5, 2), (5, 2)), ((5, 2), (3, 1, 5, 2)), ((1, 7), (4, 1)), ((), (2, 3)), ((2,), (2,))],
+)
+def test_rotation_output_shape_is_the_broadcast_shape(a: tuple, b: tuple) -> None:
+    assert retention_module._broadcast_shape(a, b) == tuple(torch.broadcast_shapes(a, b))
+
+
+def test_rotation_output_shape_refuses_shapes_that_do_not_broadcast() -> None:
+    with pytest.raises(RuntimeError, match="cannot be broadcast"):
+        retention_module._broadcast_shape((3, 4), (5, 4))
