@@ -523,14 +523,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in ("bf16", "compile", "bf16-compile"):
         if path in args.paths:  # the same model; make_step adds the autocast or the compile
             models[path] = models["pop"]
-    if any("compile" in path for path in args.paths):
-        # The decay and rotation tables are lru_cache'd pure functions of sizes: tracing
-        # through them inside the compiled step is exact, which dynamo warns about anyway.
-        warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru")
     flops = pop_step_flops(models["pop"].config)
     meta = metadata(args, device, flops)
     print(header(meta), flush=True)
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        # The decay and rotation tables are lru_cache'd pure functions of sizes: tracing
+        # through them inside a compiled step is exact, which dynamo warns about anyway.
+        warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru")
         records = measure(models, args, device)
     print()
     print(markdown_table(records, flops))

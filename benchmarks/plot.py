@@ -47,7 +47,14 @@ SIZE = (1000, 600)
 SCALE = 2
 """Charts are drawn at SCALE times SIZE, then downsampled: Pillow's lines are not anti-aliased."""
 
-PATH_LABELS = {"pop": "POP", "int8": "POP int8", "bf16": "POP bf16", "token": "token-by-token"}
+PATH_LABELS = {
+    "pop": "POP",
+    "int8": "POP int8",
+    "bf16": "POP bf16",
+    "compile": "POP compiled",
+    "bf16-compile": "POP bf16 compiled",
+    "token": "token-by-token",
+}
 PATH_COLORS = {"pop": "#0072B2", "int8": "#009E73", "bf16": "#CC79A7", "token": "#D55E00"}
 OBS_COLORS = {"rgb": "#0072B2", "tokens": "#009E73", "latent": "#E69F00"}
 OTHER_COLORS = ("#CC79A7", "#56B4E9", "#F0E442")
