@@ -47,6 +47,7 @@ SIZE = (1000, 600)
 SCALE = 2
 """Charts are drawn at SCALE times SIZE, then downsampled: Pillow's lines are not anti-aliased."""
 
+# The imagination script's labels, repeated: importing it would pull in torch (this needs Pillow).
 PATH_LABELS = {
     "pop": "POP",
     "int8": "POP int8",
