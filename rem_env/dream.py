@@ -33,6 +33,36 @@ AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16}
 """``autocast`` choices of :class:`DreamVectorEnv` and the dtypes they run in."""
 RENDER_FPS = 15  # Atari at frameskip 4
 
+_forked = False
+"""True in a process forked from one that imported rem_env, until :func:`fork_safe_threads` ran."""
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_mark_forked)
+
+
+def fork_safe_threads() -> None:
+    """Runs torch on one intra-op thread in a forked process, once, before it touches torch.
+
+    A process forked from a parent whose torch had started its OpenMP thread pool (any op on
+    more than one thread) deadlocks at its first parallel op: the pool's threads were not
+    copied by ``fork``. This is what hung ``gym.make_vec(..., vectorization_mode="async")``,
+    whose workers are forked by default. Called first by the dream env constructors and entry
+    points; it does nothing in the parent, in ``spawn``/``forkserver`` children, or when torch
+    already runs one thread. A worker that wants more threads can set them afterwards (safe only
+    if the parent never ran a parallel op) or use ``vector_kwargs={"context": "spawn"}``.
+    """
+    global _forked
+    if _forked:
+        _forked = False
+        if torch.get_num_threads() > 1:
+            torch.set_num_threads(1)
+
 
 class DreamEnvClosedError(gym.error.Error, gym.error.ClosedEnvironmentError):
     """Raised when a closed dream env is used."""
@@ -124,6 +154,7 @@ class DreamVectorEnv(VectorEnv):
         validate_actions: bool = True,
         revision: str | None = None,
     ) -> None:
+        fork_safe_threads()
         model = load_model(model, revision=revision)
         if quantize is not None and quantize not in QUANTIZATIONS:
             raise ValueError(

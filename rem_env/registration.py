@@ -11,7 +11,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from rem_env.dream import DreamVectorEnv
+from rem_env.dream import DreamVectorEnv, fork_safe_threads
 from rem_env.dream_env import DreamEnv
 from rem_env.hub import ModelLoadError, NoDefaultModelError, load_model, resolve_default_model
 from rem_env.model import REMModel
@@ -99,7 +99,12 @@ def resolve_model(game: str, model: Any, revision: str | None = None) -> REMMode
 def make_dream_env(
     game: str, model: Any = None, revision: str | None = None, **kwargs: Any
 ) -> DreamEnv:
-    """Entry point of ``gym.make``; ``kwargs`` go to :class:`~rem_env.DreamEnv`."""
+    """Entry point of ``gym.make``; ``kwargs`` go to :class:`~rem_env.DreamEnv`.
+
+    Also what ``gym.make_vec(..., vectorization_mode="async")`` runs in each worker process;
+    forked workers dream on one torch thread (see :func:`rem_env.dream.fork_safe_threads`).
+    """
+    fork_safe_threads()
     return DreamEnv(resolve_model(game, model, revision), **kwargs)
 
 
@@ -107,6 +112,7 @@ def make_dream_vector_env(
     game: str, num_envs: int = 1, model: Any = None, revision: str | None = None, **kwargs: Any
 ) -> DreamVectorEnv:
     """Entry point of ``gym.make_vec``; ``kwargs`` go to :class:`~rem_env.DreamVectorEnv`."""
+    fork_safe_threads()
     return DreamVectorEnv(resolve_model(game, model, revision), num_envs, **kwargs)
 
 
