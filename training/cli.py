@@ -31,7 +31,12 @@ from training.trainer import Trainer, TrainingStoppedError
 
 __all__ = ["build_config", "main", "parser"]
 
-_SHORTCUTS = {"epochs": "common.epochs", "seed": "common.seed"}
+_SHORTCUTS = {
+    "epochs": "common.epochs",
+    "seed": "common.seed",
+    "init_from": "common.init_from",
+    "init_parts": "common.init_parts",
+}
 
 
 def _parse_bool(text: str) -> bool:
@@ -93,6 +98,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--export", type=Path, help="also export the final model to this folder")
     p.add_argument("--epochs", type=int, help="shortcut for --common.epochs")
     p.add_argument("--seed", type=int, help="shortcut for --common.seed")
+    p.add_argument(
+        "--init-from",
+        metavar="FOLDER_OR_HUB_REPO_ID",
+        help="shortcut for --common.init-from: start from this model's (or run's) weights",
+    )
+    p.add_argument(
+        "--init-parts",
+        metavar="PARTS",
+        help="shortcut for --common.init-parts (tokenizer,world_model,actor_critic or all)",
+    )
     defaults = PRESETS["atari100k"].to_dict()
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, f in _fields():

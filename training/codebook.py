@@ -26,6 +26,10 @@ class DeadCodeRestarter:
         vocab_size: Codes in the codebook.
         every: Steps between restarts.
         device: Device of the usage counter.
+        by_error: Pick the latents a dead code moves onto with probability proportional to
+            their squared distance from their nearest code (the worst-represented ones, e.g. the
+            latents of Breakout's ball), instead of uniformly. Uniform picks land mostly on
+            background latents, which already have codes.
 
     Example:
         >>> from rem_env import REMConfig
@@ -38,10 +42,17 @@ class DeadCodeRestarter:
         True
     """
 
-    def __init__(self, vocab_size: int, every: int, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        every: int,
+        device: torch.device | str,
+        by_error: bool = False,
+    ) -> None:
         if every < 1:
             raise ValueError(f"every must be positive, got {every}")
         self.every = every
+        self.by_error = by_error
         self.used = torch.zeros(vocab_size, device=device)
         self.steps = 0
 
@@ -56,6 +67,7 @@ class DeadCodeRestarter:
         z: Tensor,
         generator: torch.Generator,
         ctx: DistContext | None = None,
+        codes: Tensor | None = None,
     ) -> int:
         """Counts a step; on every ``every``-th, restarts the unused codes. Returns how many.
 
@@ -65,6 +77,7 @@ class DeadCodeRestarter:
             generator: Picks the latents (on ``z``'s device).
             ctx: Data-parallel ranks: usage is pooled over ranks and rank 0's latents are
                 broadcast, so every rank keeps the same codebook.
+            codes: (B, E, h, w) the codes ``z`` was quantised to; needed with ``by_error``.
         """
         self.steps += 1
         if self.steps % self.every:
@@ -75,7 +88,17 @@ class DeadCodeRestarter:
         dead = (self.used == 0).nonzero().squeeze(1)
         if len(dead):
             latents = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B*h*w, E)
-            pick = torch.randint(len(latents), (len(dead),), generator=generator, device=z.device)
+            if self.by_error:
+                if codes is None:
+                    raise ValueError("by_error restarts need the codes z was quantised to")
+                error = (z.detach() - codes.detach()).square().sum(1).flatten()  # (B*h*w,)
+                pick = torch.multinomial(
+                    error.float() + 1e-12, len(dead), replacement=True, generator=generator
+                )
+            else:
+                pick = torch.randint(
+                    len(latents), (len(dead),), generator=generator, device=z.device
+                )
             codebook = tokenizer.codebook
             codebook[dead.to(codebook.device)] = latents[pick].to(codebook.dtype)
             if distributed:

@@ -60,6 +60,16 @@ class CommonConfig:
         "record each step's loss on its own batch before and after the update (extra forwards)",
     )
     progress_bars: bool = doc(True, "show tqdm progress bars for the phases (on a terminal)")
+    init_from: str | None = doc(
+        None,
+        "start from the weights of this model folder, Hub repo id, run folder or checkpoint "
+        "file (sizes must match the preset's; optimizers and schedule start fresh)",
+    )
+    init_parts: str = doc(
+        "all",
+        "parts taken from --init-from: comma-separated tokenizer, world_model, actor_critic, "
+        "or all",
+    )
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,9 @@ class TrainConfig:
             )
         if self.evaluation.temperature <= 0 or self.collect.temperature <= 0:
             raise ValueError("collect.temperature and evaluation.temperature must be positive")
+        from training.warm_start import parse_parts  # checks the names
+
+        parse_parts(self.common.init_parts)
         if not 0.0 <= self.collect.epsilon <= 1.0:
             raise ValueError(f"collect.epsilon must lie in [0, 1], got {self.collect.epsilon}")
 

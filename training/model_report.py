@@ -68,7 +68,25 @@ def training_section(record: dict[str, Any], machine: str) -> str:
             f"- its own actor-critic on the real game (REM's test protocol, temperature 0.5): "
             f"{evaluation['mean']:.2f} ± {evaluation['std']:.2f} over {len(scores)} episodes"
         )
+    lines += _lineage_lines(record)
     return "\n".join(lines)
+
+
+def _lineage_lines(record: dict[str, Any]) -> list[str]:
+    """Where a warm-started run's weights came from, oldest run first."""
+    init = record.get("init_from")
+    if not init:
+        return []
+    lines = [
+        "",
+        f"Warm-started (`--init-from`) from `{init['source']}`, taking its "
+        f"{', '.join(init['parts'])}. The runs behind those weights, oldest first:",
+        "",
+    ]
+    for i, step in enumerate(record.get("lineage", []), 1):
+        facts = ", ".join(f"{k}: `{v}`" for k, v in step.items())
+        lines.append(f"{i}. {facts}")
+    return lines
 
 
 def write_model_report(

@@ -25,6 +25,7 @@ number of ranks, so a run can resume with another one.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import signal
@@ -80,9 +81,13 @@ from training.lpips import load_lpips, missing_weights_message
 from training.optim import build_optimizers, clipped_step
 from training.replay import ReplayBuffer, frames_to_tensor
 from training.run_log import RunLog
+from training.warm_start import apply_warm_start, parse_parts, read_warm_start
 
 __all__ = ["Trainer", "TrainingStoppedError"]
 
+
+WARM_START_FILE = "warm_start.json"
+"""The run folder's record of ``common.init_from``: source, parts and the source's lineage."""
 
 BACKGROUND_FRAMES = 1024
 """Replay frames whose per-pixel median is the background of ``tokenizer.foreground_weight``."""
@@ -134,15 +139,38 @@ class Trainer:
             ctx,
         )
         device = rank_device(cfg.device, ctx)
-        run_on_main(lambda: prepare_run_dir(run_dir, config, resume), ctx)
-        self.run_dir = Path(run_dir)
-        self.command = command
-        self.log = RunLog(self.run_dir, enabled=ctx.is_main)
         self.rng = seed_everything(cfg.common.seed)
         self.model = REMModel(cfg.model_config()).to(device)
         self.actor_critic = ActorCritic.from_config(
             self.model.config, cfg.actor_critic.hidden_size
         ).to(device)
+        self.run_dir = Path(run_dir)
+        has_checkpoint = (self.run_dir / "checkpoints" / "last.safetensors").is_file()
+        warm = None
+        if cfg.common.init_from is not None and not (resume and has_checkpoint):
+            # Before the run folder is made: a source that does not fit leaves nothing behind.
+            warm = read_warm_start(cfg.common.init_from)
+            apply_warm_start(
+                warm,
+                parse_parts(cfg.common.init_parts),
+                {
+                    "tokenizer": self.model.tokenizer,
+                    "world_model": self.model,
+                    "actor_critic": self.actor_critic,
+                },
+            )
+        run_on_main(lambda: prepare_run_dir(run_dir, config, resume), ctx)
+        if warm is not None and ctx.is_main:
+            record = {"source": warm.source, "parts": parse_parts(cfg.common.init_parts)}
+            (self.run_dir / WARM_START_FILE).write_text(
+                json.dumps({**record, "lineage": warm.lineage}, indent=2) + "\n"
+            )
+        self.command = command
+        self.log = RunLog(self.run_dir, enabled=ctx.is_main)
+        if warm is not None:
+            self.log.info(
+                f"warm start: {', '.join(parse_parts(cfg.common.init_parts))} from {warm.source}"
+            )
         self.optimizers = build_optimizers(cfg, self.model, self.actor_critic)
         tok, ac = cfg.tokenizer, cfg.actor_critic
         self.code_restarter = None
@@ -166,7 +194,7 @@ class Trainer:
         self.wall_time = 0.0
         self.last_eval: EvalResult | None = None
         self.resumed_fingerprint: str | None = None
-        if resume and (self.run_dir / "checkpoints" / "last.safetensors").is_file():
+        if resume and has_checkpoint:
             self._load(self.run_dir / "checkpoints")
         broadcast_modules(self._modules().values(), ctx)  # every rank starts from rank 0's
         # DistributedDataParallel for the two phases with one forward per backward (the module
@@ -505,6 +533,11 @@ class Trainer:
             "burn_in_actions": self.config.actor_critic.burn_in_actions,
             "lpips": self.lpips is not None,
         }
+        warm_start = self.run_dir / WARM_START_FILE
+        if warm_start.is_file():  # the runs this one's weights came from, oldest first
+            record = json.loads(warm_start.read_text())
+            info["init_from"] = {"source": record["source"], "parts": record["parts"]}
+            info["lineage"] = record["lineage"]
         path = export_run(
             folder, self.model, self.actor_critic, self.replay, np.random.default_rng(0),
             self.epoch, info, self.last_eval,

@@ -1,0 +1,149 @@
+"""``rem-train --init-from``: warm starts from model folders and run checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rem_env import REMModel
+from rem_env.actor_critic_files import save_actor_critic
+from rem_env.models.actor_critic import ActorCritic
+from training.cli import main as rem_train
+from training.config import TrainConfig
+from training.model_report import training_section
+from training.trainer import Trainer
+from training.warm_start import WarmStartError, parse_parts
+
+
+def _config(init_from: str | None, parts: str = "all", preset: str = "smoke") -> TrainConfig:
+    config = TrainConfig.from_preset(preset, "Breakout")
+    common = dataclasses.replace(config.common, init_from=init_from, init_parts=parts)
+    return dataclasses.replace(config, common=common)
+
+
+def _source(folder: Path) -> tuple[Path, REMModel, ActorCritic]:
+    """A smoke-sized model folder with an actor-critic, weights unlike a fresh run's."""
+    config = _config(None)
+    torch.manual_seed(1234)
+    model = REMModel(config.model_config(), num_start_contexts=3)
+    actor_critic = ActorCritic.from_config(model.config, config.actor_critic.hidden_size)
+    model.save_pretrained(folder)
+    save_actor_critic(actor_critic, folder)
+    return folder, model, actor_critic
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_part_is_loaded_from_a_model_folder(tmp_path: Path) -> None:
+    folder, model, actor_critic = _source(tmp_path / "source")
+    trainer = Trainer(_config(str(folder)), tmp_path / "run")
+    try:
+        assert _equal(trainer.model.state_dict(), model.state_dict())
+        assert _equal(trainer.actor_critic.state_dict(), actor_critic.state_dict())
+        record = json.loads((tmp_path / "run" / "warm_start.json").read_text())
+        assert record["source"] == str(folder)
+        assert record["parts"] == ["tokenizer", "world_model", "actor_critic"]
+    finally:
+        trainer.close()
+
+
+def test_only_the_chosen_parts_are_loaded(tmp_path: Path) -> None:
+    folder, model, actor_critic = _source(tmp_path / "source")
+    fresh = Trainer(_config(None), tmp_path / "fresh")
+    fresh.close()
+    trainer = Trainer(_config(str(folder), "tokenizer"), tmp_path / "run")
+    try:
+        assert _equal(trainer.model.tokenizer.state_dict(), model.tokenizer.state_dict())
+        # the world model and actor-critic are the fresh run's (same seed, same init)
+        assert _equal(
+            trainer.model.world_model.state_dict(), fresh.model.world_model.state_dict()
+        )
+        assert _equal(trainer.actor_critic.state_dict(), fresh.actor_critic.state_dict())
+        assert not _equal(trainer.actor_critic.state_dict(), actor_critic.state_dict())
+    finally:
+        trainer.close()
+
+
+def test_a_run_checkpoint_is_a_source(tmp_path: Path) -> None:
+    folder, model, _ = _source(tmp_path / "source")
+    first = Trainer(_config(str(folder)), tmp_path / "first")
+    with torch.no_grad():  # the first run "trained": its weights differ from its source's
+        for p in first.model.world_model.parameters():
+            p.add_(0.5)
+    first._save(keep_numbered=False)
+    first.close()
+    second = Trainer(_config(str(tmp_path / "first"), "world_model"), tmp_path / "second")
+    try:
+        assert _equal(
+            second.model.world_model.state_dict(), first.model.world_model.state_dict()
+        )
+        assert not _equal(second.model.world_model.state_dict(), model.world_model.state_dict())
+    finally:
+        second.close()
+
+
+def test_sizes_that_differ_are_a_clear_error_and_leave_no_run_folder(tmp_path: Path) -> None:
+    folder, _, _ = _source(tmp_path / "source")
+    with pytest.raises(WarmStartError, match="does not fit this run's model sizes") as info:
+        Trainer(_config(str(folder), "tokenizer", preset="cpu"), tmp_path / "run")
+    assert "tokenizer." in str(info.value) and "in this run" in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_part_the_source_lacks_is_a_clear_error(tmp_path: Path) -> None:
+    config = _config(None)
+    model = REMModel(config.model_config())
+    model.save_pretrained(tmp_path / "no_agent")  # no actor-critic files
+    with pytest.raises(WarmStartError, match="has no actor_critic"):
+        Trainer(_config(str(tmp_path / "no_agent")), tmp_path / "run")
+
+
+def test_the_cli_takes_init_from_and_reports_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = rem_train(
+        ["--preset", "smoke", "--out", str(tmp_path / "run"), "--init-parts", "brain"]
+    )
+    assert status == 2
+    assert "unknown part" in capsys.readouterr().err
+    status = rem_train(
+        ["--preset", "smoke", "--out", str(tmp_path / "r2"), "--init-from", str(tmp_path / "x")]
+    )
+    assert status == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert parse_parts("all") == ("tokenizer", "world_model", "actor_critic")
+
+
+def test_the_export_records_the_lineage(tmp_path: Path) -> None:
+    folder, _, _ = _source(tmp_path / "source")
+    (folder / "training.json").write_text(
+        json.dumps(
+            {
+                "command": "rem-train --preset smoke --out a",
+                "preset": "smoke",
+                "env_steps": 300,
+                "lineage": [{"command": "rem-train --out older", "env_steps": 100}],
+            }
+        )
+    )
+    trainer = Trainer(_config(str(folder)), tmp_path / "run")
+    try:
+        trainer.collect(40)
+        exported = trainer.export(tmp_path / "export")
+    finally:
+        trainer.close()
+    record = json.loads((exported / "training.json").read_text())
+    assert record["init_from"] == {
+        "source": str(folder),
+        "parts": ["tokenizer", "world_model", "actor_critic"],
+    }
+    assert [step.get("env_steps") for step in record["lineage"]] == [100, 300, None]
+    assert record["lineage"][-1]["kind"] == "model folder"
+    card = training_section(record, "test machine")
+    assert "Warm-started" in card and "rem-train --out older" in card

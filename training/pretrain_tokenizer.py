@@ -1,0 +1,324 @@
+"""Train the tokenizer first and longer, on real frames from several policies (not in REM).
+
+REM trains the tokenizer inside its schedule on the frames the agent happens to collect. On a CPU
+budget the tokenizer then sees a few thousand gradient steps of mostly early, ball-less frames,
+and a small object such as Breakout's ball never gets codes of its own. Real frames are cheap
+(ale-py plays thousands of steps a second), so this module collects a frame set from several
+policies (a scripted player where the game has one, and uniformly random actions), trains the
+tokenizer on it with the ``cpu`` preset's loss (foreground-weighted reconstruction, dead-code
+restarts), and every ``eval_every`` steps measures the reconstruction of held-out frames: PSNR,
+codebook use, and the object recall of the game's probes (:mod:`rem_env.probes`). The result is a
+model folder whose tokenizer is trained (world model and start contexts from ``--init-from``, or
+fresh), which ``rem-train --init-from FOLDER --init-parts tokenizer`` starts a run from.
+
+Run folder: ``frames.npz`` (the frame set, reused on resume), ``tokenizer.safetensors`` and
+``state.json`` (resume point), ``progress.jsonl`` (one line per evaluation), ``export/``.
+
+Example:
+    python -m training.pretrain_tokenizer --game Breakout --out ~/runs/tok --steps 8000 \\
+        --init-from rem_env/weights/Breakout
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from rem_env import REMModel
+from rem_env.probes import NEAR_PIXELS, BreakoutBallFollower, probes_for
+from training.codebook import DeadCodeRestarter
+from training.config import TrainConfig
+from training.losses import foreground_weights, tokenizer_loss
+
+__all__ = [
+    "FrameSet",
+    "PretrainConfig",
+    "collect_frames",
+    "main",
+    "pretrain",
+    "reconstruction_report",
+]
+
+SCRIPTED_PLAYERS = {"Breakout": BreakoutBallFollower}
+"""Games with a scripted player that reads the RAM (it scores, so later screens are seen)."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Settings of a tokenizer pretraining run (defaults: the ``cpu`` preset's tokenizer phase)."""
+
+    game: str = "Breakout"
+    frames: int = 40_000
+    """Real frames collected (agent steps, REM's preprocessing with life loss as episode end)."""
+    scripted_share: float = 0.8
+    """Share of the frames played by the scripted player (the rest: random actions)."""
+    held_out: int = 1_024
+    """Frames kept aside for the evaluations."""
+    steps: int = 8_000
+    vocab_size: int = 0
+    """Codebook size; 0 keeps the starting model's. A larger one keeps the starting codes and
+    adds fresh ones (restarted onto latents at the first restart); the world model then starts
+    fresh, since its token embedding and heads are sized by the codebook."""
+    batch_size: int = 32
+    micro_batch: int = 16
+    """Frames per forward/backward; the batch's loss is the mean of its micro-batches' losses
+    (each with its own foreground-weighted mean). 16 keeps activations in the CPU's caches."""
+    lr: float = 1e-4
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up (a fresh AdamW on trained weights otherwise jolts them)."""
+    weight_decay: float = 0.01
+    grad_clip: float = 10.0
+    beta: float = 1.0
+    foreground_weight: float = 50.0
+    restart_dead_codes_every: int = 10
+    restart_by_error: bool = True
+    """Dead codes move onto the worst-quantised latents (see DeadCodeRestarter)."""
+    eval_every: int = 500
+    seed: int = 0
+
+
+class FrameSet:
+    """Frames (N, H, W, 3) uint8 with their RAM snapshots (N, 128) uint8."""
+
+    def __init__(self, frames: np.ndarray, ram: np.ndarray) -> None:
+        if len(frames) != len(ram):
+            raise ValueError(f"{len(frames)} frames but {len(ram)} RAM snapshots")
+        self.frames, self.ram = frames, ram
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def save(self, path: Path) -> None:
+        np.savez(path, frames=self.frames, ram=self.ram)
+
+    @classmethod
+    def load(cls, path: Path) -> FrameSet:
+        with np.load(path) as data:
+            return cls(data["frames"], data["ram"])
+
+
+def collect_frames(game: str, num_frames: int, scripted_share: float, seed: int) -> FrameSet:
+    """Plays the real game (REM's training preprocessing) and keeps every observation.
+
+    The scripted player (if the game has one) plays ``scripted_share`` of the frames, half of
+    them with 5% random actions and half with 30%; uniformly random actions play the rest.
+    """
+    from rem_env.atari import make_atari_env
+
+    player = SCRIPTED_PLAYERS.get(game)
+    shares = [(0.0, 1.0)]  # (epsilon, share) of a random policy
+    if player is not None:
+        shares = [(0.05, scripted_share / 2), (0.3, scripted_share / 2), (1.0, 1 - scripted_share)]
+    frames, rams = [], []
+    for part, (epsilon, share) in enumerate(shares):
+        count = round(num_frames * share) if part < len(shares) - 1 else num_frames - len(frames)
+        env = make_atari_env(game, train=True, seed=seed + part)
+        ale = env.unwrapped.ale
+        agent = player(epsilon, seed=seed + part) if player is not None else None
+        rng = np.random.default_rng(seed + part)
+        obs, _ = env.reset()
+        for _ in range(count):
+            ram = ale.getRAM().copy()
+            frames.append(obs)
+            rams.append(ram)
+            if agent is None or epsilon >= 1.0:
+                action = int(rng.integers(env.action_space.n))
+            else:
+                action = int(agent.act(ram[None])[0])
+            obs, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                obs, _ = env.reset()
+        env.close()
+    return FrameSet(np.stack(frames), np.stack(rams))
+
+
+def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
+
+
+@torch.no_grad()
+def reconstruction_report(model: REMModel, held_out: FrameSet, game: str) -> dict[str, Any]:
+    """PSNR, codebook use and probe recall of the tokenizer's reconstructions of real frames."""
+    tokenizer = model.tokenizer.eval()
+    recon, tokens = [], []
+    for first in range(0, len(held_out), 128):
+        out = tokenizer(_to_tensor(held_out.frames[first : first + 128]))
+        recon.append(out.reconstruction.clamp(-1, 1).add(1).mul(127.5).round().byte())
+        tokens.append(out.tokens.flatten())
+    pictures = torch.cat(recon).permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
+    real = held_out.frames.astype(np.float64)
+    mse = ((pictures.astype(np.float64) - real) ** 2).reshape(len(real), -1).mean(1)
+    report: dict[str, Any] = {
+        "psnr": float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))),
+        "codes_used": int(torch.cat(tokens).unique().numel()),
+    }
+    size = held_out.frames.shape[1]
+    for probe in probes_for(game):
+        truth = probe.real_positions(held_out.ram, size)
+        hits = probe.find(pictures)
+        near = np.linalg.norm(hits.positions - truth.positions, axis=1) <= NEAR_PIXELS
+        checkable = truth.checkable
+        report[f"{probe.name}_frames"] = int(checkable.sum())
+        report[f"{probe.name}_recall"] = float((hits.found & near)[checkable].mean())
+        report[f"{probe.name}_found"] = float(hits.found[checkable].mean())
+        absent = ~truth.visible
+        if absent.any():
+            report[f"{probe.name}_false_found"] = float(hits.found[absent].mean())
+    return report
+
+
+def pretrain(config: PretrainConfig, out: Path, init_from: str | None = None) -> Path:
+    """Runs (or resumes) a pretraining run in ``out``; returns the exported model folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    frames_path = out / "frames.npz"
+    if frames_path.is_file():
+        data = FrameSet.load(frames_path)
+    else:
+        started = time.perf_counter()
+        data = collect_frames(
+            config.game, config.frames + config.held_out, config.scripted_share, config.seed
+        )
+        data.save(frames_path)
+        print(f"collected {len(data)} frames in {time.perf_counter() - started:.0f} s")
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(data))
+    held = FrameSet(data.frames[order[: config.held_out]], data.ram[order[: config.held_out]])
+    train_frames = data.frames[order[config.held_out :]]
+
+    if init_from is not None:
+        model = REMModel.from_pretrained(init_from)
+        source = init_from
+    else:
+        model = REMModel(TrainConfig.from_preset("cpu", config.game).model_config())
+        source = None
+    if config.vocab_size and config.vocab_size != model.config.tokenizer.vocab_size:
+        model = _with_vocab(model, config.vocab_size)
+    tokenizer = model.tokenizer
+    optimizer = torch.optim.AdamW(
+        tokenizer.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    step = 0
+    if (out / "state.json").is_file():
+        state = json.loads((out / "state.json").read_text())
+        step = state["step"]
+        tokenizer.load_state_dict(load_file(out / "tokenizer.safetensors"))
+        optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
+        rng = np.random.default_rng([config.seed, step])
+        print(f"resuming at step {step}")
+    background = _to_tensor(train_frames[rng.choice(len(train_frames), 1024)]).median(0).values
+    restarter = DeadCodeRestarter(
+        tokenizer.codebook.shape[0],
+        config.restart_dead_codes_every,
+        "cpu",
+        by_error=config.restart_by_error,
+    )
+
+    generator = torch.Generator().manual_seed(config.seed + step)
+    log = (out / "progress.jsonl").open("a")
+    if step == 0:
+        _log(log, {"step": 0, "seconds": 0.0, **reconstruction_report(model, held, config.game)})
+    started, spent = time.perf_counter(), 0.0
+    pieces = math.ceil(config.batch_size / config.micro_batch)
+    while step < config.steps:
+        tokenizer.train()
+        frames = _to_tensor(train_frames[rng.integers(len(train_frames), size=config.batch_size)])
+        weights = foreground_weights(frames, background, config.foreground_weight)
+        optimizer.zero_grad(set_to_none=True)
+        latents, codes, losses = [], [], []
+        for part, weight in zip(frames.chunk(pieces), weights.chunk(pieces), strict=True):
+            output = tokenizer(part)
+            loss, metrics = tokenizer_loss(output, part, config.beta, pixel_weights=weight)
+            loss.mul(len(part) / len(frames)).backward()  # the batch loss: the parts' mean
+            losses.append(metrics)
+            latents.append(output.z.detach())
+            codes.append(output.codes.detach())
+            restarter.observe(output.tokens)
+        torch.nn.utils.clip_grad_norm_(tokenizer.parameters(), config.grad_clip)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup_steps)
+        optimizer.step()
+        restarter.step(tokenizer, torch.cat(latents), generator, codes=torch.cat(codes))
+        step += 1
+        if step % config.eval_every == 0 or step == config.steps:
+            spent += time.perf_counter() - started
+            report = reconstruction_report(model, held, config.game)
+            loss = float(np.mean([m["total"] for m in losses]))
+            _log(log, {"step": step, "seconds": round(spent, 1), "loss": loss, **report})
+            save_file(tokenizer.state_dict(), out / "tokenizer.safetensors")
+            torch.save(optimizer.state_dict(), out / "optimizer.pt")
+            (out / "state.json").write_text(json.dumps({"step": step}) + "\n")
+            _export(model, out / "export", config, source, step)  # usable while it runs
+            started = time.perf_counter()
+    log.close()
+    return _export(model, out / "export", config, source, step)
+
+
+def _export(
+    model: REMModel, folder: Path, config: PretrainConfig, source: str | None, step: int
+) -> Path:
+    model.save_pretrained(folder)
+    record = {"config": asdict(config), "init_from": source, "steps": step}
+    (folder / "tokenizer_pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
+    return folder
+
+
+def _with_vocab(model: REMModel, vocab_size: int) -> REMModel:
+    """A copy of ``model`` with a larger codebook: the tokenizer's weights and first codes are
+    kept, the new codes repeat the old ones (so that none is picked before a restart moves it)
+    and the world model is new."""
+    old = model.config.tokenizer.vocab_size
+    if vocab_size < old:
+        raise ValueError(f"the codebook can only grow: {old} codes, asked for {vocab_size}")
+    tok = dataclasses.replace(model.config.tokenizer, vocab_size=vocab_size)
+    bigger = REMModel(dataclasses.replace(model.config, tokenizer=tok))
+    state = model.tokenizer.state_dict()
+    codebook = state.pop("embedding.weight")  # (old, E)
+    bigger.tokenizer.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        bigger.tokenizer.codebook.copy_(codebook.repeat(vocab_size // old + 1, 1)[:vocab_size])
+    return bigger
+
+
+def _log(handle: Any, record: dict[str, Any]) -> None:
+    handle.write(json.dumps(record) + "\n")
+    handle.flush()
+    print(json.dumps(record), flush=True)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+    parser.add_argument("--init-from", help="model folder or Hub repo id to start from")
+    for name, value in asdict(PretrainConfig()).items():
+        kind = _parse_bool if isinstance(value, bool) else type(value)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
+    args = vars(parser.parse_args(argv))
+    out, init_from = Path(os.path.expanduser(args.pop("out"))), args.pop("init_from")
+    config = PretrainConfig(**args)
+    print(pretrain(config, out, init_from))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""Warm starts: begin a run from another model's trained weights (``rem-train --init-from``).
+
+A source is an exported model folder (``rem-train --export``, ``save_pretrained``, or the
+bundled ``rem_env/weights/<Game>``), a Hub repo id, a run folder (its last checkpoint) or a
+checkpoint file. Each of the three parts -- tokenizer, world model, actor-critic -- can be taken
+or left (``--init-parts``); a part is taken whole, and only if every tensor has the size the run's
+preset builds (otherwise a clear error names the tensors that differ). Optimizer states and the
+schedule are not taken: the run starts at epoch 0 with fresh optimizers. The start contexts of a
+model come along with its world model (they are tokens of its tokenizer).
+
+The run records where its weights came from, and the source's own record, so that a chain of
+runs across working sessions (each warm-started from the last one's export) keeps its whole
+lineage (``training.json`` of the export, and the model card).
+
+Example:
+    ``rem-train --game Breakout --preset cpu --out runs/b2 --init-from models/breakout
+    --init-parts tokenizer,world_model``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PARTS", "WarmStart", "WarmStartError", "apply_warm_start", "read_warm_start"]
+
+PARTS = ("tokenizer", "world_model", "actor_critic")
+"""The parts a warm start can take."""
+
+LINEAGE_FILE = "training.json"
+"""The export's record of its training (``lineage`` lists the runs it was warm-started from)."""
+
+
+class WarmStartError(ValueError):
+    """A warm-start source that cannot be read, lacks a part, or does not fit the run."""
+
+
+@dataclass
+class WarmStart:
+    """Weights read from a source, by part.
+
+    Attributes:
+        source: The source as given.
+        states: ``{part: state_dict}`` of the parts the source has (model parts are keyed as in
+            :class:`rem_env.REMModel`'s submodules; ``world_model`` also carries the start
+            contexts ``start_tokens`` / ``start_actions``).
+        lineage: The source's own training record and the runs it came from, oldest first.
+    """
+
+    source: str
+    states: dict[str, dict[str, Tensor]]
+    lineage: list[dict[str, Any]] = field(default_factory=list)
+
+
+def parse_parts(text: str) -> tuple[str, ...]:
+    """``"tokenizer,world_model"`` -> ``("tokenizer", "world_model")``; ``"all"`` -> PARTS.
+
+    Example:
+        >>> parse_parts("tokenizer, world-model")
+        ('tokenizer', 'world_model')
+    """
+    if text.strip() == "all":
+        return PARTS
+    parts = tuple(p.strip().replace("-", "_") for p in text.split(",") if p.strip())
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise WarmStartError(
+            f"init_parts: unknown part(s) {unknown or [text]}; choose from {', '.join(PARTS)} "
+            "(comma-separated) or 'all'"
+        )
+    return parts
+
+
+def _split_model_state(state: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """An REMModel state_dict -> ``{"tokenizer": ..., "world_model": ...}``."""
+    out: dict[str, dict[str, Tensor]] = {"tokenizer": {}, "world_model": {}}
+    for key, value in state.items():
+        if key.startswith("tokenizer."):
+            out["tokenizer"][key[len("tokenizer.") :]] = value
+        elif key.startswith("world_model."):
+            out["world_model"][key[len("world_model.") :]] = value
+        else:  # start contexts: tokens of the tokenizer, dreamed from by the world model
+            out["world_model"][key] = value
+    return out
+
+
+def read_warm_start(source: str | os.PathLike[str]) -> WarmStart:
+    """Reads every part a source has (see the module docstring for what a source can be).
+
+    Raises:
+        WarmStartError: If the source cannot be found or read.
+    """
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    checkpoint = None
+    if path.is_file():
+        checkpoint = path
+    elif (path / "checkpoints" / "last.safetensors").is_file():
+        checkpoint = path / "checkpoints" / "last.safetensors"
+    if checkpoint is not None:
+        from training.checkpoint import load_checkpoint
+
+        try:
+            saved = load_checkpoint(checkpoint)
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
+            raise WarmStartError(f"cannot read the checkpoint {checkpoint}: {err}") from err
+        if "model" not in saved.modules:
+            raise WarmStartError(f"{checkpoint} is not a rem-train checkpoint (no model)")
+        states = _split_model_state(saved.modules["model"])
+        if "actor_critic" in saved.modules:
+            states["actor_critic"] = saved.modules["actor_critic"]
+        lineage = _lineage_of(path if path.is_dir() else None)
+        record = {"source": text, "kind": "checkpoint", "epoch": saved.epoch}
+        return WarmStart(text, states, [*lineage, record])
+
+    from rem_env.actor_critic_files import ACTOR_CRITIC_WEIGHTS, actor_critic_file
+    from rem_env.hub import ModelLoadError, load_pretrained
+
+    try:
+        model = load_pretrained(text, on_protocol_mismatch="warn")
+    except (ModelLoadError, OSError, ValueError) as err:
+        raise WarmStartError(f"--init-from {text!r}: {err}") from err
+    states = _split_model_state(model.state_dict())
+    folder = path if path.is_dir() else None
+    weights = actor_critic_file(folder)
+    if weights is not None:
+        from safetensors.torch import load_file
+
+        states["actor_critic"] = load_file(str(folder / ACTOR_CRITIC_WEIGHTS))  # type: ignore[operator]
+    record = {"source": text, "kind": "model folder" if folder else "Hub repo"}
+    return WarmStart(text, states, [*_lineage_of(folder), record])
+
+
+def _lineage_of(folder: Path | None) -> list[dict[str, Any]]:
+    """The training record of an export (or a run's export) and the lineage it carries."""
+    if folder is None:
+        return []
+    for candidate in (folder / LINEAGE_FILE, folder / "export" / LINEAGE_FILE):
+        if candidate.is_file():
+            try:
+                info = json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                return []
+            if not isinstance(info, dict):
+                return []
+            earlier = info.get("lineage", [])
+            own = {k: info[k] for k in ("command", "preset", "env_steps", "epochs") if k in info}
+            return [*earlier, own] if own else list(earlier)
+    return []
+
+
+def apply_warm_start(
+    warm: WarmStart,
+    parts: tuple[str, ...],
+    modules: dict[str, nn.Module],
+) -> None:
+    """Loads the chosen parts into the run's modules, after checking every tensor's size.
+
+    Args:
+        warm: What :func:`read_warm_start` read.
+        parts: Parts to take (each must be in the source).
+        modules: ``{"tokenizer": ..., "world_model": ..., "actor_critic": ...}``; the world
+            model entry is the whole REMModel (its start contexts are loaded too).
+
+    Raises:
+        WarmStartError: If a part is missing from the source or a tensor differs in size.
+    """
+    problems: list[str] = []
+    for part in parts:
+        if part not in warm.states:
+            raise WarmStartError(
+                f"--init-from {warm.source!r} has no {part} (it has "
+                f"{', '.join(sorted(warm.states))}); leave it out of --init-parts"
+            )
+        target = _target_state(part, modules)
+        source = warm.states[part]
+        missing = sorted(set(target) - set(source))
+        extra = sorted(set(source) - set(target))
+        if missing or extra:
+            problems.append(
+                f"{part}: tensors missing in the source {missing[:4]}, unknown to this run "
+                f"{extra[:4]}"
+            )
+            continue
+        for key, value in target.items():
+            have, want = tuple(source[key].shape), tuple(value.shape)
+            if key.startswith("start_"):  # any number of start contexts
+                have, want = have[1:], want[1:]
+            if have != want:
+                problems.append(
+                    f"{part}.{key} is {tuple(source[key].shape)} in the source but "
+                    f"{tuple(value.shape)} in this run"
+                )
+    if problems:
+        raise WarmStartError(
+            f"--init-from {warm.source!r} does not fit this run's model sizes: "
+            + "; ".join(problems[:6])
+            + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else "")
+            + ". Choose the preset (--preset / --model) the source was trained with, or leave "
+            "the part out of --init-parts."
+        )
+    with torch.no_grad():
+        for part in parts:
+            source = warm.states[part]
+            if part == "world_model":
+                model = modules["world_model"]
+                model.world_model.load_state_dict(
+                    {k: v for k, v in source.items() if not k.startswith("start_")}
+                )
+                model.set_start_contexts(source["start_tokens"], source["start_actions"])
+            else:
+                modules[part].load_state_dict(source)
+
+
+def _target_state(part: str, modules: dict[str, nn.Module]) -> dict[str, Tensor]:
+    if part == "world_model":
+        model: Any = modules["world_model"]
+        state = {k: v for k, v in model.world_model.state_dict().items()}
+        state["start_tokens"], state["start_actions"] = model.start_tokens, model.start_actions
+        return state
+    return modules[part].state_dict()
