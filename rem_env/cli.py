@@ -217,13 +217,26 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     game = parse_game(args.env_id)
     if min(args.games, args.horizon, args.stride, args.max_steps) < 1:
         raise CLIError("--games, --horizon, --stride and --max-steps must be positive")
+    if min(args.min_rewards, args.min_ends) < 0:
+        raise CLIError("--min-rewards and --min-ends must be >= 0")
     model, untrained = load_dream_model(args, game)
     device = dream_device(args)
     model = model.to(device)
     if args.quantize is not None:
         model = quantize_model(model, args.quantize)
     args.num_envs = 1  # the agent plays one real game at a time
-    agent = make_agent(args, model, device)
+    if args.agent == "scripted":  # plays the real game from its RAM; never acts in a dream
+        from rem_env.probes import SCRIPTED_PLAYERS
+
+        if game not in SCRIPTED_PLAYERS:
+            raise CLIError(
+                f"no scripted player for {game} (there is one for "
+                f"{', '.join(sorted(SCRIPTED_PLAYERS))}); use --agent random, actor-critic or "
+                "PATH.zip"
+            )
+        agent: Agent = SCRIPTED_PLAYERS[game](epsilon=0.05, seed=args.seed)
+    else:
+        agent = make_agent(args, model, device)
     report = run_fidelity(
         model,
         game,
@@ -236,6 +249,8 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         temperature=args.temperature,
         autocast=AUTOCAST_DTYPES[args.autocast] if args.autocast else None,
+        min_rewards=args.min_rewards,
+        min_ends=args.min_ends,
     )
     del untrained  # load_dream_model already warned
     print(report.summary_table(tuple(s for s in (1, 5, 10) if s <= args.horizon)))
@@ -409,11 +424,27 @@ def build_parser() -> argparse.ArgumentParser:
     fidelity.add_argument(
         "--agent",
         default="random",
-        metavar="random|PATH.zip|actor-critic",
-        help="who plays the real game (default: random)",
+        metavar="random|scripted|PATH.zip|actor-critic",
+        help="who plays the real game; scripted: a player that reads the emulator's RAM and "
+        "follows the ball (Breakout; it scores, 5%% random actions) (default: random)",
     )
     fidelity.add_argument("--algo", choices=("PPO", "A2C", "DQN"), help="SB3 algorithm of --agent")
-    fidelity.add_argument("--games", type=int, default=4, help="real games to play (default: 4)")
+    fidelity.add_argument(
+        "--games", type=int, default=4, help="real games to play at least (default: 4)"
+    )
+    fidelity.add_argument(
+        "--min-rewards",
+        type=int,
+        default=0,
+        help="keep playing whole games until this many real rewards were seen (at most "
+        "4 * GAMES + 20 games) (default: 0)",
+    )
+    fidelity.add_argument(
+        "--min-ends",
+        type=int,
+        default=0,
+        help="likewise for real episode ends (lost lives) (default: 0)",
+    )
     fidelity.add_argument("--horizon", type=int, default=10, help="imagined steps (default: 10)")
     fidelity.add_argument(
         "--stride", type=int, default=5, help="real steps between dream starts (default: 5)"

@@ -9,18 +9,29 @@ against the real step ``h``:
 * token accuracy: imagined tokens equal to the tokenizer's tokens of the real frame;
 * PSNR of the decoded imagined frame against the real frame (and, as the ceiling a dream cannot
   beat, the PSNR of the tokenizer's own reconstruction of the real frames);
-* precision and recall of non-zero rewards and of episode ends.
+* *motion PSNR*: the PSNR over only the pixels that changed between the real frame and the
+  real frame before it (the moving objects, which whole-frame PSNR all but ignores), for the
+  dream and for the tokenizer's reconstruction (its ceiling);
+* precision and recall of non-zero rewards and of episode ends (over all steps, and per step);
+* for games with object probes (:mod:`rem_env.probes`, e.g. Breakout's ball): how often the
+  tokenizer's reconstruction of a real frame shows the object where the emulator's RAM puts it,
+  and per imagined step how often the dreamed object lies within
+  :data:`~rem_env.probes.NEAR_PIXELS` of the real one.
 
 A rollout is compared only while its real episode goes on: after a real end the remaining steps
 of that rollout are left out. Dreams sample with the same temperature as the dream envs (1.0).
+Rewards are rare when a weak policy plays: :func:`record_real_trajectories` can keep playing
+until enough real rewards and ends were seen, and a scripted player
+(:class:`~rem_env.probes.BreakoutBallFollower`, ``--agent scripted``) scores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +44,7 @@ from PIL import Image, ImageDraw
 
 from rem_env.agents import Agent
 from rem_env.model import REMModel
+from rem_env.probes import NEAR_PIXELS, ObjectProbe, probes_for
 
 __all__ = [
     "FidelityReport",
@@ -54,12 +66,14 @@ class RealTrajectory:
         actions: (T,) int64 actions taken.
         rewards: (T,) float32 rewards received.
         ends: (T,) bool, True at the step that ended the episode (a lost life or game over).
+        ram: (T+1, 128) uint8 emulator RAM at each observation (None if not recorded).
     """
 
     frames: np.ndarray
     actions: np.ndarray
     rewards: np.ndarray
     ends: np.ndarray
+    ram: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -86,6 +100,19 @@ class FidelityReport:
         real_steps: Real steps recorded.
         temperature: Sampling temperature of the dream.
         seed: Seed of the dream's sampling.
+        motion_psnr: PSNR (dB) over the pixels that moved in the real game, at each ``h``
+            (None where no pixel moved).
+        tokenizer_motion_psnr: The same for the tokenizer's reconstructions (the ceiling).
+        reward_precision_by_step: Reward precision at each ``h`` (None where nothing was
+            predicted); ``reward_recall_by_step``, ``end_precision_by_step`` and
+            ``end_recall_by_step`` likewise.
+        objects: Per probe name (e.g. ``"ball"``): ``reconstruction_recall`` (of the real
+            frames where the probe can check the object, the share whose reconstruction shows
+            it within ``NEAR_PIXELS``), ``reconstruction_frames``, ``reconstruction_false`` (of
+            the frames without the object, the share whose reconstruction shows one),
+            ``dream_near`` (per ``h``, the share of checkable steps whose dreamed object is
+            within ``NEAR_PIXELS`` of the real one) and ``dream_compared``.
+        policy: Who played the real game.
     """
 
     horizon: int
@@ -104,6 +131,14 @@ class FidelityReport:
     real_steps: int
     temperature: float
     seed: int
+    motion_psnr: list[float | None] = field(default_factory=list)
+    tokenizer_motion_psnr: float | None = None
+    reward_precision_by_step: list[float | None] = field(default_factory=list)
+    reward_recall_by_step: list[float | None] = field(default_factory=list)
+    end_precision_by_step: list[float | None] = field(default_factory=list)
+    end_recall_by_step: list[float | None] = field(default_factory=list)
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    policy: str = ""
 
     def at(self, step: int) -> dict[str, float]:
         """Token accuracy and PSNR after ``step`` imagined steps (1-based)."""
@@ -116,26 +151,55 @@ class FidelityReport:
         return asdict(self)
 
     def summary_table(self, steps: tuple[int, ...] = (1, 5, 10)) -> str:
-        """A markdown table of token accuracy and PSNR at ``steps``, then rewards and ends."""
-        rows = ["| imagined step | token accuracy | PSNR (dB) |", "|---|---|---|"]
+        """A markdown table per imagined step (token accuracy, PSNR, motion PSNR, rewards,
+        objects), then the tokenizer's ceiling and the event counts."""
+        steps = tuple(s for s in steps if s <= self.horizon)
+        names = sorted(self.objects)
+        header = ["imagined step", "token accuracy", "PSNR (dB)"]
+        if self.motion_psnr:
+            header.append("motion PSNR (dB)")
+        if self.reward_precision_by_step:
+            header += ["reward precision", "reward recall"]
+        header += [f"{name} within {NEAR_PIXELS:g} px" for name in names]
+        rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for step in steps:
-            if step <= self.horizon:
-                at = self.at(step)
-                rows.append(f"| {step} | {at['token_accuracy']:.3f} | {at['psnr']:.2f} |")
+            at = self.at(step)
+            cells = [str(step), f"{at['token_accuracy']:.3f}", f"{at['psnr']:.2f}"]
+            if self.motion_psnr:
+                cells.append(_fmt(self.motion_psnr[step - 1], 2))
+            if self.reward_precision_by_step:
+                cells += [
+                    _fmt(self.reward_precision_by_step[step - 1]),
+                    _fmt(self.reward_recall_by_step[step - 1]),
+                ]
+            cells += [_fmt(self.objects[name]["dream_near"][step - 1]) for name in names]
+            rows.append("| " + " | ".join(cells) + " |")
         rows.append("")
-        rows.append(f"Tokenizer reconstruction PSNR (the ceiling): {self.tokenizer_psnr:.2f} dB.")
+        ceiling = f"Tokenizer reconstruction PSNR (the ceiling): {self.tokenizer_psnr:.2f} dB"
+        if self.tokenizer_motion_psnr is not None:
+            ceiling += f", motion PSNR {self.tokenizer_motion_psnr:.2f} dB"
+        for name in names:
+            obj = self.objects[name]
+            ceiling += (
+                f"; {name} shown within {NEAR_PIXELS:g} px in "
+                f"{_fmt(obj['reconstruction_recall'])} of {obj['reconstruction_frames']} "
+                f"reconstructions of real frames with the {name} (and in "
+                f"{_fmt(obj['reconstruction_false'])} of those without it)"
+            )
+        rows.append(ceiling + ".")
+        played = f" Played by {self.policy}." if self.policy else ""
         rows.append(
-            f"Rewards: precision {_fmt(self.reward_precision)}, recall "
-            f"{_fmt(self.reward_recall)} ({self.real_rewards} real rewards). Episode ends: "
-            f"precision {_fmt(self.end_precision)}, recall {_fmt(self.end_recall)} "
+            f"Rewards over all {self.horizon} steps: precision {_fmt(self.reward_precision)}, "
+            f"recall {_fmt(self.reward_recall)} ({self.real_rewards} real rewards). Episode "
+            f"ends: precision {_fmt(self.end_precision)}, recall {_fmt(self.end_recall)} "
             f"({self.real_ends} real ends). {self.rollouts} dreams of {self.horizon} steps from "
-            f"{self.episodes} real episodes ({self.real_steps} real steps)."
+            f"{self.episodes} real episodes ({self.real_steps} real steps).{played}"
         )
         return "\n".join(rows)
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _real_obs(model: REMModel, frames: np.ndarray, obs_type: str) -> np.ndarray:
@@ -158,22 +222,31 @@ def record_real_trajectories(
     games: int = 2,
     seed: int = 0,
     max_steps: int = 5_000,
+    min_rewards: int = 0,
+    min_ends: int = 0,
+    max_games: int | None = None,
 ) -> list[RealTrajectory]:
-    """Plays ``games`` real games and returns one trajectory per life.
+    """Plays real games and returns one trajectory per life, with the emulator's RAM.
 
     Args:
         model: The world model (its tokenizer turns real frames into the agent's observations).
         game: Atari 100K game.
-        agent: Acts on observations of its ``obs_type``, one env at a time.
-        games: Whole games to play (each gives one trajectory per life).
+        agent: Acts on observations of its ``obs_type``, one env at a time; an agent whose
+            ``obs_type`` is ``"ram"`` (a scripted player) gets the (1, 128) RAM instead.
+        games: Whole games to play at least (each gives one trajectory per life).
         seed: Seed of the first reset.
         max_steps: Agent steps per game at most (a policy that never serves stops here).
+        min_rewards: Keep playing whole games until this many non-zero rewards were seen ...
+        min_ends: ... and this many episode ends (lost lives), ...
+        max_games: ... but never more than this many games (default: ``4 * games + 20``).
     """
     from rem_env.atari import OBS_SIZE, make_atari_env  # ale-py, only to play the real game
 
     if games < 1 or max_steps < 1:
         raise ValueError(f"games and max_steps must be positive, got {games}, {max_steps}")
+    max_games = 4 * games + 20 if max_games is None else max_games
     env = make_atari_env(game, train=True, seed=seed)
+    ale = env.unwrapped.ale
     size = model.config.tokenizer.image_size
     if size != OBS_SIZE:  # a model of smaller frames (tests): the same area resize to its size
         env = gym.wrappers.TransformObservation(
@@ -182,14 +255,22 @@ def record_real_trajectories(
             spaces.Box(0, 255, (size, size, 3), np.uint8),
         )
     trajectories: list[RealTrajectory] = []
+    played = rewards_seen = ends_seen = 0
     try:
-        for _ in range(games):
+        while played < games or (
+            (rewards_seen < min_rewards or ends_seen < min_ends) and played < max_games
+        ):
             obs, info = env.reset()
+            played += 1
             game_over, steps = False, 0
             while not game_over:
-                frames, actions, rewards, ends = [obs], [], [], []
+                frames, rams, actions, rewards, ends = [obs], [ale.getRAM().copy()], [], [], []
                 while True:
-                    action = int(agent.act(_real_obs(model, obs[None], agent.obs_type))[0])
+                    if agent.obs_type == "ram":
+                        seen = rams[-1][None]
+                    else:
+                        seen = _real_obs(model, obs[None], agent.obs_type)
+                    action = int(agent.act(seen)[0])
                     obs, reward, terminated, truncated, info = env.step(action)
                     steps += 1
                     actions.append(action)
@@ -198,7 +279,9 @@ def record_real_trajectories(
                     if terminated or truncated or steps >= max_steps:
                         break
                     frames.append(obs)
+                    rams.append(ale.getRAM().copy())
                 frames.append(obs)
+                rams.append(ale.getRAM().copy())
                 agent.episodes_ended(np.ones(1, dtype=bool))
                 trajectories.append(
                     RealTrajectory(
@@ -206,8 +289,11 @@ def record_real_trajectories(
                         np.asarray(actions, dtype=np.int64),
                         np.asarray(rewards, dtype=np.float32),
                         np.asarray(ends, dtype=bool),
+                        np.stack(rams),
                     )
                 )
+                rewards_seen += int(np.count_nonzero(rewards))
+                ends_seen += int(np.count_nonzero(ends))
                 game_over = bool(info.get("game_over")) or truncated or steps >= max_steps
                 if not game_over:
                     obs, info = env.reset()  # the next life of the same game
@@ -243,6 +329,58 @@ class _Counts:
 
     def recall(self) -> float | None:
         return self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+
+
+MOTION_THRESHOLD = 8 / 255
+"""A pixel moved when a channel changed by more than this between consecutive real frames."""
+
+
+@dataclass
+class _MotionError:
+    """Squared error pooled over the pixels that moved in the real game."""
+
+    squared: float = 0.0
+    count: int = 0
+
+    def add(self, predicted: torch.Tensor, real: torch.Tensor, previous: torch.Tensor) -> None:
+        """(N, 3, H, W) frames in [0, 1]: the prediction, the real frame, the real one before."""
+        moving = (real - previous).abs().amax(dim=1, keepdim=True) > MOTION_THRESHOLD
+        mask = moving.expand_as(real)  # (N, 3, H, W)
+        self.squared += float((predicted - real).square()[mask].double().sum())
+        self.count += int(mask.sum())
+
+    def psnr(self) -> float | None:
+        if not self.count:
+            return None
+        return float(-10.0 * math.log10(max(self.squared / self.count, 1e-10)))
+
+
+@dataclass
+class _ObjectCounts:
+    """How often a probe found its object at the real place (checkable frames), and found one
+    where there was none."""
+
+    near: int = 0
+    checked: int = 0
+    false: int = 0
+    absent: int = 0
+
+    def add(self, probe: ObjectProbe, pictures: np.ndarray, ram: np.ndarray) -> None:
+        truth = probe.real_positions(ram, pictures.shape[1])
+        hits = probe.find(pictures)
+        near = hits.found & (
+            np.linalg.norm(hits.positions - truth.positions, axis=1) <= NEAR_PIXELS
+        )
+        self.near += int(near[truth.checkable].sum())
+        self.checked += int(truth.checkable.sum())
+        self.false += int(hits.found[~truth.visible].sum())
+        self.absent += int((~truth.visible).sum())
+
+    def recall(self) -> float | None:
+        return self.near / self.checked if self.checked else None
+
+    def false_share(self) -> float | None:
+        return self.false / self.absent if self.absent else None
 
 
 @torch.inference_mode()
@@ -295,6 +433,12 @@ def measure_fidelity(
     psnr = torch.zeros(horizon, dtype=torch.float64)
     compared = torch.zeros(horizon, dtype=torch.int64)
     rewards, ends = _Counts(), _Counts()
+    step_rewards = [_Counts() for _ in range(horizon)]
+    step_ends = [_Counts() for _ in range(horizon)]
+    motion = [_MotionError() for _ in range(horizon)]
+    with_ram = all(traj.ram is not None for traj in trajectories)
+    probes = probes_for(model.config.game or "") if with_ram else ()
+    dream_objects = {p.name: [_ObjectCounts() for _ in range(horizon)] for p in probes}
     generator = torch.Generator(device=device).manual_seed(seed)
     strip: dict[str, np.ndarray] = {}
     for first in range(0, len(starts), batch_size):
@@ -346,6 +490,8 @@ def measure_fidelity(
             )
             rewards.add((step.rewards != 0)[valid], real_reward[valid])
             ends.add(step.ends[valid], real_end[valid])
+            step_rewards[h - 1].add((step.rewards != 0)[valid], real_reward[valid])
+            step_ends[h - 1].add(step.ends[valid], real_end[valid])
             # The next frame exists only while the real episode goes on.
             seen = valid & ~real_end
             if seen.any():
@@ -359,10 +505,22 @@ def measure_fidelity(
                     ),
                     device,
                 )
+                previous_frames = _to_tensor(
+                    np.stack([trajectories[batch[r][0]].frames[index[r]] for r in rows.tolist()]),
+                    device,
+                )
                 with dreaming():
                     dream_frames = model.decode(step.obs_tokens[rows]).float()
                 hits[h - 1] += (step.obs_tokens[rows] == real_tokens).float().mean(1).sum().item()
                 psnr[h - 1] += _psnr(dream_frames, real_frames).sum().item()
+                motion[h - 1].add(dream_frames, real_frames, previous_frames)
+                if probes:
+                    pictures = _pixels(dream_frames)
+                    ram = np.stack(
+                        [trajectories[batch[r][0]].ram[index[r] + 1] for r in rows.tolist()]  # type: ignore[index]
+                    )
+                    for probe in probes:
+                        dream_objects[probe.name][h - 1].add(probe, pictures, ram)
                 compared[h - 1] += len(rows)
                 if not strip and bool(seen[0]):
                     dreamed.append(_pixels(dream_frames[:1])[0])
@@ -375,8 +533,19 @@ def measure_fidelity(
                 "real": trajectories[i].frames[t : t + horizon + 1],
                 "dream": np.stack([trajectories[i].frames[t], *dreamed]),
             }
-    all_frames = np.concatenate([traj.frames for traj in trajectories])
-    tokenizer_psnr = _reconstruction_psnr(model, all_frames, batch_size)
+    tokenizer_psnr, tokenizer_motion, recon_objects = _reconstruction_scores(
+        model, trajectories, batch_size, probes
+    )
+    objects = {
+        name: {
+            "reconstruction_recall": recon_objects[name].recall(),
+            "reconstruction_frames": recon_objects[name].checked,
+            "reconstruction_false": recon_objects[name].false_share(),
+            "dream_near": [c.recall() for c in counts],
+            "dream_compared": [c.checked for c in counts],
+        }
+        for name, counts in dream_objects.items()
+    }
     count = compared.clamp_min(1).double()
     report = FidelityReport(
         horizon=horizon,
@@ -395,6 +564,13 @@ def measure_fidelity(
         real_steps=sum(len(traj) for traj in trajectories),
         temperature=temperature,
         seed=seed,
+        motion_psnr=[m.psnr() for m in motion],
+        tokenizer_motion_psnr=tokenizer_motion,
+        reward_precision_by_step=[c.precision() for c in step_rewards],
+        reward_recall_by_step=[c.recall() for c in step_rewards],
+        end_precision_by_step=[c.precision() for c in step_ends],
+        end_recall_by_step=[c.recall() for c in step_ends],
+        objects=objects,
     )
     return report, strip
 
@@ -408,13 +584,34 @@ def _pixels(frames: torch.Tensor) -> np.ndarray:
     return (frames * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _reconstruction_psnr(model: REMModel, frames: np.ndarray, batch_size: int) -> float:
+def _reconstruction_scores(
+    model: REMModel,
+    trajectories: list[RealTrajectory],
+    batch_size: int,
+    probes: tuple[ObjectProbe, ...],
+) -> tuple[float, float | None, dict[str, _ObjectCounts]]:
+    """The tokenizer's ceiling: mean PSNR and motion PSNR of its reconstructions of the real
+    frames, and the probes' counts on them."""
     device = model.start_tokens.device
-    total = 0.0
-    for first in range(0, len(frames), batch_size):
-        real = _to_tensor(frames[first : first + batch_size], device)
-        total += _psnr(model.decode(model.encode(real)), real).sum().item()
-    return total / len(frames)
+    total, frames_seen = 0.0, 0
+    motion = _MotionError()
+    objects = {probe.name: _ObjectCounts() for probe in probes}
+    for traj in trajectories:
+        for first in range(0, len(traj.frames), batch_size):
+            real = _to_tensor(traj.frames[first : first + batch_size], device)
+            rebuilt = model.decode(model.encode(real))
+            total += _psnr(rebuilt, real).sum().item()
+            frames_seen += len(real)
+            if first > 0 or len(real) > 1:  # frames with a real frame before them
+                lo = 1 if first == 0 else 0
+                before = _to_tensor(traj.frames[first + lo - 1 : first + len(real) - 1], device)
+                motion.add(rebuilt[lo:], real[lo:], before)
+            if probes:
+                pictures = _pixels(rebuilt)
+                ram = traj.ram[first : first + batch_size]  # type: ignore[index]
+                for probe in probes:
+                    objects[probe.name].add(probe, pictures, ram)
+    return total / frames_seen, motion.psnr(), objects
 
 
 def save_strip_png(
@@ -487,6 +684,8 @@ def run_fidelity(
     max_steps: int = 5_000,
     temperature: float = 1.0,
     autocast: torch.dtype | None = None,
+    min_rewards: int = 0,
+    min_ends: int = 0,
 ) -> FidelityReport:
     """Records real play, measures fidelity and writes ``fidelity.json``, ``fidelity_curve.png``
     and ``fidelity_strip.png`` into ``out_dir``.
@@ -506,10 +705,13 @@ def run_fidelity(
         ...     sorted(p.name for p in Path(out).iterdir())
         ['fidelity.json', 'fidelity_curve.png', 'fidelity_strip.png']
     """
-    trajectories = record_real_trajectories(model, game, agent, games, seed, max_steps)
+    trajectories = record_real_trajectories(
+        model, game, agent, games, seed, max_steps, min_rewards=min_rewards, min_ends=min_ends
+    )
     report, strip = measure_fidelity(
         model, trajectories, horizon, stride, temperature, seed, autocast=autocast
     )
+    report = dataclasses.replace(report, policy=getattr(agent, "description", type(agent).__name__))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = {"game": game, "agent": type(agent).__name__, "games": games, **report.to_dict()}

@@ -24,6 +24,7 @@ import numpy as np
 __all__ = [
     "NEAR_PIXELS",
     "PROBES",
+    "SCRIPTED_PLAYERS",
     "BreakoutBallFollower",
     "BreakoutBallProbe",
     "ObjectProbe",
@@ -165,6 +166,9 @@ class BreakoutBallProbe:
 PROBES: dict[str, tuple[ObjectProbe, ...]] = {"Breakout": (BreakoutBallProbe(),)}
 """The object probes of each game (games without an entry get object-free reports)."""
 
+SCRIPTED_PLAYERS: dict[str, type] = {}
+"""Games with a scripted player (``rem-env fidelity --agent scripted``); filled below."""
+
 
 def probes_for(game: str) -> tuple[ObjectProbe, ...]:
     """The probes of ``game`` (empty for a game without probes).
@@ -202,6 +206,10 @@ class BreakoutBallFollower:
             raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
         self.epsilon = epsilon
         self.rng = np.random.default_rng(seed)
+        self.description = (
+            f"a scripted player that follows the ball (reads the RAM; random actions with "
+            f"probability {epsilon:g})"
+        )
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """(N,) int64 actions from (N, 128) uint8 RAM snapshots."""
@@ -217,3 +225,6 @@ class BreakoutBallFollower:
 
     def episodes_ended(self, done: np.ndarray) -> None:
         """The player reads the RAM afresh every step: nothing to forget."""
+
+
+SCRIPTED_PLAYERS["Breakout"] = BreakoutBallFollower

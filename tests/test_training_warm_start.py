@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,3 +148,34 @@ def test_the_export_records_the_lineage(tmp_path: Path) -> None:
     assert record["lineage"][-1]["kind"] == "model folder"
     card = training_section(record, "test machine")
     assert "Warm-started" in card and "rem-train --out older" in card
+
+
+def test_a_run_that_would_learn_a_random_tokenizers_tokens_is_refused(tmp_path: Path) -> None:
+    config = TrainConfig.from_preset("breakout", "Breakout")  # its tokenizer never trains
+    assert "--init-from" in (config.untrained_tokenizer_problem() or "")
+    with pytest.raises(ValueError, match="does not train the tokenizer"):
+        Trainer(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    given = dataclasses.replace(
+        config,
+        common=dataclasses.replace(config.common, init_from="x", init_parts="tokenizer"),
+    )
+    assert given.untrained_tokenizer_problem() is None
+
+
+def test_scripted_episodes_are_collected_and_score(tmp_path: Path) -> None:
+    from training.collect import Collector
+    from training.replay import ReplayBuffer
+
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    model = REMModel(config.model_config())
+    actor_critic = ActorCritic.from_config(model.config, config.actor_critic.hidden_size)
+    scripted = Collector("Breakout", 0, 1.0, 0.0, 4, True, scripted_share=1.0)
+    with ReplayBuffer(tmp_path / "replay", fsync=False) as replay:
+        scripted.collect(model, actor_critic, replay, 400)
+        rewards = np.asarray(replay._records()["reward"])
+    scripted.close()
+    assert len(rewards) == 400
+    assert float(np.abs(rewards).sum()) >= 4  # random play scores ~1.7 in a whole game
+    with pytest.raises(ValueError, match="has none"):
+        Collector("Pong", 0, 1.0, 0.0, 4, True, scripted_share=0.5)

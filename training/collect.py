@@ -17,6 +17,7 @@ import torch
 from rem_env import REMModel
 from rem_env.atari import make_atari_env
 from rem_env.models.actor_critic import ActorCritic, LSTMState, sample_actions
+from rem_env.probes import SCRIPTED_PLAYERS
 from training.config import TrainConfig
 from training.replay import ReplayBuffer, frames_to_tensor
 
@@ -34,6 +35,10 @@ class Collector:
         burn_in: Stored frames of the ongoing episode that warm up the LSTM at an epoch's start.
         burn_in_actions: Feed actions during that burn-in (REM_SPEC 11.1).
         max_raw_frames: Raw-frame limit of the env (None: REM's 20000).
+        scripted_share: Share of episodes played by the game's scripted player (it reads the
+            emulator's RAM, :data:`rem_env.probes.SCRIPTED_PLAYERS`) instead of the
+            actor-critic; 0 is REM. Its episodes show what a weak early policy never reaches
+            (bricks breaking, a ball kept in play), for the tokenizer and the world model.
     """
 
     def __init__(
@@ -45,10 +50,22 @@ class Collector:
         burn_in: int,
         burn_in_actions: bool,
         max_raw_frames: int | None = None,
+        scripted_share: float = 0.0,
     ) -> None:
         self.env: gym.Env[np.ndarray, int] = make_atari_env(
             game, train=True, seed=seed, max_raw_frames=max_raw_frames
         )
+        self.player = None
+        if scripted_share > 0:
+            if game not in SCRIPTED_PLAYERS:
+                raise ValueError(
+                    f"collect.scripted_share needs a scripted player, and {game} has none (there "
+                    f"is one for {', '.join(sorted(SCRIPTED_PLAYERS))})"
+                )
+            self.player = SCRIPTED_PLAYERS[game](epsilon=0.1, seed=seed)
+        self.scripted_share = scripted_share
+        self.scripted = False  # whether the ongoing episode is the scripted player's
+        self.rng = np.random.default_rng([seed, 1])
         self.temperature = temperature
         self.epsilon = epsilon
         self.burn_in = burn_in
@@ -67,6 +84,7 @@ class Collector:
             burn_in=config.actor_critic.burn_in,
             burn_in_actions=config.actor_critic.burn_in_actions,
             max_raw_frames=config.common.max_raw_frames,
+            scripted_share=config.collect.scripted_share,
         )
 
     @torch.no_grad()
@@ -101,12 +119,17 @@ class Collector:
                 self.obs, _ = self.env.reset()
                 state = ac.initial_state(1)
                 self.episode_return = 0.0
-            codes = tokenizer.encode(frames_to_tensor(self.obs[None], device)).z_quantized
-            out = ac(codes, state)  # codes: (1, E, h, w)
-            action = sample_actions(out.logits, self.temperature, self.epsilon)
-            state = ac.observe_action(action, out.state)
-            obs, reward, terminated, truncated, _ = self.env.step(int(action))
-            replay.append(self.obs, int(action), float(reward), terminated, truncated)
+                self.scripted = self.player is not None and self.rng.random() < self.scripted_share
+            if self.scripted:
+                action = int(self.player.act(self.env.unwrapped.ale.getRAM()[None])[0])  # type: ignore[union-attr]
+            else:
+                codes = tokenizer.encode(frames_to_tensor(self.obs[None], device)).z_quantized
+                out = ac(codes, state)  # codes: (1, E, h, w)
+                sampled = sample_actions(out.logits, self.temperature, self.epsilon)
+                state = ac.observe_action(sampled, out.state)
+                action = int(sampled)
+            obs, reward, terminated, truncated, _ = self.env.step(action)
+            replay.append(self.obs, action, float(reward), terminated, truncated)
             taken += 1
             self.episode_return += float(reward)
             if terminated or truncated:

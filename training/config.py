@@ -26,11 +26,12 @@ __all__ = [
     "doc",
 ]
 
-PRESET_NAMES = ("atari100k", "cpu", "smoke")
+PRESET_NAMES = ("atari100k", "breakout", "cpu", "smoke")
 """Presets of :data:`PRESETS`."""
-MODEL_SIZES = ("paper", "cpu", "smoke")
+MODEL_SIZES = ("paper", "cpu", "cpu512", "smoke")
 """Model sizes a run can use: the published REM sizes, a narrow 64x64 model that learns on a
-2-core CPU in about an hour and a half (``cpu``), or a tiny one to check the cycle (``smoke``)."""
+2-core CPU in about an hour and a half (``cpu``; ``cpu512`` has REM's 512 codes instead of 256),
+or a tiny one to check the cycle (``smoke``)."""
 
 
 def doc(default: Any, text: str) -> Any:
@@ -78,6 +79,11 @@ class CollectConfig:
 
     temperature: float = doc(1.0, "policy temperature while collecting")
     epsilon: float = doc(0.01, "probability of a uniform random action while collecting")
+    scripted_share: float = doc(
+        0.0,
+        "share of episodes played by the game's scripted player (reads the RAM; Breakout) "
+        "instead of the actor-critic; 0 is REM",
+    )
 
 
 @dataclass(frozen=True)
@@ -167,8 +173,12 @@ class TrainConfig:
     """
 
     game: str = doc("Breakout", "Atari 100K game")
-    preset: str = doc("atari100k", "preset the run started from (atari100k, cpu or smoke)")
-    model: str = doc("paper", "model sizes: paper, cpu (narrow, 2 layers) or smoke (tiny)")
+    preset: str = doc(
+        "atari100k", "preset the run started from (atari100k, breakout, cpu or smoke)"
+    )
+    model: str = doc(
+        "paper", "model sizes: paper, cpu (narrow, 2 layers), cpu512 (cpu, 512 codes), smoke"
+    )
     device: str = doc("cpu", "torch device (cpu, cuda, cuda:1, mps)")
     common: CommonConfig = field(default_factory=CommonConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -200,6 +210,10 @@ class TrainConfig:
         parse_parts(self.common.init_parts)
         if not 0.0 <= self.collect.epsilon <= 1.0:
             raise ValueError(f"collect.epsilon must lie in [0, 1], got {self.collect.epsilon}")
+        if not 0.0 <= self.collect.scripted_share <= 1.0:
+            raise ValueError(
+                f"collect.scripted_share must lie in [0, 1], got {self.collect.scripted_share}"
+            )
 
     @classmethod
     def from_preset(cls, name: str, game: str = "Breakout", **top: Any) -> TrainConfig:
@@ -221,6 +235,28 @@ class TrainConfig:
     def imagined_steps(self) -> int:
         """Imagined steps per actor-critic trajectory (horizon - 1)."""
         return self.actor_critic.horizon - 1
+
+    def untrained_tokenizer_problem(self) -> str | None:
+        """Why a new run of this config would train a world model on a random tokenizer, or None.
+
+        The world model learns the tokens of the tokenizer; one that never trains in the run
+        (``tokenizer.start_after_epoch >= common.epochs``) must come from ``--init-from``.
+        """
+        from training.warm_start import parse_parts
+
+        never = self.tokenizer.start_after_epoch >= self.common.epochs
+        learns = self.world_model.start_after_epoch < self.common.epochs
+        given = self.common.init_from is not None and "tokenizer" in parse_parts(
+            self.common.init_parts
+        )
+        if never and learns and not given:
+            return (
+                f"the {self.preset} preset does not train the tokenizer (tokenizer.start_after_"
+                f"epoch {self.tokenizer.start_after_epoch} >= {self.common.epochs} epochs): start "
+                "from a pretrained one with --init-from FOLDER --init-parts tokenizer (`python -m "
+                "training.pretrain_tokenizer` trains one), or set --tokenizer.start-after-epoch"
+            )
+        return None
 
     def model_config(self) -> REMConfig:
         """The REM model configuration of this run."""
@@ -288,6 +324,7 @@ def _check_positive(config: TrainConfig) -> None:
                 "seed",
                 "foreground_weight",
                 "restart_dead_codes_every",
+                "scripted_share",
             ):
                 if value < 0:
                     raise ValueError(f"{section}.{f.name} must be >= 0, got {value!r}")
@@ -321,8 +358,12 @@ CPU_WORLD_MODEL = WorldModelConfig(
 )
 """Two RetNet layers of width 128 (head dim 32), no dropout (its RNG costs ~40% of a CPU step)."""
 
+CPU512_TOKENIZER = dataclasses.replace(CPU_TOKENIZER, vocab_size=512)
+"""The ``cpu`` tokenizer with REM's 512 codes (room for Breakout's ball at every position)."""
+
 _MODEL_SIZES = {
     "cpu": (CPU_TOKENIZER, CPU_WORLD_MODEL),
+    "cpu512": (CPU512_TOKENIZER, CPU_WORLD_MODEL),
     "smoke": (SMOKE_TOKENIZER, SMOKE_WORLD_MODEL),
 }
 
@@ -382,9 +423,31 @@ PRESETS: dict[str, TrainConfig] = {
         actor_critic=ActorCriticPhase(start_after_epoch=15, steps_per_epoch=20, batch_size=64),
         evaluation=EvalConfig(episodes=8, final_episodes=16),
     ),
+    "breakout": TrainConfig(
+        game="Breakout",
+        preset="breakout",
+        model="cpu512",
+        common=CommonConfig(
+            epochs=40,
+            collect_epochs=40,
+            env_steps_per_epoch=500,
+            checkpoint_every=5,
+            eval_every=10,
+            eval_start_epoch=10,
+            replay_fsync=False,
+        ),
+        collect=CollectConfig(scripted_share=0.5),
+        tokenizer=TokenizerPhase(start_after_epoch=40, lpips=False),
+        world_model=WorldModelPhase(start_after_epoch=1, steps_per_epoch=80, batch_size=16),
+        actor_critic=ActorCriticPhase(start_after_epoch=8, steps_per_epoch=20, batch_size=64),
+        evaluation=EvalConfig(episodes=8, final_episodes=16),
+    ),
 }
 """The paper's schedule; ``cpu``: 20,000 real steps (a fifth of Atari 100K), a narrow model, and
 a tokenizer without LPIPS (too slow on a CPU) whose reconstruction error weighs 51x on pixels that
 differ from the background and whose unused codes are restarted every 10 steps, so that the ball
-and the paddle survive; about 75 minutes on 2 CPU cores; ``smoke``: a whole four-phase cycle in
-about a minute."""
+and the paddle survive; about 75 minutes on 2 CPU cores; ``breakout``: the bundled Breakout
+model's recipe: the ``cpu`` sizes with 512 codes, a tokenizer pretrained on real frames
+(``python -m training.pretrain_tokenizer``, given with ``--init-from``, not trained further), half
+of the episodes played by a scripted player that keeps the ball in play (20,000 real steps);
+``smoke``: a whole four-phase cycle in about a minute."""

@@ -62,6 +62,31 @@ def foreground_weights(
     return 1.0 + weight * moving.to(frames.dtype)
 
 
+def motion_weights(
+    frames: Tensor, previous: Tensor, weight: float, threshold: float = 8 / 255
+) -> Tensor:
+    """(B, 1, H, W) pixel weights: ``1 + weight`` where a frame changed since the frame before.
+
+    Game-agnostic: the pixels that move between consecutive frames are the small objects whose
+    dynamics matter (Breakout's ball covers ~4 of a 64x64 frame's 4,096 pixels, but ~15% of the
+    ~28 that move). Add to :func:`foreground_weights` (subtract 1 from one of the two).
+
+    Args:
+        frames: (B, C, H, W) frames in [0, 1].
+        previous: (B, C, H, W) the frames one step earlier.
+        weight: Extra weight of the moving pixels.
+        threshold: Change of any channel that makes a pixel moving (default 8 grey levels).
+
+    Example:
+        >>> frames, previous = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+        >>> frames[0, 0, 1, 2] = 1.0
+        >>> motion_weights(frames, previous, 9.0)[0, 0].tolist()[1]
+        [1.0, 1.0, 10.0, 1.0]
+    """
+    moving = (frames - previous).abs().amax(dim=1, keepdim=True) > threshold  # (B, 1, H, W)
+    return 1.0 + weight * moving.to(frames.dtype)
+
+
 def tokenizer_loss(
     output: TokenizerReconstruction,
     frames: Tensor,

@@ -36,10 +36,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rem_env import REMModel
-from rem_env.probes import NEAR_PIXELS, BreakoutBallFollower, probes_for
+from rem_env.probes import NEAR_PIXELS, SCRIPTED_PLAYERS, probes_for
 from training.codebook import DeadCodeRestarter
 from training.config import TrainConfig
-from training.losses import foreground_weights, tokenizer_loss
+from training.losses import foreground_weights, motion_weights, tokenizer_loss
 
 __all__ = [
     "FrameSet",
@@ -49,9 +49,6 @@ __all__ = [
     "pretrain",
     "reconstruction_report",
 ]
-
-SCRIPTED_PLAYERS = {"Breakout": BreakoutBallFollower}
-"""Games with a scripted player that reads the RAM (it scores, so later screens are seen)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +78,9 @@ class PretrainConfig:
     grad_clip: float = 10.0
     beta: float = 1.0
     foreground_weight: float = 50.0
+    motion_weight: float = 200.0
+    """Extra weight of the pixels that changed since the previous frame (the ball); added to the
+    foreground weighting."""
     restart_dead_codes_every: int = 10
     restart_by_error: bool = True
     """Dead codes move onto the worst-quantised latents (see DeadCodeRestarter)."""
@@ -196,7 +196,7 @@ def pretrain(config: PretrainConfig, out: Path, init_from: str | None = None) ->
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(data))
     held = FrameSet(data.frames[order[: config.held_out]], data.ram[order[: config.held_out]])
-    train_frames = data.frames[order[config.held_out :]]
+    train_index = order[config.held_out :]  # indices into the frame set, in play order
 
     if init_from is not None:
         model = REMModel.from_pretrained(init_from)
@@ -218,7 +218,7 @@ def pretrain(config: PretrainConfig, out: Path, init_from: str | None = None) ->
         optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
         rng = np.random.default_rng([config.seed, step])
         print(f"resuming at step {step}")
-    background = _to_tensor(train_frames[rng.choice(len(train_frames), 1024)]).median(0).values
+    background = _to_tensor(data.frames[rng.choice(train_index, 1024)]).median(0).values
     restarter = DeadCodeRestarter(
         tokenizer.codebook.shape[0],
         config.restart_dead_codes_every,
@@ -234,8 +234,12 @@ def pretrain(config: PretrainConfig, out: Path, init_from: str | None = None) ->
     pieces = math.ceil(config.batch_size / config.micro_batch)
     while step < config.steps:
         tokenizer.train()
-        frames = _to_tensor(train_frames[rng.integers(len(train_frames), size=config.batch_size)])
+        index = rng.choice(train_index, size=config.batch_size)
+        frames = _to_tensor(data.frames[index])
         weights = foreground_weights(frames, background, config.foreground_weight)
+        if config.motion_weight > 0:  # the frame before each (in play order)
+            previous = _to_tensor(data.frames[np.maximum(index - 1, 0)])
+            weights = weights + motion_weights(frames, previous, config.motion_weight) - 1.0
         optimizer.zero_grad(set_to_none=True)
         latents, codes, losses = [], [], []
         for part, weight in zip(frames.chunk(pieces), weights.chunk(pieces), strict=True):

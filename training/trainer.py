@@ -139,6 +139,10 @@ class Trainer:
             ctx,
         )
         device = rank_device(cfg.device, ctx)
+        fresh = not (resume and (Path(run_dir) / "checkpoints" / "last.safetensors").is_file())
+        problem = cfg.untrained_tokenizer_problem()
+        if fresh and problem is not None:
+            raise ValueError(problem)
         self.rng = seed_everything(cfg.common.seed)
         self.model = REMModel(cfg.model_config()).to(device)
         self.actor_critic = ActorCritic.from_config(
