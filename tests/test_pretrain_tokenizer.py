@@ -1,0 +1,42 @@
+"""Tokenizer pretraining on real frames (python -m training.pretrain_tokenizer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rem_env import REMModel
+from training.config import TrainConfig
+from training.pretrain_tokenizer import PretrainConfig, main, pretrain
+
+
+def test_a_short_run_grows_the_codebook_logs_the_ball_and_resumes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    start = REMModel(TrainConfig.from_preset("cpu", "Breakout").model_config())
+    start.save_pretrained(tmp_path / "start")
+    config = PretrainConfig(
+        frames=80, held_out=40, steps=2, batch_size=4, micro_batch=2, eval_every=1,
+        vocab_size=512, restart_dead_codes_every=1, warmup_steps=1,
+    )  # fmt: skip
+    export = pretrain(config, tmp_path / "run", init_from=str(tmp_path / "start"))
+    model = REMModel.from_pretrained(export)
+    assert model.config.tokenizer.vocab_size == 512
+    kept = model.tokenizer.encoder.conv_in.weight
+    assert not torch.equal(kept, start.tokenizer.encoder.conv_in.weight)  # it trained
+    records = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").open()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert {"psnr", "codes_used", "ball_recall", "ball_frames"} <= records[-1].keys()
+    # the added codes started as copies of the first 256 (never picked); restarts moved them
+    added, first = model.tokenizer.codebook[256:], start.tokenizer.codebook
+    assert not (added == first).all(dim=1).any()
+    # a second call resumes at step 2 and goes on to 3
+    assert main(["--out", str(tmp_path / "run"), "--steps", "3", "--frames", "80",
+                 "--held-out", "40", "--batch-size", "4", "--micro-batch", "2",
+                 "--eval-every", "1", "--vocab-size", "512",
+                 "--init-from", str(tmp_path / "start")]) == 0  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").open()]
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    info = json.loads((export / "tokenizer_pretraining.json").read_text())
+    assert info["steps"] == 3 and info["init_from"] == str(tmp_path / "start")
