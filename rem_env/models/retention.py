@@ -15,15 +15,12 @@ The three forms compute the same outputs and states (tested to 1e-10 in float64)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "DerivedCache",
     "MultiScaleRetention",
     "block_states",
     "decay_rates",
@@ -36,52 +33,6 @@ __all__ = [
 ]
 
 _TABLE_CACHE_SIZE = 64
-
-
-class DerivedCache:
-    """Values computed from tensors (stacked weights, projections of constant tokens), kept
-    while those tensors are unchanged.
-
-    An entry is reused only if every input is the same storage, shape, strides and dtype at
-    the same version counter (in-place updates, optimizer steps and ``load_state_dict`` bump
-    it); the entry holds its inputs, so their memory cannot be reused by other tensors. Tensors
-    made under ``torch.inference_mode`` track no version: their values are never kept.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[list[Tensor], tuple[int, ...], Any]] = {}
-
-    def get(self, name: str, inputs: list[Tensor], compute: Callable[[], Any]) -> Any:
-        """The value ``compute()`` gave for ``inputs`` under ``name``, computed again if needed.
-
-        Inside ``torch.compile`` nothing is kept: the value is computed in the graph.
-        """
-        if torch.compiler.is_compiling():
-            return compute()
-        try:
-            versions = tuple(t._version for t in inputs)
-        except RuntimeError:  # inference tensors
-            return compute()
-        entry = self._entries.get(name)
-        if (
-            entry is not None
-            and entry[1] == versions
-            and all(_same_tensor(a, b) for a, b in zip(entry[0], inputs, strict=True))
-        ):
-            return entry[2]
-        value = compute()
-        self._entries[name] = (list(inputs), versions, value)
-        return value
-
-
-def _same_tensor(a: Tensor, b: Tensor) -> bool:
-    return (
-        a.data_ptr() == b.data_ptr()
-        and a.shape == b.shape
-        and a.stride() == b.stride()
-        and a.dtype == b.dtype
-        and a.device == b.device
-    )
 
 
 def decay_rates(num_heads: int, min_window: float = 32.0, max_window: float = 512.0) -> tuple:
@@ -370,8 +321,6 @@ class MultiScaleRetention(torch.nn.Module):
         self.g_proj = torch.nn.Linear(embed_dim, embed_dim)
         self.out_proj = torch.nn.Linear(embed_dim, embed_dim)
         self.dropout = torch.nn.Dropout(dropout)
-        self._stacked_cache = DerivedCache()
-        """Stacked projection weights for inference, a function of the parameters only."""
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.out_proj):
             torch.nn.init.xavier_normal_(proj.weight)
             torch.nn.init.zeros_(proj.bias)
@@ -401,27 +350,14 @@ class MultiScaleRetention(torch.nn.Module):
     def linear_qkvg(self, x: Tensor, query_from: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The q, k, v and g projections of (B, T, E) inputs, before rotation: each (B, ., E).
 
-        Without autograd the four projections run as one matrix product with the weights
-        stacked (two when ``query_from > 0``: k and v of every token, q and g from token
-        ``query_from`` on); with autograd, or when the projections are not plain linear layers
-        (quantized ones), as the four layers.
+        With ``query_from > 0`` q and g are computed only for tokens ``query_from..T-1`` (k and
+        v for all). The four layers run as they are, with or without autograd: nothing derived
+        from the weights is kept between calls, so no way of changing them (an optimizer step, a
+        write through ``.data``, ``Module.to``, a swapped parameter) can leave a stale copy.
         """
-        if torch.is_grad_enabled() or not self.plain_projections:
-            k, v = self.k_proj(x), self.v_proj(x)
-            x = x[:, query_from:]
-            return self.q_proj(x), k, v, self.g_proj(x)
-        size = x.shape[-1]
-        if query_from == 0:
-            q, k, v, g = torch.nn.functional.linear(x, *self._stacked("qkvg")).split(size, -1)
-            return q, k, v, g
-        k, v = torch.nn.functional.linear(x, *self._stacked("kv")).split(size, -1)
-        q, g = torch.nn.functional.linear(x[:, query_from:], *self._stacked("qg")).split(size, -1)
-        return q, k, v, g
-
-    @property
-    def plain_projections(self) -> bool:
-        """Whether q, k, v and g are plain ``nn.Linear`` layers (not, say, quantized ones)."""
-        return all(type(getattr(self, f"{n}_proj")) is torch.nn.Linear for n in "qkvg")
+        k, v = self.k_proj(x), self.v_proj(x)
+        x = x[:, query_from:]
+        return self.q_proj(x), k, v, self.g_proj(x)
 
     def rotate_heads(
         self,
@@ -444,18 +380,6 @@ class MultiScaleRetention(torch.nn.Module):
         k = rotate(self._split(k).transpose(1, 2), cos * scale, sin * scale)  # (B, H, T, d)
         q = rotate(self._split(q).transpose(1, 2), cos[query_from:], sin[query_from:])
         return q, k, self._split(v).transpose(1, 2), g
-
-    def _stacked(self, names: str) -> tuple[Tensor, Tensor]:
-        """Weights and biases of the named projections (letters of "qkvg") stacked row-wise,
-        kept between calls while the parameters are unchanged (see :class:`DerivedCache`)."""
-        projections = [getattr(self, f"{name}_proj") for name in names]
-        inputs = [t for proj in projections for t in (proj.weight, proj.bias)]
-
-        def stack() -> tuple[Tensor, Tensor]:
-            weight = torch.cat([proj.weight.detach() for proj in projections])  # (n E, E)
-            return weight, torch.cat([proj.bias.detach() for proj in projections])
-
-        return self._stacked_cache.get(names, inputs, stack)
 
     def combine(self, o: Tensor, g: Tensor) -> Tensor:
         """Group norm per head, swish gate and output projection: (B, H, T, d) -> (B, T, E)."""

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from rem_env.models.retention import (
-    DerivedCache,
     MultiScaleRetention,
     block_states,
     retention_chunk,
@@ -79,8 +78,6 @@ class RetNetDecoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dim, eps=1e-6)
         self.linear1 = nn.Linear(embed_dim, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, embed_dim)
-        self._tail_cache = DerivedCache()
-        """Projections of the last tail seen without autograd, a function of its inputs."""
         for linear in (self.linear1, self.linear2):
             nn.init.xavier_normal_(linear.weight)
             nn.init.zeros_(linear.bias)
@@ -136,7 +133,7 @@ class RetNetDecoderLayer(nn.Module):
         Equal to :meth:`forward_chunk` on the chunk with ``state_len = real``, but cheaper:
         outputs are computed only from row ``keep_from`` on, and a tail passed apart with batch
         size 1 (the same tokens for every batch entry, as the POP prediction tokens in the
-        first layer) is projected once, and without autograd only once per weight update.
+        first layer) is projected once for the whole batch.
 
         Args:
             x: (B, real + P, E) the whole chunk, or (B, real, E) when ``tail`` is given.
@@ -173,19 +170,8 @@ class RetNetDecoderLayer(nn.Module):
         return self.feed_forward(residual + self.dropout(msr.combine(o, g))), new_state
 
     def _tail_projections(self, tail: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """q, k, v, g of tail tokens before rotation; without autograd, kept between calls
-        while the tail and the weights behind them are unchanged."""
-        msr = self.retention
-
-        def project() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-            return msr.linear_qkvg(self.norm1(tail))
-
-        if torch.is_grad_enabled() or not msr.plain_projections:
-            return project()
-        inputs = [tail, *self.norm1.parameters()] + [
-            t for name in "qkvg" for t in getattr(msr, f"{name}_proj").parameters()
-        ]
-        return self._tail_cache.get("tail", inputs, project)
+        """q, k, v, g of (1 or B, P, E) tail tokens before rotation, each (1 or B, P, E)."""
+        return self.retention.linear_qkvg(self.norm1(tail))
 
     def forward_chunkwise(
         self, x: Tensor, start: int, state: Tensor | None, chunk_size: int
