@@ -24,6 +24,7 @@ from rem_env.checkpoint import (
     MODEL_CARD_NAME,
     MODEL_FILES,
     WEIGHTS_NAME,
+    ModelChangedError,
     ModelLoadError,
     ModelNotCachedError,
     ModelNotFoundError,
@@ -31,8 +32,10 @@ from rem_env.checkpoint import (
     ProtocolMismatchError,
     ProtocolWarning,
     default_manifest,
+    leftovers,
     load_folder,
     save_pretrained,
+    wait_for_save,
 )
 from rem_env.manifest import AtariProtocol, ProtocolManifest, protocol_problems
 from rem_env.model import REMModel
@@ -49,6 +52,7 @@ __all__ = [
     "MODEL_CARD_NAME",
     "MODEL_FILES",
     "WEIGHTS_NAME",
+    "ModelChangedError",
     "ModelLoadError",
     "ModelNotCachedError",
     "ModelNotFoundError",
@@ -105,8 +109,11 @@ def load_pretrained(
     Raises:
         ModelNotFoundError: Unknown folder, repo, revision, or a missing file.
         ModelNotCachedError: Offline and not in the cache.
-        ModelLoadError: Not an REM model, corrupted files, a config that does not match the
-            weights or is from a newer rem-env.
+        ModelChangedError: Another process kept replacing the folder (saving to it) while it
+            was read; load again when that save is done.
+        ModelLoadError: Not an REM model, corrupted files (a file that does not match the
+            size and SHA-256 the manifest records), a config that does not match the weights
+            or is from a newer rem-env.
         ProtocolMismatchError: See ``on_protocol_mismatch``.
 
     Example:
@@ -149,17 +156,28 @@ def _locate(
     if not isinstance(text, str):
         raise TypeError(f"source must be a folder or a Hub repo id, got {type(source).__name__}")
     path = Path(text).expanduser()
-    if path.is_dir():
+    if path.is_dir() or (not path.exists() and wait_for_save(path)):
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to Hub repo ids, not to folder {path}")
         return path, f"model folder {str(path)!r}"
-    if path.exists():
+    if path.is_file():
         raise ModelLoadError(f"{path} is a file; pass the folder that save_pretrained wrote")
+    missing = f"there is no folder {text!r} ({path.absolute()})"
+    old = [p for p in leftovers(path) if p.name.startswith(f".{path.name}.old-")]
+    if old:  # its writer is gone (else wait_for_save waited for it)
+        raise ModelNotFoundError(
+            f"{missing}: a save that replaced it was interrupted; the previous model is in "
+            f"{str(old[-1])!r}: rename it back to {path.name!r}"
+        )
     if isinstance(source, os.PathLike) or not _REPO_ID.match(text) or text.startswith("."):
         raise ModelNotFoundError(
-            f"no model folder at {str(path)!r} (and it is not a Hub repo id like 'org/name')"
+            f"no model folder at {str(path)!r} ({path.absolute()}), and it is not a Hub repo id "
+            "like 'org/name'"
         )
-    return _download(text, revision, local_files_only, cache_dir, token)
+    try:
+        return _download(text, revision, local_files_only, cache_dir, token)
+    except ModelLoadError as err:
+        raise type(err)(f"{missing}, so it was tried as a Hub repo id: {err}") from err
 
 
 def _download(
@@ -196,8 +214,8 @@ def _download(
         ) from err
     except RepositoryNotFoundError as err:
         raise ModelNotFoundError(
-            f"no Hub repo {repo_id!r} (and no local folder of that name): check the id; for a "
-            "private or gated repo, log in (`hf auth login`) or pass token="
+            f"no Hub repo {repo_id!r}: check the id; for a private or gated repo, log in "
+            "(`hf auth login`) or pass token="
         ) from err
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
         why = (

@@ -3,13 +3,17 @@
 A world model is only as faithful as the protocol its data was collected under. The manifest
 records that protocol (ALE env id, frameskip, sticky actions, no-op starts, life loss, frame
 size, action set), the library versions, the training budget and the known figures, so a
-loader can warn about, or refuse, a model that does not fit what the caller expects.
+loader can warn about, or refuse, a model that does not fit what the caller expects. It also
+records the size and SHA-256 of the files saved beside it, so a loader sees a corrupted file, or
+files of two different saves, instead of dreaming with them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,14 +25,17 @@ __all__ = [
     "PADDLE_GAMES",
     "AtariProtocol",
     "Evaluation",
+    "FileDigest",
     "ProtocolManifest",
     "SoftwareVersions",
     "TrainingBudget",
     "protocol_problems",
 ]
 
-MANIFEST_FORMAT_VERSION = 1
-"""Version of the manifest's JSON layout this rem-env writes and reads."""
+MANIFEST_FORMAT_VERSION = 2
+"""Version of the manifest's JSON layout this rem-env writes (it reads 1 and 2).
+
+Version 2 added ``files``; version-1 manifests (no file digests) still load."""
 
 KNOWN_BAD_ALE_VERSIONS: frozenset[str] = frozenset({"0.10.0", "0.10.1"})
 """ale-py releases whose paddle handling changed the dynamics of paddle games (fixed in 0.10.2)."""
@@ -126,6 +133,37 @@ class Evaluation:
     fidelity_horizon: int | None = None
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """Size and SHA-256 of one file of a saved model, as its manifest records them.
+
+    Attributes:
+        size: Length in bytes.
+        sha256: Lowercase hex SHA-256 of the content.
+
+    Example:
+        >>> FileDigest.of(b"abc").sha256[:12], FileDigest.of(b"abc").size
+        ('ba7816bf8f01', 3)
+    """
+
+    size: int
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
+            raise ValueError(f"file size must be an int >= 0, got {self.size!r}")
+        if not isinstance(self.sha256, str) or not _SHA256.match(self.sha256):
+            raise ValueError(f"sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+
+    @classmethod
+    def of(cls, data: bytes) -> FileDigest:
+        """The digest of ``data``."""
+        return cls(len(data), hashlib.sha256(data).hexdigest())
+
+
 @dataclass(frozen=True)
 class ProtocolManifest:
     """Everything about a saved model that is not its weights: game, protocol, versions, budget.
@@ -136,6 +174,10 @@ class ProtocolManifest:
         versions: Library versions at training time.
         training: Training budget.
         evaluation: Known figures.
+        files: File name -> size and SHA-256 of the files saved with this manifest (written by
+            :func:`rem_env.hub.save_pretrained`, checked by the loader), or None (manifests
+            written before rem-env recorded them, or built in memory). Not compared by ``==``:
+            two manifests of the same protocol are equal whatever files they came with.
         format_version: Version of the manifest's JSON layout.
 
     Example:
@@ -154,11 +196,14 @@ class ProtocolManifest:
     versions: SoftwareVersions = field(default_factory=SoftwareVersions.current)
     training: TrainingBudget = field(default_factory=TrainingBudget)
     evaluation: Evaluation = field(default_factory=Evaluation)
+    files: dict[str, FileDigest] | None = field(default=None, compare=False)
     format_version: int = MANIFEST_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of this manifest."""
+        """A JSON-serialisable dict of this manifest (without ``files`` when it is None)."""
         data = dataclasses.asdict(self)
+        if self.files is None:
+            del data["files"]
         if self.protocol is not None and self.protocol.action_meanings is not None:
             data["protocol"]["action_meanings"] = list(self.protocol.action_meanings)
         return data
@@ -188,6 +233,11 @@ class ProtocolManifest:
         for key, part in parts.items():
             if key in data:
                 data[key] = _build(part, data[key], f"manifest.{key}")
+        if data.get("files") is not None:
+            data["files"] = {
+                str(name): _build(FileDigest, digest, f"manifest.files[{name!r}]")
+                for name, digest in _as_object(data["files"], "files").items()
+            }
         return _build(cls, data, "manifest")
 
 

@@ -175,7 +175,9 @@ def test_interrupted_save_leaves_no_broken_model(
 def test_failed_rename_restores_the_old_folder(
     model: REMModel, saved: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The two-rename fallback (where the OS cannot swap two folders in one step)."""
     before = REMModel.from_pretrained(saved)
+    monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
     real_replace = os.replace
     calls = []
 
