@@ -9,6 +9,13 @@ a partial or corrupt tail record is truncated away, so after a crash (SIGKILL, p
 ``fsync=True``) every completed transition is still there. A failed write (full disk) truncates
 the file back to the last complete record and raises :class:`ReplayWriteError`.
 
+Every other record's CRC-32 is checked once, in one pass when the buffer is opened and, for a
+read-only view, when :meth:`ReplayBuffer.refresh` takes in new records: a damaged record (a disk
+or copy error) raises :class:`ReplayCorruptError` naming the file and the record, instead of
+being trained on. :meth:`ReplayBuffer.verify` checks again on demand. (Checking each record as
+it is sampled would add about half to the cost of sampling; the pass at open costs about 35 us
+per 64x64x3 record: 0.7 s for 20k steps.)
+
 One process writes (it locks the folder); others may open it ``read_only`` and call
 :meth:`ReplayBuffer.refresh` to see what the writer appended since (the data-parallel ranks > 0).
 
@@ -47,6 +54,7 @@ __all__ = [
     "Episode",
     "FrameBatch",
     "ReplayBuffer",
+    "ReplayCorruptError",
     "ReplayWriteError",
     "SegmentBatch",
     "TensorSegmentBatch",
@@ -60,8 +68,29 @@ _META_FILE = "meta.json"
 _TERMINATED, _TRUNCATED, _START = 1, 2, 4
 
 
+_VERIFY_CHUNK = 8 * 2**20  # bytes read at a time when checking records
+
+
 class ReplayWriteError(OSError):
     """Appending to the replay buffer failed (e.g. the disk is full); the store is unchanged."""
+
+
+class ReplayCorruptError(ValueError):
+    """A stored record does not match its CRC-32: the file was damaged after it was written.
+
+    Attributes:
+        path: The data file.
+        index: The first damaged record (0-based; the records before it are intact).
+    """
+
+    def __init__(self, path: Path, index: int) -> None:
+        self.path = path
+        self.index = index
+        super().__init__(
+            f"record {index} of {path} is corrupt: its CRC-32 does not match its content (a "
+            f"disk or copy error; records 0..{index - 1} are intact). Restore the buffer from a "
+            "backup, or open it with verify=False to use it as it is"
+        )
 
 
 def _record_dtype(obs_shape: tuple[int, ...]) -> np.dtype:
@@ -91,10 +120,15 @@ class ReplayBuffer:
         obs_shape: Shape of one uint8 observation, (64, 64, 3) for REM.
         fsync: Flush every append to the device (survives power loss, not just process death).
         read_only: Open an existing buffer without locking or changing it (appends raise).
+        verify: Check the CRC-32 of every stored record on open (one pass, ~35 us per 64x64x3
+            record) and of the records each :meth:`refresh` takes in. False skips it, e.g. to
+            read what is left of a damaged buffer.
 
     Raises:
         ValueError: If ``root`` holds a buffer of another format or observation shape, or (with
             ``read_only``) holds no buffer.
+        ReplayCorruptError: If a stored record (not the last one, which is dropped as an
+            interrupted write) does not match its CRC-32.
         RuntimeError: If another process has the folder open for writing.
 
     Example:
@@ -113,11 +147,13 @@ class ReplayBuffer:
         obs_shape: tuple[int, ...] = (64, 64, 3),
         fsync: bool = True,
         read_only: bool = False,
+        verify: bool = True,
     ) -> None:
         self.root = Path(root)
         self.obs_shape = tuple(int(s) for s in obs_shape)
         self.fsync = bool(fsync)
         self.read_only = bool(read_only)
+        self._check_crcs = bool(verify)
         self._dtype = _record_dtype(self.obs_shape)
         self._record_size = self._dtype.itemsize
         self._fd = -1
@@ -149,6 +185,8 @@ class ReplayBuffer:
                         "close it there or use another folder"
                     ) from None
             self._num_steps = self._recover()
+            if self._check_crcs:
+                self._verify(0, self._num_steps)
             self._starts = self._read_starts()
         except BaseException:
             os.close(self._fd)
@@ -208,11 +246,47 @@ class ReplayBuffer:
             raise ValueError(f"{self.root / _DATA_FILE} is corrupt: no episode start at record 0")
         return starts
 
+    def verify(self, start: int = 0, stop: int | None = None) -> None:
+        """Checks the CRC-32 of records ``start..stop-1`` (default: all) as they are on disk.
+
+        Raises:
+            ReplayCorruptError: At the first record that does not match.
+            ValueError: If the range is outside the stored records or the buffer is closed.
+        """
+        if self._fd < 0:
+            raise ValueError(f"the replay buffer {self.root} is closed; reopen it")
+        stop = self._num_steps if stop is None else stop
+        if not 0 <= start <= stop <= self._num_steps:
+            raise ValueError(
+                f"need 0 <= start <= stop <= {self._num_steps} (the stored records), got "
+                f"{start} and {stop}"
+            )
+        self._verify(start, stop)
+
+    def _verify(self, start: int, stop: int) -> None:
+        """Raises ReplayCorruptError at the first of records ``start..stop-1`` with a bad CRC."""
+        size = self._record_size
+        per_chunk = max(1, _VERIFY_CHUNK // size)
+        for first in range(start, stop, per_chunk):
+            count = min(per_chunk, stop - first)
+            chunk = os.pread(self._fd, count * size, first * size)
+            view = memoryview(chunk)
+            for i in range(count):
+                record = view[i * size : (i + 1) * size]
+                if len(record) < size or zlib.crc32(record[:-4]) != int.from_bytes(
+                    record[-4:], "little"
+                ):
+                    raise ReplayCorruptError(self.root / _DATA_FILE, first + i)
+
     def refresh(self) -> int:
         """Read-only view: takes in the records the writer appended since; returns the count.
 
         A record the writer is still writing is left for the next refresh. For the writer
         itself this just returns :attr:`num_steps`.
+
+        Raises:
+            ReplayCorruptError: If one of the new records does not match its CRC-32 (none of
+                them is taken in).
         """
         if self._fd < 0:
             raise ValueError(f"the replay buffer {self.root} is closed; reopen it")
@@ -221,6 +295,8 @@ class ReplayBuffer:
             n, _ = self._complete_records()
             if n < old:
                 raise ValueError(f"{self.root / _DATA_FILE} shrank from {old} to {n} records")
+            if self._check_crcs:
+                self._verify(old, n)
             self._num_steps = n
             self._starts.extend(self._read_starts(old))
         return self._num_steps
