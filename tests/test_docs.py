@@ -129,10 +129,13 @@ def test_readme_first_command_makes_a_gif(tmp_path: Path, monkeypatch: pytest.Mo
     assert (tmp_path / "dream.gif").stat().st_size > 0
 
 
-def test_mkdocs_build_strict(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site built once with ``mkdocs build --strict`` (the build fails on any warning)."""
+    site_dir = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -141,5 +144,40 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
         env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "index.html").is_file()
-    assert (tmp_path / "api" / "index.html").is_file()
+    return site_dir
+
+
+def test_mkdocs_build_strict(site: Path) -> None:
+    assert (site / "index.html").is_file()
+    assert (site / "api" / "index.html").is_file()
+
+
+CDN = re.compile(
+    r"cdn\.jsdelivr|unpkg\.com|polyfill\.io|https?://[^\s\"'<>]*mathjax[^\s\"'<>]*\.js", re.I
+)
+LOCAL_SCRIPTS = [
+    "javascripts/mathjax.js",
+    "assets/javascripts/mathjax/tex-chtml.js",
+    "assets/javascripts/mathjax/output/chtml/fonts/woff-v2/MathJax_Main-Regular.woff",
+    "assets/javascripts/mermaid/mermaid.tiny.js",
+]
+"""What the pages need to render formulas and diagrams, served from the site itself."""
+
+
+def test_site_loads_no_script_from_a_cdn(site: Path) -> None:
+    """Formulas and diagrams render offline: every script is the site's own, and MathJax, its
+    fonts and mermaid are in the built site (``benchmarks/docs_screenshot.py`` looks at them
+    in a browser)."""
+    for name in LOCAL_SCRIPTS:
+        assert (site / name).is_file(), f"{name} is missing from the built site"
+    for page in site.rglob("*.html"):
+        html = page.read_text()
+        where = page.relative_to(site)
+        assert not CDN.search(html), f"{where} names a CDN: {CDN.search(html).group(0)}"
+        for src in re.findall(r"<script[^>]*\bsrc=\"([^\"]*)\"", html):
+            assert "://" not in src and not src.startswith("//"), f"{where} loads {src}"
+    page = (site / "how-rem-works" / "index.html").read_text()
+    assert 'class="arithmatex"' in page
+    assert '<pre class="mermaid">' in page
+    for name in LOCAL_SCRIPTS[:2] + LOCAL_SCRIPTS[3:]:
+        assert f'src="../{name}"' in page, f"how-rem-works does not load {name}"
