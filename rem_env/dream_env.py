@@ -21,7 +21,10 @@ class DreamEnv(gym.Env):
     """A single dream as a ``gymnasium.Env`` (a :class:`DreamVectorEnv` of one env underneath).
 
     Observations are numpy arrays (see :class:`DreamVectorEnv` for the obs types). After an
-    episode ends, call :meth:`reset` (``gym.make`` enforces it).
+    episode ends (``terminated`` or ``truncated``), call :meth:`reset`: a :meth:`step` before
+    it raises ``gymnasium.error.ResetNeeded``, as does a step before the first reset. (The
+    ``TimeLimit`` that ``gym.make(..., max_episode_steps=...)`` adds truncates outside the env
+    and does not enforce this; ``max_episode_steps=`` of the env itself does.)
 
     Args:
         model: The world model.
@@ -74,6 +77,7 @@ class DreamEnv(gym.Env):
         self.render_mode = render_mode
         self.observation_space = self.vector_env.single_observation_space
         self.action_space = self.vector_env.single_action_space
+        self._episode_over = False
 
     @property
     def model(self) -> REMModel:
@@ -88,10 +92,22 @@ class DreamEnv(gym.Env):
             raise ValueError("reset_mask is for vector envs; a DreamEnv always resets its one env")
         super().reset(seed=seed)
         obs, _ = self.vector_env.reset(seed=seed, options=options)
+        self._episode_over = False
         return obs[0], {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """One imagined step from an integer action."""
+        """One imagined step from an integer action.
+
+        Raises:
+            gymnasium.error.ResetNeeded: If the episode ended at an earlier step (or the env
+                was never reset).
+            TypeError, ValueError: If ``action`` is not an integer of the action set.
+        """
+        if self._episode_over:
+            raise gym.error.ResetNeeded(
+                "the episode ended (terminated or truncated) at the previous step; call reset() "
+                "before stepping again"
+            )
         if isinstance(action, Tensor):
             action = action.reshape(-1) if action.numel() == 1 else action
         elif isinstance(action, (bool, np.bool_)):
@@ -102,6 +118,7 @@ class DreamEnv(gym.Env):
             except (TypeError, ValueError) as err:
                 raise TypeError(f"action must be an integer: {err}") from None
         obs, reward, terminated, truncated, _ = self.vector_env.step(action)
+        self._episode_over = bool(terminated[0] or truncated[0])
         return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), {}
 
     def render(self) -> np.ndarray | None:  # type: ignore[override]

@@ -66,13 +66,42 @@ def test_dream_env_steps_and_accepts_scalar_actions(model: REMModel) -> None:
     env = DreamEnv(model, obs_type="tokens", max_episode_steps=2)
     env.reset(seed=3)
     for action in (0, np.int64(1), np.array(2), np.array([3]), torch.tensor(1)):
-        obs, reward, _, _, info = env.step(action)
+        obs, reward, terminated, truncated, info = env.step(action)
         assert obs.shape == (16,) and isinstance(reward, float) and info == {}
+        if terminated or truncated:
+            env.reset()
     for bad in (1.5, "a", None, True, [0, 1], 7, -1):
         with pytest.raises(USER_ERRORS):
             env.step(bad)
     with pytest.raises(ValueError, match="reset_mask"):
         env.reset(options={"reset_mask": np.array([True])})
+
+
+@pytest.mark.parametrize("how", ["terminated", "truncated"])
+def test_stepping_an_ended_episode_raises_until_reset(model: REMModel, how: str) -> None:
+    """gym.make's wrappers only enforce the first reset; the env enforces the others."""
+    env: gym.Env = (
+        gym.make("REM-Breakout-v0", model=model, obs_type="tokens", temperature=0.0)
+        if how == "terminated"
+        else DreamEnv(model, obs_type="tokens", temperature=0.0, max_episode_steps=1)
+    )
+    ends = model.world_model.head_end[-1].bias
+    with torch.no_grad():
+        saved = ends.clone()
+        ends.copy_(torch.tensor([-50.0, 50.0] if how == "terminated" else [50.0, -50.0]))
+    try:
+        env.reset(seed=0)
+        *_, terminated, truncated, _ = env.step(0)
+        assert (terminated, truncated) == (how == "terminated", how == "truncated")
+        for _ in range(2):
+            with pytest.raises(gym.error.ResetNeeded, match="call reset"):
+                env.step(0)
+        env.reset(seed=1)
+        env.step(1)  # a new episode steps again
+    finally:
+        with torch.no_grad():
+            ends.copy_(saved)
+    env.close()
 
 
 # ----------------------------------------------------------------------------- vector env checker
