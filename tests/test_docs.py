@@ -70,7 +70,7 @@ def cli_lines() -> list[tuple[str, list[str]]]:
     found = []
     for page in PAGES:
         for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
-            for line in block.splitlines():
+            for line in block.replace("\\\n", " ").splitlines():  # join `\` continuations
                 command = line.split(" #")[0].strip()
                 if "rem-env " in command:
                     argv = shlex.split(command.split("rem-env ", 1)[1])
@@ -96,7 +96,7 @@ def training_lines() -> list[tuple[str, list[str]]]:
     found = []
     for page in PAGES:
         for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
-            for line in block.splitlines():
+            for line in block.replace("\\\n", " ").splitlines():  # join `\` continuations
                 command = line.split(" #")[0].strip()
                 if command.startswith("torchrun ") and " -m training " in command:
                     command = "python -m training " + command.split(" -m training ", 1)[1]
