@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from rem_env.noise import MAX_SEED, hash_uniforms
 from rem_env.quantization import QUANTIZATIONS, Quantization, quantize_model
 from rem_env.state import ImaginationState
 
-__all__ = ["DreamEnvClosedError", "DreamVectorEnv"]
+__all__ = ["DreamEnvClosedError", "DreamVectorEnv", "available_devices", "check_device"]
 
 ObsType = Literal["rgb", "tokens", "latent"]
 OutputType = Literal["numpy", "torch"]
@@ -176,8 +177,12 @@ class DreamVectorEnv(VectorEnv):
             raise ValueError(f"unknown obs_type {obs_type!r}; choose one of {list(OBS_TYPES)}")
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
-        if not isinstance(temperature, (int, float)) or not temperature >= 0:
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        if (
+            not isinstance(temperature, (int, float))
+            or not temperature >= 0
+            or not math.isfinite(temperature)
+        ):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if max_episode_steps is not None and (
             not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1
         ):
@@ -185,9 +190,13 @@ class DreamVectorEnv(VectorEnv):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         mode = _autoreset_mode(autoreset_mode)
+        if device is not None:
+            device = check_device(device)
+        where = device if device is not None else next(model.parameters()).device
+        _check_memory(model, int(num_envs), obs_type, where)
 
         if device is not None:
-            model.to(torch.device(device))
+            model.to(device)
         if quantize is not None:
             model = quantize_model(model, quantize)  # a copy; the float model stays as it was
         self.model = model.eval()
@@ -308,6 +317,12 @@ class DreamVectorEnv(VectorEnv):
         if seed is None:
             return None
         if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            last = MAX_SEED - (self.num_envs - 1)  # env i gets seed + i
+            if not 0 <= seed <= last:
+                raise ValueError(
+                    f"seed must be an int in [0, 2**63 - {self.num_envs}] for {self.num_envs} "
+                    f"envs (env i gets seed + i, at most 2**63 - 1), got {int(seed)}"
+                )
             seeds = [int(seed) + i for i in range(self.num_envs)]
         elif (
             isinstance(seed, Sequence) and not isinstance(seed, str) and len(seed) == self.num_envs
@@ -551,6 +566,109 @@ class DreamVectorEnv(VectorEnv):
     def close_extras(self, **kwargs: Any) -> None:
         """Drops the imagination state."""
         self._state = None
+
+
+def available_devices() -> list[str]:
+    """The torch devices this machine can dream on: ``cpu``, then each CUDA GPU, then ``mps``."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, checked to exist on this machine.
+
+    Raises:
+        ValueError: For a name torch does not know, or a device this machine lacks (a CUDA
+            device without a GPU or on a CPU-only torch build, a GPU index out of range, MPS
+            off a Mac); the message names the available devices.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"unknown device {device!r}; available here: {', '.join(available_devices())}"
+        ) from None
+    problem = None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "" if torch.version.cuda else " (this torch is a CPU-only build)"
+            problem = f"CUDA is not available{build}"
+        elif dev.index is not None and dev.index >= torch.cuda.device_count():
+            problem = f"there are {torch.cuda.device_count()} CUDA device(s)"
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            problem = "MPS (Apple GPUs) is not available"
+    elif dev.type not in ("cpu", "meta"):
+        backend = getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if callable(available) and not available():
+            problem = f"{dev.type} is not available"
+    if problem is not None:
+        raise ValueError(
+            f"device {str(device)!r} cannot be used: {problem}; available here: "
+            f"{', '.join(available_devices())}"
+        )
+    return dev
+
+
+def _total_memory(device: torch.device) -> int | None:
+    """Bytes of memory of ``device`` (the machine's RAM for the CPU), None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type != "cpu":
+        return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return None
+
+
+def _check_memory(model: REMModel, num_envs: int, obs_type: ObsType, device: torch.device) -> None:
+    """Refuses a batch whose per-env buffers alone cannot fit in memory.
+
+    A lower bound: each env keeps one retention state per layer and its frame's tokens on
+    ``device``, and its observation plus the batched observation space's bounds (two arrays of
+    observations) on the host; a step needs more (the model's activations).
+    """
+    wm, tok = model.config.world_model, model.config.tokenizer
+    state = wm.num_layers * wm.num_heads * wm.head_dim**2 * 4 + tok.tokens_per_frame * 8
+    space = _observation_space(model, obs_type)
+    obs = int(np.prod(space.shape)) * space.dtype.itemsize
+    if device.type == "cpu":
+        checks = [(device, state + 4 * obs)]
+    else:  # the state and an observation on the device; a copy and the bounds on the host
+        checks = [(device, state + obs), (torch.device("cpu"), 3 * obs)]
+    for where, per_env in checks:
+        total = _total_memory(where)
+        if total is not None and num_envs * per_env > total:
+            raise ValueError(
+                f"num_envs={num_envs:,} needs at least {_bytes(num_envs * per_env)} of "
+                f"{'RAM' if where.type == 'cpu' else str(where) + ' memory'} "
+                f"({_bytes(per_env)} per env for its dream state, observation and "
+                f"observation-space bounds) but this machine has {_bytes(total)}; use at most "
+                f"{total // per_env:,} envs (fewer in practice: a step needs room for the "
+                "model's activations too)"
+            )
+
+
+def _bytes(count: int) -> str:
+    """``count`` bytes in bytes, KiB, MiB, GiB or TiB."""
+    if count < 1024:
+        return f"{count} bytes"
+    size, units = count / 1024, ["KiB", "MiB", "GiB", "TiB"]
+    while size >= 1024 and len(units) > 1:
+        size, units = size / 1024, units[1:]
+    return f"{size:.1f} {units[0]}"
 
 
 def _autoreset_mode(value: AutoresetMode | str) -> AutoresetMode:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 import resource
 import sys
 import warnings
@@ -427,6 +428,41 @@ def test_bad_constructor_arguments(model: REMModel, kwargs: dict[str, Any], erro
     kwargs = {"num_envs": 2, **kwargs}
     with pytest.raises(error):
         DreamVectorEnv(model, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": float("inf")}, "temperature must be a finite number >= 0, got inf"),
+        ({"temperature": float("nan")}, "temperature must be a finite number >= 0, got nan"),
+        ({"num_envs": 10**9}, "num_envs=1,000,000,000 needs at least"),
+        ({"device": "cuda:99"}, "device 'cuda:99' cannot be used"),
+        ({"device": "gpu"}, "unknown device 'gpu'; available here: cpu"),
+    ],
+)
+def test_impossible_settings_are_refused_up_front(
+    model: REMModel, kwargs: dict[str, Any], message: str
+) -> None:
+    kwargs = {"num_envs": 2, **kwargs}
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        DreamVectorEnv(model, **kwargs)
+    if "device" in kwargs:
+        assert "available here: cpu" in str(info.value)
+
+
+def test_gym_make_on_a_missing_device_names_the_available_ones(model: REMModel) -> None:
+    with pytest.raises(ValueError, match="available here: cpu"):
+        gym.make("REM-Breakout-v0", model=model, device="cuda:99")
+
+
+def test_a_seed_too_large_for_the_batch_is_reported_as_given(model: REMModel) -> None:
+    env = DreamVectorEnv(model, 3, obs_type="tokens")
+    top = 2**63 - 1
+    with pytest.raises(ValueError, match="seed must be an int in") as info:
+        env.reset(seed=top)
+    assert f"got {top}" in str(info.value) and str(top + 1) not in str(info.value)
+    env.reset(seed=top - 2)  # the largest that fits: env 2 gets 2**63 - 1
+    assert env.np_random_seed == top - 2  # what the user gave, not a derived seed
 
 
 def test_not_a_model_is_a_type_error() -> None:
