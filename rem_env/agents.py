@@ -180,18 +180,52 @@ def _load_sb3(path: Path, algo: str | None, device: str) -> Any:
 
 
 def _matching_obs_type(space: Any, env: DreamVectorEnv, path: Path) -> ObsType:
-    """The dream obs type whose space has the policy's shape (channel-first RGB too)."""
+    """The dream obs type whose space has the policy's shape (channel-first RGB too) and bounds.
+
+    The bounds tell models apart where shapes do not: token ids of a dream are in
+    ``[0, vocab_size)``, so a policy trained on another vocabulary is refused.
+    """
     shape = tuple(space.shape)
+    mismatch = None
     for obs_type in ("rgb", "tokens", "latent"):
         probe = DreamVectorEnv(env.model, 1, obs_type=obs_type)  # cheap: builds spaces only
-        dream = tuple(probe.single_observation_space.shape)
+        dream_space = probe.single_observation_space
+        dream = tuple(dream_space.shape)
         transposed = (dream[2], dream[0], dream[1]) if obs_type == "rgb" else dream
-        if shape in (dream, transposed):
+        if shape not in (dream, transposed):
+            continue
+        bounds = _bounds(space)
+        if bounds is None or bounds == _bounds(dream_space):
             return obs_type  # type: ignore[return-value]
+        mismatch = (obs_type, bounds, _bounds(dream_space))
+    if mismatch is not None:
+        obs_type, (low, high), (dream_low, dream_high) = mismatch
+        what = "token ids" if obs_type == "tokens" else f"{obs_type} values"
+        vocab = (
+            f" (a vocabulary of {env.model.config.tokenizer.vocab_size} codes)"
+            if obs_type == "tokens"
+            else ""
+        )
+        raise AgentError(
+            f"{path} was trained on {what} in [{low:g}, {high:g}], but this model's dream has "
+            f"{what} in [{dream_low:g}, {dream_high:g}]{vocab}: it was trained on another "
+            "model's dreams; use a policy trained on this model (or --agent random)"
+        )
     raise AgentError(
         f"{path} was trained on observations of shape {shape}, which no obs type of this model "
         "has (rgb, tokens or latent): was it trained on another model's dreams?"
     )
+
+
+def _bounds(space: Any) -> tuple[float, float] | None:
+    """(lowest, highest) value of a Box space (None for another space or uneven bounds)."""
+    low, high = getattr(space, "low", None), getattr(space, "high", None)
+    if low is None or high is None:
+        return None
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    if low.size == 0 or low.min() != low.max() or high.min() != high.max():
+        return None
+    return float(low.flat[0]), float(high.flat[0])
 
 
 def _frames(envs: DreamVectorEnv, obs: np.ndarray) -> np.ndarray:

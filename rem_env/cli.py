@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.metadata
+import math
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,17 +39,20 @@ from rem_env.agents import (
     roll_dream,
 )
 from rem_env.config import REMConfig
-from rem_env.dream import AUTOCAST_DTYPES, DreamVectorEnv
+from rem_env.dream import AUTOCAST_DTYPES, DreamVectorEnv, check_device
 from rem_env.hub import ModelLoadError, NoDefaultModelError, resolve_default_model
 from rem_env.model import REMModel
+from rem_env.noise import MAX_SEED
 from rem_env.quantization import QUANTIZATIONS, quantize_model
 from rem_env.registration import ATARI_100K_GAMES, env_id, resolve_model
 from rem_env.video import VideoError, check_video_path, tile_frames, write_video
 
-__all__ = ["BENCHMARKS", "CLIError", "build_parser", "main"]
+__all__ = ["BENCHMARKS", "CLIError", "build_parser", "folder_write_problem", "main"]
 
 BENCHMARKS = ("imagination", "dream_env")
 UNTRAINED = "UNTRAINED MODEL: random weights, the frames are noise"
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
 _ENV_ID = re.compile(r"^(?:rem_env:)?REM-(\w+)-v0$")
 
 
@@ -89,9 +94,67 @@ def load_dream_model(args: argparse.Namespace, game: str) -> tuple[REMModel, boo
 
 
 def pick_device(name: str) -> str:
-    if name != "auto":
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """``--device``: ``auto`` is cuda if there is a GPU, else cpu; a named device must exist."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        check_device(name)
+    except ValueError as err:
+        raise CLIError(f"--device: {err}") from err
+    return name
+
+
+def folder_write_problem(folder: str | os.PathLike[str]) -> str | None:
+    """Why new files cannot be made in ``folder`` (created with its parents if missing), or None.
+
+    Checked by making (and removing) a hidden folder in the nearest existing one: this sees
+    permissions, read-only file systems and files in the way, before any long work is done.
+
+    Example:
+        >>> folder_write_problem(tempfile.gettempdir()) is None
+        True
+    """
+    existing = Path(folder).expanduser().absolute()
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        probe = tempfile.mkdtemp(prefix=".rem-write-check-", dir=existing)
+    except OSError as err:
+        return f"cannot write in {existing} ({err.strerror or err})"
+    os.rmdir(probe)
+    return None
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Options that must be positive integers when given (``fps``: ``--fps``)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            option = "--" + name.replace("_", "-")
+            raise CLIError(f"{option} must be a positive integer, got {value}")
+
+
+def check_seed_and_temperature(args: argparse.Namespace, num_envs: int = 1) -> None:
+    """``--seed`` (env i dreams with seed + i) and ``--temperature``, checked before any work."""
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED - (num_envs - 1):
+        top = "2**63 - 1" if num_envs == 1 else f"2**63 - {num_envs}"
+        raise CLIError(
+            f"--seed must be in [0, {top}]"
+            + (" (env i dreams with seed + i)" if num_envs > 1 else "")
+            + f", got {args.seed}"
+        )
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise CLIError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+
+
+def make_dream_env(model: REMModel, num_envs: int, **kwargs: object) -> DreamVectorEnv:
+    """A DreamVectorEnv; its constructor's refusals (e.g. too many envs) become CLIErrors."""
+    try:
+        return DreamVectorEnv(model, num_envs, **kwargs)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise CLIError(str(err)) from err
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -180,12 +243,17 @@ def make_agent(args: argparse.Namespace, model: REMModel, device: str) -> Agent:
 def cmd_dream(args: argparse.Namespace) -> int:
     game = parse_game(args.env_id)
     out = check_video_path(args.out)
-    if args.steps < 1 or args.num_envs < 1 or args.scale < 1:
-        raise CLIError("--steps, --num-envs and --scale must be positive")
-    model, untrained = load_dream_model(args, game)
+    check_positive(args, "steps", "num_envs", "scale", "fps")
+    check_seed_and_temperature(args, args.num_envs)
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a folder; name the video file, e.g. {out / 'dream.gif'}")
+    problem = folder_write_problem(out.parent)
+    if problem is not None:
+        raise CLIError(f"cannot write --out {out}: {problem}")
     device = dream_device(args)
+    model, untrained = load_dream_model(args, game)
     agent = make_agent(args, model, device)
-    envs = DreamVectorEnv(
+    envs = make_dream_env(
         model,
         args.num_envs,
         obs_type=agent.obs_type,
@@ -219,8 +287,12 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         raise CLIError("--games, --horizon, --stride and --max-steps must be positive")
     if min(args.min_rewards, args.min_ends) < 0:
         raise CLIError("--min-rewards and --min-ends must be >= 0")
-    model, untrained = load_dream_model(args, game)
+    check_seed_and_temperature(args)
+    problem = folder_write_problem(args.out)
+    if problem is not None:
+        raise CLIError(f"cannot write --out {args.out}: {problem}")
     device = dream_device(args)
+    model, untrained = load_dream_model(args, game)
     model = model.to(device)
     if args.quantize is not None:
         model = quantize_model(model, args.quantize)
@@ -263,6 +335,8 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 def cmd_play(args: argparse.Namespace) -> int:
     game = parse_game(args.env_id)
+    check_positive(args, "scale", "fps", "max_steps")
+    check_seed_and_temperature(args)
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     try:
         import pygame
@@ -270,12 +344,17 @@ def cmd_play(args: argparse.Namespace) -> int:
         raise CLIError("`rem-env play` needs pygame: pip install 'rem-env[play]'") from err
     from rem_env import play
 
+    try:
+        play.check_display()
+    except play.NoDisplayError as err:
+        raise CLIError(str(err)) from err
+    device = dream_device(args)
     model, untrained = load_dream_model(args, game)
-    env = DreamVectorEnv(
+    env = make_dream_env(
         model,
         1,
         obs_type="tokens",
-        device=dream_device(args),
+        device=device,
         quantize=args.quantize,
         autocast=args.autocast,
         temperature=args.temperature,
@@ -287,6 +366,8 @@ def cmd_play(args: argparse.Namespace) -> int:
     try:
         with torch.inference_mode():
             play.run(session, scale=args.scale, fps=args.fps, max_steps=args.max_steps)
+    except play.NoDisplayError as err:
+        raise CLIError(str(err)) from err
     except pygame.error as err:
         raise CLIError(
             f"cannot open a game window ({err}); `rem-env play` needs a display "
@@ -473,7 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs ``rem-env``; returns the exit status (2 for user errors, printed without traceback)."""
+    """Runs ``rem-env``; returns the exit status.
+
+    User errors are printed as one line without a traceback (status 2); Ctrl-C prints
+    "interrupted" (status 130).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -481,6 +566,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, AgentError, VideoError, ModelLoadError, gym.error.Error) as err:
         print(f"rem-env {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a wish, not a crash
+        print(f"rem-env {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     except BrokenPipeError:  # the reader went away (`rem-env info | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

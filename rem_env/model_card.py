@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from rem_env.config import REMConfig
 from rem_env.manifest import ProtocolManifest
 
-__all__ = ["render_model_card"]
+__all__ = ["format_number", "render_model_card"]
 
 NOT_MEASURED = "not measured"
 
@@ -109,4 +111,26 @@ def render_model_card(
 
 
 def _known(value: object) -> str:
-    return NOT_MEASURED if value is None else str(value)
+    """``value`` for the card: "not measured" for None, numbers at a readable precision."""
+    if value is None:
+        return NOT_MEASURED
+    if isinstance(value, float):
+        return format_number(value)
+    return str(value)
+
+
+def format_number(value: float, decimals: int = 3) -> str:
+    """A measured figure for people: at most ``decimals`` decimals, no trailing zeros.
+
+    Example:
+        >>> format_number(-0.041666666666666664), format_number(2.625), format_number(12.0)
+        ('-0.042', '2.625', '12')
+        >>> format_number(-0.0001), format_number(float("nan"))
+        ('0', 'nan')
+    """
+    if not math.isfinite(value):
+        return str(value)
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text

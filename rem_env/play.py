@@ -8,7 +8,8 @@ tested headless; :func:`draw` paints a session on a pygame surface; :func:`run` 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,53 @@ import numpy as np
 from rem_env.actions import action_for
 from rem_env.dream import DreamVectorEnv
 
-__all__ = ["HELP", "PlaySession", "draw", "key_controls", "run"]
+__all__ = ["HELP", "NoDisplayError", "PlaySession", "check_display", "draw", "key_controls", "run"]
 
 HELP = "arrows: move  space: fire  R: reset  P: pause  Esc/Q: quit"
+HEADLESS_DRIVERS = ("offscreen", "dummy")
+"""SDL video drivers that draw nowhere: used only when asked for with ``SDL_VIDEODRIVER``."""
+_NO_DISPLAY_HINT = (
+    "`rem-env play` opens a window: run it on a desktop or over `ssh -X`, write a video "
+    "with `rem-env dream` instead, or set SDL_VIDEODRIVER=dummy to play unseen (tests)"
+)
+
+
+class NoDisplayError(RuntimeError):
+    """Raised when there is no display to open the game window on."""
+
+
+def check_display(environ: Mapping[str, str] | None = None, platform: str | None = None) -> None:
+    """Refuses to play where no window can be seen, unless SDL's video driver was chosen.
+
+    Without a display, SDL falls back to a driver that draws into memory, and a game would
+    run unseen and forever. On Linux and other X11/Wayland systems a display is named by
+    ``DISPLAY`` or ``WAYLAND_DISPLAY``; a user who sets ``SDL_VIDEODRIVER`` (e.g. ``dummy``
+    in tests) gets what they asked for.
+
+    Args:
+        environ: The environment (default: ``os.environ``).
+        platform: ``sys.platform`` (default: this one).
+
+    Raises:
+        NoDisplayError: If no display is set on a system that needs one.
+
+    Example:
+        >>> check_display({"SDL_VIDEODRIVER": "dummy"}, "linux")
+        >>> check_display({}, "linux")
+        Traceback (most recent call last):
+        ...
+        rem_env.play.NoDisplayError: no display (neither DISPLAY nor WAYLAND_DISPLAY is set); ...
+    """
+    environ = os.environ if environ is None else environ
+    platform = sys.platform if platform is None else platform
+    if environ.get("SDL_VIDEODRIVER"):
+        return
+    if platform.startswith(("win", "cygwin", "darwin")):
+        return  # their displays need no variable
+    if not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")):
+        raise NoDisplayError(
+            f"no display (neither DISPLAY nor WAYLAND_DISPLAY is set); {_NO_DISPLAY_HINT}"
+        )
 
 
 def key_controls() -> dict[int, str]:
@@ -174,11 +219,25 @@ def run(session: PlaySession, scale: int = 8, fps: int = 15, max_steps: int | No
         scale: Window pixels per dream pixel.
         fps: Dream steps per second.
         max_steps: Stop after this many dream steps (None: until quit).
+
+    Raises:
+        NoDisplayError: If SDL found no display and fell back to a driver that draws nowhere
+            (``SDL_VIDEODRIVER`` set to one of them is obeyed).
+        ValueError: For a ``scale`` or ``fps`` below 1.
     """
+    if scale < 1 or fps < 1:
+        raise ValueError(f"scale and fps must be positive, got scale={scale}, fps={fps}")
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     import pygame
 
     pygame.display.init()  # no pygame.init(): the dream has no sound to open
+    driver = pygame.display.get_driver()
+    if driver in HEADLESS_DRIVERS and not os.environ.get("SDL_VIDEODRIVER"):
+        pygame.quit()
+        raise NoDisplayError(
+            f"no display could be opened (SDL fell back to its {driver!r} driver, which draws "
+            f"nowhere); {_NO_DISPLAY_HINT}"
+        )
     pygame.font.init()
     try:
         font = pygame.font.Font(None, 20)
