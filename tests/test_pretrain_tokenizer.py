@@ -40,3 +40,6 @@ def test_a_short_run_grows_the_codebook_logs_the_ball_and_resumes(tmp_path: Path
     assert [r["step"] for r in records] == [0, 1, 2, 3]
     info = json.loads((export / "tokenizer_pretraining.json").read_text())
     assert info["steps"] == 3 and info["init_from"] == str(tmp_path / "start")
+    training = json.loads((export / "training.json").read_text())  # read by --init-from
+    assert training["tokenizer_steps"] == "2-3" and "--steps 3" in training["command"]
+    assert [step["tokenizer_steps"] for step in training["lineage"]] == ["0-2"]

@@ -26,6 +26,8 @@ import dataclasses
 import json
 import math
 import os
+import shlex
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from rem_env.probes import NEAR_PIXELS, SCRIPTED_PLAYERS, probes_for
 from training.codebook import DeadCodeRestarter
 from training.config import TrainConfig
 from training.losses import foreground_weights, motion_weights, tokenizer_loss
+from training.warm_start import lineage_of
 
 __all__ = [
     "FrameSet",
@@ -178,8 +181,17 @@ def reconstruction_report(model: REMModel, held_out: FrameSet, game: str) -> dic
     return report
 
 
-def pretrain(config: PretrainConfig, out: Path, init_from: str | None = None) -> Path:
-    """Runs (or resumes) a pretraining run in ``out``; returns the exported model folder."""
+def pretrain(
+    config: PretrainConfig,
+    out: Path,
+    init_from: str | None = None,
+    command: str = "training.pretrain_tokenizer.pretrain() from Python",
+) -> Path:
+    """Runs (or resumes) a pretraining run in ``out``; returns the exported model folder.
+
+    The export's ``training.json`` records the run (its command, frames, steps) after the
+    lineage of ``init_from``, so that ``rem-train --init-from`` keeps the whole chain.
+    """
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
@@ -264,19 +276,49 @@ def pretrain(config: PretrainConfig, out: Path, init_from: str | None = None) ->
             save_file(tokenizer.state_dict(), out / "tokenizer.safetensors")
             torch.save(optimizer.state_dict(), out / "optimizer.pt")
             (out / "state.json").write_text(json.dumps({"step": step}) + "\n")
-            _export(model, out / "export", config, source, step)  # usable while it runs
+            _export(model, out, config, source, step, command)  # usable while it runs
             started = time.perf_counter()
     log.close()
-    return _export(model, out / "export", config, source, step)
+    return _export(model, out, config, source, step, command)
 
 
 def _export(
-    model: REMModel, folder: Path, config: PretrainConfig, source: str | None, step: int
+    model: REMModel,
+    out: Path,
+    config: PretrainConfig,
+    source: str | None,
+    step: int,
+    command: str,
 ) -> Path:
+    folder = out / "export"
     model.save_pretrained(folder)
     record = {"config": asdict(config), "init_from": source, "steps": step}
     (folder / "tokenizer_pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
+    runs = _runs_of(out)
+    if not runs or runs[-1].get("command") != command:
+        runs.append({"command": command, "from_step": runs[-1]["to_step"] if runs else 0})
+    runs[-1]["to_step"] = step
+    (out / "runs.json").write_text(json.dumps(runs, indent=2) + "\n")
+    earlier = lineage_of(Path(source)) if source is not None and Path(source).is_dir() else []
+    steps = [
+        {
+            "command": run["command"],
+            "preset": "tokenizer pretraining",
+            "env_steps": config.frames + config.held_out,
+            "tokenizer_steps": f"{run['from_step']}-{run['to_step']}",
+        }
+        for run in runs
+    ]
+    lineage = [*earlier, *steps]
+    training = {"preset": "tokenizer pretraining", "lineage": lineage[:-1], **lineage[-1]}
+    (folder / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     return folder
+
+
+def _runs_of(out: Path) -> list[dict[str, Any]]:
+    """The commands that trained this run folder, with the steps each took (``runs.json``)."""
+    path = out / "runs.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _with_vocab(model: REMModel, vocab_size: int) -> REMModel:
@@ -320,7 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     out, init_from = Path(os.path.expanduser(args.pop("out"))), args.pop("init_from")
     config = PretrainConfig(**args)
-    print(pretrain(config, out, init_from))
+    command = shlex.join(["python", "-m", "training.pretrain_tokenizer", *sys.argv[1:]])
+    if argv is not None:
+        command = shlex.join(["python", "-m", "training.pretrain_tokenizer", *argv])
+    print(pretrain(config, out, init_from, command))
     return 0
 
 

@@ -28,7 +28,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PARTS", "WarmStart", "WarmStartError", "apply_warm_start", "read_warm_start"]
+__all__ = [
+    "PARTS",
+    "WarmStart",
+    "WarmStartError",
+    "apply_warm_start",
+    "lineage_of",
+    "read_warm_start",
+]
 
 PARTS = ("tokenizer", "world_model", "actor_critic")
 """The parts a warm start can take."""
@@ -115,7 +122,7 @@ def read_warm_start(source: str | os.PathLike[str]) -> WarmStart:
         states = _split_model_state(saved.modules["model"])
         if "actor_critic" in saved.modules:
             states["actor_critic"] = saved.modules["actor_critic"]
-        lineage = _lineage_of(path if path.is_dir() else None)
+        lineage = lineage_of(path if path.is_dir() else None)
         record = {"source": text, "kind": "checkpoint", "epoch": saved.epoch}
         return WarmStart(text, states, [*lineage, record])
 
@@ -134,10 +141,10 @@ def read_warm_start(source: str | os.PathLike[str]) -> WarmStart:
 
         states["actor_critic"] = load_file(str(folder / ACTOR_CRITIC_WEIGHTS))  # type: ignore[operator]
     record = {"source": text, "kind": "model folder" if folder else "Hub repo"}
-    return WarmStart(text, states, [*_lineage_of(folder), record])
+    return WarmStart(text, states, [*lineage_of(folder), record])
 
 
-def _lineage_of(folder: Path | None) -> list[dict[str, Any]]:
+def lineage_of(folder: Path | None) -> list[dict[str, Any]]:
     """The training record of an export (or a run's export) and the lineage it carries."""
     if folder is None:
         return []
