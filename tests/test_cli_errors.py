@@ -1,4 +1,4 @@
-"""User errors of ``rem-env`` that used to point the wrong way.
+"""User errors of ``rem-env`` and ``rem-train`` that used to point the wrong way.
 
 Each is refused up front with one line and exit status 2 (no traceback, no work done first);
 Ctrl-C ends a command with "interrupted" and status 130.
@@ -242,3 +242,77 @@ def test_model_card_figures_are_rounded() -> None:
     assert "| human-normalised score | -0.042 |" in card
     assert "| mean return | 2.625 |" in card and "| evaluation episodes | 8 |" in card
     assert "0.0416666" not in card
+
+
+# ------------------------------------------------------------------------------ rem-train
+
+SMOKE = ["--preset", "smoke", "--epochs", "1", "--common.progress-bars", "false"]
+
+
+@pytest.fixture
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails a test whose rem-train starts a run: its error had to come first."""
+
+    def trained(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the run started before the error was found")
+
+    monkeypatch.setattr("training.cli.Trainer", trained)
+
+
+def train(argv: list[str]) -> int:
+    from training.cli import main as train_main
+
+    try:
+        return train_main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped rem-train")
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_rem_train_out_that_is_a_file_is_a_clear_error(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker if where == "file" else blocker / "run"
+    assert train([*SMOKE, "--out", str(out)]) == 2
+    message = "is a file, not a run folder" if where == "file" else "Not a directory"
+    one_line_error(capsys, "rem-train: error: ", message, "choose another --out")
+
+
+@pytest.mark.parametrize("kind", ["file", "non-empty-folder", "under-a-file"])
+def test_rem_train_export_is_checked_before_training(
+    kind: str, tmp_path: Path, no_training: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export = tmp_path / "export"
+    if kind == "file":
+        export.write_text("x")
+        fragment = "is a file; name a folder"
+    elif kind == "non-empty-folder":
+        export.mkdir()
+        (export / "notes.txt").write_text("x")
+        fragment = "is a non-empty folder that holds no saved model"
+    else:
+        (tmp_path / "blocker").write_text("x")
+        export = tmp_path / "blocker" / "export"
+        fragment = f"{tmp_path / 'blocker'} is a file, not a folder"
+    assert train([*SMOKE, "--out", str(tmp_path / "run"), "--export", str(export)]) == 2
+    one_line_error(capsys, "rem-train: error: ", fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_rem_train_export_may_not_replace_the_run(
+    tmp_path: Path, no_training: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert train([*SMOKE, "--out", str(run_dir), "--export", str(tmp_path)]) == 2
+    one_line_error(capsys, "holds the run folder")
+
+
+def test_rem_train_ctrl_c_before_training_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("training.cli.Trainer", interrupt)
+    assert train([*SMOKE, "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.strip() == "rem-train: interrupted"

@@ -1,8 +1,14 @@
-"""SIGKILL a training process mid-epoch, resume it: no transition lost, epochs and RNG continue."""
+"""SIGKILL a training process mid-epoch, resume it: no transition lost, epochs and RNG continue.
+
+Also: Ctrl-C stops a run like SIGTERM, ``--resume RUN --epochs N`` extends a run, and a run
+being trained cannot be resumed by a second process.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from training.checkpoint import load_checkpoint, restore_rng, rng_fingerprint, seed_everything
 from training.replay import ReplayBuffer, _record_dtype
@@ -96,3 +103,100 @@ def test_sigterm_stops_at_a_step_boundary(tmp_path: Path) -> None:
     assert "stopped by SIGTERM" in log and f"--resume {out}" in log
     with ReplayBuffer(out / "replay", fsync=False) as replay:  # closed cleanly, consistent
         assert replay.num_steps >= STEPS_PER_EPOCH
+
+
+# In-process runs of a few seconds: tiny epochs, no learning phase, a short final evaluation.
+QUICK = [
+    "--preset", "smoke", "--common.env-steps-per-epoch", "8", "--common.progress-bars", "false",
+    "--tokenizer.start-after-epoch", "9", "--world-model.start-after-epoch", "9",
+    "--actor-critic.start-after-epoch", "9", "--evaluation.num-envs", "1",
+    "--evaluation.episodes", "1", "--evaluation.final-episodes", "1",
+    "--evaluation.max-raw-frames", "40",
+]  # fmt: skip
+
+
+def _cli(argv: list[str]) -> int:
+    from training.cli import main
+
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped rem-train")
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert _cli([*QUICK, "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(one_epoch_run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(one_epoch_run, tmp_path / "run"))
+
+
+def test_resume_with_more_epochs_extends_the_run(
+    run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli(["--resume", str(run_copy), "--epochs", "2"]) == 0
+    assert f"extending {run_copy}: common.epochs 1 -> 2" in capsys.readouterr().err
+    assert [r["epoch"] for r in read_metrics(run_copy)] == [1, 2]
+    assert load_checkpoint(run_copy / "checkpoints").epoch == 2
+    assert json.loads((run_copy / "config.json").read_text())["common"]["epochs"] == 2
+    assert _cli(["--resume", str(run_copy)]) == 0  # the extended run is the run now
+    assert _cli(["--resume", str(run_copy), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "can be extended, not shortened" in err and "Traceback" not in err
+    assert _cli(["--resume", str(run_copy), "--epochs", "3", "--seed", "7"]) == 2
+    assert "different config (differs in common.epochs, common.seed)" in capsys.readouterr().err
+    assert json.loads((run_copy / "config.json").read_text())["common"]["epochs"] == 2
+
+
+def test_a_run_being_trained_cannot_be_resumed_twice(
+    run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    busy = f"{run_copy} is being trained by another process right now"
+    with ReplayBuffer(run_copy / "replay", fsync=False):  # what a training process holds
+        assert _cli(["--resume", str(run_copy)]) == 2
+    err = capsys.readouterr().err
+    assert busy in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    from training.cli import lock_run
+
+    lock = lock_run(run_copy)  # what another `rem-train --resume` holds, from its start
+    try:
+        assert _cli(["--resume", str(run_copy), "--epochs", "2"]) == 2
+    finally:
+        if lock is not None:
+            os.close(lock)
+    assert busy in capsys.readouterr().err
+    assert json.loads((run_copy / "config.json").read_text())["common"]["epochs"] == 1
+    assert _cli(["--resume", str(run_copy)]) == 0  # free again
+
+
+def test_ctrl_c_stops_like_sigterm_and_the_run_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.trainer import Trainer
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("Ctrl-C is handled by the test runner here")
+    train_epoch = Trainer.train_epoch
+
+    def ctrl_c_in_epoch_2(self: Trainer, epoch: int) -> object:
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", ctrl_c_in_epoch_2)
+    out = tmp_path / "run"
+    assert _cli([*QUICK, "--epochs", "2", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "interrupted: stopped by Ctrl-C during epoch 2" in err
+    assert f"continue with --resume {out}" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert load_checkpoint(out / "checkpoints").epoch == 1
+    monkeypatch.undo()
+    assert _cli(["--resume", str(out)]) == 0
+    assert load_checkpoint(out / "checkpoints").epoch == 2

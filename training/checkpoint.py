@@ -208,11 +208,14 @@ def prepare_run_dir(out: str | os.PathLike[str], config: TrainConfig, resume: bo
 
     Raises:
         ValueError: If ``out`` holds another run, holds this run without ``resume``, is a
-            non-empty folder that is not a run, or (with ``resume``) is not a run or was made
-            with a different config (``device`` may differ).
+            non-empty folder that is not a run, is a file or cannot be written (a read-only
+            place, a file in its path), or (with ``resume``) is not a run or was made with a
+            different config (``device`` may differ).
     """
     out = Path(out)
     config_path = out / CONFIG_FILE
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a run folder; choose another --out")
     if resume:
         if not config_path.is_file():
             raise ValueError(f"cannot resume {out}: it holds no run ({CONFIG_FILE} is missing)")
@@ -221,7 +224,8 @@ def prepare_run_dir(out: str | os.PathLike[str], config: TrainConfig, resume: bo
         if diff:
             raise ValueError(
                 f"cannot resume {out}: it was made with a different config (differs in "
-                f"{', '.join(diff)}); resume with the run's own config or use a new --out"
+                f"{', '.join(diff)}); resume with the run's own config (only --epochs and "
+                "--common.collect-epochs may be raised, to extend it) or use a new --out"
             )
         return out
     if config_path.is_file():
@@ -237,8 +241,15 @@ def prepare_run_dir(out: str | os.PathLike[str], config: TrainConfig, resume: bo
         )
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is a non-empty folder that holds no run; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     tmp = config_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    os.replace(tmp, config_path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        os.replace(tmp, config_path)
+    except OSError as err:
+        raise ValueError(
+            f"cannot make the run folder {out} ({err.strerror or err}"
+            + (f": {err.filename}" if err.filename else "")
+            + "); choose another --out"
+        ) from err
     return out

@@ -7,6 +7,11 @@ given. Shortcuts: ``--epochs``, ``--seed``.
 Under ``torchrun --nproc_per_node=N`` the run is data-parallel over N processes (see
 :mod:`training.distributed`); no option changes.
 
+A run is continued with ``--resume RUN``, and extended with ``--resume RUN --epochs N`` (N above
+the run's ``common.epochs``; ``--common.collect-epochs M`` likewise extends real-data collection).
+Ctrl-C stops a run like SIGTERM does, at a step boundary, resumable (exit status 130; a second
+Ctrl-C quits at once). One run is trained by one ``rem-train`` at a time.
+
 Example:
     ``rem-train --game Breakout --preset smoke --out runs/smoke`` then, after a crash,
     ``rem-train --resume runs/smoke``; on 4 GPUs,
@@ -18,18 +23,35 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
+import signal
 import sys
+import threading
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
+from rem_env.checkpoint import CONFIG_NAME as MODEL_CONFIG_NAME
+from rem_env.cli import folder_write_problem
 from training.config import PRESETS, TrainConfig
-from training.distributed import DistContext, backend_for, cleanup, init_from_env
+from training.distributed import DistContext, backend_for, cleanup, init_from_env, run_on_main
 from training.trainer import Trainer, TrainingStoppedError
 
-__all__ = ["build_config", "main", "parser"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no run lock (the replay buffer still has one)
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["build_config", "export_problem", "extend_run", "lock_run", "main", "parser"]
+
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT)."""
+STOPPED = 143
+"""Exit status after SIGTERM (128 + SIGTERM)."""
+EXTENDABLE = ("common.epochs", "common.collect_epochs")
+"""Fields that ``--resume`` may raise: a run is extended by more epochs (of collection)."""
 
 _SHORTCUTS = {
     "epochs": "common.epochs",
@@ -94,9 +116,21 @@ def parser() -> argparse.ArgumentParser:
         "writes the run folder; --resume works with any number of processes.",
     )
     p.add_argument("--out", type=Path, help="run folder (new, or with --resume the run to go on)")
-    p.add_argument("--resume", type=Path, help="continue the killed or stopped run in this folder")
-    p.add_argument("--export", type=Path, help="also export the final model to this folder")
-    p.add_argument("--epochs", type=int, help="shortcut for --common.epochs")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        help="continue the killed or stopped run in this folder; with --epochs N (above its "
+        "epochs) extend it, and with --common.collect-epochs M collect real data longer",
+    )
+    p.add_argument(
+        "--export",
+        type=Path,
+        help="also export the final model to this folder (new, empty, or a model folder to "
+        "replace; checked before training)",
+    )
+    p.add_argument(
+        "--epochs", type=int, help="shortcut for --common.epochs (with --resume: extend the run)"
+    )
     p.add_argument("--seed", type=int, help="shortcut for --common.seed")
     p.add_argument(
         "--init-from",
@@ -186,11 +220,116 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         status = _train(config, out, resume is not None, argv, args.get("export"), ctx)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
+        cleanup(wait=False)
+        print("rem-train: interrupted", file=sys.stderr)
+        return INTERRUPTED
     except BaseException:
         cleanup(wait=False)  # the other ranks may never reach the barrier
         raise
     cleanup()
     return status
+
+
+def export_problem(export: Path, run_dir: Path) -> str | None:
+    """Why the final model cannot be exported to ``export``, or None; checked before training.
+
+    The rules of :func:`rem_env.checkpoint.save_pretrained`: a new folder, an empty one, or a
+    saved model to replace; and its parent must be writable (the files are written beside it,
+    then swapped in). The run folder itself (or one holding it) is refused: it would be
+    replaced by the model.
+    """
+    export = export.expanduser()
+    if export.exists():
+        if not export.is_dir():
+            return f"--export {export} is a file; name a folder"
+        inside = run_dir.resolve()
+        if export.resolve() == inside or export.resolve() in inside.parents:
+            return f"--export {export} holds the run folder {run_dir}; name another folder"
+        if any(export.iterdir()) and not (export / MODEL_CONFIG_NAME).is_file():
+            return (
+                f"--export {export} is a non-empty folder that holds no saved model, and the "
+                "export would replace it; name a new or empty folder (or a model folder to "
+                "overwrite)"
+            )
+    problem = folder_write_problem(export.parent)
+    return None if problem is None else f"cannot export to {export}: {problem}"
+
+
+def lock_run(run_dir: Path) -> int | None:
+    """Locks the run folder until the returned descriptor is closed (or the process ends).
+
+    Raises:
+        ValueError: If another process holds the run (a ``rem-train`` on it, or its replay
+            buffer open elsewhere).
+    """
+    if fcntl is None:
+        return None
+    busy = (
+        f"{run_dir} is being trained by another process right now; wait for it to end, or stop "
+        f"it (Ctrl-C or SIGTERM: it stops at a step boundary), then --resume {run_dir} again"
+    )
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(busy) from None
+    except OSError:  # a file system without locks: go on unlocked
+        os.close(fd)
+        return None
+    replay = run_dir / "replay" / "transitions.bin"  # locked by whoever trains (ReplayBuffer)
+    if replay.is_file():
+        probe = os.open(replay, os.O_RDONLY)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(busy) from None
+        except OSError:
+            pass
+        finally:
+            os.close(probe)  # closing releases the probe's lock
+    return fd
+
+
+def extend_run(run_dir: Path, config: TrainConfig) -> list[str]:
+    """Raises the run's epochs (of collection) in its config.json to ``config``'s.
+
+    Only when ``common.epochs`` / ``common.collect_epochs`` are all that differ (besides
+    ``device``, which a resume may change); otherwise the run is left as it is, for the
+    Trainer to refuse. Returns the changes made, e.g. ``["common.epochs 5 -> 8"]``.
+
+    Raises:
+        ValueError: If one of them would go down (a run is extended, never shortened).
+    """
+    path = run_dir / "config.json"
+    saved = TrainConfig.from_dict(json.loads(path.read_text()))
+    diff = saved.differences(config)
+    if not diff or not set(diff) <= set(EXTENDABLE):
+        return []  # nothing to extend, or more differs: the Trainer says what
+    changes, raised = [], {}
+    for name in diff:
+        leaf = name.split(".")[1]
+        old, new = getattr(saved.common, leaf), getattr(config.common, leaf)
+        raised[leaf] = new
+        if new < old:
+            option = "--epochs" if leaf == "epochs" else "--common.collect-epochs"
+            raise ValueError(
+                f"cannot resume {run_dir} with {option} {new}: the run has {name} = {old}, and a "
+                "run can be extended, not shortened (stop it early with Ctrl-C or SIGTERM)"
+            )
+        changes.append(f"{name} {old} -> {new}")
+    extended = dataclasses.replace(saved, common=dataclasses.replace(saved.common, **raised))
+    tmp = path.with_suffix(".extend.tmp")
+    tmp.write_text(json.dumps(extended.to_dict(), indent=2) + "\n")
+    os.replace(tmp, path)
+    return changes
+
+
+def _refuse(problem: str | None) -> None:
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def _train(
@@ -203,18 +342,54 @@ def _train(
 ) -> int:
     """Builds the trainer and runs it on this rank; returns the exit status."""
     where = f" (rank {ctx.rank})" if ctx.is_distributed else ""
+    lock = None
     try:
+        if export is not None:  # rank 0 writes the export: it checks, all ranks learn
+            run_on_main(lambda: _refuse(export_problem(Path(export), Path(out))), ctx)
+        if resume:
+            lock = run_on_main(lambda: lock_run(Path(out)), ctx)
+            extended = run_on_main(lambda: extend_run(Path(out), config), ctx)
+            if extended:
+                print(f"rem-train: extending {out}: {', '.join(extended)}", file=sys.stderr)
         trainer = Trainer(
             config, out, resume=resume, command=shlex.join(["rem-train", *argv]), dist_ctx=ctx
         )
     except ValueError as err:
         print(f"rem-train: error{where}: {err}", file=sys.stderr)
+        if lock is not None:
+            os.close(lock)
         return 2
+    interrupted: list[int] = []
+
+    def stop_on_ctrl_c(signum: int, frame: Any) -> None:
+        """First Ctrl-C: stop like SIGTERM, resumable; a second one quits at once."""
+        interrupted.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        trainer._request_stop(signum, frame)
+        if ctx.is_main:
+            print("\nrem-train: stopping at the next step (Ctrl-C again: now)", file=sys.stderr)
+
+    # Only where Python's own Ctrl-C handler is in place (not in threads, not where SIGINT is
+    # ignored, as in background jobs).
+    handle = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    previous = signal.signal(signal.SIGINT, stop_on_ctrl_c) if handle else None
     try:
         exported = trainer.run(export_to=export)
     except TrainingStoppedError as stopped:
+        if interrupted:
+            message = str(stopped).replace("by SIGTERM", "by Ctrl-C")
+            print(f"rem-train{where}: interrupted: {message}", file=sys.stderr)
+            return INTERRUPTED
         print(f"rem-train{where}: {stopped}", file=sys.stderr)
-        return 143
+        return STOPPED
+    finally:
+        if handle:
+            signal.signal(signal.SIGINT, previous)
+        if lock is not None:
+            os.close(lock)
     if ctx.is_main:
         print(f"done: model in {exported}")
     return 0
