@@ -157,7 +157,8 @@ def lineage_of(folder: Path | None) -> list[dict[str, Any]]:
             if not isinstance(info, dict):
                 return []
             earlier = info.get("lineage", [])
-            own = {k: info[k] for k in ("command", "preset", "env_steps", "epochs") if k in info}
+            keys = ("command", "preset", "env_steps", "epochs", "tokenizer_steps")
+            own = {k: info[k] for k in keys if k in info}
             return [*earlier, own] if own else list(earlier)
     return []
 
