@@ -106,6 +106,25 @@ def training_lines() -> list[tuple[str, list[str]]]:
     return found
 
 
+def test_documented_tokenizer_pretraining_commands_parse() -> None:
+    from training.pretrain_tokenizer import parser as pretrain_parser
+
+    prefix = "python -m training.pretrain_tokenizer "
+    found = []
+    for page in PAGES:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                command = line.split(" #")[0].strip()
+                if command.startswith(prefix):
+                    found.append((page.name, shlex.split(command[len(prefix) :])))
+    assert len(found) >= 2  # README and the Training page
+    for page, argv in found:
+        try:
+            pretrain_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{page}: `{prefix}{shlex.join(argv)}` does not parse")
+
+
 def test_documented_training_commands_parse() -> None:
     """Every trainer command the docs show is accepted by ``rem-train``'s parser."""
     from training.cli import parser as training_parser

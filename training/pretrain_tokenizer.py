@@ -49,6 +49,7 @@ __all__ = [
     "PretrainConfig",
     "collect_frames",
     "main",
+    "parser",
     "pretrain",
     "reconstruction_report",
 ]
@@ -352,19 +353,26 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="run folder (resumed if it exists)")
-    parser.add_argument("--init-from", help="model folder or Hub repo id to start from")
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m training.pretrain_tokenizer``."""
+    p = argparse.ArgumentParser(
+        prog="python -m training.pretrain_tokenizer", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+    p.add_argument("--init-from", help="model folder or Hub repo id to start from")
     for name, value in asdict(PretrainConfig()).items():
         kind = _parse_bool if isinstance(value, bool) else type(value)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
-    args = vars(parser.parse_args(argv))
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = vars(parser().parse_args(argv))
     out, init_from = Path(os.path.expanduser(args.pop("out"))), args.pop("init_from")
     config = PretrainConfig(**args)
-    command = shlex.join(["python", "-m", "training.pretrain_tokenizer", *sys.argv[1:]])
-    if argv is not None:
-        command = shlex.join(["python", "-m", "training.pretrain_tokenizer", *argv])
+    command = shlex.join(["python", "-m", "training.pretrain_tokenizer", *argv])
     print(pretrain(config, out, init_from, command))
     return 0
 
