@@ -67,13 +67,13 @@ def test_the_probe_finds_no_ball_in_a_frame_without_one(real_play) -> None:
 
 
 def _game_scores(act, games: int, seed: int) -> list[float]:
-    """Whole games of the test env (5 lives), each capped at 3,000 steps."""
+    """Whole games of the test env (5 lives), each capped at 1,500 steps."""
     env = make_atari_env("Breakout", train=False, seed=seed)
     ale, scores = env.unwrapped.ale, []
     for _ in range(games):
         env.reset()
         total = 0.0
-        for _ in range(3000):
+        for _ in range(1500):
             _, reward, terminated, truncated, _ = env.step(int(act(ale.getRAM()[None])[0]))
             total += reward
             if terminated or truncated:
@@ -84,7 +84,7 @@ def _game_scores(act, games: int, seed: int) -> list[float]:
 
 
 def test_the_scripted_player_scores_far_above_random() -> None:
-    scripted = _game_scores(BreakoutBallFollower(epsilon=0.05, seed=0).act, 2, seed=5)
+    scripted = _game_scores(BreakoutBallFollower(epsilon=0.05, seed=0).act, 1, seed=5)
     random_agent = RandomAgent(4, seed=0)
     random = _game_scores(random_agent.act, 4, seed=5)
     # measured: 111, 49 and 59 points in three games; random play scores ~1.7 a game
@@ -107,12 +107,12 @@ def test_object_counts_on_real_frames_and_on_blank_ones(real_play) -> None:
 def test_fidelity_plays_until_enough_events_and_reports_objects() -> None:
     torch.manual_seed(0)
     model = REMModel(REMConfig.preset("tiny", num_actions=4, game="Breakout")).eval()
-    player = BreakoutBallFollower(epsilon=0.05, seed=0)
+    player = BreakoutBallFollower(epsilon=0.3, seed=0)  # loses lives often: short episodes
     trajectories = record_real_trajectories(
-        model, "Breakout", player, games=1, max_steps=3000, min_rewards=30, min_ends=8
+        model, "Breakout", player, games=1, max_steps=3000, min_rewards=12, min_ends=7
     )
-    assert sum(int(np.count_nonzero(t.rewards)) for t in trajectories) >= 30
-    assert sum(int(t.ends.sum()) for t in trajectories) >= 8
+    assert sum(int(np.count_nonzero(t.rewards)) for t in trajectories) >= 12
+    assert sum(int(t.ends.sum()) for t in trajectories) >= 7  # more than one game's 5 lives
     assert all(t.ram is not None and len(t.ram) == len(t.frames) for t in trajectories)
     report, _ = measure_fidelity(model, trajectories[:3], horizon=3, stride=20)
     ball = report.objects["ball"]
