@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 import rem_env  # noqa: F401  (registers REM-<Game>-v0)
 from rem_env import REMModel
 from rem_env.actor_critic_files import load_actor_critic
+from training.batches import ReplayTokens, frames_to_tensor
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.optim import weight_decay_groups
@@ -145,3 +148,80 @@ def test_same_seed_same_run(smoke_run: tuple[Path, Path, TrainConfig], tmp_path:
             del record["timings"], record["wall_time"]
         records.append(runs)
     assert records[0] == records[1]
+
+
+def _snapshot(trainer: Trainer) -> dict[str, Any]:
+    """Everything a training phase reads or changes: weights, optimizers, RNG streams."""
+    return {
+        "modules": {n: copy.deepcopy(m.state_dict()) for n, m in trainer._modules().items()},
+        "optimizers": {n: copy.deepcopy(o.state_dict()) for n, o in trainer.optimizers.items()},
+        "rng": copy.deepcopy(trainer.rng.bit_generator.state),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _restore(trainer: Trainer, saved: dict[str, Any]) -> None:
+    for name, module in trainer._modules().items():
+        module.load_state_dict(saved["modules"][name])
+    for name, optimizer in trainer.optimizers.items():
+        optimizer.load_state_dict(copy.deepcopy(saved["optimizers"][name]))
+    trainer.rng.bit_generator.state = copy.deepcopy(saved["rng"])
+    torch.set_rng_state(saved["torch"])
+
+
+def test_replay_token_cache_leaves_every_step_unchanged(tmp_path: Path) -> None:
+    """The world-model and actor-critic phases on looked-up tokens (ReplayTokens) take the very
+    steps (losses, weights, optimizer states) they take when every step encodes its frames."""
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        trainer.collect(300)
+        trainer.train_tokenizer(epoch=2)
+        for name in ("world_model", "actor_critic"):
+            saved = _snapshot(trainer)
+            results = []
+            for cached in (False, True):
+                _restore(trainer, saved)
+                trainer.cache_replay_tokens = cached
+                metrics = getattr(trainer, f"train_{name}")(epoch=config.common.epochs)
+                results.append((metrics, _snapshot(trainer)))
+            assert trainer.replay_tokens is not None
+            assert trainer.replay_tokens.stale_frames(trainer.model.tokenizer, trainer.replay) == 0
+            (plain, plain_state), (cached, cached_state) = results
+            assert plain == cached, name
+            assert cached_state.pop("rng") == plain_state.pop("rng")
+            torch.testing.assert_close(cached_state, plain_state, rtol=0, atol=0)
+    finally:
+        trainer.close()
+
+
+def test_replay_tokens_follow_the_tokenizer_and_the_buffer(tmp_path: Path) -> None:
+    """Tokens are re-encoded after any in-place change of the tokenizer's weights, extended by
+    new frames only, and equal those of encoding the frames; padding holds a black frame's."""
+    tokenizer = REMModel(TrainConfig.from_preset("smoke").model_config()).tokenizer.eval()
+    frames = np.random.default_rng(0).integers(0, 256, (7, 64, 64, 3), dtype=np.uint8)
+    cache = ReplayTokens(chunk=3)
+    with ReplayBuffer(tmp_path / "replay", fsync=False) as replay:
+        for t in range(5):
+            replay.append(frames[t], 0, 0.0, terminated=t == 4)
+        with pytest.raises(ValueError, match="update"):
+            cache.lookup(torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool))
+        assert cache.update(tokenizer, replay) == 5 and cache.stale_frames(tokenizer, replay) == 0
+        for t in range(5, 7):
+            replay.append(frames[t], 0, 0.0, terminated=False)
+        assert cache.stale_frames(tokenizer, replay) == 2 and cache.update(tokenizer, replay) == 2
+        with torch.no_grad():
+            direct = tokenizer.encode(frames_to_tensor(np.concatenate([frames, 0 * frames[:1]])))
+        index = torch.tensor([[6, 0, 3, 2]])
+        mask = torch.tensor([[True, True, True, False]])
+        expected = direct.tokens[[6, 0, 3, 7]][None]  # the padded step: a black frame
+        assert torch.equal(cache.lookup(index, mask), expected)
+        with pytest.raises(ValueError, match="encoded"):
+            cache.lookup(torch.tensor([[7]]), torch.tensor([[True]]))
+        with torch.no_grad():
+            tokenizer.codebook[0] += 1.0  # any in-place change makes every token stale
+        assert cache.stale_frames(tokenizer, replay) == 7
+        tokenizer.load_state_dict(tokenizer.state_dict())
+        assert cache.update(tokenizer, replay) == 7 and cache.stale_frames(tokenizer, replay) == 0
+        tokenizer.load_state_dict(tokenizer.state_dict())
+        assert cache.stale_frames(tokenizer, replay) == 7

@@ -100,9 +100,17 @@ class Imagination:
             validate_actions=False,
         )
 
+    skip_padding = True
+    """:meth:`start_from` encodes only the real frames (the burn-in never reads the padding's
+    tokens); False encodes the padding too, as before 2026-11-30 (kept for benchmarks)."""
+
     @torch.no_grad()
     def start_from(
-        self, actor_critic: ActorCritic, batch: TensorSegmentBatch, burn_in_actions: bool
+        self,
+        actor_critic: ActorCritic,
+        batch: TensorSegmentBatch,
+        burn_in_actions: bool,
+        tokens: Tensor | None = None,
     ) -> StartPoint:
         """Encodes a left-padded segment batch, burns in all but its last frame, takes its contexts.
 
@@ -111,22 +119,44 @@ class Imagination:
             batch: (B, T) segments from ``ReplayBuffer.sample_segments(pad="left")``; the last
                 ``context_length`` frames of every segment must be real.
             burn_in_actions: Feed actions during burn-in (REM_SPEC 11.1).
+            tokens: (B, T, K) tokens of ``batch.obs`` if known (the trainer looks them up in
+                :class:`training.batches.ReplayTokens`); else the real frames are encoded here.
         """
-        tokenizer = self.model.tokenizer
         b, t = batch.mask.shape
         c = self.model.config.world_model.context_length
         if not bool(batch.mask[:, -c:].all()):
             raise ValueError(f"the last {c} frames of every segment must be real (min_real >= {c})")
-        obs = batch.obs.flatten(0, 1)  # (B*T, H, W, C) uint8
-        tokens = torch.cat(  # chunks bound the encoder's activation memory (B*T = 2688 in REM)
-            [tokenizer.encode(frames_to_tensor(chunk)).tokens for chunk in obs.split(ENCODE_CHUNK)]
-        ).unflatten(0, (b, t))  # (B, T, K)
+        if tokens is None:
+            tokens = self._encode(batch)
+        tokenizer = self.model.tokenizer
         codes = tokenizer.to_codes(tokens[:, :-1].flatten(0, 1), check_values=False)
         codes = codes.unflatten(0, (b, t - 1))  # (B, T-1, E, h, w)
         state = actor_critic.burn_in(
             codes, batch.actions[:, :-1], batch.mask[:, :-1], burn_in_actions=burn_in_actions
         )
         return StartPoint(state, tokens[:, -c:], batch.actions[:, -c:-1])
+
+    def _encode(self, batch: TensorSegmentBatch) -> Tensor:
+        """(B, T, K) tokens of the batch's frames; token 0 in the padding (with ``skip_padding``).
+
+        Padded steps leave the burn-in's state unchanged (:meth:`ActorCritic.burn_in`), so their
+        tokens are never read; skipping them saves a quarter of the encoding when episodes are
+        short (life losses end Breakout's training episodes).
+        """
+        tokenizer = self.model.tokenizer
+        b, t = batch.mask.shape
+        obs = batch.obs.flatten(0, 1)  # (B*T, H, W, C) uint8
+        real = batch.mask.flatten() if self.skip_padding else None
+        if real is not None:
+            obs = obs[real]
+        tokens = torch.cat(  # chunks bound the encoder's activation memory (B*T = 2688 in REM)
+            [tokenizer.encode(frames_to_tensor(chunk)).tokens for chunk in obs.split(ENCODE_CHUNK)]
+        )  # (real frames, K)
+        if real is not None:
+            every = tokens.new_zeros((b * t, tokens.shape[1]))  # (B*T, K)
+            every[real] = tokens
+            tokens = every
+        return tokens.unflatten(0, (b, t))  # (B, T, K)
 
     def rollout(
         self,

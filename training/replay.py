@@ -435,6 +435,14 @@ class ReplayBuffer:
             (flags & _TRUNCATED) != 0,
         )
 
+    def observations(self, start: int, stop: int) -> np.ndarray:
+        """(N, H, W, C) uint8 copies of the observations of records ``start..stop-1``.
+
+        Record numbers are those of :attr:`SegmentBatch.index`; ``stop`` is clipped to
+        :attr:`num_steps`.
+        """
+        return np.array(self._records()["obs"][max(start, 0) : min(stop, self._num_steps)])
+
     def sample_frames(
         self, batch_size: int, rng: np.random.Generator, rows: slice = slice(None)
     ) -> FrameBatch:
@@ -527,4 +535,5 @@ class ReplayBuffer:
             rewards=np.where(m, picked["reward"], 0.0).astype(np.float32),
             ends=m & ((picked["flags"] & _TERMINATED) != 0),
             mask=m.copy(),
+            index=safe.astype(np.int64),
         )

@@ -41,6 +41,7 @@ from torch import nn
 
 from rem_env import REMModel
 from rem_env.models.actor_critic import ActorCritic
+from training.batches import ReplayTokens
 from training.checkpoint import (
     load_checkpoint,
     prepare_run_dir,
@@ -69,7 +70,7 @@ from training.distributed import (
 )
 from training.evaluate import EvalResult, evaluate
 from training.export import export_run
-from training.imagination import Imagination, objective_before_after
+from training.imagination import ENCODE_CHUNK, Imagination, objective_before_after
 from training.losses import (
     actor_critic_loss,
     foreground_weights,
@@ -366,14 +367,18 @@ class Trainer:
         optimizer = self.optimizers["world_model"]
         context = self.model.config.world_model.context_length
         rows, losses = rank_slice(cfg.batch_size, self.dist), []
+        cached = self._replay_tokens(epoch, ("world_model", "actor_critic"))
         for _ in self._progress(range(cfg.steps_per_epoch), "world model"):
             batch = self.replay.sample_segments(
                 cfg.batch_size, cfg.segment_length, self.rng, pad="right", rows=rows
             ).to_torch(self.device)
             b, t = batch.mask.shape
-            with torch.no_grad():
-                frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (B*T, 3, H, W)
-                tokens = tokenizer.encode(frames).tokens.unflatten(0, (b, t))  # (B, T, K)
+            if cached is not None and batch.index is not None:  # the same tokens, looked up
+                tokens = cached.lookup(batch.index, batch.mask)  # (B, T, K)
+            else:
+                with torch.no_grad():
+                    frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (B*T, 3, H, W)
+                    tokens = tokenizer.encode(frames).tokens.unflatten(0, (b, t))  # (B, T, K)
             loss_fn = functools.partial(
                 self._wm_loss, tokens, batch, tokenizer.codebook.detach(), context
             )
@@ -412,12 +417,16 @@ class Trainer:
             )
         context = self.model.config.world_model.context_length
         losses = []
+        cached = self._replay_tokens(epoch, ("actor_critic",))
         for _ in self._progress(range(cfg.steps_per_epoch), "actor-critic"):
             batch = self.replay.sample_segments(
                 cfg.batch_size, cfg.burn_in + 1, self.rng, pad="left",
                 min_real=max(3, context), rows=rows,
             ).to_torch(self.device)  # fmt: skip
-            start = self.imagination.start_from(ac, batch, cfg.burn_in_actions)
+            tokens = None
+            if cached is not None and batch.index is not None:
+                tokens = cached.lookup(batch.index, batch.mask)  # (B, T, K)
+            start = self.imagination.start_from(ac, batch, cfg.burn_in_actions, tokens)
             seed = int(self.rng.integers(2**31))  # shared: row i dreams as in one process
             rollout = self.imagination.rollout(
                 ac, start, self.config.imagined_steps, seed=seed, first_row=rows.start
@@ -435,6 +444,44 @@ class Trainer:
         ac.eval()
         check_in_sync(ac, "actor-critic", self.dist)
         return _summary(losses)
+
+    # -------------------------------------------------------------- tokens of the replay frames
+
+    cache_replay_tokens = True
+    """The world-model and actor-critic phases look their frames' tokens up in
+    :class:`training.batches.ReplayTokens` when encoding every replay frame once costs fewer
+    encoded frames than the phases' draws (the ``cpu`` preset: always); False encodes the drawn
+    frames at every step, as before 2026-11-30."""
+
+    replay_tokens: ReplayTokens | None = None
+    """The tokens of the replay frames (made at first use, kept in memory only)."""
+
+    def _replay_tokens(self, epoch: int, phases: tuple[str, ...]) -> ReplayTokens | None:
+        """The replay frames' tokens under the current tokenizer, brought up to date, or None.
+
+        None (encode the drawn frames instead) when bringing them up to date would encode more
+        frames than ``phases`` of this epoch draw: the first phase (the caller) and those after
+        it that train in ``epoch``. The tokenizer must not change while the result is in use.
+        """
+        if not self.cache_replay_tokens:
+            return None
+        cfg, ranks = self.config, self.dist.world_size
+        wm, ac = cfg.world_model, cfg.actor_critic
+        draws = {  # frames one rank's steps of each phase draw in an epoch
+            "world_model": (wm, wm.steps_per_epoch * wm.batch_size // ranks * wm.segment_length),
+            "actor_critic": (ac, ac.steps_per_epoch * ac.batch_size // ranks * (ac.burn_in + 1)),
+        }
+        drawn = sum(
+            frames
+            for i, (phase, frames) in enumerate(draws[name] for name in phases)
+            if i == 0 or epoch > phase.start_after_epoch
+        )
+        if self.replay_tokens is None:
+            self.replay_tokens = ReplayTokens(ENCODE_CHUNK)
+        if self.replay_tokens.stale_frames(self.model.tokenizer, self.replay) > drawn:
+            return None
+        self.replay_tokens.update(self.model.tokenizer, self.replay)
+        return self.replay_tokens
 
     def _ac_loss(self, logits: torch.Tensor, values: torch.Tensor, rollout: Any) -> Any:
         cfg = self.config.actor_critic
