@@ -1,4 +1,4 @@
-"""Counted FLOPs of one training epoch per phase, and the GPU time they imply (an estimate).
+"""Counted FLOPs of one training epoch per phase, the GPU time they imply, and measured CPU rates.
 
 No GPU has been lent to the project yet, so the Training page cannot give measured GPU times.
 This script gives the next best thing, clearly labelled as an estimate: it runs one real training
@@ -9,27 +9,44 @@ models rarely keep a GPU busy, so the times are **lower bounds**: real runs are 
 
     python benchmarks/training_flops.py                     # atari100k, paper sizes
     python benchmarks/training_flops.py --preset cpu --tflops 0.1
+
+``--measure`` times real steps instead, at the preset's own batch sizes on the CPU, and states
+each phase's achieved FLOP/s against this machine's measured float32 matrix-product rate. Times
+are CPU seconds of this process (``time.process_time``), which a shared core's other jobs do not
+inflate the way they inflate wall time; the product rate is sampled between the phases, in the
+same process, so that both see the same machine. ``--compare`` runs the steps with this
+repository's CPU speed-ups off and on, alternating, and prints the ratios::
+
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/training_flops.py --preset cpu --measure
+    OMP_NUM_THREADS=1 python benchmarks/training_flops.py --preset cpu --measure --compare
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from training.config import PRESETS, TrainConfig
+from training.config import MODEL_SIZES, PRESETS, TrainConfig
+from training.imagination import Imagination
 from training.lpips import LPIPS
 from training.trainer import Trainer
 
 PHASES = ("tokenizer", "world_model", "actor_critic")
+
+MATMUL_SIZE = 1024
+"""Side of the square float32 matrices whose product rate is the reference of ``--measure``."""
 
 
 def small_config(preset: str, game: str, batch: int) -> TrainConfig:
@@ -93,6 +110,224 @@ def table(result: dict[str, Any], tflops: Sequence[float]) -> str:
     return "\n".join(rows)
 
 
+# ------------------------------------------------------------------------------ measured (CPU)
+
+
+def measure_config(preset: str, game: str, model: str | None = None) -> TrainConfig:
+    """The preset at its own batch sizes and steps per epoch, quiet, on the CPU, without LPIPS.
+
+    Every phase may start at once (the ``breakout`` preset never trains its tokenizer itself).
+    """
+    cfg = TrainConfig.from_preset(preset, game)
+    common = dataclasses.replace(
+        cfg.common, epochs=1, collect_epochs=1, replay_fsync=False, progress_bars=False,
+        track_progress=False,
+    )  # fmt: skip
+    parts = {name: dataclasses.replace(getattr(cfg, name), start_after_epoch=0) for name in PHASES}
+    parts["tokenizer"] = dataclasses.replace(parts["tokenizer"], lpips=False)
+    return dataclasses.replace(cfg, common=common, model=model or cfg.model, device="cpu", **parts)
+
+
+def matmul_rate(a: torch.Tensor, b: torch.Tensor) -> float:
+    """GFLOP/s of one ``a @ b`` of square matrices, in CPU seconds of this process."""
+    start = time.process_time()
+    a @ b
+    return 2 * a.shape[0] ** 3 / max(time.process_time() - start, 1e-9) / 1e9
+
+
+class PhaseCall(NamedTuple):
+    """What one call of a phase took."""
+
+    cpu: list[float]
+    """CPU seconds of each step."""
+    wall: list[float]
+    """Wall seconds of each step."""
+    outside: float
+    """CPU seconds of the rest of the call (once per epoch in a run)."""
+    flops: list[int]
+    """Counted FLOPs of each step (empty unless counted)."""
+
+
+def call_phase(trainer: Trainer, name: str, steps: int, count: bool = False) -> PhaseCall:
+    """Runs the phase ``name`` for its first ``steps`` steps, timing (or counting) each.
+
+    A step is one pass of the phase's loop (sampling included); what the phase does once per
+    call before its loop (the tokenizer's background picture, bringing the replay frames'
+    tokens up to date, which it decides on from the whole epoch's steps) is outside the steps.
+    """
+    call = PhaseCall([], [], 0.0, [])
+    original = trainer._progress
+
+    def progress(iterable: Any, label: str) -> Iterator[Any]:
+        last = time.process_time(), time.perf_counter()
+        for done, item in enumerate(original(iterable, label)):
+            if done == steps:  # the rest of the epoch's steps are the same work
+                return
+            counter = FlopCounterMode(display=False) if count else contextlib.nullcontext()
+            with counter:
+                yield item  # the step runs here
+            now = time.process_time(), time.perf_counter()
+            call.cpu.append(now[0] - last[0])
+            call.wall.append(now[1] - last[1])
+            if isinstance(counter, FlopCounterMode):
+                call.flops.append(counter.get_total_flops())
+            last = now
+
+    trainer._progress = progress  # type: ignore[method-assign]
+    if count and name == "actor_critic":  # as in count_flops
+        trainer.model.requires_grad_(False)
+    start = time.process_time()
+    try:
+        getattr(trainer, f"train_{name}")(epoch=1)
+    finally:
+        del trainer._progress  # the class's method again
+        trainer.model.requires_grad_(True)
+    return call._replace(outside=time.process_time() - start - sum(call.cpu))
+
+
+def speedups() -> dict[str, tuple[Any, str, Any]]:
+    """The CPU speed-ups ``--compare`` switches off: name -> (owner, attribute, value when off)."""
+    return {
+        "replay token cache": (Trainer, "cache_replay_tokens", False),
+        "burn-in skips padding": (Imagination, "skip_padding", False),
+    }
+
+
+@contextlib.contextmanager
+def _variant(levers: dict[str, tuple[Any, str, Any]], before: bool) -> Iterator[None]:
+    """The speed-ups off (``before``) or as they are, restored afterwards."""
+    kept = {name: getattr(owner, attribute) for name, (owner, attribute, _) in levers.items()}
+    try:
+        for owner, attribute, off in levers.values():
+            if before:
+                setattr(owner, attribute, off)
+        yield
+    finally:
+        for name, (owner, attribute, _) in levers.items():
+            setattr(owner, attribute, kept[name])
+
+
+def measure(
+    preset: str,
+    game: str,
+    rounds: int = 3,
+    steps: int = 2,
+    collect: int = 600,
+    model: str | None = None,
+    compare: bool = False,
+    phases: Sequence[str] = PHASES,
+) -> dict[str, Any]:
+    """Counted FLOPs and measured CPU seconds per step of each phase at the preset's batches.
+
+    One warm-up call per phase (and variant) counts the FLOPs of its steps; then ``rounds``
+    rounds run ``steps`` steps of every phase (with ``compare``: with the speed-ups off, then
+    on) with matrix-product rate samples in between. Medians over all rounds.
+
+    Args:
+        preset: Preset whose sizes and batches are measured.
+        game: Game of the real env that fills the replay buffer.
+        rounds: Interleaved rounds.
+        steps: Steps timed per phase call (its first; the epoch has the preset's count).
+        collect: Real env steps collected first (with the untrained actor-critic).
+        model: Model sizes instead of the preset's (e.g. ``cpu512``).
+        compare: Also measure every phase with :func:`speedups` switched off.
+        phases: The phases to measure.
+    """
+    torch.manual_seed(0)
+    levers = speedups() if compare else {}
+    variants = ("before", "after") if compare else ("after",)
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    rates: list[float] = []
+    calls: dict[tuple[str, str], list[PhaseCall]] = {}
+    flops: dict[tuple[str, str], float] = {}
+    with tempfile.TemporaryDirectory() as run:
+        trainer = Trainer(measure_config(preset, game, model), Path(run) / "run")
+        try:
+            trainer.collect(collect)
+            for name in phases:
+                for variant in variants:
+                    with _variant(levers, variant == "before"):
+                        flops[variant, name] = statistics.median(
+                            call_phase(trainer, name, steps, count=True).flops
+                        )
+            for _ in range(rounds):
+                for name in phases:
+                    for variant in variants:
+                        rates.extend(matmul_rate(a, b) for _ in range(3))
+                        with _variant(levers, variant == "before"):
+                            call = call_phase(trainer, name, steps)
+                            calls.setdefault((variant, name), []).append(call)
+            rates.extend(matmul_rate(a, b) for _ in range(3))
+        finally:
+            trainer.close()
+    rate = statistics.median(rates)
+    out: dict[str, Any] = {
+        "preset": preset,
+        "model": model or TrainConfig.from_preset(preset).model,
+        "threads": torch.get_num_threads(),
+        "matmul_size": MATMUL_SIZE,
+        "matmul_gflops": rate,
+        "matmul_gflops_range": [min(rates), max(rates)],
+        "speedups": sorted(levers),
+        "replay_steps": collect,
+        "phases": {},
+    }
+    for name in phases:
+        row: dict[str, Any] = {}
+        for variant in variants:
+            done = calls[variant, name]
+            seconds = statistics.median(s for call in done for s in call.cpu)
+            gflop = flops[variant, name] / 1e9
+            row[variant] = {
+                "gflop_per_step": gflop,
+                "cpu_s_per_step": seconds,
+                "wall_s_per_step": statistics.median(s for call in done for s in call.wall),
+                "cpu_s_per_call_outside_steps": statistics.median(call.outside for call in done),
+                "gflops": gflop / seconds,
+                "percent_of_matmul": 100 * gflop / seconds / rate,
+                "steps": sum(len(call.cpu) for call in done),
+            }
+        out["phases"][name] = row
+    return out
+
+
+def measured_table(result: dict[str, Any]) -> str:
+    """Markdown: per phase GFLOP per step, CPU seconds per step, GFLOP/s, % of the matmul rate;
+    with ``before`` and ``after`` (``--compare``) each figure as before -> after, and the
+    speed-up. Then the CPU seconds of each phase call outside its steps."""
+    compare = all("before" in row for row in result["phases"].values())
+    head = "| phase | counted GFLOP per step | s per step | achieved GFLOP/s | % of matmul rate |"
+    if compare:
+        head += " speed-up per step |"
+    rows = [head, "|---" * (head.count("|") - 1) + "|"]
+    for name, row in result["phases"].items():
+        cells = [name.replace("_", "-")]
+        for key, form in (
+            ("gflop_per_step", "{:.1f}"),
+            ("cpu_s_per_step", "{:.3f}"),
+            ("gflops", "{:.1f}"),
+            ("percent_of_matmul", "{:.0f}%"),
+        ):
+            cells.append(
+                " -> ".join(form.format(row[v][key]) for v in ("before", "after") if v in row)
+            )
+        if compare:
+            cells.append(f"{row['before']['cpu_s_per_step'] / row['after']['cpu_s_per_step']:.2f}x")
+        rows.append("| " + " | ".join(cells) + " |")
+    outside = ", ".join(
+        f"{name.replace('_', '-')} "
+        + " -> ".join(
+            f"{row[v]['cpu_s_per_call_outside_steps']:.2f}" for v in ("before", "after") if v in row
+        )
+        for name, row in result["phases"].items()
+    )
+    rows.append(
+        f"\nCPU s of each phase call outside its steps (once per epoch; {result['replay_steps']} "
+        f"replay steps): {outside}"
+    )
+    return "\n".join(rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Counted training FLOPs per epoch and the GPU time they imply (lower bounds)."
@@ -106,10 +341,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sustained throughputs (TFLOP/s) to convert FLOPs into seconds",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write the counts here")
+    measured = parser.add_argument_group("measured on this CPU (--measure)")
+    measured.add_argument(
+        "--measure", action="store_true",
+        help="time steps at the preset's batch sizes; GFLOP/s against a measured matmul rate",
+    )  # fmt: skip
+    measured.add_argument(
+        "--compare", action="store_true", help="with --measure: the CPU speed-ups off, then on"
+    )
+    measured.add_argument("--model", choices=MODEL_SIZES, default=None, help="model sizes")
+    measured.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    measured.add_argument("--steps", type=int, default=2, help="steps per phase and round")
+    measured.add_argument("--collect", type=int, default=600, help="real env steps first")
+    measured.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     args = parser.parse_args(argv)
     if args.batch < 1 or min(args.tflops) <= 0:
         parser.error("--batch and --tflops must be positive")
+    if min(args.rounds, args.steps, args.collect) < 1:
+        parser.error("--rounds, --steps and --collect must be positive")
+    if args.compare and not args.measure:
+        parser.error("--compare needs --measure")
     torch.manual_seed(0)
+    if args.measure:
+        result = measure(
+            args.preset, args.game, args.rounds, args.steps, args.collect, args.model,
+            args.compare, args.phases,
+        )  # fmt: skip
+        print(
+            f"{args.preset} (model {result['model']}, {args.game}): medians of "
+            f"{args.rounds} x {args.steps} steps per phase at the preset's batches, CPU seconds "
+            f"of this process on {result['threads']} thread(s); matmul rate "
+            f"({MATMUL_SIZE}x{MATMUL_SIZE} float32, interleaved): {result['matmul_gflops']:.1f} "
+            f"GFLOP/s (range {result['matmul_gflops_range'][0]:.1f}-"
+            f"{result['matmul_gflops_range'][1]:.1f})"
+            + (f"; speed-ups compared: {', '.join(result['speedups'])}" if args.compare else "")
+        )
+        print(measured_table(result))
+        if args.json is not None:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     use_lpips = not args.no_lpips and TrainConfig.from_preset(args.preset).tokenizer.lpips
     result = count_flops(args.preset, args.game, args.batch, use_lpips)
     result["lpips_counted"] = use_lpips

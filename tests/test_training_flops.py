@@ -36,3 +36,32 @@ def test_smoke_counts_scale_with_batch_and_steps(tmp_path, capsys):
     for name in ("tokenizer", "world_model"):
         a, b = result["phases"][name]["flops_per_step"], again["phases"][name]["flops_per_step"]
         assert abs(a - b) / a < 0.05, name
+
+
+def test_measure_compares_the_speedups_per_phase(tmp_path, capsys):
+    """--measure --compare: counted FLOPs and CPU seconds per step with the speed-ups off and on;
+    the token cache and the padding skip take the encoder out of the world-model and
+    actor-critic steps and leave the tokenizer's alone."""
+    script = _load()
+    out = tmp_path / "measured.json"
+    argv = ["--preset", "smoke", "--measure", "--compare", "--rounds", "1", "--steps", "1"]
+    assert script.main([*argv, "--collect", "300", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["matmul_gflops"] > 0 and result["threads"] >= 1
+    assert result["speedups"] == sorted(script.speedups())
+    phases = result["phases"]
+    assert set(phases) == set(script.PHASES)
+    for name, row in phases.items():
+        for variant in ("before", "after"):
+            assert row[variant]["cpu_s_per_step"] > 0 and row[variant]["steps"] == 1, name
+    tok = phases["tokenizer"]
+    assert tok["before"]["gflop_per_step"] == tok["after"]["gflop_per_step"]
+    for name in ("world_model", "actor_critic"):
+        assert phases[name]["after"]["gflop_per_step"] < phases[name]["before"]["gflop_per_step"]
+    text = capsys.readouterr().out
+    assert "% of matmul rate" in text and "| actor-critic |" in text and "speed-up" in text
+    # The switches are back on.
+    from training.imagination import Imagination
+    from training.trainer import Trainer
+
+    assert Trainer.cache_replay_tokens and Imagination.skip_padding
