@@ -197,7 +197,8 @@ def test_replay_token_cache_leaves_every_step_unchanged(tmp_path: Path) -> None:
 
 def test_replay_tokens_follow_the_tokenizer_and_the_buffer(tmp_path: Path) -> None:
     """Tokens are re-encoded after any in-place change of the tokenizer's weights, extended by
-    new frames only, and equal those of encoding the frames; padding holds a black frame's."""
+    the chunk that holds the new frames, and equal those of encoding the frames; padding holds
+    a black frame's."""
     tokenizer = REMModel(TrainConfig.from_preset("smoke").model_config()).tokenizer.eval()
     frames = np.random.default_rng(0).integers(0, 256, (7, 64, 64, 3), dtype=np.uint8)
     cache = ReplayTokens(chunk=3)
@@ -209,7 +210,8 @@ def test_replay_tokens_follow_the_tokenizer_and_the_buffer(tmp_path: Path) -> No
         assert cache.update(tokenizer, replay) == 5 and cache.stale_frames(tokenizer, replay) == 0
         for t in range(5, 7):
             replay.append(frames[t], 0, 0.0, terminated=False)
-        assert cache.stale_frames(tokenizer, replay) == 2 and cache.update(tokenizer, replay) == 2
+        # Records 3..6: chunks start at multiples of 3, whatever was encoded before.
+        assert cache.stale_frames(tokenizer, replay) == 4 and cache.update(tokenizer, replay) == 4
         with torch.no_grad():
             direct = tokenizer.encode(frames_to_tensor(np.concatenate([frames, 0 * frames[:1]])))
         index = torch.tensor([[6, 0, 3, 2]])

@@ -102,11 +102,12 @@ class ReplayTokens:
     holds, while the tokenizer does not change (the ``cpu`` preset's phases encode 12,800 and
     26,880 frames per epoch from a buffer of at most 20,000, most of them several times).
     Encoding every stored frame once and looking the drawn ones up costs less. :meth:`update`
-    encodes what changed since its last call: the frames collected since, or all of them again
-    when the tokenizer's weights changed (their in-place version counters moved: an optimizer
-    step, a dead-code restart, a loaded checkpoint). The tokens are those that encoding the
-    drawn frames would give: the encoder works frame by frame, so only float rounding can
-    differ with the batch a frame is encoded in (a token flips only at a near-tie).
+    encodes what changed since its last call: the frames collected since (from the start of
+    their chunk), or all of them again when the tokenizer's weights changed (their in-place
+    version counters moved: an optimizer step, a dead-code restart, a loaded checkpoint). The
+    tokens are those that encoding the drawn frames would give: the encoder works frame by
+    frame, so only float rounding can differ with the batch a frame is encoded in (a token
+    flips only at a near-tie).
 
     Args:
         chunk: Frames encoded at once (bounds the encoder's activation memory).
@@ -144,20 +145,27 @@ class ReplayTokens:
         """Where each weight lives and how often it was changed in place."""
         return tuple((p.data_ptr(), p._version) for p in tokenizer.parameters())
 
-    def _start(self, tokenizer: Tokenizer) -> int:
-        """The first record whose tokens are missing or stale."""
+    def _start(self, tokenizer: Tokenizer, stop: int) -> int:
+        """The first record :meth:`update` encodes, given ``stop`` stored records.
+
+        0 when the weights changed; else the start of the chunk that holds the first missing
+        record. Chunks start at multiples of ``chunk``, so a frame's tokens come from the same
+        chunk of frames however the buffer grew (a resumed run gets an uninterrupted run's).
+        """
         if self.tokens is None or self._fingerprint(tokenizer) != self._weights:
             return 0
-        return self.tokens.shape[0]
+        have = self.tokens.shape[0]
+        return have if have >= stop else have - have % self.chunk
 
     def stale_frames(self, tokenizer: Tokenizer, replay: ReplayBuffer) -> int:
         """Frames :meth:`update` would encode now."""
-        return max(replay.num_steps - self._start(tokenizer), 0)
+        return max(replay.num_steps - self._start(tokenizer, replay.num_steps), 0)
 
     @torch.no_grad()
     def update(self, tokenizer: Tokenizer, replay: ReplayBuffer) -> int:
         """Encodes the new or stale frames (the tokenizer as it is); returns how many."""
-        start, stop = self._start(tokenizer), replay.num_steps
+        stop = replay.num_steps
+        start = self._start(tokenizer, stop)
         device = tokenizer.codebook.device
         if start == 0:
             blank = torch.zeros((1, *replay.obs_shape), dtype=torch.uint8)
