@@ -48,12 +48,14 @@ from rem_env.probes import NEAR_PIXELS, ObjectProbe, probes_for
 
 __all__ = [
     "FidelityReport",
+    "ObjectCounts",
     "RealTrajectory",
     "measure_fidelity",
     "record_real_trajectories",
     "run_fidelity",
     "save_curve_png",
     "save_strip_png",
+    "to_pixels",
 ]
 
 
@@ -356,12 +358,13 @@ class _MotionError:
 
 
 @dataclass
-class _ObjectCounts:
+class ObjectCounts:
     """How often a probe found its object at the real place (checkable frames), and found one
     where there was none."""
 
     near: int = 0
     checked: int = 0
+    found: int = 0
     false: int = 0
     absent: int = 0
 
@@ -373,11 +376,16 @@ class _ObjectCounts:
         )
         self.near += int(near[truth.checkable].sum())
         self.checked += int(truth.checkable.sum())
+        self.found += int(hits.found[truth.checkable].sum())
         self.false += int(hits.found[~truth.visible].sum())
         self.absent += int((~truth.visible).sum())
 
     def recall(self) -> float | None:
         return self.near / self.checked if self.checked else None
+
+    def found_share(self) -> float | None:
+        """Of the checkable frames, the share where an object was found anywhere."""
+        return self.found / self.checked if self.checked else None
 
     def false_share(self) -> float | None:
         return self.false / self.absent if self.absent else None
@@ -438,7 +446,7 @@ def measure_fidelity(
     motion = [_MotionError() for _ in range(horizon)]
     with_ram = all(traj.ram is not None for traj in trajectories)
     probes = probes_for(model.config.game or "") if with_ram else ()
-    dream_objects = {p.name: [_ObjectCounts() for _ in range(horizon)] for p in probes}
+    dream_objects = {p.name: [ObjectCounts() for _ in range(horizon)] for p in probes}
     generator = torch.Generator(device=device).manual_seed(seed)
     strip: dict[str, np.ndarray] = {}
     for first in range(0, len(starts), batch_size):
@@ -515,7 +523,7 @@ def measure_fidelity(
                 psnr[h - 1] += _psnr(dream_frames, real_frames).sum().item()
                 motion[h - 1].add(dream_frames, real_frames, previous_frames)
                 if probes:
-                    pictures = _pixels(dream_frames)
+                    pictures = to_pixels(dream_frames)
                     ram = np.stack(
                         [trajectories[batch[r][0]].ram[index[r] + 1] for r in rows.tolist()]  # type: ignore[index]
                     )
@@ -523,7 +531,7 @@ def measure_fidelity(
                         dream_objects[probe.name][h - 1].add(probe, pictures, ram)
                 compared[h - 1] += len(rows)
                 if not strip and bool(seen[0]):
-                    dreamed.append(_pixels(dream_frames[:1])[0])
+                    dreamed.append(to_pixels(dream_frames[:1])[0])
             if dreamed and len(dreamed) < h:
                 dreamed = []  # the first dream's episode ended: no strip from it
             alive = seen
@@ -579,7 +587,7 @@ def _at(values: np.ndarray, index: int) -> Any:
     return values[index] if index < len(values) else 0
 
 
-def _pixels(frames: torch.Tensor) -> np.ndarray:
+def to_pixels(frames: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8."""
     return (frames * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
@@ -589,13 +597,13 @@ def _reconstruction_scores(
     trajectories: list[RealTrajectory],
     batch_size: int,
     probes: tuple[ObjectProbe, ...],
-) -> tuple[float, float | None, dict[str, _ObjectCounts]]:
+) -> tuple[float, float | None, dict[str, ObjectCounts]]:
     """The tokenizer's ceiling: mean PSNR and motion PSNR of its reconstructions of the real
     frames, and the probes' counts on them."""
     device = model.start_tokens.device
     total, frames_seen = 0.0, 0
     motion = _MotionError()
-    objects = {probe.name: _ObjectCounts() for probe in probes}
+    objects = {probe.name: ObjectCounts() for probe in probes}
     for traj in trajectories:
         for first in range(0, len(traj.frames), batch_size):
             real = _to_tensor(traj.frames[first : first + batch_size], device)
@@ -607,7 +615,7 @@ def _reconstruction_scores(
                 before = _to_tensor(traj.frames[first + lo - 1 : first + len(real) - 1], device)
                 motion.add(rebuilt[lo:], real[lo:], before)
             if probes:
-                pictures = _pixels(rebuilt)
+                pictures = to_pixels(rebuilt)
                 ram = traj.ram[first : first + batch_size]  # type: ignore[index]
                 for probe in probes:
                     objects[probe.name].add(probe, pictures, ram)

@@ -189,9 +189,9 @@ def test_play_refuses_sdl_falling_back_to_a_driver_that_draws_nowhere(
     argv = ["play", "REM-Breakout-v0", "--model", str(model_folder), "--device", "cpu"]
     assert run([*argv, "--max-steps", "2", "--fps", "1000"]) == 2
     err = capsys.readouterr().err
-    if "cannot open a game window" in err:
-        pytest.skip("this SDL refuses a display it cannot reach instead of falling back")
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    if "cannot open a game window" in err:  # an SDL that refuses the display instead
+        return
     assert "no display could be opened (SDL fell back to its" in err, err
     assert "'offscreen'" in err or "'dummy'" in err
 

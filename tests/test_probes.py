@@ -10,7 +10,7 @@ import torch
 from rem_env import REMConfig, REMModel
 from rem_env.agents import RandomAgent
 from rem_env.atari import make_atari_env
-from rem_env.fidelity import _ObjectCounts, measure_fidelity, record_real_trajectories
+from rem_env.fidelity import ObjectCounts, measure_fidelity, record_real_trajectories
 from rem_env.probes import BreakoutBallFollower, BreakoutBallProbe, probes_for
 
 
@@ -97,7 +97,7 @@ def test_the_scripted_player_scores_far_above_random() -> None:
 def test_object_counts_on_real_frames_and_on_blank_ones(real_play) -> None:
     frames, ram, _ = real_play
     probe = probes_for("Breakout")[0]
-    perfect, blank = _ObjectCounts(), _ObjectCounts()
+    perfect, blank = ObjectCounts(), ObjectCounts()
     perfect.add(probe, frames, ram)
     blank.add(probe, np.zeros_like(frames), ram)
     assert perfect.recall() == 1.0 and perfect.false_share() == 0.0

@@ -44,7 +44,15 @@ try:
 except ImportError:  # pragma: no cover - Windows: no run lock (the replay buffer still has one)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["build_config", "export_problem", "extend_run", "lock_run", "main", "parser"]
+__all__ = [
+    "build_config",
+    "export_problem",
+    "extend_run",
+    "lock_run",
+    "main",
+    "parse_bool",
+    "parser",
+]
 
 INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT)."""
@@ -61,7 +69,8 @@ _SHORTCUTS = {
 }
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case) as a bool, for argparse."""
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -72,7 +81,7 @@ def _parse_bool(text: str) -> bool:
 
 def _converter(annotation: Any) -> Any:
     """argparse type of a field annotation (``int``, ``float``, ``bool``, ``str``, ``X | None``)."""
-    hints = {"int": int, "float": float, "bool": _parse_bool, "str": str}
+    hints = {"int": int, "float": float, "bool": parse_bool, "str": str}
     if isinstance(annotation, str):
         base = annotation.replace(" | None", "")
         optional = base != annotation

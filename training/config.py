@@ -13,6 +13,7 @@ from typing import Any
 
 from rem_env.config import REMConfig, TokenizerConfig, WorldModelConfig
 from rem_env.registration import ATARI_100K_GAMES
+from training.warm_start import parse_parts
 
 __all__ = [
     "PRESETS",
@@ -205,9 +206,7 @@ class TrainConfig:
             )
         if self.evaluation.temperature <= 0 or self.collect.temperature <= 0:
             raise ValueError("collect.temperature and evaluation.temperature must be positive")
-        from training.warm_start import parse_parts  # checks the names
-
-        parse_parts(self.common.init_parts)
+        parse_parts(self.common.init_parts)  # checks the names
         if not 0.0 <= self.collect.epsilon <= 1.0:
             raise ValueError(f"collect.epsilon must lie in [0, 1], got {self.collect.epsilon}")
         if not 0.0 <= self.collect.scripted_share <= 1.0:
@@ -242,8 +241,6 @@ class TrainConfig:
         The world model learns the tokens of the tokenizer; one that never trains in the run
         (``tokenizer.start_after_epoch >= common.epochs``) must come from ``--init-from``.
         """
-        from training.warm_start import parse_parts
-
         never = self.tokenizer.start_after_epoch >= self.common.epochs
         learns = self.world_model.start_after_epoch < self.common.epochs
         given = self.common.init_from is not None and "tokenizer" in parse_parts(

@@ -38,7 +38,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rem_env import REMModel
-from rem_env.probes import NEAR_PIXELS, SCRIPTED_PLAYERS, probes_for
+from rem_env.fidelity import ObjectCounts, to_pixels
+from rem_env.probes import SCRIPTED_PLAYERS, probes_for
+from training.batches import frames_to_tensor
+from training.cli import parse_bool
 from training.codebook import DeadCodeRestarter
 from training.config import TrainConfig
 from training.losses import foreground_weights, motion_weights, tokenizer_loss
@@ -147,38 +150,31 @@ def collect_frames(game: str, num_frames: int, scripted_share: float, seed: int)
     return FrameSet(np.stack(frames), np.stack(rams))
 
 
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
-
-
+@torch.no_grad()
 @torch.no_grad()
 def reconstruction_report(model: REMModel, held_out: FrameSet, game: str) -> dict[str, Any]:
     """PSNR, codebook use and probe recall of the tokenizer's reconstructions of real frames."""
-    tokenizer = model.tokenizer.eval()
-    recon, tokens = [], []
+    model.eval()
+    pictures, tokens = [], []
     for first in range(0, len(held_out), 128):
-        out = tokenizer(_to_tensor(held_out.frames[first : first + 128]))
-        recon.append(out.reconstruction.clamp(-1, 1).add(1).mul(127.5).round().byte())
-        tokens.append(out.tokens.flatten())
-    pictures = torch.cat(recon).permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
+        frame_tokens = model.encode(frames_to_tensor(held_out.frames[first : first + 128]))
+        pictures.append(to_pixels(model.decode(frame_tokens)))
+        tokens.append(frame_tokens.flatten())
+    rebuilt = np.concatenate(pictures)  # (N, H, W, 3) uint8
     real = held_out.frames.astype(np.float64)
-    mse = ((pictures.astype(np.float64) - real) ** 2).reshape(len(real), -1).mean(1)
+    mse = ((rebuilt.astype(np.float64) - real) ** 2).reshape(len(real), -1).mean(1)
     report: dict[str, Any] = {
         "psnr": float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))),
         "codes_used": int(torch.cat(tokens).unique().numel()),
     }
-    size = held_out.frames.shape[1]
     for probe in probes_for(game):
-        truth = probe.real_positions(held_out.ram, size)
-        hits = probe.find(pictures)
-        near = np.linalg.norm(hits.positions - truth.positions, axis=1) <= NEAR_PIXELS
-        checkable = truth.checkable
-        report[f"{probe.name}_frames"] = int(checkable.sum())
-        report[f"{probe.name}_recall"] = float((hits.found & near)[checkable].mean())
-        report[f"{probe.name}_found"] = float(hits.found[checkable].mean())
-        absent = ~truth.visible
-        if absent.any():
-            report[f"{probe.name}_false_found"] = float(hits.found[absent].mean())
+        counts = ObjectCounts()
+        counts.add(probe, rebuilt, held_out.ram)
+        report[f"{probe.name}_frames"] = counts.checked
+        report[f"{probe.name}_recall"] = counts.recall()
+        report[f"{probe.name}_found"] = counts.found_share()
+        if counts.absent:
+            report[f"{probe.name}_false_found"] = counts.false_share()
     return report
 
 
@@ -231,7 +227,7 @@ def pretrain(
         optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
         rng = np.random.default_rng([config.seed, step])
         print(f"resuming at step {step}")
-    background = _to_tensor(data.frames[rng.choice(train_index, 1024)]).median(0).values
+    background = frames_to_tensor(data.frames[rng.choice(train_index, 1024)]).median(0).values
     restarter = DeadCodeRestarter(
         tokenizer.codebook.shape[0],
         config.restart_dead_codes_every,
@@ -248,10 +244,10 @@ def pretrain(
     while step < config.steps:
         tokenizer.train()
         index = rng.choice(train_index, size=config.batch_size)
-        frames = _to_tensor(data.frames[index])
+        frames = frames_to_tensor(data.frames[index])
         weights = foreground_weights(frames, background, config.foreground_weight)
         if config.motion_weight > 0:  # the frame before each (in play order)
-            previous = _to_tensor(data.frames[np.maximum(index - 1, 0)])
+            previous = frames_to_tensor(data.frames[np.maximum(index - 1, 0)])
             weights = weights + motion_weights(frames, previous, config.motion_weight) - 1.0
         optimizer.zero_grad(set_to_none=True)
         latents, codes, losses = [], [], []
@@ -332,10 +328,9 @@ def _with_vocab(model: REMModel, vocab_size: int) -> REMModel:
     tok = dataclasses.replace(model.config.tokenizer, vocab_size=vocab_size)
     bigger = REMModel(dataclasses.replace(model.config, tokenizer=tok))
     state = model.tokenizer.state_dict()
-    codebook = state.pop("embedding.weight")  # (old, E)
-    bigger.tokenizer.load_state_dict(state, strict=False)
-    with torch.no_grad():
-        bigger.tokenizer.codebook.copy_(codebook.repeat(vocab_size // old + 1, 1)[:vocab_size])
+    codebook = state["embedding.weight"]  # (old, E)
+    state["embedding.weight"] = codebook.repeat(vocab_size // old + 1, 1)[:vocab_size]
+    bigger.tokenizer.load_state_dict(state)
     return bigger
 
 
@@ -343,14 +338,6 @@ def _log(handle: Any, record: dict[str, Any]) -> None:
     handle.write(json.dumps(record) + "\n")
     handle.flush()
     print(json.dumps(record), flush=True)
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -361,7 +348,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     p.add_argument("--init-from", help="model folder or Hub repo id to start from")
     for name, value in asdict(PretrainConfig()).items():
-        kind = _parse_bool if isinstance(value, bool) else type(value)
+        kind = parse_bool if isinstance(value, bool) else type(value)
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
     return p
 

@@ -140,7 +140,8 @@ class Trainer:
             ctx,
         )
         device = rank_device(cfg.device, ctx)
-        fresh = not (resume and (Path(run_dir) / "checkpoints" / "last.safetensors").is_file())
+        has_checkpoint = (Path(run_dir) / "checkpoints" / "last.safetensors").is_file()
+        fresh = not (resume and has_checkpoint)
         problem = cfg.untrained_tokenizer_problem()
         if fresh and problem is not None:
             raise ValueError(problem)
@@ -150,9 +151,8 @@ class Trainer:
             self.model.config, cfg.actor_critic.hidden_size
         ).to(device)
         self.run_dir = Path(run_dir)
-        has_checkpoint = (self.run_dir / "checkpoints" / "last.safetensors").is_file()
         warm = None
-        if cfg.common.init_from is not None and not (resume and has_checkpoint):
+        if cfg.common.init_from is not None and fresh:
             # Before the run folder is made: a source that does not fit leaves nothing behind.
             warm = read_warm_start(cfg.common.init_from)
             apply_warm_start(
@@ -199,7 +199,7 @@ class Trainer:
         self.wall_time = 0.0
         self.last_eval: EvalResult | None = None
         self.resumed_fingerprint: str | None = None
-        if resume and has_checkpoint:
+        if not fresh:
             self._load(self.run_dir / "checkpoints")
         broadcast_modules(self._modules().values(), ctx)  # every rank starts from rank 0's
         # DistributedDataParallel for the two phases with one forward per backward (the module
