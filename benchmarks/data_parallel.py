@@ -3,7 +3,7 @@
 What it measures
 ----------------
 It runs ``rem-train`` twice from the same seed and config: once as one process
-(``python -m training``) and once under ``torchrun --standalone --nproc_per_node=N`` (gloo on
+(``python -m rem_train``) and once under ``torchrun --standalone --nproc_per_node=N`` (gloo on
 CPU, NCCL with ``--device cuda``). Batch sizes are global, so both runs take the same optimizer
 steps on the same replay batches; only the dropout masks of ranks other than 0 differ (see
 docs/training.md, "Data-parallel training"). The script reads both runs' ``metrics.jsonl`` and

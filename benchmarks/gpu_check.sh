@@ -84,7 +84,7 @@ step dream_env "$py" "$here/dream_env.py" --device "$device" --preset "$preset" 
 
 if [[ "${SKIP_TRAIN:-0}" != 1 ]]; then
     run=$(mktemp -d)
-    step training "$py" -m training --preset "$train_preset" --device "$device" \
+    step training "$py" -m rem_train --preset "$train_preset" --device "$device" \
         --out "$run/run" --epochs "$train_epochs" --common.collect-epochs "$train_epochs" \
         --common.env-steps-per-epoch "$train_env_steps" --common.eval-start-epoch 1000000 \
         --tokenizer.start-after-epoch 0 --world-model.start-after-epoch 0 \

@@ -38,10 +38,10 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from training.config import MODEL_SIZES, PRESETS, TrainConfig
-from training.imagination import Imagination
-from training.lpips import LPIPS
-from training.trainer import Trainer
+from rem_train.config import MODEL_SIZES, PRESETS, TrainConfig
+from rem_train.imagination import Imagination
+from rem_train.lpips import LPIPS
+from rem_train.trainer import Trainer
 
 PHASES = ("tokenizer", "world_model", "actor_critic")
 

@@ -2,7 +2,7 @@
 
 Usage: ``torchrun --nproc_per_node=N tests/ddp_probe.py PROBE_DIR STOP_AFTER REM_TRAIN_ARGS...``
 
-Each rank runs ``training.cli.main(REM_TRAIN_ARGS)`` and then writes ``PROBE_DIR/rank<R>.json``:
+Each rank runs ``rem_train.cli.main(REM_TRAIN_ARGS)`` and then writes ``PROBE_DIR/rank<R>.json``:
 a SHA-256 of all its parameters after every phase (``[phase, epoch, digest]``), the epochs whose
 checkpoint it saved, the epochs it logged and main's exit status. With ``STOP_AFTER`` > 0, rank 0
 alone acts as if it got SIGTERM after that epoch; the other ranks must stop with it.
@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-import training.trainer as trainer_module
-from training.cli import main
-from training.run_log import RunLog
+import rem_train.trainer as trainer_module
+from rem_train.cli import main
+from rem_train.run_log import RunLog
 
 Trainer = trainer_module.Trainer
 

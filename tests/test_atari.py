@@ -1,4 +1,4 @@
-"""Tests of training.atari on real ALE Breakout: shapes, frame skip, no-ops, lives, time limit."""
+"""Tests of rem_env.atari on real ALE Breakout: shapes, frame skip, no-ops, lives, time limit."""
 
 from __future__ import annotations
 

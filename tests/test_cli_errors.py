@@ -250,11 +250,11 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def trained(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the run started before the error was found")
 
-    monkeypatch.setattr("training.cli.Trainer", trained)
+    monkeypatch.setattr("rem_train.cli.Trainer", trained)
 
 
 def train(argv: list[str]) -> int:
-    from training.cli import main as train_main
+    from rem_train.cli import main as train_main
 
     try:
         return train_main(argv)
@@ -307,6 +307,6 @@ def test_rem_train_export_may_not_replace_the_run(
 def test_rem_train_ctrl_c_before_training_exits_130(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("training.cli.Trainer", interrupt)
+    monkeypatch.setattr("rem_train.cli.Trainer", interrupt)
     assert train([*SMOKE, "--out", str(tmp_path / "run")]) == 130
     assert capsys.readouterr().err.strip() == "rem-train: interrupted"

@@ -23,7 +23,7 @@ from rem_env.contexts import StartContexts
 from rem_env.dream import DreamVectorEnv
 from rem_env.models.actor_critic import ActorCritic
 from rem_env.models.sampling import StepNoise
-from training.imagination import Imagination, StartPoint
+from rem_train.imagination import Imagination, StartPoint
 
 META = torch.device("meta")
 B = 3

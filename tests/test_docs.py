@@ -91,25 +91,25 @@ def test_documented_commands_parse() -> None:
 
 
 def training_lines() -> list[tuple[str, list[str]]]:
-    """(page, argv) of every ``rem-train`` / ``python -m training`` command in bash blocks, and
-    of every ``torchrun ... -m training`` one."""
+    """(page, argv) of every ``rem-train`` / ``python -m rem_train`` command in bash blocks, and
+    of every ``torchrun ... -m rem_train`` one."""
     found = []
     for page in PAGES:
         for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
             for line in block.replace("\\\n", " ").splitlines():  # join `\` continuations
                 command = line.split(" #")[0].strip()
-                if command.startswith("torchrun ") and " -m training " in command:
-                    command = "python -m training " + command.split(" -m training ", 1)[1]
-                for prefix in ("rem-train ", "python -m training "):
+                if command.startswith("torchrun ") and " -m rem_train " in command:
+                    command = "python -m rem_train " + command.split(" -m rem_train ", 1)[1]
+                for prefix in ("rem-train ", "python -m rem_train "):
                     if command.startswith(prefix):
                         found.append((page.name, shlex.split(command[len(prefix) :])))
     return found
 
 
 def test_documented_tokenizer_pretraining_commands_parse() -> None:
-    from training.pretrain_tokenizer import parser as pretrain_parser
+    from rem_train.pretrain_tokenizer import parser as pretrain_parser
 
-    prefix = "python -m training.pretrain_tokenizer "
+    prefix = "python -m rem_train.pretrain_tokenizer "
     found = []
     for page in PAGES:
         for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
@@ -127,7 +127,7 @@ def test_documented_tokenizer_pretraining_commands_parse() -> None:
 
 def test_documented_training_commands_parse() -> None:
     """Every trainer command the docs show is accepted by ``rem-train``'s parser."""
-    from training.cli import parser as training_parser
+    from rem_train.cli import parser as training_parser
 
     lines = training_lines()
     assert len(lines) >= 4

@@ -1,4 +1,4 @@
-"""Tests of training.dream_to_real: frame stacking as in the dream, and a whole tiny run."""
+"""Tests of rem_train.dream_to_real: frame stacking as in the dream, and a whole tiny run."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
 from rem_env import REMConfig, REMModel
-from training.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
-from training.dream_to_real import StackedSB3Policy, main
+from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
+from rem_train.dream_to_real import StackedSB3Policy, main
 
 
 class _Recorder:

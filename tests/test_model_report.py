@@ -1,4 +1,4 @@
-"""Tests of training.model_report: the model card of an exported model gets the measured figures."""
+"""Tests of rem_train.model_report: a model card gets the measured figures of an exported model."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from rem_env import REMConfig, REMModel
 from rem_env.agents import RandomAgent
 from rem_env.fidelity import run_fidelity
 from rem_env.manifest import ProtocolManifest
-from training.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
-from training.model_report import main
+from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
+from rem_train.model_report import main
 
 
 def test_model_report_writes_training_fidelity_and_dream_to_real(tmp_path):
@@ -40,7 +40,7 @@ def test_model_report_writes_training_fidelity_and_dream_to_real(tmp_path):
     (d2r / "dream_to_real.json").write_text(
         json.dumps(
             {
-                "command": "python -m training.dream_to_real --out d2r",
+                "command": "python -m rem_train.dream_to_real --out d2r",
                 "frame_stack": 4,
                 "dream_steps": 1000,
                 "dream_envs": 2,

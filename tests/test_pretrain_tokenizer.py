@@ -1,4 +1,4 @@
-"""Tokenizer pretraining on real frames (python -m training.pretrain_tokenizer)."""
+"""Tokenizer pretraining on real frames (python -m rem_train.pretrain_tokenizer)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from rem_env import REMModel
-from training.config import TrainConfig
-from training.pretrain_tokenizer import PretrainConfig, main, pretrain
+from rem_train.config import TrainConfig
+from rem_train.pretrain_tokenizer import PretrainConfig, main, pretrain
 
 
 def test_a_short_run_grows_the_codebook_logs_the_ball_and_resumes(tmp_path: Path) -> None:

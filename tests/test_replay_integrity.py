@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.replay import ReplayBuffer, ReplayCorruptError
+from rem_train.replay import ReplayBuffer, ReplayCorruptError
 
 SHAPE = (4, 4, 3)
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-import training.checkpoint as checkpoint_module
-from training.checkpoint import load_checkpoint, restore_rng, save_checkpoint, seed_everything
-from training.run_log import RunLog, read_metrics
+import rem_train.checkpoint as checkpoint_module
+from rem_train.checkpoint import load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from rem_train.run_log import RunLog, read_metrics
 
 
 def _trained(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:

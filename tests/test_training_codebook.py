@@ -7,7 +7,7 @@ import torch
 
 from rem_env.config import REMConfig
 from rem_env.models.tokenizer import Tokenizer
-from training.codebook import DeadCodeRestarter
+from rem_train.codebook import DeadCodeRestarter
 
 
 def test_a_collapsed_codebook_is_revived_on_the_restart_steps_only() -> None:

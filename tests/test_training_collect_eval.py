@@ -10,10 +10,10 @@ import torch
 
 from rem_env import REMModel
 from rem_env.models.actor_critic import ActorCritic
-from training.collect import Collector
-from training.config import TrainConfig
-from training.evaluate import evaluate, human_normalized_score
-from training.replay import ReplayBuffer
+from rem_train.collect import Collector
+from rem_train.config import TrainConfig
+from rem_train.evaluate import evaluate, human_normalized_score
+from rem_train.replay import ReplayBuffer
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 
 from rem_env import REMConfig, REMModel
 from rem_env.models.actor_critic import ActorCritic
-from training.losses import actor_critic_loss, tokenizer_loss, world_model_loss
-from training.replay import ReplayBuffer, frames_to_tensor
+from rem_train.losses import actor_critic_loss, tokenizer_loss, world_model_loss
+from rem_train.replay import ReplayBuffer, frames_to_tensor
 
 
 def test_one_step_of_each_phase(tmp_path: Path) -> None:

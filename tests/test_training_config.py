@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from training.checkpoint import prepare_run_dir
-from training.cli import build_config, main, parser
-from training.config import TrainConfig
-from training.evaluate import human_normalized_score
+from rem_train.checkpoint import prepare_run_dir
+from rem_train.cli import build_config, main, parser
+from rem_train.config import TrainConfig
+from rem_train.evaluate import human_normalized_score
 
 
 def test_atari100k_preset_is_the_paper_schedule() -> None:

@@ -17,13 +17,13 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from training.checkpoint import prepare_run_dir
-from training.cli import build_config, main, parser
-from training.config import TrainConfig
-from training.distributed import DistContext, cleanup, init_process_group
-from training.replay import ReplayBuffer
-from training.run_log import read_metrics
-from training.trainer import Trainer
+from rem_train.checkpoint import prepare_run_dir
+from rem_train.cli import build_config, main, parser
+from rem_train.config import TrainConfig
+from rem_train.distributed import DistContext, cleanup, init_process_group
+from rem_train.replay import ReplayBuffer
+from rem_train.run_log import read_metrics
+from rem_train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("tokenizer", "world_model", "actor_critic")

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rem_env import REMModel
-from training.config import TrainConfig
-from training.distributed import (
+from rem_train.config import TrainConfig
+from rem_train.distributed import (
     DistContext,
     any_rank,
     average_gradients,
@@ -35,9 +35,9 @@ from training.distributed import (
     share_from_main,
     wrap,
 )
-from training.losses import world_model_loss
-from training.optim import clipped_step, weight_decay_groups
-from training.trainer import Trainer
+from rem_train.losses import world_model_loss
+from rem_train.optim import clipped_step, weight_decay_groups
+from rem_train.trainer import Trainer
 
 GLOBAL_BATCH, BLOCKS, STEPS, WORLD_SIZE = 4, 4, 3, 2
 
@@ -163,7 +163,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_ranks_leave_the_group_cleanly_run_after_run(tmp_path: Path) -> None:
     """Regression: about one run in three aborted a rank (SIGABRT) after all its work was
-    done, when leaving the gloo group (see training.distributed.cleanup)."""
+    done, when leaving the gloo group (see rem_train.distributed.cleanup)."""
     for run in range(4):
         out = tmp_path / str(run)
         out.mkdir()

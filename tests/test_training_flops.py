@@ -19,7 +19,7 @@ def test_smoke_counts_scale_with_batch_and_steps(tmp_path, capsys):
     out = tmp_path / "flops.json"
     assert script.main(["--preset", "smoke", "--tflops", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    from training.config import TrainConfig
+    from rem_train.config import TrainConfig
 
     cfg = TrainConfig.from_preset("smoke")
     for name in script.PHASES:
@@ -61,7 +61,7 @@ def test_measure_compares_the_speedups_per_phase(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "% of matmul rate" in text and "| actor-critic |" in text and "speed-up" in text
     # The switches are back on.
-    from training.imagination import Imagination
-    from training.trainer import Trainer
+    from rem_train.imagination import Imagination
+    from rem_train.trainer import Trainer
 
     assert Trainer.cache_replay_tokens and Imagination.skip_padding

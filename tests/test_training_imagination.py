@@ -8,14 +8,14 @@ from gymnasium.vector import AutoresetMode
 
 from rem_env import REMConfig, REMModel
 from rem_env.models.actor_critic import ActorCritic, LSTMState
-from training.batches import TensorSegmentBatch, frames_to_tensor
-from training.imagination import (
+from rem_train.batches import TensorSegmentBatch, frames_to_tensor
+from rem_train.imagination import (
     Imagination,
     StartPoint,
     objective_before_after,
     replay_rollout,
 )
-from training.losses import actor_critic_loss
+from rem_train.losses import actor_critic_loss
 
 B, T = 3, 6
 

@@ -1,4 +1,4 @@
-"""Tests of training.losses: hand-worked lambda-returns, masks, gradient routing."""
+"""Tests of rem_train.losses: hand-worked lambda-returns, masks, gradient routing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from rem_env.config import REMConfig
 from rem_env.models.tokenizer import Tokenizer
 from rem_env.models.world_model import WorldModelOutput
-from training.losses import (
+from rem_train.losses import (
     actor_critic_loss,
     foreground_weights,
     lambda_returns,

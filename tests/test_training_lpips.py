@@ -1,4 +1,4 @@
-"""Tests of training.lpips with random weights and a tiny fake checkpoint (no download)."""
+"""Tests of rem_train.lpips with random weights and a tiny fake checkpoint (no download)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from training import lpips as lpips_module
-from training.lpips import LPIPS, convert_checkpoint, load_lpips
+from rem_train import lpips as lpips_module
+from rem_train.lpips import LPIPS, convert_checkpoint, load_lpips
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_load_missing_returns_none(tmp_path: Path) -> None:
     assert load_lpips(tmp_path / "absent.safetensors") is None
     message = lpips_module.missing_weights_message(tmp_path / "absent.safetensors")
-    assert "training without LPIPS" in message and "python -m training.lpips fetch" in message
+    assert "training without LPIPS" in message and "python -m rem_train.lpips fetch" in message
 
 
 @pytest.fixture(scope="module")

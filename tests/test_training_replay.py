@@ -1,4 +1,4 @@
-"""Tests of training.replay: masks and padding, uniform windows, crash safety, resume, full disk."""
+"""Tests of rem_train.replay: masks, padding, uniform windows, crash safety, resume, full disk."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-import training.replay as replay_module
-from training.replay import ReplayBuffer, ReplayWriteError, frames_to_tensor
+import rem_train.replay as replay_module
+from rem_train.replay import ReplayBuffer, ReplayWriteError, frames_to_tensor
 
 SHAPE = (2, 2, 3)
 
@@ -205,7 +205,7 @@ _CHILD = textwrap.dedent(
     """
     import os, signal, sys
     import numpy as np
-    import training.replay as replay
+    import rem_train.replay as replay
 
     buf = replay.ReplayBuffer(sys.argv[1], obs_shape=(64, 64, 3), fsync=False)
     if sys.argv[2] == "mid_record":

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.checkpoint import load_checkpoint, restore_rng, rng_fingerprint, seed_everything
-from training.replay import ReplayBuffer, _record_dtype
-from training.run_log import read_metrics
+from rem_train.checkpoint import load_checkpoint, restore_rng, rng_fingerprint, seed_everything
+from rem_train.replay import ReplayBuffer, _record_dtype
+from rem_train.run_log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 60  # the smoke preset's
@@ -116,7 +116,7 @@ QUICK = [
 
 
 def _cli(argv: list[str]) -> int:
-    from training.cli import main
+    from rem_train.cli import main
 
     try:
         return main(argv)
@@ -161,7 +161,7 @@ def test_a_run_being_trained_cannot_be_resumed_twice(
         assert _cli(["--resume", str(run_copy)]) == 2
     err = capsys.readouterr().err
     assert busy in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    from training.cli import lock_run
+    from rem_train.cli import lock_run
 
     lock = lock_run(run_copy)  # what another `rem-train --resume` holds, from its start
     try:
@@ -177,7 +177,7 @@ def test_a_run_being_trained_cannot_be_resumed_twice(
 def test_ctrl_c_stops_like_sigterm_and_the_run_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from training.trainer import Trainer
+    from rem_train.trainer import Trainer
 
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("Ctrl-C is handled by the test runner here")

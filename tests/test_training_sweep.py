@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import build_config
-from training.cli import parser as train_parser
-from training.sweep import (
+from rem_train.cli import build_config
+from rem_train.cli import parser as train_parser
+from rem_train.sweep import (
     _command,
     aggregate,
     interquartile_mean,
@@ -159,7 +159,7 @@ def test_new_runs_start_and_started_runs_resume(tmp_path: Path) -> None:
 
 def test_documented_sweep_commands_parse() -> None:
     text = (ROOT / "docs" / "training.md").read_text()
-    prefix = "python -m training.sweep "
+    prefix = "python -m rem_train.sweep "
     commands = [
         line.split(" #")[0].strip()[len(prefix) :]
         for block in re.findall(r"```bash\n(.*?)```", text, re.S)

@@ -16,13 +16,13 @@ import torch
 import rem_env  # noqa: F401  (registers REM-<Game>-v0)
 from rem_env import REMModel
 from rem_env.actor_critic_files import load_actor_critic
-from training.batches import ReplayTokens, frames_to_tensor
-from training.checkpoint import load_checkpoint
-from training.config import TrainConfig
-from training.optim import weight_decay_groups
-from training.replay import ReplayBuffer
-from training.run_log import read_metrics
-from training.trainer import Trainer
+from rem_train.batches import ReplayTokens, frames_to_tensor
+from rem_train.checkpoint import load_checkpoint
+from rem_train.config import TrainConfig
+from rem_train.optim import weight_decay_groups
+from rem_train.replay import ReplayBuffer
+from rem_train.run_log import read_metrics
+from rem_train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

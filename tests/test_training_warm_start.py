@@ -13,11 +13,11 @@ import torch
 from rem_env import REMModel
 from rem_env.actor_critic_files import save_actor_critic
 from rem_env.models.actor_critic import ActorCritic
-from training.cli import main as rem_train
-from training.config import TrainConfig
-from training.model_report import training_section
-from training.trainer import Trainer
-from training.warm_start import WarmStartError, parse_parts
+from rem_train.cli import main as rem_train
+from rem_train.config import TrainConfig
+from rem_train.model_report import training_section
+from rem_train.trainer import Trainer
+from rem_train.warm_start import WarmStartError, parse_parts
 
 
 def _config(init_from: str | None, parts: str = "all", preset: str = "smoke") -> TrainConfig:
@@ -164,8 +164,8 @@ def test_a_run_that_would_learn_a_random_tokenizers_tokens_is_refused(tmp_path: 
 
 
 def test_scripted_episodes_are_collected_and_score(tmp_path: Path) -> None:
-    from training.collect import Collector
-    from training.replay import ReplayBuffer
+    from rem_train.collect import Collector
+    from rem_train.replay import ReplayBuffer
 
     config = TrainConfig.from_preset("smoke", "Breakout")
     model = REMModel(config.model_config())

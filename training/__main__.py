@@ -1,5 +1,5 @@
-"""``python -m training`` is ``rem-train``."""
+"""``python -m rem_train`` is ``rem-train``."""
 
-from training.cli import main
+from rem_train.cli import main
 
 raise SystemExit(main())

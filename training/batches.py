@@ -11,7 +11,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from rem_env.models.tokenizer import Tokenizer
-    from training.replay import ReplayBuffer
+    from rem_train.replay import ReplayBuffer
 
 __all__ = [
     "Episode",
@@ -116,7 +116,7 @@ class ReplayTokens:
         >>> import tempfile
         >>> from rem_env import REMConfig
         >>> from rem_env.models.tokenizer import Tokenizer
-        >>> from training.replay import ReplayBuffer
+        >>> from rem_train.replay import ReplayBuffer
         >>> tok = Tokenizer(REMConfig.preset("tiny", num_actions=4).tokenizer).eval()
         >>> with tempfile.TemporaryDirectory() as d, ReplayBuffer(d, (16, 16, 3)) as buf:
         ...     for t in range(5):

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from training.config import TrainConfig
+from rem_train.config import TrainConfig
 
 __all__ = [
     "CONFIG_FILE",

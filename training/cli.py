@@ -1,11 +1,11 @@
-"""``rem-train`` (also ``python -m training``): REM's training run from the command line.
+"""``rem-train`` (also ``python -m rem_train``): REM's training run from the command line.
 
-Every field of :class:`training.config.TrainConfig` is an option (``--world-model.lr 3e-4``),
+Every field of :class:`rem_train.config.TrainConfig` is an option (``--world-model.lr 3e-4``),
 documented in ``--help`` with its ``atari100k`` default; the preset fills in whatever is not
 given. Shortcuts: ``--epochs``, ``--seed``.
 
 Under ``torchrun --nproc_per_node=N`` the run is data-parallel over N processes (see
-:mod:`training.distributed`); no option changes.
+:mod:`rem_train.distributed`); no option changes.
 
 A run is continued with ``--resume RUN``, and extended with ``--resume RUN --epochs N`` (N above
 the run's ``common.epochs``; ``--common.collect-epochs M`` likewise extends real-data collection).
@@ -15,7 +15,7 @@ Ctrl-C quits at once). One run is trained by one ``rem-train`` at a time.
 Example:
     ``rem-train --game Breakout --preset smoke --out runs/smoke`` then, after a crash,
     ``rem-train --resume runs/smoke``; on 4 GPUs,
-    ``torchrun --nproc_per_node=4 -m training --preset atari100k --device cuda --out runs/b``.
+    ``torchrun --nproc_per_node=4 -m rem_train --preset atari100k --device cuda --out runs/b``.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Any
 
 from rem_env.checkpoint import CONFIG_NAME as MODEL_CONFIG_NAME
 from rem_env.cli import folder_write_problem
-from training.config import PRESETS, TrainConfig
-from training.distributed import DistContext, backend_for, cleanup, init_from_env, run_on_main
-from training.trainer import Trainer, TrainingStoppedError
+from rem_train.config import PRESETS, TrainConfig
+from rem_train.distributed import DistContext, backend_for, cleanup, init_from_env, run_on_main
+from rem_train.trainer import Trainer, TrainingStoppedError
 
 try:
     import fcntl
@@ -119,8 +119,8 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=argparse.SUPPRESS,
         epilog="Data-parallel training: launch with torchrun, e.g. `torchrun --nproc_per_node=2 "
-        "-m training --preset smoke --out runs/ddp` (CPU, gloo) or `torchrun --nproc_per_node=4 "
-        "-m training --device cuda ...` (one GPU per process, NCCL). The batch sizes are global "
+        "-m rem_train --preset smoke --out runs/ddp` (CPU, gloo) or `torchrun --nproc_per_node=4 "
+        "-m rem_train --device cuda ...` (one GPU per process, NCCL). The batch sizes are global "
         "(split over the processes; each must divide evenly); rank 0 collects, evaluates and "
         "writes the run folder; --resume works with any number of processes.",
     )

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from rem_env.models.tokenizer import Tokenizer
-from training.distributed import DistContext
+from rem_train.distributed import DistContext
 
 __all__ = ["DeadCodeRestarter"]
 

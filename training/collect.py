@@ -18,8 +18,8 @@ from rem_env import REMModel
 from rem_env.atari import make_atari_env
 from rem_env.models.actor_critic import ActorCritic, LSTMState, sample_actions
 from rem_env.probes import SCRIPTED_PLAYERS
-from training.config import TrainConfig
-from training.replay import ReplayBuffer, frames_to_tensor
+from rem_train.config import TrainConfig
+from rem_train.replay import ReplayBuffer, frames_to_tensor
 
 __all__ = ["Collector"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from rem_env.config import REMConfig, TokenizerConfig, WorldModelConfig
 from rem_env.registration import ATARI_100K_GAMES
-from training.warm_start import parse_parts
+from rem_train.warm_start import parse_parts
 
 __all__ = [
     "PRESETS",
@@ -99,7 +99,7 @@ class TokenizerPhase:
     grad_clip: float = doc(10.0, "gradient-norm clip")
     beta: float = doc(1.0, "commitment weight")
     lpips: bool = doc(
-        True, "add LPIPS if its weights were fetched (python -m training.lpips fetch)"
+        True, "add LPIPS if its weights were fetched (python -m rem_train.lpips fetch)"
     )
     foreground_weight: float = doc(
         0.0,
@@ -251,7 +251,7 @@ class TrainConfig:
                 f"the {self.preset} preset does not train the tokenizer (tokenizer.start_after_"
                 f"epoch {self.tokenizer.start_after_epoch} >= {self.common.epochs} epochs): start "
                 "from a pretrained one with --init-from FOLDER --init-parts tokenizer (`python -m "
-                "training.pretrain_tokenizer` trains one), or set --tokenizer.start-after-epoch"
+                "rem_train.pretrain_tokenizer` trains one), or set --tokenizer.start-after-epoch"
             )
         return None
 
@@ -445,6 +445,6 @@ a tokenizer without LPIPS (too slow on a CPU) whose reconstruction error weighs 
 differ from the background and whose unused codes are restarted every 10 steps, so that the ball
 and the paddle survive; about 75 minutes on 2 CPU cores; ``breakout``: the bundled Breakout
 model's recipe: the ``cpu`` sizes with 512 codes, a tokenizer pretrained on real frames
-(``python -m training.pretrain_tokenizer``, given with ``--init-from``, not trained further), half
+(``python -m rem_train.pretrain_tokenizer``, given with ``--init-from``, not trained further), half
 of the episodes played by a scripted player that keeps the ball in play (20,000 real steps);
 ``smoke``: a whole four-phase cycle in about a minute."""

@@ -3,11 +3,11 @@
 The agent (PPO with ``CnnPolicy`` on the dream's 64x64 RGB frames, 4 stacked) learns purely in
 imagination from ``gym.make_vec("REM-<Game>-v0")``: it never sees a real frame while it trains.
 It is then scored on the real game with REM's test protocol
-(:func:`training.evaluate.evaluate_agent`: no-op start, whole games, 108,000 raw frames at most),
+(:func:`rem_train.evaluate.evaluate_agent`: no-op start, whole games, 108,000 raw frames at most),
 beside a uniformly random policy scored the same way. The result goes to ``dream_to_real.json``
 and a short markdown table.
 
-Run it as ``python -m training.dream_to_real --out runs/dream_to_real`` (the bundled Breakout
+Run it as ``python -m rem_train.dream_to_real --out runs/dream_to_real`` (the bundled Breakout
 model) or with ``--model FOLDER|REPO_ID``.
 """
 
@@ -29,7 +29,7 @@ import torch
 import rem_env  # noqa: F401  (registers REM-<Game>-v0)
 from rem_env.agents import RandomAgent
 from rem_env.registration import ATARI_100K_GAMES, env_id
-from training.evaluate import EvalResult, evaluate_agent
+from rem_train.evaluate import EvalResult, evaluate_agent
 
 __all__ = ["StackedSB3Policy", "main", "train_in_dream"]
 
@@ -170,7 +170,7 @@ def table(report: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m training.dream_to_real",
+        prog="python -m rem_train.dream_to_real",
         description="Train PPO (CnnPolicy, 4 stacked 64x64 RGB frames) only inside "
         "REM-<Game>-v0, then score it and a random policy on the real game with REM's test "
         "protocol. Writes dream_to_real.json, dream_to_real.md and the agent (ppo_dream.zip).",
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.max_raw_frames,
     )
     report = {
-        "command": "python -m training.dream_to_real "
+        "command": "python -m rem_train.dream_to_real "
         + " ".join(sys.argv[1:] if argv is None else list(argv)),
         "game": args.game,
         "model": args.model or f"default model of {env_id(args.game)}",

@@ -16,7 +16,7 @@ import torch
 from rem_env.atari import make_atari_vector_env
 from rem_env.models.actor_critic import ActorCritic, sample_actions
 from rem_env.models.tokenizer import Tokenizer
-from training.batches import frames_to_tensor
+from rem_train.batches import frames_to_tensor
 
 __all__ = [
     "HUMAN_SCORES",

@@ -20,8 +20,8 @@ from rem_env import REMModel
 from rem_env.actor_critic_files import save_actor_critic
 from rem_env.manifest import AtariProtocol, Evaluation, ProtocolManifest, TrainingBudget
 from rem_env.models.actor_critic import ActorCritic
-from training.evaluate import EvalResult
-from training.replay import ReplayBuffer, frames_to_tensor
+from rem_train.evaluate import EvalResult
+from rem_train.replay import ReplayBuffer, frames_to_tensor
 
 __all__ = ["export_run", "sample_start_contexts"]
 

@@ -25,8 +25,8 @@ from rem_env import DreamVectorEnv, REMModel
 from rem_env.models.actor_critic import ActorCritic, LSTMState
 from rem_env.models.sampling import sample_categorical
 from rem_env.noise import hash_uniforms
-from training.batches import TensorSegmentBatch, frames_to_tensor
-from training.losses import lambda_returns
+from rem_train.batches import TensorSegmentBatch, frames_to_tensor
+from rem_train.losses import lambda_returns
 
 __all__ = ["Imagination", "Rollout", "StartPoint", "objective_before_after", "replay_rollout"]
 
@@ -49,7 +49,7 @@ class StartPoint(NamedTuple):
 
 
 class Rollout(NamedTuple):
-    """An imagined batch of T steps, as :func:`training.losses.actor_critic_loss` wants."""
+    """An imagined batch of T steps, as :func:`rem_train.losses.actor_critic_loss` wants."""
 
     codes: Tensor
     """(B, T, E, h, w) observation codes the actor-critic saw (constants)."""
@@ -120,7 +120,7 @@ class Imagination:
                 ``context_length`` frames of every segment must be real.
             burn_in_actions: Feed actions during burn-in (REM_SPEC 11.1).
             tokens: (B, T, K) tokens of ``batch.obs`` if known (the trainer looks them up in
-                :class:`training.batches.ReplayTokens`); else the real frames are encoded here.
+                :class:`rem_train.batches.ReplayTokens`); else the real frames are encoded here.
         """
         b, t = batch.mask.shape
         c = self.model.config.world_model.context_length

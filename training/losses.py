@@ -2,7 +2,7 @@
 
 Every loss returns ``(loss, metrics)``: a scalar tensor to back-propagate and a
 ``dict[str, float]`` of detached values for logging. Nothing here owns parameters; the
-perceptual network, if any, is passed in (see :mod:`training.lpips`).
+perceptual network, if any, is passed in (see :mod:`rem_train.lpips`).
 
 Formulas follow REM_SPEC section 3 (tokenizer), section 4 (world model: three
 cross-entropies) and section 6 (actor-critic: lambda-returns, policy gradient with the value as
@@ -39,7 +39,7 @@ IGNORE_INDEX = -100
 """Label value that a cross-entropy skips (padded blocks, context blocks)."""
 
 PerceptualLoss = Callable[[Tensor, Tensor], Tensor]
-"""``(x, x_hat) -> (B,)`` distances of images in [-1, 1], e.g. :class:`training.lpips.LPIPS`."""
+"""``(x, x_hat) -> (B,)`` distances of images in [-1, 1], e.g. :class:`rem_train.lpips.LPIPS`."""
 
 
 def foreground_weights(

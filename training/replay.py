@@ -37,7 +37,7 @@ from typing import Literal
 
 import numpy as np
 
-from training.batches import (
+from rem_train.batches import (
     Episode,
     FrameBatch,
     SegmentBatch,

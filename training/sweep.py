@@ -1,7 +1,7 @@
 """Many independent training runs (games x seeds) over the available devices, and their scores.
 
-``python -m training.sweep --games Breakout Pong --seeds 0 1 --preset smoke --out sweeps/smoke``
-starts one ``python -m training`` process per (game, seed), each in its own run folder
+``python -m rem_train.sweep --games Breakout Pong --seeds 0 1 --preset smoke --out sweeps/smoke``
+starts one ``python -m rem_train`` process per (game, seed), each in its own run folder
 (``OUT/runs/<game>-seed<seed>``, log in ``OUT/logs``), at most ``--parallel`` at a time, devices
 given round-robin. When every run has finished it reads each run's final evaluation (the mean
 return in ``export/training.json``) and writes:
@@ -31,8 +31,8 @@ from typing import IO, NamedTuple
 
 import numpy as np
 
-from training.config import PRESET_NAMES
-from training.evaluate import HUMAN_SCORES, human_normalized_score
+from rem_train.config import PRESET_NAMES
+from rem_train.evaluate import HUMAN_SCORES, human_normalized_score
 
 __all__ = [
     "Aggregates",
@@ -315,7 +315,7 @@ def write_results(runs: Sequence[SweepRun], out: Path) -> Aggregates:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m training.sweep``."""
+    """The argument parser of ``python -m rem_train.sweep``."""
     p = argparse.ArgumentParser(
         prog="rem-sweep",
         description="Train games x seeds as independent rem-train runs over the devices and "

@@ -11,7 +11,7 @@ Resuming (``Trainer(..., resume=True)``) loads the last checkpoint: weights, opt
 states and the epoch; the interrupted epoch runs again, and its collection only tops the replay
 buffer up to the schedule's step count, so no transition is lost or collected twice.
 
-Data-parallel (``dist_ctx`` with several ranks, see :mod:`training.distributed`): the three
+Data-parallel (``dist_ctx`` with several ranks, see :mod:`rem_train.distributed`): the three
 training phases split every global batch over the ranks. All ranks draw the global batch's
 indices from the same numpy generator (the run's, identical everywhere) and read their own rows,
 so together they draw the batches one process would; gradients are averaged before clipping.
@@ -41,8 +41,8 @@ from torch import nn
 
 from rem_env import REMModel
 from rem_env.models.actor_critic import ActorCritic
-from training.batches import ReplayTokens
-from training.checkpoint import (
+from rem_train.batches import ReplayTokens
+from rem_train.checkpoint import (
     load_checkpoint,
     prepare_run_dir,
     restore_rng,
@@ -50,10 +50,10 @@ from training.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from training.codebook import DeadCodeRestarter
-from training.collect import Collector
-from training.config import TrainConfig
-from training.distributed import (
+from rem_train.codebook import DeadCodeRestarter
+from rem_train.collect import Collector
+from rem_train.config import TrainConfig
+from rem_train.distributed import (
     DistContext,
     any_rank,
     average_metrics,
@@ -68,21 +68,21 @@ from training.distributed import (
     share_from_main,
     wrap,
 )
-from training.evaluate import EvalResult, evaluate
-from training.export import export_run
-from training.imagination import ENCODE_CHUNK, Imagination, objective_before_after
-from training.losses import (
+from rem_train.evaluate import EvalResult, evaluate
+from rem_train.export import export_run
+from rem_train.imagination import ENCODE_CHUNK, Imagination, objective_before_after
+from rem_train.losses import (
     actor_critic_loss,
     foreground_weights,
     predicted_blocks,
     tokenizer_loss,
     world_model_loss,
 )
-from training.lpips import load_lpips, missing_weights_message
-from training.optim import build_optimizers, clipped_step
-from training.replay import ReplayBuffer, frames_to_tensor
-from training.run_log import RunLog
-from training.warm_start import apply_warm_start, parse_parts, read_warm_start
+from rem_train.lpips import load_lpips, missing_weights_message
+from rem_train.optim import build_optimizers, clipped_step
+from rem_train.replay import ReplayBuffer, frames_to_tensor
+from rem_train.run_log import RunLog
+from rem_train.warm_start import apply_warm_start, parse_parts, read_warm_start
 
 __all__ = ["Trainer", "TrainingStoppedError"]
 
@@ -107,15 +107,15 @@ class Trainer:
         resume: Continue the run in ``run_dir`` from its last checkpoint.
         command: The command line, recorded in the export.
         dist_ctx: This process's rank among data-parallel ranks (default: one process); the
-            process group must be joined already (:func:`training.distributed.init_from_env`).
+            process group must be joined already (:func:`rem_train.distributed.init_from_env`).
 
     Raises:
         ValueError: On a run folder that does not fit (see
-            :func:`training.checkpoint.prepare_run_dir`), or a global batch size that is not a
+            :func:`rem_train.checkpoint.prepare_run_dir`), or a global batch size that is not a
             multiple of the number of ranks.
 
     Example:
-        >>> from training.config import TrainConfig
+        >>> from rem_train.config import TrainConfig
         >>> config = TrainConfig.from_preset("smoke", "Breakout")
         >>> folder = Trainer(config, "runs/smoke").run()  # doctest: +SKIP
         >>> folder = Trainer(config, "runs/smoke", resume=True).run()  # doctest: +SKIP
@@ -205,7 +205,7 @@ class Trainer:
         # DistributedDataParallel for the two phases with one forward per backward (the module
         # itself with one process). The actor-critic's rollout calls its module ~30 times per
         # backward, which DDP's hooks do not allow: its gradients are averaged by one
-        # all_reduce after the backward (training.distributed.average_gradients).
+        # all_reduce after the backward (rem_train.distributed.average_gradients).
         self.tokenizer_ddp = wrap(self.model.tokenizer, ctx)
         self.world_model_ddp = wrap(self.model.world_model, ctx)
         folder, fsync = self.run_dir / "replay", cfg.common.replay_fsync
@@ -449,7 +449,7 @@ class Trainer:
 
     cache_replay_tokens = True
     """The world-model and actor-critic phases look their frames' tokens up in
-    :class:`training.batches.ReplayTokens` when encoding every replay frame once costs fewer
+    :class:`rem_train.batches.ReplayTokens` when encoding every replay frame once costs fewer
     encoded frames than the phases' draws (the ``cpu`` preset: always); False encodes the drawn
     frames at every step, as before 2026-11-30."""
 

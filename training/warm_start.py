@@ -111,7 +111,7 @@ def read_warm_start(source: str | os.PathLike[str]) -> WarmStart:
     elif (path / "checkpoints" / "last.safetensors").is_file():
         checkpoint = path / "checkpoints" / "last.safetensors"
     if checkpoint is not None:
-        from training.checkpoint import load_checkpoint
+        from rem_train.checkpoint import load_checkpoint
 
         try:
             saved = load_checkpoint(checkpoint)
