@@ -19,7 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import rem_env.checkpoint as checkpoint
+import rem_env.checkpoint.folder_swap as folder_swap
+import rem_env.checkpoint.save as checkpoint_save
 import rem_env.hub as hub
 from rem_env import DreamVectorEnv, REMConfig, REMModel
 from rem_env.hub import (
@@ -164,7 +165,7 @@ def test_interrupted_save_leaves_no_broken_model(
             raise KeyboardInterrupt("power cut")
         save_file(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(checkpoint, "save_file", crash_on_second_file)
+    monkeypatch.setattr(checkpoint_save, "save_file", crash_on_second_file)
     with pytest.raises(KeyboardInterrupt):
         model.save_pretrained(target)
     assert [p.name for p in tmp_path.iterdir()] == (["m"] if existing else [])
@@ -177,7 +178,7 @@ def test_failed_rename_restores_the_old_folder(
 ) -> None:
     """The two-rename fallback (where the OS cannot swap two folders in one step)."""
     before = REMModel.from_pretrained(saved)
-    monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(folder_swap, "_exchange", lambda a, b: False)
     real_replace = os.replace
     calls = []
 
@@ -187,7 +188,7 @@ def test_failed_rename_restores_the_old_folder(
             raise OSError("disk full")
         real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", fail_second)
+    monkeypatch.setattr(folder_swap.os, "replace", fail_second)
     with pytest.raises(OSError, match="disk full"):
         tiny_model(seed=4).save_pretrained(saved)
     monkeypatch.undo()

@@ -19,7 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import rem_env.checkpoint as checkpoint
+import rem_env.checkpoint.folder_swap as folder_swap
+import rem_env.checkpoint.load as checkpoint_load
 from rem_env import REMModel
 from rem_env.hub import (
     CONFIG_NAME,
@@ -84,11 +85,11 @@ def saved(tmp_path: Path) -> Path:
 
 WRITER = """
 import os, sys
-import rem_env.checkpoint
+import rem_env.checkpoint.folder_swap
 from rem_env.hub import save_pretrained
 folder, stop, exchange = sys.argv[1], sys.argv[2], sys.argv[3] == "True"
 if not exchange:  # the two-rename fallback of systems that cannot swap two folders
-    rem_env.checkpoint._exchange = lambda a, b: False
+    rem_env.checkpoint.folder_swap._exchange = lambda a, b: False
 models = [marked(0), marked(1)]
 save_pretrained(models[0], folder)
 print("ready", flush=True)
@@ -150,7 +151,7 @@ def test_a_torn_read_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     """A read that mixes two saves (the weights of the next one) is retried, not used."""
     a = save_pretrained(marked(0), tmp_path / "a")  # type: ignore[operator]
     b = save_pretrained(marked(1), tmp_path / "b")  # type: ignore[operator]
-    real_read = checkpoint._read_model_files
+    real_read = checkpoint_load._read_model_files
     reads = []
 
     def torn_once(folder: Path) -> dict[str, bytes | None] | None:
@@ -160,7 +161,7 @@ def test_a_torn_read_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             files[WEIGHTS_NAME] = (real_read(b) or {})[WEIGHTS_NAME]
         return files
 
-    monkeypatch.setattr(checkpoint, "_read_model_files", torn_once)
+    monkeypatch.setattr(checkpoint_load, "_read_model_files", torn_once)
     assert markers(load_pretrained(a)) == (0, 0, 0, 0)
     assert len(reads) == 2
 
@@ -171,7 +172,7 @@ def test_a_folder_that_keeps_changing_is_reported(
     """Every read mixes two saves, and differently each time: ModelChangedError."""
     a = save_pretrained(marked(0), tmp_path / "a")  # type: ignore[operator]
     b = save_pretrained(marked(1), tmp_path / "b")  # type: ignore[operator]
-    real_read = checkpoint._read_model_files
+    real_read = checkpoint_load._read_model_files
     reads = []
 
     def torn(folder: Path) -> dict[str, bytes | None]:
@@ -181,10 +182,10 @@ def test_a_folder_that_keeps_changing_is_reported(
         files[WEIGHTS_NAME] = (real_read(second) or {})[WEIGHTS_NAME]
         return files
 
-    monkeypatch.setattr(checkpoint, "_read_model_files", torn)
+    monkeypatch.setattr(checkpoint_load, "_read_model_files", torn)
     with pytest.raises(ModelChangedError, match="changed while it was read"):
         load_pretrained(a)
-    assert len(reads) == checkpoint.READ_ATTEMPTS
+    assert len(reads) == checkpoint_load.READ_ATTEMPTS
 
 
 # --- corruption ---------------------------------------------------------------------------
@@ -249,7 +250,7 @@ def _dead_pid() -> int:
 
 def test_save_removes_leftovers_of_dead_writers(saved: Path) -> None:
     parent = saved.parent
-    host = checkpoint._host()
+    host = folder_swap._host()
     dead = parent / f".m.saving-0123abcd-{_dead_pid()}@{host}"
     dead_old = parent / f".m.old-89abcdef-{_dead_pid()}@{host}"
     live = parent / f".m.saving-00000000-{os.getpid()}@{host}"  # a save in progress here
@@ -388,7 +389,7 @@ def test_a_missing_relative_folder_is_reported_as_a_folder_first(
 
 def test_an_interrupted_replacement_is_explained(saved: Path) -> None:
     """Killed between the two renames of the fallback path: the model is in ``.m.old-*``."""
-    old = saved.with_name(f".m.old-0123abcd-{_dead_pid()}@{checkpoint._host()}")
+    old = saved.with_name(f".m.old-0123abcd-{_dead_pid()}@{folder_swap._host()}")
     saved.rename(old)
     with pytest.raises(ModelNotFoundError, match=f"the previous model is in '{old}'"):
         load_pretrained(saved)
@@ -399,7 +400,7 @@ def test_replacing_a_model_swaps_it_whole(
     saved: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
 ) -> None:
     if not exchange:
-        monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(folder_swap, "_exchange", lambda a, b: False)
     save_pretrained(marked(1), saved)  # type: ignore[operator]
     assert markers(load_pretrained(saved)) == (1, 1, 1, 1)
     assert [p.name for p in saved.parent.iterdir()] == ["m"]
