@@ -174,6 +174,48 @@ def test_a_run_being_trained_cannot_be_resumed_twice(
     assert _cli(["--resume", str(run_copy)]) == 0  # free again
 
 
+def test_two_new_runs_on_one_out_do_not_both_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second ``rem-train --out X`` that starts while the first is about to find X empty fails
+    with one line, and the first trains on. (Both used to find it empty and train into it.)"""
+    import rem_train.trainer as trainer_module
+
+    out = tmp_path / "run"
+    argv = [*QUICK, "--epochs", "1", "--out", str(out)]
+    real_prepare = trainer_module.prepare_run_dir
+    second: list[subprocess.CompletedProcess[str]] = []
+
+    def second_process_starts_now(*args: object) -> Path:
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        command = [sys.executable, "-m", "rem_train", *argv]
+        # The timeout only keeps a regression from hanging the suite.
+        second.append(subprocess.run(command, env=env, capture_output=True, text=True, timeout=900))
+        return real_prepare(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer_module, "prepare_run_dir", second_process_starts_now)
+    assert _cli(argv) == 0
+    (done,) = second
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"rem-train: error: {out} is in use by another rem-train right now (it is starting or "
+        "training a run there); choose another --out, or wait for it to end and continue its "
+        f"run with --resume {out}"
+    ]
+    assert [r["epoch"] for r in read_metrics(out)] == [1]  # the first run's, once
+
+
+def test_a_new_run_that_cannot_start_leaves_no_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused after its folder was made and locked (the breakout preset needs --init-from)."""
+    out = tmp_path / "new" / "run"
+    assert _cli(["--game", "Breakout", "--preset", "breakout", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "does not train the tokenizer" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_ctrl_c_stops_like_sigterm_and_the_run_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

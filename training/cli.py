@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -265,8 +266,17 @@ def export_problem(export: Path, run_dir: Path) -> str | None:
     return None if problem is None else f"cannot export to {export}: {problem}"
 
 
-def lock_run(run_dir: Path) -> int | None:
+def lock_run(run_dir: Path, new: bool = False) -> int | None:
     """Locks the run folder until the returned descriptor is closed (or the process ends).
+
+    Every ``rem-train`` holds it from its start: one continuing the run (``--resume``), and one
+    starting a new run (``new``), which makes the folder first. Two new runs on one ``--out``
+    at once would otherwise both find it empty and both train into it.
+
+    Returns:
+        The locked descriptor; None where nothing can be locked (no ``fcntl``, a file system
+        without locks, or, for a new run, a folder that cannot be made: the run's checks then
+        say why).
 
     Raises:
         ValueError: If another process holds the run (a ``rem-train`` on it, or its replay
@@ -274,10 +284,24 @@ def lock_run(run_dir: Path) -> int | None:
     """
     if fcntl is None:
         return None
-    busy = (
-        f"{run_dir} is being trained by another process right now; wait for it to end, or stop "
-        f"it (Ctrl-C or SIGTERM: it stops at a step boundary), then --resume {run_dir} again"
-    )
+    if new:
+        busy = (
+            f"{run_dir} is in use by another rem-train right now (it is starting or training a "
+            "run there); choose another --out, or wait for it to end and continue its run with "
+            f"--resume {run_dir}"
+        )
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        if not run_dir.is_dir():
+            return None
+    else:
+        busy = (
+            f"{run_dir} is being trained by another process right now; wait for it to end, or "
+            f"stop it (Ctrl-C or SIGTERM: it stops at a step boundary), then --resume {run_dir} "
+            "again"
+        )
     fd = os.open(run_dir, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -352,11 +376,12 @@ def _train(
     """Builds the trainer and runs it on this rank; returns the exit status."""
     where = f" (rank {ctx.rank})" if ctx.is_distributed else ""
     lock = None
+    made = not resume and ctx.is_main and not Path(out).exists()  # by this process, if locked
     try:
         if export is not None:  # rank 0 writes the export: it checks, all ranks learn
             run_on_main(lambda: _refuse(export_problem(Path(export), Path(out))), ctx)
+        lock = run_on_main(lambda: lock_run(Path(out), new=not resume), ctx)
         if resume:
-            lock = run_on_main(lambda: lock_run(Path(out)), ctx)
             extended = run_on_main(lambda: extend_run(Path(out), config), ctx)
             if extended:
                 print(f"rem-train: extending {out}: {', '.join(extended)}", file=sys.stderr)
@@ -366,6 +391,9 @@ def _train(
     except ValueError as err:
         print(f"rem-train: error{where}: {err}", file=sys.stderr)
         if lock is not None:
+            if made:  # a new run that did not start leaves no empty folder behind
+                with contextlib.suppress(OSError):
+                    Path(out).rmdir()
             os.close(lock)
         return 2
     interrupted: list[int] = []
