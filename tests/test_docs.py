@@ -200,3 +200,29 @@ def test_site_loads_no_script_from_a_cdn(site: Path) -> None:
     assert '<pre class="mermaid">' in page
     for name in LOCAL_SCRIPTS[:2] + LOCAL_SCRIPTS[3:]:
         assert f'src="../{name}"' in page, f"how-rem-works does not load {name}"
+
+
+EXTERNAL_ASSET = re.compile(
+    r"<(?:link|img|iframe|source|video|audio|embed)\b[^>]*?\b(?:href|src|srcset)=\"((?:https?:)?//[^\"]*)\"",
+    re.I,
+)
+"""A page element that makes the browser fetch from elsewhere (links ``<a href>`` are fine)."""
+CSS_FETCH = re.compile(r"(?:url\(\s*[\"']?|@import\s+[\"'])((?:https?:)?//[^\"')\s]*)", re.I)
+
+
+def test_site_fetches_nothing_from_elsewhere(site: Path) -> None:
+    """Offline, and no third party (Google Fonts, CDNs) learns who reads the docs: no page
+    element or stylesheet of the built site loads anything from another host."""
+    for page in site.rglob("*.html"):
+        html = page.read_text()
+        where = page.relative_to(site)
+        for host in ("fonts.googleapis.com", "fonts.gstatic.com"):
+            assert host not in html, f"{where} loads fonts from {host}"
+        found = EXTERNAL_ASSET.search(html)
+        assert found is None, f"{where} fetches {found.group(1)}"
+        for style in re.findall(r"<style[^>]*>(.*?)</style>", html, re.S):
+            found = CSS_FETCH.search(style)
+            assert found is None, f"{where} fetches {found.group(1)} in a <style>"
+    for sheet in site.rglob("*.css"):
+        found = CSS_FETCH.search(sheet.read_text(errors="replace"))
+        assert found is None, f"{sheet.relative_to(site)} fetches {found.group(1)}"
