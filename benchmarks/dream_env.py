@@ -11,11 +11,16 @@ With ``--quantize none int8`` every dream cell is measured twice: float32, and w
 world model's RetNet layers in int8 (``DreamVectorEnv(quantize="int8")``, CPU only). With
 ``--autocast bf16`` it is also measured under bfloat16 autocast (``DreamVectorEnv(autocast=
 "bf16")``, meant for GPUs).
+``--neighbour`` measures every cell quiet, then beside one busy process (``while True: pass``,
+started and stopped by the script), and adds a table of both with the slowdown (``--neighbour
+on``: beside it only). ``--step-threads`` is the env's ``threads=`` (default ``auto``: fewer
+threads beside busy neighbours; see :class:`rem_env.threads.StepThreads`).
 Prints a markdown table and writes JSON (default ``benchmarks/results/dream_env.json``).
 
     python benchmarks/dream_env.py                                  # paper sizes, N in 1 16 64 256
     python benchmarks/dream_env.py --num-envs 1 16 64 --quantize none int8
     python benchmarks/dream_env.py --device cuda --num-envs 64 1024 4096 --autocast bf16
+    python benchmarks/dream_env.py --num-envs 1 16 64 --obs-types tokens rgb --no-ale --neighbour
     python benchmarks/dream_env.py --preset tiny --num-envs 1 2 --steps 3 --no-ale   # smoke run
 """
 
@@ -34,6 +39,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from neighbour import busy_neighbour
 
 from rem_env import DreamVectorEnv, REMConfig, REMModel
 
@@ -56,6 +62,7 @@ class Record:
     preset: str
     quantize: str = "none"
     autocast: str = "none"
+    neighbour: bool = False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,6 +77,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--step-threads",
+        default=None,
+        help="DreamVectorEnv(threads=...): auto (fewer beside busy neighbours) or a count "
+        "(default: the env's default, auto)",
+    )
+    parser.add_argument(
+        "--neighbour",
+        nargs="?",
+        const="both",
+        default="off",
+        choices=("off", "on", "both"),
+        help="measure beside one busy process the script starts and stops: 'both' (the value "
+        "of a bare --neighbour) measures quiet, then busy; 'on' busy only",
+    )
     parser.add_argument("--no-ale", action="store_true", help="skip the ale-py Breakout baseline")
     parser.add_argument(
         "--untrained-ends",
@@ -98,6 +120,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--device {args.device} requested but CUDA is not available")
     if "int8" in args.quantize and args.device != "cpu":
         parser.error("--quantize int8 runs on the CPU only")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if args.step_threads not in (None, "auto"):
+        try:
+            args.step_threads = int(args.step_threads)
+        except ValueError:
+            args.step_threads = 0
+        if args.step_threads < 1:
+            parser.error("--step-threads must be auto or a positive int")
     return args
 
 
@@ -137,6 +168,7 @@ def bench_dream(
     quantize: str,
     args: argparse.Namespace,
     autocast: str = "none",
+    neighbour: bool = False,
 ) -> Record:
     env = DreamVectorEnv(
         model,
@@ -145,6 +177,7 @@ def bench_dream(
         device=args.device,
         quantize=None if quantize == "none" else quantize,
         autocast=None if autocast == "none" else autocast,
+        **({} if args.step_threads is None else {"threads": args.step_threads}),
     )
     env.reset(seed=0)
     rng = np.random.default_rng(0)
@@ -160,10 +193,10 @@ def bench_dream(
 
     done, seconds = time_steps(step, args.warmup, args.steps, args.max_seconds_per_cell, sync)
     env.close()
-    return _record("dream", n, obs_type, done, seconds, args, quantize, autocast)
+    return _record("dream", n, obs_type, done, seconds, args, quantize, autocast, neighbour)
 
 
-def bench_ale(n: int, args: argparse.Namespace) -> Record:
+def bench_ale(n: int, args: argparse.Namespace, neighbour: bool = False) -> Record:
     import ale_py
 
     gym.register_envs(ale_py)
@@ -179,7 +212,7 @@ def bench_ale(n: int, args: argparse.Namespace) -> Record:
         step, args.warmup, args.steps, args.max_seconds_per_cell, lambda: None
     )
     env.close()
-    return _record("ale", n, "grayscale 84x84 x4", done, seconds, args)
+    return _record("ale", n, "grayscale 84x84 x4", done, seconds, args, neighbour=neighbour)
 
 
 def _record(
@@ -191,6 +224,7 @@ def _record(
     args,
     quantize: str = "none",
     autocast: str = "none",
+    neighbour: bool = False,
 ) -> Record:
     return Record(
         env=env,
@@ -204,6 +238,7 @@ def _record(
         preset=args.preset if env == "dream" else "-",
         quantize=quantize,
         autocast=autocast,
+        neighbour=neighbour,
     )
 
 
@@ -235,6 +270,54 @@ def table(
     return "\n".join(lines)
 
 
+def neighbour_table(records: list[Record]) -> str:
+    """Env-steps/s of every cell measured quiet and beside the busy neighbour, and the
+    slowdown."""
+    busy = {_key(r): r for r in records if r.neighbour}
+    lines = [
+        "| env | N | obs | quiet (env-steps/s) | busy neighbour (env-steps/s) | slowdown |",
+        "|---|---|---|---|---|---|",
+    ]
+    for calm in records:
+        loud = busy.get(_key(calm))
+        if calm.neighbour or loud is None:
+            continue
+        name = calm.env + _variant_label(calm.quantize, calm.autocast)
+        lines.append(
+            f"| {name} | {calm.num_envs} | {calm.obs_type} | {calm.env_steps_per_s:,.1f} "
+            f"| {loud.env_steps_per_s:,.1f} | {calm.env_steps_per_s / loud.env_steps_per_s:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def _key(record: Record) -> tuple:
+    return (record.env, record.num_envs, record.obs_type, record.quantize, record.autocast)
+
+
+def measure(model: REMModel, args: argparse.Namespace, neighbour: bool) -> list[Record]:
+    """Every cell of the grid (``neighbour`` marks them as measured beside the busy process,
+    which the caller runs)."""
+    records: list[Record] = []
+    busy = "busy " if neighbour else ""
+    for n in args.num_envs:
+        for quantize, autocast in variants(args):
+            for obs_type in args.obs_types:
+                records.append(bench_dream(model, n, obs_type, quantize, args, autocast, neighbour))
+                print(
+                    f"{busy}dream N={n} "
+                    f"{obs_type}{_variant_label(quantize, autocast) or ' float32'}: "
+                    f"{records[-1].env_steps_per_s:,.0f} env-steps/s",
+                    file=sys.stderr,
+                )
+        if not args.no_ale:
+            records.append(bench_ale(n, args, neighbour))
+            print(
+                f"{busy}ale N={n}: {records[-1].env_steps_per_s:,.0f} env-steps/s",
+                file=sys.stderr,
+            )
+    return records
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads is not None:
@@ -244,23 +327,17 @@ def main(argv: list[str] | None = None) -> None:
     if not args.untrained_ends:
         never_end(model)
     model.to(args.device).eval()
+    conditions = {"off": [False], "on": [True], "both": [False, True]}[args.neighbour]
     records: list[Record] = []
-    for n in args.num_envs:
-        for quantize, autocast in variants(args):
-            for obs_type in args.obs_types:
-                records.append(bench_dream(model, n, obs_type, quantize, args, autocast))
-                print(
-                    f"dream N={n} {obs_type}{_variant_label(quantize, autocast) or ' float32'}: "
-                    f"{records[-1].env_steps_per_s:,.0f} env-steps/s",
-                    file=sys.stderr,
-                )
-        if not args.no_ale:
-            records.append(bench_ale(n, args))
-            print(f"ale N={n}: {records[-1].env_steps_per_s:,.0f} env-steps/s", file=sys.stderr)
+    for neighbour in conditions:
+        with busy_neighbour(neighbour):
+            records += measure(model, args, neighbour)
     metadata = {
         "torch_version": torch.__version__,
         "gymnasium_version": gym.__version__,
         "threads": torch.get_num_threads(),
+        "step_threads": args.step_threads,
+        "neighbour": args.neighbour,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "device": args.device,
@@ -275,9 +352,13 @@ def main(argv: list[str] | None = None) -> None:
         metadata["ale_py_version"] = ale_py.__version__
     print(
         f"preset: {args.preset}, device: {args.device}, threads: {torch.get_num_threads()}, "
-        f"torch {torch.__version__}"
+        f"step threads: {args.step_threads}, torch {torch.__version__}"
     )
-    print(table(records, args.obs_types, args.num_envs, variants(args)))
+    first = [r for r in records if r.neighbour == conditions[0]]
+    print(table(first, args.obs_types, args.num_envs, variants(args)))
+    if len(conditions) == 2:
+        print()
+        print(neighbour_table(records))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     payload = {"metadata": metadata, "records": [asdict(r) for r in records]}
     args.json.write_text(json.dumps(payload, indent=2))

@@ -17,18 +17,25 @@ the clock is read). Every cell of the grid
   ``WorldModelConfig(pop=False)``, K sequential passes per step) at the same model sizes,
 * mode: ``tokens`` (``imagine_step`` only) or ``rgb`` (``imagine_step``, then
   ``model.decode(step.obs_tokens)`` and conversion to uint8 HWC numpy frames on the host, the
-  cost a user pays for an RGB observation),
+  cost a user pays for an RGB observation); ``--modes`` picks them,
 
 starts from the model's start contexts repeated to the batch size, runs ``--warmup`` untimed
 steps, then up to ``--steps`` timed steps. The dream keeps stepping forward (positions grow),
 as a real dream does. A slow cell stops after ``--max-seconds-per-cell`` of timed steps once it
 has at least 3 of them. Models are in eval mode with random weights, float32, under
-``torch.inference_mode()``; ``torch.set_num_threads`` is left at its default.
+``torch.inference_mode()``. Torch keeps its default thread count unless ``--threads`` sets one;
+each step runs under the dream env's thread policy (``--step-threads``, by default ``auto``:
+:class:`rem_env.threads.StepThreads`, as ``DreamVectorEnv`` does; ``off`` runs the bare step).
+
+``--neighbour`` measures the grid beside one busy process (``while True: pass``, started and
+stopped by the script): ``--neighbour`` alone measures every cell quiet, then beside the
+neighbour, and adds a table of both with the slowdown; ``--neighbour on`` measures beside it
+only. Leave the process unpinned (no ``taskset``) to see what a user sees.
 
 The header also gives an analytic count of the matmul FLOPs of one POP env-step (see
-:func:`pop_step_flops`) and the table the GFLOP/s it implies for the POP tokens cells. With the
-paper sizes on a CPU, a second table puts our cells beside the peers' numbers of :data:`PEERS`
-(quoted, not measured by this script).
+:func:`pop_step_flops`) and this machine's measured float32 matmul rate (``torch.mm`` of two
+2048x2048 matrices, before any neighbour starts); the table gives the GFLOP/s the POP tokens
+cells imply and their share of that rate.
 
 How to run
 ----------
@@ -38,6 +45,7 @@ From the repository root, with the package installed (``pip install -e .``)::
     python benchmarks/imagination.py --max-seconds-per-cell 20      # cap slow cells
     python benchmarks/imagination.py --device cuda --steps 50
     python benchmarks/imagination.py --device cuda --paths pop bf16 bf16-compile  # CUDA graphs
+    python benchmarks/imagination.py --batch-sizes 1 16 64 --modes tokens --neighbour
     python benchmarks/imagination.py --preset tiny --batch-sizes 1 2 --steps 2
 
 The markdown table goes to stdout, progress to stderr, and every measurement to ``--json``
@@ -47,6 +55,7 @@ The markdown table goes to stdout, progress to stderr, and every measurement to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -56,16 +65,18 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from neighbour import busy_neighbour, matmul_gflops
 
 from rem_env import REMConfig, REMModel
 from rem_env.models.sampling import StepNoise
 from rem_env.models.world_model import NUM_REWARD_CLASSES
 from rem_env.quantization import quantize_model
+from rem_env.threads import StepThreads
 
 PATHS = ("pop", "int8", "bf16", "compile", "bf16-compile", "token")
 MODES = ("tokens", "rgb")
@@ -84,18 +95,7 @@ COMPILE_WARMUP = 3
 with the (moving) position as a symbol, the third records CUDA graphs in reduce-overhead mode."""
 MIN_TIMED_STEPS = 3
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "imagination.json"
-
-PEERS: dict[str, dict[int, float]] = {
-    "REM code, POP, tokens only": {1: 43.2, 16: 95.5, 64: 100.3},
-    "REM code, POP + pixel decode": {1: 30.3, 16: 66.5, 64: 66.5},
-    "REM code, token-by-token, tokens only": {1: 4.4, 16: 35.3, 64: 71.8},
-    "IRIS code, tokens only (16 tokens/frame, 10 layers)": {1: 6.9, 16: 63.5, 64: 119.9},
-    "IRIS code + pixel decode": {1: 5.8, 16: 24.8, 64: 25.0},
-}
-"""Imagined env-steps/s of the authors' REM code and of IRIS's code, timed by this project on a
-2-core CPU machine like its CI machine (torch 2.13 CPU, float32, paper sizes, random weights,
-eval mode, no grad; batch size / median time of one batched step). Quoted from the project's
-issue 9, not measured by this script."""
+NEIGHBOUR_CHOICES = ("off", "on", "both")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +110,8 @@ class Record:
     env_steps_per_s: float
     ms_per_step: float
     steps_timed: int
+    neighbour: bool = False
+    """Measured beside one busy process."""
 
 
 # ------------------------------------------------------------------------------------ arguments
@@ -146,6 +148,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="inductor",
         help="torch.compile backend of the compile paths (aot_eager: a quick check of the capture)",
     )
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--step-threads",
+        default="auto",
+        help="thread policy around each step, as DreamVectorEnv(threads=...): auto, a count, "
+        "or off (the bare step on torch's threads)",
+    )
+    parser.add_argument(
+        "--neighbour",
+        nargs="?",
+        const="both",
+        default="off",
+        choices=NEIGHBOUR_CHOICES,
+        help="measure beside one busy process the script starts and stops: 'both' (the value "
+        "of a bare --neighbour) measures quiet, then busy; 'on' busy only",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per cell (at most)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument(
@@ -165,6 +186,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("need --steps >= 1, --warmup >= 0 and --num-actions >= 1")
     if args.max_seconds_per_cell <= 0:
         parser.error("--max-seconds-per-cell must be positive")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if args.step_threads not in ("auto", "off"):
+        try:
+            args.step_threads = int(args.step_threads)
+        except ValueError:
+            args.step_threads = 0
+        if args.step_threads < 1:
+            parser.error("--step-threads must be auto, off or a positive int")
     if args.paths is None:
         skip = "int8" if args.device == "cuda" else "bf16"
         args.paths = [p for p in PATHS if p != skip and "compile" not in p]
@@ -196,23 +226,35 @@ def build_model(config: REMConfig, device: torch.device, seed: int) -> REMModel:
     return REMModel(config).to(device=device, dtype=torch.float32).eval()
 
 
-def pop_step_flops(config: REMConfig) -> int:
-    """Analytic matmul FLOPs of one POP env-step (one dream, one step).
+def pop_step_flops(config: REMConfig, batch_size: int = 1) -> float:
+    """Analytic matmul FLOPs of one POP env-step (per dream, in a batch of ``batch_size``).
 
-    A POP step pushes ``T = 2K + 1`` tokens through L layers. Per token and layer: the five
-    E x E projections (q, k, v, g, out) and the two feed-forward matrices, ``2 (5 E^2 + 2 E F)``;
-    per head, the intra-chunk retention ``q k^T`` and ``(.) v`` over the whole chunk,
-    ``2 (T d 2)``, plus the state read and update, ``2 (2 d^2)``. Heads: the observation head
-    (two linears, E -> E -> V) on the K prediction tokens, and the reward and end heads on the
-    action token. Elementwise work (norms, rotations, softmax, sampling) is not counted.
+    Counts the products the step computes (2 FLOPs per multiply-add). A POP step pushes
+    ``R = K + 1`` real tokens and ``P = K`` prediction tokens, ``T = R + P`` in all, through L
+    layers. Every layer but the last projects q, k, v, g and the output of all T rows
+    (``5 * 2 E^2`` each) and runs the feed-forward block on them (``2 * 2 E F``); in layer 0
+    the prediction tokens' q, k, v, g are the same for every dream and are projected once per
+    batch. The last layer computes k and v of all T rows but q, g, the output and the
+    feed-forward block only of the ``Q = K + 1`` rows whose outputs are used (the action token
+    and the prediction tokens). Retention per head and layer: ``q k^T`` and ``(.) v`` over
+    (queries x T) pairs, the read of the previous state (queries x d^2) and the new state from
+    the R real tokens (``R d^2``). Heads: the observation head (E -> E -> V) on the K
+    prediction tokens, the reward and end heads on the action token. Elementwise work (norms,
+    rotations, softmax, sampling) is not counted.
     """
     wm, tok = config.world_model, config.tokenizer
     k, e, f, v = tok.tokens_per_frame, wm.embed_dim, wm.ffn_dim, tok.vocab_size
     heads, d = wm.num_heads, wm.head_dim
-    tokens = 2 * k + 1
-    dense = 2 * (5 * e * e + 2 * e * f)
-    retention = heads * (2 * (tokens * d * 2) + 2 * 2 * d * d)
-    layers = wm.num_layers * tokens * (dense + retention)
+    real, tail = k + 1, k
+    rows, queries = real + tail, k + 1
+
+    def retention(q: int) -> float:
+        return heads * 2 * (2 * q * rows * d + q * d * d + real * d * d)
+
+    layer = rows * 2 * (5 * e * e + 2 * e * f) + retention(rows)
+    first_layer = layer - tail * 2 * 4 * e * e * (1 - 1 / batch_size)
+    last_layer = 2 * (2 * e * e * rows + queries * (3 * e * e + 2 * e * f)) + retention(queries)
+    layers = first_layer + (wm.num_layers - 2) * layer + last_layer
     obs_head = k * 2 * (e * e + e * v)
     small_heads = 2 * (e * e + e * NUM_REWARD_CLASSES) + 2 * (e * e + e * 2)
     return layers + obs_head + small_heads
@@ -240,10 +282,12 @@ def make_step(
     seed: int,
     autocast: torch.dtype | None = None,
     compile_options: dict[str, Any] | None = None,
+    threads: StepThreads | None = None,
 ) -> Callable[[], None]:
     """A closure that advances one batched dream by one step each call (under
     ``torch.autocast`` with dtype ``autocast`` when given; through
-    ``torch.compile(fullgraph=True, **compile_options)`` when those are given)."""
+    ``torch.compile(fullgraph=True, **compile_options)`` when those are given; on the threads
+    that ``threads`` chooses, as the dream env runs its steps, when given)."""
     n = model.num_start_contexts
     idx = torch.arange(batch_size, device=device) % n
     state = model.start_state(model.start_tokens[idx], model.start_actions[idx])
@@ -261,7 +305,10 @@ def make_step(
         # no random generator (the same numbers StepNoise.draw would take).
         uniforms = torch.rand(batch_size, k + 2, device=device, generator=generator)  # (B, K+2)
         noise = StepNoise(uniforms[:, :k], uniforms[:, k], uniforms[:, k + 1])
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        with (
+            threads.running() if threads is not None else contextlib.nullcontext(),
+            torch.autocast(device.type, dtype=autocast, enabled=autocast is not None),
+        ):
             out, state = imagine_step(state, actions, noise=noise)
             if mode == "rgb":
                 to_host_rgb(model.decode(out.obs_tokens).float())
@@ -295,13 +342,17 @@ def time_cell(
 
 
 def measure(
-    models: dict[str, REMModel], args: argparse.Namespace, device: torch.device
+    models: dict[str, REMModel],
+    args: argparse.Namespace,
+    device: torch.device,
+    neighbour: bool = False,
 ) -> list[Record]:
-    """Measures every (batch size, path, mode) cell."""
+    """Measures every (batch size, path, mode) cell (``neighbour``: marks the records as
+    measured beside the busy process, which the caller runs)."""
     records = []
     for batch_size in args.batch_sizes:
         for path in args.paths:
-            for mode in MODES:
+            for mode in args.modes:
                 autocast = torch.bfloat16 if path.startswith("bf16") else None
                 compiled = path.endswith("compile")
                 options = (
@@ -309,8 +360,9 @@ def measure(
                     if compiled
                     else None
                 )
+                threads = None if args.step_threads == "off" else StepThreads(args.step_threads)
                 step = make_step(
-                    models[path], batch_size, mode, device, args.seed, autocast, options
+                    models[path], batch_size, mode, device, args.seed, autocast, options, threads
                 )
                 warmup = max(args.warmup, COMPILE_WARMUP) if compiled else args.warmup
                 times = time_cell(step, device, warmup, args.steps, args.max_seconds_per_cell)
@@ -324,11 +376,18 @@ def measure(
                     env_steps_per_s=batch_size / median,
                     ms_per_step=median * 1e3,
                     steps_timed=len(times),
+                    neighbour=neighbour,
                 )
                 print(
+                    f"{'busy ' if neighbour else ''}"
                     f"B={batch_size:<4} {PATH_LABELS[path]:<17} {mode:<6} "
                     f"{record.env_steps_per_s:10.1f} env-steps/s  {record.ms_per_step:9.2f} "
-                    f"ms/step  ({record.steps_timed} steps)",
+                    f"ms/step  ({record.steps_timed} steps"
+                    + (
+                        f"; {threads.count()} threads, others {threads.others or 0:.2f} cores)"
+                        if threads is not None
+                        else ")"
+                    ),
                     file=sys.stderr,
                     flush=True,
                 )
@@ -396,7 +455,9 @@ def device_name(device: torch.device) -> str:
     return cpu_model() or platform.processor() or "unknown CPU"
 
 
-def metadata(args: argparse.Namespace, device: torch.device, flops: int) -> dict[str, Any]:
+def metadata(
+    args: argparse.Namespace, device: torch.device, flops: float, matmul: float | None = None
+) -> dict[str, Any]:
     """Context of a run, stored next to the measurements."""
     return {
         "device": str(device),
@@ -416,6 +477,9 @@ def metadata(args: argparse.Namespace, device: torch.device, flops: int) -> dict
         "max_seconds_per_cell": args.max_seconds_per_cell,
         "seed": args.seed,
         "pop_flops_per_env_step": flops,
+        "matmul_gflops": matmul,
+        "neighbour": args.neighbour,
+        "step_threads": args.step_threads,
         "paths": list(args.paths),
         "compile_mode": args.compile_mode,
         "compile_backend": args.compile_backend,
@@ -428,7 +492,12 @@ def header(meta: dict[str, Any]) -> str:
         f"device: {meta['device']} ({meta['device_name']}) | torch {meta['torch_version']} | "
         f"threads: {meta['threads']} | preset: {meta['preset']} | "
         f"POP step FLOPs (matmuls, analytic): {meta['pop_flops_per_env_step'] / 1e9:.3f} "
-        "GFLOP per env-step"
+        "GFLOP per env-step at B=1"
+        + (
+            f" | float32 matmul rate (torch.mm 2048x2048): {meta['matmul_gflops']:.1f} GFLOP/s"
+            if meta.get("matmul_gflops")
+            else ""
+        )
         + (f" | CPU features: {' '.join(meta['cpu_features'])}" if meta.get("cpu_features") else "")
     )
 
@@ -441,61 +510,71 @@ def _ratio(pop: Record, token: Record) -> str:
     return f"{pop.env_steps_per_s / token.env_steps_per_s:.2f}x"
 
 
-def markdown_table(records: Sequence[Record], flops: int) -> str:
-    """The results as a markdown table, one row per batch size."""
+def markdown_table(
+    records: Sequence[Record],
+    flops: float | Mapping[int, float],
+    matmul: float | None = None,
+) -> str:
+    """The results as a markdown table, one row per batch size.
+
+    ``flops``: POP FLOPs per env-step (one number, or one per batch size), for the GFLOP/s
+    column; ``matmul``: the machine's matmul GFLOP/s, for the column of its share.
+    """
     by_key = {(r.batch_size, r.path, r.mode): r for r in records}
-    columns = [
-        "batch size",
-        "POP tokens: env-steps/s (ms/step)",
-        "token-by-token tokens",
-        "POP/token (tokens)",
-        "POP rgb",
-        "token-by-token rgb",
-        "POP/token (rgb)",
-        "POP tokens GFLOP/s",
-    ]
     paths = set(r.path for r in records)
-    if "token" not in paths:
-        columns = [columns[0], columns[1], columns[4], columns[7]]  # the POP columns
+    modes = [m for m in MODES if any(r.mode == m for r in records)]
+    token = "token" in paths
+    columns = ["batch size"]
+    for mode in modes:
+        first = "POP tokens: env-steps/s (ms/step)" if mode == "tokens" else f"POP {mode}"
+        columns += [first, f"token-by-token {mode}", f"POP/token ({mode})"] if token else [first]
+    if "tokens" in modes:
+        columns.append("POP tokens GFLOP/s")
+        if matmul:
+            columns.append("share of matmul rate")
     for extra in EXTRA_PATHS:
         if extra in paths:
-            columns += [f"{PATH_LABELS[extra]} tokens", f"{PATH_LABELS[extra]} rgb"]
+            columns += [f"{PATH_LABELS[extra]} {mode}" for mode in modes]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for batch_size in dict.fromkeys(r.batch_size for r in records):
-        pop_t, pop_r = by_key[batch_size, "pop", "tokens"], by_key[batch_size, "pop", "rgb"]
-        gflops = f"{pop_t.env_steps_per_s * flops / 1e9:.1f}"
-        if "token" in paths:
-            tok_t, tok_r = by_key[batch_size, "token", "tokens"], by_key[batch_size, "token", "rgb"]
-            row = [_cell(pop_t), _cell(tok_t), _ratio(pop_t, tok_t)]
-            row += [_cell(pop_r), _cell(tok_r), _ratio(pop_r, tok_r), gflops]
-        else:
-            row = [_cell(pop_t), _cell(pop_r), gflops]
+        row = []
+        for mode in modes:
+            pop = by_key[batch_size, "pop", mode]
+            row.append(_cell(pop))
+            if token:
+                tok = by_key[batch_size, "token", mode]
+                row += [_cell(tok), _ratio(pop, tok)]
+        if "tokens" in modes:
+            per_step = flops if isinstance(flops, (int, float)) else flops[batch_size]
+            rate = by_key[batch_size, "pop", "tokens"].env_steps_per_s * per_step / 1e9
+            row.append(f"{rate:.1f}")
+            if matmul:
+                row.append(f"{rate / matmul:.0%}")
         for extra in EXTRA_PATHS:
             if extra in paths:
-                row += [_cell(by_key[batch_size, extra, mode]) for mode in MODES]
+                row += [_cell(by_key[batch_size, extra, mode]) for mode in modes]
         lines.append("| " + " | ".join([str(batch_size), *row]) + " |")
     return "\n".join(lines)
 
 
-def peers_table(records: Sequence[Record]) -> str:
-    """Our env-steps/s beside :data:`PEERS` at the batch sizes both have (quoted peers)."""
-    sizes = [b for b in dict.fromkeys(r.batch_size for r in records) if b in (1, 16, 64)]
+def neighbour_table(records: Sequence[Record]) -> str:
+    """Env-steps/s of every cell measured both quiet and beside the busy neighbour, and how many
+    times slower the busy one was."""
+    quiet = {(r.batch_size, r.path, r.mode): r for r in records if not r.neighbour}
+    busy = {(r.batch_size, r.path, r.mode): r for r in records if r.neighbour}
     lines = [
-        "| imagined env-steps/s | " + " | ".join(f"B={b}" for b in sizes) + " |",
-        "|" + "---|" * (len(sizes) + 1),
+        "| batch size | path | mode | quiet (env-steps/s) | busy neighbour (env-steps/s) "
+        "| slowdown |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, values in PEERS.items():
-        cells = [f"{values[b]:.1f}" if b in values else "-" for b in sizes]
-        lines.append(f"| {name} (quoted) | " + " | ".join(cells) + " |")
-    by_key = {(r.batch_size, r.path, r.mode): r for r in records}
-    for path in PATHS:
-        for mode in MODES:
-            if all((b, path, mode) in by_key for b in sizes):
-                label = f"rem-env, {PATH_LABELS[path]}, " + (
-                    "tokens only" if mode == "tokens" else "+ pixel decode"
-                )
-                cells = [f"{by_key[b, path, mode].env_steps_per_s:.1f}" for b in sizes]
-                lines.append(f"| {label} (measured) | " + " | ".join(cells) + " |")
+    for key, calm in quiet.items():
+        if key in busy:
+            loud = busy[key]
+            lines.append(
+                f"| {key[0]} | {PATH_LABELS[key[1]]} | {key[2]} | {calm.env_steps_per_s:,.1f} "
+                f"| {loud.env_steps_per_s:,.1f} "
+                f"| {calm.env_steps_per_s / loud.env_steps_per_s:.1f}x |"
+            )
     return "\n".join(lines)
 
 
@@ -512,6 +591,8 @@ def write_json(path: Path, meta: dict[str, Any], records: Sequence[Record]) -> N
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark; returns the exit status."""
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     models = {
         path: build_model(build_config(args.preset, args.num_actions, path), device, args.seed)
@@ -523,19 +604,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in ("bf16", "compile", "bf16-compile"):
         if path in args.paths:  # the same model; make_step adds the autocast or the compile
             models[path] = models["pop"]
-    flops = pop_step_flops(models["pop"].config)
-    meta = metadata(args, device, flops)
+    config = models["pop"].config
+    flops = {b: pop_step_flops(config, b) for b in args.batch_sizes}
+    matmul = None
+    if device.type == "cpu":  # measured quiet, before any neighbour starts
+        matmul = matmul_gflops(2048 if args.preset == "paper" else 256)
+    meta = metadata(args, device, pop_step_flops(config), matmul)
+    meta["pop_flops_per_env_step_by_batch"] = flops
     print(header(meta), flush=True)
+    conditions = {"off": [False], "on": [True], "both": [False, True]}[args.neighbour]
+    records: list[Record] = []
     with torch.inference_mode(), warnings.catch_warnings():
         # The decay and rotation tables are lru_cache'd pure functions of sizes: tracing
         # through them inside a compiled step is exact, which dynamo warns about anyway.
         warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru")
-        records = measure(models, args, device)
+        for busy in conditions:
+            with busy_neighbour(busy):
+                records += measure(models, args, device, neighbour=busy)
     print()
-    print(markdown_table(records, flops))
-    if args.preset == "paper" and device.type == "cpu":
+    print(markdown_table([r for r in records if r.neighbour == conditions[0]], flops, matmul))
+    if len(conditions) == 2:
         print()
-        print(peers_table(records))
+        print(neighbour_table(records))
     write_json(args.json, meta, records)
     print(f"\nwrote {len(records)} records to {args.json}", file=sys.stderr)
     return 0

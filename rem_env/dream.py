@@ -23,6 +23,7 @@ from rem_env.models.world_model import StepNoise
 from rem_env.noise import MAX_SEED, hash_uniforms
 from rem_env.quantization import QUANTIZATIONS, Quantization, quantize_model
 from rem_env.state import ImaginationState
+from rem_env.threads import AUTO, StepThreads, Threads
 
 __all__ = ["DreamEnvClosedError", "DreamVectorEnv", "available_devices", "check_device"]
 
@@ -102,6 +103,11 @@ class DreamVectorEnv(VectorEnv):
             ``torch.autocast`` with bfloat16 on ``device`` (weights stay float32; retention
             states, rewards and observations keep their float32 / uint8 / int64 dtypes). For
             GPUs with bfloat16 units: CPUs without them (most) run it many times slower.
+        threads: CPU threads of each reset, step and render: ``"auto"`` (the default: torch's
+            thread count, less the cores that other processes kept busy over the last quarter
+            second, so that a busy neighbour slows a dream gracefully instead of stalling
+            every parallel operator; see :class:`rem_env.threads.StepThreads`) or a positive
+            int. Torch's own setting is put back after each call.
         temperature: Sampling temperature of observation, reward and end heads (0 = argmax).
         max_episode_steps: Episodes are truncated after this many steps (None: never).
         autoreset_mode: ``NEXT_STEP`` (default: an env that ended is reset by the next ``step``,
@@ -147,6 +153,7 @@ class DreamVectorEnv(VectorEnv):
         device: str | torch.device | None = None,
         quantize: Quantization | None = None,
         autocast: Autocast | None = None,
+        threads: Threads = AUTO,
         temperature: float = 1.0,
         max_episode_steps: int | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
@@ -167,6 +174,7 @@ class DreamVectorEnv(VectorEnv):
             )
         if autocast is not None and quantize is not None:
             raise ValueError("choose quantize or autocast, not both (int8 layers run in int8)")
+        step_threads = StepThreads(threads)
         if (
             isinstance(num_envs, bool)
             or not isinstance(num_envs, (int, np.integer))
@@ -201,6 +209,7 @@ class DreamVectorEnv(VectorEnv):
             model = quantize_model(model, quantize)  # a copy; the float model stays as it was
         self.model = model.eval()
         self.autocast: Autocast | None = autocast
+        self.step_threads = step_threads
         self.num_envs = int(num_envs)
         self.obs_type: ObsType = obs_type
         self.output: OutputType = output
@@ -533,8 +542,9 @@ class DreamVectorEnv(VectorEnv):
         return value if self.output == "torch" else value.cpu().numpy()
 
     def _computing(self, inference: bool = False) -> contextlib.ExitStack:
-        """No autograd, and the ``autocast`` precision if one was chosen."""
+        """No autograd, the ``autocast`` precision if one was chosen, and the step's threads."""
         stack = contextlib.ExitStack()
+        stack.enter_context(self.step_threads.running())
         # Tensors handed out in torch mode must be usable by autograd code: no inference mode.
         use_inference = inference or self.output != "torch"
         stack.enter_context(torch.inference_mode() if use_inference else torch.no_grad())

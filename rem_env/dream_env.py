@@ -13,6 +13,7 @@ from torch import Tensor
 from rem_env.dream import RENDER_FPS, Autocast, DreamVectorEnv, ObsType
 from rem_env.model import REMModel
 from rem_env.quantization import Quantization
+from rem_env.threads import AUTO, Threads
 
 __all__ = ["DreamEnv"]
 
@@ -32,6 +33,8 @@ class DreamEnv(gym.Env):
         device: Where to dream (default: the model's device).
         quantize: None (float32) or ``"int8"`` (CPU; see :class:`DreamVectorEnv`).
         autocast: None or ``"bf16"`` (GPUs; see :class:`DreamVectorEnv`).
+        threads: CPU threads of each step: ``"auto"`` (fewer beside busy neighbours) or an int
+            (see :class:`DreamVectorEnv`).
         temperature: Sampling temperature (0 = argmax).
         max_episode_steps: Truncate episodes after this many steps (``gym.make`` can also add a
             ``TimeLimit``).
@@ -58,6 +61,7 @@ class DreamEnv(gym.Env):
         device: str | torch.device | None = None,
         quantize: Quantization | None = None,
         autocast: Autocast | None = None,
+        threads: Threads = AUTO,
         temperature: float = 1.0,
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
@@ -69,6 +73,7 @@ class DreamEnv(gym.Env):
             device=device,
             quantize=quantize,
             autocast=autocast,
+            threads=threads,
             temperature=temperature,
             max_episode_steps=max_episode_steps,
             autoreset_mode=AutoresetMode.DISABLED,

@@ -15,6 +15,8 @@ def load_benchmark(name: str) -> ModuleType:
     module_name = f"benchmark_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
+    if str(BENCHMARKS) not in sys.path:  # the scripts import their helpers (neighbour.py)
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

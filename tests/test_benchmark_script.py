@@ -64,20 +64,78 @@ def test_cuda_request_without_cuda_fails_cleanly() -> None:
     assert "cuda" in result.stderr.lower()
 
 
-def test_peers_table_puts_measured_rows_beside_the_quoted_ones() -> None:
+def test_neighbour_run_measures_quiet_then_busy_and_tabulates_both(tmp_path: Path) -> None:
     module = load_benchmark("imagination")
-    records = [
-        module.Record("cpu", "paper", b, path, mode, 10.0 * b, 100.0, 3)
-        for b in (1, 16, 64)
-        for path in ("pop", "int8")
-        for mode in ("tokens", "rgb")
-    ]
-    lines = module.peers_table(records).splitlines()
-    assert lines[0] == "| imagined env-steps/s | B=1 | B=16 | B=64 |"
-    assert "| REM code, POP, tokens only (quoted) | 43.2 | 95.5 | 100.3 |" in lines
-    assert "| rem-env, POP int8, tokens only (measured) | 10.0 | 160.0 | 640.0 |" in lines
-    assert "| rem-env, POP, + pixel decode (measured) | 10.0 | 160.0 | 640.0 |" in lines
-    assert not any("token-by-token" in line and "rem-env" in line for line in lines)
+    out = tmp_path / "busy.json"
+    argv = ["--preset", "tiny", "--batch-sizes", "2", "--steps", "1", "--warmup", "0"]
+    argv += ["--paths", "pop", "--modes", "tokens", "--neighbour", "--step-threads", "1"]
+    started: list[bool] = []
+    real = module.busy_neighbour
+
+    def recording(active: bool = True):
+        started.append(active)
+        return real(active)
+
+    module.busy_neighbour = recording
+    try:
+        assert module.main([*argv, "--json", str(out)]) == 0
+    finally:
+        module.busy_neighbour = real
+    assert started == [False, True]
+    payload = json.loads(out.read_text())
+    assert payload["metadata"]["neighbour"] == "both"
+    assert payload["metadata"]["step_threads"] == 1
+    assert payload["metadata"]["matmul_gflops"] > 0
+    records = [module.Record(**r) for r in payload["records"]]
+    assert [(r.neighbour, r.mode) for r in records] == [(False, "tokens"), (True, "tokens")]
+    lines = module.neighbour_table(records).splitlines()
+    assert lines[0].startswith("| batch size | path | mode | quiet (env-steps/s) | busy")
+    assert lines[2].startswith("| 2 | POP | tokens | ") and lines[2].endswith("x |")
+    table = module.markdown_table(records[:1], {2: 1e9}, matmul=100.0)
+    assert table.splitlines()[0].endswith("| POP tokens GFLOP/s | share of matmul rate |")
+
+
+@pytest.mark.parametrize(
+    ("argv", "neighbour", "step_threads"),
+    [
+        ([], "off", "auto"),
+        (["--neighbour"], "both", "auto"),
+        (["--neighbour", "on", "--step-threads", "3"], "on", 3),
+        (["--step-threads", "off"], "off", "off"),
+    ],
+)
+def test_neighbour_and_thread_flags_parse(argv, neighbour, step_threads) -> None:
+    args = load_benchmark("imagination").parse_args(["--preset", "tiny", *argv])
+    assert (args.neighbour, args.step_threads, args.modes) == (
+        neighbour,
+        step_threads,
+        ["tokens", "rgb"],
+    )
+
+
+@pytest.mark.parametrize("bad", [["--step-threads", "0"], ["--step-threads", "many"]])
+def test_bad_step_threads_are_refused(bad) -> None:
+    with pytest.raises(SystemExit):
+        load_benchmark("imagination").parse_args(bad)
+
+
+def test_busy_neighbour_spins_inside_the_block_and_stops_after() -> None:
+    neighbour = load_benchmark("imagination").busy_neighbour
+    with neighbour(False) as nothing:
+        assert nothing is None
+    with pytest.raises(KeyboardInterrupt), neighbour() as process:
+        assert process is not None and process.poll() is None  # running
+        raise KeyboardInterrupt
+    assert process.poll() is not None  # stopped, also when the block failed
+
+
+def test_pop_flops_count_the_step_s_products() -> None:
+    from rem_env import REMConfig
+
+    module = load_benchmark("imagination")
+    config = REMConfig.preset("paper", num_actions=4)
+    one, many = module.pop_step_flops(config, 1), module.pop_step_flops(config, 64)
+    assert 1.0e9 < many < one < 1.3e9  # ~1.2 GFLOP; a batch shares the prediction tokens
 
 
 def test_cpu_description_names_family_model_and_int8_features(tmp_path: Path) -> None:

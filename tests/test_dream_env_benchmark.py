@@ -49,6 +49,28 @@ def test_int8_and_bf16_cells_are_measured_beside_the_float_ones(tmp_path: Path) 
     ]
 
 
+def test_neighbour_run_measures_quiet_then_busy(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    command = [sys.executable, str(SCRIPT), "--preset", "tiny", "--num-envs", "2", "--no-ale"]
+    command += ["--steps", "2", "--obs-types", "tokens", "--neighbour", "--step-threads", "1"]
+    result = subprocess.run(
+        [*command, "--json", str(out)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| env | N | obs | quiet (env-steps/s) | busy neighbour (env-steps/s) |" in result.stdout
+    assert "\n| dream | 2 | tokens | " in result.stdout
+    payload = json.loads(out.read_text())
+    assert [r["neighbour"] for r in payload["records"]] == [False, True]
+    assert payload["metadata"]["step_threads"] == 1
+
+
+def test_step_threads_default_to_the_env_s_own() -> None:
+    module = load_benchmark("dream_env")
+    assert module.parse_args([]).step_threads is None
+    assert module.parse_args(["--step-threads", "auto"]).step_threads == "auto"
+    assert module.parse_args(["--step-threads", "2"]).step_threads == 2
+
+
 def test_never_end_stops_the_random_model_ending_dreams() -> None:
 
     import numpy as np
