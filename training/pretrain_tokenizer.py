@@ -151,7 +151,6 @@ def collect_frames(game: str, num_frames: int, scripted_share: float, seed: int)
 
 
 @torch.no_grad()
-@torch.no_grad()
 def reconstruction_report(model: REMModel, held_out: FrameSet, game: str) -> dict[str, Any]:
     """PSNR, codebook use and probe recall of the tokenizer's reconstructions of real frames."""
     model.eval()
