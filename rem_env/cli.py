@@ -157,7 +157,7 @@ def make_dream_env(model: REMModel, num_envs: int, **kwargs: object) -> DreamVec
         raise CLIError(str(err)) from err
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
+def _add_model_args(parser: argparse.ArgumentParser, seed_default: str) -> None:
     parser.add_argument("env_id", metavar="ENV_ID", help="a registered id, e.g. REM-Breakout-v0")
     parser.add_argument(
         "--model",
@@ -171,10 +171,20 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         help="dream with an UNTRAINED model of this preset instead (random noise, for trying "
         "the tool before any trained weights exist)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="seed of the dreams (env i: s+i)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (auto: cuda if any)")
     parser.add_argument(
-        "--temperature", type=float, default=1.0, help="sampling temperature (0: argmax)"
+        "--seed",
+        type=int,
+        default=None,
+        help=f"seed of the dreams (env i: s+i) (default: {seed_default})",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1... (default: auto, cuda if any)"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="sampling temperature, 0: argmax (default: 1)",
     )
     parser.add_argument(
         "--quantize",
@@ -457,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Roll NUM_ENVS dreams for STEPS steps with an agent, write them tiled in one "
         "video (GIF, or MP4 with rem-env[video]) and print each env's episode returns.",
     )
-    _add_model_args(dream)
+    _add_model_args(dream, "random: a new dream each run")
     dream.add_argument(
         "--agent",
         default="random",
@@ -468,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     dream.add_argument("--algo", choices=("PPO", "A2C", "DQN"), help="SB3 algorithm of --agent")
     dream.add_argument("--num-envs", type=int, default=1, help="dreams side by side (default: 1)")
     dream.add_argument("--steps", type=int, default=100, help="steps per dream (default: 100)")
-    dream.add_argument("--out", default="dream.gif", help="video file: .gif or .mp4")
+    dream.add_argument(
+        "--out", default="dream.gif", help="video file: .gif or .mp4 (default: dream.gif)"
+    )
     dream.add_argument("--scale", type=int, default=4, help="upscaling factor (default: 4)")
     dream.add_argument("--fps", type=int, default=15, help="video frames per second (default: 15)")
     dream.set_defaults(func=cmd_dream)
@@ -479,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Play a pure dream (never re-grounded on the emulator): arrows move, space "
         "fires, R resets, P pauses, Esc/Q quits. Needs pygame (rem-env[play]).",
     )
-    _add_model_args(play)
+    _add_model_args(play, "random: a new dream each run")
     play.add_argument(
         "--scale", type=int, default=8, help="window pixels per dream pixel (default: 8)"
     )
@@ -501,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
         "token accuracy, PSNR against the real frame, reward and episode-end precision/recall. "
         "Writes fidelity.json, fidelity_curve.png and fidelity_strip.png (real above dream).",
     )
-    _add_model_args(fidelity)
+    _add_model_args(fidelity, "0")
     fidelity.add_argument(
         "--agent",
         default="random",
@@ -531,7 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--stride", type=int, default=5, help="real steps between dream starts (default: 5)"
     )
     fidelity.add_argument(
-        "--max-steps", type=int, default=5000, help="agent steps per real game at most"
+        "--max-steps",
+        type=int,
+        default=5000,
+        help="agent steps per real game at most (default: 5000)",
     )
     fidelity.add_argument("--out", default="fidelity", help="output folder (default: fidelity)")
     fidelity.set_defaults(func=cmd_fidelity)

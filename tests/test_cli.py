@@ -245,6 +245,28 @@ def test_help_names_every_subcommand_and_option() -> None:
     assert (dream.agent, dream.num_envs, dream.out, dream.scale) == ("random", 1, "dream.gif", 4)
 
 
+def test_help_gives_every_default() -> None:
+    """An option that has a value when it is not given says which in ``--help``; ``--seed`` says
+    that the dreams are random without it (fidelity: 0)."""
+    import argparse
+
+    subcommands = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices
+    for name, parser in subcommands.items():
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert "default" in (action.help or ""), f"rem-env {name} {action.option_strings}"
+    seeds = {name: subcommands[name].format_help() for name in ("dream", "play", "fidelity")}
+    assert "(default: random: a new dream each run)" in " ".join(seeds["dream"].split())
+    assert "(default: random: a new dream each run)" in " ".join(seeds["play"].split())
+    assert "(default: 0)" in seeds["fidelity"].split("\n  --seed SEED", 1)[1].split("--device")[0]
+    from rem_train.cli import parser as training_parser
+
+    shortcuts = " ".join(training_parser().format_help().split())
+    assert "--seed SEED shortcut for --common.seed (default: the preset's, 1)" in shortcuts
+
+
 def test_tile_frames_places_envs_in_a_grid() -> None:
     from rem_env.video import tile_frames
 

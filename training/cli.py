@@ -139,9 +139,11 @@ def parser() -> argparse.ArgumentParser:
         "replace; checked before training)",
     )
     p.add_argument(
-        "--epochs", type=int, help="shortcut for --common.epochs (with --resume: extend the run)"
+        "--epochs",
+        type=int,
+        help="shortcut for --common.epochs (with --resume: extend the run) (default: the preset's)",
     )
-    p.add_argument("--seed", type=int, help="shortcut for --common.seed")
+    p.add_argument("--seed", type=int, help="shortcut for --common.seed (default: the preset's, 1)")
     p.add_argument(
         "--init-from",
         metavar="FOLDER_OR_HUB_REPO_ID",
