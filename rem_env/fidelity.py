@@ -50,6 +50,7 @@ __all__ = [
     "FidelityReport",
     "ObjectCounts",
     "RealTrajectory",
+    "TokenFlips",
     "measure_fidelity",
     "record_real_trajectories",
     "run_fidelity",
@@ -115,6 +116,11 @@ class FidelityReport:
             ``dream_near`` (per ``h``, the share of checkable steps whose dreamed object is
             within ``NEAR_PIXELS`` of the real one) and ``dream_compared``.
         policy: Who played the real game.
+        still_token_flips: Of the tokens of patches whose pixels did not change since the
+            previous real frame, the share the tokenizer gave another code than in that frame:
+            changes the world model has to predict although nothing moved there.
+        moving_patches: The share of patches whose pixels changed between consecutive real
+            frames (what a perfectly stable tokenizer would change).
     """
 
     horizon: int
@@ -141,6 +147,8 @@ class FidelityReport:
     end_recall_by_step: list[float | None] = field(default_factory=list)
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     policy: str = ""
+    still_token_flips: float | None = None
+    moving_patches: float | None = None
 
     def at(self, step: int) -> dict[str, float]:
         """Token accuracy and PSNR after ``step`` imagined steps (1-based)."""
@@ -189,6 +197,11 @@ class FidelityReport:
                 f"{_fmt(obj['reconstruction_false'])} of those without it)"
             )
         rows.append(ceiling + ".")
+        if self.still_token_flips is not None and self.moving_patches is not None:
+            rows.append(
+                f"Tokens that change where no pixel moved: {_fmt(self.still_token_flips)} of the "
+                f"still patches' tokens ({_fmt(self.moving_patches)} of patches moved)."
+            )
         played = f" Played by {self.policy}." if self.policy else ""
         rows.append(
             f"Rewards over all {self.horizon} steps: precision {_fmt(self.reward_precision)}, "
@@ -355,6 +368,54 @@ class _MotionError:
         if not self.count:
             return None
         return float(-10.0 * math.log10(max(self.squared / self.count, 1e-10)))
+
+
+@dataclass
+class TokenFlips:
+    """Counts how often a tokenizer changes the token of a patch whose pixels did not move.
+
+    A patch moved when any of its pixels changed by more than :data:`MOTION_THRESHOLD` between
+    consecutive real frames. Tokens are in raster order over a square grid of patches.
+
+    Example:
+        >>> import torch
+        >>> frames = torch.zeros(2, 3, 16, 16)
+        >>> frames[1, :, :8, :8] = 1.0  # the top-left patch of the second frame moved
+        >>> flips = TokenFlips()
+        >>> now, before = torch.tensor([[5, 1, 2, 7]]), torch.tensor([[4, 1, 2, 3]])
+        >>> flips.add(now, before, frames[1:], frames[:1])
+        >>> flips.still_flip_share(), flips.moving_share()  # token 3 flipped in a still patch
+        (0.3333333333333333, 0.25)
+    """
+
+    still: int = 0
+    still_flipped: int = 0
+    moving: int = 0
+
+    def add(
+        self, tokens: torch.Tensor, before: torch.Tensor, real: torch.Tensor, previous: torch.Tensor
+    ) -> None:
+        """(N, K) tokens of frames and of the frames before them; (N, 3, H, W) those frames."""
+        n, k = tokens.shape
+        side = math.isqrt(k)
+        if side * side != k or real.shape[-1] % side or real.shape[-2] % side:
+            raise ValueError(f"{k} tokens do not tile {tuple(real.shape[-2:])} frames")
+        moved = (real - previous).abs().amax(dim=1) > MOTION_THRESHOLD  # (N, H, W)
+        ph, pw = real.shape[-2] // side, real.shape[-1] // side
+        patch_moved = moved.view(n, side, ph, side, pw).amax(dim=(2, 4)).reshape(n, k)  # (N, K)
+        flipped = tokens != before
+        self.still += int((~patch_moved).sum())
+        self.still_flipped += int((flipped & ~patch_moved).sum())
+        self.moving += int(patch_moved.sum())
+
+    def still_flip_share(self) -> float | None:
+        """Of the still patches, the share whose token changed (None if there were none)."""
+        return self.still_flipped / self.still if self.still else None
+
+    def moving_share(self) -> float | None:
+        """The share of patches that moved (None before any frame pair)."""
+        total = self.still + self.moving
+        return self.moving / total if total else None
 
 
 @dataclass
@@ -541,7 +602,7 @@ def measure_fidelity(
                 "real": trajectories[i].frames[t : t + horizon + 1],
                 "dream": np.stack([trajectories[i].frames[t], *dreamed]),
             }
-    tokenizer_psnr, tokenizer_motion, recon_objects = _reconstruction_scores(
+    tokenizer_psnr, tokenizer_motion, recon_objects, flips = _reconstruction_scores(
         model, trajectories, batch_size, probes
     )
     objects = {
@@ -579,6 +640,8 @@ def measure_fidelity(
         end_precision_by_step=[c.precision() for c in step_ends],
         end_recall_by_step=[c.recall() for c in step_ends],
         objects=objects,
+        still_token_flips=flips.still_flip_share(),
+        moving_patches=flips.moving_share(),
     )
     return report, strip
 
@@ -597,29 +660,35 @@ def _reconstruction_scores(
     trajectories: list[RealTrajectory],
     batch_size: int,
     probes: tuple[ObjectProbe, ...],
-) -> tuple[float, float | None, dict[str, ObjectCounts]]:
+) -> tuple[float, float | None, dict[str, ObjectCounts], TokenFlips]:
     """The tokenizer's ceiling: mean PSNR and motion PSNR of its reconstructions of the real
-    frames, and the probes' counts on them."""
+    frames, the probes' counts on them, and how often its tokens change where nothing moved."""
     device = model.start_tokens.device
     total, frames_seen = 0.0, 0
     motion = _MotionError()
+    flips = TokenFlips()
     objects = {probe.name: ObjectCounts() for probe in probes}
     for traj in trajectories:
+        last_tokens = None  # (1, K) tokens of the previous batch's last frame
         for first in range(0, len(traj.frames), batch_size):
             real = _to_tensor(traj.frames[first : first + batch_size], device)
-            rebuilt = model.decode(model.encode(real))
+            tokens = model.encode(real)  # (N, K)
+            rebuilt = model.decode(tokens)
             total += _psnr(rebuilt, real).sum().item()
             frames_seen += len(real)
             if first > 0 or len(real) > 1:  # frames with a real frame before them
                 lo = 1 if first == 0 else 0
                 before = _to_tensor(traj.frames[first + lo - 1 : first + len(real) - 1], device)
                 motion.add(rebuilt[lo:], real[lo:], before)
+                before_tokens = tokens[:-1] if first == 0 else torch.cat([last_tokens, tokens[:-1]])
+                flips.add(tokens[lo:], before_tokens, real[lo:], before)
+            last_tokens = tokens[-1:]
             if probes:
                 pictures = to_pixels(rebuilt)
                 ram = traj.ram[first : first + batch_size]  # type: ignore[index]
                 for probe in probes:
                     objects[probe.name].add(probe, pictures, ram)
-    return total / frames_seen, motion.psnr(), objects
+    return total / frames_seen, motion.psnr(), objects, flips
 
 
 def save_strip_png(
