@@ -14,7 +14,8 @@
 #                       phase's wall seconds per epoch
 #   compile.md          benchmarks/imagination.py again: the POP step through torch.compile
 #                       (paths $COMPILE_PATHS, mode reduce-overhead on CUDA: CUDA graphs) beside
-#                       the plain POP step; last, as compiling takes a while
+#                       the plain POP step, at the batch sizes of $COMPILE_SIZES; last, as
+#                       compiling takes a while
 #   log.txt             everything the steps printed, and which step failed if one did
 #
 # Settings (environment variables):
@@ -22,10 +23,12 @@
 #   CELL_SECONDS (10), TRAIN_PRESET (atari100k), TRAIN_EPOCHS (2), TRAIN_ENV_STEPS (1000;
 #   real steps collected per epoch, enough for the phases' batches), SKIP_TRAIN (0),
 #   COMPILE_PATHS ("bf16-compile"; "compile" is float32; empty skips the step),
-#   COMPILE_BACKEND (inductor; aot_eager checks the capture quickly, as the smoke test does)
+#   COMPILE_SIZES ($SIZES; each size compiles anew), COMPILE_BACKEND (inductor; aot_eager
+#   checks the capture quickly, as the smoke test does)
 # A CPU smoke run of the script itself (the test suite does this):
-#   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_ENV_STEPS=60 \
-#     COMPILE_BACKEND=aot_eager benchmarks/gpu_check.sh /tmp/gpu_check
+#   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_EPOCHS=1 \
+#     TRAIN_ENV_STEPS=60 COMPILE_SIZES=1 COMPILE_BACKEND=aot_eager \
+#     benchmarks/gpu_check.sh /tmp/gpu_check
 #
 # Each step runs even when an earlier one failed; the exit status is 1 if any failed.
 # rem_env needs gymnasium, safetensors and huggingface_hub, the training step ale-py too: carry
@@ -37,6 +40,7 @@ py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 preset=${PRESET:-paper}
 read -r -a sizes <<<"${SIZES:-64 1024 4096}"
+read -r -a compile_sizes <<<"${COMPILE_SIZES:-${sizes[*]}}"
 steps=${STEPS:-20}
 cell=${CELL_SECONDS:-10}
 train_preset=${TRAIN_PRESET:-atari100k}
@@ -98,7 +102,7 @@ read -r -a compile_paths <<<"${COMPILE_PATHS-bf16-compile}"
 if ((${#compile_paths[@]})); then
     scratch=$(mktemp -d)
     step compile "$py" "$here/imagination.py" --device "$device" --preset "$preset" \
-        --batch-sizes "${sizes[@]}" --paths pop "${compile_paths[@]}" --steps "$steps" \
+        --batch-sizes "${compile_sizes[@]}" --paths pop "${compile_paths[@]}" --steps "$steps" \
         --warmup 3 --max-seconds-per-cell "$cell" --json "$scratch/compile.json" \
         --compile-backend "${COMPILE_BACKEND:-inductor}" >"$out/compile.md"
     rm -rf "$scratch"

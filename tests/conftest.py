@@ -10,6 +10,11 @@ port is bound now and served by the ``fake_hub`` fixture.
 Torch runs on one intra-op thread in the whole session: the tests use tiny models, for which
 OpenMP threads only add overhead, and on a busy 2-core machine spinning threads slow them down by
 tens of times.
+
+The suite runs on every core this process may use, one pytest-xdist worker per core
+(``-n auto`` in pyproject.toml; :func:`pytest_xdist_auto_num_workers`); each worker imports this
+file, so each has its own fake Hub, port and cache, and every test writes under its own
+``tmp_path``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,18 @@ if "huggingface_hub" in sys.modules:  # imported before this file: its constants
     )
 else:
     HUB_SETUP_ERROR = None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers of ``-n auto``: one per core this process may run on (``taskset`` included; not
+    psutil's count of physical cores, which a VM's vCPUs can halve), and none on one core, where
+    a worker would only add its start-up to the same serial run."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        cores = os.cpu_count() or 1
+    return cores if cores > 1 else 0
 
 
 def pytest_unconfigure(config: object) -> None:

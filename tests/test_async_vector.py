@@ -24,7 +24,10 @@ from rem_env.hub import save_pretrained
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX-only")
 
-TIMEOUT_S = 120
+TIMEOUT_S = 300
+"""A case that has not ended by then is deadlocked: each takes under 10 s on a quiet 2-core
+machine, so load cannot reach it (a shared guard of many minutes would let a deadlock of every
+case outlast CI)."""
 
 # The parent runs torch on 2 threads and runs a parallel op first: that is what poisons the
 # OpenMP pool the forked workers inherit.

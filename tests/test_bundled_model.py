@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
+from hang_guard import HANG_GUARD_S
 
 import rem_env
 from rem_env.hub import bundled_model_folder, resolve_default_model
@@ -44,7 +45,7 @@ def test_breakout_dreams_offline_without_arguments(tmp_path: Path) -> None:
     env.pop("REM_ENV_HUB_ORG", None)
     result = subprocess.run(
         [sys.executable, "-c", OFFLINE_DREAM], env=env, capture_output=True, text=True,
-        timeout=300, check=False,
+        timeout=HANG_GUARD_S, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [

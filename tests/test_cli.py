@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hang_guard import HANG_GUARD_S
 from PIL import Image
 
 from rem_env import REMConfig, REMModel
@@ -222,7 +223,7 @@ def test_bench_passes_arguments_through(tmp_path: Path) -> None:
     argv += ["--num-envs", "1", "--obs-types", "tokens", "--steps", "2", "--no-ale"]
     argv += ["--json", str(tmp_path / "bench.json")]
     result = subprocess.run(
-        [sys.executable, *argv], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, *argv], capture_output=True, text=True, timeout=HANG_GUARD_S, check=False
     )
     assert result.returncode == 0, result.stderr
     assert "| N | dream tokens" in result.stdout

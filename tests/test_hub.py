@@ -17,6 +17,7 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import torch
+from hang_guard import HANG_GUARD_S
 from safetensors.torch import load_file, save_file
 
 import rem_env.checkpoint.folder_swap as folder_swap
@@ -448,7 +449,11 @@ def test_offline_uses_the_cache_and_explains_what_is_missing(fake_hub, saved: Pa
     online = REMModel.from_pretrained("acme/offline")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", OFFLINE_SCRIPT], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", OFFLINE_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hang_guard import HANG_GUARD_S
 from safetensors.torch import load_file
 
 import rem_env.checkpoint.folder_swap as folder_swap
@@ -134,7 +135,7 @@ def test_loads_during_saves_see_one_whole_save_or_a_clear_error(
     finally:
         stop.touch()
         try:
-            out, err = writer.communicate(timeout=120)
+            out, err = writer.communicate(timeout=HANG_GUARD_S)
         except subprocess.TimeoutExpired:
             writer.kill()
             out, err = writer.communicate()
@@ -339,7 +340,7 @@ def test_a_huge_config_is_refused_before_building_the_model(
         [sys.executable, "-c", LIMITED_LOAD, str(saved)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from hang_guard import HANG_GUARD_S
 
 import rem_env
 from rem_env import DreamEnv, DreamVectorEnv, REMConfig, REMModel
@@ -67,7 +68,11 @@ def test_make_without_prior_import() -> None:
         "    print('ok')\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

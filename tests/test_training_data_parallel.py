@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from hang_guard import HANG_GUARD_S
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -46,7 +47,9 @@ def _torchrun(probe: Path, stop_after: int, *args: str) -> tuple[list[dict[str, 
         "--tee=3", str(ROOT / "tests" / "ddp_probe.py"), str(probe), str(stop_after), *args,
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
     output = done.stdout + done.stderr
     assert all((probe / f"rank{r}.json").is_file() for r in range(2)), output
     return [json.loads((probe / f"rank{r}.json").read_text()) for r in range(2)], output
