@@ -33,9 +33,9 @@ neighbour, and adds a table of both with the slowdown; ``--neighbour on`` measur
 only. Leave the process unpinned (no ``taskset``) to see what a user sees.
 
 The header also gives an analytic count of the matmul FLOPs of one POP env-step (see
-:func:`pop_step_flops`) and this machine's measured float32 matmul rate (``torch.mm`` of two
-2048x2048 matrices, before any neighbour starts); the table gives the GFLOP/s the POP tokens
-cells imply and their share of that rate.
+:func:`pop_step_flops`) and this machine's measured float32 matmul rate (the best ``torch.mm``
+of two square matrices of 512, 1024 or 2048 rows, before any neighbour starts); the table gives
+the GFLOP/s the POP tokens cells imply and their share of that rate.
 
 How to run
 ----------
@@ -384,7 +384,8 @@ def measure(
                     f"{record.env_steps_per_s:10.1f} env-steps/s  {record.ms_per_step:9.2f} "
                     f"ms/step  ({record.steps_timed} steps"
                     + (
-                        f"; {threads.count()} threads, others {threads.others or 0:.2f} cores)"
+                        f"; {threads.count()} threads, others {threads.others or 0:.2f} cores, "
+                        f"waited {threads.waiting or 0:.2f})"
                         if threads is not None
                         else ")"
                     ),
@@ -494,7 +495,8 @@ def header(meta: dict[str, Any]) -> str:
         f"POP step FLOPs (matmuls, analytic): {meta['pop_flops_per_env_step'] / 1e9:.3f} "
         "GFLOP per env-step at B=1"
         + (
-            f" | float32 matmul rate (torch.mm 2048x2048): {meta['matmul_gflops']:.1f} GFLOP/s"
+            f" | float32 matmul rate (best torch.mm of squares): {meta['matmul_gflops']:.1f} "
+            "GFLOP/s"
             if meta.get("matmul_gflops")
             else ""
         )
@@ -608,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flops = {b: pop_step_flops(config, b) for b in args.batch_sizes}
     matmul = None
     if device.type == "cpu":  # measured quiet, before any neighbour starts
-        matmul = matmul_gflops(2048 if args.preset == "paper" else 256)
+        matmul = matmul_gflops((512, 1024, 2048) if args.preset == "paper" else (64, 128))
     meta = metadata(args, device, pop_step_flops(config), matmul)
     meta["pop_flops_per_env_step_by_batch"] = flops
     print(header(meta), flush=True)

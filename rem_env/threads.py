@@ -5,8 +5,9 @@ every intra-op thread must join before the next call starts. When another proces
 busy, the thread that shares that core waits for the scheduler at every region: a one-dream
 step that takes 30 ms on a quiet 2-core machine took 1.4 s beside one busy process. A
 :class:`StepThreads` in ``"auto"`` mode reads how much CPU the rest of the machine used
-(``/proc/stat`` minus this process's own CPU time) and runs the step on the cores that were
-left free: all of torch's threads on a quiet machine, fewer beside busy neighbours, one at the
+(``/proc/stat`` minus this process's own CPU time) and how long this process's threads waited
+for a CPU (``/proc/self/task/*/schedstat``), and runs the step on the cores that were left
+free: all of torch's threads on a quiet machine, fewer beside busy neighbours, one at the
 least. Where ``/proc/stat`` cannot be read (not Linux), ``"auto"`` keeps torch's count.
 """
 
@@ -36,7 +37,13 @@ MARGIN = 0.3
 """CPU (in cores) that other processes may use before ``"auto"`` gives a thread up: the hum of
 an idle desktop does not cost a thread; one busy process does."""
 
+WAIT_SHARE = 0.25
+"""Share of the wall time this process's threads may spend waiting for a CPU before ``"auto"``
+gives a thread up: more means the machine is oversubscribed (its threads' own spinning can
+hide a neighbour's demand from ``/proc/stat``)."""
+
 _PROC_STAT = Path("/proc/stat")
+_TASKS = Path("/proc/self/task")
 _BUSY_FIELDS = (0, 1, 2, 5, 6)  # user, nice, system, irq, softirq (steal and idle are not work)
 
 
@@ -60,17 +67,22 @@ class StepThreads:
         True
     """
 
-    def __init__(self, threads: Threads = AUTO, *, stat_path: Path = _PROC_STAT) -> None:
+    def __init__(
+        self, threads: Threads = AUTO, *, stat_path: Path = _PROC_STAT, tasks_path: Path = _TASKS
+    ) -> None:
         if threads != AUTO and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
         ):
             raise ValueError(f"threads must be 'auto' or a positive int, got {threads!r}")
         self.threads: Threads = threads
         self._stat_path = stat_path
+        self._tasks_path = tasks_path
         self._tick = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
-        self._last: tuple[float, float, float] | None = None  # (wall, machine busy, own) seconds
+        self._last: tuple[float, float, float, float] | None = None  # wall, busy, own, waited
         self._free: int | None = None  # cores left free at the last reading
         self._others: float | None = None
+        self._waiting: float | None = None
+        self._used = 0  # the count given for the steps since the last reading
 
     @contextlib.contextmanager
     def running(self) -> Iterator[int]:
@@ -92,12 +104,19 @@ class StepThreads:
             return int(self.threads)
         requested = torch.get_num_threads()
         self._sample()
-        return requested if self._free is None else max(1, min(requested, self._free))
+        self._used = requested if self._free is None else max(1, min(requested, self._free))
+        return self._used
 
     @property
     def others(self) -> float | None:
         """Cores other processes kept busy over the last reading's interval (None: none yet)."""
         return self._others
+
+    @property
+    def waiting(self) -> float | None:
+        """Share of the last reading's interval that this process's threads spent waiting for a
+        CPU, summed over threads (None: no reading yet)."""
+        return self._waiting
 
     def _sample(self) -> None:
         now = time.monotonic()
@@ -108,13 +127,19 @@ class StepThreads:
         if busy is None:
             return
         own = time.process_time()
+        waited = self._waited_seconds()
         if self._last is not None:
-            wall, busy_before, own_before = self._last
-            others = max(0.0, (busy - busy_before) - (own - own_before)) / (now - wall)
+            wall, busy_before, own_before, waited_before = self._last
+            seconds = now - wall
+            others = max(0.0, (busy - busy_before) - (own - own_before)) / seconds
             self._others = others
             cores = len(cpus) if cpus else os.cpu_count() or 1
-            self._free = max(1, cores - max(0, math.ceil(others - MARGIN)))
-        self._last = (now, busy, own)
+            free = cores - max(0, math.ceil(others - MARGIN))
+            self._waiting = (waited - waited_before) / seconds
+            if self._waiting > WAIT_SHARE and self._used > 1:
+                free = min(free, self._used - 1)  # our threads queued for a CPU: too many
+            self._free = max(1, free)
+        self._last = (now, busy, own, waited)
 
     def _busy_seconds(self, cpus: set[int] | None) -> float | None:
         """CPU seconds spent working on the given CPUs (all when None) since boot."""
@@ -132,6 +157,21 @@ class StepThreads:
             fields = rest.split()
             total += sum(int(fields[i]) for i in _BUSY_FIELDS if i < len(fields))
         return total * self._tick
+
+    def _waited_seconds(self) -> float:
+        """Seconds this process's threads spent runnable but waiting for a CPU (0 where the
+        kernel does not say)."""
+        total = 0
+        try:
+            tasks = list(self._tasks_path.iterdir())
+        except OSError:
+            return 0.0
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended, or no scheduler statistics
+        return total / 1e9
 
 
 def _allowed_cpus() -> set[int] | None:

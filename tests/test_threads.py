@@ -27,9 +27,11 @@ class FakeMachine:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.tasks = path.parent / "task"
         self.ticks = [0, 0]  # busy ticks of cpu0 and cpu1 (100 per second)
         self.wall = 1000.0
         self.own = 0.0
+        self.waited = 0.0  # seconds this process's threads waited for a CPU
         self.write()
 
     def write(self) -> None:
@@ -37,11 +39,19 @@ class FakeMachine:
         lines = [f"cpu  {total} 0 0 999 0 0 0 0 0 0"]
         lines += [f"cpu{i} {t} 0 0 999 0 0 0 0 0 0" for i, t in enumerate(self.ticks)]
         self.path.write_text("\n".join([*lines, "intr 1 2 3", "procs_running 2"]) + "\n")
+        for tid, share in ((11, 0.5), (12, 0.5)):  # two threads, the wait shared between them
+            (self.tasks / str(tid)).mkdir(parents=True, exist_ok=True)
+            ns = round(self.waited * share * 1e9)
+            (self.tasks / str(tid) / "schedstat").write_text(f"123 {ns} 7\n")
 
-    def run(self, seconds: float, own_cores: float, other_cores: float) -> None:
-        """Advances the clock: this process used ``own_cores``, others ``other_cores``."""
+    def run(
+        self, seconds: float, own_cores: float, other_cores: float, waiting: float = 0.0
+    ) -> None:
+        """Advances the clock: this process used ``own_cores``, others ``other_cores``, and
+        this process's threads waited ``waiting`` cores' worth of time for a CPU."""
         self.wall += seconds
         self.own += own_cores * seconds
+        self.waited += waiting * seconds
         busy = round((own_cores + other_cores) * seconds * 100)
         self.ticks[0] += busy // 2
         self.ticks[1] += busy - busy // 2
@@ -75,7 +85,7 @@ def test_bad_thread_counts_are_refused(bad) -> None:
 
 
 def test_auto_gives_a_busy_neighbours_core_up_and_takes_it_back(two_threads, machine) -> None:
-    policy = StepThreads("auto", stat_path=machine.path)
+    policy = StepThreads("auto", stat_path=machine.path, tasks_path=machine.tasks)
     assert policy.count() == 2  # no reading yet: torch's count
     machine.run(SAMPLE_SECONDS, own_cores=1.0, other_cores=0.05)  # quiet: idle hum only
     assert policy.count() == 2
@@ -91,8 +101,21 @@ def test_auto_gives_a_busy_neighbours_core_up_and_takes_it_back(two_threads, mac
     assert policy.count() == 2
 
 
+def test_auto_gives_a_thread_up_when_its_threads_queue_for_cpus(two_threads, machine) -> None:
+    policy = StepThreads("auto", stat_path=machine.path, tasks_path=machine.tasks)
+    policy.count()
+    # Two threads spinning at each other's barriers hide a neighbour that got little CPU...
+    machine.run(SAMPLE_SECONDS, own_cores=1.8, other_cores=0.2, waiting=0.6)
+    assert policy.count() == 1
+    assert policy.waiting == pytest.approx(0.6)
+    machine.run(SAMPLE_SECONDS, own_cores=1.0, other_cores=1.0)  # ...that one thread reveals
+    assert policy.count() == 1
+    machine.run(SAMPLE_SECONDS, own_cores=1.0, other_cores=0.0, waiting=0.05)
+    assert policy.count() == 2
+
+
 def test_auto_keeps_torchs_count_without_kernel_counters(two_threads, tmp_path: Path) -> None:
-    policy = StepThreads("auto", stat_path=tmp_path / "missing")
+    policy = StepThreads("auto", stat_path=tmp_path / "missing", tasks_path=tmp_path / "none")
     assert policy.count() == 2 and policy.count() == 2
     assert policy.others is None
 
