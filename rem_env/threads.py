@@ -52,9 +52,11 @@ class StepThreads:
 
     Args:
         threads: ``"auto"`` (torch's thread count, less the cores that other processes kept
-            busy since the last reading) or a positive int (that many threads during each
-            step, whatever the machine does).
+            busy since the last reading, and one less than last time if this process's threads
+            queued for a CPU for over ``WAIT_SHARE`` of it) or a positive int (that many
+            threads during each step, whatever the machine does).
         stat_path: The kernel's CPU counters (a test points it elsewhere).
+        tasks_path: The folder of this process's threads and their scheduler statistics.
 
     The count applies inside :meth:`running` only: torch's own setting is put back after each
     step, so the rest of the program keeps the threads it had.
