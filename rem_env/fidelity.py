@@ -196,12 +196,13 @@ class FidelityReport:
                 f"reconstructions of real frames with the {name} (and in "
                 f"{_fmt(obj['reconstruction_false'])} of those without it)"
             )
-        rows.append(ceiling + ".")
+        rows += [ceiling + ".", ""]  # a blank line: one paragraph each in markdown
         if self.still_token_flips is not None and self.moving_patches is not None:
-            rows.append(
+            rows += [
                 f"Tokens that change where no pixel moved: {_fmt(self.still_token_flips)} of the "
-                f"still patches' tokens ({_fmt(self.moving_patches)} of patches moved)."
-            )
+                f"still patches' tokens ({_fmt(self.moving_patches)} of patches moved).",
+                "",
+            ]
         played = f" Played by {self.policy}." if self.policy else ""
         rows.append(
             f"Rewards over all {self.horizon} steps: precision {_fmt(self.reward_precision)}, "
@@ -692,16 +693,30 @@ def _reconstruction_scores(
 
 
 def save_strip_png(
-    strip: dict[str, np.ndarray], path: str | os.PathLike[str], scale: int = 3
+    strip: dict[str, np.ndarray],
+    path: str | os.PathLike[str],
+    scale: int = 3,
+    per_row: int = 4,
 ) -> None:
-    """A PNG of real frames (top row) above dreamed frames (bottom row), step 0 = the context."""
+    """A PNG of real frames above dreamed frames, step 0 = the context.
+
+    The steps wrap after ``per_row`` of them, each block a row of real frames above a row of
+    dreamed ones, so that a page or a model card shows the frames large enough to see the ball.
+    """
     real, dream = strip["real"], strip["dream"]
     n, h, w, _ = real.shape
-    gap = 2
-    canvas = Image.new("RGB", (n * (w + gap) - gap, 2 * h + gap), (255, 255, 255))
-    for row, frames in enumerate((real, dream)):
-        for k in range(n):
-            canvas.paste(Image.fromarray(frames[k]), (k * (w + gap), row * (h + gap)))
+    gap, block_gap = 2, 8
+    cols = max(1, min(per_row, n))
+    blocks = math.ceil(n / cols)
+    block_h = 2 * h + gap
+    canvas = Image.new(
+        "RGB", (cols * (w + gap) - gap, blocks * (block_h + block_gap) - block_gap), (255, 255, 255)
+    )
+    for k in range(n):
+        x = (k % cols) * (w + gap)
+        y = (k // cols) * (block_h + block_gap)
+        canvas.paste(Image.fromarray(real[k]), (x, y))
+        canvas.paste(Image.fromarray(dream[k]), (x, y + h + gap))
     canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST).save(path)
 
 

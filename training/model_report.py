@@ -138,7 +138,8 @@ def write_model_report(
                     "",
                     "![fidelity over the horizon](fidelity_curve.png)",
                     "",
-                    "Real frames (top) and the dream of the same actions (bottom):",
+                    "Real frames (upper row of each pair) and the dream of the same actions "
+                    "(lower row), four steps a row:",
                     "",
                     "![real vs dream](fidelity_strip.png)",
                 ]
