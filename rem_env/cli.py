@@ -298,6 +298,8 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     if min(args.min_rewards, args.min_ends) < 0:
         raise CLIError("--min-rewards and --min-ends must be >= 0")
     check_seed_and_temperature(args)
+    if args.seed is None:  # a report is reproducible: the player's choices and the dreams
+        args.seed = 0
     problem = folder_write_problem(args.out)
     if problem is not None:
         raise CLIError(f"cannot write --out {args.out}: {problem}")
@@ -327,7 +329,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         games=args.games,
         horizon=args.horizon,
         stride=args.stride,
-        seed=args.seed if args.seed is not None else 0,
+        seed=args.seed,
         max_steps=args.max_steps,
         temperature=args.temperature,
         autocast=AUTOCAST_DTYPES[args.autocast] if args.autocast else None,
