@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from hang_guard import HANG_GUARD_S
+from ranks import run_ranks
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -165,7 +165,7 @@ def test_one_step_of_each_phase_matches_one_process(tmp_path: Path) -> None:
     run = tmp_path / "run"
     prepare_run_dir(run, _step_config(), resume=False)
     _fill(run)
-    mp.spawn(_rank_steps, args=(str(run), str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    run_ranks(_rank_steps, (str(run), str(tmp_path / "init"), str(tmp_path)), 2)
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
     logged = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 

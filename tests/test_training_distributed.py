@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from ranks import run_ranks
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -157,7 +157,7 @@ def _rank(rank: int, init_file: str, out: str) -> None:
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder where 2 spawned gloo ranks left their results."""
     out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_rank, args=(str(out / "init"), str(out)), nprocs=WORLD_SIZE, join=True)
+    run_ranks(_rank, (str(out / "init"), str(out)), WORLD_SIZE)
     return out
 
 
@@ -167,7 +167,7 @@ def test_ranks_leave_the_group_cleanly_run_after_run(tmp_path: Path) -> None:
     for run in range(4):
         out = tmp_path / str(run)
         out.mkdir()
-        mp.spawn(_rank, args=(str(out / "init"), str(out)), nprocs=WORLD_SIZE, join=True)
+        run_ranks(_rank, (str(out / "init"), str(out)), WORLD_SIZE)
 
 
 def test_collective_helpers(two_ranks: Path) -> None:
