@@ -17,6 +17,8 @@ import torch
 from rem_env import REMConfig, REMModel
 from rem_env.models.sampling import StepNoise
 
+pytestmark = pytest.mark.heavy
+
 B = 3
 
 
