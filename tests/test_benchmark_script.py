@@ -202,7 +202,6 @@ def test_make_step_runs_the_model_under_the_requested_autocast() -> None:
     assert seen[1][0] is False
 
 
-@pytest.mark.heavy
 def test_compile_paths_run_the_step_through_torch_compile_and_get_their_columns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

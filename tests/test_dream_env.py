@@ -487,7 +487,6 @@ def rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-@pytest.mark.heavy
 def test_long_dream_has_no_nan_and_no_memory_growth() -> None:
     # 3,000 steps: a leak of 10 KiB a step would show in the 2,500 steps after the first reading
     torch.manual_seed(1)

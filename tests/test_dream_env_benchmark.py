@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from benchmark_scripts import load_benchmark
 from hang_guard import HANG_GUARD_S
+
+pytestmark = pytest.mark.heavy
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dream_env.py"
 

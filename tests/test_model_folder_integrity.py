@@ -103,7 +103,6 @@ print(saves, flush=True)
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["swap", "two-renames"])
-@pytest.mark.heavy
 def test_loads_during_saves_see_one_whole_save_or_a_clear_error(
     tmp_path: Path, exchange: bool
 ) -> None:
@@ -283,7 +282,6 @@ for i in range(100_000):
 """
 
 
-@pytest.mark.heavy
 def test_kill_9_during_saves_leaves_nothing_behind_after_the_next_save(tmp_path: Path) -> None:
     folder = tmp_path / "m"
     for attempt in range(4):

@@ -24,7 +24,6 @@ def agent() -> tuple[TrainConfig, REMModel, ActorCritic]:
     return config, model, ActorCritic.from_config(model.config, hidden_size=16)
 
 
-@pytest.mark.heavy
 def test_collector_stores_every_step_and_splits_lives(agent: tuple, tmp_path: Path) -> None:
     config, model, actor_critic = agent
     collector = Collector.from_config(config, seed=0)

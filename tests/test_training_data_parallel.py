@@ -26,7 +26,8 @@ from rem_train.replay import ReplayBuffer
 from rem_train.run_log import read_metrics
 from rem_train.trainer import Trainer
 
-pytestmark = pytest.mark.heavy
+# One worker: one fork server (tests/ranks.py) for the multi-rank tests
+pytestmark = [pytest.mark.heavy, pytest.mark.xdist_group("ranks")]
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("tokenizer", "world_model", "actor_critic")
@@ -161,7 +162,6 @@ def _rank_steps(rank: int, run: str, init: str, out: str) -> None:
         cleanup()
 
 
-@pytest.mark.xdist_group("ranks")  # one fork server (tests/ranks.py)
 def test_one_step_of_each_phase_matches_one_process(tmp_path: Path) -> None:
     """2 ranks read halves of the global batch one process reads (imagining the same
     trajectories); the averaged gradients give the same step and the same logged losses."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from benchmark_scripts import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "training_flops.py"
@@ -15,7 +14,6 @@ def _load():
     return load_benchmark("training_flops")
 
 
-@pytest.mark.heavy
 def test_smoke_counts_scale_with_batch_and_steps(tmp_path, capsys):
     script = _load()
     out = tmp_path / "flops.json"
@@ -40,7 +38,6 @@ def test_smoke_counts_scale_with_batch_and_steps(tmp_path, capsys):
         assert abs(a - b) / a < 0.05, name
 
 
-@pytest.mark.heavy
 def test_measure_compares_the_speedups_per_phase(tmp_path, capsys):
     """--measure --compare: counted FLOPs and CPU seconds per step with the speed-ups off and on;
     the token cache and the padding skip take the encoder out of the world-model and

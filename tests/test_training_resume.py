@@ -24,6 +24,9 @@ from rem_train.checkpoint import load_checkpoint, restore_rng, rng_fingerprint, 
 from rem_train.replay import ReplayBuffer, _record_dtype
 from rem_train.run_log import read_metrics
 
+# One worker builds the module's one-epoch run
+pytestmark = [pytest.mark.heavy, pytest.mark.xdist_group("resume")]
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 60  # the smoke preset's
 EPOCHS = 4  # of the smoke preset's 5: every phase runs again after the resume (the actor-critic
@@ -60,7 +63,6 @@ def _wait_for(process: subprocess.Popen[str], ready: Callable[[], bool]) -> None
         time.sleep(0.005)
 
 
-@pytest.mark.heavy
 def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     process = _train(
@@ -106,7 +108,6 @@ def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
     assert (tmp_path / "model" / "actor_critic.safetensors").is_file()  # --export FOLDER
 
 
-@pytest.mark.heavy
 def test_sigterm_stops_at_a_step_boundary(tmp_path: Path) -> None:
     out = tmp_path / "run"
     process = _train(out, "--preset", "smoke", "--out", str(out))

@@ -104,7 +104,6 @@ def test_failed_run_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert not (tmp_path / "scores.json").exists()
 
 
-@pytest.mark.heavy
 def test_smoke_sweep_two_games_two_seeds(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -24,9 +24,8 @@ from rem_train.replay import ReplayBuffer
 from rem_train.run_log import read_metrics
 from rem_train.trainer import Trainer
 
-pytestmark = pytest.mark.heavy
-SMOKE_RUN = pytest.mark.xdist_group("smoke_run")
-"""The tests of the module's smoke run: one worker builds it once."""
+# The smoke run is built once, by one worker
+pytestmark = [pytest.mark.heavy, pytest.mark.xdist_group("smoke_run")]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,6 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Tra
     return run_dir, exported, config
 
 
-@SMOKE_RUN
 def test_every_phase_ran_on_schedule(smoke_run: tuple[Path, Path, TrainConfig]) -> None:
     run_dir, _, cfg = smoke_run
     records = read_metrics(run_dir)
@@ -57,7 +55,6 @@ def test_every_phase_ran_on_schedule(smoke_run: tuple[Path, Path, TrainConfig]) 
     assert evals == [4, 5]  # eval_every 2 from epoch 4, and the last epoch
 
 
-@SMOKE_RUN
 def test_each_phase_lowered_its_loss(smoke_run: tuple[Path, Path, TrainConfig]) -> None:
     """Each phase's loss went down on the data it trained on.
 
@@ -82,7 +79,6 @@ def test_each_phase_lowered_its_loss(smoke_run: tuple[Path, Path, TrainConfig]) 
     assert recon[-1] < 0.9 * recon[0]
 
 
-@SMOKE_RUN
 def test_export_loads_and_dreams(smoke_run: tuple[Path, Path, TrainConfig]) -> None:
     run_dir, exported, cfg = smoke_run
     model = REMModel.from_pretrained(exported)
@@ -126,7 +122,6 @@ def test_weight_decay_groups_cover_matrices_only() -> None:
     assert embeddings and all(id(e) not in {id(p) for p in decay["params"]} for e in embeddings)
 
 
-@SMOKE_RUN
 def test_tensorboard_has_losses_scores_and_images(
     smoke_run: tuple[Path, Path, TrainConfig],
 ) -> None:
@@ -142,7 +137,6 @@ def test_tensorboard_has_losses_scores_and_images(
     assert {"tokenizer/reconstructions", "actor_critic/imagined_rollout"} <= set(tags["images"])
 
 
-@SMOKE_RUN
 def test_same_seed_same_run(smoke_run: tuple[Path, Path, TrainConfig], tmp_path: Path) -> None:
     """Seeding covers everything: a shorter run with the same seed repeats the smoke run's epochs.
 
