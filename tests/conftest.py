@@ -14,10 +14,7 @@ tens of times.
 The suite runs on every core this process may use, one pytest-xdist worker per core
 (``-n auto`` in pyproject.toml; :func:`pytest_xdist_auto_num_workers`); each worker imports this
 file, so each has its own fake Hub, port and cache, and every test writes under its own
-``tmp_path``. Tests marked ``heavy`` (tens of seconds: a training run, a subprocess that imports
-torch) are collected first, so that the workers start with them and end together on the short
-ones (``--dist loadgroup`` hands tests out in collection order); a module whose tests share an
-expensive fixture is one ``xdist_group``, so that a single worker builds it once.
+``tmp_path``.
 """
 
 from __future__ import annotations
@@ -72,11 +69,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     except AttributeError:  # pragma: no cover - macOS, Windows
         cores = os.cpu_count() or 1
     return cores if cores > 1 else 0
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The ``heavy`` tests first, each part in its collected order."""
-    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
 def pytest_unconfigure(config: object) -> None:

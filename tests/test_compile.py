@@ -17,8 +17,6 @@ import torch
 from rem_env import REMConfig, REMModel
 from rem_env.models.sampling import StepNoise
 
-pytestmark = pytest.mark.heavy
-
 B = 3
 
 

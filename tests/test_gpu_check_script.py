@@ -8,11 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from hang_guard import HANG_GUARD_S
-
-pytestmark = pytest.mark.heavy
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 SMOKE = {

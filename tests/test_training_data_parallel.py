@@ -26,9 +26,6 @@ from rem_train.replay import ReplayBuffer
 from rem_train.run_log import read_metrics
 from rem_train.trainer import Trainer
 
-# One worker: one fork server (tests/ranks.py) for the multi-rank tests
-pytestmark = [pytest.mark.heavy, pytest.mark.xdist_group("ranks")]
-
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("tokenizer", "world_model", "actor_critic")
 SHORT = [

@@ -39,9 +39,6 @@ from rem_train.losses import world_model_loss
 from rem_train.optim import clipped_step, weight_decay_groups
 from rem_train.trainer import Trainer
 
-# One worker: one fork server (tests/ranks.py) for the multi-rank tests
-pytestmark = [pytest.mark.heavy, pytest.mark.xdist_group("ranks")]
-
 GLOBAL_BATCH, BLOCKS, STEPS, WORLD_SIZE = 4, 4, 3, 2
 
 

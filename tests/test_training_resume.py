@@ -24,9 +24,6 @@ from rem_train.checkpoint import load_checkpoint, restore_rng, rng_fingerprint, 
 from rem_train.replay import ReplayBuffer, _record_dtype
 from rem_train.run_log import read_metrics
 
-# One worker builds the module's one-epoch run
-pytestmark = [pytest.mark.heavy, pytest.mark.xdist_group("resume")]
-
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 60  # the smoke preset's
 EPOCHS = 4  # of the smoke preset's 5: every phase runs again after the resume (the actor-critic

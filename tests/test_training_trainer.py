@@ -24,9 +24,6 @@ from rem_train.replay import ReplayBuffer
 from rem_train.run_log import read_metrics
 from rem_train.trainer import Trainer
 
-# The smoke run is built once, by one worker
-pytestmark = [pytest.mark.heavy, pytest.mark.xdist_group("smoke_run")]
-
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, TrainConfig]:
