@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from benchmark_scripts import load_benchmark
+from hang_guard import HANG_GUARD_S
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "imagination.py"
 BATCH_SIZES = (1, 2)
@@ -31,7 +32,9 @@ def test_tiny_run_writes_table_and_json(tmp_path: Path) -> None:
         "--json",
         str(out),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=HANG_GUARD_S, check=False
+    )
     assert result.returncode == 0, result.stderr
 
     assert "| batch size |" in result.stdout
@@ -59,7 +62,9 @@ def test_tiny_run_writes_table_and_json(tmp_path: Path) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_request_without_cuda_fails_cleanly() -> None:
     command = [sys.executable, str(SCRIPT), "--device", "cuda", "--preset", "tiny"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=HANG_GUARD_S, check=False
+    )
     assert result.returncode == 2
     assert "cuda" in result.stderr.lower()
 

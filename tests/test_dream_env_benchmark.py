@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from benchmark_scripts import load_benchmark
+from hang_guard import HANG_GUARD_S
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dream_env.py"
 
@@ -16,7 +17,9 @@ def test_tiny_run_writes_table_and_json(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     command = [sys.executable, str(SCRIPT), "--preset", "tiny", "--num-envs", "1", "2"]
     command += ["--steps", "2", "--warmup", "1", "--threads", "1", "--json", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=HANG_GUARD_S, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert "| N | dream rgb" in result.stdout and "ALE Breakout" in result.stdout
     assert "\n| 1 |" in result.stdout and "\n| 2 |" in result.stdout
@@ -34,7 +37,11 @@ def test_int8_and_bf16_cells_are_measured_beside_the_float_ones(tmp_path: Path) 
     command += ["--steps", "2", "--obs-types", "tokens", "--quantize", "none", "int8"]
     command += ["--autocast", "bf16"]
     result = subprocess.run(
-        [*command, "--json", str(out)], capture_output=True, text=True, timeout=120, check=False
+        [*command, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert (
@@ -54,7 +61,11 @@ def test_neighbour_run_measures_quiet_then_busy(tmp_path: Path) -> None:
     command = [sys.executable, str(SCRIPT), "--preset", "tiny", "--num-envs", "2", "--no-ale"]
     command += ["--steps", "2", "--obs-types", "tokens", "--neighbour", "--step-threads", "1"]
     result = subprocess.run(
-        [*command, "--json", str(out)], capture_output=True, text=True, timeout=120, check=False
+        [*command, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "| env | N | obs | quiet (env-steps/s) | busy neighbour (env-steps/s) |" in result.stdout
