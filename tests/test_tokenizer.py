@@ -114,10 +114,13 @@ def test_to_codes_has_no_codebook_gradient(tok: Tokenizer) -> None:
 
 
 def test_decode_tokens_equals_decode_latents(tok: Tokenizer) -> None:
-    out = tok.encode(_frames())
+    """In float64: ``z + (codes - z)`` equals ``codes`` only up to rounding, which the decoder
+    amplifies; in float32 that reached the tolerance for some random weights (test order)."""
+    tok = tok.double()
+    out = tok.encode(_frames(dtype=torch.float64))
     via_tokens = tok.decode_tokens(out.tokens)
     via_latents = ((tok.decode_latents(out.z_quantized) + 1) / 2).clamp(0, 1)
-    torch.testing.assert_close(via_tokens, via_latents.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(via_tokens, via_latents.detach(), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
