@@ -13,13 +13,21 @@ from hang_guard import HANG_GUARD_S
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dream_env.py"
 
 
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    """Runs the script with ``args`` (a hang fails the test; load cannot)."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
+    )
+
+
 def test_tiny_run_writes_table_and_json(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    command = [sys.executable, str(SCRIPT), "--preset", "tiny", "--num-envs", "1", "2"]
-    command += ["--steps", "2", "--warmup", "1", "--threads", "1", "--json", str(out)]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=HANG_GUARD_S, check=False
-    )
+    result = _run("--preset", "tiny", "--num-envs", "1", "2", "--steps", "2", "--warmup", "1",
+                  "--threads", "1", "--json", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "| N | dream rgb" in result.stdout and "ALE Breakout" in result.stdout
     assert "\n| 1 |" in result.stdout and "\n| 2 |" in result.stdout
@@ -33,16 +41,9 @@ def test_tiny_run_writes_table_and_json(tmp_path: Path) -> None:
 
 def test_int8_and_bf16_cells_are_measured_beside_the_float_ones(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    command = [sys.executable, str(SCRIPT), "--preset", "tiny", "--num-envs", "2", "--no-ale"]
-    command += ["--steps", "2", "--obs-types", "tokens", "--quantize", "none", "int8"]
-    command += ["--autocast", "bf16"]
-    result = subprocess.run(
-        [*command, "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-        check=False,
-    )
+    result = _run("--preset", "tiny", "--num-envs", "2", "--no-ale", "--steps", "2",
+                  "--obs-types", "tokens", "--quantize", "none", "int8", "--autocast", "bf16",
+                  "--json", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (
         "| N | dream tokens (env-steps/s) | dream tokens int8 (env-steps/s) "
@@ -58,15 +59,9 @@ def test_int8_and_bf16_cells_are_measured_beside_the_float_ones(tmp_path: Path) 
 
 def test_neighbour_run_measures_quiet_then_busy(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    command = [sys.executable, str(SCRIPT), "--preset", "tiny", "--num-envs", "2", "--no-ale"]
-    command += ["--steps", "2", "--obs-types", "tokens", "--neighbour", "--step-threads", "1"]
-    result = subprocess.run(
-        [*command, "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-        check=False,
-    )
+    result = _run("--preset", "tiny", "--num-envs", "2", "--no-ale", "--steps", "2",
+                  "--obs-types", "tokens", "--neighbour", "--step-threads", "1",
+                  "--json", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "| env | N | obs | quiet (env-steps/s) | busy neighbour (env-steps/s) |" in result.stdout
     assert "\n| dream | 2 | tokens | " in result.stdout
