@@ -56,8 +56,11 @@ def test_codebook_init_range(tok: Tokenizer) -> None:
     assert float(tok.codebook.detach().abs().max()) <= 1.0 / TINY.vocab_size
 
 
-def test_quantisation_picks_nearest_code(tok: Tokenizer) -> None:
-    # Spread the codebook so that the nearest code is not the same everywhere.
+def test_quantisation_picks_nearest_code() -> None:
+    # Spread the codebook so that the nearest code is not the same everywhere. Seeded: unseeded,
+    # one code was nearest to every latent in 2 of 29 runs, and the test failed.
+    torch.manual_seed(0)
+    tok = Tokenizer(TINY)
     with torch.no_grad():
         tok.codebook.normal_()
     out = tok.encode(_frames())
