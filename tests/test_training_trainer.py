@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from shared_once import build_once
 
 import rem_env  # noqa: F401  (registers REM-<Game>-v0)
 from rem_env import REMModel
@@ -27,10 +28,15 @@ from rem_train.trainer import Trainer
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, TrainConfig]:
+    """One smoke run (run folder and export) for the whole session; the tests only read it."""
     config = TrainConfig.from_preset("smoke", "Breakout")
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    exported = Trainer(config, run_dir, command="pytest").run()
-    return run_dir, exported, config
+
+    def train(folder: Path) -> None:
+        exported = Trainer(config, folder / "run", command="pytest").run()
+        assert exported == folder / "run" / "export", exported
+
+    run_dir = build_once(tmp_path_factory, "trainer-smoke-run", train) / "run"
+    return run_dir, run_dir / "export", config
 
 
 def test_every_phase_ran_on_schedule(smoke_run: tuple[Path, Path, TrainConfig]) -> None:
@@ -44,7 +50,7 @@ def test_every_phase_ran_on_schedule(smoke_run: tuple[Path, Path, TrainConfig]) 
         steps = getattr(cfg, name).steps_per_epoch
         assert all(r[name]["num_steps"] == steps for r in records if name in r)
     assert all(r["collect"]["steps"] == cfg.common.env_steps_per_epoch for r in records)
-    with ReplayBuffer(run_dir / "replay", fsync=False) as replay:
+    with ReplayBuffer(run_dir / "replay", read_only=True) as replay:
         assert replay.num_steps == cfg.common.collect_epochs * cfg.common.env_steps_per_epoch
     assert "eval" in records[-1]
     assert len(records[-1]["eval"]["scores"]) == cfg.evaluation.final_episodes
