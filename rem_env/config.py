@@ -29,11 +29,6 @@ class TokenizerConfig:
         vocab_size: Number of codebook entries (512).
         embed_dim: Dimension of each codebook vector (256).
         norm_groups: Groups of every GroupNorm (8).
-        keep_still_codes: When a sequence of frames is tokenised (real contexts, training
-            segments, the actor-critic's real observations), a patch whose pixels did not change
-            since the previous frame keeps that frame's token instead of being quantised afresh
-            (:mod:`rem_env.models.still_codes`). Off is REM: every frame is quantised on its own,
-            and neighbouring codes make a share of the unchanged patches' tokens flip.
     """
 
     image_size: int = 64
@@ -43,7 +38,6 @@ class TokenizerConfig:
     vocab_size: int = 512
     embed_dim: int = 256
     norm_groups: int = 8
-    keep_still_codes: bool = False
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "base_channels", "vocab_size", "embed_dim"):
@@ -55,11 +49,6 @@ class TokenizerConfig:
             f"{self.image_size} is not divisible by 2**num_downsamples = {2**self.num_downsamples}",
         )
         _require(self.norm_groups > 0, "norm_groups", "must be positive")
-        _require(
-            isinstance(self.keep_still_codes, bool),
-            "keep_still_codes",
-            f"must be true or false, got {self.keep_still_codes!r}",
-        )
         _require(
             self.base_channels % self.norm_groups == 0,
             "base_channels",

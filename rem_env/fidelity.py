@@ -44,7 +44,6 @@ from PIL import Image, ImageDraw
 
 from rem_env.agents import Agent
 from rem_env.model import REMModel
-from rem_env.models.still_codes import StillCodes, keep_still
 from rem_env.probes import NEAR_PIXELS, ObjectProbe, probes_for
 
 __all__ = [
@@ -219,40 +218,17 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _real_obs(
-    model: REMModel, frames: np.ndarray, obs_type: str, still: StillCodes | None
-) -> tuple[np.ndarray, StillCodes | None]:
-    """Observations of type ``obs_type`` of (N, H, W, 3) uint8 real frames, as a dream gives.
-
-    ``still`` carries the previous frame's tokens where the tokenizer keeps still patches'
-    codes (None at a sequence's first frame); the updated one is returned with the observations.
-    """
+def _real_obs(model: REMModel, frames: np.ndarray, obs_type: str) -> np.ndarray:
+    """Observations of type ``obs_type`` of (N, H, W, 3) uint8 real frames, as a dream gives."""
     if obs_type == "rgb":
-        return frames, still
+        return frames
     with torch.inference_mode():
         device = model.start_tokens.device
-        tokens, _, still = model.tokenizer.encode_step(_to_tensor(frames, device), still)
+        pixels = torch.as_tensor(frames, device=device).permute(0, 3, 1, 2).float() / 255.0
+        tokens = model.encode(pixels)  # (N, K)
         if obs_type == "tokens":
-            return tokens.cpu().numpy(), still
-        return model.tokenizer.to_codes(tokens).float().cpu().numpy(), still  # (N, E, h, w)
-
-
-def _trajectory_tokens(
-    model: REMModel, frames: np.ndarray, batch_size: int, device: torch.device
-) -> torch.Tensor:
-    """(T, K) tokens of one life's (T, H, W, 3) uint8 frames, encoded ``batch_size`` at a time,
-    still patches' codes kept along the whole life where the tokenizer does so."""
-    tokens = torch.cat(
-        [
-            model.encode(_to_tensor(frames[first : first + batch_size], device))
-            for first in range(0, len(frames), batch_size)
-        ]
-    )  # (T, K)
-    tok = model.config.tokenizer
-    if not tok.keep_still_codes:
-        return tokens
-    pixels = torch.as_tensor(frames, device=device).movedim(-1, -3)  # (T, 3, H, W) uint8
-    return keep_still(tokens, pixels, tok.latent_size)
+            return tokens.cpu().numpy()
+        return model.tokenizer.to_codes(tokens).float().cpu().numpy()  # (N, E, h, w)
 
 
 def record_real_trajectories(
@@ -305,12 +281,11 @@ def record_real_trajectories(
             game_over, steps = False, 0
             while not game_over:
                 frames, rams, actions, rewards, ends = [obs], [ale.getRAM().copy()], [], [], []
-                still = None
                 while True:
                     if agent.obs_type == "ram":
                         seen = rams[-1][None]
                     else:
-                        seen, still = _real_obs(model, obs[None], agent.obs_type, still)
+                        seen = _real_obs(model, obs[None], agent.obs_type)
                     action = int(agent.act(seen)[0])
                     obs, reward, terminated, truncated, info = env.step(action)
                     steps += 1
@@ -519,7 +494,7 @@ def measure_fidelity(
     ]
     if not starts:
         raise ValueError(f"no recorded episode has {context} frames to start a dream from")
-    tokens = [_trajectory_tokens(model, traj.frames, batch_size, device) for traj in trajectories]
+    tokens = [model.encode(_to_tensor(traj.frames, device)) for traj in trajectories]  # (T+1, K)
 
     def dreaming() -> torch.autocast:
         return torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
@@ -696,10 +671,9 @@ def _reconstruction_scores(
     objects = {probe.name: ObjectCounts() for probe in probes}
     for traj in trajectories:
         last_tokens = None  # (1, K) tokens of the previous batch's last frame
-        every = _trajectory_tokens(model, traj.frames, batch_size, device)  # (T+1, K)
         for first in range(0, len(traj.frames), batch_size):
             real = _to_tensor(traj.frames[first : first + batch_size], device)
-            tokens = every[first : first + batch_size]  # (N, K)
+            tokens = model.encode(real)  # (N, K)
             rebuilt = model.decode(tokens)
             total += _psnr(rebuilt, real).sum().item()
             frames_seen += len(real)

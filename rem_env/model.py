@@ -104,14 +104,6 @@ class REMModel(nn.Module):
         """Tokenises (B, 3, H, W) frames in [0, 1] into (B, K) int64 tokens."""
         return self.tokenizer.encode(frames).tokens
 
-    def encode_sequence(self, frames: Tensor) -> Tensor:
-        """Tokenises (T, 3, H, W) consecutive frames into (T, K) tokens (a real context).
-
-        Equal to :meth:`encode` unless the tokenizer keeps still patches' codes
-        (``config.tokenizer.keep_still_codes``; :meth:`Tokenizer.encode_sequence`).
-        """
-        return self.tokenizer.encode_sequence(frames)
-
     def decode(self, tokens: Tensor, check_values: bool = True) -> Tensor:
         """Decodes (B, K) tokens into (B, 3, H, W) frames in [0, 1].
 

@@ -9,8 +9,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rem_env.models.still_codes import changed_patches, keep_still_tokens
-
 if TYPE_CHECKING:
     from rem_env.models.tokenizer import Tokenizer
     from rem_train.replay import ReplayBuffer
@@ -109,10 +107,7 @@ class ReplayTokens:
     version counters moved: an optimizer step, a dead-code restart, a loaded checkpoint). The
     tokens are those that encoding the drawn frames would give: the encoder works frame by
     frame, so only float rounding can differ with the batch a frame is encoded in (a token
-    flips only at a near-tie). Where the tokenizer keeps still patches' codes
-    (``keep_still_codes``), it also stores which patches changed since the record before, and
-    :meth:`lookup` carries the tokens of unchanged patches forward from each segment's first
-    step, as :meth:`Tokenizer.encode_sequence` does on the segment's frames.
+    flips only at a near-tie).
 
     Args:
         chunk: Frames encoded at once (bounds the encoder's activation memory).
@@ -143,9 +138,6 @@ class ReplayTokens:
         """(N, K) int32 tokens of records 0..N-1."""
         self.padding: Tensor | None = None
         """(K,) int64 tokens of an all-zero frame (what a padded step holds)."""
-        self.changed: Tensor | None = None
-        """(N, K) bool: record i's patch differs from record i-1's (only with
-        ``keep_still_codes``; record 0's is True)."""
         self._weights: tuple[tuple[int, int], ...] = ()
 
     @staticmethod
@@ -162,8 +154,6 @@ class ReplayTokens:
         """
         if self.tokens is None or self._fingerprint(tokenizer) != self._weights:
             return 0
-        if (self.changed is not None) != tokenizer.config.keep_still_codes:
-            return 0  # another way of tokenising
         have = self.tokens.shape[0]
         return have if have >= stop else have - have % self.chunk
 
@@ -182,24 +172,11 @@ class ReplayTokens:
             self.padding = tokenizer.encode(frames_to_tensor(blank, device)).tokens[0]
             self.tokens = torch.zeros((0, self.padding.shape[0]), dtype=torch.int32, device=device)
         assert self.tokens is not None
-        keep = tokenizer.config.keep_still_codes
-        if self.changed is None or start == 0:
-            self.changed = torch.zeros((0, self.tokens.shape[1]), dtype=torch.bool, device=device)
-        parts, changed = [self.tokens[:start]], [self.changed[:start]]
+        parts = [self.tokens[:start]]
         for first in range(start, stop, self.chunk):
             obs = replay.observations(first, min(first + self.chunk, stop))
-            frames = frames_to_tensor(obs, device)  # (n, 3, H, W)
-            parts.append(tokenizer.encode(frames).tokens.to(torch.int32))
-            if keep:
-                previous = (
-                    frames_to_tensor(replay.observations(first - 1, first), device)
-                    if first > 0
-                    else torch.full_like(frames[:1], -1.0)  # record 0: nothing before it
-                )
-                before = torch.cat([previous, frames[:-1]])  # (n, 3, H, W)
-                changed.append(changed_patches(before, frames, tokenizer.config.latent_size))
+            parts.append(tokenizer.encode(frames_to_tensor(obs, device)).tokens.to(torch.int32))
         self.tokens = torch.cat(parts)
-        self.changed = torch.cat(changed) if keep else None
         self._weights = self._fingerprint(tokenizer)
         return max(stop - start, 0)
 
@@ -221,8 +198,5 @@ class ReplayTokens:
             raise ValueError(
                 f"records up to {int(index[mask].max())} asked for; {self.tokens.shape[0]} encoded"
             )
-        rows = torch.where(mask, index, 0)
-        tokens = torch.where(mask[..., None], self.tokens[rows].long(), self.padding)  # (..., K)
-        if self.changed is None:
-            return tokens
-        return keep_still_tokens(tokens, self.changed[rows], mask)  # a segment starts afresh
+        tokens = self.tokens[torch.where(mask, index, 0)].long()  # (..., K)
+        return torch.where(mask[..., None], tokens, self.padding)

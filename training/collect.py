@@ -17,7 +17,6 @@ import torch
 from rem_env import REMModel
 from rem_env.atari import make_atari_env
 from rem_env.models.actor_critic import ActorCritic, LSTMState, sample_actions
-from rem_env.models.still_codes import StillCodes
 from rem_env.probes import SCRIPTED_PLAYERS
 from rem_train.config import TrainConfig
 from rem_train.replay import ReplayBuffer, frames_to_tensor
@@ -72,7 +71,6 @@ class Collector:
         self.burn_in = burn_in
         self.burn_in_actions = burn_in_actions
         self.obs: np.ndarray | None = None
-        self.still: StillCodes | None = None  # the episode's last tokens (keep_still_codes)
         self.episode_return = 0.0
 
     @classmethod
@@ -120,14 +118,12 @@ class Collector:
             if self.obs is None:
                 self.obs, _ = self.env.reset()
                 state = ac.initial_state(1)
-                self.still = None
                 self.episode_return = 0.0
                 self.scripted = self.player is not None and self.rng.random() < self.scripted_share
             if self.scripted:
                 action = int(self.player.act(self.env.unwrapped.ale.getRAM()[None])[0])  # type: ignore[union-attr]
             else:
-                frames = frames_to_tensor(self.obs[None], device)  # (1, 3, H, W)
-                _, codes, self.still = tokenizer.encode_step(frames, self.still)
+                codes = tokenizer.encode(frames_to_tensor(self.obs[None], device)).z_quantized
                 out = ac(codes, state)  # codes: (1, E, h, w)
                 sampled = sample_actions(out.logits, self.temperature, self.epsilon)
                 state = ac.observe_action(sampled, out.state)
@@ -150,13 +146,8 @@ class Collector:
             return ac.initial_state(1)
         device = ac.actor.weight.device
         segment = replay.tail_segment(self.burn_in).to_torch(device)
-        tokenizer = model.tokenizer
-        frames = frames_to_tensor(segment.obs)  # (1, T, 3, H, W)
-        if tokenizer.config.keep_still_codes:
-            tokens = tokenizer.encode_sequence(frames, segment.mask)[0]  # (T, K)
-            codes = tokenizer.to_codes(tokens, check_values=False)[None]  # (1, T, E, h, w)
-        else:
-            codes = tokenizer.encode(frames[0]).z_quantized[None]  # (1, T, E, h, w)
+        frames = frames_to_tensor(segment.obs[0])  # (T, 3, H, W)
+        codes = model.tokenizer.encode(frames).z_quantized[None]  # (1, T, E, h, w)
         return ac.burn_in(codes, segment.actions, segment.mask, self.burn_in_actions)
 
     def close(self) -> None:

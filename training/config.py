@@ -111,12 +111,6 @@ class TokenizerPhase:
         "every N steps, move the codes no frame used in those steps onto random encoder "
         "outputs of the batch (fights codebook collapse); 0 is REM (never)",
     )
-    keep_still_codes: bool = doc(
-        False,
-        "a patch whose pixels did not change since the previous frame keeps that frame's token "
-        "(in world-model segments, dream contexts and the actor-critic's frames; stored in the "
-        "model's config); false is REM (every frame quantised on its own)",
-    )
 
 
 @dataclass(frozen=True)
@@ -264,14 +258,9 @@ class TrainConfig:
     def model_config(self) -> REMConfig:
         """The REM model configuration of this run."""
         if self.model == "paper":
-            config = REMConfig.preset("paper", num_actions=self.num_actions, game=self.game)
-        else:
-            tokenizer, world_model = _MODEL_SIZES[self.model]
-            config = REMConfig(self.num_actions, tokenizer, world_model, game=self.game)
-        tokenizer = dataclasses.replace(
-            config.tokenizer, keep_still_codes=self.tokenizer.keep_still_codes
-        )
-        return dataclasses.replace(config, tokenizer=tokenizer)
+            return REMConfig.preset("paper", num_actions=self.num_actions, game=self.game)
+        tokenizer, world_model = _MODEL_SIZES[self.model]
+        return REMConfig(self.num_actions, tokenizer, world_model, game=self.game)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of this config."""

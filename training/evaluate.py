@@ -15,7 +15,6 @@ import torch
 
 from rem_env.atari import make_atari_vector_env
 from rem_env.models.actor_critic import ActorCritic, sample_actions
-from rem_env.models.still_codes import StillCodes
 from rem_env.models.tokenizer import Tokenizer
 from rem_train.batches import frames_to_tensor
 
@@ -124,23 +123,17 @@ class LatentActorCriticPolicy:
         self.temperature = temperature
         self.device = actor_critic.actor.weight.device
         self.state = actor_critic.initial_state(num_envs, self.device)
-        self.still: StillCodes | None = None  # last frames and tokens (keep_still_codes)
-        self.new = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
-        frames = frames_to_tensor(obs, self.device)  # (B, 3, H, W)
-        _, codes, self.still = self.tokenizer.encode_step(frames, self.still, self.new)
-        self.new = torch.zeros_like(self.new)
+        codes = self.tokenizer.encode(frames_to_tensor(obs, self.device)).z_quantized
         out = self.actor_critic(codes, self.state)
         actions = sample_actions(out.logits, temperature=self.temperature)
         self.state = self.actor_critic.observe_action(actions, out.state)
         return actions.cpu().numpy()
 
     def episodes_ended(self, done: np.ndarray) -> None:
-        done_t = torch.as_tensor(done, device=self.device)
-        self.state = self.state.reset(done_t)
-        self.new = self.new | done_t.bool()
+        self.state = self.state.reset(torch.as_tensor(done, device=self.device))
 
 
 def evaluate_agent(

@@ -36,8 +36,8 @@ def sample_start_contexts(
         model.start_tokens.device
     )
     model.tokenizer.eval()
-    frames = frames_to_tensor(batch.obs)  # (N, C, 3, H, W)
-    tokens = model.tokenizer.encode_sequence(frames)  # (N, C, K)
+    frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (N*C, 3, H, W)
+    tokens = model.tokenizer.encode(frames).tokens.unflatten(0, (count, c))  # (N, C, K)
     return tokens, batch.actions[:, : c - 1]
 
 

@@ -24,7 +24,6 @@ from torch import Tensor
 from rem_env import DreamVectorEnv, REMModel
 from rem_env.models.actor_critic import ActorCritic, LSTMState
 from rem_env.models.sampling import sample_categorical
-from rem_env.models.still_codes import keep_still
 from rem_env.noise import hash_uniforms
 from rem_train.batches import TensorSegmentBatch, frames_to_tensor
 from rem_train.losses import lambda_returns
@@ -157,11 +156,7 @@ class Imagination:
             every = tokens.new_zeros((b * t, tokens.shape[1]))  # (B*T, K)
             every[real] = tokens
             tokens = every
-        tokens = tokens.unflatten(0, (b, t))  # (B, T, K)
-        if not tokenizer.config.keep_still_codes:
-            return tokens
-        frames = batch.obs.movedim(-1, -3)  # (B, T, 3, H, W) uint8
-        return keep_still(tokens, frames, tokenizer.config.latent_size, batch.mask)
+        return tokens.unflatten(0, (b, t))  # (B, T, K)
 
     def rollout(
         self,

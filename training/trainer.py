@@ -372,11 +372,13 @@ class Trainer:
             batch = self.replay.sample_segments(
                 cfg.batch_size, cfg.segment_length, self.rng, pad="right", rows=rows
             ).to_torch(self.device)
+            b, t = batch.mask.shape
             if cached is not None and batch.index is not None:  # the same tokens, looked up
                 tokens = cached.lookup(batch.index, batch.mask)  # (B, T, K)
             else:
-                frames = frames_to_tensor(batch.obs)  # (B, T, 3, H, W)
-                tokens = tokenizer.encode_sequence(frames, batch.mask)  # (B, T, K)
+                with torch.no_grad():
+                    frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (B*T, 3, H, W)
+                    tokens = tokenizer.encode(frames).tokens.unflatten(0, (b, t))  # (B, T, K)
             loss_fn = functools.partial(
                 self._wm_loss, tokens, batch, tokenizer.codebook.detach(), context
             )

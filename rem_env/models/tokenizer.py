@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rem_env.config import TokenizerConfig
-from rem_env.models.still_codes import StillCodes, keep_still
 
 __all__ = ["Decoder", "Encoder", "Tokenizer", "TokenizerOutput", "TokenizerReconstruction"]
 
@@ -230,57 +229,6 @@ class Tokenizer(nn.Module):
         codes = self.embedding(tokens).reshape(b, h, w, e).permute(0, 3, 1, 2)  # (B, E, h, w)
         z_quantized = z + (codes - z).detach()
         return TokenizerOutput(z=z, z_quantized=z_quantized, codes=codes, tokens=tokens)
-
-    @torch.no_grad()
-    def encode_sequence(self, frames: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Tokens of consecutive frames; with ``keep_still_codes``, still patches keep theirs.
-
-        Without ``config.keep_still_codes`` this is :meth:`encode` frame by frame. With it, a
-        patch whose pixels equal the previous frame's keeps the previous frame's token
-        (:func:`rem_env.models.still_codes.keep_still`).
-
-        Args:
-            frames: Float (..., T, C, H, W) in [0, 1], consecutive in time along T.
-            mask: Optional bool (..., T), False at padded steps (never carried over).
-
-        Returns:
-            Int64 tokens (..., T, K).
-        """
-        *lead, c, h, w = frames.shape
-        if len(lead) < 1:
-            raise ValueError(f"frames must be (..., T, C, H, W), got {tuple(frames.shape)}")
-        tokens = self.encode(frames.reshape(-1, c, h, w)).tokens.reshape(*lead, -1)  # (..., T, K)
-        if not self.config.keep_still_codes:
-            return tokens
-        return keep_still(tokens, frames, self.config.latent_size, mask)
-
-    @torch.no_grad()
-    def encode_step(
-        self, frames: Tensor, still: StillCodes | None = None, new: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, StillCodes | None]:
-        """Tokens and codes of the next frames of a batch of sequences (an agent's real frames).
-
-        The step-by-step form of :meth:`encode_sequence`: with ``keep_still_codes``, ``still``
-        carries the previous frames and tokens (None at the first frames) and the updated state
-        is returned; without it, ``still`` stays None and this is :meth:`encode`.
-
-        Args:
-            frames: Float (B, C, H, W) in [0, 1].
-            still: The state this returned for the previous frames, or None.
-            new: Optional bool (B,): envs whose frame starts a new episode.
-
-        Returns:
-            ``(tokens, codes, still)``: (B, K) tokens, (B, E, h, w) codes (the actor-critic's
-            input) and the state for the next call.
-        """
-        out = self.encode(frames)
-        if not self.config.keep_still_codes:
-            return out.tokens, out.z_quantized, None
-        if still is None:
-            still = StillCodes.start(frames, out.tokens)
-        else:
-            still = still.step(frames, out.tokens, self.config.latent_size, new)
-        return still.tokens, self.to_codes(still.tokens, check_values=False), still
 
     def decode_latents(self, z_quantized: Tensor) -> Tensor:
         """Decodes quantised latents to a raw reconstruction in [-1, 1] space (not clamped).
