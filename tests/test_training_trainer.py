@@ -125,6 +125,24 @@ def test_weight_decay_groups_cover_matrices_only() -> None:
     assert embeddings and all(id(e) not in {id(p) for p in decay["params"]} for e in embeddings)
 
 
+def test_each_evaluation_checks_the_ball_in_the_next_frame(
+    smoke_run: tuple[Path, Path, TrainConfig],
+) -> None:
+    """At every evaluation the world model's next frames on replay segments are checked for the
+    ball (rem_train.object_check), with the time it took."""
+    run_dir, _, _ = smoke_run
+    records = read_metrics(run_dir)
+    evaluated = [r for r in records if "eval" in r]
+    assert [r["epoch"] for r in records if "objects" in r] == [r["epoch"] for r in evaluated]
+    for record in evaluated:
+        ball = record["objects"]["ball"]
+        assert set(ball) == {"frames", "reconstruction", "predicted", "predicted_anywhere"}
+        assert ball["frames"] > 0  # the smoke run's replay has the ball in the open band
+        for key in ("reconstruction", "predicted", "predicted_anywhere"):
+            assert 0.0 <= ball[key] <= 1.0
+        assert record["timings"]["objects"] > 0
+
+
 def test_tensorboard_has_losses_scores_and_images(
     smoke_run: tuple[Path, Path, TrainConfig],
 ) -> None:

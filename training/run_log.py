@@ -93,6 +93,15 @@ class RunLog:
             parts.append(f"eval {ev['mean']:.1f} (HNS {ev['human_normalized']:.3f})")
             scalars["eval/mean_return"] = ev["mean"]
             scalars["eval/human_normalized"] = ev["human_normalized"]
+        for name, check in record.get("objects", {}).items():
+            if check["predicted"] is not None:
+                parts.append(
+                    f"{name} next frame {check['predicted']:.3f} "
+                    f"(tokenizer {check['reconstruction']:.3f})"
+                )
+            for key in ("reconstruction", "predicted", "predicted_anywhere"):
+                if check[key] is not None:
+                    scalars[f"objects/{name}_{key}"] = check[key]
         for name, seconds in record["timings"].items():
             scalars[f"time/{name}"] = seconds
         timings = ", ".join(f"{k} {v:.1f}s" for k, v in record["timings"].items())

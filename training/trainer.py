@@ -24,6 +24,7 @@ number of ranks, so a run can resume with another one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -41,6 +42,7 @@ from torch import nn
 
 from rem_env import REMModel
 from rem_env.models.actor_critic import ActorCritic
+from rem_env.probes import probes_for
 from rem_train.batches import ReplayTokens
 from rem_train.checkpoint import (
     load_checkpoint,
@@ -79,6 +81,7 @@ from rem_train.losses import (
     world_model_loss,
 )
 from rem_train.lpips import load_lpips, missing_weights_message
+from rem_train.object_check import check_objects
 from rem_train.optim import build_optimizers, clipped_step
 from rem_train.replay import ReplayBuffer, frames_to_tensor
 from rem_train.run_log import RunLog
@@ -92,6 +95,11 @@ WARM_START_FILE = "warm_start.json"
 
 BACKGROUND_FRAMES = 1024
 """Replay frames whose per-pixel median is the background of ``tokenizer.foreground_weight``."""
+
+OBJECT_CHECK_SEGMENTS = 64
+"""Replay segments of the object check at each evaluation (:mod:`rem_train.object_check`)."""
+OBJECT_CHECK_STREAM = 0x0B7EC7
+"""Key of the object check's own random stream (seeded with the run's seed and the epoch)."""
 
 
 class TrainingStoppedError(Exception):
@@ -278,6 +286,10 @@ class Trainer:
             t = time.perf_counter()
             record["eval"] = self._on_main(lambda: self._evaluate(epoch, last))
             timings["eval"] = time.perf_counter() - t
+            if probes_for(cfg.game) and self.replay.num_steps > 0:
+                t = time.perf_counter()
+                record["objects"] = self._on_main(lambda: self._check_objects(epoch))
+                timings["objects"] = time.perf_counter() - t
         self.wall_time += time.perf_counter() - start
         record.update(timings=timings, env_steps=self.replay.num_steps, wall_time=self.wall_time)
         record["ranks"] = self.dist.world_size
@@ -298,6 +310,17 @@ class Trainer:
         )  # fmt: skip
         self._log_images(epoch)
         return self.last_eval._asdict()
+
+    def _check_objects(self, epoch: int) -> dict[str, Any]:
+        """The world model's next frame on replay segments, object by object (own RNG stream:
+        the run's sampling stream is left as it was)."""
+        cfg = self.config
+        checks = check_objects(
+            self.model, self.replay, probes_for(cfg.game),
+            np.random.default_rng([cfg.common.seed, epoch, OBJECT_CHECK_STREAM]),
+            segments=OBJECT_CHECK_SEGMENTS, length=cfg.world_model.segment_length,
+        )  # fmt: skip
+        return {name: dataclasses.asdict(check) for name, check in checks.items()}
 
     def _on_main(self, fn: Any) -> Any:
         """``fn()`` on rank 0 only (None elsewhere); then every rank goes on from rank 0's

@@ -1,0 +1,105 @@
+"""The trainer's object check: real Breakout frames, the bundled model, predictors we control."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rem_env
+from rem_env import REMModel
+from rem_env.atari import make_atari_env
+from rem_env.models.world_model import WorldModelOutput
+from rem_env.probes import SCRIPTED_PLAYERS, BreakoutBallProbe
+from rem_train.object_check import ObjectCheck, check_objects, main
+from rem_train.replay import ReplayBuffer
+
+BUNDLED = Path(rem_env.__file__).parent / "weights" / "Breakout"
+PROBES = (BreakoutBallProbe(),)
+
+
+@pytest.fixture(scope="module")
+def model() -> REMModel:
+    return REMModel.from_pretrained(BUNDLED).eval()
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory: pytest.TempPathFactory) -> ReplayBuffer:
+    """300 real steps of the scripted player (the ball in play most of the time)."""
+    env = make_atari_env("Breakout", train=True, seed=5)
+    player = SCRIPTED_PLAYERS["Breakout"](epsilon=0.1, seed=5)
+    buffer = ReplayBuffer(tmp_path_factory.mktemp("objects") / "replay", (64, 64, 3))
+    obs, _ = env.reset(seed=5)
+    for _ in range(300):
+        action = int(player.act(env.unwrapped.ale.getRAM()[None])[0])
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.append(obs, action, float(reward), terminated, truncated)
+        obs = next_obs if not (terminated or truncated) else env.reset()[0]
+    env.close()
+    return buffer
+
+
+def _predicting(model: REMModel, shift: int) -> None:
+    """Makes the world model put all its mass on the tokens of frame t - ``shift``."""
+
+    def forward(
+        tokens: torch.Tensor, actions: torch.Tensor, codebook: torch.Tensor
+    ) -> WorldModelOutput:
+        b, t, _ = tokens.shape
+        source = torch.cat([tokens[:, :1].expand(b, shift, -1), tokens[:, : t - shift]], dim=1)
+        vocab = model.config.tokenizer.vocab_size
+        logits = torch.nn.functional.one_hot(source, vocab).float() * 10.0  # (B, T, K, V)
+        return WorldModelOutput(logits, torch.zeros(b, t, 3), torch.zeros(b, t, 2))
+
+    model.world_model.forward = forward  # type: ignore[method-assign]
+
+
+def _check(model: REMModel, replay: ReplayBuffer, shift: int) -> ObjectCheck:
+    _predicting(model, shift)
+    try:
+        return check_objects(model, replay, PROBES, np.random.default_rng(0), segments=24)["ball"]
+    finally:
+        del model.world_model.forward  # back to the class's forward
+
+
+def test_a_perfect_prediction_scores_what_the_tokenizer_shows(
+    model: REMModel, replay: ReplayBuffer
+) -> None:
+    perfect = _check(model, replay, shift=0)
+    assert perfect.frames > 50  # real frames with the ball in the open band
+    assert perfect.reconstruction is not None and perfect.reconstruction > 0.2
+    assert perfect.predicted == perfect.reconstruction  # same tokens, same pictures
+    assert perfect.predicted_anywhere >= perfect.predicted
+
+
+def test_the_last_frame_again_is_not_the_next_one(model: REMModel, replay: ReplayBuffer) -> None:
+    """Predicting frame t-1's tokens for frame t (a dream that stands still) puts the ball where
+    it was: it still shows a ball, but mostly not within 2 px of the moved one."""
+    still = _check(model, replay, shift=1)
+    perfect = _check(model, replay, shift=0)
+    assert still.frames == perfect.frames
+    assert still.predicted_anywhere > 0.5 * perfect.predicted_anywhere
+    assert still.predicted < 0.5 * perfect.predicted
+
+
+def test_the_real_world_model_is_checked_too(model: REMModel, replay: ReplayBuffer) -> None:
+    """The bundled world model itself (its dreams rarely draw the ball: a share below the
+    tokenizer's, and the same numbers for the same seed)."""
+    first = check_objects(model, replay, PROBES, np.random.default_rng(0), segments=16)["ball"]
+    again = check_objects(model, replay, PROBES, np.random.default_rng(0), segments=16)["ball"]
+    assert first == again
+    assert first.predicted is not None and first.predicted <= first.reconstruction
+
+
+def test_the_command_prints_the_check_and_refuses_a_missing_replay(
+    replay: ReplayBuffer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(BUNDLED), str(replay.root), "--segments", "8"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"ball"} and printed["ball"]["frames"] > 0
+    with pytest.raises(SystemExit):
+        main([str(BUNDLED), str(tmp_path / "none")])
+    assert "cannot read the replay buffer" in capsys.readouterr().err
