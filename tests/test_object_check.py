@@ -73,6 +73,7 @@ def test_a_perfect_prediction_scores_what_the_tokenizer_shows(
     assert perfect.reconstruction is not None and perfect.reconstruction > 0.2
     assert perfect.predicted == perfect.reconstruction  # same tokens, same pictures
     assert perfect.predicted_anywhere >= perfect.predicted
+    assert perfect.patch_accuracy == 1.0 and perfect.patch_nll < 0.05  # logits 10 vs 0
 
 
 def test_the_last_frame_again_is_not_the_next_one(model: REMModel, replay: ReplayBuffer) -> None:
@@ -83,6 +84,8 @@ def test_the_last_frame_again_is_not_the_next_one(model: REMModel, replay: Repla
     assert still.frames == perfect.frames
     assert still.predicted_anywhere > 0.5 * perfect.predicted_anywhere
     assert still.predicted < 0.5 * perfect.predicted
+    # the ball's patch: the last frame's token there is mostly another one (the ball moved on)
+    assert still.patch_accuracy < 0.5 and still.patch_nll > 1.0
 
 
 def test_the_real_world_model_is_checked_too(model: REMModel, replay: ReplayBuffer) -> None:

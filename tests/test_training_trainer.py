@@ -136,10 +136,12 @@ def test_each_evaluation_checks_the_ball_in_the_next_frame(
     assert [r["epoch"] for r in records if "objects" in r] == [r["epoch"] for r in evaluated]
     for record in evaluated:
         ball = record["objects"]["ball"]
-        assert set(ball) == {"frames", "reconstruction", "predicted", "predicted_anywhere"}
+        shares = ("reconstruction", "predicted", "predicted_anywhere", "patch_accuracy")
+        assert set(ball) == {"frames", "patch_nll", *shares}
         assert ball["frames"] > 0  # the smoke run's replay has the ball in the open band
-        for key in ("reconstruction", "predicted", "predicted_anywhere"):
+        for key in shares:
             assert 0.0 <= ball[key] <= 1.0
+        assert ball["patch_nll"] > 0.0
         assert record["timings"]["objects"] > 0
 
 

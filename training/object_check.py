@@ -43,12 +43,18 @@ class ObjectCheck:
         reconstruction: Share of them whose tokenizer reconstruction has it nearby (the ceiling).
         predicted: Share whose world-model prediction (argmax tokens, decoded) has it nearby.
         predicted_anywhere: Share whose prediction shows the object at all.
+        patch_accuracy: Share in which the most likely token of the patch that holds the
+            object's centre is the real frame's token there.
+        patch_nll: Mean negative log-likelihood (nats) of the real token of that patch: it
+            falls as the world model learns the object, long before the argmax draws it.
     """
 
     frames: int
     reconstruction: float | None
     predicted: float | None
     predicted_anywhere: float | None
+    patch_accuracy: float | None
+    patch_nll: float | None
 
 
 @torch.no_grad()
@@ -92,7 +98,9 @@ def check_objects(
     model.eval()
     context = model.config.world_model.context_length
     device = model.start_tokens.device
-    counts = {probe.name: np.zeros(4, dtype=np.int64) for probe in probes}
+    counts = {probe.name: np.zeros(5, dtype=np.int64) for probe in probes}
+    nll = dict.fromkeys(counts, 0.0)
+    patch = model.config.tokenizer.image_size // model.config.tokenizer.latent_size
     for first in range(0, segments, batch_size):
         rows = min(batch_size, segments - first)
         batch = replay.sample_segments(rows, length, rng, pad="right").to_torch(device)
@@ -105,14 +113,29 @@ def check_objects(
         if not bool(target.any()):
             continue
         real = _pixels(frames.unflatten(0, (b, t))[target])  # (N, H, W, 3)
-        rebuilt = _pixels(model.decode(tokens[target], check_values=False))
-        predicted = _pixels(model.decode(logits[target].argmax(-1), check_values=False))
+        truth, log_p = tokens[target], logits[target].log_softmax(-1)  # (N, K), (N, K, V)
+        rebuilt = _pixels(model.decode(truth, check_values=False))
+        predicted = _pixels(model.decode(log_p.argmax(-1), check_values=False))
         for probe in probes:
             seen = probe.find(real)
             near = [_near(probe.find(x), seen) for x in (rebuilt, predicted)]
             anywhere = probe.find(predicted).found & seen.found
-            counts[probe.name] += [seen.found.sum(), near[0].sum(), near[1].sum(), anywhere.sum()]
-    return {name: _check(c) for name, c in counts.items()}
+            grid = np.floor(seen.positions[seen.found]) // patch  # (n, 2) patch row, column
+            rows_, cols = np.clip(grid, 0, model.config.tokenizer.latent_size - 1).astype(int).T
+            where = torch.as_tensor(rows_ * model.config.tokenizer.latent_size + cols)  # (n,)
+            index = torch.as_tensor(np.flatnonzero(seen.found))
+            at = log_p[index, where]  # (n, V): the object's patch in each frame
+            real_token = truth[index, where]
+            right = int((at.argmax(-1) == real_token).sum())
+            nll[probe.name] -= float(at.gather(-1, real_token[:, None]).sum())
+            counts[probe.name] += [
+                seen.found.sum(),
+                near[0].sum(),
+                near[1].sum(),
+                anywhere.sum(),
+                right,
+            ]
+    return {name: _check(c, nll[name]) for name, c in counts.items()}
 
 
 def _pixels(frames: torch.Tensor) -> np.ndarray:
@@ -126,10 +149,10 @@ def _near(hits: ProbeHits, seen: ProbeHits) -> np.ndarray:
     return seen.found & hits.found & close
 
 
-def _check(counts: np.ndarray) -> ObjectCheck:
+def _check(counts: np.ndarray, nll: float) -> ObjectCheck:
     frames = int(counts[0])
     shares = [float(c) / frames if frames else None for c in counts[1:]]
-    return ObjectCheck(frames, *shares)
+    return ObjectCheck(frames, *shares, nll / frames if frames else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

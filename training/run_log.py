@@ -97,9 +97,11 @@ class RunLog:
             if check["predicted"] is not None:
                 parts.append(
                     f"{name} next frame {check['predicted']:.3f} "
-                    f"(tokenizer {check['reconstruction']:.3f})"
+                    f"(tokenizer {check['reconstruction']:.3f}; its patch {check['patch_nll']:.2f}"
+                    " nats)"
                 )
-            for key in ("reconstruction", "predicted", "predicted_anywhere"):
+            for key in ("reconstruction", "predicted", "predicted_anywhere", "patch_accuracy",
+                        "patch_nll"):  # fmt: skip
                 if check[key] is not None:
                     scalars[f"objects/{name}_{key}"] = check[key]
         for name, seconds in record["timings"].items():
