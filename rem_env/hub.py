@@ -34,6 +34,7 @@ from rem_env.checkpoint import (
     default_manifest,
     leftovers,
     load_folder,
+    save_in_progress,
     save_pretrained,
     wait_for_save,
 )
@@ -164,7 +165,12 @@ def _locate(
         raise ModelLoadError(f"{path} is a file; pass the folder that save_pretrained wrote")
     missing = f"there is no folder {text!r} ({path.absolute()})"
     old = [p for p in leftovers(path) if p.name.startswith(f".{path.name}.old-")]
-    if old:  # its writer is gone (else wait_for_save waited for it)
+    if old and save_in_progress(path):  # wait_for_save gave up: the writer runs but is slow
+        raise ModelChangedError(
+            f"{missing} for now: a save is replacing it (its writer still runs) and did not put "
+            "the new folder in place while this load waited; load it again"
+        )
+    if old:  # its writer is gone
         raise ModelNotFoundError(
             f"{missing}: a save that replaced it was interrupted; the previous model is in "
             f"{str(old[-1])!r}: rename it back to {path.name!r}"

@@ -55,6 +55,7 @@ from rem_env.checkpoint.folder_swap import (
     STALE_AFTER_S,
     leftovers,
     remove_stale_leftovers,
+    save_in_progress,
     wait_for_save,
 )
 from rem_env.checkpoint.load import READ_ATTEMPTS, load_folder
@@ -81,6 +82,7 @@ __all__ = [
     "leftovers",
     "load_folder",
     "remove_stale_leftovers",
+    "save_in_progress",
     "save_pretrained",
     "wait_for_save",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "leftovers",
     "move_into_place",
     "remove_stale_leftovers",
+    "save_in_progress",
     "wait_for_save",
 ]
 
@@ -116,7 +117,7 @@ def wait_for_save(folder: Path, timeout: float = 1.0) -> bool:
     """
     deadline = time.monotonic() + timeout
     delay = 0.002
-    while any(not _is_stale(p, len(folder.name) + 2) for p in leftovers(folder)):
+    while save_in_progress(folder):
         if folder.is_dir():
             return True
         if time.monotonic() > deadline:
@@ -124,6 +125,11 @@ def wait_for_save(folder: Path, timeout: float = 1.0) -> bool:
         time.sleep(delay)
         delay = min(2 * delay, 0.1)
     return folder.is_dir()
+
+
+def save_in_progress(folder: Path) -> bool:
+    """Whether a leftover beside ``folder`` belongs to a save whose writer still runs."""
+    return any(not _is_stale(p, len(folder.name) + 2) for p in leftovers(folder))
 
 
 def remove_stale_leftovers(folder: Path) -> list[Path]:
