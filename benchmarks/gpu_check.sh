@@ -21,13 +21,14 @@
 # Settings (environment variables):
 #   PYTHON (python3), DEVICE (cuda), PRESET (paper), SIZES ("64 1024 4096"), STEPS (20),
 #   CELL_SECONDS (10), TRAIN_PRESET (atari100k), TRAIN_EPOCHS (2), TRAIN_ENV_STEPS (1000;
-#   real steps collected per epoch, enough for the phases' batches), SKIP_TRAIN (0),
+#   real steps collected per epoch, enough for the phases' batches), TRAIN_STEPS (the
+#   preset's; gradient steps per epoch of every phase), SKIP_TRAIN (0),
 #   COMPILE_PATHS ("bf16-compile"; "compile" is float32; empty skips the step),
 #   COMPILE_SIZES ($SIZES; each size compiles anew), COMPILE_BACKEND (inductor; aot_eager
 #   checks the capture quickly, as the smoke test does)
 # A CPU smoke run of the script itself (the test suite does this):
 #   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_EPOCHS=1 \
-#     TRAIN_ENV_STEPS=60 COMPILE_SIZES=1 COMPILE_BACKEND=aot_eager \
+#     TRAIN_ENV_STEPS=60 TRAIN_STEPS=2 COMPILE_SIZES=1 COMPILE_BACKEND=aot_eager \
 #     benchmarks/gpu_check.sh /tmp/gpu_check
 #
 # Each step runs even when an earlier one failed; the exit status is 1 if any failed.
@@ -87,13 +88,19 @@ step dream_env "$py" "$here/dream_env.py" --device "$device" --preset "$preset" 
     --max-seconds-per-cell "$cell" --json "$out/dream_env.json" >"$out/dream_env.md"
 
 if [[ "${SKIP_TRAIN:-0}" != 1 ]]; then
+    phase_steps=()
+    if [[ -n "${TRAIN_STEPS:-}" ]]; then
+        for phase in tokenizer world-model actor-critic; do
+            phase_steps+=(--"$phase".steps-per-epoch "$TRAIN_STEPS")
+        done
+    fi
     run=$(mktemp -d)
     step training "$py" -m rem_train --preset "$train_preset" --device "$device" \
         --out "$run/run" --epochs "$train_epochs" --common.collect-epochs "$train_epochs" \
         --common.env-steps-per-epoch "$train_env_steps" --common.eval-start-epoch 1000000 \
         --tokenizer.start-after-epoch 0 --world-model.start-after-epoch 0 \
         --actor-critic.start-after-epoch 0 --evaluation.num-envs 1 --evaluation.episodes 1 \
-        --evaluation.final-episodes 1 --common.replay-fsync false >>"$log"
+        --evaluation.final-episodes 1 --common.replay-fsync false "${phase_steps[@]}" >>"$log"
     cp "$run/run/metrics.jsonl" "$out/train_metrics.jsonl" 2>>"$log" || failed=1
     rm -rf "$run"
 fi

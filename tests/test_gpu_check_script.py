@@ -31,7 +31,10 @@ def run(out: Path, **settings: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_smoke_run_writes_every_table_and_each_phase_timing(tmp_path: Path) -> None:
-    result = run(tmp_path, **SMOKE, TRAIN_PRESET="smoke", TRAIN_EPOCHS="1", TRAIN_ENV_STEPS="60")
+    result = run(
+        tmp_path, **SMOKE, TRAIN_PRESET="smoke", TRAIN_EPOCHS="1", TRAIN_ENV_STEPS="60",
+        TRAIN_STEPS="2",
+    )  # fmt: skip
     log = (tmp_path / "log.txt").read_text()
     assert result.returncode == 0, log
     assert "failed=0" in log
@@ -59,6 +62,8 @@ def test_smoke_run_writes_every_table_and_each_phase_timing(tmp_path: Path) -> N
     assert [e["epoch"] for e in epochs] == [1]
     for epoch in epochs:
         assert set(epoch["timings"]) >= {"collect", "tokenizer", "world_model", "actor_critic"}
+        for phase in ("tokenizer", "world_model", "actor_critic"):
+            assert epoch[phase]["num_steps"] == 2, phase  # TRAIN_STEPS reached every phase
 
 
 def test_a_failing_step_is_logged_the_others_still_run_and_the_status_is_1(

@@ -83,6 +83,10 @@ def test_unknown_preset_and_bad_numbers() -> None:
         build_config({"preset": "smoke", "world_model.lr": 0.0})
     with pytest.raises(ValueError, match=r"collect\.epsilon"):
         build_config({"collect.epsilon": 1.5})
+    # the object check may be turned off (0), not given a negative count
+    assert build_config({"evaluation.object_segments": 0}).evaluation.object_segments == 0
+    with pytest.raises(ValueError, match=r"evaluation\.object_segments must be >= 0"):
+        build_config({"evaluation.object_segments": -1})
 
 
 def test_cli_overrides_and_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -161,6 +161,11 @@ class EvalConfig:
     episodes: int = doc(16, "episodes of a periodic evaluation")
     final_episodes: int = doc(100, "episodes of the final evaluation (rounded up to whole rounds)")
     max_raw_frames: int | None = doc(None, "raw-frame limit of the test env (None: REM's 108000)")
+    object_segments: int = doc(
+        64,
+        "replay segments on which each evaluation checks the world model's next frame for the "
+        "game's objects (Breakout's ball; rem_train.object_check); 0: no check",
+    )
 
 
 @dataclass(frozen=True)
@@ -322,6 +327,7 @@ def _check_positive(config: TrainConfig) -> None:
                 "foreground_weight",
                 "restart_dead_codes_every",
                 "scripted_share",
+                "object_segments",
             ):
                 if value < 0:
                     raise ValueError(f"{section}.{f.name} must be >= 0, got {value!r}")
@@ -392,7 +398,9 @@ PRESETS: dict[str, TrainConfig] = {
         actor_critic=ActorCriticPhase(
             start_after_epoch=3, steps_per_epoch=6, batch_size=8, hidden_size=64
         ),
-        evaluation=EvalConfig(num_envs=2, episodes=2, final_episodes=2, max_raw_frames=400),
+        evaluation=EvalConfig(
+            num_envs=2, episodes=2, final_episodes=2, max_raw_frames=400, object_segments=8
+        ),
     ),
     "cpu": TrainConfig(
         game="Breakout",

@@ -96,8 +96,6 @@ WARM_START_FILE = "warm_start.json"
 BACKGROUND_FRAMES = 1024
 """Replay frames whose per-pixel median is the background of ``tokenizer.foreground_weight``."""
 
-OBJECT_CHECK_SEGMENTS = 64
-"""Replay segments of the object check at each evaluation (:mod:`rem_train.object_check`)."""
 OBJECT_CHECK_STREAM = 0x0B7EC7
 """Key of the object check's own random stream (seeded with the run's seed and the epoch)."""
 
@@ -286,7 +284,7 @@ class Trainer:
             t = time.perf_counter()
             record["eval"] = self._on_main(lambda: self._evaluate(epoch, last))
             timings["eval"] = time.perf_counter() - t
-            if probes_for(cfg.game) and self.replay.num_steps > 0:
+            if cfg.evaluation.object_segments and probes_for(cfg.game) and self.replay.num_steps:
                 t = time.perf_counter()
                 record["objects"] = self._on_main(lambda: self._check_objects(epoch))
                 timings["objects"] = time.perf_counter() - t
@@ -318,7 +316,7 @@ class Trainer:
         checks = check_objects(
             self.model, self.replay, probes_for(cfg.game),
             np.random.default_rng([cfg.common.seed, epoch, OBJECT_CHECK_STREAM]),
-            segments=OBJECT_CHECK_SEGMENTS, length=cfg.world_model.segment_length,
+            segments=cfg.evaluation.object_segments, length=cfg.world_model.segment_length,
         )  # fmt: skip
         return {name: dataclasses.asdict(check) for name, check in checks.items()}
 
