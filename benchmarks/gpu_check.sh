@@ -6,6 +6,9 @@
 #
 # Writes into OUT_DIR (at most 8 files, so that a remote runner can send them all back):
 #   device.txt          nvidia-smi and torch's view of the device
+#   ball.tar.part-*     the Breakout training run's export folder and metrics.jsonl, a tar
+#                       archive split into parts of at most 15 MiB (two for the breakout model)
+#   data.tar            the .json/.jsonl files below
 #   imagination.md/json benchmarks/imagination.py: POP float32 and bf16 autocast, tokens and rgb,
 #                       at the batch sizes of $SIZES
 #   dream_env.md/json   benchmarks/dream_env.py: DreamVectorEnv float32 and bf16, numpy output
@@ -25,7 +28,9 @@
 #   preset's; gradient steps per epoch of every phase), SKIP_TRAIN (0),
 #   COMPILE_PATHS ("bf16-compile"; "compile" is float32; empty skips the step),
 #   COMPILE_SIZES ($SIZES; each size compiles anew), COMPILE_BACKEND (inductor; aot_eager
-#   checks the capture quickly, as the smoke test does)
+#   checks the capture quickly, as the smoke test does), BALL_MINUTES (6; time budget of the
+#   Breakout training run, 0 skips it), BALL_PRESET (breakout), BALL_EPOCHS (400), BALL_INIT
+#   (warm_starts/Breakout; empty: from scratch), BALL_PARTS (tokenizer,world_model)
 # A CPU smoke run of the script itself (the test suite does this):
 #   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_EPOCHS=1 \
 #     TRAIN_ENV_STEPS=60 TRAIN_STEPS=2 COMPILE_SIZES=1 COMPILE_BACKEND=aot_eager \
@@ -79,6 +84,31 @@ if torch.cuda.is_available():
 
 step device describe_device >"$out/device.txt"
 
+# First, what a GPU is lent for most: a time-budgeted training run of the Breakout model,
+# warm-started from the repository's last weights; its export comes back as a tar archive in
+# parts of at most 15 MiB (reassemble: cat ball.tar.part-* | tar -x -C DIR).
+ball_minutes=${BALL_MINUTES:-6}
+if [[ "$ball_minutes" != 0 ]]; then
+    ball_epochs=${BALL_EPOCHS:-400}
+    ball_init=${BALL_INIT-$(dirname "$here")/warm_starts/Breakout}
+    init=()
+    if [[ -n "$ball_init" ]]; then
+        init=(--init-from "$ball_init" --init-parts "${BALL_PARTS:-tokenizer,world_model}")
+    fi
+    ball=$(mktemp -d)
+    step ball "$py" -m rem_train --preset "${BALL_PRESET:-breakout}" --device "$device" \
+        --out "$ball/run" --epochs "$ball_epochs" --common.collect-epochs "$ball_epochs" \
+        --max-minutes "$ball_minutes" --common.replay-fsync false \
+        --common.progress-bars false "${init[@]}" >>"$log"
+    if [[ -d "$ball/run/export" ]]; then
+        tar -C "$ball/run" -cf - export metrics.jsonl | split -b 15m - "$out/ball.tar.part-" ||
+            failed=1
+    else
+        failed=1
+    fi
+    rm -rf "$ball"
+fi
+
 step imagination "$py" "$here/imagination.py" --device "$device" --preset "$preset" \
     --batch-sizes "${sizes[@]}" --paths pop bf16 --steps "$steps" --warmup 3 \
     --max-seconds-per-cell "$cell" --json "$out/imagination.json" >"$out/imagination.md"
@@ -113,6 +143,14 @@ if ((${#compile_paths[@]})); then
         --warmup 3 --max-seconds-per-cell "$cell" --json "$scratch/compile.json" \
         --compile-backend "${COMPILE_BACKEND:-inductor}" >"$out/compile.md"
     rm -rf "$scratch"
+fi
+# A remote runner sends back at most 8 files: the JSON records travel as one archive.
+data=()
+for name in imagination.json dream_env.json train_metrics.jsonl; do
+    [[ -f "$out/$name" ]] && data+=("$name")
+done
+if ((${#data[@]})); then
+    tar -C "$out" -cf "$out/data.tar" "${data[@]}" && (cd "$out" && rm -f "${data[@]}")
 fi
 echo "== finished, failed=$failed" >>"$log"
 exit "$failed"

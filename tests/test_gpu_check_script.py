@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import torch
 from hang_guard import HANG_GUARD_S
+
+from rem_env import REMModel
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 SMOKE = {
@@ -31,46 +35,59 @@ def run(out: Path, **settings: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_smoke_run_writes_every_table_and_each_phase_timing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
     result = run(
-        tmp_path, **SMOKE, TRAIN_PRESET="smoke", TRAIN_EPOCHS="1", TRAIN_ENV_STEPS="60",
-        TRAIN_STEPS="2",
+        out, **SMOKE, TRAIN_PRESET="smoke", TRAIN_EPOCHS="1", TRAIN_ENV_STEPS="60",
+        TRAIN_STEPS="2", BALL_PRESET="smoke", BALL_INIT="", BALL_MINUTES="0.0001",
     )  # fmt: skip
-    log = (tmp_path / "log.txt").read_text()
+    log = (out / "log.txt").read_text()
     assert result.returncode == 0, log
     assert "failed=0" in log
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(p.name for p in out.iterdir())
     assert names == [
+        "ball.tar.part-aa",
         "compile.md",
+        "data.tar",
         "device.txt",
-        "dream_env.json",
         "dream_env.md",
-        "imagination.json",
         "imagination.md",
         "log.txt",
-        "train_metrics.jsonl",
-    ]  # within what a remote runner sends back (8 files)
-    assert "POP bf16 tokens" in (tmp_path / "imagination.md").read_text()
+    ]  # within what a remote runner sends back (8 files of at most 16 MiB)
+    assert all(p.stat().st_size <= 16 * 2**20 for p in out.iterdir())
+    with tarfile.open(out / "data.tar") as data:
+        data.extractall(tmp_path / "data", filter="data")
+    data = tmp_path / "data"
+    assert "POP bf16 tokens" in (out / "imagination.md").read_text()
     assert (
         "| POP bf16 compiled tokens | POP bf16 compiled rgb |"
-        in (tmp_path / "compile.md").read_text()
+        in (out / "compile.md").read_text()
     )
-    assert "dream rgb bf16" in (tmp_path / "dream_env.md").read_text()
-    records = json.loads((tmp_path / "imagination.json").read_text())["records"]
+    assert "dream rgb bf16" in (out / "dream_env.md").read_text()
+    records = json.loads((data / "imagination.json").read_text())["records"]
     assert {r["path"] for r in records} == {"pop", "bf16"}
     assert {r["batch_size"] for r in records} == {1, 2}
-    epochs = [json.loads(line) for line in (tmp_path / "train_metrics.jsonl").open()]
+    epochs = [json.loads(line) for line in (data / "train_metrics.jsonl").open()]
     assert [e["epoch"] for e in epochs] == [1]
     for epoch in epochs:
         assert set(epoch["timings"]) >= {"collect", "tokenizer", "world_model", "actor_critic"}
         for phase in ("tokenizer", "world_model", "actor_critic"):
             assert epoch[phase]["num_steps"] == 2, phase  # TRAIN_STEPS reached every phase
+    # The Breakout run's export comes back whole: the parts put together give a model folder.
+    joined = b"".join(p.read_bytes() for p in sorted(out.glob("ball.tar.part-*")))
+    with tarfile.open(fileobj=io.BytesIO(joined)) as ball:
+        ball.extractall(tmp_path / "ball", filter="data")
+    model = REMModel.from_pretrained(tmp_path / "ball" / "export")
+    assert model.config.game == "Breakout"
+    stopped = [json.loads(line) for line in (tmp_path / "ball" / "metrics.jsonl").open()]
+    assert [e["epoch"] for e in stopped] == [1]  # the time budget ended it after one epoch
+    assert "time budget of 0.0001 min reached after epoch 1" in log
 
 
 def test_a_failing_step_is_logged_the_others_still_run_and_the_status_is_1(
     tmp_path: Path,
 ) -> None:
     device = "cpu" if torch.cuda.is_available() else "cuda"  # cuda fails here without a GPU
-    bad = {**SMOKE, "DEVICE": device, "SKIP_TRAIN": "1"}
+    bad = {**SMOKE, "DEVICE": device, "SKIP_TRAIN": "1", "BALL_MINUTES": "0"}
     if device == "cpu":
         bad["SIZES"] = bad["COMPILE_SIZES"] = "0"  # a batch size the benchmarks refuse
     result = run(tmp_path, **bad)

@@ -62,6 +62,9 @@ STOPPED = 143
 EXTENDABLE = ("common.epochs", "common.collect_epochs")
 """Fields that ``--resume`` may raise: a run is extended by more epochs (of collection)."""
 
+_PROCESS_OPTIONS = ("out", "resume", "export", "max_minutes")
+"""Options of this process, not of the run (not in its config.json; free to change on resume)."""
+
 _SHORTCUTS = {
     "epochs": "common.epochs",
     "seed": "common.seed",
@@ -139,6 +142,14 @@ def parser() -> argparse.ArgumentParser:
         "replace; checked before training)",
     )
     p.add_argument(
+        "--max-minutes",
+        type=float,
+        metavar="MINUTES",
+        help="time budget of this process: after the first epoch that ends this many minutes "
+        "after the start, stop there and export the model as it is (--resume goes on later) "
+        "(default: none)",
+    )
+    p.add_argument(
         "--epochs",
         type=int,
         help="shortcut for --common.epochs (with --resume: extend the run) (default: the preset's)",
@@ -190,7 +201,7 @@ def build_config(args: dict[str, Any], base: TrainConfig | None = None) -> Train
         )
     data = base.to_dict()
     for name, value in args.items():
-        if name in ("out", "resume", "export"):
+        if name in _PROCESS_OPTIONS:
             continue
         target = data
         *sections, leaf = name.split(".")
@@ -207,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     resume = args.get("resume")
     out = args.get("out")
     try:
+        minutes = args.get("max_minutes")
+        if minutes is not None and not minutes > 0:
+            raise ValueError(f"--max-minutes must be positive, got {minutes:g}")
         if resume is not None:
             if out is not None and Path(out) != Path(resume):
                 raise ValueError("--out and --resume name different folders; give only --resume")
@@ -218,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             saved = TrainConfig.from_dict(json.loads(config_path.read_text()))
             # Options given with --resume go on top of the run's own config (or of a preset
             # named again); the Trainer refuses a result that differs from the saved run.
-            given = {k: v for k, v in args.items() if k not in ("resume", "out", "export")}
+            given = {k: v for k, v in args.items() if k not in _PROCESS_OPTIONS}
             named = "preset" in given or "game" in given
             config = build_config(given, base=None if named else saved)
             out = resume
@@ -231,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rem-train: error: {err}", file=sys.stderr)
         return 2
     try:
-        status = _train(config, out, resume is not None, argv, args.get("export"), ctx)
+        status = _train(
+            config, out, resume is not None, argv, args.get("export"), ctx, args.get("max_minutes")
+        )
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
         cleanup(wait=False)
         print("rem-train: interrupted", file=sys.stderr)
@@ -374,6 +390,7 @@ def _train(
     argv: list[str],
     export: Path | None,
     ctx: DistContext,
+    max_minutes: float | None = None,
 ) -> int:
     """Builds the trainer and runs it on this rank; returns the exit status."""
     where = f" (rank {ctx.rank})" if ctx.is_distributed else ""
@@ -416,7 +433,7 @@ def _train(
     )
     previous = signal.signal(signal.SIGINT, stop_on_ctrl_c) if handle else None
     try:
-        exported = trainer.run(export_to=export)
+        exported = trainer.run(export_to=export, max_minutes=max_minutes)
     except TrainingStoppedError as stopped:
         if interrupted:
             message = str(stopped).replace("by SIGTERM", "by Ctrl-C")

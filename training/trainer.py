@@ -234,18 +234,35 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ schedule
 
-    def run(self, export_to: str | os.PathLike[str] | None = None) -> Path:
+    def run(
+        self, export_to: str | os.PathLike[str] | None = None, max_minutes: float | None = None
+    ) -> Path:
         """Trains the remaining epochs, evaluates, exports; returns the export folder.
 
         Args:
             export_to: Also export the final model to this folder.
+            max_minutes: A time budget: after the first epoch that ends this many minutes (of
+                this call) or later, training stops there and the model is exported as it is;
+                ``--resume`` goes on from that epoch. None: no budget.
         """
         cfg = self.config
+        if max_minutes is not None and not max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive, got {max_minutes}")
+        started = time.monotonic()
         handle = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._request_stop) if handle else None
         try:
             for epoch in range(self.epoch + 1, cfg.common.epochs + 1):
                 self.train_epoch(epoch)
+                spent = (time.monotonic() - started) / 60.0
+                over = max_minutes is not None and spent >= max_minutes  # rank 0 decides
+                if share_from_main(over, self.dist) and epoch < cfg.common.epochs:
+                    self.log.info(
+                        f"time budget of {max_minutes:g} min reached after epoch {epoch} of "
+                        f"{cfg.common.epochs} ({spent:.1f} min): exporting the model as it is; "
+                        f"--resume {self.run_dir} goes on"
+                    )
+                    break
             if export_to is not None:
                 run_on_main(lambda: self.export(export_to), self.dist)
             return run_on_main(self.export, self.dist) or self.run_dir / "export"
