@@ -53,8 +53,11 @@ train_preset=${TRAIN_PRESET:-atari100k}
 train_epochs=${TRAIN_EPOCHS:-2}
 train_env_steps=${TRAIN_ENV_STEPS:-1000}
 here=$(cd "$(dirname "$0")" && pwd)
-# The checkout's packages import without an install (a lent machine starts bare).
-export PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}"
+# The checkout's packages import without an install (a lent machine starts bare): rem_env from
+# the checkout's root, the trainer under its import name rem_train (the folder training/).
+shim=$(mktemp -d)
+ln -s "$(dirname "$here")/training" "$shim/rem_train"
+export PYTHONPATH="$(dirname "$here"):$shim${PYTHONPATH:+:$PYTHONPATH}"
 
 mkdir -p "$out"
 log="$out/log.txt"
@@ -152,5 +155,6 @@ done
 if ((${#data[@]})); then
     tar -C "$out" -cf "$out/data.tar" "${data[@]}" && (cd "$out" && rm -f "${data[@]}")
 fi
+rm -rf "$shim"
 echo "== finished, failed=$failed" >>"$log"
 exit "$failed"
