@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from rem_env import REMModel
+from rem_env.fidelity import to_pixels
 from rem_env.probes import NEAR_PIXELS, ObjectProbe, ProbeHits, probes_for
 from rem_train.batches import frames_to_tensor
 from rem_train.replay import ReplayBuffer
@@ -100,7 +101,8 @@ def check_objects(
     device = model.start_tokens.device
     counts = {probe.name: np.zeros(5, dtype=np.int64) for probe in probes}
     nll = dict.fromkeys(counts, 0.0)
-    patch = model.config.tokenizer.image_size // model.config.tokenizer.latent_size
+    side = model.config.tokenizer.latent_size  # tokens per row of the grid
+    patch = model.config.tokenizer.image_size // side  # pixels per patch side
     for first in range(0, segments, batch_size):
         rows = min(batch_size, segments - first)
         batch = replay.sample_segments(rows, length, rng, pad="right").to_torch(device)
@@ -112,17 +114,17 @@ def check_objects(
         target[:, :context] = False  # predicted blocks: real, after the context
         if not bool(target.any()):
             continue
-        real = _pixels(frames.unflatten(0, (b, t))[target])  # (N, H, W, 3)
+        real = to_pixels(frames.unflatten(0, (b, t))[target])  # (N, H, W, 3)
         truth, log_p = tokens[target], logits[target].log_softmax(-1)  # (N, K), (N, K, V)
-        rebuilt = _pixels(model.decode(truth, check_values=False))
-        predicted = _pixels(model.decode(log_p.argmax(-1), check_values=False))
+        rebuilt = to_pixels(model.decode(truth, check_values=False))
+        predicted = to_pixels(model.decode(log_p.argmax(-1), check_values=False))
         for probe in probes:
             seen = probe.find(real)
             near = [_near(probe.find(x), seen) for x in (rebuilt, predicted)]
             anywhere = probe.find(predicted).found & seen.found
             grid = np.floor(seen.positions[seen.found]) // patch  # (n, 2) patch row, column
-            rows_, cols = np.clip(grid, 0, model.config.tokenizer.latent_size - 1).astype(int).T
-            where = torch.as_tensor(rows_ * model.config.tokenizer.latent_size + cols)  # (n,)
+            grid = np.clip(grid, 0, side - 1).astype(np.int64)
+            where = torch.as_tensor(grid[:, 0] * side + grid[:, 1])  # (n,) raster index
             index = torch.as_tensor(np.flatnonzero(seen.found))
             at = log_p[index, where]  # (n, V): the object's patch in each frame
             real_token = truth[index, where]
@@ -136,11 +138,6 @@ def check_objects(
                 right,
             ]
     return {name: _check(c, nll[name]) for name, c in counts.items()}
-
-
-def _pixels(frames: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) floats in [0, 1] -> (N, H, W, 3) uint8."""
-    return (frames * 255.0).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _near(hits: ProbeHits, seen: ProbeHits) -> np.ndarray:

@@ -22,7 +22,8 @@ class ModelNotFoundError(ModelLoadError):
 
 
 class ModelChangedError(ModelLoadError):
-    """The model folder was replaced while it was read, on every attempt (a save in progress)."""
+    """A save is replacing the model folder: it changed while it was read, on every attempt, or
+    it was still missing while its writer ran; loading again later succeeds."""
 
 
 class ModelNotCachedError(ModelLoadError):
