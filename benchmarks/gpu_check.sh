@@ -27,13 +27,13 @@
 #   real steps collected per epoch, enough for the phases' batches), TRAIN_STEPS (the
 #   preset's; gradient steps per epoch of every phase), SKIP_TRAIN (0),
 #   COMPILE_PATHS ("bf16-compile"; "compile" is float32; empty skips the step),
-#   COMPILE_SIZES ($SIZES; each size compiles anew), COMPILE_BACKEND (inductor; aot_eager
-#   checks the capture quickly, as the smoke test does), BALL_MINUTES (6; time budget of the
+#   COMPILE_SIZES ($SIZES; each size compiles anew), COMPILE_BACKEND (inductor; eager
+#   only checks the capture, quickly, as the smoke test does), BALL_MINUTES (6; time budget of the
 #   Breakout training run, 0 skips it), BALL_PRESET (breakout), BALL_EPOCHS (400), BALL_INIT
 #   (warm_starts/Breakout; empty: from scratch), BALL_PARTS (tokenizer,world_model)
 # A CPU smoke run of the script itself (the test suite does this):
 #   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_EPOCHS=1 \
-#     TRAIN_ENV_STEPS=60 TRAIN_STEPS=2 COMPILE_SIZES=1 COMPILE_BACKEND=aot_eager \
+#     TRAIN_ENV_STEPS=60 TRAIN_STEPS=2 COMPILE_SIZES=1 COMPILE_BACKEND=eager \
 #     benchmarks/gpu_check.sh /tmp/gpu_check
 #
 # Each step runs even when an earlier one failed; the exit status is 1 if any failed.

@@ -146,7 +146,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compile-backend",
         default="inductor",
-        help="torch.compile backend of the compile paths (aot_eager: a quick check of the capture)",
+        help="torch.compile backend of the compile paths (eager: a quick check of the capture)",
     )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(

@@ -9,7 +9,10 @@ port is bound now and served by the ``fake_hub`` fixture.
 
 Torch runs on one intra-op thread in the whole session: the tests use tiny models, for which
 OpenMP threads only add overhead, and on a busy 2-core machine spinning threads slow them down by
-tens of times.
+tens of times. The processes the tests start (trainer runs, the benchmark scripts) inherit
+``OMP_NUM_THREADS=1`` for the same reason: beside the other pytest-xdist worker, a subprocess on
+two threads ran the GPU script's CPU smoke test in 68 s instead of ~40 s. A test that needs more
+threads in a subprocess says so in that subprocess's environment.
 
 The suite runs on every core this process may use, one pytest-xdist worker per core
 (``-n auto`` in pyproject.toml; :func:`pytest_xdist_auto_num_workers`); each worker imports this
@@ -30,6 +33,7 @@ import torch
 from hub_server import FakeHub, FakeHubServer
 
 torch.set_num_threads(1)
+os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
 
 HF_TEST_HOME = tempfile.mkdtemp(prefix="rem-env-tests-hf-")
 FAKE_HUB = FakeHub()

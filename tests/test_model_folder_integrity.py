@@ -107,7 +107,7 @@ def test_loads_during_saves_see_one_whole_save_or_a_clear_error(
     tmp_path: Path, exchange: bool
 ) -> None:
     folder, stop = tmp_path / "m", tmp_path / "stop"
-    loads = 150
+    loads = 100
     writer = subprocess.Popen(
         [sys.executable, "-c", MARKED_MODELS + WRITER, str(folder), str(stop), str(exchange)],
         stdout=subprocess.PIPE,

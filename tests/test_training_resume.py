@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 60  # the smoke preset's
 EPOCHS = 4  # of the smoke preset's 5: every phase runs again after the resume (the actor-critic
 # from epoch 4), and the last epoch evaluates and exports
+FEW_STEPS = [
+    f"--{phase}.steps-per-epoch=2" for phase in ("tokenizer", "world-model", "actor-critic")
+]  # what is resumed is the schedule, the replay and the RNG, not how far each phase learns
 
 
 def _train(out: Path, *args: str) -> subprocess.Popen[str]:
@@ -63,8 +66,9 @@ def _wait_for(process: subprocess.Popen[str], ready: Callable[[], bool]) -> None
 def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     process = _train(
-        out, "--game", "Breakout", "--preset", "smoke", "--epochs", str(EPOCHS), "--out", str(out)
-    )
+        out, "--game", "Breakout", "--preset", "smoke", "--epochs", str(EPOCHS), "--out", str(out),
+        *FEW_STEPS,
+    )  # fmt: skip
     # Until two epochs are complete and the third has started collecting.
     _wait_for(
         process,

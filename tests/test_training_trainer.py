@@ -201,6 +201,12 @@ def test_replay_token_cache_leaves_every_step_unchanged(tmp_path: Path) -> None:
     """The world-model and actor-critic phases on looked-up tokens (ReplayTokens) take the very
     steps (losses, weights, optimizer states) they take when every step encodes its frames."""
     config = TrainConfig.from_preset("smoke", "Breakout")
+    config = dataclasses.replace(
+        config,
+        tokenizer=dataclasses.replace(config.tokenizer, steps_per_epoch=2),
+        world_model=dataclasses.replace(config.world_model, steps_per_epoch=3),
+        actor_critic=dataclasses.replace(config.actor_critic, steps_per_epoch=3),
+    )  # a few steps of each: every step after the first starts from cached-path state
     trainer = Trainer(config, tmp_path / "run")
     try:
         trainer.collect(300)
