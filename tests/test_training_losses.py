@@ -12,6 +12,7 @@ from rem_train.losses import (
     actor_critic_loss,
     foreground_weights,
     lambda_returns,
+    moving_patch_weights,
     reward_classes,
     tokenizer_loss,
     world_model_loss,
@@ -123,6 +124,54 @@ def test_world_model_loss_reward_labels_and_empty_targets() -> None:
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="mask"):
         world_model_loss(out, tokens, torch.zeros(1, 2), mask, mask[:, :1])
+
+
+def test_moving_patch_weights_mark_the_moved_patch_and_its_neighbours() -> None:
+    obs = torch.full((2, 3, 16, 16, 3), 40, dtype=torch.uint8)  # 4x4 patches of 4x4 pixels
+    obs[0, 1, 5, 9] = 200  # block 1 of segment 0: a pixel of patch (1, 2) changes
+    obs[0, 2, 5, 9] = 200  # and stays: no change at block 2
+    obs[1, 2, 0, 0, 1] = 40 + 8  # a change of 8 grey levels is not movement
+    weights = moving_patch_weights(obs, 4, 5.0)
+    assert weights.shape == (2, 3, 16)
+    moved = torch.ones(4, 4)
+    moved[0:3, 1:4] = 6.0  # patch (1, 2) and its 8 neighbours
+    torch.testing.assert_close(weights[0, 1], moved.flatten())
+    assert (weights[0, 0] == 1).all() and (weights[0, 2] == 1).all()  # block 0: no frame before
+    assert (weights[1] == 1).all()
+    obs[1, 2, 0, 0, 1] = 40 + 9
+    assert moving_patch_weights(obs, 4, 5.0)[1, 2, 0] == 6.0
+    with pytest.raises(ValueError, match="patches"):
+        moving_patch_weights(obs, 5, 1.0)
+
+
+def test_world_model_loss_with_token_weights_is_their_weighted_mean() -> None:
+    torch.manual_seed(0)
+    b, t, k, v = 2, 5, 3, 7
+    out = _wm_output(b, t, k, v)
+    tokens = torch.randint(v, (b, t, k))
+    rewards, ends = torch.zeros(b, t), torch.zeros(b, t, dtype=torch.bool)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    plain, plain_metrics = world_model_loss(out, tokens, rewards, ends, mask, 2)
+    ones = torch.ones(b, t, k)
+    same, same_metrics = world_model_loss(out, tokens, rewards, ends, mask, 2, ones)
+    assert same.item() == pytest.approx(plain.item(), rel=1e-6)
+    assert same_metrics["obs_weighted"] == pytest.approx(plain_metrics["obs"], rel=1e-6)
+    weights = torch.rand(b, t, k) * 10
+    weighted, metrics = world_model_loss(out, tokens, rewards, ends, mask, 2, weights)
+    # By hand: the predicted blocks are (0, 2), (0, 3) and (1, 2).
+    ce = torch.nn.functional.cross_entropy(
+        out.obs_logits.reshape(-1, v), tokens.reshape(-1), reduction="none"
+    ).view(b, t, k)
+    picked = [(0, 2), (0, 3), (1, 2)]
+    num = sum((ce[i, j] * weights[i, j]).sum() for i, j in picked)
+    den = sum(weights[i, j].sum() for i, j in picked)
+    assert metrics["obs_weighted"] == pytest.approx((num / den).item(), rel=1e-5)
+    assert metrics["obs"] == pytest.approx(plain_metrics["obs"], rel=1e-6)  # unweighted, still
+    assert weighted.item() == pytest.approx(
+        (num / den).item() + metrics["reward"] + metrics["end"], rel=1e-5
+    )
+    with pytest.raises(ValueError, match="token_weights"):
+        world_model_loss(out, tokens, rewards, ends, mask, 2, weights[:, :2])
 
 
 def test_tokenizer_loss_terms_and_gradient_routing() -> None:

@@ -6,6 +6,7 @@ being trained cannot be resumed by a second process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -168,6 +169,55 @@ def test_resume_with_more_epochs_extends_the_run(
     assert _cli(["--resume", str(run_copy), "--epochs", "3", "--seed", "7"]) == 2
     assert "different config (differs in common.epochs, common.seed)" in capsys.readouterr().err
     assert json.loads((run_copy / "config.json").read_text())["common"]["epochs"] == 2
+
+
+def test_extending_a_run_says_which_phase_would_start_and_lets_it_be_moved(
+    run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Extending past a phase's start_after_epoch starts that phase: the resume says so, and the
+    start may be moved in the same command (an extended ``breakout`` run began training its
+    pretrained tokenizer this way, silently)."""
+    from rem_train.cli import extend_run
+    from rem_train.config import NEVER, TrainConfig
+
+    original = (run_copy / "config.json").read_text()
+    saved = TrainConfig.from_dict(json.loads(original))
+    assert saved.tokenizer.start_after_epoch == 9  # QUICK: every phase after epoch 9
+    longer = dataclasses.replace(saved, common=dataclasses.replace(saved.common, epochs=12))
+    assert extend_run(run_copy, longer) == ["common.epochs 1 -> 12"]
+    err = capsys.readouterr().err
+    for phase in ("tokenizer", "world model", "actor critic"):
+        assert f"trains its {phase} from epoch 10 on" in err, phase
+    moved = dataclasses.replace(
+        longer, tokenizer=dataclasses.replace(saved.tokenizer, start_after_epoch=NEVER)
+    )
+    (run_copy / "config.json").write_text(original)  # the run before the first extension
+    assert extend_run(run_copy, moved) == [
+        "common.epochs 1 -> 12", f"tokenizer.start_after_epoch 9 -> {NEVER}"
+    ]
+    err = capsys.readouterr().err
+    assert "trains its tokenizer" not in err and "trains its world model" in err
+    breakout = TrainConfig.from_preset("breakout")
+    assert breakout.tokenizer.start_after_epoch == NEVER  # pretrained: never trained further
+
+
+def test_resume_may_change_the_moving_weight_and_records_it(
+    run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--resume", str(run_copy), "--epochs", "2", "--world-model.moving-weight", "10"]
+    assert _cli(argv) == 0
+    err = capsys.readouterr().err
+    assert "common.epochs 1 -> 2" in err and "world_model.moving_weight 0.0 -> 10.0" in err
+    assert json.loads((run_copy / "config.json").read_text())["world_model"]["moving_weight"] == 10
+    lines = (run_copy / "config_changes.jsonl").read_text().splitlines()
+    changes = [json.loads(line) for line in lines]
+    made = ["common.epochs 1 -> 2", "world_model.moving_weight 0.0 -> 10.0"]
+    assert changes == [{"after_epoch": 1, "changes": made}]
+    training = json.loads((run_copy / "export" / "training.json").read_text())
+    assert training["config_changes"] == changes  # the export says how it was trained
+    # Other fields still have to match the run's own.
+    assert _cli(["--resume", str(run_copy), "--world-model.lr", "0.1"]) == 2
+    assert "world_model.lr" in capsys.readouterr().err
 
 
 def test_a_run_being_trained_cannot_be_resumed_twice(

@@ -229,6 +229,34 @@ def test_replay_token_cache_leaves_every_step_unchanged(tmp_path: Path) -> None:
         trainer.close()
 
 
+def test_moving_weight_weighs_the_world_model_loss_by_moved_patches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``world_model.moving_weight`` > 0: each step's observation loss is weighted by the moved
+    patches of the batch's own frames, and the log keeps the unweighted ``obs`` beside it."""
+    import rem_train.trainer as trainer_module
+
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    wm = dataclasses.replace(config.world_model, steps_per_epoch=2, moving_weight=10.0)
+    config = dataclasses.replace(config, world_model=wm)
+    seen, real = [], trainer_module.moving_patch_weights
+
+    def recording(obs: torch.Tensor, latent_size: int, weight: float) -> torch.Tensor:
+        seen.append((tuple(obs.shape), obs.dtype, latent_size, weight))
+        return real(obs, latent_size, weight)
+
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        trainer.collect(120)
+        monkeypatch.setattr(trainer_module, "moving_patch_weights", recording, raising=True)
+        metrics = trainer.train_world_model(epoch=3)
+    finally:
+        trainer.close()
+    b, t = config.world_model.batch_size, config.world_model.segment_length
+    assert seen and all(s == ((b, t, 64, 64, 3), torch.uint8, 8, 10.0) for s in seen)
+    assert "obs_weighted" in metrics and metrics["obs_weighted"] != metrics["obs"]
+
+
 def test_replay_tokens_follow_the_tokenizer_and_the_buffer(tmp_path: Path) -> None:
     """Tokens are re-encoded after any in-place change of the tokenizer's weights, extended by
     the chunk that holds the new frames, and equal those of encoding the frames; padding holds

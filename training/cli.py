@@ -61,6 +61,15 @@ STOPPED = 143
 """Exit status after SIGTERM (128 + SIGTERM)."""
 EXTENDABLE = ("common.epochs", "common.collect_epochs")
 """Fields that ``--resume`` may raise: a run is extended by more epochs (of collection)."""
+TUNABLE = (
+    "tokenizer.start_after_epoch",
+    "world_model.start_after_epoch",
+    "actor_critic.start_after_epoch",
+    "world_model.moving_weight",
+)
+"""Fields that ``--resume`` may set to any valid value, for the epochs still to train (recorded
+in the run's ``config_changes.jsonl`` and its export's ``training.json``)."""
+PHASES = ("tokenizer", "world_model", "actor_critic")
 
 _PROCESS_OPTIONS = ("out", "resume", "export", "max_minutes")
 """Options of this process, not of the run (not in its config.json; free to change on resume)."""
@@ -345,33 +354,45 @@ def lock_run(run_dir: Path, new: bool = False) -> int | None:
 
 
 def extend_run(run_dir: Path, config: TrainConfig) -> list[str]:
-    """Raises the run's epochs (of collection) in its config.json to ``config``'s.
+    """Writes ``config``'s epochs (of collection) and tunable fields into the run's config.json.
 
-    Only when ``common.epochs`` / ``common.collect_epochs`` are all that differ (besides
+    Only when fields of :data:`EXTENDABLE` and :data:`TUNABLE` are all that differ (besides
     ``device``, which a resume may change); otherwise the run is left as it is, for the
     Trainer to refuse. Returns the changes made, e.g. ``["common.epochs 5 -> 8"]``.
 
     Raises:
-        ValueError: If one of them would go down (a run is extended, never shortened).
+        ValueError: If an :data:`EXTENDABLE` field would go down (a run is extended, never
+            shortened).
     """
     path = run_dir / "config.json"
     saved = TrainConfig.from_dict(json.loads(path.read_text()))
     diff = saved.differences(config)
-    if not diff or not set(diff) <= set(EXTENDABLE):
-        return []  # nothing to extend, or more differs: the Trainer says what
-    changes, raised = [], {}
+    if not diff or not set(diff) <= {*EXTENDABLE, *TUNABLE}:
+        return []  # nothing to change, or more differs: the Trainer says what
+    changes, updated = [], saved
     for name in diff:
-        leaf = name.split(".")[1]
-        old, new = getattr(saved.common, leaf), getattr(config.common, leaf)
-        raised[leaf] = new
-        if new < old:
+        section, leaf = name.split(".")
+        old, new = getattr(getattr(saved, section), leaf), getattr(getattr(config, section), leaf)
+        if name in EXTENDABLE and new < old:
             option = "--epochs" if leaf == "epochs" else "--common.collect-epochs"
             raise ValueError(
                 f"cannot resume {run_dir} with {option} {new}: the run has {name} = {old}, and a "
                 "run can be extended, not shortened (stop it early with Ctrl-C or SIGTERM)"
             )
+        part = dataclasses.replace(getattr(updated, section), **{leaf: new})
+        updated = dataclasses.replace(updated, **{section: part})
         changes.append(f"{name} {old} -> {new}")
-    extended = dataclasses.replace(saved, common=dataclasses.replace(saved.common, **raised))
+    for phase in PHASES:  # a phase scheduled after the old end would now start: say so
+        start = getattr(updated, phase).start_after_epoch
+        if saved.common.epochs <= start < updated.common.epochs:
+            option = f"--{phase.replace('_', '-')}.start-after-epoch"
+            print(
+                f"rem-train: note: the extended run trains its {phase.replace('_', ' ')} from "
+                f"epoch {start + 1} on ({phase}.start_after_epoch = {start}; {option} N "
+                "moves it)",
+                file=sys.stderr,
+            )
+    extended = updated
     tmp = path.with_suffix(".extend.tmp")
     tmp.write_text(json.dumps(extended.to_dict(), indent=2) + "\n")
     os.replace(tmp, path)
@@ -400,6 +421,7 @@ def _train(
         if export is not None:  # rank 0 writes the export: it checks, all ranks learn
             run_on_main(lambda: _refuse(export_problem(Path(export), Path(out))), ctx)
         lock = run_on_main(lambda: lock_run(Path(out), new=not resume), ctx)
+        extended: list[str] = []
         if resume:
             extended = run_on_main(lambda: extend_run(Path(out), config), ctx)
             if extended:
@@ -407,6 +429,8 @@ def _train(
         trainer = Trainer(
             config, out, resume=resume, command=shlex.join(["rem-train", *argv]), dist_ctx=ctx
         )
+        if resume and extended:
+            run_on_main(lambda: trainer.record_config_changes(extended), ctx)
     except ValueError as err:
         print(f"rem-train: error{where}: {err}", file=sys.stderr)
         if lock is not None:

@@ -126,6 +126,11 @@ class WorldModelPhase:
         0.05, "AdamW weight decay on weight matrices only (not biases, norms, embeddings)"
     )
     grad_clip: float = doc(100.0, "gradient-norm clip")
+    moving_weight: float = doc(
+        0.0,
+        "extra weight of the observation loss on patches that moved since the previous frame "
+        "(with their neighbours); 0 is REM's loss",
+    )
 
 
 @dataclass(frozen=True)
@@ -328,6 +333,7 @@ def _check_positive(config: TrainConfig) -> None:
                 "restart_dead_codes_every",
                 "scripted_share",
                 "object_segments",
+                "moving_weight",
             ):
                 if value < 0:
                     raise ValueError(f"{section}.{f.name} must be >= 0, got {value!r}")
@@ -344,6 +350,9 @@ _SECTIONS: dict[str, type] = {
     "actor_critic": ActorCriticPhase,
     "evaluation": EvalConfig,
 }
+
+NEVER = 1_000_000
+"""A ``start_after_epoch`` no run reaches, however far it is extended: the phase never trains."""
 
 SMOKE_TOKENIZER = TokenizerConfig(
     image_size=64, base_channels=8, num_downsamples=3, vocab_size=32, embed_dim=32
@@ -442,7 +451,7 @@ PRESETS: dict[str, TrainConfig] = {
             replay_fsync=False,
         ),
         collect=CollectConfig(scripted_share=0.5),
-        tokenizer=TokenizerPhase(start_after_epoch=40, lpips=False),
+        tokenizer=TokenizerPhase(start_after_epoch=NEVER, lpips=False),
         world_model=WorldModelPhase(start_after_epoch=1, steps_per_epoch=80, batch_size=16),
         actor_critic=ActorCriticPhase(start_after_epoch=8, steps_per_epoch=20, batch_size=64),
         evaluation=EvalConfig(episodes=8, final_episodes=16),
@@ -453,6 +462,7 @@ a tokenizer without LPIPS (too slow on a CPU) whose reconstruction error weighs 
 differ from the background and whose unused codes are restarted every 10 steps, so that the ball
 and the paddle survive; about 75 minutes on 2 CPU cores; ``breakout``: the bundled Breakout
 model's recipe: the ``cpu`` sizes with 512 codes, a tokenizer pretrained on real frames
-(``python -m rem_train.pretrain_tokenizer``, given with ``--init-from``, not trained further), half
+(``python -m rem_train.pretrain_tokenizer``, given with ``--init-from``, never trained
+further: ``tokenizer.start_after_epoch`` is :data:`NEVER`), half
 of the episodes played by a scripted player that keeps the ball in play (20,000 real steps);
 ``smoke``: a whole four-phase cycle in about a minute."""

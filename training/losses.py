@@ -26,6 +26,7 @@ __all__ = [
     "actor_critic_loss",
     "foreground_weights",
     "lambda_returns",
+    "moving_patch_weights",
     "predicted_blocks",
     "reward_classes",
     "tokenizer_loss",
@@ -85,6 +86,42 @@ def motion_weights(
     """
     moving = (frames - previous).abs().amax(dim=1, keepdim=True) > threshold  # (B, 1, H, W)
     return 1.0 + weight * moving.to(frames.dtype)
+
+
+def moving_patch_weights(
+    obs: Tensor, latent_size: int, weight: float, threshold: int = 8
+) -> Tensor:
+    """(B, T, K) token weights: ``1 + weight`` on patches that moved, 1 elsewhere.
+
+    A patch of block t moved where any of its pixels, or of its 8 neighbouring patches' pixels,
+    changed since block t-1 (by more than ``threshold`` grey levels in a channel); block 0 has no
+    frame before it and weighs 1. The neighbours take in where an object went *to*, seen from the
+    patch it left. Game-agnostic: in Breakout these are the ball's and the paddle's patches,
+    ~2% of the tokens, which the world model's mean cross-entropy otherwise barely sees.
+
+    Args:
+        obs: (B, T, H, W, C) uint8 frames of the segments (padding is masked out by the loss).
+        latent_size: Patches per side (K = latent_size ** 2 tokens per frame).
+        weight: Extra weight of the moved patches (0: every token weighs 1).
+        threshold: Change of a channel, in grey levels, that counts as movement.
+
+    Example:
+        >>> obs = torch.zeros(1, 2, 8, 8, 3, dtype=torch.uint8)
+        >>> obs[0, 1, 0, 0] = 255  # a pixel of the top-left patch changes at block 1
+        >>> moving_patch_weights(obs, 4, 9.0)[0, 1].view(4, 4)[:2].tolist()
+        [[10.0, 10.0, 1.0, 1.0], [10.0, 10.0, 1.0, 1.0]]
+    """
+    b, t, h, w, _ = obs.shape
+    if h % latent_size or w % latent_size:
+        raise ValueError(f"frames of {h}x{w} do not split into {latent_size}x{latent_size} patches")
+    changed = (obs[:, 1:].short() - obs[:, :-1].short()).abs().amax(-1) > threshold  # (B,T-1,H,W)
+    patches = F.max_pool2d(
+        changed.flatten(0, 1)[:, None].float(), kernel_size=(h // latent_size, w // latent_size)
+    )  # (B*(T-1), 1, s, s)
+    moved = F.max_pool2d(patches, kernel_size=3, stride=1, padding=1) > 0  # with neighbours
+    weights = torch.ones(b, t, latent_size**2, device=obs.device)
+    weights[:, 1:] += weight * moved.view(b, t - 1, -1).float()
+    return weights
 
 
 def tokenizer_loss(
@@ -187,6 +224,7 @@ def world_model_loss(
     ends: Tensor,
     mask: Tensor,
     context_length: int = 2,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """The world-model loss: observation + reward + end cross-entropies, summed (REM_SPEC 4).
 
@@ -203,9 +241,13 @@ def world_model_loss(
         ends: (B, T) bool (or 0/1) episode-end flags after each block's action.
         mask: (B, T) bool, True for real blocks, False for padding.
         context_length: Leading blocks that are never a target (2 in REM).
+        token_weights: Optional (B, T, K) weights of the observation tokens (e.g.
+            :func:`moving_patch_weights`): the observation term is then their weighted mean
+            (None: every token weighs 1, REM's loss).
 
     Returns:
-        The loss and metrics ``obs``, ``reward``, ``end``, ``total``.
+        The loss and metrics ``obs`` (the unweighted mean, comparable across weightings),
+        ``reward``, ``end``, ``total``, and ``obs_weighted`` when ``token_weights`` is given.
 
     Raises:
         ValueError: If shapes disagree or ``context_length`` is negative.
@@ -223,15 +265,34 @@ def world_model_loss(
     obs_labels = torch.where(predicted[..., None], obs_tokens.long(), ignore)  # (B, T, K)
     reward_labels = torch.where(predicted, reward_classes(rewards), IGNORE_INDEX)  # (B, T)
     end_labels = torch.where(predicted, ends.long(), IGNORE_INDEX)  # (B, T)
-    obs_loss = _masked_cross_entropy(output.obs_logits, obs_labels)
     reward_loss = _masked_cross_entropy(output.reward_logits, reward_labels)
     end_loss = _masked_cross_entropy(output.end_logits, end_labels)
+    extra: Metrics = {}
+    if token_weights is None:
+        obs_loss = _masked_cross_entropy(output.obs_logits, obs_labels)
+        plain = obs_loss
+    else:
+        if tuple(token_weights.shape) != (b, t, k):
+            raise ValueError(
+                f"token_weights must have shape {(b, t, k)}, got {tuple(token_weights.shape)}"
+            )
+        per_token = F.cross_entropy(
+            output.obs_logits.flatten(0, 2),  # (B*T*K, vocab)
+            obs_labels.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        ).view(b, t, k)
+        weights = token_weights * predicted[..., None]  # (B, T, K), 0 where not a target
+        obs_loss = (per_token * weights).sum() / weights.sum().clamp(min=1e-12)
+        plain = per_token.sum() / (predicted.sum() * k).clamp(min=1)
+        extra["obs_weighted"] = obs_loss.item()
     loss = obs_loss + reward_loss + end_loss
     metrics: Metrics = {
-        "obs": obs_loss.item(),
+        "obs": plain.item(),
         "reward": reward_loss.item(),
         "end": end_loss.item(),
         "total": loss.item(),
+        **extra,
     }
     return loss, metrics
 

@@ -76,6 +76,7 @@ from rem_train.imagination import ENCODE_CHUNK, Imagination, objective_before_af
 from rem_train.losses import (
     actor_critic_loss,
     foreground_weights,
+    moving_patch_weights,
     predicted_blocks,
     tokenizer_loss,
     world_model_loss,
@@ -90,6 +91,8 @@ from rem_train.warm_start import apply_warm_start, parse_parts, read_warm_start
 __all__ = ["Trainer", "TrainingStoppedError"]
 
 
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
+"""The run folder's record of what each ``--resume`` changed: one JSON line per resume."""
 WARM_START_FILE = "warm_start.json"
 """The run folder's record of ``common.init_from``: source, parts and the source's lineage."""
 
@@ -532,7 +535,13 @@ class Trainer:
         self, tokens: torch.Tensor, batch: Any, codebook: torch.Tensor, context: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
         output = self.world_model_ddp(tokens, batch.actions, codebook)
-        return world_model_loss(output, tokens, batch.rewards, batch.ends, batch.mask, context)
+        weights = None
+        if self.config.world_model.moving_weight > 0:
+            latent = self.model.config.tokenizer.latent_size
+            weights = moving_patch_weights(batch.obs, latent, self.config.world_model.moving_weight)
+        return world_model_loss(
+            output, tokens, batch.rewards, batch.ends, batch.mask, context, weights
+        )
 
     @staticmethod
     def _eval_loss(module: nn.Module, loss_fn: Any) -> float:
@@ -612,6 +621,12 @@ class Trainer:
             f"loaded the checkpoint of epoch {self.epoch} (rng {self.resumed_fingerprint})"
         )
 
+    def record_config_changes(self, changes: list[str]) -> None:
+        """Appends ``changes`` (made by a resume, before the next epoch) to the run's record."""
+        line = json.dumps({"after_epoch": self.epoch, "changes": changes})
+        with (self.run_dir / CONFIG_CHANGES_FILE).open("a") as record:
+            record.write(line + "\n")
+
     def export(self, folder: str | os.PathLike[str] | None = None) -> Path:
         """Exports the model, start contexts, manifest and actor-critic (default ``run/export``)."""
         folder = self.run_dir / "export" if folder is None else Path(folder)
@@ -622,6 +637,9 @@ class Trainer:
             "burn_in_actions": self.config.actor_critic.burn_in_actions,
             "lpips": self.lpips is not None,
         }
+        changes = self.run_dir / CONFIG_CHANGES_FILE
+        if changes.is_file():  # what resumes changed, and after which epoch
+            info["config_changes"] = [json.loads(x) for x in changes.read_text().splitlines()]
         warm_start = self.run_dir / WARM_START_FILE
         if warm_start.is_file():  # the runs this one's weights came from, oldest first
             record = json.loads(warm_start.read_text())
