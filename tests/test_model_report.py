@@ -28,6 +28,9 @@ def test_model_report_writes_training_fidelity_and_dream_to_real(tmp_path):
         "lpips": False,
         "note": "stopped early, then resumed",
         "evaluation": {"scores": [1.0, 3.0], "mean": 2.0, "std": 1.0},
+        "config_changes": [
+            {"after_epoch": 40, "changes": ["world_model.moving_weight 0.0 -> 10.0"]}
+        ],
     }
     (folder / "training.json").write_text(json.dumps(record))
     report = run_fidelity(
@@ -58,6 +61,7 @@ def test_model_report_writes_training_fidelity_and_dream_to_real(tmp_path):
     assert "rem-train --game Breakout --preset cpu" in card
     assert "wall time: 90.0 min" in card and "a test machine" in card
     assert "2.00 ± 1.00 over 2 episodes" in card and "stopped early, then resumed" in card
+    assert "resumed after epoch 40 with: world_model.moving_weight 0.0 -> 10.0" in card
     assert f"| 1 | {report.token_accuracy[0]:.3f} |" in card
     assert "![real vs dream](fidelity_strip.png)" in card
     assert (folder / "fidelity_strip.png").is_file() and (folder / "fidelity_curve.png").is_file()

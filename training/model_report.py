@@ -68,6 +68,10 @@ def training_section(record: dict[str, Any], machine: str) -> str:
             f"- its own actor-critic on the real game (REM's test protocol, temperature 0.5): "
             f"{evaluation['mean']:.2f} ± {evaluation['std']:.2f} over {len(scores)} episodes"
         )
+    for change in record.get("config_changes", []):  # what resumes changed, in order
+        lines.append(
+            f"- resumed after epoch {change['after_epoch']} with: {', '.join(change['changes'])}"
+        )
     lines += _lineage_lines(record)
     return "\n".join(lines)
 
