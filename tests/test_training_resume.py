@@ -158,7 +158,7 @@ def test_resume_with_more_epochs_extends_the_run(
     run_copy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _cli(["--resume", str(run_copy), "--epochs", "2"]) == 0
-    assert f"extending {run_copy}: common.epochs 1 -> 2" in capsys.readouterr().err
+    assert f"resuming {run_copy} with common.epochs 1 -> 2" in capsys.readouterr().err
     assert [r["epoch"] for r in read_metrics(run_copy)] == [1, 2]
     assert load_checkpoint(run_copy / "checkpoints").epoch == 2
     assert json.loads((run_copy / "config.json").read_text())["common"]["epochs"] == 2

@@ -425,7 +425,7 @@ def _train(
         if resume:
             extended = run_on_main(lambda: extend_run(Path(out), config), ctx)
             if extended:
-                print(f"rem-train: extending {out}: {', '.join(extended)}", file=sys.stderr)
+                print(f"rem-train: resuming {out} with {', '.join(extended)}", file=sys.stderr)
         trainer = Trainer(
             config, out, resume=resume, command=shlex.join(["rem-train", *argv]), dist_ctx=ctx
         )
