@@ -30,7 +30,8 @@
 #   COMPILE_SIZES ($SIZES; each size compiles anew), COMPILE_BACKEND (inductor; eager
 #   only checks the capture, quickly, as the smoke test does), BALL_MINUTES (6; time budget of the
 #   Breakout training run, 0 skips it), BALL_PRESET (breakout), BALL_EPOCHS (400), BALL_INIT
-#   (warm_starts/Breakout; empty: from scratch), BALL_PARTS (tokenizer,world_model)
+#   (warm_starts/Breakout; empty: from scratch), BALL_PARTS (tokenizer,world_model),
+#   BALL_MOVING_WEIGHT (10: --world-model.moving-weight, as warm_starts/Breakout was trained)
 # A CPU smoke run of the script itself (the test suite does this):
 #   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_EPOCHS=1 \
 #     TRAIN_ENV_STEPS=60 TRAIN_STEPS=2 COMPILE_SIZES=1 COMPILE_BACKEND=eager \
@@ -102,6 +103,7 @@ if [[ "$ball_minutes" != 0 ]]; then
     step ball "$py" -m rem_train --preset "${BALL_PRESET:-breakout}" --device "$device" \
         --out "$ball/run" --epochs "$ball_epochs" --common.collect-epochs "$ball_epochs" \
         --max-minutes "$ball_minutes" --common.replay-fsync false \
+        --world-model.moving-weight "${BALL_MOVING_WEIGHT:-10}" \
         --common.progress-bars false "${init[@]}" >>"$log"
     if [[ -d "$ball/run/export" ]]; then
         tar -C "$ball/run" -cf - export metrics.jsonl | split -b 15m - "$out/ball.tar.part-" ||
