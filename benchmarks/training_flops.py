@@ -38,12 +38,10 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rem_train.config import MODEL_SIZES, PRESETS, TrainConfig
+from rem_train.config import MODEL_SIZES, PHASES, PRESETS, TrainConfig
 from rem_train.imagination import Imagination
 from rem_train.lpips import LPIPS
 from rem_train.trainer import Trainer
-
-PHASES = ("tokenizer", "world_model", "actor_critic")
 
 MATMUL_SIZE = 1024
 """Side of the square float32 matrices whose product rate is the reference of ``--measure``."""

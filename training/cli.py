@@ -36,7 +36,7 @@ from typing import Any
 
 from rem_env.checkpoint import CONFIG_NAME as MODEL_CONFIG_NAME
 from rem_env.cli import folder_write_problem
-from rem_train.config import PRESETS, TrainConfig
+from rem_train.config import PHASES, PRESETS, TrainConfig
 from rem_train.distributed import DistContext, backend_for, cleanup, init_from_env, run_on_main
 from rem_train.trainer import Trainer, TrainingStoppedError
 
@@ -69,7 +69,6 @@ TUNABLE = (
 )
 """Fields that ``--resume`` may set to any valid value, for the epochs still to train (recorded
 in the run's ``config_changes.jsonl`` and its export's ``training.json``)."""
-PHASES = ("tokenizer", "world_model", "actor_critic")
 
 _PROCESS_OPTIONS = ("out", "resume", "export", "max_minutes")
 """Options of this process, not of the run (not in its config.json; free to change on resume)."""
@@ -392,9 +391,8 @@ def extend_run(run_dir: Path, config: TrainConfig) -> list[str]:
                 "moves it)",
                 file=sys.stderr,
             )
-    extended = updated
     tmp = path.with_suffix(".extend.tmp")
-    tmp.write_text(json.dumps(extended.to_dict(), indent=2) + "\n")
+    tmp.write_text(json.dumps(updated.to_dict(), indent=2) + "\n")
     os.replace(tmp, path)
     return changes
 
@@ -429,7 +427,7 @@ def _train(
         trainer = Trainer(
             config, out, resume=resume, command=shlex.join(["rem-train", *argv]), dist_ctx=ctx
         )
-        if resume and extended:
+        if extended:
             run_on_main(lambda: trainer.record_config_changes(extended), ctx)
     except ValueError as err:
         print(f"rem-train: error{where}: {err}", file=sys.stderr)

@@ -351,6 +351,9 @@ _SECTIONS: dict[str, type] = {
     "evaluation": EvalConfig,
 }
 
+PHASES = ("tokenizer", "world_model", "actor_critic")
+"""The learning phases of an epoch, in order: the config sections with a ``start_after_epoch``."""
+
 NEVER = 1_000_000
 """A ``start_after_epoch`` no run reaches, however far it is extended: the phase never trains."""
 
