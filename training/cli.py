@@ -345,7 +345,7 @@ def lock_run(run_dir: Path, new: bool = False) -> int | None:
         except BlockingIOError:
             os.close(fd)
             raise ValueError(busy) from None
-        except OSError:
+        except OSError:  # no locks on this file system: the folder's lock above must do
             pass
         finally:
             os.close(probe)  # closing releases the probe's lock
