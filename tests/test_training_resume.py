@@ -216,8 +216,30 @@ def test_resume_may_change_the_moving_weight_and_records_it(
     training = json.loads((run_copy / "export" / "training.json").read_text())
     assert training["config_changes"] == changes  # the export says how it was trained
     # Other fields still have to match the run's own.
-    assert _cli(["--resume", str(run_copy), "--world-model.lr", "0.1"]) == 2
-    assert "world_model.lr" in capsys.readouterr().err
+    assert _cli(["--resume", str(run_copy), "--world-model.grad-clip", "1"]) == 2
+    assert "world_model.grad_clip" in capsys.readouterr().err
+
+
+def test_resume_may_lower_a_learning_rate_and_the_optimizer_uses_it(
+    run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``optimizer.load_state_dict`` restores the learning rate saved in the checkpoint: the
+    resume has to set the new one after it, or the changed config would say 1e-4 while the run
+    went on at 2e-4."""
+    saved = load_checkpoint(run_copy / "checkpoints").optimizers["world_model"]
+    assert {group["lr"] for group in saved["param_groups"]} == {2e-4}
+    argv = ["--resume", str(run_copy), "--epochs", "2", "--world-model.lr", "1e-4"]
+    assert _cli(argv) == 0
+    assert "world_model.lr 0.0002 -> 0.0001" in capsys.readouterr().err
+    checkpoint = load_checkpoint(run_copy / "checkpoints")
+    assert checkpoint.epoch == 2
+    groups = checkpoint.optimizers["world_model"]["param_groups"]
+    assert {group["lr"] for group in groups} == {1e-4}  # what it steps with from now on
+    tokenizer = checkpoint.optimizers["tokenizer"]["param_groups"]
+    assert {group["lr"] for group in tokenizer} == {1e-4}  # the run's own, unchanged
+    lines = (run_copy / "config_changes.jsonl").read_text().splitlines()
+    made = ["common.epochs 1 -> 2", "world_model.lr 0.0002 -> 0.0001"]
+    assert json.loads(lines[-1])["changes"] == made
 
 
 def test_a_run_being_trained_cannot_be_resumed_twice(

@@ -611,6 +611,8 @@ class Trainer:
             module.load_state_dict(checkpoint.modules[name])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(checkpoint.optimizers[name])
+            for group in optimizer.param_groups:  # the state dict brought the saved rate back;
+                group["lr"] = getattr(self.config, name).lr  # a resume may have changed it
         restore_rng(checkpoint.rng["state"], checkpoint.rng["tensors"], self.rng)
         self.epoch = checkpoint.epoch
         self.wall_time = float(checkpoint.extra.get("wall_time", 0.0))
