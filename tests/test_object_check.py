@@ -13,8 +13,8 @@ import rem_env
 from rem_env import REMModel
 from rem_env.atari import make_atari_env
 from rem_env.models.world_model import WorldModelOutput
-from rem_env.probes import SCRIPTED_PLAYERS, BreakoutBallProbe
-from rem_train.object_check import ObjectCheck, check_objects, main
+from rem_env.probes import SCRIPTED_PLAYERS, BreakoutBallProbe, ProbeHits
+from rem_train.object_check import ObjectCheck, _steady, check_objects, main
 from rem_train.replay import ReplayBuffer
 
 BUNDLED = Path(rem_env.__file__).parent / "weights" / "Breakout"
@@ -74,6 +74,10 @@ def test_a_perfect_prediction_scores_what_the_tokenizer_shows(
     assert perfect.predicted == perfect.reconstruction  # same tokens, same pictures
     assert perfect.predicted_anywhere >= perfect.predicted
     assert perfect.patch_accuracy == 1.0 and perfect.patch_nll < 0.05  # logits 10 vs 0
+    assert perfect.predicted_roughly >= perfect.predicted
+    # the ball mostly flies straight; there the perfect prediction is as good as the tokenizer
+    assert perfect.frames > perfect.steady_frames > 0.5 * perfect.frames
+    assert perfect.steady_predicted is not None and perfect.steady_predicted > 0.2
 
 
 def test_the_last_frame_again_is_not_the_next_one(model: REMModel, replay: ReplayBuffer) -> None:
@@ -84,6 +88,9 @@ def test_the_last_frame_again_is_not_the_next_one(model: REMModel, replay: Repla
     assert still.frames == perfect.frames
     assert still.predicted_anywhere > 0.5 * perfect.predicted_anywhere
     assert still.predicted < 0.5 * perfect.predicted
+    assert still.steady_frames == perfect.steady_frames  # a property of the real frames
+    assert still.steady_predicted < 0.5 * perfect.steady_predicted  # a flying ball moved on
+    assert still.predicted_roughly >= still.predicted
     # the ball's patch: the last frame's token there is mostly another one (the ball moved on)
     assert still.patch_accuracy < 0.5 and still.patch_nll > 1.0
 
@@ -106,3 +113,24 @@ def test_the_command_prints_the_check_and_refuses_a_missing_replay(
     with pytest.raises(SystemExit):
         main([str(BUNDLED), str(tmp_path / "none")])
     assert "cannot read the replay buffer" in capsys.readouterr().err
+
+
+def test_steady_motion_is_the_same_step_as_the_frame_before() -> None:
+    """Two segments of five frames: positions (row, column) and whether the probe found it."""
+    positions = np.array(
+        [
+            [(0, 0), (1, 2), (2, 4), (3, 6.8), (5, 6)],  # steps (1,2) (1,2) (1,2.8) (2,-0.8)
+            [(0, 0), (1, 2), (2, 4), (3, 6), (4, 8)],  # steady, but not found in frame 2
+        ],
+        dtype=float,
+    )
+    found = np.array([[True] * 5, [True, True, False, True, True]])
+    hits = ProbeHits(positions.reshape(10, 2), found.reshape(10))
+    everything = np.ones((2, 5), dtype=bool)
+    assert _steady(hits, everything).reshape(2, 5).tolist() == [
+        [False, False, True, True, False],  # a step off by 0.8 px is steady, by 2 px is not
+        [False, False, False, False, False],  # frames 3 and 4 lack frame 2's position
+    ]
+    chosen = np.zeros((2, 5), dtype=bool)
+    chosen[0, 2:4] = chosen[1, 4] = True
+    assert _steady(hits, chosen).tolist() == [True, True, False]  # the chosen frames, in order

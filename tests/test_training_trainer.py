@@ -136,12 +136,21 @@ def test_each_evaluation_checks_the_ball_in_the_next_frame(
     assert [r["epoch"] for r in records if "objects" in r] == [r["epoch"] for r in evaluated]
     for record in evaluated:
         ball = record["objects"]["ball"]
-        shares = ("reconstruction", "predicted", "predicted_anywhere", "patch_accuracy")
-        assert set(ball) == {"frames", "patch_nll", *shares}
+        shares = (
+            "reconstruction", "predicted", "predicted_anywhere", "patch_accuracy",
+            "predicted_roughly",
+        )  # fmt: skip
+        steady = ("steady_frames", "steady_predicted")
+        assert set(ball) == {"frames", "patch_nll", *shares, *steady}
         assert ball["frames"] > 0  # the smoke run's replay has the ball in the open band
         for key in shares:
             assert 0.0 <= ball[key] <= 1.0
         assert ball["patch_nll"] > 0.0
+        assert 0 <= ball["steady_frames"] <= ball["frames"]
+        if ball["steady_frames"]:
+            assert 0.0 <= ball["steady_predicted"] <= 1.0
+        else:
+            assert ball["steady_predicted"] is None
         assert record["timings"]["objects"] > 0
 
 

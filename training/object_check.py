@@ -10,6 +10,11 @@ emulator RAM and no real game, and takes seconds: the trainer runs it at every e
 run's log shows when its world model starts to draw the ball. ``rem-env fidelity`` remains the
 full report (sampled dreams, ten steps, rewards and ends, on freshly played games).
 
+Where the prediction misses, two more shares tell how: whether the object is at least roughly
+in place (within twice the distance), and how the prediction does on frames where the object
+moved by the same step as in the frame before (*steady* motion: the two previous real frames
+give its position exactly, so a miss there is not the game being unpredictable).
+
 From the command line, for any exported model and a run's replay buffer::
 
     python -m rem_train.object_check MODEL_FOLDER RUN_FOLDER/replay --segments 64
@@ -48,6 +53,12 @@ class ObjectCheck:
             object's centre is the real frame's token there.
         patch_nll: Mean negative log-likelihood (nats) of the real token of that patch: it
             falls as the world model learns the object, long before the argmax draws it.
+        predicted_roughly: Share whose prediction has it within ``2 * NEAR_PIXELS`` (4 px).
+        steady_frames: Frames (of ``frames``) in which the object moved by the same step as in
+            the frame before, within 1 px per axis (found in both previous real frames).
+        steady_predicted: Share of the steady frames whose prediction has it within
+            ``NEAR_PIXELS`` (a constant-velocity guess from the real frames would be right in
+            all of them).
     """
 
     frames: int
@@ -56,6 +67,9 @@ class ObjectCheck:
     predicted_anywhere: float | None
     patch_accuracy: float | None
     patch_nll: float | None
+    predicted_roughly: float | None = None
+    steady_frames: int = 0
+    steady_predicted: float | None = None
 
 
 @torch.no_grad()
@@ -99,7 +113,7 @@ def check_objects(
     model.eval()
     context = model.config.world_model.context_length
     device = model.start_tokens.device
-    counts = {probe.name: np.zeros(5, dtype=np.int64) for probe in probes}
+    counts = {probe.name: np.zeros(8, dtype=np.int64) for probe in probes}
     nll = dict.fromkeys(counts, 0.0)
     side = model.config.tokenizer.latent_size  # tokens per row of the grid
     patch = model.config.tokenizer.image_size // side  # pixels per patch side
@@ -114,14 +128,22 @@ def check_objects(
         target[:, :context] = False  # predicted blocks: real, after the context
         if not bool(target.any()):
             continue
-        real = to_pixels(frames.unflatten(0, (b, t))[target])  # (N, H, W, 3)
+        every = to_pixels(frames)  # (B*T, H, W, 3): the frames before the predicted ones too
+        chosen = target.cpu().numpy()  # (B, T) bool
         truth, log_p = tokens[target], logits[target].log_softmax(-1)  # (N, K), (N, K, V)
         rebuilt = to_pixels(model.decode(truth, check_values=False))
         predicted = to_pixels(model.decode(log_p.argmax(-1), check_values=False))
         for probe in probes:
-            seen = probe.find(real)
-            near = [_near(probe.find(x), seen) for x in (rebuilt, predicted)]
-            anywhere = probe.find(predicted).found & seen.found
+            in_segments = probe.find(every)  # frame by frame
+            seen = ProbeHits(  # in the predicted real frames, (N, 2) and (N,)
+                in_segments.positions.reshape(b, t, 2)[chosen],
+                in_segments.found.reshape(b, t)[chosen],
+            )
+            hits = probe.find(predicted)
+            near = [_near(probe.find(rebuilt), seen), _near(hits, seen)]
+            roughly = _near(hits, seen, 2 * NEAR_PIXELS)
+            steady = _steady(in_segments, chosen)
+            anywhere = hits.found & seen.found
             grid = np.floor(seen.positions[seen.found]) // patch  # (n, 2) patch row, column
             grid = np.clip(grid, 0, side - 1).astype(np.int64)
             where = torch.as_tensor(grid[:, 0] * side + grid[:, 1])  # (n,) raster index
@@ -136,20 +158,43 @@ def check_objects(
                 near[1].sum(),
                 anywhere.sum(),
                 right,
+                roughly.sum(),
+                (steady & seen.found).sum(),
+                (steady & near[1]).sum(),
             ]
     return {name: _check(c, nll[name]) for name, c in counts.items()}
 
 
-def _near(hits: ProbeHits, seen: ProbeHits) -> np.ndarray:
-    """(N,) bool: found in both, centres within NEAR_PIXELS (as ``rem-env fidelity`` counts)."""
-    close = np.linalg.norm(hits.positions - seen.positions, axis=1) <= NEAR_PIXELS
+def _near(hits: ProbeHits, seen: ProbeHits, pixels: float = NEAR_PIXELS) -> np.ndarray:
+    """(N,) bool: found in both, centres within ``pixels`` (as ``rem-env fidelity`` counts)."""
+    close = np.linalg.norm(hits.positions - seen.positions, axis=1) <= pixels
     return seen.found & hits.found & close
 
 
+def _steady(every: ProbeHits, chosen: np.ndarray) -> np.ndarray:
+    """(N,) bool over the ``chosen`` (B, T) frames: the object moved by the same step (within
+    1 px per axis) as from the frame before, in real frames t-2, t-1, t of one segment."""
+    b, t = chosen.shape
+    found = every.found.reshape(b, t)
+    position = every.positions.reshape(b, t, 2)
+    steady = np.zeros((b, t), dtype=bool)
+    step, before = position[:, 2:] - position[:, 1:-1], position[:, 1:-1] - position[:, :-2]
+    seen = found[:, 2:] & found[:, 1:-1] & found[:, :-2]
+    steady[:, 2:] = seen & (np.abs(step - before).max(axis=-1) <= 1.0)
+    return steady[chosen]
+
+
 def _check(counts: np.ndarray, nll: float) -> ObjectCheck:
-    frames = int(counts[0])
-    shares = [float(c) / frames if frames else None for c in counts[1:]]
-    return ObjectCheck(frames, *shares, nll / frames if frames else None)
+    frames, steady = int(counts[0]), int(counts[6])
+    shares = [float(c) / frames if frames else None for c in counts[1:5]]
+    return ObjectCheck(
+        frames,
+        *shares,
+        patch_nll=nll / frames if frames else None,
+        predicted_roughly=float(counts[5]) / frames if frames else None,
+        steady_frames=steady,
+        steady_predicted=float(counts[7]) / steady if steady else None,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
