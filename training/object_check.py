@@ -159,7 +159,7 @@ def check_objects(
                 anywhere.sum(),
                 right,
                 roughly.sum(),
-                (steady & seen.found).sum(),
+                steady.sum(),  # found in frame t too
                 (steady & near[1]).sum(),
             ]
     return {name: _check(c, nll[name]) for name, c in counts.items()}
