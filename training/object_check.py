@@ -67,9 +67,9 @@ class ObjectCheck:
     predicted_anywhere: float | None
     patch_accuracy: float | None
     patch_nll: float | None
-    predicted_roughly: float | None = None
-    steady_frames: int = 0
-    steady_predicted: float | None = None
+    predicted_roughly: float | None
+    steady_frames: int
+    steady_predicted: float | None
 
 
 @torch.no_grad()

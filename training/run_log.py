@@ -102,7 +102,7 @@ class RunLog:
                 )
             for key in ("reconstruction", "predicted", "predicted_anywhere", "patch_accuracy",
                         "patch_nll", "predicted_roughly", "steady_predicted"):  # fmt: skip
-                if check.get(key) is not None:
+                if check[key] is not None:
                     scalars[f"objects/{name}_{key}"] = check[key]
         for name, seconds in record["timings"].items():
             scalars[f"time/{name}"] = seconds
