@@ -11,7 +11,7 @@ from stable_baselines3.common.vec_env.stacked_observations import StackedObserva
 
 from rem_env import REMConfig, REMModel
 from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
-from rem_train.dream_to_real import StackedSB3Policy, main
+from rem_train.dream_to_real import StackedSB3Policy, main, table
 
 
 class _Recorder:
@@ -61,3 +61,15 @@ def test_a_tiny_dream_to_real_run(tmp_path, capsys):
     assert report["dream_steps"] == 64 and report["frame_stack"] == 4
     assert (out / "ppo_dream.zip").is_file()
     assert "PPO trained only in the dream" in capsys.readouterr().out
+
+
+def _scores(mean: float) -> dict[str, float]:
+    return {"mean": mean, "std": 0.0, "min": mean, "max": mean, "episodes": 24}
+
+
+def test_the_table_says_an_agent_that_scored_nothing_did_zero_times_random():
+    text = table({"agent": _scores(0.0), "random": _scores(1.88), "agent_over_random": 0.0})
+    assert "Dream-trained agent / random: 0.00x" in text
+    assert "random scored 0" not in text  # random scored 1.88: only the agent scored nothing
+    text = table({"agent": _scores(2.0), "random": _scores(0.0), "agent_over_random": None})
+    assert "random scored 0" in text

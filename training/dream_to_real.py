@@ -164,7 +164,9 @@ def table(report: dict[str, Any]) -> str:
         )
     ratio = report["agent_over_random"]
     rows.append("")
-    rows.append(f"Dream-trained agent / random: {ratio:.2f}x" if ratio else "random scored 0")
+    rows.append(
+        f"Dream-trained agent / random: {ratio:.2f}x" if ratio is not None else "random scored 0"
+    )
     return "\n".join(rows)
 
 
