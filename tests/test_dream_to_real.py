@@ -11,7 +11,7 @@ from stable_baselines3.common.vec_env.stacked_observations import StackedObserva
 
 from rem_env import REMConfig, REMModel
 from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
-from rem_train.dream_to_real import StackedSB3Policy, main, table
+from rem_train.dream_to_real import StackedSB3Policy, dream_episodes, main, table
 
 
 class _Recorder:
@@ -60,11 +60,13 @@ def test_a_tiny_dream_to_real_run(tmp_path, capsys):
     assert len(report["agent"]["scores"]) == 2
     assert report["dream_steps"] == 64 and report["frame_stack"] == 4
     assert (out / "ppo_dream.zip").is_file()
+    assert report["dream_episodes"]["max_steps"] == 2000
+    assert len(report["agent"]["scores"]) == 2 and report["agent"]["mean_length"] > 0
     assert "PPO trained only in the dream" in capsys.readouterr().out
 
 
 def _scores(mean: float) -> dict[str, float]:
-    return {"mean": mean, "std": 0.0, "min": mean, "max": mean, "episodes": 24}
+    return {"mean": mean, "std": 0.0, "min": mean, "max": mean, "episodes": 24, "mean_length": 31.4}
 
 
 def test_the_table_says_an_agent_that_scored_nothing_did_zero_times_random():
@@ -73,3 +75,19 @@ def test_the_table_says_an_agent_that_scored_nothing_did_zero_times_random():
     assert "random scored 0" not in text  # random scored 1.88: only the agent scored nothing
     text = table({"agent": _scores(2.0), "random": _scores(0.0), "agent_over_random": None})
     assert "random scored 0" in text
+
+
+def test_the_report_says_how_the_dream_episodes_went_beside_the_real_ones():
+    class Trained:  # what SB3's VecMonitor leaves in an algorithm: one dict per finished episode
+        def __init__(self) -> None:
+            self.ep_info_buffer = [{"r": 1.0, "l": 2000, "t": 0.0}, {"r": 0.0, "l": 400, "t": 0.0}]
+
+    dream = dream_episodes(Trained(), max_steps=2000)
+    assert dream == {
+        "episodes": 2, "mean_length": 1200.0, "mean_return": 0.5, "truncated": 1, "max_steps": 2000
+    }  # fmt: skip
+    text = table({"agent": _scores(0.0), "random": _scores(1.88), "agent_over_random": 0.0,
+                  "dream_episodes": dream})  # fmt: skip
+    assert "its last 2 episodes lasted 1200 steps and returned 0.50" in text
+    assert "(1 cut at 2000 steps); on the real game it lasted 31 steps and scored 0.00" in text
+    assert dream_episodes(object(), 2000)["episodes"] == 0  # no episode finished: no line

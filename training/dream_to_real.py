@@ -31,10 +31,12 @@ from rem_env.agents import RandomAgent
 from rem_env.registration import ATARI_100K_GAMES, env_id
 from rem_train.evaluate import EvalResult, evaluate_agent
 
-__all__ = ["StackedSB3Policy", "main", "train_in_dream"]
+__all__ = ["StackedSB3Policy", "dream_episodes", "main", "train_in_dream"]
 
 N_STACK = 4
 """Frames stacked along the channels, as SB3's ``VecFrameStack`` does in the dream."""
+MAX_DREAM_EPISODE_STEPS = 2000
+"""Dream episodes are truncated after this many steps."""
 
 
 def train_in_dream(
@@ -43,7 +45,7 @@ def train_in_dream(
     model: Any = None,
     num_envs: int = 16,
     seed: int = 0,
-    max_episode_steps: int = 2000,
+    max_episode_steps: int = MAX_DREAM_EPISODE_STEPS,
     device: str = "cpu",
     verbose: int = 0,
 ) -> Any:
@@ -140,6 +142,24 @@ class StackedSB3Policy:
         self.fresh |= np.asarray(done, dtype=bool)
 
 
+def dream_episodes(agent: Any, max_steps: int) -> dict[str, Any]:
+    """The agent's last dream episodes (SB3 keeps up to 100): how long they lasted, what they paid.
+
+    A dream whose episodes hardly ever end (a world model that does not predict lost lives)
+    teaches an agent nothing about keeping the game alive; this is where a report shows it.
+    """
+    infos = list(getattr(agent, "ep_info_buffer", None) or [])
+    lengths = np.array([info["l"] for info in infos], dtype=np.float64)
+    returns = np.array([info["r"] for info in infos], dtype=np.float64)
+    return {
+        "episodes": len(infos),
+        "mean_length": float(lengths.mean()) if len(infos) else None,
+        "mean_return": float(returns.mean()) if len(infos) else None,
+        "truncated": int((lengths >= max_steps).sum()),
+        "max_steps": max_steps,
+    }
+
+
 def _summary(result: EvalResult) -> dict[str, Any]:
     return {
         "mean": result.mean,
@@ -147,6 +167,7 @@ def _summary(result: EvalResult) -> dict[str, Any]:
         "min": float(np.min(result.scores)),
         "max": float(np.max(result.scores)),
         "episodes": len(result.scores),
+        "mean_length": float(np.mean(result.lengths)),
         "scores": result.scores,
         "lengths": result.lengths,
     }
@@ -161,6 +182,16 @@ def table(report: dict[str, Any]) -> str:
         rows.append(
             f"| {name} | {s['mean']:.2f} | {s['std']:.2f} | {s['min']:g} | {s['max']:g} | "
             f"{s['episodes']} |"
+        )
+    dream = report.get("dream_episodes")
+    if dream and dream["episodes"]:
+        agent = report["agent"]
+        rows.append("")
+        rows.append(
+            f"In the dream, its last {dream['episodes']} episodes lasted "
+            f"{dream['mean_length']:.0f} steps and returned {dream['mean_return']:.2f} on average "
+            f"({dream['truncated']} cut at {dream['max_steps']} steps); on the real game it lasted "
+            f"{agent['mean_length']:.0f} steps and scored {agent['mean']:.2f}."
         )
     ratio = report["agent_over_random"]
     rows.append("")
@@ -238,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agent": _summary(trained),
         "random": _summary(random),
         "agent_over_random": trained.mean / random.mean if random.mean else None,
+        "dream_episodes": dream_episodes(agent, MAX_DREAM_EPISODE_STEPS),
     }
     (out / "dream_to_real.json").write_text(json.dumps(report, indent=2) + "\n")
     text = table(report)
