@@ -71,8 +71,7 @@ def test_smoke_run_writes_every_table_and_each_phase_timing(tmp_path: Path) -> N
     data = tmp_path / "data"
     assert "POP bf16 tokens" in (out / "imagination.md").read_text()
     assert (
-        "| POP bf16 compiled tokens | POP bf16 compiled rgb |"
-        in (out / "compile.md").read_text()
+        "| POP bf16 compiled tokens | POP bf16 compiled rgb |" in (out / "compile.md").read_text()
     )
     assert "dream rgb bf16" in (out / "dream_env.md").read_text()
     records = json.loads((data / "imagination.json").read_text())["records"]

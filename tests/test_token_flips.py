@@ -64,7 +64,9 @@ def test_reconstruction_scores_count_pairs_across_batches() -> None:
         for batch_size in (2, 3, 7):
             *_, flips = _reconstruction_scores(model, [traj], batch_size, ())
             assert (flips.still, flips.still_flipped, flips.moving) == (
-                expected.still, expected.still_flipped, expected.moving
+                expected.still,
+                expected.still_flipped,
+                expected.moving,
             ), batch_size
     k = tokens.shape[1]
     assert expected.still + expected.moving == 6 * k

@@ -193,7 +193,8 @@ def test_extending_a_run_says_which_phase_would_start_and_lets_it_be_moved(
     )
     (run_copy / "config.json").write_text(original)  # the run before the first extension
     assert extend_run(run_copy, moved) == [
-        "common.epochs 1 -> 12", f"tokenizer.start_after_epoch 9 -> {NEVER}"
+        "common.epochs 1 -> 12",
+        f"tokenizer.start_after_epoch 9 -> {NEVER}",
     ]
     err = capsys.readouterr().err
     assert "trains its tokenizer" not in err and "trains its world model" in err

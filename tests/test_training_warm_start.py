@@ -62,9 +62,7 @@ def test_only_the_chosen_parts_are_loaded(tmp_path: Path) -> None:
     try:
         assert _equal(trainer.model.tokenizer.state_dict(), model.tokenizer.state_dict())
         # the world model and actor-critic are the fresh run's (same seed, same init)
-        assert _equal(
-            trainer.model.world_model.state_dict(), fresh.model.world_model.state_dict()
-        )
+        assert _equal(trainer.model.world_model.state_dict(), fresh.model.world_model.state_dict())
         assert _equal(trainer.actor_critic.state_dict(), fresh.actor_critic.state_dict())
         assert not _equal(trainer.actor_critic.state_dict(), actor_critic.state_dict())
     finally:
@@ -81,9 +79,7 @@ def test_a_run_checkpoint_is_a_source(tmp_path: Path) -> None:
     first.close()
     second = Trainer(_config(str(tmp_path / "first"), "world_model"), tmp_path / "second")
     try:
-        assert _equal(
-            second.model.world_model.state_dict(), first.model.world_model.state_dict()
-        )
+        assert _equal(second.model.world_model.state_dict(), first.model.world_model.state_dict())
         assert not _equal(second.model.world_model.state_dict(), model.world_model.state_dict())
     finally:
         second.close()
