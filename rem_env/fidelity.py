@@ -121,6 +121,10 @@ class FidelityReport:
             changes the world model has to predict although nothing moved there.
         moving_patches: The share of patches whose pixels changed between consecutive real
             frames (what a perfectly stable tokenizer would change).
+        dreamed_rewards: Non-zero rewards the dreams produced, over all imagined steps (beside
+            ``real_rewards`` on the same steps: a dream that pays too rarely or too often).
+        dreamed_ends: Episode ends the dreams produced, likewise (a dream that hardly ever ends
+            a life teaches an agent nothing about losing one).
     """
 
     horizon: int
@@ -149,6 +153,8 @@ class FidelityReport:
     policy: str = ""
     still_token_flips: float | None = None
     moving_patches: float | None = None
+    dreamed_rewards: int = 0
+    dreamed_ends: int = 0
 
     def at(self, step: int) -> dict[str, float]:
         """Token accuracy and PSNR after ``step`` imagined steps (1-based)."""
@@ -206,10 +212,11 @@ class FidelityReport:
         played = f" Played by {self.policy}." if self.policy else ""
         rows.append(
             f"Rewards over all {self.horizon} steps: precision {_fmt(self.reward_precision)}, "
-            f"recall {_fmt(self.reward_recall)} ({self.real_rewards} real rewards). Episode "
-            f"ends: precision {_fmt(self.end_precision)}, recall {_fmt(self.end_recall)} "
-            f"({self.real_ends} real ends). {self.rollouts} dreams of {self.horizon} steps from "
-            f"{self.episodes} real episodes ({self.real_steps} real steps).{played}"
+            f"recall {_fmt(self.reward_recall)} ({self.real_rewards} real rewards, "
+            f"{self.dreamed_rewards} dreamed). Episode ends: precision "
+            f"{_fmt(self.end_precision)}, recall {_fmt(self.end_recall)} ({self.real_ends} real "
+            f"ends, {self.dreamed_ends} dreamed). {self.rollouts} dreams of {self.horizon} "
+            f"steps from {self.episodes} real episodes ({self.real_steps} real steps).{played}"
         )
         return "\n".join(rows)
 
@@ -643,6 +650,8 @@ def measure_fidelity(
         objects=objects,
         still_token_flips=flips.still_flip_share(),
         moving_patches=flips.moving_share(),
+        dreamed_rewards=rewards.tp + rewards.fp,
+        dreamed_ends=ends.tp + ends.fp,
     )
     return report, strip
 

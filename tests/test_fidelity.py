@@ -77,6 +77,8 @@ def test_a_dream_of_its_own_argmax_play_is_scored_perfect(monkeypatch, seed):
         assert value in (1.0, None)
     for value in (report.end_precision, report.end_recall):
         assert value in (1.0, None)
+    assert report.dreamed_rewards == report.real_rewards  # each dreamed where it was real
+    assert report.dreamed_ends == report.real_ends
     if seed == 7:
         assert (
             report.compared == [1] * 6 and report.real_rewards == 3
@@ -116,6 +118,21 @@ def test_reward_and_end_counts_follow_their_definitions():
     assert report.real_ends == 3  # the end at step 5 is seen from starts 5, 4 and 3
     for value in (report.reward_precision, report.reward_recall, report.end_recall):
         assert value is None or 0.0 <= value <= 1.0
+    # Precision is the right share of what was dreamed, recall of what was real: one count of
+    # right events behind both.
+    for precision, recall, dreamed, real in (
+        (
+            report.reward_precision,
+            report.reward_recall,
+            report.dreamed_rewards,
+            report.real_rewards,
+        ),
+        (report.end_precision, report.end_recall, report.dreamed_ends, report.real_ends),
+    ):
+        assert (precision is None) == (dreamed == 0)
+        right = round(recall * real)
+        assert precision is None or precision == pytest.approx(right / dreamed)
+    assert report.dreamed_rewards + report.dreamed_ends > 0  # random weights, temperature 1
 
 
 def test_measure_fidelity_rejects_episodes_too_short():

@@ -43,7 +43,10 @@ def test_summary_sentences_are_separate_paragraphs() -> None:
         tokenizer_psnr=32.0, reward_precision=0.5, reward_recall=0.25, real_rewards=4,
         end_precision=None, end_recall=0.0, real_ends=1, rollouts=3, episodes=1,
         real_steps=9, temperature=1.0, seed=0, still_token_flips=0.2, moving_patches=0.05,
+        dreamed_rewards=2, dreamed_ends=0,
     )  # fmt: skip
+    assert "(4 real rewards, 2 dreamed)" in report.summary_table()
+    assert "(1 real ends, 0 dreamed)" in report.summary_table()
     lines = report.summary_table().splitlines()
     text = [i for i, line in enumerate(lines) if line and not line.startswith("|")]
     assert len(text) == 3  # the ceiling, the flips, the events
