@@ -167,7 +167,6 @@ def _summary(result: EvalResult) -> dict[str, Any]:
         "min": float(np.min(result.scores)),
         "max": float(np.max(result.scores)),
         "episodes": len(result.scores),
-        "mean_length": float(np.mean(result.lengths)),
         "scores": result.scores,
         "lengths": result.lengths,
     }
@@ -191,7 +190,7 @@ def table(report: dict[str, Any]) -> str:
             f"In the dream, its last {dream['episodes']} episodes lasted "
             f"{dream['mean_length']:.0f} steps and returned {dream['mean_return']:.2f} on average "
             f"({dream['truncated']} cut at {dream['max_steps']} steps); on the real game it lasted "
-            f"{agent['mean_length']:.0f} steps and scored {agent['mean']:.2f}."
+            f"{np.mean(agent['lengths']):.0f} steps and scored {agent['mean']:.2f}."
         )
     ratio = report["agent_over_random"]
     rows.append("")
