@@ -295,3 +295,43 @@ def test_tokenizer_loss_pixel_weights() -> None:
     err = (out.reconstruction - (frames * 2 - 1)).square()  # (2, 3, 16, 16)
     expected = (err.sum() + 40.0 * err[1, :, 3, 5].sum()) / (3 * (2 * 256 + 40))
     assert metrics["reconstruction"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_world_model_loss_end_weight_weighs_the_blocks_that_end_an_episode() -> None:
+    torch.manual_seed(0)
+    b, t, k, v = 2, 5, 3, 7
+    out = _wm_output(b, t, k, v)
+    tokens = torch.randint(v, (b, t, k))
+    rewards = torch.zeros(b, t)
+    ends = torch.zeros(b, t, dtype=torch.bool)
+    ends[0, 3] = True  # one predicted block ends its episode
+    ends[1, 4] = True  # padding: never a target
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    plain, plain_metrics = world_model_loss(out, tokens, rewards, ends, mask, 2)
+    assert "end_weighted" not in plain_metrics
+    weighted, metrics = world_model_loss(out, tokens, rewards, ends, mask, 2, end_weight=5.0)
+    # By hand: the predicted blocks are (0, 2), (0, 3) (an end, weight 5) and (1, 2).
+    ce = torch.nn.functional.cross_entropy(
+        out.end_logits.reshape(-1, 2), ends.long().reshape(-1), reduction="none"
+    ).view(b, t)
+    expected = (ce[0, 2] + 5 * ce[0, 3] + ce[1, 2]) / 7
+    assert metrics["end_weighted"] == pytest.approx(expected.item(), rel=1e-5)
+    assert metrics["end"] == pytest.approx(plain_metrics["end"], rel=1e-6)  # unweighted, still
+    assert weighted.item() == pytest.approx(
+        plain.item() - plain_metrics["end"] + expected.item(), rel=1e-5
+    )
+    # Its gradient pushes the end block's logit harder than REM's loss does.
+    logits = out.end_logits.detach().requires_grad_(True)
+    grads = []
+    for weight in (1.0, 5.0):
+        logits.grad = None
+        out_w = out._replace(end_logits=logits)
+        world_model_loss(out_w, tokens, rewards, ends, mask, 2, end_weight=weight)[0].backward()
+        grads.append(logits.grad[0, 3, 1].item())
+    assert grads[1] < grads[0] < 0  # raising P(end) there lowers the loss, more so at weight 5
+    _, no_ends_metrics = world_model_loss(
+        out, tokens, rewards, torch.zeros_like(ends), mask, 2, end_weight=5.0
+    )
+    assert no_ends_metrics["end_weighted"] == pytest.approx(no_ends_metrics["end"], rel=1e-6)
+    with pytest.raises(ValueError, match="end_weight"):
+        world_model_loss(out, tokens, rewards, ends, mask, 2, end_weight=0.0)

@@ -266,6 +266,21 @@ def test_moving_weight_weighs_the_world_model_loss_by_moved_patches(
     assert "obs_weighted" in metrics and metrics["obs_weighted"] != metrics["obs"]
 
 
+def test_end_weight_reaches_the_world_model_loss(tmp_path: Path) -> None:
+    """``world_model.end_weight`` != 1: the trainer's world-model loss weighs the blocks that end
+    an episode, and the log keeps the unweighted ``end`` beside ``end_weighted``."""
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    wm = dataclasses.replace(config.world_model, steps_per_epoch=2, end_weight=50.0)
+    config = dataclasses.replace(config, world_model=wm)
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        trainer.collect(120)
+        metrics = trainer.train_world_model(epoch=3)
+    finally:
+        trainer.close()
+    assert "end_weighted" in metrics and metrics["end_weighted"] != metrics["end"]
+
+
 def test_replay_tokens_follow_the_tokenizer_and_the_buffer(tmp_path: Path) -> None:
     """Tokens are re-encoded after any in-place change of the tokenizer's weights, extended by
     the chunk that holds the new frames, and equal those of encoding the frames; padding holds

@@ -131,6 +131,11 @@ class WorldModelPhase:
         "extra weight of the observation loss on patches that moved since the previous frame "
         "(with their neighbours); 0 is REM's loss",
     )
+    end_weight: float = doc(
+        1.0,
+        "weight of the blocks that end an episode (a lost life) in the end cross-entropy, "
+        "then a weighted mean; 1 is REM's loss",
+    )
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,7 @@ def world_model_loss(
     mask: Tensor,
     context_length: int = 2,
     token_weights: Tensor | None = None,
+    end_weight: float = 1.0,
 ) -> tuple[Tensor, Metrics]:
     """The world-model loss: observation + reward + end cross-entropies, summed (REM_SPEC 4).
 
@@ -244,13 +245,17 @@ def world_model_loss(
         token_weights: Optional (B, T, K) weights of the observation tokens (e.g.
             :func:`moving_patch_weights`): the observation term is then their weighted mean
             (None: every token weighs 1, REM's loss).
+        end_weight: Weight of the blocks that end an episode in the end term, which is then
+            the weighted mean of the end cross-entropies (1: every block weighs 1, REM's loss).
 
     Returns:
-        The loss and metrics ``obs`` (the unweighted mean, comparable across weightings),
-        ``reward``, ``end``, ``total``, and ``obs_weighted`` when ``token_weights`` is given.
+        The loss and metrics ``obs`` and ``end`` (the unweighted means, comparable across
+        weightings), ``reward``, ``total``, ``obs_weighted`` when ``token_weights`` is given
+        and ``end_weighted`` when ``end_weight`` is not 1.
 
     Raises:
-        ValueError: If shapes disagree or ``context_length`` is negative.
+        ValueError: If shapes disagree, ``context_length`` is negative or ``end_weight`` is
+            not positive.
     """
     b, t, k, _ = output.obs_logits.shape
     if tuple(obs_tokens.shape) != (b, t, k):
@@ -260,6 +265,8 @@ def world_model_loss(
             raise ValueError(f"{name} must have shape {(b, t)}, got {tuple(value.shape)}")
     if context_length < 0:
         raise ValueError(f"context_length must be non-negative, got {context_length}")
+    if not end_weight > 0:
+        raise ValueError(f"end_weight must be positive, got {end_weight}")
     ignore = torch.full_like(obs_tokens, IGNORE_INDEX, dtype=torch.long)
     predicted = predicted_blocks(mask, context_length)
     obs_labels = torch.where(predicted[..., None], obs_tokens.long(), ignore)  # (B, T, K)
@@ -268,6 +275,18 @@ def world_model_loss(
     reward_loss = _masked_cross_entropy(output.reward_logits, reward_labels)
     end_loss = _masked_cross_entropy(output.end_logits, end_labels)
     extra: Metrics = {}
+    plain_end = end_loss
+    if end_weight != 1.0:
+        per_block = F.cross_entropy(
+            output.end_logits.reshape(-1, 2),  # (B*T, 2)
+            end_labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        )  # (B*T,), 0 where ignored
+        labels = end_labels.reshape(-1)
+        block_weights = torch.where(labels == 1, end_weight, 1.0) * (labels != IGNORE_INDEX)
+        end_loss = (per_block * block_weights).sum() / block_weights.sum().clamp(min=1e-12)
+        extra["end_weighted"] = end_loss.item()
     if token_weights is None:
         obs_loss = _masked_cross_entropy(output.obs_logits, obs_labels)
         plain = obs_loss
@@ -290,7 +309,7 @@ def world_model_loss(
     metrics: Metrics = {
         "obs": plain.item(),
         "reward": reward_loss.item(),
-        "end": end_loss.item(),
+        "end": plain_end.item(),
         "total": loss.item(),
         **extra,
     }

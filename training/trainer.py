@@ -540,8 +540,9 @@ class Trainer:
             latent = self.model.config.tokenizer.latent_size
             weights = moving_patch_weights(batch.obs, latent, self.config.world_model.moving_weight)
         return world_model_loss(
-            output, tokens, batch.rewards, batch.ends, batch.mask, context, weights
-        )
+            output, tokens, batch.rewards, batch.ends, batch.mask, context, weights,
+            self.config.world_model.end_weight,
+        )  # fmt: skip
 
     @staticmethod
     def _eval_loss(module: nn.Module, loss_fn: Any) -> float:
