@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from rem_env.config import REMConfig
+from rem_env.model import REMModel
+from rem_env.models.sampling import sample_categorical
 from rem_env.models.tokenizer import Tokenizer
 from rem_env.models.world_model import WorldModelOutput
 from rem_train.losses import (
@@ -13,6 +15,7 @@ from rem_train.losses import (
     foreground_weights,
     lambda_returns,
     moving_patch_weights,
+    one_step_dreams,
     reward_classes,
     tokenizer_loss,
     world_model_loss,
@@ -335,3 +338,72 @@ def test_world_model_loss_end_weight_weighs_the_blocks_that_end_an_episode() -> 
     assert no_ends_metrics["end_weighted"] == pytest.approx(no_ends_metrics["end"], rel=1e-6)
     with pytest.raises(ValueError, match="end_weight"):
         world_model_loss(out, tokens, rewards, ends, mask, 2, end_weight=0.0)
+
+
+def test_world_model_loss_adds_the_heads_on_dreamed_frames() -> None:
+    torch.manual_seed(0)
+    b, t, k, v = 2, 5, 3, 7
+    out, dreamed = _wm_output(b, t, k, v), _wm_output(b, t, k, v)
+    tokens = torch.randint(v, (b, t, k))
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0, 0.0]])
+    ends = torch.zeros(b, t, dtype=torch.bool)
+    ends[0, 3] = True
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    plain, plain_metrics = world_model_loss(out, tokens, rewards, ends, mask, 2)
+    assert "end_dreamed" not in plain_metrics
+    total, metrics = world_model_loss(
+        out, tokens, rewards, ends, mask, 2, end_weight=3.0, dreamed=dreamed, dreamed_weight=0.5
+    )
+    # By hand, on the predicted blocks (0, 2), (0, 3) and (1, 2) of the dreamed forward.
+    picked = [(0, 2), (0, 3), (1, 2)]
+    reward_ce = (
+        sum(
+            torch.nn.functional.cross_entropy(
+                dreamed.reward_logits[i, j], (rewards[i, j].sign() + 1).long()
+            )
+            for i, j in picked
+        )
+        / 3
+    )
+    end_ce = [
+        torch.nn.functional.cross_entropy(dreamed.end_logits[i, j], ends[i, j].long())
+        for i, j in picked
+    ]
+    end_weighted = (end_ce[0] + 3 * end_ce[1] + end_ce[2]) / 5
+    assert metrics["reward_dreamed"] == pytest.approx(reward_ce.item(), rel=1e-5)
+    assert metrics["end_dreamed"] == pytest.approx((sum(end_ce) / 3).item(), rel=1e-5)
+    real_part = plain.item() - plain_metrics["end"] + metrics["end_weighted"]
+    assert total.item() == pytest.approx(
+        real_part + 0.5 * (reward_ce + end_weighted).item(), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="dreamed"):
+        world_model_loss(
+            out, tokens, rewards, ends, mask, 2,
+            dreamed=_wm_output(b, t - 1, k, v), dreamed_weight=1.0,
+        )  # fmt: skip
+
+
+def test_one_step_dreams_sample_each_predicted_frame_from_the_real_ones_before_it() -> None:
+    torch.manual_seed(0)
+    model = REMModel(REMConfig.preset("tiny", num_actions=4))
+    wm = model.world_model.train()
+    k, v = model.config.tokenizer.tokens_per_frame, model.config.tokenizer.vocab_size
+    tokens = torch.randint(v, (3, 5, k))
+    actions = torch.randint(4, (3, 5))
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[2, 4] = False  # padding
+    codebook = model.tokenizer.codebook.detach()
+    dreams = one_step_dreams(
+        wm, tokens, actions, mask, codebook, 2, torch.Generator().manual_seed(1)
+    )
+    assert wm.training  # its mode is given back
+    assert dreams.shape == tokens.shape and dreams.dtype == torch.int64
+    assert torch.equal(dreams[:, :2], tokens[:, :2])  # the context stays real
+    assert torch.equal(dreams[2, 4], tokens[2, 4])  # and so does padding
+    with torch.no_grad():
+        logits = wm.eval()(tokens, actions, codebook).obs_logits  # (B, T, K, V)
+    uniforms = torch.rand(logits.shape[:-1], generator=torch.Generator().manual_seed(1))
+    expected = sample_categorical(logits, uniforms)
+    assert torch.equal(dreams[:, 2:4], expected[:, 2:4])
+    assert torch.equal(dreams[:2, 4], expected[:2, 4])
+    assert not torch.equal(dreams, tokens)  # they are samples, not the real frames

@@ -206,12 +206,14 @@ def test_resume_may_change_the_loss_weights_and_the_scripted_share_and_records_t
     run_copy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--resume", str(run_copy), "--epochs", "2", "--world-model.moving-weight", "10",
-            "--world-model.end-weight", "5", "--collect.scripted-share", "0.9"]  # fmt: skip
+            "--world-model.end-weight", "5", "--world-model.dreamed-heads-weight", "1",
+            "--collect.scripted-share", "0.9"]  # fmt: skip
     assert _cli(argv) == 0
     err = capsys.readouterr().err
     assert "common.epochs 1 -> 2" in err and "world_model.moving_weight 0.0 -> 10.0" in err
     assert "collect.scripted_share 0.0 -> 0.9" in err
     assert "world_model.end_weight 1.0 -> 5.0" in err
+    assert "world_model.dreamed_heads_weight 0.0 -> 1.0" in err
     config = json.loads((run_copy / "config.json").read_text())
     assert config["world_model"]["moving_weight"] == 10
     assert config["world_model"]["end_weight"] == 5
@@ -221,6 +223,7 @@ def test_resume_may_change_the_loss_weights_and_the_scripted_share_and_records_t
     made = [
         "collect.scripted_share 0.0 -> 0.9",
         "common.epochs 1 -> 2",
+        "world_model.dreamed_heads_weight 0.0 -> 1.0",
         "world_model.end_weight 1.0 -> 5.0",
         "world_model.moving_weight 0.0 -> 10.0",
     ]

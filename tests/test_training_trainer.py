@@ -266,19 +266,37 @@ def test_moving_weight_weighs_the_world_model_loss_by_moved_patches(
     assert "obs_weighted" in metrics and metrics["obs_weighted"] != metrics["obs"]
 
 
-def test_end_weight_reaches_the_world_model_loss(tmp_path: Path) -> None:
-    """``world_model.end_weight`` != 1: the trainer's world-model loss weighs the blocks that end
-    an episode, and the log keeps the unweighted ``end`` beside ``end_weighted``."""
+def test_end_weight_and_dreamed_heads_reach_the_world_model_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``world_model.end_weight`` != 1 weighs the blocks that end an episode, and
+    ``world_model.dreamed_heads_weight`` > 0 adds the heads' loss on the batch's frames as the
+    world model dreams them; the log keeps the unweighted figures beside them."""
+    import rem_train.trainer as trainer_module
+
     config = TrainConfig.from_preset("smoke", "Breakout")
-    wm = dataclasses.replace(config.world_model, steps_per_epoch=2, end_weight=50.0)
+    wm = dataclasses.replace(
+        config.world_model, steps_per_epoch=2, end_weight=50.0, dreamed_heads_weight=1.0
+    )
     config = dataclasses.replace(config, world_model=wm)
+    seen, real = [], trainer_module.one_step_dreams
+
+    def recording(world_model: torch.nn.Module, tokens: torch.Tensor, *args: object) -> object:
+        seen.append(tuple(tokens.shape))
+        return real(world_model, tokens, *args)
+
     trainer = Trainer(config, tmp_path / "run")
     try:
         trainer.collect(120)
+        monkeypatch.setattr(trainer_module, "one_step_dreams", recording, raising=True)
         metrics = trainer.train_world_model(epoch=3)
     finally:
         trainer.close()
     assert "end_weighted" in metrics and metrics["end_weighted"] != metrics["end"]
+    b, t = config.world_model.batch_size, config.world_model.segment_length
+    k = trainer.model.config.tokenizer.tokens_per_frame
+    assert seen == [(b, t, k)] * 2  # once per step, on the step's batch
+    assert "end_dreamed" in metrics and "reward_dreamed" in metrics
 
 
 def test_replay_tokens_follow_the_tokenizer_and_the_buffer(tmp_path: Path) -> None:

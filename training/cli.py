@@ -10,9 +10,9 @@ Under ``torchrun --nproc_per_node=N`` the run is data-parallel over N processes 
 A run is continued with ``--resume RUN``, and extended with ``--resume RUN --epochs N`` (N above
 the run's ``common.epochs``; ``--common.collect-epochs M`` likewise extends real-data collection).
 A resume may also change the fields of :data:`TUNABLE` (phase starts, learning rates, the
-moving-patch and episode-end weights, the scripted player's share of collection). Ctrl-C stops a
-run like SIGTERM does, at a step boundary, resumable (exit status 130; a second Ctrl-C quits at
-once). One run is trained by one ``rem-train`` at a time.
+moving-patch, episode-end and dreamed-heads weights, the scripted player's share of
+collection). Ctrl-C stops a run like SIGTERM does, at a step boundary, resumable (exit status
+130; a second Ctrl-C quits at once). One run is trained by one ``rem-train`` at a time.
 
 Example:
     ``rem-train --game Breakout --preset smoke --out runs/smoke`` then, after a crash,
@@ -69,6 +69,7 @@ TUNABLE = (
     "actor_critic.start_after_epoch",
     "world_model.moving_weight",
     "world_model.end_weight",
+    "world_model.dreamed_heads_weight",
     "collect.scripted_share",
     "tokenizer.lr",
     "world_model.lr",
@@ -150,7 +151,8 @@ def parser() -> argparse.ArgumentParser:
         help="continue the killed or stopped run in this folder; with --epochs N (above its "
         "epochs) extend it, and with --common.collect-epochs M collect real data longer; the "
         "phases' --*.start-after-epoch and --*.lr, --world-model.moving-weight, "
-        "--world-model.end-weight and --collect.scripted-share may change for the epochs still "
+        "--world-model.end-weight, --world-model.dreamed-heads-weight and "
+        "--collect.scripted-share may change for the epochs still "
         "to train (other options must match the run's)",
     )
     p.add_argument(

@@ -136,6 +136,12 @@ class WorldModelPhase:
         "weight of the blocks that end an episode (a lost life) in the end cross-entropy, "
         "then a weighted mean; 1 is REM's loss",
     )
+    dreamed_heads_weight: float = doc(
+        0.0,
+        "weight of a second reward and end cross-entropy on the same segments with their frames "
+        "replaced by the world model's own one-step samples (its heads learn to read dreamed "
+        "frames; one more forward and a forward of twice the batch per step); 0 is REM's loss",
+    )
 
 
 @dataclass(frozen=True)
@@ -339,6 +345,7 @@ def _check_positive(config: TrainConfig) -> None:
                 "scripted_share",
                 "object_segments",
                 "moving_weight",
+                "dreamed_heads_weight",
             ):
                 if value < 0:
                     raise ValueError(f"{section}.{f.name} must be >= 0, got {value!r}")

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rem_env.models.sampling import sample_categorical
 from rem_env.models.tokenizer import TokenizerReconstruction
-from rem_env.models.world_model import WorldModelOutput
+from rem_env.models.world_model import WorldModel, WorldModelOutput
 
 __all__ = [
     "IGNORE_INDEX",
@@ -217,6 +218,69 @@ def predicted_blocks(mask: Tensor, context_length: int) -> Tensor:
     return predicted
 
 
+def one_step_dreams(
+    world_model: WorldModel,
+    obs_tokens: Tensor,
+    actions: Tensor,
+    mask: Tensor,
+    codebook: Tensor | None = None,
+    context_length: int = 2,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The segments' frames as the world model dreams them one step ahead of real frames.
+
+    Each predicted block (see :func:`predicted_blocks`) is replaced by a sample, at temperature
+    1 and without dropout, of the world model's distribution of it given the real blocks
+    before it: what a dream's frame looks like one step after real frames. The context and
+    padded blocks keep their tokens. No gradient; the module's train/eval mode is restored.
+
+    Args:
+        world_model: The world model.
+        obs_tokens: (B, T, K) int64 real tokens.
+        actions: (B, T) int64 actions.
+        mask: (B, T) bool, True for real blocks.
+        codebook: The tokenizer's codebook, for shared embeddings.
+        context_length: Leading blocks kept real.
+        generator: Random stream of the samples (None: torch's global one).
+
+    Returns:
+        (B, T, K) int64 tokens.
+    """
+    was_training = world_model.training
+    world_model.eval()
+    try:
+        with torch.no_grad():
+            logits = world_model(obs_tokens, actions, codebook).obs_logits  # (B, T, K, V)
+            uniforms = torch.rand(
+                logits.shape[:-1], generator=generator, device=logits.device, dtype=torch.float32
+            )  # (B, T, K)
+            samples = sample_categorical(logits, uniforms)
+    finally:
+        world_model.train(was_training)
+    predicted = predicted_blocks(mask, context_length)
+    return torch.where(predicted[..., None], samples, obs_tokens.long())
+
+
+def _head_losses(
+    output: WorldModelOutput, reward_labels: Tensor, end_labels: Tensor, end_weight: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Reward and end cross-entropies of (B, T) labels; the end one weighted, and unweighted."""
+    reward_loss = _masked_cross_entropy(output.reward_logits, reward_labels)
+    plain_end = _masked_cross_entropy(output.end_logits, end_labels)
+    if end_weight == 1.0:
+        return reward_loss, plain_end, plain_end
+    per_block = F.cross_entropy(
+        output.end_logits.reshape(-1, 2),  # (B*T, 2)
+        end_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )  # (B*T,), 0 where ignored
+    labels = end_labels.reshape(-1)
+    block_weights = torch.where(labels == 1, end_weight, 1.0) * (labels != IGNORE_INDEX)
+    end_loss = (per_block * block_weights).sum() / block_weights.sum().clamp(min=1e-12)
+    return reward_loss, end_loss, plain_end
+
+
 def world_model_loss(
     output: WorldModelOutput,
     obs_tokens: Tensor,
@@ -226,6 +290,8 @@ def world_model_loss(
     context_length: int = 2,
     token_weights: Tensor | None = None,
     end_weight: float = 1.0,
+    dreamed: WorldModelOutput | None = None,
+    dreamed_weight: float = 0.0,
 ) -> tuple[Tensor, Metrics]:
     """The world-model loss: observation + reward + end cross-entropies, summed (REM_SPEC 4).
 
@@ -247,11 +313,16 @@ def world_model_loss(
             (None: every token weighs 1, REM's loss).
         end_weight: Weight of the blocks that end an episode in the end term, which is then
             the weighted mean of the end cross-entropies (1: every block weighs 1, REM's loss).
+        dreamed: Optional forward of the same segments with their frames replaced by the
+            world model's own one-step samples (:func:`one_step_dreams`): its reward and end
+            cross-entropies against the real labels are added, times ``dreamed_weight``.
+        dreamed_weight: Weight of those two terms (ignored without ``dreamed``).
 
     Returns:
         The loss and metrics ``obs`` and ``end`` (the unweighted means, comparable across
-        weightings), ``reward``, ``total``, ``obs_weighted`` when ``token_weights`` is given
-        and ``end_weighted`` when ``end_weight`` is not 1.
+        weightings), ``reward``, ``total``, ``obs_weighted`` when ``token_weights`` is given,
+        ``end_weighted`` when ``end_weight`` is not 1, and ``reward_dreamed`` and
+        ``end_dreamed`` (unweighted) with ``dreamed``.
 
     Raises:
         ValueError: If shapes disagree, ``context_length`` is negative or ``end_weight`` is
@@ -272,20 +343,9 @@ def world_model_loss(
     obs_labels = torch.where(predicted[..., None], obs_tokens.long(), ignore)  # (B, T, K)
     reward_labels = torch.where(predicted, reward_classes(rewards), IGNORE_INDEX)  # (B, T)
     end_labels = torch.where(predicted, ends.long(), IGNORE_INDEX)  # (B, T)
-    reward_loss = _masked_cross_entropy(output.reward_logits, reward_labels)
-    end_loss = _masked_cross_entropy(output.end_logits, end_labels)
+    reward_loss, end_loss, plain_end = _head_losses(output, reward_labels, end_labels, end_weight)
     extra: Metrics = {}
-    plain_end = end_loss
     if end_weight != 1.0:
-        per_block = F.cross_entropy(
-            output.end_logits.reshape(-1, 2),  # (B*T, 2)
-            end_labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="none",
-        )  # (B*T,), 0 where ignored
-        labels = end_labels.reshape(-1)
-        block_weights = torch.where(labels == 1, end_weight, 1.0) * (labels != IGNORE_INDEX)
-        end_loss = (per_block * block_weights).sum() / block_weights.sum().clamp(min=1e-12)
         extra["end_weighted"] = end_loss.item()
     if token_weights is None:
         obs_loss = _masked_cross_entropy(output.obs_logits, obs_labels)
@@ -306,6 +366,18 @@ def world_model_loss(
         plain = per_token.sum() / (predicted.sum() * k).clamp(min=1)
         extra["obs_weighted"] = obs_loss.item()
     loss = obs_loss + reward_loss + end_loss
+    if dreamed is not None:
+        if tuple(dreamed.end_logits.shape) != (b, t, 2):
+            raise ValueError(
+                f"dreamed must be a forward of the same {(b, t)} blocks, got "
+                f"{tuple(dreamed.end_logits.shape[:2])}"
+            )
+        dreamed_reward, dreamed_end, plain_dreamed_end = _head_losses(
+            dreamed, reward_labels, end_labels, end_weight
+        )
+        loss = loss + dreamed_weight * (dreamed_reward + dreamed_end)
+        extra["reward_dreamed"] = dreamed_reward.item()
+        extra["end_dreamed"] = plain_dreamed_end.item()
     metrics: Metrics = {
         "obs": plain.item(),
         "reward": reward_loss.item(),

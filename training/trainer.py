@@ -42,6 +42,7 @@ from torch import nn
 
 from rem_env import REMModel
 from rem_env.models.actor_critic import ActorCritic
+from rem_env.models.world_model import WorldModelOutput
 from rem_env.probes import probes_for
 from rem_train.batches import ReplayTokens
 from rem_train.checkpoint import (
@@ -77,6 +78,7 @@ from rem_train.losses import (
     actor_critic_loss,
     foreground_weights,
     moving_patch_weights,
+    one_step_dreams,
     predicted_blocks,
     tokenizer_loss,
     world_model_loss,
@@ -420,9 +422,13 @@ class Trainer:
                 with torch.no_grad():
                     frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (B*T, 3, H, W)
                     tokens = tokenizer.encode(frames).tokens.unflatten(0, (b, t))  # (B, T, K)
-            loss_fn = functools.partial(
-                self._wm_loss, tokens, batch, tokenizer.codebook.detach(), context
-            )
+            codebook = tokenizer.codebook.detach()
+            dreamed = None
+            if cfg.dreamed_heads_weight > 0:  # the same frames as dreamed one step ahead
+                dreamed = one_step_dreams(
+                    self.model.world_model, tokens, batch.actions, batch.mask, codebook, context
+                )  # (B, T, K)
+            loss_fn = functools.partial(self._wm_loss, tokens, batch, codebook, context, dreamed)
             before = self._eval_loss(wm, loss_fn) if self.config.common.track_progress else None
             loss, metrics = loss_fn()
             # Each rank's loss is a mean over its own predicted blocks; weighted by its share of
@@ -532,16 +538,31 @@ class Trainer:
         )  # fmt: skip
 
     def _wm_loss(
-        self, tokens: torch.Tensor, batch: Any, codebook: torch.Tensor, context: int
+        self,
+        tokens: torch.Tensor,
+        batch: Any,
+        codebook: torch.Tensor,
+        context: int,
+        dreamed_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        output = self.world_model_ddp(tokens, batch.actions, codebook)
+        cfg = self.config.world_model
+        dreamed = None
+        if dreamed_tokens is None:
+            output = self.world_model_ddp(tokens, batch.actions, codebook)
+        else:  # one forward of both: real segments first, then their dreamed copies
+            both = self.world_model_ddp(
+                torch.cat([tokens, dreamed_tokens]), batch.actions.repeat(2, 1), codebook
+            )  # (2B, T, ...)
+            b = tokens.shape[0]
+            output = WorldModelOutput(*(x[:b] for x in both))
+            dreamed = WorldModelOutput(*(x[b:] for x in both))
         weights = None
         if self.config.world_model.moving_weight > 0:
             latent = self.model.config.tokenizer.latent_size
             weights = moving_patch_weights(batch.obs, latent, self.config.world_model.moving_weight)
         return world_model_loss(
             output, tokens, batch.rewards, batch.ends, batch.mask, context, weights,
-            self.config.world_model.end_weight,
+            cfg.end_weight, dreamed, cfg.dreamed_heads_weight,
         )  # fmt: skip
 
     @staticmethod
