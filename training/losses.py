@@ -6,7 +6,9 @@ perceptual network, if any, is passed in (see :mod:`rem_train.lpips`).
 
 Formulas follow REM_SPEC section 3 (tokenizer), section 4 (world model: three
 cross-entropies) and section 6 (actor-critic: lambda-returns, policy gradient with the value as
-baseline, entropy bonus, value regression).
+baseline, entropy bonus, value regression). Beside them, inputs of the options that are not in
+REM: :func:`moving_patch_weights` and :func:`one_step_dreams` (the world model's own one-step
+samples of a batch's frames, for the heads' loss on dreamed frames).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "foreground_weights",
     "lambda_returns",
     "moving_patch_weights",
+    "one_step_dreams",
     "predicted_blocks",
     "reward_classes",
     "tokenizer_loss",
