@@ -2,7 +2,8 @@
 
 Subcommands: ``dream`` (roll dreams, write a GIF/MP4, print episode returns), ``play`` (play a
 dream with the keyboard), ``fidelity`` (dream the actions of real play and score the dream against
-the real game), ``info`` (env ids, default models, versions, devices) and ``bench``
+the real game), ``events`` (how often dreams and the real game end episodes and pay rewards
+under random play), ``info`` (env ids, default models, versions, devices) and ``bench``
 (the benchmark scripts of a source checkout). ``python -m rem_env`` is the same command.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.metadata
+import json
 import math
 import os
 import re
@@ -342,6 +344,45 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- events
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from rem_env.events import measure_event_rates  # plays the real game (ale-py)
+
+    game = parse_game(args.env_id)
+    check_positive(args, "steps", "num_envs")
+    check_seed_and_temperature(args, args.num_envs)
+    if args.seed is None:
+        args.seed = 0
+    if args.out is not None:
+        problem = folder_write_problem(Path(args.out).parent)
+        if problem is not None:
+            raise CLIError(f"cannot write --out {args.out}: {problem}")
+    device = dream_device(args)
+    model, _ = load_dream_model(args, game)
+    model = model.to(device)
+    if args.quantize is not None:
+        model = quantize_model(model, args.quantize)
+    try:
+        rates = measure_event_rates(
+            model,
+            game,
+            num_envs=args.num_envs,
+            steps=args.steps,
+            seed=args.seed,
+            temperature=args.temperature,
+            device=device,
+        )
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+    print(rates.table())
+    if args.out is not None:
+        Path(args.out).write_text(json.dumps(rates.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------- play
 
 
@@ -552,6 +593,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fidelity.add_argument("--out", default="fidelity", help="output folder (default: fidelity)")
     fidelity.set_defaults(func=cmd_fidelity)
+
+    events = sub.add_parser(
+        "events",
+        help="episode ends and rewards per 1,000 steps of random play, dream beside real game",
+        description="Play the same uniformly random action sequences in NUM_ENVS dreams and in "
+        "as many real games (ale-py, REM's training preprocessing: a lost life ends an episode) "
+        "for STEPS steps each, and print how often each side ends an episode and pays a "
+        "reward, per 1,000 steps. A dream that ends far less often than the game teaches an "
+        "agent nothing about staying alive.",
+    )
+    _add_model_args(events, "0")
+    events.add_argument("--num-envs", type=int, default=16, help="dreams (default: 16)")
+    events.add_argument("--steps", type=int, default=200, help="steps per env (default: 200)")
+    events.add_argument("--out", default=None, help="also write the counts to this JSON file")
+    events.set_defaults(func=cmd_events)
 
     info = sub.add_parser("info", help="env ids, default models, versions and devices")
     info.set_defaults(func=cmd_info)

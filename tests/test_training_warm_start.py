@@ -93,6 +93,73 @@ def test_sizes_that_differ_are_a_clear_error_and_leave_no_run_folder(tmp_path: P
     assert not (tmp_path / "run").exists()
 
 
+def _deeper(init_from: str | None, layers: int) -> TrainConfig:
+    return dataclasses.replace(
+        _config(init_from, "tokenizer,world_model"), world_model_layers=layers
+    )
+
+
+def test_a_deeper_world_model_starts_as_the_shallower_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, model, _ = _source(tmp_path / "source")
+    assert model.config.world_model.num_layers == 1
+    trainer = Trainer(_deeper(str(folder), 3), tmp_path / "run")
+    try:
+        deeper = trainer.model
+        assert deeper.config.world_model.num_layers == 3
+        source_state, state = model.world_model.state_dict(), deeper.world_model.state_dict()
+        for key, value in source_state.items():
+            assert torch.equal(state[key], value), key
+        for layer in (1, 2):
+            for name in ("retention.out_proj", "linear2"):
+                for kind in ("weight", "bias"):
+                    key = f"decoder.layers.{layer}.{name}.{kind}"
+                    assert state[key].abs().sum() == 0, key
+            # The rest of an added layer is a fresh initialisation, not zeros.
+            assert state[f"decoder.layers.{layer}.linear1.weight"].abs().sum() > 0
+        generator = torch.Generator().manual_seed(0)
+        vocab = model.config.tokenizer.vocab_size
+        tokens = torch.randint(
+            vocab, (2, 4, model.config.tokenizer.tokens_per_frame), generator=generator
+        )
+        actions = torch.randint(4, (2, 4), generator=generator)
+        model.eval(), deeper.eval()  # the smoke world model has dropout
+        want = model.world_model(tokens, actions, model.tokenizer.codebook)
+        got = deeper.world_model(tokens, actions, deeper.tokenizer.codebook)
+        for a, b in zip(want, got, strict=True):
+            assert torch.equal(a, b)
+        # The added layers learn: their zeroed projections get a gradient at once.
+        got.obs_logits.logsumexp(-1).sum().backward()
+        grad = deeper.world_model.decoder.layers[2].retention.out_proj.weight.grad
+        assert grad is not None and grad.abs().sum() > 0
+        assert "layers 1-2 of 3 start as the identity" in capsys.readouterr().out
+    finally:
+        trainer.close()
+
+
+def test_a_shallower_world_model_than_the_source_is_a_clear_error(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    REMModel(_deeper(None, 2).model_config()).save_pretrained(source)
+    with pytest.raises(WarmStartError, match="does not fit this run's model sizes") as info:
+        Trainer(_deeper(str(source), 1), tmp_path / "run")
+    assert "decoder.layers.1" in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_world_model_layers_is_an_option_and_checked(tmp_path: Path) -> None:
+    from rem_train.cli import build_config, parser
+
+    args = vars(parser().parse_args(["--preset", "smoke", "--world-model-layers", "3"]))
+    config = build_config(args)
+    assert config.world_model_layers == 3
+    assert config.model_config().world_model.num_layers == 3
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="world_model_layers must be >= 1"):
+        dataclasses.replace(config, world_model_layers=0)
+    assert TrainConfig.from_preset("smoke").model_config().world_model.num_layers == 1
+
+
 def test_a_part_the_source_lacks_is_a_clear_error(tmp_path: Path) -> None:
     config = _config(None)
     model = REMModel(config.model_config())

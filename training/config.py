@@ -201,6 +201,12 @@ class TrainConfig:
     model: str = doc(
         "paper", "model sizes: paper, cpu (narrow, 2 layers), cpu512 (cpu, 512 codes), smoke"
     )
+    world_model_layers: int | None = doc(
+        None,
+        "RetNet layers of the world model (None: the model sizes' own, 2 for cpu and cpu512, 5 "
+        "for paper); with --init-from a world model of fewer layers, its layers come first and "
+        "the added ones start as the identity",
+    )
     device: str = doc("cpu", "torch device (cpu, cuda, cuda:1, mps)")
     common: CommonConfig = field(default_factory=CommonConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -220,6 +226,8 @@ class TrainConfig:
         if self.model not in MODEL_SIZES:
             raise ValueError(f"unknown model sizes {self.model!r}; choose one of {MODEL_SIZES}")
         _check_positive(self)
+        if self.world_model_layers is not None and self.world_model_layers < 1:
+            raise ValueError(f"world_model_layers must be >= 1, got {self.world_model_layers}")
         ac = self.actor_critic
         if ac.horizon < 3:
             raise ValueError(
@@ -279,9 +287,14 @@ class TrainConfig:
     def model_config(self) -> REMConfig:
         """The REM model configuration of this run."""
         if self.model == "paper":
-            return REMConfig.preset("paper", num_actions=self.num_actions, game=self.game)
-        tokenizer, world_model = _MODEL_SIZES[self.model]
-        return REMConfig(self.num_actions, tokenizer, world_model, game=self.game)
+            config = REMConfig.preset("paper", num_actions=self.num_actions, game=self.game)
+        else:
+            tokenizer, world_model = _MODEL_SIZES[self.model]
+            config = REMConfig(self.num_actions, tokenizer, world_model, game=self.game)
+        if self.world_model_layers is None:
+            return config
+        layers = dataclasses.replace(config.world_model, num_layers=self.world_model_layers)
+        return dataclasses.replace(config, world_model=layers)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of this config."""

@@ -162,11 +162,11 @@ class Trainer:
             self.model.config, cfg.actor_critic.hidden_size
         ).to(device)
         self.run_dir = Path(run_dir)
-        warm = None
+        warm, warm_notes = None, []
         if cfg.common.init_from is not None and fresh:
             # Before the run folder is made: a source that does not fit leaves nothing behind.
             warm = read_warm_start(cfg.common.init_from)
-            apply_warm_start(
+            warm_notes = apply_warm_start(
                 warm,
                 parse_parts(cfg.common.init_parts),
                 {
@@ -187,6 +187,8 @@ class Trainer:
             self.log.info(
                 f"warm start: {', '.join(parse_parts(cfg.common.init_parts))} from {warm.source}"
             )
+            for note in warm_notes:
+                self.log.info(f"warm start: {note}")
         self.optimizers = build_optimizers(cfg, self.model, self.actor_critic)
         tok, ac = cfg.tokenizer, cfg.actor_critic
         self.code_restarter = None

@@ -4,9 +4,13 @@ A source is an exported model folder (``rem-train --export``, ``save_pretrained`
 bundled ``rem_env/weights/<Game>``), a Hub repo id, a run folder (its last checkpoint) or a
 checkpoint file. Each of the three parts -- tokenizer, world model, actor-critic -- can be taken
 or left (``--init-parts``); a part is taken whole, and only if every tensor has the size the run's
-preset builds (otherwise a clear error names the tensors that differ). Optimizer states and the
-schedule are not taken: the run starts at epoch 0 with fresh optimizers. The start contexts of a
-model come along with its world model (they are tokens of its tokenizer).
+preset builds (otherwise a clear error names the tensors that differ), with one exception: a
+run whose world model has more RetNet layers (``--world-model-layers``) takes a shallower
+source's layers as its first ones and starts the added layers as the identity (their output
+projections are zero), so that the deeper model begins as exactly the source's function.
+Optimizer states and the schedule are not taken: the run starts at epoch 0 with fresh
+optimizers. The start contexts of a model come along with its world model (they are tokens of
+its tokenizer).
 
 The run records where its weights came from, and the source's own record, so that a chain of
 runs across working sessions (each warm-started from the last one's export) keeps its whole
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,12 @@ __all__ = [
 
 PARTS = ("tokenizer", "world_model", "actor_critic")
 """The parts a warm start can take."""
+
+LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.")
+"""World-model state keys of the RetNet decoder's layers (the layer index is group 1)."""
+
+IDENTITY_ZEROED = ("retention.out_proj.", "linear2.")
+"""Parameters of an added layer that start at zero: both residual branches then add nothing."""
 
 LINEAGE_FILE = "training.json"
 """The export's record of its training (``lineage`` lists the runs it was warm-started from)."""
@@ -167,7 +178,7 @@ def apply_warm_start(
     warm: WarmStart,
     parts: tuple[str, ...],
     modules: dict[str, nn.Module],
-) -> None:
+) -> list[str]:
     """Loads the chosen parts into the run's modules, after checking every tensor's size.
 
     Args:
@@ -176,10 +187,16 @@ def apply_warm_start(
         modules: ``{"tokenizer": ..., "world_model": ..., "actor_critic": ...}``; the world
             model entry is the whole REMModel (its start contexts are loaded too).
 
+    Returns:
+        Notes for the run's log (what was done besides loading), e.g. the layers added to a
+        deeper world model.
+
     Raises:
         WarmStartError: If a part is missing from the source or a tensor differs in size.
     """
     problems: list[str] = []
+    notes: list[str] = []
+    added: dict[str, Tensor] = {}
     for part in parts:
         if part not in warm.states:
             raise WarmStartError(
@@ -188,6 +205,15 @@ def apply_warm_start(
             )
         target = _target_state(part, modules)
         source = warm.states[part]
+        if part == "world_model":
+            added = _added_layers(source, target)
+            if added:
+                have, want = _num_layers(source), _num_layers(target)
+                notes.append(
+                    f"world model: {want - have} RetNet layer(s) added after the source's "
+                    f"{have} (layers {have}-{want - 1} of {want} start as the identity)"
+                )
+            source = {**source, **added}
         missing = sorted(set(target) - set(source))
         extra = sorted(set(source) - set(target))
         if missing or extra:
@@ -219,11 +245,43 @@ def apply_warm_start(
             if part == "world_model":
                 model = modules["world_model"]
                 model.world_model.load_state_dict(
-                    {k: v for k, v in source.items() if not k.startswith("start_")}
+                    {k: v for k, v in {**source, **added}.items() if not k.startswith("start_")}
                 )
                 model.set_start_contexts(source["start_tokens"], source["start_actions"])
             else:
                 modules[part].load_state_dict(source)
+    return notes
+
+
+def _num_layers(state: dict[str, Tensor]) -> int:
+    """RetNet decoder layers in a world model's state (0 if it has none)."""
+    indices = {int(m.group(1)) for key in state if (m := LAYER_KEY.match(key))}
+    return max(indices, default=-1) + 1
+
+
+def _added_layers(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The layers a deeper run adds to a shallower source's world model, as the identity.
+
+    Returns ``{key: tensor}`` for every tensor of the run's layers beyond the source's: the
+    run's own initial values, with the output projection of the retention and the second
+    feed-forward linear (weights and biases) zeroed, so that each added pre-LN layer returns its
+    input. Empty when the source has at least as many layers (or any other tensor differs in
+    name, which the size check then reports).
+    """
+    have, want = _num_layers(source), _num_layers(target)
+    if not 0 < have < want:
+        return {}
+    added: dict[str, Tensor] = {}
+    for key, value in target.items():
+        match = LAYER_KEY.match(key)
+        if match is None or int(match.group(1)) < have:
+            continue
+        added[key] = value.detach().clone()
+        if key[match.end() :].startswith(IDENTITY_ZEROED):
+            added[key].zero_()
+    if set(target) - set(added) != set(source):
+        return {}
+    return added
 
 
 def _target_state(part: str, modules: dict[str, nn.Module]) -> dict[str, Tensor]:

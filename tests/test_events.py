@@ -1,0 +1,85 @@
+"""Episode ends and rewards per 1,000 steps of random play: dream beside real Breakout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rem_env import REMConfig, REMModel
+from rem_env.cli import main
+from rem_env.events import EventRates, measure_event_rates
+
+
+def _model(end_logit: float, reward_class: int | None = None) -> REMModel:
+    """A tiny Breakout model whose end head says ``end_logit`` (log-odds of an end) and whose
+    reward head, if ``reward_class`` is given, always picks that class (0: -1, 1: 0, 2: +1)."""
+    torch.manual_seed(0)
+    model = REMModel(REMConfig.preset("tiny", num_actions=4, game="Breakout")).eval()
+    wm = model.world_model
+    with torch.no_grad():
+        wm.head_end[2].weight.zero_()
+        wm.head_end[2].bias.copy_(torch.tensor([0.0, end_logit]))
+        if reward_class is not None:
+            wm.head_reward[2].weight.zero_()
+            wm.head_reward[2].bias.fill_(-50.0)
+            wm.head_reward[2].bias[reward_class] = 50.0
+    return model
+
+
+def test_dreams_that_always_or_never_end_are_counted_so() -> None:
+    always = measure_event_rates(_model(50.0, reward_class=2), "Breakout", num_envs=3, steps=40)
+    # Every other step resets the dream that the step before ended: 60 transitions, all ends.
+    assert always.dream_steps == 60
+    assert always.dream_ends == 60 and always.dream_rewards == 60
+    assert 120 - always.real_ends <= always.real_steps < 120  # the steps after an end reset
+    never = measure_event_rates(_model(-50.0, reward_class=1), "Breakout", num_envs=3, steps=40)
+    assert never.dream_ends == 0 and never.dream_rewards == 0
+    # The real side does not depend on the model: same actions, same games.
+    assert never.dream_steps == 120
+    real = (always.real_steps, always.real_ends, always.real_rewards)
+    assert real == (never.real_steps, never.real_ends, never.real_rewards)
+
+
+def test_random_play_loses_real_lives_and_the_counts_are_reproducible() -> None:
+    first = measure_event_rates(_model(-2.0), "Breakout", num_envs=4, steps=150, seed=3)
+    # Random play on real Breakout loses a life every ~40 steps (training preprocessing).
+    assert 5 <= first.real_ends <= 40
+    assert first.real_rewards > 0
+    assert 0.03 < first.dream_ends / first.dream_steps < 0.3  # P(end) = sigmoid(-2) = 0.12
+    again = measure_event_rates(_model(-2.0), "Breakout", num_envs=4, steps=150, seed=3)
+    assert again == first
+    other = measure_event_rates(_model(-2.0), "Breakout", num_envs=4, steps=150, seed=4)
+    assert other != first
+
+
+def test_table_and_dict_give_rates_per_thousand_steps() -> None:
+    rates = EventRates(
+        dream_steps=400, dream_ends=2, dream_rewards=3,
+        real_steps=400, real_ends=10, real_rewards=4, temperature=1.0,
+    )  # fmt: skip
+    assert rates.to_dict()["real_ends_per_1000"] == 25.0
+    assert rates.to_dict()["dream_rewards_per_1000"] == 7.5
+    table = rates.table()
+    assert "| real game | 25.0 | 10.0 |" in table and "| dream | 5.0 | 7.5 |" in table
+
+
+def test_bad_sizes_are_refused() -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        measure_event_rates(_model(0.0), "Breakout", num_envs=0)
+
+
+def test_the_cli_prints_the_table_and_writes_json(tmp_path, capsys) -> None:
+    folder = tmp_path / "model"
+    _model(50.0).save_pretrained(folder)
+    out = tmp_path / "events.json"
+    status = main(
+        ["events", "REM-Breakout-v0", "--model", str(folder), "--num-envs", "2", "--steps",
+         "20", "--out", str(out)]
+    )  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "| dream | 1000.0 |" in printed
+    assert json.loads(out.read_text())["dream_ends"] == 20  # every other step resets
+    assert main(["events", "REM-Breakout-v0", "--model", str(folder), "--steps", "0"]) == 2
