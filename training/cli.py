@@ -166,8 +166,8 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         metavar="MINUTES",
         help="time budget of this process: after the first epoch that ends this many minutes "
-        "after the start, stop there and export the model as it is (--resume goes on later) "
-        "(default: none)",
+        "after the start, stop there and export the model as it is (--resume goes on later); "
+        "0 with --resume: export the run's last epoch now, training nothing (default: none)",
     )
     p.add_argument(
         "--epochs",
@@ -239,8 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.get("out")
     try:
         minutes = args.get("max_minutes")
-        if minutes is not None and not minutes > 0:
-            raise ValueError(f"--max-minutes must be positive, got {minutes:g}")
+        if minutes is not None and not minutes >= 0:
+            raise ValueError(f"--max-minutes must be >= 0, got {minutes:g}")
+        if minutes == 0 and resume is None:
+            raise ValueError(
+                "--max-minutes 0 exports a run's model as it is, training nothing: give the run "
+                "with --resume RUN (and --export FOLDER for a copy elsewhere)"
+            )
         if resume is not None:
             if out is not None and Path(out) != Path(resume):
                 raise ValueError("--out and --resume name different folders; give only --resume")

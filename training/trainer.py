@@ -250,16 +250,30 @@ class Trainer:
             export_to: Also export the final model to this folder.
             max_minutes: A time budget: after the first epoch that ends this many minutes (of
                 this call) or later, training stops there and the model is exported as it is;
-                ``--resume`` goes on from that epoch. None: no budget.
+                ``--resume`` goes on from that epoch. 0: no epoch is trained, the model of the
+                last one is exported (a run that has trained at least one). None: no budget.
         """
         cfg = self.config
-        if max_minutes is not None and not max_minutes > 0:
-            raise ValueError(f"max_minutes must be positive, got {max_minutes}")
+        if max_minutes is not None and not max_minutes >= 0:
+            raise ValueError(f"max_minutes must be >= 0, got {max_minutes}")
+        epochs = range(self.epoch + 1, cfg.common.epochs + 1)
+        if max_minutes == 0:
+            if self.epoch == 0:
+                self.close()
+                raise ValueError(
+                    "a time budget of 0 min exports a run's model as it is; this run has not "
+                    "trained an epoch yet"
+                )
+            self.log.info(
+                f"time budget of 0 min: exporting the model of epoch {self.epoch} as it is, "
+                f"training nothing; --resume {self.run_dir} goes on"
+            )
+            epochs = range(0)
         started = time.monotonic()
         handle = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._request_stop) if handle else None
         try:
-            for epoch in range(self.epoch + 1, cfg.common.epochs + 1):
+            for epoch in epochs:
                 self.train_epoch(epoch)
                 spent = (time.monotonic() - started) / 60.0
                 over = max_minutes is not None and spent >= max_minutes  # rank 0 decides
