@@ -12,7 +12,9 @@ against the real step ``h``:
 * *motion PSNR*: the PSNR over only the pixels that changed between the real frame and the
   real frame before it (the moving objects, which whole-frame PSNR all but ignores), for the
   dream and for the tokenizer's reconstruction (its ceiling);
-* precision and recall of non-zero rewards and of episode ends (over all steps, and per step);
+* precision and recall of non-zero rewards and of episode ends (over all steps, and per step),
+  and of episode ends that come up to :data:`END_EARLY_STEPS` steps before the real one (a lost
+  life comes a few frames after the ball was last seen, a timing the frames hardly show);
 * for games with object probes (:mod:`rem_env.probes`, e.g. Breakout's ball): how often the
   tokenizer's reconstruction of a real frame shows the object where the emulator's RAM puts it,
   and per imagined step how often the dreamed object lies within
@@ -47,6 +49,7 @@ from rem_env.model import REMModel
 from rem_env.probes import NEAR_PIXELS, ObjectProbe, probes_for
 
 __all__ = [
+    "END_EARLY_STEPS",
     "FidelityReport",
     "ObjectCounts",
     "RealTrajectory",
@@ -80,6 +83,38 @@ class RealTrajectory:
 
     def __len__(self) -> int:
         return len(self.actions)
+
+
+END_EARLY_STEPS = 2
+"""A dreamed episode end this many steps before the real one, or fewer, counts as found in the
+report's ``end_*_early`` figures (the exact-step ones count it only at the real step)."""
+
+
+@dataclass
+class _EarlyEnds:
+    """Dreamed episode ends up to ``END_EARLY_STEPS`` before (or at) the real end of a dream."""
+
+    dreamed: int = 0
+    dreamed_in_window: int = 0
+    real: int = 0
+    real_found: int = 0
+
+    def add(self, dreamed_steps: list[int], real_step: int | None) -> None:
+        """One dream: the imagined steps it ended at, and the step of its real end (or None)."""
+        window = [] if real_step is None else [
+            d for d in dreamed_steps if real_step - END_EARLY_STEPS <= d <= real_step
+        ]  # fmt: skip
+        self.dreamed += len(dreamed_steps)
+        self.dreamed_in_window += len(window)
+        if real_step is not None:
+            self.real += 1
+            self.real_found += int(bool(window))
+
+    def precision(self) -> float | None:
+        return self.dreamed_in_window / self.dreamed if self.dreamed else None
+
+    def recall(self) -> float | None:
+        return self.real_found / self.real if self.real else None
 
 
 @dataclass(frozen=True)
@@ -125,6 +160,11 @@ class FidelityReport:
             ``real_rewards`` on the same steps: a dream that pays too rarely or too often).
         dreamed_ends: Episode ends the dreams produced, likewise (a dream that hardly ever ends
             a life teaches an agent nothing about losing one).
+        end_precision_early: Of the dreamed episode ends, the share that came at a real end or
+            up to :data:`END_EARLY_STEPS` imagined steps before it, in the same dream (a dream
+            is compared until its real episode ends, so a later dreamed end cannot be seen).
+        end_recall_early: Of the real episode ends in the dreams' horizons, the share whose
+            dream ended at it or up to :data:`END_EARLY_STEPS` steps before it.
     """
 
     horizon: int
@@ -155,6 +195,8 @@ class FidelityReport:
     moving_patches: float | None = None
     dreamed_rewards: int = 0
     dreamed_ends: int = 0
+    end_precision_early: float | None = None
+    end_recall_early: float | None = None
 
     def at(self, step: int) -> dict[str, float]:
         """Token accuracy and PSNR after ``step`` imagined steps (1-based)."""
@@ -215,7 +257,9 @@ class FidelityReport:
             f"recall {_fmt(self.reward_recall)} ({self.real_rewards} real rewards, "
             f"{self.dreamed_rewards} dreamed). Episode ends: precision "
             f"{_fmt(self.end_precision)}, recall {_fmt(self.end_recall)} ({self.real_ends} real "
-            f"ends, {self.dreamed_ends} dreamed). {self.rollouts} dreams of {self.horizon} "
+            f"ends, {self.dreamed_ends} dreamed); up to {END_EARLY_STEPS} steps early: precision "
+            f"{_fmt(self.end_precision_early)}, recall {_fmt(self.end_recall_early)}. "
+            f"{self.rollouts} dreams of {self.horizon} "
             f"steps from {self.episodes} real episodes ({self.real_steps} real steps).{played}"
         )
         return "\n".join(rows)
@@ -512,6 +556,7 @@ def measure_fidelity(
     rewards, ends = _Counts(), _Counts()
     step_rewards = [_Counts() for _ in range(horizon)]
     step_ends = [_Counts() for _ in range(horizon)]
+    early_ends = _EarlyEnds()
     motion = [_MotionError() for _ in range(horizon)]
     with_ram = all(traj.ram is not None for traj in trajectories)
     probes = probes_for(model.config.game or "") if with_ram else ()
@@ -530,6 +575,8 @@ def measure_fidelity(
         with dreaming():
             state = model.start_state(ctx_tokens, ctx_actions)
         alive = torch.ones(b, dtype=torch.bool, device=device)
+        dreamed_end_steps: list[list[int]] = [[] for _ in range(b)]
+        real_end_step: list[int | None] = [None] * b
         dreamed: list[np.ndarray] = []
         for h in range(1, horizon + 1):
             index = [t + h - 1 for _, t in batch]  # the real step taken from the last frame
@@ -569,6 +616,10 @@ def measure_fidelity(
             ends.add(step.ends[valid], real_end[valid])
             step_rewards[h - 1].add((step.rewards != 0)[valid], real_reward[valid])
             step_ends[h - 1].add(step.ends[valid], real_end[valid])
+            for row in (valid & step.ends).nonzero().flatten().tolist():
+                dreamed_end_steps[row].append(h)
+            for row in (valid & real_end).nonzero().flatten().tolist():
+                real_end_step[row] = h
             # The next frame exists only while the real episode goes on.
             seen = valid & ~real_end
             if seen.any():
@@ -604,6 +655,8 @@ def measure_fidelity(
             if dreamed and len(dreamed) < h:
                 dreamed = []  # the first dream's episode ended: no strip from it
             alive = seen
+        for steps_ended, real_step in zip(dreamed_end_steps, real_end_step, strict=True):
+            early_ends.add(steps_ended, real_step)
         if not strip and len(dreamed) == horizon:
             i, t = batch[0]
             strip = {
@@ -652,6 +705,8 @@ def measure_fidelity(
         moving_patches=flips.moving_share(),
         dreamed_rewards=rewards.tp + rewards.fp,
         dreamed_ends=ends.tp + ends.fp,
+        end_precision_early=early_ends.precision(),
+        end_recall_early=early_ends.recall(),
     )
     return report, strip
 

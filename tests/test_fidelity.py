@@ -77,6 +77,8 @@ def test_a_dream_of_its_own_argmax_play_is_scored_perfect(monkeypatch, seed):
         assert value in (1.0, None)
     for value in (report.end_precision, report.end_recall):
         assert value in (1.0, None)
+    for value in (report.end_precision_early, report.end_recall_early):
+        assert value in (1.0, None)
     assert report.dreamed_rewards == report.real_rewards  # each dreamed where it was real
     assert report.dreamed_ends == report.real_ends
     if seed == 7:
@@ -133,6 +135,39 @@ def test_reward_and_end_counts_follow_their_definitions():
         right = round(recall * real)
         assert precision is None or precision == pytest.approx(right / dreamed)
     assert report.dreamed_rewards + report.dreamed_ends > 0  # random weights, temperature 1
+
+
+def test_ends_dreamed_up_to_two_steps_early_are_found():
+    model = _model()
+    with torch.no_grad():  # a world model that ends every dreamed step
+        model.world_model.head_end[2].weight.zero_()
+        model.world_model.head_end[2].bias.copy_(torch.tensor([0.0, 50.0]))
+    traj = RealTrajectory(
+        np.zeros((7, 16, 16, 3), np.uint8), np.zeros(6, np.int64), np.zeros(6, np.float32),
+        np.asarray([False] * 5 + [True]),
+    )  # fmt: skip
+    report, _ = measure_fidelity(model, [traj], horizon=3, stride=1, temperature=1.0)
+    # Starts 1..5 see real steps t..t+2 until the real end at step 5: starts 1 and 2 dream 3
+    # ends each and see no real end; start 3 sees it at h=3 (its ends at h=1, 2, 3 are within
+    # two steps), start 4 at h=2 (ends at h=1, 2), start 5 at h=1 (its end at h=1).
+    assert report.dreamed_ends == 12 and report.real_ends == 3
+    assert report.end_precision == pytest.approx(3 / 12)  # only at the real step
+    assert report.end_precision_early == pytest.approx(6 / 12)
+    assert report.end_recall == report.end_recall_early == 1.0
+    assert "up to 2 steps early: precision 0.500, recall 1.000" in report.summary_table()
+
+
+def test_early_ends_count_each_dream_once():
+    from rem_env.fidelity import _EarlyEnds
+
+    early = _EarlyEnds()
+    early.add([1, 4, 5], real_step=7)  # 5 is two steps early; 1 and 4 are not
+    early.add([2], real_step=None)  # a dreamed end where the real episode went on
+    early.add([], real_step=3)  # a real end the dream missed
+    early.add([3, 4], real_step=4)  # one real end found twice: counted once
+    assert (early.dreamed, early.dreamed_in_window, early.real, early.real_found) == (6, 3, 3, 2)
+    assert early.precision() == 0.5 and early.recall() == pytest.approx(2 / 3)
+    assert _EarlyEnds().precision() is None and _EarlyEnds().recall() is None
 
 
 def test_measure_fidelity_rejects_episodes_too_short():
