@@ -151,6 +151,14 @@ def check_seed_and_temperature(args: argparse.Namespace, num_envs: int = 1) -> N
         raise CLIError(f"--temperature must be a finite number >= 0, got {args.temperature}")
 
 
+def load_scoring_model(args: argparse.Namespace, game: str, device: str) -> REMModel:
+    """The model of ``--model`` (or ``--random-weights``, with its warning) on ``device``,
+    with ``--quantize`` applied: what ``fidelity`` and ``events`` score against the game."""
+    model, _ = load_dream_model(args, game)
+    model = model.to(device)
+    return model if args.quantize is None else quantize_model(model, args.quantize)
+
+
 def make_dream_env(model: REMModel, num_envs: int, **kwargs: object) -> DreamVectorEnv:
     """A DreamVectorEnv; its constructor's refusals (e.g. too many envs) become CLIErrors."""
     try:
@@ -306,10 +314,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     if problem is not None:
         raise CLIError(f"cannot write --out {args.out}: {problem}")
     device = dream_device(args)
-    model, untrained = load_dream_model(args, game)
-    model = model.to(device)
-    if args.quantize is not None:
-        model = quantize_model(model, args.quantize)
+    model = load_scoring_model(args, game, device)
     args.num_envs = 1  # the agent plays one real game at a time
     if args.agent == "scripted":  # plays the real game from its RAM; never acts in a dream
         from rem_env.probes import SCRIPTED_PLAYERS
@@ -338,7 +343,6 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         min_rewards=args.min_rewards,
         min_ends=args.min_ends,
     )
-    del untrained  # load_dream_model already warned
     print(report.summary_table(tuple(s for s in (1, 5, 10) if s <= args.horizon)))
     print(f"wrote fidelity.json, fidelity_curve.png and fidelity_strip.png to {args.out}")
     return 0
@@ -360,10 +364,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         if problem is not None:
             raise CLIError(f"cannot write --out {args.out}: {problem}")
     device = dream_device(args)
-    model, _ = load_dream_model(args, game)
-    model = model.to(device)
-    if args.quantize is not None:
-        model = quantize_model(model, args.quantize)
+    model = load_scoring_model(args, game, device)
     try:
         rates = measure_event_rates(
             model,
