@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from rem_env import REMConfig, REMModel
@@ -11,7 +12,7 @@ from rem_env.agents import RandomAgent
 from rem_env.fidelity import run_fidelity
 from rem_env.manifest import ProtocolManifest
 from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
-from rem_train.model_report import main
+from rem_train.model_report import dream_to_real_section, main
 
 
 def test_model_report_writes_training_fidelity_and_dream_to_real(tmp_path):
@@ -71,3 +72,47 @@ def test_model_report_writes_training_fidelity_and_dream_to_real(tmp_path):
     assert manifest.evaluation.fidelity_psnr == round(sum(report.psnr) / 3, 2)
     assert f"{manifest.evaluation.fidelity_psnr:.2f} dB PSNR over 3 steps" in card
     REMModel.from_pretrained(folder)  # still a loadable model
+
+
+def _dream_to_real_dir(path, command, agent_mean, random_mean, steps=1000, seed=None):
+    path.mkdir()
+    summary = {"mean": agent_mean, "std": 0.5, "min": 0.0, "max": 9.0, "episodes": 24}
+    report = {
+        "command": command,
+        "frame_stack": 4,
+        "dream_steps": steps,
+        "dream_envs": 2,
+        "train_seconds": 60.0,
+        "protocol": "test env",
+        "agent": summary,
+        "random": {**summary, "mean": random_mean},
+        "agent_over_random": agent_mean / random_mean,
+    }
+    if seed is not None:
+        report["seed"] = seed
+    (path / "dream_to_real.json").write_text(json.dumps(report))
+    return path
+
+
+def test_model_card_shows_each_ppo_seed_and_their_mean(tmp_path):
+    torch.manual_seed(0)
+    model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, game="Breakout")).eval()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    # seed recorded in the report / only in the command (reports written before it was recorded)
+    first = _dream_to_real_dir(tmp_path / "s0", "dream_to_real --out s0", 3.0, 2.0, seed=0)
+    second = _dream_to_real_dir(tmp_path / "s1", "dream_to_real --seed 1 --out s1", 6.0, 1.0)
+    main([str(folder), "--dream-to-real", str(first), "--dream-to-real", str(second)])
+    card = (folder / "README.md").read_text()
+    assert "once per PPO seed (2 seeds)" in card
+    assert "dream_to_real --out s0\ndream_to_real --seed 1 --out s1\n" in card
+    assert "| 0 | 3.00 ± 0.50 (24 games) | 2.00 ± 0.50 | 1.50x |" in card
+    assert "| 1 | 6.00 ± 0.50 (24 games) | 1.00 ± 0.50 | 6.00x |" in card
+    assert "| mean of 2 seeds | 4.50 | 1.50 | 3.00x |" in card
+
+
+def test_model_card_refuses_to_average_different_protocols(tmp_path):
+    first = _dream_to_real_dir(tmp_path / "a", "dream_to_real", 3.0, 2.0)
+    second = _dream_to_real_dir(tmp_path / "b", "dream_to_real --seed 1", 3.0, 2.0, steps=2000)
+    with pytest.raises(ValueError, match="dream_steps 2000 but"):
+        dream_to_real_section([first, second])

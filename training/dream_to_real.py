@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +32,15 @@ from rem_env.agents import RandomAgent
 from rem_env.registration import ATARI_100K_GAMES, env_id
 from rem_train.evaluate import EvalResult, evaluate_agent
 
-__all__ = ["StackedSB3Policy", "dream_episodes", "main", "train_in_dream"]
+__all__ = [
+    "StackedSB3Policy",
+    "dream_episodes",
+    "main",
+    "report_seed",
+    "seeds_table",
+    "table",
+    "train_in_dream",
+]
 
 N_STACK = 4
 """Frames stacked along the channels, as SB3's ``VecFrameStack`` does in the dream."""
@@ -200,6 +209,40 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def report_seed(report: dict[str, Any]) -> int:
+    """The PPO seed of a report (reports written before it was recorded: read from the command)."""
+    if "seed" in report:
+        return int(report["seed"])
+    found = re.search(r"--seed[ =](-?\d+)", report.get("command", ""))
+    return int(found.group(1)) if found else 0  # 0: the default of --seed
+
+
+def seeds_table(reports: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of several dream-to-real runs (one per PPO seed), with their mean.
+
+    The last row averages the per-seed means; its ratio is the mean agent score over the mean
+    random score.
+    """
+    rows = [
+        "| PPO seed | PPO trained only in the dream | uniformly random | dream-trained / random |",
+        "|---|---|---|---|",
+    ]
+    for report in reports:
+        agent, random, ratio = report["agent"], report["random"], report["agent_over_random"]
+        rows.append(
+            f"| {report_seed(report)} | {agent['mean']:.2f} ± {agent['std']:.2f} "
+            f"({agent['episodes']} games) | {random['mean']:.2f} ± {random['std']:.2f} | "
+            + (f"{ratio:.2f}x |" if ratio is not None else "random scored 0 |")
+        )
+    agent_mean = float(np.mean([r["agent"]["mean"] for r in reports]))
+    random_mean = float(np.mean([r["random"]["mean"] for r in reports]))
+    ratio = f"{agent_mean / random_mean:.2f}x" if random_mean else "random scored 0"
+    rows.append(
+        f"| mean of {len(reports)} seeds | {agent_mean:.2f} | {random_mean:.2f} | {ratio} |"
+    )
+    return "\n".join(rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rem_train.dream_to_real",
@@ -258,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": args.model or f"default model of {env_id(args.game)}",
         "dream_steps": args.steps,
         "dream_envs": args.num_envs,
+        "seed": args.seed,
         "frame_stack": N_STACK,
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(time.perf_counter() - start, 1),

@@ -2,9 +2,10 @@
 
 ``python -m rem_train.model_report MODEL_FOLDER --fidelity DIR --dream-to-real DIR`` reads the
 folder's ``training.json`` (written by ``rem-train``), the output of ``rem-env fidelity`` and of
-``python -m rem_train.dream_to_real``, copies the fidelity figures into the folder, records the
-fidelity in ``manifest.json`` and rewrites ``README.md`` with three sections: how the model was
-trained, its fidelity, and the dream-to-real result. The weights are not touched.
+``python -m rem_train.dream_to_real`` (``--dream-to-real`` once per PPO seed), copies the fidelity
+figures into the folder, records the fidelity in ``manifest.json`` and rewrites ``README.md`` with
+three sections: how the model was trained, its fidelity, and the dream-to-real result (each seed
+and their mean). The weights are not touched.
 """
 
 from __future__ import annotations
@@ -27,9 +28,16 @@ from rem_env.config import REMConfig
 from rem_env.fidelity import FidelityReport
 from rem_env.manifest import ProtocolManifest
 from rem_env.model_card import render_model_card
+from rem_train.dream_to_real import seeds_table
 from rem_train.dream_to_real import table as dream_to_real_table
 
-__all__ = ["describe_machine", "main", "training_section", "write_model_report"]
+__all__ = [
+    "describe_machine",
+    "dream_to_real_section",
+    "main",
+    "training_section",
+    "write_model_report",
+]
 
 FIDELITY_FIGURES = ("fidelity_curve.png", "fidelity_strip.png")
 """Figures of ``rem-env fidelity`` copied into the model folder."""
@@ -93,10 +101,56 @@ def _lineage_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def dream_to_real_section(
+    dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> str:
+    """The "Trained in the dream, scored on the real game" section.
+
+    Args:
+        dirs: Output folder(s) of ``python -m rem_train.dream_to_real`` for this model; with
+            several (one per PPO seed) the section shows each seed and their mean.
+
+    Returns:
+        The section, in markdown.
+
+    Raises:
+        ValueError: If ``dirs`` is empty, or the runs differ in dream steps or dreams batched.
+    """
+    paths = [Path(dirs)] if isinstance(dirs, (str, os.PathLike)) else [Path(d) for d in dirs]
+    if not paths:
+        raise ValueError("no dream-to-real folder given")
+    reports = [json.loads((p / "dream_to_real.json").read_text()) for p in paths]
+    first = reports[0]
+    for path, report in zip(paths[1:], reports[1:], strict=True):
+        for key in ("dream_steps", "dream_envs", "frame_stack"):
+            if report[key] != first[key]:
+                raise ValueError(
+                    f"{path} has {key} {report[key]} but {paths[0]} has {first[key]}: the card "
+                    "averages runs of the same protocol only"
+                )
+    minutes = ", ".join(f"{r['train_seconds'] / 60:.1f}" for r in reports)
+    runs = "" if len(reports) == 1 else f", once per PPO seed ({len(reports)} seeds)"
+    lines = [
+        "## Trained in the dream, scored on the real game",
+        "",
+        f"PPO (`CnnPolicy`, {first['frame_stack']} stacked frames) trained "
+        f"{first['dream_steps']:,} steps only inside this dream{runs} "
+        f"({first['dream_envs']} dreams batched, {minutes} min), then scored on the real game: "
+        f"{first['protocol']}.",
+        "",
+        "```bash",
+        *(r["command"] for r in reports),
+        "```",
+        "",
+        dream_to_real_table(first) if len(reports) == 1 else seeds_table(reports),
+    ]
+    return "\n".join(lines)
+
+
 def write_model_report(
     folder: str | os.PathLike[str],
     fidelity_dir: str | os.PathLike[str] | None = None,
-    dream_to_real_dir: str | os.PathLike[str] | None = None,
+    dream_to_real_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     machine: str | None = None,
 ) -> Path:
     """Rewrites ``README.md`` (and the fidelity of ``manifest.json``) of an exported model.
@@ -104,7 +158,8 @@ def write_model_report(
     Args:
         folder: A model folder exported by ``rem-train`` (with ``training.json``).
         fidelity_dir: Output folder of ``rem-env fidelity`` for this model.
-        dream_to_real_dir: Output folder of ``python -m rem_train.dream_to_real``.
+        dream_to_real_dirs: Output folder(s) of ``python -m rem_train.dream_to_real``, one per
+            PPO seed.
         machine: Where it was trained, in words (default: this machine).
 
     Returns:
@@ -149,26 +204,8 @@ def write_model_report(
                 ]
             )
         )
-    if dream_to_real_dir is not None:
-        data = json.loads((Path(dream_to_real_dir) / "dream_to_real.json").read_text())
-        sections.append(
-            "\n".join(
-                [
-                    "## Trained in the dream, scored on the real game",
-                    "",
-                    f"PPO (`CnnPolicy`, {data['frame_stack']} stacked frames) trained "
-                    f"{data['dream_steps']:,} steps only inside this dream "
-                    f"({data['dream_envs']} dreams batched, {data['train_seconds'] / 60:.1f} "
-                    f"min), then scored on the real game: {data['protocol']}.",
-                    "",
-                    "```bash",
-                    data["command"],
-                    "```",
-                    "",
-                    dream_to_real_table(data),
-                ]
-            )
-        )
+    if dream_to_real_dirs is not None:
+        sections.append(dream_to_real_section(dream_to_real_dirs))
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     card = render_model_card(config, manifest, None, extra="\n\n".join(sections))
     (folder / MODEL_CARD_NAME).write_text(card)
@@ -184,7 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("folder", help="model folder exported by rem-train")
     parser.add_argument("--fidelity", help="output folder of `rem-env fidelity`")
-    parser.add_argument("--dream-to-real", help="output folder of rem_train.dream_to_real")
+    parser.add_argument(
+        "--dream-to-real",
+        action="append",
+        help="output folder of rem_train.dream_to_real (repeat it, one per PPO seed)",
+    )
     parser.add_argument("--machine", help="where it was trained, in words (default: here)")
     args = parser.parse_args(argv)
     path = write_model_report(args.folder, args.fidelity, args.dream_to_real, args.machine)
