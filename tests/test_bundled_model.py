@@ -70,7 +70,7 @@ def test_the_default_breakout_model_is_the_bundled_one() -> None:
     for section in ("## How it was trained", "## Fidelity to the real game",
                     "## Trained in the dream, scored on the real game"):  # fmt: skip
         assert section in card
-    assert "rem-train --game Breakout --preset cpu" in card
+    assert "rem-train --preset breakout --world-model-layers 4" in card
 
 
 def test_bundled_weights_are_small_and_packaged() -> None:

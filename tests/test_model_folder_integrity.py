@@ -234,10 +234,13 @@ def test_manifests_without_digests_still_load(saved: Path) -> None:
     data["format_version"] = 1
     path.write_text(json.dumps(data))
     assert markers(load_pretrained(saved)) == (0, 0, 0, 0)
+
+
+def test_the_bundled_model_passes_its_own_digests() -> None:
     bundled = bundled_model_folder("Breakout")
     assert bundled is not None
-    assert "files" not in json.loads((bundled / MANIFEST_NAME).read_text())
-    assert load_pretrained(bundled).config.game == "Breakout"
+    assert "files" in json.loads((bundled / MANIFEST_NAME).read_text())
+    assert load_pretrained(bundled).config.game == "Breakout"  # digests checked while loading
 
 
 # --- crashes during saves -----------------------------------------------------------------

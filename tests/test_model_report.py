@@ -104,7 +104,7 @@ def test_model_card_shows_each_ppo_seed_and_their_mean(tmp_path):
     second = _dream_to_real_dir(tmp_path / "s1", "dream_to_real --seed 1 --out s1", 6.0, 1.0)
     main([str(folder), "--dream-to-real", str(first), "--dream-to-real", str(second)])
     card = (folder / "README.md").read_text()
-    assert "once per PPO seed (2 seeds)" in card
+    assert "once for each of 2 PPO seeds (2 dreams batched; 1.0 and 1.0 min)" in card
     assert "dream_to_real --out s0\ndream_to_real --seed 1 --out s1\n" in card
     assert "| 0 | 3.00 ± 0.50 (24 games) | 2.00 ± 0.50 | 1.50x |" in card
     assert "| 1 | 6.00 ± 0.50 (24 games) | 1.00 ± 0.50 | 6.00x |" in card

@@ -128,14 +128,14 @@ def dream_to_real_section(
                     f"{path} has {key} {report[key]} but {paths[0]} has {first[key]}: the card "
                     "averages runs of the same protocol only"
                 )
-    minutes = ", ".join(f"{r['train_seconds'] / 60:.1f}" for r in reports)
-    runs = "" if len(reports) == 1 else f", once per PPO seed ({len(reports)} seeds)"
+    minutes = " and ".join(f"{r['train_seconds'] / 60:.1f}" for r in reports)
+    runs = "" if len(reports) == 1 else f", once for each of {len(reports)} PPO seeds"
     lines = [
         "## Trained in the dream, scored on the real game",
         "",
         f"PPO (`CnnPolicy`, {first['frame_stack']} stacked frames) trained "
         f"{first['dream_steps']:,} steps only inside this dream{runs} "
-        f"({first['dream_envs']} dreams batched, {minutes} min), then scored on the real game: "
+        f"({first['dream_envs']} dreams batched; {minutes} min), then scored on the real game: "
         f"{first['protocol']}.",
         "",
         "```bash",
