@@ -30,8 +30,10 @@
 #   COMPILE_SIZES ($SIZES; each size compiles anew), COMPILE_BACKEND (inductor; eager
 #   only checks the capture, quickly, as the smoke test does), BALL_MINUTES (6; time budget of the
 #   Breakout training run, 0 skips it), BALL_PRESET (breakout), BALL_EPOCHS (400), BALL_INIT
-#   (warm_starts/Breakout; empty: from scratch), BALL_PARTS (tokenizer,world_model),
-#   BALL_MOVING_WEIGHT (10: --world-model.moving-weight, as warm_starts/Breakout was trained)
+#   (rem_env/weights/Breakout, the bundled model; empty: from scratch), BALL_LAYERS (4:
+#   --world-model-layers, the bundled model's; empty: the preset's), BALL_PARTS
+#   (tokenizer,world_model), BALL_MOVING_WEIGHT (10: --world-model.moving-weight, as the bundled
+#   model was trained)
 # A CPU smoke run of the script itself (the test suite does this):
 #   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_EPOCHS=1 \
 #     TRAIN_ENV_STEPS=60 TRAIN_STEPS=2 COMPILE_SIZES=1 COMPILE_BACKEND=eager \
@@ -89,15 +91,19 @@ if torch.cuda.is_available():
 step device describe_device >"$out/device.txt"
 
 # First, what a GPU is lent for most: a time-budgeted training run of the Breakout model,
-# warm-started from the repository's last weights; its export comes back as a tar archive in
+# warm-started from the bundled model; its export comes back as a tar archive in
 # parts of at most 15 MiB (reassemble: cat ball.tar.part-* | tar -x -C DIR).
 ball_minutes=${BALL_MINUTES:-6}
 if [[ "$ball_minutes" != 0 ]]; then
     ball_epochs=${BALL_EPOCHS:-400}
-    ball_init=${BALL_INIT-$(dirname "$here")/warm_starts/Breakout}
+    ball_init=${BALL_INIT-$(dirname "$here")/rem_env/weights/Breakout}
     init=()
     if [[ -n "$ball_init" ]]; then
         init=(--init-from "$ball_init" --init-parts "${BALL_PARTS:-tokenizer,world_model}")
+    fi
+    ball_layers=${BALL_LAYERS-4}
+    if [[ -n "$ball_layers" ]]; then
+        init+=(--world-model-layers "$ball_layers")
     fi
     ball=$(mktemp -d)
     step ball "$py" -m rem_train --preset "${BALL_PRESET:-breakout}" --device "$device" \
