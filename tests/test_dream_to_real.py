@@ -59,6 +59,7 @@ def test_a_tiny_dream_to_real_run(tmp_path, capsys):
     assert report["agent"]["episodes"] == report["random"]["episodes"] == 2
     assert len(report["agent"]["scores"]) == 2
     assert report["dream_steps"] == 64 and report["frame_stack"] == 4
+    assert report["seed"] == 0  # --seed's default, recorded for model cards of several seeds
     assert (out / "ppo_dream.zip").is_file()
     assert report["dream_episodes"]["max_steps"] == 2000
     assert "PPO trained only in the dream" in capsys.readouterr().out

@@ -114,7 +114,8 @@ def dream_to_real_section(
         The section, in markdown.
 
     Raises:
-        ValueError: If ``dirs`` is empty, or the runs differ in dream steps or dreams batched.
+        ValueError: If ``dirs`` is empty, or the runs differ in dream steps, dreams batched or
+            frames stacked.
     """
     paths = [Path(dirs)] if isinstance(dirs, (str, os.PathLike)) else [Path(d) for d in dirs]
     if not paths:
