@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
@@ -45,14 +47,18 @@ def test_stacked_policy_sees_what_vec_frame_stack_gives():
         np.testing.assert_array_equal(mine, theirs)
 
 
-def test_a_tiny_dream_to_real_run(tmp_path, capsys):
+def test_a_tiny_dream_to_real_run(tmp_path, capsys, monkeypatch):
+    made = []
+    make_vec = gym.make_vec
+    monkeypatch.setattr(gym, "make_vec", lambda *a, **kw: made.append(kw) or make_vec(*a, **kw))
     torch.manual_seed(0)
     model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, game="Breakout"))
     model.save_pretrained(tmp_path / "model")
     out = tmp_path / "out"
     code = main(
         ["--model", str(tmp_path / "model"), "--steps", "64", "--num-envs", "2",
-         "--episodes", "2", "--eval-envs", "2", "--max-raw-frames", "400", "--out", str(out)]
+         "--episodes", "2", "--eval-envs", "2", "--max-raw-frames", "400", "--out", str(out),
+         "--temperature", "0.5"]
     )  # fmt: skip
     assert code == 0
     report = json.loads((out / "dream_to_real.json").read_text())
@@ -60,6 +66,7 @@ def test_a_tiny_dream_to_real_run(tmp_path, capsys):
     assert len(report["agent"]["scores"]) == 2
     assert report["dream_steps"] == 64 and report["frame_stack"] == 4
     assert report["seed"] == 0  # --seed's default, recorded for model cards of several seeds
+    assert report["dream_temperature"] == 0.5 and made[0]["temperature"] == 0.5
     assert (out / "ppo_dream.zip").is_file()
     assert report["dream_episodes"]["max_steps"] == 2000
     assert "PPO trained only in the dream" in capsys.readouterr().out
@@ -91,3 +98,8 @@ def test_the_report_says_how_the_dream_episodes_went_beside_the_real_ones():
     assert "its last 2 episodes lasted 1200 steps and returned 0.50" in text
     assert "(1 cut at 2000 steps); on the real game it lasted 31 steps and scored 0.00" in text
     assert dream_episodes(object(), 2000)["episodes"] == 0  # no episode finished: no line
+
+
+def test_a_negative_dream_temperature_is_refused_before_any_work(tmp_path):
+    with pytest.raises(SystemExit, match="--temperature must be a finite number >= 0"):
+        main(["--steps", "64", "--temperature", "-1", "--out", str(tmp_path / "out")])

@@ -74,7 +74,9 @@ def test_model_report_writes_training_fidelity_and_dream_to_real(tmp_path):
     REMModel.from_pretrained(folder)  # still a loadable model
 
 
-def _dream_to_real_dir(path, command, agent_mean, random_mean, steps=1000, seed=None):
+def _dream_to_real_dir(
+    path, command, agent_mean, random_mean, steps=1000, seed=None, temperature=None
+):
     path.mkdir()
     summary = {"mean": agent_mean, "std": 0.5, "min": 0.0, "max": 9.0, "episodes": 24}
     report = {
@@ -90,6 +92,8 @@ def _dream_to_real_dir(path, command, agent_mean, random_mean, steps=1000, seed=
     }
     if seed is not None:
         report["seed"] = seed
+    if temperature is not None:
+        report["dream_temperature"] = temperature
     (path / "dream_to_real.json").write_text(json.dumps(report))
     return path
 
@@ -116,3 +120,17 @@ def test_model_card_refuses_to_average_different_protocols(tmp_path):
     second = _dream_to_real_dir(tmp_path / "b", "dream_to_real --seed 1", 3.0, 2.0, steps=2000)
     with pytest.raises(ValueError, match="dream_steps 2000 but"):
         dream_to_real_section([first, second])
+
+
+def test_model_card_names_the_dream_temperature_and_refuses_to_mix_them(tmp_path):
+    # reports written before the option existed dreamed at temperature 1
+    old = _dream_to_real_dir(tmp_path / "old", "dream_to_real", 3.0, 2.0)
+    new = _dream_to_real_dir(tmp_path / "new", "dream_to_real", 3.0, 2.0, temperature=1.0)
+    assert "temperature" not in dream_to_real_section([old, new])
+    cool = _dream_to_real_dir(tmp_path / "a", "dream_to_real", 3.0, 2.0, temperature=0.5)
+    cool_too = _dream_to_real_dir(tmp_path / "b", "dream_to_real", 4.0, 2.0, temperature=0.5)
+    assert "(2 dreams batched, temperature 0.5; 1.0 and 1.0 min)" in dream_to_real_section(
+        [cool, cool_too]
+    )
+    with pytest.raises(ValueError, match=r"dream_temperature 0\.5 but"):
+        dream_to_real_section([old, cool])

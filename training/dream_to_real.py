@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import re
 import sys
@@ -57,6 +58,7 @@ def train_in_dream(
     max_episode_steps: int = MAX_DREAM_EPISODE_STEPS,
     device: str = "cpu",
     verbose: int = 0,
+    temperature: float = 1.0,
 ) -> Any:
     """PPO (``CnnPolicy``, Atari hyper-parameters of the SB3 zoo) trained ``steps`` dream steps.
 
@@ -69,6 +71,8 @@ def train_in_dream(
         max_episode_steps: Dream episodes are truncated after this many steps.
         device: Torch device of the dream and the agent.
         verbose: SB3 verbosity.
+        temperature: Sampling temperature of the dreams (1: REM's; lower: fewer, likelier
+            surprises; 0: argmax).
     """
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
@@ -82,6 +86,7 @@ def train_in_dream(
         obs_type="rgb",
         device=device,
         max_episode_steps=max_episode_steps,
+        temperature=temperature,
     )
     env = VecFrameStack(VecMonitor(SB3DreamVecEnv(venv)), N_STACK)
     env.seed(seed)
@@ -261,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-raw-frames", type=int, default=None, help="raw-frame limit of a real episode"
     )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="sampling temperature of the dreams PPO trains in (0: argmax)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, help="output folder")
@@ -272,11 +283,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if min(args.steps, args.num_envs, args.episodes, args.eval_envs) < 1:
         raise SystemExit("--steps, --num-envs, --episodes and --eval-envs must be positive")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise SystemExit(f"--temperature must be a finite number >= 0, got {args.temperature}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     agent = train_in_dream(
-        args.game, args.steps, args.model, args.num_envs, args.seed, device=args.device
+        args.game,
+        args.steps,
+        args.model,
+        args.num_envs,
+        args.seed,
+        device=args.device,
+        temperature=args.temperature,
     )
     train_seconds = time.perf_counter() - start
     agent.save(out / "ppo_dream.zip")
@@ -301,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": args.model or f"default model of {env_id(args.game)}",
         "dream_steps": args.steps,
         "dream_envs": args.num_envs,
+        "dream_temperature": args.temperature,
         "seed": args.seed,
         "frame_stack": N_STACK,
         "train_seconds": round(train_seconds, 1),

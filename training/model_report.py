@@ -114,16 +114,18 @@ def dream_to_real_section(
         The section, in markdown.
 
     Raises:
-        ValueError: If ``dirs`` is empty, or the runs differ in dream steps, dreams batched or
-            frames stacked.
+        ValueError: If ``dirs`` is empty, or the runs differ in dream steps, dreams batched,
+            frames stacked or dream temperature.
     """
     paths = [Path(dirs)] if isinstance(dirs, (str, os.PathLike)) else [Path(d) for d in dirs]
     if not paths:
         raise ValueError("no dream-to-real folder given")
     reports = [json.loads((p / "dream_to_real.json").read_text()) for p in paths]
     first = reports[0]
+    for report in reports:
+        report.setdefault("dream_temperature", 1.0)  # reports written before it was an option
     for path, report in zip(paths[1:], reports[1:], strict=True):
-        for key in ("dream_steps", "dream_envs", "frame_stack"):
+        for key in ("dream_steps", "dream_envs", "frame_stack", "dream_temperature"):
             if report[key] != first[key]:
                 raise ValueError(
                     f"{path} has {key} {report[key]} but {paths[0]} has {first[key]}: the card "
@@ -131,12 +133,16 @@ def dream_to_real_section(
                 )
     minutes = " and ".join(f"{r['train_seconds'] / 60:.1f}" for r in reports)
     runs = "" if len(reports) == 1 else f", once for each of {len(reports)} PPO seeds"
+    temperature = (
+        "" if first["dream_temperature"] == 1.0 else f", temperature {first['dream_temperature']:g}"
+    )
     lines = [
         "## Trained in the dream, scored on the real game",
         "",
         f"PPO (`CnnPolicy`, {first['frame_stack']} stacked frames) trained "
         f"{first['dream_steps']:,} steps only inside this dream{runs} "
-        f"({first['dream_envs']} dreams batched; {minutes} min), then scored on the real game: "
+        f"({first['dream_envs']} dreams batched{temperature}; {minutes} min), then scored on the "
+        f"real game: "
         f"{first['protocol']}.",
         "",
         "```bash",
