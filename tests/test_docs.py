@@ -107,21 +107,43 @@ def training_lines() -> list[tuple[str, list[str]]]:
     return found
 
 
+def documented(prefix: str) -> list[tuple[str, list[str]]]:
+    """(page, argv after ``prefix``) of every command starting with ``prefix`` in bash blocks."""
+    found = []
+    for page in PAGES:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():  # join `\` continuations
+                command = line.split(" #")[0].strip()
+                if command.startswith(prefix):
+                    found.append((page.name, shlex.split(command[len(prefix) :])))
+    return found
+
+
 def test_documented_tokenizer_pretraining_commands_parse() -> None:
     from rem_train.pretrain_tokenizer import parser as pretrain_parser
 
     prefix = "python -m rem_train.pretrain_tokenizer "
-    found = []
-    for page in PAGES:
-        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
-            for line in block.replace("\\\n", " ").splitlines():
-                command = line.split(" #")[0].strip()
-                if command.startswith(prefix):
-                    found.append((page.name, shlex.split(command[len(prefix) :])))
+    found = documented(prefix)
     assert len(found) >= 2  # README and the Training page
     for page, argv in found:
         try:
             pretrain_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{page}: `{prefix}{shlex.join(argv)}` does not parse")
+
+
+@pytest.mark.parametrize("module", ["score", "dream_to_real"])
+def test_documented_scoring_commands_parse(module: str) -> None:
+    """Every ``python -m rem_train.score`` / ``.dream_to_real`` command the docs show parses."""
+    import importlib
+
+    build_parser = importlib.import_module(f"rem_train.{module}").build_parser
+    prefix = f"python -m rem_train.{module} "
+    found = documented(prefix)
+    assert found, f"no page shows `{prefix}...`"
+    for page, argv in found:
+        try:
+            build_parser().parse_args(argv)
         except SystemExit:
             pytest.fail(f"{page}: `{prefix}{shlex.join(argv)}` does not parse")
 

@@ -1,0 +1,182 @@
+"""Scores a model's own actor-critic on the real game with REM's test protocol.
+
+``python -m rem_train.score SOURCE`` plays real games (ale-py test env: no-op start, whole games
+with all lives, 108,000 raw frames at most) with the actor-critic of SOURCE acting on its
+tokenizer's codes of each real frame, sampling with temperature 0.5 (REM's evaluation), and
+prints the mean, spread and human-normalised score. SOURCE is what ``rem-train --init-from``
+reads: an exported model folder that ships an actor-critic, a run folder (its last checkpoint)
+or one checkpoint file of a run (``RUN/checkpoints/epoch_0040.safetensors``), so any epoch a run
+kept can be scored without exporting it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rem_env.models.actor_critic import ActorCritic
+from rem_env.models.tokenizer import Tokenizer
+from rem_train.evaluate import RANDOM_SCORES, evaluate
+from rem_train.warm_start import WarmStartError, read_warm_start
+
+__all__ = ["ScoredPolicy", "load_policy", "main"]
+
+
+@dataclass
+class ScoredPolicy:
+    """What is scored: a tokenizer and an actor-critic of one game, and where they came from.
+
+    Attributes:
+        tokenizer: Encodes the real frames.
+        actor_critic: Acts on the codes.
+        game: The Atari 100K game they were trained on.
+        epoch: The run epoch of a checkpoint (None for a model folder).
+    """
+
+    tokenizer: Tokenizer
+    actor_critic: ActorCritic
+    game: str
+    epoch: int | None = None
+
+
+def _run_dir(path: Path) -> Path | None:
+    """The run folder of a run folder or of one of its checkpoint files; None otherwise."""
+    if path.is_dir():
+        return path if (path / "checkpoints" / "last.safetensors").is_file() else None
+    if path.is_file() and path.parent.name == "checkpoints":
+        return path.parent.parent
+    return None
+
+
+def load_policy(source: str, device: str = "cpu") -> ScoredPolicy:
+    """The tokenizer and actor-critic of a model folder, a run folder or a checkpoint file.
+
+    Raises:
+        ValueError: If the source cannot be read or holds no actor-critic.
+    """
+    from rem_env import REMModel
+    from rem_train.config import TrainConfig
+
+    path = Path(source).expanduser()
+    run_dir = _run_dir(path)
+    if run_dir is not None:
+        config_file = run_dir / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"{source}: no config.json in its run folder {run_dir}")
+        config = TrainConfig.from_dict(json.loads(config_file.read_text()))
+        model = REMModel(config.model_config())
+        actor_critic = ActorCritic.from_config(model.config, config.actor_critic.hidden_size)
+        try:
+            warm = read_warm_start(path)
+        except WarmStartError as err:
+            raise ValueError(str(err)) from err
+        if "actor_critic" not in warm.states:
+            raise ValueError(f"{source} holds no actor-critic")
+        model.tokenizer.load_state_dict(warm.states["tokenizer"])
+        actor_critic.load_state_dict(warm.states["actor_critic"])
+        epoch = warm.lineage[-1].get("epoch")
+        return ScoredPolicy(model.tokenizer.to(device), actor_critic.to(device), config.game, epoch)
+    if not path.is_dir():
+        raise ValueError(f"{source} is neither a model folder, a run folder nor a checkpoint file")
+    from rem_env.actor_critic_files import load_actor_critic
+    from rem_env.hub import ModelLoadError, load_pretrained
+
+    try:
+        model = load_pretrained(str(path), on_protocol_mismatch="warn")
+        actor_critic = load_actor_critic(path, device)
+    except (ModelLoadError, OSError, ValueError) as err:
+        raise ValueError(f"{source}: {err}") from err
+    if model.config.game is None:
+        raise ValueError(f"{source}: its config names no game to score it on")
+    return ScoredPolicy(model.tokenizer.to(device), actor_critic, model.config.game)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rem_train.score",
+        description="Score a model's own actor-critic on the real game with REM's test protocol "
+        "(no-op start, whole games with all lives, 108,000 raw frames at most, temperature 0.5). "
+        "SOURCE: a model folder with an actor-critic, a rem-train run folder (its last "
+        "checkpoint) or a checkpoint file of a run. Prints the scores; --out writes score.json.",
+    )
+    parser.add_argument("source", metavar="SOURCE", help="model folder, run folder or checkpoint")
+    parser.add_argument("--episodes", type=int, default=16, help="real games (whole rounds)")
+    parser.add_argument("--num-envs", type=int, default=8, help="real test envs per round")
+    parser.add_argument(
+        "--temperature", type=float, default=0.5, help="policy temperature (REM's: 0.5)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the games and the policy")
+    parser.add_argument(
+        "--max-raw-frames", type=int, default=None, help="raw-frame limit of a game"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=None, help="folder for score.json")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Scores SOURCE; prints a summary (and writes score.json with ``--out``); returns 0."""
+    args = build_parser().parse_args(argv)
+    if min(args.episodes, args.num_envs) < 1:
+        raise SystemExit("--episodes and --num-envs must be positive")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise SystemExit(f"--temperature must be a positive number, got {args.temperature}")
+    try:
+        policy = load_policy(args.source, args.device)
+    except ValueError as err:
+        raise SystemExit(f"python -m rem_train.score: {err}") from err
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        result = evaluate(
+            policy.tokenizer, policy.actor_critic, policy.game, args.episodes, args.num_envs,
+            args.temperature, seed=args.seed, max_raw_frames=args.max_raw_frames,
+        )  # fmt: skip
+    report: dict[str, Any] = {
+        "command": "python -m rem_train.score " + " ".join(sys.argv[1:] if argv is None else argv),
+        "source": args.source,
+        "epoch": policy.epoch,
+        "game": policy.game,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "episodes": len(result.scores),
+        "mean": result.mean,
+        "std": result.std,
+        "min": min(result.scores),
+        "max": max(result.scores),
+        "human_normalized": result.human_normalized,
+        "scores": result.scores,
+        "lengths": result.lengths,
+        "seconds": round(time.perf_counter() - start, 1),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, device {args.device}",
+    }
+    capped = sum(n * 4 >= (args.max_raw_frames or 108_000) for n in result.lengths)
+    print(
+        f"{policy.game}, {args.source}"
+        + (f" (epoch {policy.epoch})" if policy.epoch is not None else "")
+        + f": {result.mean:.2f} ± {result.std:.2f} over {len(result.scores)} games "
+        f"(min {report['min']:g}, max {report['max']:g}; human-normalised "
+        f"{result.human_normalized:.3f}; a random policy: {RANDOM_SCORES[policy.game]:g})"
+    )
+    if capped:
+        print(f"{capped} game(s) ran to the raw-frame limit (an agent that stopped playing?)")
+    if args.out is not None:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "score.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
