@@ -186,29 +186,44 @@ class BreakoutBallFollower:
     It scores (about 27 rewards per 1,000 agent steps with REM's preprocessing, against about 1
     for a random policy) and loses lives often enough for a fidelity report to see both rewards
     and episode ends. With ``epsilon`` it takes a uniformly random action instead, for variety.
+    With ``max_serve_wait`` it waits before each serve (a uniform 0 to ``max_serve_wait`` steps,
+    moving at random without FIRE): games played at once after every lost life never show that
+    the ball comes only after FIRE, and a world model trained on them serves by itself.
 
     Args:
         epsilon: Probability of a random action.
         seed: Seed of those random choices.
+        max_serve_wait: Most agent steps to wait before a serve (0: serve at once).
 
     Example:
         >>> player = BreakoutBallFollower(seed=0)
         >>> ram = np.zeros((1, 128), dtype=np.uint8)
         >>> int(player.act(ram)[0])  # no ball in play: serve (FIRE)
         1
+        >>> patient = BreakoutBallFollower(seed=0, max_serve_wait=5)
+        >>> waited = [int(patient.act(ram)[0]) for _ in range(6)]
+        >>> waited.index(1) <= 5 and all(a != 1 for a in waited[: waited.index(1)])
+        True
     """
 
     obs_type = "ram"
     num_actions = 4
 
-    def __init__(self, epsilon: float = 0.0, seed: int | None = None) -> None:
+    def __init__(
+        self, epsilon: float = 0.0, seed: int | None = None, max_serve_wait: int = 0
+    ) -> None:
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
+        if max_serve_wait < 0:
+            raise ValueError(f"max_serve_wait must be >= 0, got {max_serve_wait}")
         self.epsilon = epsilon
+        self.max_serve_wait = max_serve_wait
         self.rng = np.random.default_rng(seed)
+        self.wait: np.ndarray | None = None  # (N,) steps left before each env's serve; -1: none
+        waits = f"; waits up to {max_serve_wait} steps before serving" if max_serve_wait else ""
         self.description = (
             f"a scripted player that follows the ball (reads the RAM; random actions with "
-            f"probability {epsilon:g})"
+            f"probability {epsilon:g}{waits})"
         )
 
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -218,7 +233,18 @@ class BreakoutBallFollower:
         paddle_x = ram[:, 72] - 39  # the 16-pixel paddle's centre
         offset = ball_x - paddle_x
         actions = np.where(offset > 3, 2, np.where(offset < -3, 3, 0))  # RIGHT, LEFT, NOOP
-        actions = np.where(ball_y == 0, 1, actions)  # FIRE serves a new ball
+        serve = ball_y == 0
+        if self.max_serve_wait:
+            if self.wait is None or len(self.wait) != len(ram):
+                self.wait = np.full(len(ram), -1)
+            fresh = serve & (self.wait < 0)  # a serve state reached: draw how long to wait
+            self.wait[fresh] = self.rng.integers(self.max_serve_wait + 1, size=int(fresh.sum()))
+            waiting = serve & (self.wait > 0)
+            moves = self.rng.choice(np.array([0, 2, 3]), size=len(ram))  # NOOP, RIGHT, LEFT
+            actions = np.where(waiting, moves, actions)
+            serve &= ~waiting
+            self.wait = np.where(waiting, self.wait - 1, -1)  # served or in play: draw anew
+        actions = np.where(serve, 1, actions)  # FIRE serves a new ball
         explore = self.rng.random(len(ram)) < self.epsilon
         random_actions = self.rng.integers(self.num_actions, size=len(ram))
         return np.where(explore, random_actions, actions).astype(np.int64)

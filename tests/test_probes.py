@@ -94,6 +94,41 @@ def test_the_scripted_player_scores_far_above_random() -> None:
     )
 
 
+def _serve_waits(max_serve_wait: int, steps: int = 600) -> list[int]:
+    """Steps a scripted player took between reaching a serve state and pressing FIRE, in the
+    real test env; each serve is checked to come only after FIRE."""
+    env = make_atari_env("Breakout", train=False, seed=2)
+    ale = env.unwrapped.ale
+    player = BreakoutBallFollower(seed=4, max_serve_wait=max_serve_wait)
+    env.reset()
+    waits, waited, fired = [], 0, False
+    for _ in range(steps):
+        ram = ale.getRAM().copy()
+        action = int(player.act(ram[None])[0])
+        if ram[101] == 0 and not fired:  # no ball in play, none served yet
+            if action == 1:
+                waits.append(waited)
+                fired, waited = True, 0
+            else:
+                waited += 1
+        _, _, terminated, truncated, _ = env.step(action)
+        if ale.getRAM()[101] != 0:
+            assert fired or ram[101] != 0, "a ball came without FIRE"
+            fired = False
+        if terminated or truncated:
+            break
+    env.close()
+    return waits
+
+
+def test_the_scripted_player_waits_before_serving_when_told_to() -> None:
+    assert set(_serve_waits(0)) == {0}  # serves at once
+    waits = _serve_waits(12)
+    assert len(waits) >= 3 and max(waits) <= 12 and len(set(waits)) >= 2, waits
+    with pytest.raises(ValueError, match="max_serve_wait must be >= 0"):
+        BreakoutBallFollower(max_serve_wait=-1)
+
+
 def test_object_counts_on_real_frames_and_on_blank_ones(real_play) -> None:
     frames, ram, _ = real_play
     probe = probes_for("Breakout")[0]

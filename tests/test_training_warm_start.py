@@ -242,3 +242,7 @@ def test_scripted_episodes_are_collected_and_score(tmp_path: Path) -> None:
     assert float(np.abs(rewards).sum()) >= 4  # random play scores ~1.7 in a whole game
     with pytest.raises(ValueError, match="has none"):
         Collector("Pong", 0, 1.0, 0.0, 4, True, scripted_share=0.5)
+    waits = dataclasses.replace(config.collect, scripted_share=1.0, scripted_serve_wait=7)
+    patient = Collector.from_config(dataclasses.replace(config, collect=waits), seed=0)
+    assert patient.player.max_serve_wait == 7  # type: ignore[union-attr]
+    patient.close()

@@ -71,6 +71,7 @@ TUNABLE = (
     "world_model.end_weight",
     "world_model.dreamed_heads_weight",
     "collect.scripted_share",
+    "collect.scripted_serve_wait",
     "tokenizer.lr",
     "world_model.lr",
     "actor_critic.lr",

@@ -39,6 +39,9 @@ class Collector:
             emulator's RAM, :data:`rem_env.probes.SCRIPTED_PLAYERS`) instead of the
             actor-critic; 0 is REM. Its episodes show what a weak early policy never reaches
             (bricks breaking, a ball kept in play), for the tokenizer and the world model.
+        scripted_serve_wait: The scripted player waits a uniform 0 to this many steps before
+            each serve (moving at random without FIRE), so the replay shows that only FIRE
+            serves; 0: it serves at once.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class Collector:
         burn_in_actions: bool,
         max_raw_frames: int | None = None,
         scripted_share: float = 0.0,
+        scripted_serve_wait: int = 0,
     ) -> None:
         self.env: gym.Env[np.ndarray, int] = make_atari_env(
             game, train=True, seed=seed, max_raw_frames=max_raw_frames
@@ -62,7 +66,9 @@ class Collector:
                     f"collect.scripted_share needs a scripted player, and {game} has none (there "
                     f"is one for {', '.join(sorted(SCRIPTED_PLAYERS))})"
                 )
-            self.player = SCRIPTED_PLAYERS[game](epsilon=0.1, seed=seed)
+            self.player = SCRIPTED_PLAYERS[game](
+                epsilon=0.1, seed=seed, max_serve_wait=scripted_serve_wait
+            )
         self.scripted_share = scripted_share
         self.scripted = False  # whether the ongoing episode is the scripted player's
         self.rng = np.random.default_rng([seed, 1])
@@ -85,6 +91,7 @@ class Collector:
             burn_in_actions=config.actor_critic.burn_in_actions,
             max_raw_frames=config.common.max_raw_frames,
             scripted_share=config.collect.scripted_share,
+            scripted_serve_wait=config.collect.scripted_serve_wait,
         )
 
     @torch.no_grad()

@@ -85,6 +85,11 @@ class CollectConfig:
         "share of episodes played by the game's scripted player (reads the RAM; Breakout) "
         "instead of the actor-critic; 0 is REM",
     )
+    scripted_serve_wait: int = doc(
+        0,
+        "the scripted player waits a uniform 0 to N steps before each serve, moving at random "
+        "without FIRE, so the replay shows that only FIRE serves (Breakout; 0: serves at once)",
+    )
 
 
 @dataclass(frozen=True)
@@ -356,6 +361,7 @@ def _check_positive(config: TrainConfig) -> None:
                 "foreground_weight",
                 "restart_dead_codes_every",
                 "scripted_share",
+                "scripted_serve_wait",
                 "object_segments",
                 "moving_weight",
                 "dreamed_heads_weight",
