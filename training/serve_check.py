@@ -1,0 +1,183 @@
+"""Does a Breakout dream serve only after FIRE, as the game does?
+
+In Breakout no ball is in play at the start of a game and after every lost life until the player
+presses FIRE. A world model that dreams a ball whatever the agent does teaches its actor-critic
+that FIRE does not matter, and that agent may stop serving on the real game (its games then run
+to the frame limit). ``python -m rem_train.serve_check MODEL`` measures it: real serve states
+(the start of a game and the first frames after a lost life, then NOOPs until the context is
+full; no ball in play), and from each the same dreamed steps twice, NOOP only and FIRE first;
+it reports the share of dreams in which the ball probe finds a ball, beside the real game's
+answer for the same actions (0 and 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+import torch
+
+from rem_env.atari import make_atari_env
+from rem_env.hub import load_pretrained
+from rem_env.model import REMModel
+from rem_env.probes import BreakoutBallFollower, BreakoutBallProbe
+
+__all__ = ["ServeContexts", "dreamed_serves", "main", "serve_contexts"]
+
+NOOP, FIRE = 0, 1
+BALL_Y = 101
+"""RAM byte of the ball's row; 0 while no ball is in play."""
+
+
+class ServeContexts(NamedTuple):
+    """Real serve states: the frames before each and what the real game did next.
+
+    Attributes:
+        frames: (N, C, 64, 64, 3) uint8, the last C frames, no ball in play in any.
+        actions: (N, C-1) int64, the actions between them (NOOPs).
+        real_noop: (N,) bool, a ball came within the horizon with NOOP only.
+        real_fire: (N,) bool, a ball came within the horizon with FIRE first.
+    """
+
+    frames: np.ndarray
+    actions: np.ndarray
+    real_noop: np.ndarray
+    real_fire: np.ndarray
+
+
+def serve_contexts(num: int, context: int, horizon: int, seed: int = 0) -> ServeContexts:
+    """Plays real Breakout (training preprocessing) and keeps ``num`` serve states.
+
+    Each game's start is one; then a scripted player (30% random actions) plays until it loses
+    a life, and the next life's start is another.
+    """
+    env = make_atari_env("Breakout", train=True, seed=seed)
+    ale = env.unwrapped.ale
+    player = BreakoutBallFollower(epsilon=0.3, seed=seed)
+    kept: list[tuple[np.ndarray, np.ndarray, bool, bool]] = []
+    try:
+        while len(kept) < num:
+            obs, _ = env.reset()
+            frames = [obs]
+            for _ in range(context - 1):
+                obs, *_ = env.step(NOOP)
+                frames.append(obs)
+            if ale.getRAM()[BALL_Y] == 0:
+                state = ale.cloneState()
+                came = []
+                for first in (NOOP, FIRE):
+                    ale.restoreState(state)
+                    seen = False
+                    for h in range(horizon):
+                        env.step(first if h == 0 else NOOP)
+                        seen |= bool(ale.getRAM()[BALL_Y] > 0)
+                    came.append(seen)
+                ale.restoreState(state)
+                kept.append((np.stack(frames), np.zeros(context - 1, np.int64), *came))
+            for _ in range(5000):  # play on until this life is lost
+                action = int(player.act(ale.getRAM()[None])[0])
+                _, _, terminated, truncated, _ = env.step(action)
+                if terminated or truncated:
+                    break
+    finally:
+        env.close()
+    return ServeContexts(
+        np.stack([k[0] for k in kept]),
+        np.stack([k[1] for k in kept]),
+        np.array([k[2] for k in kept]),
+        np.array([k[3] for k in kept]),
+    )
+
+
+@torch.inference_mode()
+def dreamed_serves(
+    model: REMModel,
+    contexts: ServeContexts,
+    first_action: int,
+    horizon: int,
+    samples: int = 8,
+    seed: int = 0,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """(N,) share of ``samples`` dreams from each context in which a ball shows up.
+
+    Every dream takes ``first_action`` and then NOOPs for ``horizon`` steps in all; a dream
+    stops counting at its first dreamed episode end.
+    """
+    model.eval()
+    device = model.start_tokens.device
+    n, context = contexts.frames.shape[:2]
+    size = model.config.tokenizer.image_size
+    frames = contexts.frames.reshape(n * context, *contexts.frames.shape[2:])
+    if frames.shape[1] != size:  # a model of smaller frames (tests): the same area resize
+        frames = np.stack(
+            [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames]
+        )
+    pixels = torch.as_tensor(frames, device=device).permute(0, 3, 1, 2).float() / 255
+    tokens = model.encode(pixels).view(n, context, -1).repeat_interleave(samples, 0)
+    actions = torch.as_tensor(contexts.actions, device=device).repeat_interleave(samples, 0)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    state = model.start_state(tokens, actions)
+    probe = BreakoutBallProbe()
+    seen = np.zeros(n * samples, dtype=bool)
+    ended = np.zeros(n * samples, dtype=bool)
+    for h in range(horizon):
+        step_actions = torch.full((n * samples,), first_action if h == 0 else NOOP, device=device)
+        step, state = model.imagine_step(state, step_actions, temperature, generator=generator)
+        dreamed = model.decode(step.obs_tokens).clamp(0, 1).mul(255).round().byte()
+        seen |= probe.find(dreamed.permute(0, 2, 3, 1).cpu().numpy()).found & ~ended
+        ended |= step.ends.cpu().numpy()
+    return seen.reshape(n, samples).mean(axis=1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rem_train.serve_check",
+        description="Does a Breakout world model serve only after FIRE? From real serve states "
+        "(no ball in play), dream NOOPs only and FIRE first; print how often a ball shows up "
+        "in each, beside the real game.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="Breakout model folder or Hub repo id")
+    parser.add_argument("--contexts", type=int, default=16, help="real serve states")
+    parser.add_argument(
+        "--context-frames", type=int, default=20, help="real frames each dream starts from"
+    )
+    parser.add_argument("--horizon", type=int, default=12, help="dreamed steps")
+    parser.add_argument("--samples", type=int, default=8, help="dreams per serve state")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the serve table; returns 0."""
+    args = build_parser().parse_args(argv)
+    if min(args.contexts, args.context_frames, args.horizon, args.samples) < 1:
+        raise SystemExit("--contexts, --context-frames, --horizon and --samples must be positive")
+    model = load_pretrained(args.model)
+    if model.config.game != "Breakout":
+        raise SystemExit(f"serve_check is for Breakout models; {args.model} is {model.config.game}")
+    contexts = serve_contexts(args.contexts, args.context_frames, args.horizon, args.seed)
+    shares = {
+        name: dreamed_serves(
+            model, contexts, first, args.horizon, args.samples, args.seed, args.temperature
+        ).mean()
+        for name, first in (("NOOP only", NOOP), ("FIRE first", FIRE))
+    }
+    print(
+        f"{args.contexts} real serve states ({args.context_frames} frames, no ball in play), "
+        f"{args.samples} dreams of {args.horizon} steps each (temperature {args.temperature:g})"
+    )
+    print("| actions | ball shows up in the dream | in the real game |")
+    print("|---|---|---|")
+    print(f"| NOOP only | {shares['NOOP only']:.3f} | {contexts.real_noop.mean():.3f} |")
+    print(f"| FIRE first | {shares['FIRE first']:.3f} | {contexts.real_fire.mean():.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
