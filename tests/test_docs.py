@@ -132,9 +132,9 @@ def test_documented_tokenizer_pretraining_commands_parse() -> None:
             pytest.fail(f"{page}: `{prefix}{shlex.join(argv)}` does not parse")
 
 
-@pytest.mark.parametrize("module", ["score", "dream_to_real"])
+@pytest.mark.parametrize("module", ["score", "dream_to_real", "serve_check"])
 def test_documented_scoring_commands_parse(module: str) -> None:
-    """Every ``python -m rem_train.score`` / ``.dream_to_real`` command the docs show parses."""
+    """Every ``python -m rem_train.<module>`` command of these modules the docs show parses."""
     import importlib
 
     build_parser = importlib.import_module(f"rem_train.{module}").build_parser

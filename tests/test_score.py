@@ -14,7 +14,7 @@ from rem_env.actor_critic_files import save_actor_critic
 from rem_env.models.actor_critic import ActorCritic
 from rem_train.config import TrainConfig
 from rem_train.evaluate import evaluate
-from rem_train.score import main
+from rem_train.score import load_policy, main
 from rem_train.trainer import Trainer
 
 GAMES = ["--episodes", "2", "--num-envs", "2", "--max-raw-frames", "4000"]
@@ -33,6 +33,10 @@ def _expected(model: REMModel, actor_critic: ActorCritic, seed: int) -> tuple[li
             model.tokenizer, actor_critic, "Breakout", 2, 2, 0.5, seed=seed, max_raw_frames=4000
         )
     return result.scores, result.lengths
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _scrambled(module: torch.nn.Module) -> None:
@@ -65,6 +69,7 @@ def test_a_checkpoint_of_a_run_is_scored_with_that_checkpoints_weights(
         _scrambled(trainer.actor_critic)
         trainer._save(keep_numbered=True)
         expected = _expected(trainer.model.eval(), trainer.actor_critic.eval(), 0)
+        model_state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     finally:
         trainer.close()
     (checkpoint,) = (tmp_path / "run" / "checkpoints").glob("epoch_*.safetensors")
@@ -72,9 +77,12 @@ def test_a_checkpoint_of_a_run_is_scored_with_that_checkpoints_weights(
     later = Trainer(_config(), tmp_path / "run", resume=True)
     try:
         _scrambled(later.actor_critic)
+        _scrambled(later.model)
         later._save(keep_numbered=False)
     finally:
         later.close()
+    loaded = load_policy(str(checkpoint), need_actor_critic=False)
+    assert _equal(loaded.model.state_dict(), model_state) and loaded.epoch == 0
     assert main([str(checkpoint), *GAMES, "--out", str(tmp_path / "numbered")]) == 0
     report = json.loads((tmp_path / "numbered" / "score.json").read_text())
     assert (report["scores"], report["lengths"]) == expected and report["epoch"] == 0

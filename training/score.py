@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from rem_env.model import REMModel
 from rem_env.models.actor_critic import ActorCritic
 from rem_env.models.tokenizer import Tokenizer
 from rem_train.evaluate import RANDOM_SCORES, evaluate
@@ -34,19 +35,23 @@ __all__ = ["ScoredPolicy", "load_policy", "main"]
 
 @dataclass
 class ScoredPolicy:
-    """What is scored: a tokenizer and an actor-critic of one game, and where they came from.
+    """A model (tokenizer and world model) and its actor-critic, and where they came from.
 
     Attributes:
-        tokenizer: Encodes the real frames.
-        actor_critic: Acts on the codes.
+        model: The tokenizer and world model (eval mode).
+        actor_critic: Acts on the tokenizer's codes (eval mode; None if the source has none).
         game: The Atari 100K game they were trained on.
         epoch: The run epoch of a checkpoint (None for a model folder).
     """
 
-    tokenizer: Tokenizer
-    actor_critic: ActorCritic
+    model: REMModel
+    actor_critic: ActorCritic | None
     game: str
     epoch: int | None = None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.model.tokenizer
 
 
 def _run_dir(path: Path) -> Path | None:
@@ -58,13 +63,18 @@ def _run_dir(path: Path) -> Path | None:
     return None
 
 
-def load_policy(source: str, device: str = "cpu") -> ScoredPolicy:
-    """The tokenizer and actor-critic of a model folder, a run folder or a checkpoint file.
+def load_policy(source: str, device: str = "cpu", need_actor_critic: bool = True) -> ScoredPolicy:
+    """The model and actor-critic of a model folder, a run folder or a checkpoint file.
+
+    Args:
+        source: A model folder (or Hub repo id without ``need_actor_critic``), a rem-train run
+            folder (its last checkpoint) or a checkpoint file of a run.
+        device: Torch device.
+        need_actor_critic: Refuse a source without an actor-critic.
 
     Raises:
-        ValueError: If the source cannot be read or holds no actor-critic.
+        ValueError: If the source cannot be read, or holds no actor-critic where one is needed.
     """
-    from rem_env import REMModel
     from rem_train.config import TrainConfig
 
     path = Path(source).expanduser()
@@ -74,31 +84,41 @@ def load_policy(source: str, device: str = "cpu") -> ScoredPolicy:
         if not config_file.is_file():
             raise ValueError(f"{source}: no config.json in its run folder {run_dir}")
         config = TrainConfig.from_dict(json.loads(config_file.read_text()))
-        model = REMModel(config.model_config())
-        actor_critic = ActorCritic.from_config(model.config, config.actor_critic.hidden_size)
         try:
             warm = read_warm_start(path)
         except WarmStartError as err:
             raise ValueError(str(err)) from err
-        if "actor_critic" not in warm.states:
+        if need_actor_critic and "actor_critic" not in warm.states:
             raise ValueError(f"{source} holds no actor-critic")
-        model.tokenizer.load_state_dict(warm.states["tokenizer"])
-        actor_critic.load_state_dict(warm.states["actor_critic"])
+        world_model = warm.states["world_model"]
+        model = REMModel(config.model_config(), num_start_contexts=len(world_model["start_tokens"]))
+        top = model.state_dict().keys()  # the start contexts sit beside the two parts
+        state = {f"tokenizer.{key}": value for key, value in warm.states["tokenizer"].items()}
+        for key, value in world_model.items():
+            state[key if key in top else f"world_model.{key}"] = value
+        model.load_state_dict(state)
+        actor_critic = None
+        if "actor_critic" in warm.states:
+            actor_critic = ActorCritic.from_config(model.config, config.actor_critic.hidden_size)
+            actor_critic.load_state_dict(warm.states["actor_critic"])
+            actor_critic = actor_critic.to(device).eval()
         epoch = warm.lineage[-1].get("epoch")
-        return ScoredPolicy(model.tokenizer.to(device), actor_critic.to(device), config.game, epoch)
-    if not path.is_dir():
-        raise ValueError(f"{source} is neither a model folder, a run folder nor a checkpoint file")
-    from rem_env.actor_critic_files import load_actor_critic
+        return ScoredPolicy(model.to(device).eval(), actor_critic, config.game, epoch)
+    from rem_env.actor_critic_files import actor_critic_file, load_actor_critic
     from rem_env.hub import ModelLoadError, load_pretrained
 
+    if need_actor_critic and not path.is_dir():
+        raise ValueError(f"{source} is neither a model folder, a run folder nor a checkpoint file")
     try:
-        model = load_pretrained(str(path), on_protocol_mismatch="warn")
-        actor_critic = load_actor_critic(path, device)
+        model = load_pretrained(str(path) if path.is_dir() else source, map_location=device)
+        actor_critic = None
+        if need_actor_critic or actor_critic_file(path if path.is_dir() else None):
+            actor_critic = load_actor_critic(path, device)
     except (ModelLoadError, OSError, ValueError) as err:
         raise ValueError(f"{source}: {err}") from err
     if model.config.game is None:
-        raise ValueError(f"{source}: its config names no game to score it on")
-    return ScoredPolicy(model.tokenizer.to(device), actor_critic, model.config.game)
+        raise ValueError(f"{source}: its config names no game")
+    return ScoredPolicy(model.eval(), actor_critic, model.config.game)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = load_policy(args.source, args.device)
     except ValueError as err:
         raise SystemExit(f"python -m rem_train.score: {err}") from err
+    assert policy.actor_critic is not None  # need_actor_critic
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     with torch.inference_mode():

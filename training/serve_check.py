@@ -3,7 +3,8 @@
 In Breakout no ball is in play at the start of a game and after every lost life until the player
 presses FIRE. A world model that dreams a ball whatever the agent does teaches its actor-critic
 that FIRE does not matter, and that agent may stop serving on the real game (its games then run
-to the frame limit). ``python -m rem_train.serve_check MODEL`` measures it: real serve states
+to the frame limit). ``python -m rem_train.serve_check MODEL`` measures it (MODEL: a model
+folder, a Hub repo id, a run folder or one of its checkpoint files): real serve states
 (the start of a game and the first frames after a lost life, then NOOPs until the context is
 full; no ball in play), and from each the same dreamed steps twice, NOOP only and FIRE first;
 it reports the share of dreams in which the ball probe finds a ball, beside the real game's
@@ -22,9 +23,9 @@ import numpy as np
 import torch
 
 from rem_env.atari import make_atari_env
-from rem_env.hub import load_pretrained
 from rem_env.model import REMModel
 from rem_env.probes import BreakoutBallFollower, BreakoutBallProbe
+from rem_train.score import load_policy
 
 __all__ = ["ServeContexts", "dreamed_serves", "main", "serve_contexts"]
 
@@ -141,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(no ball in play), dream NOOPs only and FIRE first; print how often a ball shows up "
         "in each, beside the real game.",
     )
-    parser.add_argument("model", metavar="MODEL", help="Breakout model folder or Hub repo id")
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="Breakout model folder, Hub repo id, rem-train run folder or checkpoint file",
+    )
     parser.add_argument("--contexts", type=int, default=16, help="real serve states")
     parser.add_argument(
         "--context-frames", type=int, default=20, help="real frames each dream starts from"
@@ -158,9 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if min(args.contexts, args.context_frames, args.horizon, args.samples) < 1:
         raise SystemExit("--contexts, --context-frames, --horizon and --samples must be positive")
-    model = load_pretrained(args.model)
-    if model.config.game != "Breakout":
-        raise SystemExit(f"serve_check is for Breakout models; {args.model} is {model.config.game}")
+    try:
+        loaded = load_policy(args.model, need_actor_critic=False)
+    except ValueError as err:
+        raise SystemExit(f"python -m rem_train.serve_check: {err}") from err
+    if loaded.game != "Breakout":
+        raise SystemExit(f"serve_check is for Breakout models; {args.model} is {loaded.game}")
+    model = loaded.model
     contexts = serve_contexts(args.contexts, args.context_frames, args.horizon, args.seed)
     shares = {
         name: dreamed_serves(
