@@ -14,7 +14,7 @@ from rem_env.actor_critic_files import save_actor_critic
 from rem_env.models.actor_critic import ActorCritic
 from rem_train.config import TrainConfig
 from rem_train.evaluate import evaluate
-from rem_train.score import load_policy, main
+from rem_train.score import load_source, main
 from rem_train.trainer import Trainer
 
 GAMES = ["--episodes", "2", "--num-envs", "2", "--max-raw-frames", "4000"]
@@ -81,7 +81,7 @@ def test_a_checkpoint_of_a_run_is_scored_with_that_checkpoints_weights(
         later._save(keep_numbered=False)
     finally:
         later.close()
-    loaded = load_policy(str(checkpoint), need_actor_critic=False)
+    loaded = load_source(str(checkpoint), need_actor_critic=False)
     assert _equal(loaded.model.state_dict(), model_state) and loaded.epoch == 0
     assert main([str(checkpoint), *GAMES, "--out", str(tmp_path / "numbered")]) == 0
     report = json.loads((tmp_path / "numbered" / "score.json").read_text())

@@ -30,11 +30,11 @@ from rem_env.models.tokenizer import Tokenizer
 from rem_train.evaluate import RANDOM_SCORES, evaluate
 from rem_train.warm_start import WarmStartError, read_warm_start
 
-__all__ = ["ScoredPolicy", "load_policy", "main"]
+__all__ = ["LoadedSource", "load_source", "main"]
 
 
 @dataclass
-class ScoredPolicy:
+class LoadedSource:
     """A model (tokenizer and world model) and its actor-critic, and where they came from.
 
     Attributes:
@@ -63,7 +63,7 @@ def _run_dir(path: Path) -> Path | None:
     return None
 
 
-def load_policy(source: str, device: str = "cpu", need_actor_critic: bool = True) -> ScoredPolicy:
+def load_source(source: str, device: str = "cpu", need_actor_critic: bool = True) -> LoadedSource:
     """The model and actor-critic of a model folder, a run folder or a checkpoint file.
 
     Args:
@@ -103,7 +103,7 @@ def load_policy(source: str, device: str = "cpu", need_actor_critic: bool = True
             actor_critic.load_state_dict(warm.states["actor_critic"])
             actor_critic = actor_critic.to(device).eval()
         epoch = warm.lineage[-1].get("epoch")
-        return ScoredPolicy(model.to(device).eval(), actor_critic, config.game, epoch)
+        return LoadedSource(model.to(device).eval(), actor_critic, config.game, epoch)
     from rem_env.actor_critic_files import actor_critic_file, load_actor_critic
     from rem_env.hub import ModelLoadError, load_pretrained
 
@@ -118,7 +118,7 @@ def load_policy(source: str, device: str = "cpu", need_actor_critic: bool = True
         raise ValueError(f"{source}: {err}") from err
     if model.config.game is None:
         raise ValueError(f"{source}: its config names no game")
-    return ScoredPolicy(model.eval(), actor_critic, model.config.game)
+    return LoadedSource(model.eval(), actor_critic, model.config.game)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise SystemExit(f"--temperature must be a positive number, got {args.temperature}")
     try:
-        policy = load_policy(args.source, args.device)
+        policy = load_source(args.source, args.device)
     except ValueError as err:
         raise SystemExit(f"python -m rem_train.score: {err}") from err
     assert policy.actor_critic is not None  # need_actor_critic

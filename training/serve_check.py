@@ -25,7 +25,7 @@ import torch
 from rem_env.atari import make_atari_env
 from rem_env.model import REMModel
 from rem_env.probes import BreakoutBallFollower, BreakoutBallProbe
-from rem_train.score import load_policy
+from rem_train.score import load_source
 
 __all__ = ["ServeContexts", "dreamed_serves", "main", "serve_contexts"]
 
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.contexts, args.context_frames, args.horizon, args.samples) < 1:
         raise SystemExit("--contexts, --context-frames, --horizon and --samples must be positive")
     try:
-        loaded = load_policy(args.model, need_actor_critic=False)
+        loaded = load_source(args.model, need_actor_critic=False)
     except ValueError as err:
         raise SystemExit(f"python -m rem_train.serve_check: {err}") from err
     if loaded.game != "Breakout":
