@@ -6,9 +6,11 @@ that FIRE does not matter, and that agent may stop serving on the real game (its
 to the frame limit). ``python -m rem_train.serve_check MODEL`` measures it (MODEL: a model
 folder, a Hub repo id, a run folder or one of its checkpoint files): real serve states
 (the start of a game and the first frames after a lost life, then NOOPs until the context is
-full; no ball in play), and from each the same dreamed steps twice, NOOP only and FIRE first;
-it reports the share of dreams in which the ball probe finds a ball, beside the real game's
-answer for the same actions (0 and 1).
+full; no ball in play), and from each the same dreamed steps twice, NOOP only and FIRE first
+(then NOOPs); it reports the share of dreams in which the ball probe finds a ball and the share
+in which a life is lost, beside the real game's answers for the same actions (NOOP only: no
+ball and no lost life, ever; FIRE: a ball, and with a paddle that never moves the life is lost
+within 30 steps in most games).
 """
 
 from __future__ import annotations
@@ -41,13 +43,17 @@ class ServeContexts(NamedTuple):
         frames: (N, C, 64, 64, 3) uint8, the last C frames, no ball in play in any.
         actions: (N, C-1) int64, the actions between them (NOOPs).
         real_noop: (N,) bool, a ball came within the horizon with NOOP only.
-        real_fire: (N,) bool, a ball came within the horizon with FIRE first.
+        real_fire: (N,) bool, a ball came within the horizon with FIRE first (then NOOPs).
+        lost_noop: (N,) bool, the life was lost within the horizon with NOOP only.
+        lost_fire: (N,) bool, the life was lost within the horizon with FIRE first.
     """
 
     frames: np.ndarray
     actions: np.ndarray
     real_noop: np.ndarray
     real_fire: np.ndarray
+    lost_noop: np.ndarray
+    lost_fire: np.ndarray
 
 
 def serve_contexts(num: int, context: int, horizon: int, seed: int = 0) -> ServeContexts:
@@ -69,16 +75,20 @@ def serve_contexts(num: int, context: int, horizon: int, seed: int = 0) -> Serve
                 frames.append(obs)
             if ale.getRAM()[BALL_Y] == 0:
                 state = ale.cloneState()
-                came = []
+                came, lost = [], []
                 for first in (NOOP, FIRE):
                     ale.restoreState(state)
-                    seen = False
+                    seen = ended = False
                     for h in range(horizon):
-                        env.step(first if h == 0 else NOOP)
+                        _, _, terminated, truncated, _ = env.step(first if h == 0 else NOOP)
                         seen |= bool(ale.getRAM()[BALL_Y] > 0)
+                        if terminated or truncated:
+                            ended = True
+                            break
                     came.append(seen)
+                    lost.append(ended)
                 ale.restoreState(state)
-                kept.append((np.stack(frames), np.zeros(context - 1, np.int64), *came))
+                kept.append((np.stack(frames), np.zeros(context - 1, np.int64), *came, *lost))
             for _ in range(5000):  # play on until this life is lost
                 action = int(player.act(ale.getRAM()[None])[0])
                 _, _, terminated, truncated, _ = env.step(action)
@@ -89,8 +99,7 @@ def serve_contexts(num: int, context: int, horizon: int, seed: int = 0) -> Serve
     return ServeContexts(
         np.stack([k[0] for k in kept]),
         np.stack([k[1] for k in kept]),
-        np.array([k[2] for k in kept]),
-        np.array([k[3] for k in kept]),
+        *(np.array([k[i] for k in kept]) for i in range(2, 6)),
     )
 
 
@@ -103,11 +112,15 @@ def dreamed_serves(
     samples: int = 8,
     seed: int = 0,
     temperature: float = 1.0,
-) -> np.ndarray:
-    """(N,) share of ``samples`` dreams from each context in which a ball shows up.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shares of ``samples`` dreams from each context in which a ball shows up / a life ends.
 
     Every dream takes ``first_action`` and then NOOPs for ``horizon`` steps in all; a dream
-    stops counting at its first dreamed episode end.
+    stops looking for the ball at its first dreamed episode end.
+
+    Returns:
+        ``(ball, ended)``: (N,) shares of the dreams with a ball found by the probe, and with a
+        dreamed episode end.
     """
     model.eval()
     device = model.start_tokens.device
@@ -132,7 +145,7 @@ def dreamed_serves(
         dreamed = model.decode(step.obs_tokens).clamp(0, 1).mul(255).round().byte()
         seen |= probe.find(dreamed.permute(0, 2, 3, 1).cpu().numpy()).found & ~ended
         ended |= step.ends.cpu().numpy()
-    return seen.reshape(n, samples).mean(axis=1)
+    return seen.reshape(n, samples).mean(axis=1), ended.reshape(n, samples).mean(axis=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--context-frames", type=int, default=20, help="real frames each dream starts from"
     )
-    parser.add_argument("--horizon", type=int, default=12, help="dreamed steps")
+    parser.add_argument(
+        "--horizon",
+        type=int,
+        default=30,
+        help="dreamed steps (30: after FIRE and NOOPs the real game loses the life in most)",
+    )
     parser.add_argument("--samples", type=int, default=8, help="dreams per serve state")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -171,20 +189,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"serve_check is for Breakout models; {args.model} is {loaded.game}")
     model = loaded.model
     contexts = serve_contexts(args.contexts, args.context_frames, args.horizon, args.seed)
-    shares = {
-        name: dreamed_serves(
-            model, contexts, first, args.horizon, args.samples, args.seed, args.temperature
-        ).mean()
-        for name, first in (("NOOP only", NOOP), ("FIRE first", FIRE))
-    }
     print(
         f"{args.contexts} real serve states ({args.context_frames} frames, no ball in play), "
         f"{args.samples} dreams of {args.horizon} steps each (temperature {args.temperature:g})"
     )
-    print("| actions | ball shows up in the dream | in the real game |")
+    print("| actions | ball shows up: dream / real | a life is lost: dream / real |")
     print("|---|---|---|")
-    print(f"| NOOP only | {shares['NOOP only']:.3f} | {contexts.real_noop.mean():.3f} |")
-    print(f"| FIRE first | {shares['FIRE first']:.3f} | {contexts.real_fire.mean():.3f} |")
+    for name, first, real_ball, real_lost in (
+        ("NOOP only", NOOP, contexts.real_noop, contexts.lost_noop),
+        ("FIRE, then NOOP", FIRE, contexts.real_fire, contexts.lost_fire),
+    ):
+        ball, ended = dreamed_serves(
+            model, contexts, first, args.horizon, args.samples, args.seed, args.temperature
+        )
+        print(
+            f"| {name} | {ball.mean():.3f} / {real_ball.mean():.3f} | "
+            f"{ended.mean():.3f} / {real_lost.mean():.3f} |"
+        )
     return 0
 
 
