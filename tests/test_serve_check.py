@@ -42,6 +42,8 @@ def test_dreamed_serves_are_shares_and_reproducible(contexts) -> None:
         assert share.shape == (3,) and ((share >= 0) & (share <= 1)).all()
         assert np.array_equal(share, same)
         assert np.allclose(share * 4, np.round(share * 4))  # counts of 4 dreams
+    strict, _ = dreamed_serves(model, contexts, 1, horizon=3, samples=4, seed=7, threshold=256)
+    assert not strict.any()  # no pixel is that red
 
 
 def test_serve_check_is_for_breakout_models(tmp_path: Path) -> None:

@@ -112,11 +112,14 @@ def dreamed_serves(
     samples: int = 8,
     seed: int = 0,
     temperature: float = 1.0,
+    threshold: float = BreakoutBallProbe.threshold,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shares of ``samples`` dreams from each context in which a ball shows up / a life ends.
 
     Every dream takes ``first_action`` and then NOOPs for ``horizon`` steps in all; a dream
-    stops looking for the ball at its first dreamed episode end.
+    stops looking for the ball at its first dreamed episode end. ``threshold`` is the probe's
+    least redness of a ball (its default finds the faint red smudges of a dream too; the real
+    ball measures 61 or more in 64x64 frames).
 
     Returns:
         ``(ball, ended)``: (N,) shares of the dreams with a ball found by the probe, and with a
@@ -136,7 +139,7 @@ def dreamed_serves(
     actions = torch.as_tensor(contexts.actions, device=device).repeat_interleave(samples, 0)
     generator = torch.Generator(device=device).manual_seed(seed)
     state = model.start_state(tokens, actions)
-    probe = BreakoutBallProbe()
+    probe = BreakoutBallProbe(threshold=threshold)
     seen = np.zeros(n * samples, dtype=bool)
     ended = np.zeros(n * samples, dtype=bool)
     for h in range(horizon):
@@ -172,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--samples", type=int, default=8, help="dreams per serve state")
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=BreakoutBallProbe.threshold,
+        help="least redness (0-255) of a dreamed ball (61: as red as the real ball at least)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -191,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     contexts = serve_contexts(args.contexts, args.context_frames, args.horizon, args.seed)
     print(
         f"{args.contexts} real serve states ({args.context_frames} frames, no ball in play), "
-        f"{args.samples} dreams of {args.horizon} steps each (temperature {args.temperature:g})"
+        f"{args.samples} dreams of {args.horizon} steps each (temperature {args.temperature:g}, "
+        f"ball threshold {args.threshold:g})"
     )
     print("| actions | ball shows up: dream / real | a life is lost: dream / real |")
     print("|---|---|---|")
@@ -200,8 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("FIRE, then NOOP", FIRE, contexts.real_fire, contexts.lost_fire),
     ):
         ball, ended = dreamed_serves(
-            model, contexts, first, args.horizon, args.samples, args.seed, args.temperature
-        )
+            model, contexts, first, args.horizon, args.samples, args.seed, args.temperature,
+            args.threshold,
+        )  # fmt: skip
         print(
             f"| {name} | {ball.mean():.3f} / {real_ball.mean():.3f} | "
             f"{ended.mean():.3f} / {real_lost.mean():.3f} |"
