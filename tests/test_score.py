@@ -40,7 +40,7 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def _scrambled(module: torch.nn.Module) -> None:
-    """Weights a fresh module of the same seed would not have (an actor that prefers FIRE)."""
+    """Weights a fresh module of the same seed would not have."""
     with torch.no_grad():
         for p in module.parameters():
             p.add_(torch.randn_like(p))

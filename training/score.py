@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from rem_env.atari import FRAME_SKIP, TEST_SETTINGS
 from rem_env.model import REMModel
 from rem_env.models.actor_critic import ActorCritic
 from rem_env.models.tokenizer import Tokenizer
@@ -182,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, device {args.device}",
     }
-    capped = sum(n * 4 >= (args.max_raw_frames or 108_000) for n in result.lengths)
+    limit = args.max_raw_frames or TEST_SETTINGS.max_raw_frames
+    capped = sum(steps * FRAME_SKIP >= limit for steps in result.lengths)
     print(
         f"{policy.game}, {args.source}"
         + (f" (epoch {policy.epoch})" if policy.epoch is not None else "")

@@ -25,8 +25,10 @@ import numpy as np
 import torch
 
 from rem_env.atari import make_atari_env
+from rem_env.fidelity import to_pixels
 from rem_env.model import REMModel
 from rem_env.probes import BreakoutBallFollower, BreakoutBallProbe
+from rem_train.batches import frames_to_tensor
 from rem_train.score import load_source
 
 __all__ = ["ServeContexts", "dreamed_serves", "main", "serve_contexts"]
@@ -134,8 +136,8 @@ def dreamed_serves(
         frames = np.stack(
             [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames]
         )
-    pixels = torch.as_tensor(frames, device=device).permute(0, 3, 1, 2).float() / 255
-    tokens = model.encode(pixels).view(n, context, -1).repeat_interleave(samples, 0)
+    tokens = model.encode(frames_to_tensor(frames, device)).view(n, context, -1)  # (N, C, K)
+    tokens = tokens.repeat_interleave(samples, 0)  # (N * samples, C, K)
     actions = torch.as_tensor(contexts.actions, device=device).repeat_interleave(samples, 0)
     generator = torch.Generator(device=device).manual_seed(seed)
     state = model.start_state(tokens, actions)
@@ -145,8 +147,7 @@ def dreamed_serves(
     for h in range(horizon):
         step_actions = torch.full((n * samples,), first_action if h == 0 else NOOP, device=device)
         step, state = model.imagine_step(state, step_actions, temperature, generator=generator)
-        dreamed = model.decode(step.obs_tokens).clamp(0, 1).mul(255).round().byte()
-        seen |= probe.find(dreamed.permute(0, 2, 3, 1).cpu().numpy()).found & ~ended
+        seen |= probe.find(to_pixels(model.decode(step.obs_tokens))).found & ~ended
         ended |= step.ends.cpu().numpy()
     return seen.reshape(n, samples).mean(axis=1), ended.reshape(n, samples).mean(axis=1)
 
