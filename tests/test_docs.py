@@ -132,7 +132,7 @@ def test_documented_tokenizer_pretraining_commands_parse() -> None:
             pytest.fail(f"{page}: `{prefix}{shlex.join(argv)}` does not parse")
 
 
-@pytest.mark.parametrize("module", ["score", "dream_to_real", "serve_check"])
+@pytest.mark.parametrize("module", ["score", "dream_to_real", "serve_check", "object_check"])
 def test_documented_scoring_commands_parse(module: str) -> None:
     """Every ``python -m rem_train.<module>`` command of these modules the docs show parses."""
     import importlib

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,8 +16,10 @@ from rem_env import REMModel
 from rem_env.atari import make_atari_env
 from rem_env.models.world_model import WorldModelOutput
 from rem_env.probes import SCRIPTED_PLAYERS, BreakoutBallProbe, ProbeHits
+from rem_train.config import TrainConfig
 from rem_train.object_check import ObjectCheck, _steady, check_objects, main
 from rem_train.replay import ReplayBuffer
+from rem_train.trainer import Trainer
 
 BUNDLED = Path(rem_env.__file__).parent / "weights" / "Breakout"
 PROBES = (BreakoutBallProbe(),)
@@ -134,3 +138,39 @@ def test_steady_motion_is_the_same_step_as_the_frame_before() -> None:
     chosen = np.zeros((2, 5), dtype=bool)
     chosen[0, 2:4] = chosen[1, 4] = True
     assert _steady(hits, chosen).tolist() == [True, True, False]  # the chosen frames, in order
+
+
+def test_the_command_checks_one_checkpoint_of_a_run(
+    replay: ReplayBuffer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint file is checked with its own weights, not those of the run's last one."""
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        trainer._save(keep_numbered=True)
+        kept = copy.deepcopy(trainer.model).eval()
+    finally:
+        trainer.close()
+    (checkpoint,) = (tmp_path / "run" / "checkpoints").glob("epoch_*.safetensors")
+    later = Trainer(config, tmp_path / "run", resume=True)
+    try:
+        with torch.no_grad():
+            for p in later.model.world_model.parameters():
+                p.add_(torch.randn_like(p))
+        later._save(keep_numbered=False)
+        last = copy.deepcopy(later.model).eval()
+    finally:
+        later.close()
+
+    def printed(model: str) -> dict:
+        capsys.readouterr()
+        assert main([model, str(replay.root), "--segments", "8"]) == 0
+        return json.loads(capsys.readouterr().out)["ball"]
+
+    def expected(model: REMModel) -> dict:
+        check = check_objects(model, replay, PROBES, np.random.default_rng(0), segments=8)
+        return dataclasses.asdict(check["ball"])
+
+    assert printed(str(checkpoint)) == expected(kept)
+    assert printed(str(tmp_path / "run")) == expected(last)
+    assert expected(kept)["patch_nll"] != expected(last)["patch_nll"]

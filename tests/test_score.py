@@ -14,7 +14,8 @@ from rem_env.actor_critic_files import save_actor_critic
 from rem_env.models.actor_critic import ActorCritic
 from rem_train.config import TrainConfig
 from rem_train.evaluate import evaluate
-from rem_train.score import load_source, main
+from rem_train.score import main
+from rem_train.sources import load_source
 from rem_train.trainer import Trainer
 
 GAMES = ["--episodes", "2", "--num-envs", "2", "--max-raw-frames", "4000"]

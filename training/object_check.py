@@ -15,9 +15,10 @@ in place (within twice the distance), and how the prediction does on frames wher
 moved by the same step as in the frame before (*steady* motion: the two previous real frames
 give its position exactly, so a miss there is not the game being unpredictable).
 
-From the command line, for any exported model and a run's replay buffer::
+From the command line, for a model folder, a run folder or one checkpoint file of a run (see
+:func:`rem_train.sources.load_source`) and a run's replay buffer::
 
-    python -m rem_train.object_check MODEL_FOLDER RUN_FOLDER/replay --segments 64
+    python -m rem_train.object_check MODEL RUN_FOLDER/replay --segments 64
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from rem_env.fidelity import to_pixels
 from rem_env.probes import NEAR_PIXELS, ObjectProbe, ProbeHits, probes_for
 from rem_train.batches import frames_to_tensor
 from rem_train.replay import ReplayBuffer
+from rem_train.sources import load_source
 
 __all__ = ["ObjectCheck", "check_objects", "main"]
 
@@ -197,21 +199,31 @@ def _check(counts: np.ndarray, nll: float) -> ObjectCheck:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rem_train.object_check MODEL REPLAY``: prints the check as JSON."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rem_train.object_check",
         description="The world model's next frame on real replay segments, checked object by "
         "object (teacher-forced, most likely tokens), beside the tokenizer's reconstruction.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("model", help="model folder (or Hub repo id)")
+    parser.add_argument(
+        "model", help="model folder (or Hub repo id), rem-train run folder or checkpoint file"
+    )
     parser.add_argument("replay", help="a run's replay folder (RUN_FOLDER/replay)")
     parser.add_argument("--segments", type=int, default=64, help="replay segments drawn")
     parser.add_argument("--length", type=int, default=10, help="frames per segment")
     parser.add_argument("--seed", type=int, default=0, help="seed of the segments drawn")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rem_train.object_check MODEL REPLAY``: prints the check as JSON."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    model = REMModel.from_pretrained(args.model)
+    try:
+        model = load_source(args.model, need_actor_critic=False).model
+    except ValueError as err:
+        parser.error(str(err))
     probes = probes_for(model.config.game or "")
     if not probes:
         parser.error(f"no object probes for game {model.config.game!r}")

@@ -29,7 +29,7 @@ from rem_env.fidelity import to_pixels
 from rem_env.model import REMModel
 from rem_env.probes import BreakoutBallFollower, BreakoutBallProbe
 from rem_train.batches import frames_to_tensor
-from rem_train.score import load_source
+from rem_train.sources import load_source
 
 __all__ = ["ServeContexts", "dreamed_serves", "main", "serve_contexts"]
 

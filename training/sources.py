@@ -1,0 +1,110 @@
+"""Models and actor-critics from model folders, run folders and checkpoint files.
+
+The tools that check a model (``python -m rem_train.score``, ``serve_check``, ``object_check``)
+read what ``rem-train --init-from`` reads: an exported model folder (or Hub repo id), a run
+folder (its last checkpoint) or one checkpoint file of a run
+(``RUN/checkpoints/epoch_0040.safetensors``), so any epoch a run kept can be checked without
+exporting it. A checkpoint is rebuilt into a whole :class:`~rem_env.REMModel` (tokenizer, world
+model and start contexts) with the run's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rem_env.model import REMModel
+from rem_env.models.actor_critic import ActorCritic
+from rem_env.models.tokenizer import Tokenizer
+from rem_train.warm_start import WarmStartError, read_warm_start
+
+__all__ = ["LoadedSource", "load_source"]
+
+
+@dataclass
+class LoadedSource:
+    """A model (tokenizer and world model) and its actor-critic, and where they came from.
+
+    Attributes:
+        model: The tokenizer and world model (eval mode).
+        actor_critic: Acts on the tokenizer's codes (eval mode; None if the source has none).
+        game: The Atari 100K game they were trained on.
+        epoch: The run epoch of a checkpoint (None for a model folder).
+    """
+
+    model: REMModel
+    actor_critic: ActorCritic | None
+    game: str
+    epoch: int | None = None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.model.tokenizer
+
+
+def _run_dir(path: Path) -> Path | None:
+    """The run folder of a run folder or of one of its checkpoint files; None otherwise."""
+    if path.is_dir():
+        return path if (path / "checkpoints" / "last.safetensors").is_file() else None
+    if path.is_file() and path.parent.name == "checkpoints":
+        return path.parent.parent
+    return None
+
+
+def load_source(source: str, device: str = "cpu", need_actor_critic: bool = True) -> LoadedSource:
+    """The model and actor-critic of a model folder, a run folder or a checkpoint file.
+
+    Args:
+        source: A model folder (or Hub repo id without ``need_actor_critic``), a rem-train run
+            folder (its last checkpoint) or a checkpoint file of a run.
+        device: Torch device.
+        need_actor_critic: Refuse a source without an actor-critic.
+
+    Raises:
+        ValueError: If the source cannot be read, or holds no actor-critic where one is needed.
+    """
+    from rem_train.config import TrainConfig
+
+    path = Path(source).expanduser()
+    run_dir = _run_dir(path)
+    if run_dir is not None:
+        config_file = run_dir / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"{source}: no config.json in its run folder {run_dir}")
+        config = TrainConfig.from_dict(json.loads(config_file.read_text()))
+        try:
+            warm = read_warm_start(path)
+        except WarmStartError as err:
+            raise ValueError(str(err)) from err
+        if need_actor_critic and "actor_critic" not in warm.states:
+            raise ValueError(f"{source} holds no actor-critic")
+        world_model = warm.states["world_model"]
+        model = REMModel(config.model_config(), num_start_contexts=len(world_model["start_tokens"]))
+        top = model.state_dict().keys()  # the start contexts sit beside the two parts
+        state = {f"tokenizer.{key}": value for key, value in warm.states["tokenizer"].items()}
+        for key, value in world_model.items():
+            state[key if key in top else f"world_model.{key}"] = value
+        model.load_state_dict(state)
+        actor_critic = None
+        if "actor_critic" in warm.states:
+            actor_critic = ActorCritic.from_config(model.config, config.actor_critic.hidden_size)
+            actor_critic.load_state_dict(warm.states["actor_critic"])
+            actor_critic = actor_critic.to(device).eval()
+        epoch = warm.lineage[-1].get("epoch")
+        return LoadedSource(model.to(device).eval(), actor_critic, config.game, epoch)
+    from rem_env.actor_critic_files import actor_critic_file, load_actor_critic
+    from rem_env.hub import ModelLoadError, load_pretrained
+
+    if need_actor_critic and not path.is_dir():
+        raise ValueError(f"{source} is neither a model folder, a run folder nor a checkpoint file")
+    try:
+        model = load_pretrained(str(path) if path.is_dir() else source, map_location=device)
+        actor_critic = None
+        if need_actor_critic or actor_critic_file(path if path.is_dir() else None):
+            actor_critic = load_actor_critic(path, device)
+    except (ModelLoadError, OSError, ValueError) as err:
+        raise ValueError(f"{source}: {err}") from err
+    if model.config.game is None:
+        raise ValueError(f"{source}: its config names no game")
+    return LoadedSource(model.eval(), actor_critic, model.config.game)
