@@ -221,19 +221,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        model = load_source(args.model, need_actor_critic=False).model
+        loaded = load_source(args.model, need_actor_critic=False)
     except ValueError as err:
         parser.error(str(err))
-    probes = probes_for(model.config.game or "")
+    probes = probes_for(loaded.game)
     if not probes:
-        parser.error(f"no object probes for game {model.config.game!r}")
+        parser.error(f"no object probes for game {loaded.game!r}")
     try:
         replay = ReplayBuffer(args.replay, read_only=True)
     except (OSError, ValueError) as err:
         parser.error(f"cannot read the replay buffer {args.replay}: {err}")
     with replay:
         checks = check_objects(
-            model, replay, probes, np.random.default_rng(args.seed), args.segments, args.length
+            loaded.model,
+            replay,
+            probes,
+            np.random.default_rng(args.seed),
+            args.segments,
+            args.length,
         )
     print(json.dumps({name: dataclasses.asdict(c) for name, c in checks.items()}, indent=2))
     return 0
