@@ -38,14 +38,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rem_env import REMModel
+from rem_env.actor_critic_files import save_actor_critic
 from rem_env.fidelity import ObjectCounts, to_pixels
+from rem_env.models.actor_critic import ActorCritic
+from rem_env.models.tokenizer import Tokenizer
 from rem_env.probes import SCRIPTED_PLAYERS, probes_for
 from rem_train.batches import frames_to_tensor
 from rem_train.cli import parse_bool
 from rem_train.codebook import DeadCodeRestarter
 from rem_train.config import TrainConfig
 from rem_train.losses import foreground_weights, motion_weights, tokenizer_loss
-from rem_train.warm_start import lineage_of
+from rem_train.sources import load_source
+from rem_train.warm_start import LINEAGE_FILE, lineage_of
 
 __all__ = [
     "FrameSet",
@@ -93,6 +97,11 @@ class PretrainConfig:
     """Dead codes move onto the worst-quantised latents (see DeadCodeRestarter)."""
     eval_every: int = 500
     seed: int = 0
+    decoder_only: bool = False
+    """Train only the decoder side (the post-quantisation convolution and the decoder). The
+    encoder and the codebook stay as they are, so every frame keeps its tokens and the world
+    model, start contexts and actor-critic of ``init_from`` stay valid: the export ships them.
+    Needs ``init_from``; no dead-code restarts."""
 
 
 class FrameSet:
@@ -188,6 +197,7 @@ def pretrain(
     The export's ``training.json`` records the run (its command, frames, steps) after the
     lineage of ``init_from``, so that ``rem-train --init-from`` keeps the whole chain.
     """
+    _check(config, init_from)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
@@ -206,9 +216,12 @@ def pretrain(
     held = FrameSet(data.frames[order[: config.held_out]], data.ram[order[: config.held_out]])
     train_index = order[config.held_out :]  # indices into the frame set, in play order
 
+    actor_critic = None
     if init_from is not None:
-        model = REMModel.from_pretrained(init_from)
-        source = init_from
+        loaded = load_source(init_from, need_actor_critic=False)
+        model, source = loaded.model, init_from
+        if config.decoder_only:
+            actor_critic = loaded.actor_critic
     else:
         model = REMModel(TrainConfig.from_preset("cpu", config.game).model_config())
         source = None
@@ -216,7 +229,9 @@ def pretrain(
         model = _with_vocab(model, config.vocab_size)
     tokenizer = model.tokenizer
     optimizer = torch.optim.AdamW(
-        tokenizer.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        _trained_parameters(tokenizer, config.decoder_only),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
     )
     step = 0
     if (out / "state.json").is_file():
@@ -227,12 +242,14 @@ def pretrain(
         rng = np.random.default_rng([config.seed, step])
         print(f"resuming at step {step}")
     background = frames_to_tensor(data.frames[rng.choice(train_index, 1024)]).median(0).values
-    restarter = DeadCodeRestarter(
-        tokenizer.codebook.shape[0],
-        config.restart_dead_codes_every,
-        "cpu",
-        by_error=config.restart_by_error,
-    )
+    restarter = None  # decoder_only: the codebook stays as it is
+    if not config.decoder_only:
+        restarter = DeadCodeRestarter(
+            tokenizer.codebook.shape[0],
+            config.restart_dead_codes_every,
+            "cpu",
+            by_error=config.restart_by_error,
+        )
 
     generator = torch.Generator().manual_seed(config.seed + step)
     log = (out / "progress.jsonl").open("a")
@@ -257,12 +274,14 @@ def pretrain(
             losses.append(metrics)
             latents.append(output.z.detach())
             codes.append(output.codes.detach())
-            restarter.observe(output.tokens)
+            if restarter is not None:
+                restarter.observe(output.tokens)
         torch.nn.utils.clip_grad_norm_(tokenizer.parameters(), config.grad_clip)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup_steps)
         optimizer.step()
-        restarter.step(tokenizer, torch.cat(latents), generator, codes=torch.cat(codes))
+        if restarter is not None:
+            restarter.step(tokenizer, torch.cat(latents), generator, codes=torch.cat(codes))
         step += 1
         if step % config.eval_every == 0 or step == config.steps:
             spent += time.perf_counter() - started
@@ -272,10 +291,32 @@ def pretrain(
             save_file(tokenizer.state_dict(), out / "tokenizer.safetensors")
             torch.save(optimizer.state_dict(), out / "optimizer.pt")
             (out / "state.json").write_text(json.dumps({"step": step}) + "\n")
-            _export(model, out, config, source, step, command)  # usable while it runs
+            _export(model, out, config, source, step, command, actor_critic)  # usable meanwhile
             started = time.perf_counter()
     log.close()
-    return _export(model, out, config, source, step, command)
+    return _export(model, out, config, source, step, command, actor_critic)
+
+
+def _check(config: PretrainConfig, init_from: str | None) -> None:
+    """Raises ValueError for settings that cannot go together."""
+    if config.decoder_only and init_from is None:
+        raise ValueError(
+            "decoder_only trains a decoder for a trained encoder and codebook: give init_from "
+            "(a model folder, Hub repo id, run folder or checkpoint file)"
+        )
+    if config.decoder_only and config.vocab_size:
+        raise ValueError("decoder_only keeps the codebook: leave vocab_size at 0")
+
+
+def _trained_parameters(tokenizer: Tokenizer, decoder_only: bool) -> list[torch.nn.Parameter]:
+    """The parameters the run trains; with ``decoder_only`` the others are frozen."""
+    if not decoder_only:
+        return list(tokenizer.parameters())
+    decoder_side = [*tokenizer.post_quant_conv.parameters(), *tokenizer.decoder.parameters()]
+    kept = {id(p) for p in decoder_side}
+    for parameter in tokenizer.parameters():
+        parameter.requires_grad_(id(parameter) in kept)
+    return decoder_side
 
 
 def _export(
@@ -285,9 +326,12 @@ def _export(
     source: str | None,
     step: int,
     command: str,
+    actor_critic: ActorCritic | None = None,
 ) -> Path:
     folder = out / "export"
     model.save_pretrained(folder)
+    if actor_critic is not None:  # decoder_only: the codes it reads are unchanged
+        save_actor_critic(actor_critic, folder)
     record = {"config": asdict(config), "init_from": source, "steps": step}
     (folder / "tokenizer_pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
     runs = _runs_of(out)
@@ -307,8 +351,31 @@ def _export(
     ]
     lineage = [*earlier, *steps]
     training = {"preset": "tokenizer pretraining", "lineage": lineage[:-1], **lineage[-1]}
+    if config.decoder_only and source is not None:
+        training.update(_kept_from(source))
     (folder / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     return folder
+
+
+def _kept_from(source: str) -> dict[str, Any]:
+    """What a decoder-only export's record says of the parts it kept from ``source``: where they
+    came from and the evaluation of the source's actor-critic, which the decoder cannot change
+    (the actor-critic acts on the codes of real frames)."""
+    record: dict[str, Any] = {
+        "init_from": {"source": source, "parts": ["tokenizer", "world_model", "actor_critic"]},
+        "note": (
+            f"Only the tokenizer's decoder side trained; its encoder and codebook, the world "
+            f"model, the start contexts and the actor-critic are those of `{source}`, unchanged "
+            "(every frame keeps its tokens)."
+        ),
+    }
+    path = Path(source) / LINEAGE_FILE
+    if path.is_file():
+        evaluation = json.loads(path.read_text()).get("evaluation")
+        if evaluation:
+            record["evaluation"] = evaluation
+            record["note"] += " The actor-critic's evaluation is the source's."
+    return record
 
 
 def _runs_of(out: Path) -> list[dict[str, Any]]:
@@ -358,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
     out, init_from = Path(os.path.expanduser(args.pop("out"))), args.pop("init_from")
     config = PretrainConfig(**args)
+    try:
+        _check(config, init_from)
+    except ValueError as err:
+        parser().error(str(err))
     command = shlex.join(["python", "-m", "rem_train.pretrain_tokenizer", *argv])
     print(pretrain(config, out, init_from, command))
     return 0
