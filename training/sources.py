@@ -31,6 +31,14 @@ class LoadedSource:
         actor_critic: Acts on the tokenizer's codes (eval mode; None if the source has none).
         game: The Atari 100K game they were trained on.
         epoch: The run epoch of a checkpoint (None for a model folder).
+
+    Example:
+        >>> from rem_env.hub import bundled_model_folder
+        >>> loaded = load_source(str(bundled_model_folder("Breakout")))
+        >>> loaded.game, loaded.epoch, loaded.actor_critic is not None
+        ('Breakout', None, True)
+        >>> loaded.tokenizer.config.vocab_size
+        512
     """
 
     model: REMModel
