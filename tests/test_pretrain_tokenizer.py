@@ -60,6 +60,10 @@ def test_decoder_only_keeps_every_token_the_world_model_and_the_actor_critic(
     evaluation = {"scores": [3.0, 5.0], "mean": 4.0, "std": 1.0}
     record = {"command": "rem-train --preset cpu", "preset": "cpu", "evaluation": evaluation}
     (tmp_path / "start" / "training.json").write_text(json.dumps(record))
+    manifest_file = tmp_path / "start" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["training"] = {"env_steps": 1234, "epochs": 5}
+    manifest_file.write_text(json.dumps(manifest))
     config = PretrainConfig(
         frames=80, held_out=40, steps=2, batch_size=4, micro_batch=2, eval_every=1,
         warmup_steps=1, lr=1e-2, decoder_only=True,
@@ -82,6 +86,8 @@ def test_decoder_only_keeps_every_token_the_world_model_and_the_actor_critic(
     assert training["evaluation"] == evaluation
     assert training["init_from"]["source"] == str(tmp_path / "start")
     assert [step["command"] for step in training["lineage"]] == ["rem-train --preset cpu"]
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["training"] == {"env_steps": 1234, "epochs": 5}  # the source's, as noted
 
 
 def test_decoder_only_without_a_model_to_start_from_is_a_clear_error(

@@ -366,7 +366,8 @@ def _kept_from(source: str) -> dict[str, Any]:
         "note": (
             f"Only the tokenizer's decoder side trained; its encoder and codebook, the world "
             f"model, the start contexts and the actor-critic are those of `{source}`, unchanged "
-            "(every frame keeps its tokens)."
+            "(every frame keeps its tokens); so are the real env steps and epochs of its "
+            "manifest."
         ),
     }
     path = Path(source) / LINEAGE_FILE
