@@ -22,11 +22,13 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 __all__ = [
+    "BLIND_BASELINES",
     "NEAR_PIXELS",
     "PROBES",
     "SCRIPTED_PLAYERS",
     "BreakoutBallFollower",
     "BreakoutBallProbe",
+    "BreakoutWallParker",
     "ObjectProbe",
     "ProbeHits",
     "RealObjects",
@@ -254,3 +256,47 @@ class BreakoutBallFollower:
 
 
 SCRIPTED_PLAYERS["Breakout"] = BreakoutBallFollower
+
+
+class BreakoutWallParker:
+    """Breakout without looking at the screen: RIGHT, and FIRE with probability ``fire``.
+
+    REM's test protocol starts every game alike (a no-op start of at most one frame, no sticky
+    actions), so the serve flies the same path every time, and a paddle parked at the right wall
+    returns it a few times: on real Breakout this policy scores about 7-8, four to five times a
+    random policy, without following the ball. ``python -m rem_train.dream_to_real`` plays it on
+    the same real games as the dream-trained agent, as the floor that an agent which learned the
+    ball must clear.
+
+    Args:
+        fire: Probability of FIRE at each step (RIGHT otherwise).
+        seed: Seed of those choices.
+
+    Example:
+        >>> parker = BreakoutWallParker(fire=0.5, seed=0)
+        >>> frames = np.zeros((64, 64, 64, 3), dtype=np.uint8)
+        >>> sorted(set(parker.act(frames).tolist()))  # FIRE and RIGHT only
+        [1, 2]
+    """
+
+    obs_type = "rgb"
+    num_actions = 4
+
+    def __init__(self, fire: float = 0.1, seed: int | None = None) -> None:
+        if not 0.0 < fire < 1.0:
+            raise ValueError(f"fire must lie in (0, 1), got {fire}")
+        self.fire = fire
+        self.rng = np.random.default_rng(seed)
+        self.description = f"RIGHT, FIRE with probability {fire:g} (never looks at the screen)"
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """(N,) int64 actions; the N observations are not looked at."""
+        return np.where(self.rng.random(len(obs)) < self.fire, 1, 2).astype(np.int64)
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        """It remembers nothing."""
+
+
+BLIND_BASELINES: dict[str, type] = {"Breakout": BreakoutWallParker}
+"""Games with a policy that scores without looking at the screen (played beside dream-trained
+agents: a score it reaches says nothing of what an agent learned)."""

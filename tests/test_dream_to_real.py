@@ -13,7 +13,7 @@ from stable_baselines3.common.vec_env.stacked_observations import StackedObserva
 
 from rem_env import REMConfig, REMModel
 from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
-from rem_train.dream_to_real import StackedSB3Policy, dream_episodes, main, table
+from rem_train.dream_to_real import StackedSB3Policy, dream_episodes, main, seeds_table, table
 
 
 class _Recorder:
@@ -69,7 +69,10 @@ def test_a_tiny_dream_to_real_run(tmp_path, capsys, monkeypatch):
     assert report["dream_temperature"] == 0.5 and made[0]["temperature"] == 0.5
     assert (out / "ppo_dream.zip").is_file()
     assert report["dream_episodes"]["max_steps"] == 2000
-    assert "PPO trained only in the dream" in capsys.readouterr().out
+    # Breakout's screen-blind policy played the same real games
+    assert report["blind"]["episodes"] == 2 and "never looks" in report["blind"]["policy"]
+    printed = capsys.readouterr().out
+    assert "PPO trained only in the dream" in printed and "RIGHT, FIRE with probability" in printed
 
 
 def _scores(mean: float) -> dict[str, object]:
@@ -103,3 +106,21 @@ def test_the_report_says_how_the_dream_episodes_went_beside_the_real_ones():
 def test_a_negative_dream_temperature_is_refused_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match="--temperature must be a finite number >= 0"):
         main(["--steps", "64", "--temperature", "-1", "--out", str(tmp_path / "out")])
+
+
+def test_the_seeds_table_shows_the_screen_blind_policy_when_every_run_played_it():
+    policy = "RIGHT, FIRE with probability 0.1 (never looks at the screen)"
+    blind = {**_scores(7.5), "policy": policy}
+    runs = [
+        {"seed": 0, "agent": _scores(6.0), "random": _scores(2.0), "agent_over_random": 3.0,
+         "blind": blind},
+        {"seed": 1, "agent": _scores(4.0), "random": _scores(1.0), "agent_over_random": 4.0,
+         "blind": {**blind, "mean": 8.5}},
+    ]  # fmt: skip
+    text = seeds_table(runs)
+    assert "| never looks at the screen |" in text.splitlines()[0]
+    assert text.splitlines()[1] == "|---|---|---|---|---|"
+    assert "| mean of 2 seeds | 5.00 | 1.50 | 3.33x | 8.00 |" in text
+    assert "Never looks at the screen: RIGHT, FIRE with probability 0.1" in text
+    older = [{k: v for k, v in run.items() if k != "blind"} for run in runs[:1]] + runs[1:]
+    assert "never looks" not in seeds_table(older)  # a report written before it was played

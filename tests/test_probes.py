@@ -11,7 +11,13 @@ from rem_env import REMConfig, REMModel
 from rem_env.agents import RandomAgent
 from rem_env.atari import make_atari_env
 from rem_env.fidelity import ObjectCounts, measure_fidelity, record_real_trajectories
-from rem_env.probes import BreakoutBallFollower, BreakoutBallProbe, probes_for
+from rem_env.probes import (
+    BreakoutBallFollower,
+    BreakoutBallProbe,
+    BreakoutWallParker,
+    probes_for,
+)
+from rem_train.evaluate import evaluate_agent
 
 
 def _play(agent_epsilon: float, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -92,6 +98,26 @@ def test_the_scripted_player_scores_far_above_random() -> None:
         scripted,
         random,
     )
+
+
+def test_a_paddle_parked_at_the_right_wall_scores_without_looking() -> None:
+    """REM's test protocol starts every game alike: parking beats random by far (real games)."""
+    played = evaluate_agent(BreakoutWallParker(seed=0), "Breakout", 2, 2, seed=1000,
+                            max_raw_frames=20_000)  # fmt: skip
+    # measured: 9 and 9 (24 games of seeds 1000-1007: 7.96 on average, random 1.88)
+    assert min(played.scores) >= 4, played.scores
+    assert max(played.lengths) < 1_000, played.lengths  # it serves: whole games, not the cap
+    left = evaluate_agent(_Left(), "Breakout", 2, 2, seed=1000, max_raw_frames=20_000)
+    assert max(left.scores) < min(played.scores), (left.scores, played.scores)  # the wall matters
+    with pytest.raises(ValueError, match="fire must lie in"):
+        BreakoutWallParker(fire=0.0)
+
+
+class _Left(BreakoutWallParker):
+    """The same at the left wall."""
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return np.where(self.rng.random(len(obs)) < self.fire, 1, 3).astype(np.int64)
 
 
 def _serve_waits(max_serve_wait: int, steps: int = 600) -> list[int]:

@@ -30,6 +30,7 @@ import torch
 
 import rem_env  # noqa: F401  (registers REM-<Game>-v0)
 from rem_env.agents import RandomAgent
+from rem_env.probes import BLIND_BASELINES
 from rem_env.registration import ATARI_100K_GAMES, env_id
 from rem_train.evaluate import EvalResult, evaluate_agent
 
@@ -190,7 +191,10 @@ def table(report: dict[str, Any]) -> str:
     """A markdown table of the real-game scores of the dream-trained agent and of random."""
     rows = ["| policy (real game, test protocol) | mean | std | min | max | episodes |"]
     rows.append("|---|---|---|---|---|---|")
-    for name, key in (("PPO trained only in the dream", "agent"), ("uniformly random", "random")):
+    policies = [("PPO trained only in the dream", "agent"), ("uniformly random", "random")]
+    if "blind" in report:
+        policies.append((report["blind"]["policy"], "blind"))
+    for name, key in policies:
         s = report[key]
         rows.append(
             f"| {name} | {s['mean']:.2f} | {s['std']:.2f} | {s['min']:g} | {s['max']:g} | "
@@ -208,9 +212,11 @@ def table(report: dict[str, Any]) -> str:
         )
     ratio = report["agent_over_random"]
     rows.append("")
-    rows.append(
-        f"Dream-trained agent / random: {ratio:.2f}x" if ratio is not None else "random scored 0"
-    )
+    line = f"Dream-trained agent / random: {ratio:.2f}x" if ratio is not None else "random scored 0"
+    if "blind" in report and ratio is not None:
+        blind_ratio = report["blind"]["mean"] / report["random"]["mean"]
+        line += f" (the policy that never looks at the screen: {blind_ratio:.2f}x)"
+    rows.append(line)
     return "\n".join(rows)
 
 
@@ -226,25 +232,30 @@ def seeds_table(reports: Sequence[dict[str, Any]]) -> str:
     """A markdown table of several dream-to-real runs (one per PPO seed), with their mean.
 
     The last row averages the per-seed means; its ratio is the mean agent score over the mean
-    random score.
+    random score. Where every report also played the game's screen-blind policy
+    (:data:`rem_env.probes.BLIND_BASELINES`), a last column gives its scores.
     """
-    rows = [
-        "| PPO seed | PPO trained only in the dream | uniformly random | dream-trained / random |",
-        "|---|---|---|---|",
-    ]
+    blind = all("blind" in r for r in reports)  # reports written before it was played lack it
+    columns = ["PPO seed", "PPO trained only in the dream", "uniformly random"]
+    columns += ["dream-trained / random", *(["never looks at the screen"] if blind else [])]
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for report in reports:
         agent, random, ratio = report["agent"], report["random"], report["agent_over_random"]
         rows.append(
             f"| {report_seed(report)} | {agent['mean']:.2f} ± {agent['std']:.2f} "
             f"({agent['episodes']} games) | {random['mean']:.2f} ± {random['std']:.2f} | "
             + (f"{ratio:.2f}x |" if ratio is not None else "random scored 0 |")
+            + (f" {report['blind']['mean']:.2f} ± {report['blind']['std']:.2f} |" if blind else "")
         )
     agent_mean = float(np.mean([r["agent"]["mean"] for r in reports]))
     random_mean = float(np.mean([r["random"]["mean"] for r in reports]))
     ratio = f"{agent_mean / random_mean:.2f}x" if random_mean else "random scored 0"
-    rows.append(
-        f"| mean of {len(reports)} seeds | {agent_mean:.2f} | {random_mean:.2f} | {ratio} |"
-    )
+    last = f"| mean of {len(reports)} seeds | {agent_mean:.2f} | {random_mean:.2f} | {ratio} |"
+    if blind:
+        last += f" {float(np.mean([r['blind']['mean'] for r in reports])):.2f} |"
+    rows.append(last)
+    if blind:
+        rows += ["", f"Never looks at the screen: {reports[0]['blind']['policy']}."]
     return "\n".join(rows)
 
 
@@ -313,6 +324,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seed + 1000,
         args.max_raw_frames,
     )
+    blind = None
+    if args.game in BLIND_BASELINES:  # a floor that needs no screen, on the same games
+        baseline = BLIND_BASELINES[args.game](seed=args.seed)
+        played = evaluate_agent(
+            baseline, args.game, args.episodes, args.eval_envs, args.seed + 1000,
+            args.max_raw_frames,
+        )  # fmt: skip
+        blind = {**_summary(played), "policy": baseline.description}
     report = {
         "command": "python -m rem_train.dream_to_real "
         + " ".join(sys.argv[1:] if argv is None else list(argv)),
@@ -332,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agent": _summary(trained),
         "random": _summary(random),
         "agent_over_random": trained.mean / random.mean if random.mean else None,
+        **({"blind": blind} if blind is not None else {}),
         "dream_episodes": dream_episodes(agent, MAX_DREAM_EPISODE_STEPS),
     }
     (out / "dream_to_real.json").write_text(json.dumps(report, indent=2) + "\n")
