@@ -60,6 +60,8 @@ def test_a_model_folders_actor_critic_is_scored_as_evaluate_scores_it(tmp_path: 
     assert report["game"] == "Breakout" and report["epoch"] is None
     assert (report["scores"], report["lengths"]) == _expected(model, actor_critic, 5)
     assert report["mean"] == sum(report["scores"]) / 2 and report["temperature"] == 0.5
+    # Breakout's screen-blind policy played the same games, after the actor-critic
+    assert len(report["blind"]["scores"]) == 2 and "never looks" in report["blind"]["policy"]
 
 
 def test_a_checkpoint_of_a_run_is_scored_with_that_checkpoints_weights(

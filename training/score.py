@@ -3,10 +3,12 @@
 ``python -m rem_train.score SOURCE`` plays real games (ale-py test env: no-op start, whole games
 with all lives, 108,000 raw frames at most) with the actor-critic of SOURCE acting on its
 tokenizer's codes of each real frame, sampling with temperature 0.5 (REM's evaluation), and
-prints the mean, spread and human-normalised score. SOURCE is what ``rem-train --init-from``
-reads: an exported model folder that ships an actor-critic, a run folder (its last checkpoint)
-or one checkpoint file of a run (``RUN/checkpoints/epoch_0040.safetensors``), so any epoch a run
-kept can be scored without exporting it.
+prints the mean, spread and human-normalised score (for Breakout also the score, on the same
+games, of a policy that never looks at the screen: :data:`rem_env.probes.BLIND_BASELINES`).
+SOURCE is what ``rem-train --init-from`` reads: an exported model folder that ships an
+actor-critic, a run folder (its last checkpoint) or one checkpoint file of a run
+(``RUN/checkpoints/epoch_0040.safetensors``), so any epoch a run kept can be scored without
+exporting it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any
 import torch
 
 from rem_env.atari import FRAME_SKIP, TEST_SETTINGS
-from rem_train.evaluate import RANDOM_SCORES, evaluate
+from rem_env.probes import BLIND_BASELINES
+from rem_train.evaluate import RANDOM_SCORES, evaluate, evaluate_agent
 from rem_train.sources import load_source
 
 __all__ = ["main"]
@@ -91,6 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, device {args.device}",
     }
+    if policy.game in BLIND_BASELINES:  # a floor that needs no screen, on the same games
+        baseline = BLIND_BASELINES[policy.game](seed=args.seed)
+        blind = evaluate_agent(
+            baseline, policy.game, args.episodes, args.num_envs, args.seed, args.max_raw_frames
+        )
+        report["blind"] = {"policy": baseline.description, "mean": blind.mean, "std": blind.std,
+                           "scores": blind.scores, "lengths": blind.lengths}  # fmt: skip
     limit = args.max_raw_frames or TEST_SETTINGS.max_raw_frames
     capped = sum(steps * FRAME_SKIP >= limit for steps in result.lengths)
     print(
@@ -100,6 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(min {report['min']:g}, max {report['max']:g}; human-normalised "
         f"{result.human_normalized:.3f}; a random policy: {RANDOM_SCORES[policy.game]:g})"
     )
+    if "blind" in report:
+        blind_report = report["blind"]
+        print(
+            f"{blind_report['policy']}: {blind_report['mean']:.2f} ± {blind_report['std']:.2f} "
+            "on the same games"
+        )
     if capped:
         print(f"{capped} game(s) ran to the raw-frame limit (an agent that stopped playing?)")
     if args.out is not None:
