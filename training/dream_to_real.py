@@ -33,9 +33,8 @@ import torch
 
 import rem_env  # noqa: F401  (registers REM-<Game>-v0)
 from rem_env.agents import RandomAgent
-from rem_env.probes import BLIND_BASELINES
 from rem_env.registration import ATARI_100K_GAMES, env_id
-from rem_train.evaluate import EvalResult, evaluate_agent
+from rem_train.evaluate import EvalResult, blind_baseline, evaluate_agent
 
 __all__ = [
     "StackedSB3Policy",
@@ -328,14 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seed + 1000,
         args.max_raw_frames,
     )
-    blind = None
-    if args.game in BLIND_BASELINES:  # a floor that needs no screen, on the same games
-        baseline = BLIND_BASELINES[args.game](seed=args.seed)
-        played = evaluate_agent(
-            baseline, args.game, args.episodes, args.eval_envs, args.seed + 1000,
-            args.max_raw_frames,
-        )  # fmt: skip
-        blind = {**_summary(played), "policy": baseline.description}
+    blind = blind_baseline(  # a floor that needs no screen, on the same games
+        args.game, args.episodes, args.eval_envs, args.seed + 1000, args.max_raw_frames
+    )
     report = {
         "command": "python -m rem_train.dream_to_real "
         + " ".join(sys.argv[1:] if argv is None else list(argv)),

@@ -8,7 +8,7 @@ the round ends when all have finished, as in REM (100 episodes with 8 envs give 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ import torch
 from rem_env.atari import make_atari_vector_env
 from rem_env.models.actor_critic import ActorCritic, sample_actions
 from rem_env.models.tokenizer import Tokenizer
+from rem_env.probes import BLIND_BASELINES
 from rem_train.batches import frames_to_tensor
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "EvalResult",
     "LatentActorCriticPolicy",
     "Policy",
+    "blind_baseline",
     "evaluate",
     "evaluate_agent",
     "human_normalized_score",
@@ -215,3 +217,33 @@ def evaluate(
         raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
     policy = LatentActorCriticPolicy(tokenizer, actor_critic, num_envs, temperature)
     return evaluate_agent(policy, game, episodes, num_envs, seed, max_raw_frames)
+
+
+def blind_baseline(
+    game: str,
+    episodes: int,
+    num_envs: int = 8,
+    seed: int | None = None,
+    max_raw_frames: int | None = None,
+) -> dict[str, Any] | None:
+    """The game's screen-blind policy (:data:`rem_env.probes.BLIND_BASELINES`) scored on the
+    games :func:`evaluate_agent` plays with the same arguments; None for a game without one.
+
+    Returns:
+        ``policy`` (what it does, in words), ``mean``, ``std``, ``min``, ``max``, ``episodes``,
+        ``scores`` and ``lengths``.
+    """
+    if game not in BLIND_BASELINES:
+        return None
+    baseline = BLIND_BASELINES[game](seed=seed)
+    played = evaluate_agent(baseline, game, episodes, num_envs, seed, max_raw_frames)
+    return {
+        "policy": baseline.description,
+        "mean": played.mean,
+        "std": played.std,
+        "min": float(np.min(played.scores)),
+        "max": float(np.max(played.scores)),
+        "episodes": len(played.scores),
+        "scores": played.scores,
+        "lengths": played.lengths,
+    }

@@ -26,8 +26,7 @@ from typing import Any
 import torch
 
 from rem_env.atari import FRAME_SKIP, TEST_SETTINGS
-from rem_env.probes import BLIND_BASELINES
-from rem_train.evaluate import RANDOM_SCORES, evaluate, evaluate_agent
+from rem_train.evaluate import RANDOM_SCORES, blind_baseline, evaluate
 from rem_train.sources import load_source
 
 __all__ = ["main"]
@@ -94,13 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, device {args.device}",
     }
-    if policy.game in BLIND_BASELINES:  # a floor that needs no screen, on the same games
-        baseline = BLIND_BASELINES[policy.game](seed=args.seed)
-        blind = evaluate_agent(
-            baseline, policy.game, args.episodes, args.num_envs, args.seed, args.max_raw_frames
-        )
-        report["blind"] = {"policy": baseline.description, "mean": blind.mean, "std": blind.std,
-                           "scores": blind.scores, "lengths": blind.lengths}  # fmt: skip
+    blind = blind_baseline(  # a floor that needs no screen, on the same games
+        policy.game, args.episodes, args.num_envs, args.seed, args.max_raw_frames
+    )
+    if blind is not None:
+        report["blind"] = blind
     limit = args.max_raw_frames or TEST_SETTINGS.max_raw_frames
     capped = sum(steps * FRAME_SKIP >= limit for steps in result.lengths)
     print(
