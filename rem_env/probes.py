@@ -263,10 +263,10 @@ class BreakoutWallParker:
 
     REM's test protocol starts every game alike (a no-op start of at most one frame, no sticky
     actions), so the serve flies the same path every time, and a paddle parked at the right wall
-    returns it a few times: on real Breakout this policy scores about 7-8, four to five times a
-    random policy, without following the ball. ``python -m rem_train.dream_to_real`` plays it on
-    the same real games as the dream-trained agent, as the floor that an agent which learned the
-    ball must clear.
+    returns it a few times: over 24 real Breakout games this policy scored 7.96 and 7.33 (two sets
+    of games), four to five times a random policy, without following the ball.
+    ``python -m rem_train.dream_to_real`` and ``python -m rem_train.score`` play it on the same
+    real games as the agent, as the floor that an agent which learned the ball must clear.
 
     Args:
         fire: Probability of FIRE at each step (RIGHT otherwise).
