@@ -34,7 +34,7 @@ import torch
 import rem_env  # noqa: F401  (registers REM-<Game>-v0)
 from rem_env.agents import RandomAgent
 from rem_env.registration import ATARI_100K_GAMES, env_id
-from rem_train.evaluate import EvalResult, blind_baseline, evaluate_agent
+from rem_train.evaluate import blind_baseline, evaluate_agent
 
 __all__ = [
     "StackedSB3Policy",
@@ -174,18 +174,6 @@ def dream_episodes(agent: Any, max_steps: int) -> dict[str, Any]:
         "mean_return": float(returns.mean()) if len(infos) else None,
         "truncated": int((lengths >= max_steps).sum()),
         "max_steps": max_steps,
-    }
-
-
-def _summary(result: EvalResult) -> dict[str, Any]:
-    return {
-        "mean": result.mean,
-        "std": result.std,
-        "min": float(np.min(result.scores)),
-        "max": float(np.max(result.scores)),
-        "episodes": len(result.scores),
-        "scores": result.scores,
-        "lengths": result.lengths,
     }
 
 
@@ -346,8 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "PPO samples its actions (deterministic=False)",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, device {args.device}",
-        "agent": _summary(trained),
-        "random": _summary(random),
+        "agent": trained.summary(),
+        "random": random.summary(),
         "agent_over_random": trained.mean / random.mean if random.mean else None,
         **({"blind": blind} if blind is not None else {}),
         "dream_episodes": dream_episodes(agent, MAX_DREAM_EPISODE_STEPS),

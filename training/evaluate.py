@@ -96,6 +96,23 @@ class EvalResult(NamedTuple):
     lengths: list[int]
     """Agent steps of every episode."""
 
+    def summary(self) -> dict[str, Any]:
+        """Mean, spread, extremes, count, scores and lengths, as reports write them (JSON-ready).
+
+        Example:
+            >>> EvalResult([1.0, 3.0], 2.0, 1.0, 0.0, [10, 12]).summary()["max"]
+            3.0
+        """
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "min": float(np.min(self.scores)),
+            "max": float(np.max(self.scores)),
+            "episodes": len(self.scores),
+            "scores": self.scores,
+            "lengths": self.lengths,
+        }
+
 
 class Policy(Protocol):
     """What :func:`evaluate_agent` plays with (the :class:`rem_env.agents.Agent` protocol on
@@ -237,13 +254,4 @@ def blind_baseline(
         return None
     baseline = BLIND_BASELINES[game](seed=seed)
     played = evaluate_agent(baseline, game, episodes, num_envs, seed, max_raw_frames)
-    return {
-        "policy": baseline.description,
-        "mean": played.mean,
-        "std": played.std,
-        "min": float(np.min(played.scores)),
-        "max": float(np.max(played.scores)),
-        "episodes": len(played.scores),
-        "scores": played.scores,
-        "lengths": played.lengths,
-    }
+    return {"policy": baseline.description, **played.summary()}
