@@ -98,3 +98,9 @@ def test_decoder_only_without_a_model_to_start_from_is_a_clear_error(
     assert stop.value.code == 2
     assert "give init_from" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    # a decoder-only run folder resumed as a whole-tokenizer run: said before any work
+    (tmp_path / "dec").mkdir()
+    (tmp_path / "dec" / "state.json").write_text(json.dumps({"step": 2, "decoder_only": True}))
+    with pytest.raises(SystemExit) as stop:
+        main(["--out", str(tmp_path / "dec"), "--init-from", str(tmp_path / "model")])
+    assert stop.value.code == 2 and "decoder_only True" in capsys.readouterr().err

@@ -240,11 +240,10 @@ def seeds_table(reports: Sequence[dict[str, Any]]) -> str:
     agent_mean = float(np.mean([r["agent"]["mean"] for r in reports]))
     random_mean = float(np.mean([r["random"]["mean"] for r in reports]))
     ratio = f"{agent_mean / random_mean:.2f}x" if random_mean else "random scored 0"
-    last = f"| mean of {len(reports)} seeds | {agent_mean:.2f} | {random_mean:.2f} | {ratio} |"
+    means = f"{agent_mean:.2f} | {random_mean:.2f} | {ratio}"
+    rows.append(f"| mean of {len(reports)} seeds | {means} |")
     if blind:
-        last += f" {float(np.mean([r['blind']['mean'] for r in reports])):.2f} |"
-    rows.append(last)
-    if blind:
+        rows[-1] += f" {float(np.mean([r['blind']['mean'] for r in reports])):.2f} |"
         rows += ["", f"Never looks at the screen: {reports[0]['blind']['policy']}."]
     return "\n".join(rows)
 

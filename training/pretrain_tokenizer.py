@@ -197,7 +197,7 @@ def pretrain(
     The export's ``training.json`` records the run (its command, frames, steps) after the
     lineage of ``init_from``, so that ``rem-train --init-from`` keeps the whole chain.
     """
-    _check(config, init_from)
+    _check(config, init_from, out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
@@ -290,15 +290,24 @@ def pretrain(
             _log(log, {"step": step, "seconds": round(spent, 1), "loss": loss, **report})
             save_file(tokenizer.state_dict(), out / "tokenizer.safetensors")
             torch.save(optimizer.state_dict(), out / "optimizer.pt")
-            (out / "state.json").write_text(json.dumps({"step": step}) + "\n")
+            state = {"step": step, "decoder_only": config.decoder_only}
+            (out / "state.json").write_text(json.dumps(state) + "\n")
             _export(model, out, config, source, step, command, actor_critic)  # usable meanwhile
             started = time.perf_counter()
     log.close()
     return _export(model, out, config, source, step, command, actor_critic)
 
 
-def _check(config: PretrainConfig, init_from: str | None) -> None:
-    """Raises ValueError for settings that cannot go together."""
+def _check(config: PretrainConfig, init_from: str | None, out: Path) -> None:
+    """Raises ValueError for settings that cannot go together, or with the run in ``out``."""
+    state = out / "state.json"
+    if state.is_file():
+        kept = json.loads(state.read_text()).get("decoder_only", False)
+        if kept != config.decoder_only:
+            raise ValueError(
+                f"{out} is a run with decoder_only {kept}: resume it with the same setting "
+                "(its optimizer holds the state of the parameters it trained)"
+            )
     if config.decoder_only and init_from is None:
         raise ValueError(
             "decoder_only trains a decoder for a trained encoder and codebook: give init_from "
@@ -413,7 +422,9 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m rem_train.pretrain_tokenizer", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
-    p.add_argument("--init-from", help="model folder or Hub repo id to start from")
+    p.add_argument(
+        "--init-from", help="model folder, Hub repo id, run folder or checkpoint file to start from"
+    )
     for name, value in asdict(PretrainConfig()).items():
         kind = parse_bool if isinstance(value, bool) else type(value)
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
@@ -427,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     out, init_from = Path(os.path.expanduser(args.pop("out"))), args.pop("init_from")
     config = PretrainConfig(**args)
     try:
-        _check(config, init_from)
+        _check(config, init_from, out)
     except ValueError as err:
         parser().error(str(err))
     command = shlex.join(["python", "-m", "rem_train.pretrain_tokenizer", *argv])

@@ -81,14 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "game": policy.game,
         "temperature": args.temperature,
         "seed": args.seed,
-        "episodes": len(result.scores),
-        "mean": result.mean,
-        "std": result.std,
-        "min": min(result.scores),
-        "max": max(result.scores),
+        **result.summary(),
         "human_normalized": result.human_normalized,
-        "scores": result.scores,
-        "lengths": result.lengths,
         "seconds": round(time.perf_counter() - start, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, device {args.device}",
@@ -107,12 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(min {report['min']:g}, max {report['max']:g}; human-normalised "
         f"{result.human_normalized:.3f}; a random policy: {RANDOM_SCORES[policy.game]:g})"
     )
-    if "blind" in report:
-        blind_report = report["blind"]
-        print(
-            f"{blind_report['policy']}: {blind_report['mean']:.2f} ± {blind_report['std']:.2f} "
-            "on the same games"
-        )
+    if blind is not None:
+        print(f"{blind['policy']}: {blind['mean']:.2f} ± {blind['std']:.2f} on the same games")
     if capped:
         print(f"{capped} game(s) ran to the raw-frame limit (an agent that stopped playing?)")
     if args.out is not None:
