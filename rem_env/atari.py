@@ -206,7 +206,8 @@ def make_atari_env(
         train: True for the training env (noop_max 30, life loss ends episodes, 20000 raw
             frames), False for the evaluation env (noop_max 1, whole games, 108000 raw frames).
         seed: Seed of the first reset (ALE and the no-op draws); None draws one.
-        noop_max: Override of the settings' ``noop_max`` (tests).
+        noop_max: Override of the settings' ``noop_max`` (e.g. 30 for test games whose
+            starts differ; REM's test env has 1).
         max_raw_frames: Override of the settings' raw-frame limit (tests, smoke runs).
         render_mode: Passed to ale-py (``"rgb_array"`` for videos).
 
@@ -243,6 +244,7 @@ def make_atari_vector_env(
     seed: int | None = None,
     *,
     asynchronous: bool = False,
+    noop_max: int | None = None,
     max_raw_frames: int | None = None,
 ) -> gym.vector.VectorEnv:
     """``num_envs`` copies of :func:`make_atari_env` as a gymnasium vector env (e.g. for eval).
@@ -257,6 +259,8 @@ def make_atari_vector_env(
         seed: Base seed; None draws one per env.
         asynchronous: One subprocess per env (:class:`gymnasium.vector.AsyncVectorEnv`)
             instead of stepping them in turn in this process.
+        noop_max: Override of the settings' ``noop_max`` (e.g. 30 for test games whose starts
+            differ).
         max_raw_frames: Override of the raw-frame limit.
 
     Raises:
@@ -269,7 +273,9 @@ def make_atari_vector_env(
 
     def factory(i: int) -> Any:
         env_seed = None if seed is None else seed + i
-        return lambda: make_atari_env(game, train, env_seed, max_raw_frames=max_raw_frames)
+        return lambda: make_atari_env(
+            game, train, env_seed, noop_max=noop_max, max_raw_frames=max_raw_frames
+        )
 
     fns = [factory(i) for i in range(num_envs)]
     if asynchronous:

@@ -60,6 +60,16 @@ def test_frame_skip_and_noop_counts() -> None:
     test_env.close()
 
 
+def test_test_games_can_start_after_more_no_ops() -> None:
+    envs = make_atari_vector_env("Breakout", 8, train=False, seed=0, noop_max=30)
+    try:
+        _, info = envs.reset()
+    finally:
+        envs.close()
+    noops = info["noops"].tolist()
+    assert all(1 <= n <= 30 for n in noops) and len(set(noops)) > 1  # not REM's one no-op
+
+
 def test_seeded_envs_are_identical() -> None:
     a = make_atari_env("Breakout", train=True, seed=7)
     b = make_atari_env("Breakout", train=True, seed=7)

@@ -12,6 +12,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
 from rem_env import REMConfig, REMModel
+from rem_train import evaluate as evaluate_module
 from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
 from rem_train.dream_to_real import StackedSB3Policy, dream_episodes, main, seeds_table, table
 
@@ -73,6 +74,27 @@ def test_a_tiny_dream_to_real_run(tmp_path, capsys, monkeypatch):
     assert report["blind"]["episodes"] == 2 and "never looks" in report["blind"]["policy"]
     printed = capsys.readouterr().out
     assert "PPO trained only in the dream" in printed and "RIGHT, FIRE with probability" in printed
+    assert "(real game, test protocol)" in printed and report["noop_max"] == 1
+
+    # the saved agent scored again, its games started after 1-30 no-op frames
+    opened = []
+    vector_env = evaluate_module.make_atari_vector_env
+    monkeypatch.setattr(
+        evaluate_module,
+        "make_atari_vector_env",
+        lambda *a, **kw: opened.append(kw["noop_max"]) or vector_env(*a, **kw),
+    )
+    again = tmp_path / "again"
+    code = main(
+        ["--agent", str(out / "ppo_dream.zip"), "--noop-max", "30", "--episodes", "2",
+         "--eval-envs", "2", "--max-raw-frames", "400", "--out", str(again)]
+    )  # fmt: skip
+    assert code == 0 and opened == [30, 30, 30]  # the agent, random and the screen-blind policy
+    rescored = json.loads((again / "dream_to_real.json").read_text())
+    assert rescored["agent_file"] == str(out / "ppo_dream.zip") and rescored["noop_max"] == 30
+    assert "dream_steps" not in rescored and not (again / "ppo_dream.zip").exists()
+    assert "1-30 no-op frames at the start" in rescored["protocol"]
+    assert "(real game, test protocol, 1-30 no-ops at the start)" in capsys.readouterr().out
 
 
 def _scores(mean: float) -> dict[str, object]:
@@ -106,6 +128,11 @@ def test_the_report_says_how_the_dream_episodes_went_beside_the_real_ones():
 def test_a_negative_dream_temperature_is_refused_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match="--temperature must be a finite number >= 0"):
         main(["--steps", "64", "--temperature", "-1", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--noop-max must be positive"):
+        main(["--noop-max", "0", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["--agent", str(tmp_path / "missing.zip"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_seeds_table_shows_the_screen_blind_policy_when_every_run_played_it():

@@ -120,6 +120,17 @@ def test_model_card_refuses_to_average_different_protocols(tmp_path):
     second = _dream_to_real_dir(tmp_path / "b", "dream_to_real --seed 1", 3.0, 2.0, steps=2000)
     with pytest.raises(ValueError, match="dream_steps 2000 but"):
         dream_to_real_section([first, second])
+    # reports written before --noop-max existed started every game with one no-op
+    varied = _dream_to_real_dir(tmp_path / "c", "dream_to_real --noop-max 30", 3.0, 2.0)
+    report = json.loads((varied / "dream_to_real.json").read_text())
+    (varied / "dream_to_real.json").write_text(json.dumps({**report, "noop_max": 30}))
+    with pytest.raises(ValueError, match="noop_max 30 but"):
+        dream_to_real_section([first, varied])
+    # a report that only scored an agent trained before has no dream of its own to show
+    rescored = _dream_to_real_dir(tmp_path / "d", "dream_to_real --agent a.zip", 3.0, 2.0)
+    (rescored / "dream_to_real.json").write_text(json.dumps({**report, "agent_file": "a.zip"}))
+    with pytest.raises(ValueError, match="an agent trained before"):
+        dream_to_real_section([first, rescored])
 
 
 def test_model_card_names_the_dream_temperature_and_refuses_to_mix_them(tmp_path):

@@ -12,6 +12,7 @@ import torch
 from rem_env import REMModel
 from rem_env.actor_critic_files import save_actor_critic
 from rem_env.models.actor_critic import ActorCritic
+from rem_train import evaluate as evaluate_module
 from rem_train.config import TrainConfig
 from rem_train.evaluate import evaluate
 from rem_train.score import main
@@ -47,7 +48,9 @@ def _scrambled(module: torch.nn.Module) -> None:
             p.add_(torch.randn_like(p))
 
 
-def test_a_model_folders_actor_critic_is_scored_as_evaluate_scores_it(tmp_path: Path) -> None:
+def test_a_model_folders_actor_critic_is_scored_as_evaluate_scores_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = _config()
     torch.manual_seed(7)
     model = REMModel(config.model_config()).eval()
@@ -62,6 +65,18 @@ def test_a_model_folders_actor_critic_is_scored_as_evaluate_scores_it(tmp_path: 
     assert report["mean"] == sum(report["scores"]) / 2 and report["temperature"] == 0.5
     # Breakout's screen-blind policy played the same games, after the actor-critic
     assert len(report["blind"]["scores"]) == 2 and "never looks" in report["blind"]["policy"]
+    assert report["noop_max"] == 1  # REM's test protocol: every game starts alike
+
+    opened = []  # the same, each game started after 1-30 no-op frames
+    vector_env = evaluate_module.make_atari_vector_env
+    monkeypatch.setattr(
+        evaluate_module,
+        "make_atari_vector_env",
+        lambda *a, **kw: opened.append(kw["noop_max"]) or vector_env(*a, **kw),
+    )
+    assert main([str(tmp_path / "model"), *GAMES, "--noop-max", "30", "--out", str(tmp_path)]) == 0
+    assert opened == [30, 30]  # the actor-critic's games, then the screen-blind policy's
+    assert json.loads((tmp_path / "score.json").read_text())["noop_max"] == 30
 
 
 def test_a_checkpoint_of_a_run_is_scored_with_that_checkpoints_weights(
@@ -101,3 +116,5 @@ def test_sources_without_an_actor_critic_are_clear_errors(tmp_path: Path) -> Non
         main([str(tmp_path / "missing"), *GAMES])
     with pytest.raises(SystemExit, match="--temperature must be a positive number"):
         main([str(tmp_path / "no_actor"), "--temperature", "0"])
+    with pytest.raises(SystemExit, match="--noop-max must be positive"):
+        main([str(tmp_path / "no_actor"), "--noop-max", "0"])

@@ -8,7 +8,10 @@ beside a uniformly random policy scored the same way and, for a game that has on
 (:data:`rem_env.probes.BLIND_BASELINES`; Breakout: RIGHT, FIRE with probability 0.1), a policy
 that scores without looking at the screen: under REM's test protocol every game starts alike, and
 a Breakout paddle parked at the right wall scores 4-5 times what random play does. The result
-goes to ``dream_to_real.json`` and a short markdown table.
+goes to ``dream_to_real.json`` and a short markdown table. ``--noop-max 30`` starts every real
+game after 1 to 30 no-op frames instead (the starts then differ, so the serve does too), and
+``--agent runs/dream_to_real/ppo_dream.zip`` scores an agent trained before instead of training
+one, e.g. to score it both ways.
 
 Run it as ``python -m rem_train.dream_to_real --out runs/dream_to_real`` (the bundled Breakout
 model) or with ``--model FOLDER|REPO_ID``.
@@ -177,9 +180,15 @@ def dream_episodes(agent: Any, max_steps: int) -> dict[str, Any]:
     }
 
 
+def protocol_words(noop_max: int) -> str:
+    """How the real games start, in words (``noop_max`` 1: REM's test protocol)."""
+    return "test protocol" if noop_max == 1 else f"test protocol, 1-{noop_max} no-ops at the start"
+
+
 def table(report: dict[str, Any]) -> str:
     """A markdown table of the real-game scores of the dream-trained agent and of random."""
-    rows = ["| policy (real game, test protocol) | mean | std | min | max | episodes |"]
+    protocol = protocol_words(report.get("noop_max", 1))
+    rows = [f"| policy (real game, {protocol}) | mean | std | min | max | episodes |"]
     rows.append("|---|---|---|---|---|---|")
     policies = [("PPO trained only in the dream", "agent"), ("uniformly random", "random")]
     if "blind" in report:
@@ -273,6 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="sampling temperature of the dreams PPO trains in (0: argmax)",
     )
+    parser.add_argument(
+        "--noop-max",
+        type=int,
+        default=1,
+        help="no-op frames at the start of a real game, drawn from 1..N (REM's test protocol: 1, "
+        "every game starts alike; 30 varies the starts)",
+    )
+    parser.add_argument(
+        "--agent",
+        default=None,
+        metavar="ZIP",
+        help="score this PPO agent (a ppo_dream.zip of an earlier run) instead of training one; "
+        "--model, --steps, --num-envs and --temperature are then not used",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, help="output folder")
@@ -282,54 +305,57 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the experiment; prints the table and returns 0."""
     args = build_parser().parse_args(argv)
-    if min(args.steps, args.num_envs, args.episodes, args.eval_envs) < 1:
-        raise SystemExit("--steps, --num-envs, --episodes and --eval-envs must be positive")
+    if min(args.steps, args.num_envs, args.episodes, args.eval_envs, args.noop_max) < 1:
+        raise SystemExit(
+            "--steps, --num-envs, --episodes, --eval-envs and --noop-max must be positive"
+        )
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise SystemExit(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.agent is not None and not Path(args.agent).is_file():
+        raise SystemExit(f"--agent {args.agent}: no such file (a ppo_dream.zip of an earlier run)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    agent = train_in_dream(
-        args.game,
-        args.steps,
-        args.model,
-        args.num_envs,
-        args.seed,
-        device=args.device,
-        temperature=args.temperature,
-    )
-    train_seconds = time.perf_counter() - start
-    agent.save(out / "ppo_dream.zip")
+    if args.agent is None:
+        agent = train_in_dream(
+            args.game,
+            args.steps,
+            args.model,
+            args.num_envs,
+            args.seed,
+            device=args.device,
+            temperature=args.temperature,
+        )
+        dream: dict[str, Any] = {
+            "model": args.model or f"default model of {env_id(args.game)}",
+            "dream_steps": args.steps,
+            "dream_envs": args.num_envs,
+            "dream_temperature": args.temperature,
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "dream_episodes": dream_episodes(agent, MAX_DREAM_EPISODE_STEPS),
+        }
+        agent.save(out / "ppo_dream.zip")
+    else:
+        from stable_baselines3 import PPO
+
+        agent = PPO.load(args.agent, device=args.device)
+        dream = {"agent_file": args.agent}  # trained before: its dream is that run's
     start = time.perf_counter()
-    policy = StackedSB3Policy(agent, args.eval_envs)
-    trained = evaluate_agent(
-        policy, args.game, args.episodes, args.eval_envs, args.seed + 1000, args.max_raw_frames
-    )
+    games = (args.game, args.episodes, args.eval_envs, args.seed + 1000, args.max_raw_frames)
+    trained = evaluate_agent(StackedSB3Policy(agent, args.eval_envs), *games, args.noop_max)
     num_actions = ATARI_100K_GAMES[args.game]
-    random = evaluate_agent(
-        RandomAgent(num_actions, seed=args.seed),
-        args.game,
-        args.episodes,
-        args.eval_envs,
-        args.seed + 1000,
-        args.max_raw_frames,
-    )
-    blind = blind_baseline(  # a floor that needs no screen, on the same games
-        args.game, args.episodes, args.eval_envs, args.seed + 1000, args.max_raw_frames
-    )
+    random = evaluate_agent(RandomAgent(num_actions, seed=args.seed), *games, args.noop_max)
+    blind = blind_baseline(*games, args.noop_max)  # a floor that needs no screen, same games
+    starts = "no-op start" if args.noop_max == 1 else f"1-{args.noop_max} no-op frames at the start"
     report = {
         "command": "python -m rem_train.dream_to_real "
         + " ".join(sys.argv[1:] if argv is None else list(argv)),
         "game": args.game,
-        "model": args.model or f"default model of {env_id(args.game)}",
-        "dream_steps": args.steps,
-        "dream_envs": args.num_envs,
-        "dream_temperature": args.temperature,
         "seed": args.seed,
         "frame_stack": N_STACK,
-        "train_seconds": round(train_seconds, 1),
+        "noop_max": args.noop_max,
         "eval_seconds": round(time.perf_counter() - start, 1),
-        "protocol": "real test env: no-op start, whole games, 108,000 raw frames at most; "
+        "protocol": f"real test env: {starts}, whole games, 108,000 raw frames at most; "
         "PPO samples its actions (deterministic=False)",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, device {args.device}",
@@ -337,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "random": random.summary(),
         "agent_over_random": trained.mean / random.mean if random.mean else None,
         **({"blind": blind} if blind is not None else {}),
-        "dream_episodes": dream_episodes(agent, MAX_DREAM_EPISODE_STEPS),
+        **dream,
     }
     (out / "dream_to_real.json").write_text(json.dumps(report, indent=2) + "\n")
     text = table(report)

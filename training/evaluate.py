@@ -162,12 +162,13 @@ def evaluate_agent(
     num_envs: int = 8,
     seed: int | None = None,
     max_raw_frames: int | None = None,
+    noop_max: int | None = None,
 ) -> EvalResult:
     """Plays ``ceil(episodes / num_envs)`` rounds of one episode per real test env.
 
-    Every env plays one whole game per round (the test env: no-op start of at most 1 frame, a
-    lost life does not end the episode, 108,000 raw frames at most); the round ends when all
-    have finished, as in REM (100 episodes with 8 envs give 104).
+    Every env plays one whole game per round (the test env: one no-op frame at the start unless
+    ``noop_max`` says otherwise, a lost life does not end the episode, 108,000 raw frames at
+    most); the round ends when all have finished, as in REM (100 episodes with 8 envs give 104).
 
     Args:
         agent: Acts on real (num_envs, 64, 64, 3) uint8 frames (see :class:`Policy`).
@@ -176,11 +177,13 @@ def evaluate_agent(
         num_envs: Test envs stepped together.
         seed: Seed of the test envs (env i gets seed + i).
         max_raw_frames: Raw-frame limit of the test env (None: 108000).
+        noop_max: No-op frames at the start of a game are drawn from 1..noop_max (None: REM's
+            1, so every game starts alike; 30 varies the starts).
     """
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
     envs = make_atari_vector_env(
-        game, num_envs, train=False, seed=seed, max_raw_frames=max_raw_frames
+        game, num_envs, train=False, seed=seed, noop_max=noop_max, max_raw_frames=max_raw_frames
     )
     scores: list[float] = []
     lengths: list[int] = []
@@ -216,6 +219,7 @@ def evaluate(
     temperature: float = 0.5,
     seed: int | None = None,
     max_raw_frames: int | None = None,
+    noop_max: int | None = None,
 ) -> EvalResult:
     """REM's evaluation of its actor-critic: :func:`evaluate_agent` with
     :class:`LatentActorCriticPolicy` (sampling temperature 0.5, no epsilon).
@@ -229,11 +233,12 @@ def evaluate(
         temperature: Policy temperature (0.5 in REM); epsilon is 0.
         seed: Seed of the test envs (env i gets seed + i).
         max_raw_frames: Raw-frame limit of the test env (None: 108000).
+        noop_max: Most no-op frames at the start of a game (None: REM's 1).
     """
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
     policy = LatentActorCriticPolicy(tokenizer, actor_critic, num_envs, temperature)
-    return evaluate_agent(policy, game, episodes, num_envs, seed, max_raw_frames)
+    return evaluate_agent(policy, game, episodes, num_envs, seed, max_raw_frames, noop_max)
 
 
 def blind_baseline(
@@ -242,6 +247,7 @@ def blind_baseline(
     num_envs: int = 8,
     seed: int | None = None,
     max_raw_frames: int | None = None,
+    noop_max: int | None = None,
 ) -> dict[str, Any] | None:
     """The game's screen-blind policy (:data:`rem_env.probes.BLIND_BASELINES`) scored on the
     games :func:`evaluate_agent` plays with the same arguments; None for a game without one.
@@ -253,5 +259,5 @@ def blind_baseline(
     if game not in BLIND_BASELINES:
         return None
     baseline = BLIND_BASELINES[game](seed=seed)
-    played = evaluate_agent(baseline, game, episodes, num_envs, seed, max_raw_frames)
+    played = evaluate_agent(baseline, game, episodes, num_envs, seed, max_raw_frames, noop_max)
     return {"policy": baseline.description, **played.summary()}

@@ -114,18 +114,25 @@ def dream_to_real_section(
         The section, in markdown.
 
     Raises:
-        ValueError: If ``dirs`` is empty, or the runs differ in dream steps, dreams batched,
-            frames stacked or dream temperature.
+        ValueError: If ``dirs`` is empty, a run scored an agent trained before (``--agent``:
+            its card is that of the run that trained it), or the runs differ in dream steps,
+            dreams batched, frames stacked, dream temperature or how the real games start.
     """
     paths = [Path(dirs)] if isinstance(dirs, (str, os.PathLike)) else [Path(d) for d in dirs]
     if not paths:
         raise ValueError("no dream-to-real folder given")
     reports = [json.loads((p / "dream_to_real.json").read_text()) for p in paths]
     first = reports[0]
-    for report in reports:
+    for path, report in zip(paths, reports, strict=True):
+        if "agent_file" in report:
+            raise ValueError(
+                f"{path} scored {report['agent_file']}, an agent trained before (--agent): give "
+                "the dream-to-real folder of the run that trained it"
+            )
         report.setdefault("dream_temperature", 1.0)  # reports written before it was an option
+        report.setdefault("noop_max", 1)  # reports written before it was an option
     for path, report in zip(paths[1:], reports[1:], strict=True):
-        for key in ("dream_steps", "dream_envs", "frame_stack", "dream_temperature"):
+        for key in ("dream_steps", "dream_envs", "frame_stack", "dream_temperature", "noop_max"):
             if report[key] != first[key]:
                 raise ValueError(
                     f"{path} has {key} {report[key]} but {paths[0]} has {first[key]}: the card "

@@ -8,7 +8,8 @@ games, of a policy that never looks at the screen: :data:`rem_env.probes.BLIND_B
 SOURCE is what ``rem-train --init-from`` reads: an exported model folder that ships an
 actor-critic, a run folder (its last checkpoint) or one checkpoint file of a run
 (``RUN/checkpoints/epoch_0040.safetensors``), so any epoch a run kept can be scored without
-exporting it.
+exporting it. ``--noop-max 30`` starts every game after 1 to 30 no-op frames instead of REM's
+one, so the games do not all start alike.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-raw-frames", type=int, default=None, help="raw-frame limit of a game"
     )
+    parser.add_argument(
+        "--noop-max",
+        type=int,
+        default=1,
+        help="no-op frames at the start of a game, drawn from 1..N (REM's test protocol: 1, "
+        "every game starts alike; 30 varies the starts)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="folder for score.json")
     return parser
@@ -58,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Scores SOURCE; prints a summary (and writes score.json with ``--out``); returns 0."""
     args = build_parser().parse_args(argv)
-    if min(args.episodes, args.num_envs) < 1:
-        raise SystemExit("--episodes and --num-envs must be positive")
+    if min(args.episodes, args.num_envs, args.noop_max) < 1:
+        raise SystemExit("--episodes, --num-envs and --noop-max must be positive")
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise SystemExit(f"--temperature must be a positive number, got {args.temperature}")
     try:
@@ -73,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = evaluate(
             policy.tokenizer, policy.actor_critic, policy.game, args.episodes, args.num_envs,
             args.temperature, seed=args.seed, max_raw_frames=args.max_raw_frames,
+            noop_max=args.noop_max,
         )  # fmt: skip
     report: dict[str, Any] = {
         "command": "python -m rem_train.score " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -81,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "game": policy.game,
         "temperature": args.temperature,
         "seed": args.seed,
+        "noop_max": args.noop_max,
         **result.summary(),
         "human_normalized": result.human_normalized,
         "seconds": round(time.perf_counter() - start, 1),
@@ -88,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"torch {torch.__version__}, device {args.device}",
     }
     blind = blind_baseline(  # a floor that needs no screen, on the same games
-        policy.game, args.episodes, args.num_envs, args.seed, args.max_raw_frames
+        policy.game, args.episodes, args.num_envs, args.seed, args.max_raw_frames, args.noop_max
     )
     if blind is not None:
         report["blind"] = blind
