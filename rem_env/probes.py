@@ -258,8 +258,11 @@ class BreakoutBallFollower:
 SCRIPTED_PLAYERS["Breakout"] = BreakoutBallFollower
 
 
+_WALL_ACTIONS = {"right": 2, "left": 3}  # Breakout's minimal action set: NOOP, FIRE, RIGHT, LEFT
+
+
 class BreakoutWallParker:
-    """Breakout without looking at the screen: RIGHT, and FIRE with probability ``fire``.
+    """Breakout without looking at the screen: RIGHT (or LEFT), and FIRE with probability ``fire``.
 
     REM's test protocol starts every game alike (a no-op start of at most one frame, no sticky
     actions), so the serve flies the same path every time, and a paddle parked at the right wall
@@ -268,9 +271,13 @@ class BreakoutWallParker:
     ``python -m rem_train.dream_to_real`` and ``python -m rem_train.score`` play it on the same
     real games as the agent, as the floor that an agent which learned the ball must clear.
 
+    The trainer's ``--collect.parked-share`` lets it play at either wall, so that the replay
+    shows what happens there (a paddle parked at the left wall misses that serve).
+
     Args:
-        fire: Probability of FIRE at each step (RIGHT otherwise).
+        fire: Probability of FIRE at each step (the wall's action otherwise).
         seed: Seed of those choices.
+        wall: ``"right"`` or ``"left"``.
 
     Example:
         >>> parker = BreakoutWallParker(fire=0.5, seed=0)
@@ -282,16 +289,22 @@ class BreakoutWallParker:
     obs_type = "rgb"
     num_actions = 4
 
-    def __init__(self, fire: float = 0.1, seed: int | None = None) -> None:
+    def __init__(self, fire: float = 0.1, seed: int | None = None, wall: str = "right") -> None:
         if not 0.0 < fire < 1.0:
             raise ValueError(f"fire must lie in (0, 1), got {fire}")
+        if wall not in _WALL_ACTIONS:
+            raise ValueError(f"wall must be 'right' or 'left', got {wall!r}")
         self.fire = fire
+        self.wall = wall
         self.rng = np.random.default_rng(seed)
-        self.description = f"RIGHT, FIRE with probability {fire:g} (never looks at the screen)"
+        self.description = (
+            f"{wall.upper()}, FIRE with probability {fire:g} (never looks at the screen)"
+        )
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """(N,) int64 actions; the N observations are not looked at."""
-        return np.where(self.rng.random(len(obs)) < self.fire, 1, 2).astype(np.int64)
+        move = _WALL_ACTIONS[self.wall]
+        return np.where(self.rng.random(len(obs)) < self.fire, 1, move).astype(np.int64)
 
     def episodes_ended(self, done: np.ndarray) -> None:
         """It remembers nothing."""

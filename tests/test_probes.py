@@ -107,17 +107,15 @@ def test_a_paddle_parked_at_the_right_wall_scores_without_looking() -> None:
     # measured: 9 and 9 (24 games of seeds 1000-1007: 7.96 on average, random 1.88)
     assert min(played.scores) >= 4, played.scores
     assert max(played.lengths) < 1_000, played.lengths  # it serves: whole games, not the cap
-    left = evaluate_agent(_Left(), "Breakout", 2, 2, seed=1000, max_raw_frames=20_000)
+    left = evaluate_agent(
+        BreakoutWallParker(seed=0, wall="left"), "Breakout", 2, 2, seed=1000, max_raw_frames=20_000
+    )
     assert max(left.scores) < min(played.scores), (left.scores, played.scores)  # the wall matters
     with pytest.raises(ValueError, match="fire must lie in"):
         BreakoutWallParker(fire=0.0)
-
-
-class _Left(BreakoutWallParker):
-    """The same at the left wall."""
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        return np.where(self.rng.random(len(obs)) < self.fire, 1, 3).astype(np.int64)
+    with pytest.raises(ValueError, match="wall must be 'right' or 'left'"):
+        BreakoutWallParker(wall="top")
+    assert BreakoutWallParker(wall="left").description.startswith("LEFT, FIRE")
 
 
 def _serve_waits(max_serve_wait: int, steps: int = 600) -> list[int]:

@@ -207,7 +207,8 @@ def test_resume_may_change_the_loss_weights_and_the_scripted_share_and_records_t
 ) -> None:
     argv = ["--resume", str(run_copy), "--epochs", "2", "--world-model.moving-weight", "10",
             "--world-model.end-weight", "5", "--world-model.dreamed-heads-weight", "1",
-            "--collect.scripted-share", "0.9", "--collect.scripted-serve-wait", "8"]  # fmt: skip
+            "--collect.scripted-share", "0.9", "--collect.scripted-serve-wait", "8",
+            "--collect.parked-share", "0.05"]  # fmt: skip
     assert _cli(argv) == 0
     err = capsys.readouterr().err
     assert "common.epochs 1 -> 2" in err and "world_model.moving_weight 0.0 -> 10.0" in err
@@ -219,9 +220,11 @@ def test_resume_may_change_the_loss_weights_and_the_scripted_share_and_records_t
     assert config["world_model"]["end_weight"] == 5
     assert config["collect"]["scripted_share"] == 0.9
     assert config["collect"]["scripted_serve_wait"] == 8
+    assert config["collect"]["parked_share"] == 0.05
     lines = (run_copy / "config_changes.jsonl").read_text().splitlines()
     changes = [json.loads(line) for line in lines]
     made = [
+        "collect.parked_share 0.0 -> 0.05",
         "collect.scripted_serve_wait 0 -> 8",
         "collect.scripted_share 0.0 -> 0.9",
         "common.epochs 1 -> 2",

@@ -246,3 +246,27 @@ def test_scripted_episodes_are_collected_and_score(tmp_path: Path) -> None:
     patient = Collector.from_config(dataclasses.replace(config, collect=waits), seed=0)
     assert patient.player.max_serve_wait == 7  # type: ignore[union-attr]
     patient.close()
+
+
+def test_parked_episodes_are_played_at_both_walls_and_lose_lives_there(tmp_path: Path) -> None:
+    from rem_train.collect import Collector
+    from rem_train.replay import ReplayBuffer
+
+    fire, right, left = 1, 2, 3
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    model = REMModel(config.model_config())
+    actor_critic = ActorCritic.from_config(model.config, config.actor_critic.hidden_size)
+    parked = Collector("Breakout", 0, 1.0, 0.0, 4, True, parked_share=1.0)
+    with ReplayBuffer(tmp_path / "replay", fsync=False) as replay:
+        parked.collect(model, actor_critic, replay, 600)
+        episodes = [replay.episode(i) for i in range(replay.num_episodes)]
+    parked.close()
+    walls = [set(e.actions.tolist()) - {fire} for e in episodes]
+    assert all(w in ({right}, {left}) for w in walls), walls  # one wall an episode, never looks
+    lost = [w for w, e in zip(walls, episodes, strict=True) if e.terminated[-1]]
+    assert {right} in lost and {left} in lost  # the replay shows lives lost at either wall
+    with pytest.raises(ValueError, match="needs a screen-blind policy"):
+        Collector("Pong", 0, 1.0, 0.0, 4, True, parked_share=0.5)
+    shares = dataclasses.replace(config.collect, scripted_share=0.8, parked_share=0.3)
+    with pytest.raises(ValueError, match="shares of episodes add up to at most 1"):
+        dataclasses.replace(config, collect=shares)

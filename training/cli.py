@@ -72,6 +72,7 @@ TUNABLE = (
     "world_model.dreamed_heads_weight",
     "collect.scripted_share",
     "collect.scripted_serve_wait",
+    "collect.parked_share",
     "tokenizer.lr",
     "world_model.lr",
     "actor_critic.lr",
@@ -153,7 +154,8 @@ def parser() -> argparse.ArgumentParser:
         "epochs) extend it, and with --common.collect-epochs M collect real data longer; the "
         "phases' --*.start-after-epoch and --*.lr, --world-model.moving-weight, "
         "--world-model.end-weight, --world-model.dreamed-heads-weight and "
-        "--collect.scripted-share may change for the epochs still "
+        "--collect.scripted-share, --collect.scripted-serve-wait and --collect.parked-share may "
+        "change for the epochs still "
         "to train (other options must match the run's)",
     )
     p.add_argument(

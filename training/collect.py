@@ -17,11 +17,16 @@ import torch
 from rem_env import REMModel
 from rem_env.atari import make_atari_env
 from rem_env.models.actor_critic import ActorCritic, LSTMState, sample_actions
-from rem_env.probes import SCRIPTED_PLAYERS
+from rem_env.probes import BLIND_BASELINES, SCRIPTED_PLAYERS
 from rem_train.config import TrainConfig
 from rem_train.replay import ReplayBuffer, frames_to_tensor
 
 __all__ = ["Collector"]
+
+
+def _seed(seed: int, index: int) -> int:
+    """A seed of its own for the ``index``-th parked paddle of the collector seeded ``seed``."""
+    return int(np.random.SeedSequence([seed, 2, index]).generate_state(1)[0])
 
 
 class Collector:
@@ -42,6 +47,10 @@ class Collector:
         scripted_serve_wait: The scripted player waits a uniform 0 to this many steps before
             each serve (moving at random without FIRE), so the replay shows that only FIRE
             serves; 0: it serves at once.
+        parked_share: Share of episodes played by the game's screen-blind policy
+            (:data:`rem_env.probes.BLIND_BASELINES`) with its paddle parked at a wall drawn per
+            episode, so that the replay shows lives lost at either wall (an actor-critic that
+            parks at one wall shows only that one); 0: none.
     """
 
     def __init__(
@@ -55,6 +64,7 @@ class Collector:
         max_raw_frames: int | None = None,
         scripted_share: float = 0.0,
         scripted_serve_wait: int = 0,
+        parked_share: float = 0.0,
     ) -> None:
         self.env: gym.Env[np.ndarray, int] = make_atari_env(
             game, train=True, seed=seed, max_raw_frames=max_raw_frames
@@ -69,8 +79,20 @@ class Collector:
             self.player = SCRIPTED_PLAYERS[game](
                 epsilon=0.1, seed=seed, max_serve_wait=scripted_serve_wait
             )
+        self.parkers: list[Any] = []
+        if parked_share > 0:
+            if game not in BLIND_BASELINES:
+                raise ValueError(
+                    f"collect.parked_share needs a screen-blind policy, and {game} has none "
+                    f"(there is one for {', '.join(sorted(BLIND_BASELINES))})"
+                )
+            self.parkers = [
+                BLIND_BASELINES[game](seed=_seed(seed, i), wall=wall)
+                for i, wall in enumerate(("right", "left"))
+            ]
         self.scripted_share = scripted_share
-        self.scripted = False  # whether the ongoing episode is the scripted player's
+        self.parked_share = parked_share
+        self.playing: Any = None  # the ongoing episode's player; None: the actor-critic
         self.rng = np.random.default_rng([seed, 1])
         self.temperature = temperature
         self.epsilon = epsilon
@@ -92,6 +114,7 @@ class Collector:
             max_raw_frames=config.common.max_raw_frames,
             scripted_share=config.collect.scripted_share,
             scripted_serve_wait=config.collect.scripted_serve_wait,
+            parked_share=config.collect.parked_share,
         )
 
     @torch.no_grad()
@@ -126,9 +149,11 @@ class Collector:
                 self.obs, _ = self.env.reset()
                 state = ac.initial_state(1)
                 self.episode_return = 0.0
-                self.scripted = self.player is not None and self.rng.random() < self.scripted_share
-            if self.scripted:
-                action = int(self.player.act(self.env.unwrapped.ale.getRAM()[None])[0])  # type: ignore[union-attr]
+                self.playing = self._episode_player()
+            if self.playing is self.player and self.player is not None:
+                action = int(self.player.act(self.env.unwrapped.ale.getRAM()[None])[0])
+            elif self.playing is not None:  # parked at a wall: the frame is not looked at
+                action = int(self.playing.act(self.obs[None])[0])
             else:
                 codes = tokenizer.encode(frames_to_tensor(self.obs[None], device)).z_quantized
                 out = ac(codes, state)  # codes: (1, E, h, w)
@@ -146,6 +171,18 @@ class Collector:
                 self.obs = obs
         mean = float(np.mean(returns)) if returns else None
         return {"steps": taken, "episodes": len(returns), "mean_return": mean}
+
+    def _episode_player(self) -> Any:
+        """Who plays the next episode: the scripted player, a parked paddle or (None) the
+        actor-critic, drawn with the configured shares."""
+        if self.player is None and not self.parkers:
+            return None
+        draw = self.rng.random()
+        if self.player is not None and draw < self.scripted_share:
+            return self.player
+        if self.parkers and draw < self.scripted_share + self.parked_share:
+            return self.parkers[int(self.rng.integers(len(self.parkers)))]
+        return None
 
     def _burn_in(self, model: REMModel, ac: ActorCritic, replay: ReplayBuffer) -> LSTMState:
         """LSTM state for the ongoing episode: burn-in on its last stored frames."""

@@ -90,6 +90,12 @@ class CollectConfig:
         "the scripted player waits a uniform 0 to N steps before each serve, moving at random "
         "without FIRE, so the replay shows that only FIRE serves (Breakout; 0: serves at once)",
     )
+    parked_share: float = doc(
+        0.0,
+        "share of episodes played by the game's screen-blind policy with its paddle parked at a "
+        "wall drawn per episode (Breakout: LEFT or RIGHT, FIRE with probability 0.1), so the "
+        "replay shows lives lost at either wall; 0: none (REM)",
+    )
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,12 @@ class TrainConfig:
             raise ValueError(
                 f"collect.scripted_share must lie in [0, 1], got {self.collect.scripted_share}"
             )
+        if not 0.0 <= self.collect.parked_share <= 1.0 - self.collect.scripted_share:
+            raise ValueError(
+                f"collect.parked_share must lie in [0, 1 - collect.scripted_share] (the shares of "
+                f"episodes add up to at most 1), got {self.collect.parked_share} with "
+                f"collect.scripted_share {self.collect.scripted_share}"
+            )
 
     @classmethod
     def from_preset(cls, name: str, game: str = "Breakout", **top: Any) -> TrainConfig:
@@ -362,6 +374,7 @@ def _check_positive(config: TrainConfig) -> None:
                 "restart_dead_codes_every",
                 "scripted_share",
                 "scripted_serve_wait",
+                "parked_share",
                 "object_segments",
                 "moving_weight",
                 "dreamed_heads_weight",
