@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ from rem_env import REMModel
 from rem_env.actor_critic_files import save_actor_critic
 from rem_env.models.actor_critic import ActorCritic
 from rem_train.cli import main as rem_train
+from rem_train.collect import Collector
 from rem_train.config import TrainConfig
 from rem_train.model_report import training_section
+from rem_train.replay import ReplayBuffer
 from rem_train.trainer import Trainer
 from rem_train.warm_start import WarmStartError, parse_parts
 
@@ -226,18 +229,25 @@ def test_a_run_that_would_learn_a_random_tokenizers_tokens_is_refused(tmp_path: 
     assert given.untrained_tokenizer_problem() is None
 
 
-def test_scripted_episodes_are_collected_and_score(tmp_path: Path) -> None:
-    from rem_train.collect import Collector
-    from rem_train.replay import ReplayBuffer
-
+def _collected(collector: Any, steps: int, folder: Path) -> ReplayBuffer:
+    """``steps`` real steps of ``collector`` (closed after) into a new replay buffer in
+    ``folder``, with the smoke preset's (untrained) actor-critic for the episodes it plays."""
     config = TrainConfig.from_preset("smoke", "Breakout")
     model = REMModel(config.model_config())
     actor_critic = ActorCritic.from_config(model.config, config.actor_critic.hidden_size)
+    replay = ReplayBuffer(folder, fsync=False)
+    try:
+        collector.collect(model, actor_critic, replay, steps)
+    finally:
+        collector.close()
+    return replay
+
+
+def test_scripted_episodes_are_collected_and_score(tmp_path: Path) -> None:
+    config = TrainConfig.from_preset("smoke", "Breakout")
     scripted = Collector("Breakout", 0, 1.0, 0.0, 4, True, scripted_share=1.0)
-    with ReplayBuffer(tmp_path / "replay", fsync=False) as replay:
-        scripted.collect(model, actor_critic, replay, 400)
+    with _collected(scripted, 400, tmp_path / "replay") as replay:
         rewards = np.asarray(replay._records()["reward"])
-    scripted.close()
     assert len(rewards) == 400
     assert float(np.abs(rewards).sum()) >= 4  # random play scores ~1.7 in a whole game
     with pytest.raises(ValueError, match="has none"):
@@ -249,18 +259,11 @@ def test_scripted_episodes_are_collected_and_score(tmp_path: Path) -> None:
 
 
 def test_parked_episodes_are_played_at_both_walls_and_lose_lives_there(tmp_path: Path) -> None:
-    from rem_train.collect import Collector
-    from rem_train.replay import ReplayBuffer
-
     fire, right, left = 1, 2, 3
     config = TrainConfig.from_preset("smoke", "Breakout")
-    model = REMModel(config.model_config())
-    actor_critic = ActorCritic.from_config(model.config, config.actor_critic.hidden_size)
     parked = Collector("Breakout", 0, 1.0, 0.0, 4, True, parked_share=1.0)
-    with ReplayBuffer(tmp_path / "replay", fsync=False) as replay:
-        parked.collect(model, actor_critic, replay, 600)
+    with _collected(parked, 600, tmp_path / "replay") as replay:
         episodes = [replay.episode(i) for i in range(replay.num_episodes)]
-    parked.close()
     walls = [set(e.actions.tolist()) - {fire} for e in episodes]
     assert all(w in ({right}, {left}) for w in walls), walls  # one wall an episode, never looks
     lost = [w for w, e in zip(walls, episodes, strict=True) if e.terminated[-1]]
