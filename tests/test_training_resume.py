@@ -235,6 +235,12 @@ def test_resume_may_change_the_loss_weights_and_the_scripted_share_and_records_t
     assert changes == [{"after_epoch": 1, "changes": made}]
     training = json.loads((run_copy / "export" / "training.json").read_text())
     assert training["config_changes"] == changes  # the export says how it was trained
+    # Shares move from one player to another in one resume (valid together, not one by one).
+    moved = ["--resume", str(run_copy), "--epochs", "2",
+             "--collect.scripted-share", "0.2", "--collect.parked-share", "0.8"]  # fmt: skip
+    assert _cli(moved) == 0
+    config = json.loads((run_copy / "config.json").read_text())
+    assert (config["collect"]["scripted_share"], config["collect"]["parked_share"]) == (0.2, 0.8)
     # Other fields still have to match the run's own.
     assert _cli(["--resume", str(run_copy), "--world-model.grad-clip", "1"]) == 2
     assert "world_model.grad_clip" in capsys.readouterr().err

@@ -388,7 +388,7 @@ def extend_run(run_dir: Path, config: TrainConfig) -> list[str]:
     diff = saved.differences(config)
     if not diff or not set(diff) <= {*EXTENDABLE, *TUNABLE}:
         return []  # nothing to change, or more differs: the Trainer says what
-    changes, updated = [], saved
+    changes, data = [], saved.to_dict()
     for name in diff:
         section, leaf = name.split(".")
         old, new = getattr(getattr(saved, section), leaf), getattr(getattr(config, section), leaf)
@@ -398,9 +398,9 @@ def extend_run(run_dir: Path, config: TrainConfig) -> list[str]:
                 f"cannot resume {run_dir} with {option} {new}: the run has {name} = {old}, and a "
                 "run can be extended, not shortened (stop it early with Ctrl-C or SIGTERM)"
             )
-        part = dataclasses.replace(getattr(updated, section), **{leaf: new})
-        updated = dataclasses.replace(updated, **{section: part})
+        data[section][leaf] = new
         changes.append(f"{name} {old} -> {new}")
+    updated = TrainConfig.from_dict(data)  # all at once: fields may only be valid together
     for phase in PHASES:  # a phase scheduled after the old end would now start: say so
         start = getattr(updated, phase).start_after_epoch
         if saved.common.epochs <= start < updated.common.epochs:
