@@ -94,7 +94,7 @@ def test_a_tiny_dream_to_real_run(tmp_path, capsys, monkeypatch):
     assert rescored["agent_file"] == str(out / "ppo_dream.zip") and rescored["noop_max"] == 30
     assert "dream_steps" not in rescored and not (again / "ppo_dream.zip").exists()
     assert "1-30 no-op frames at the start" in rescored["protocol"]
-    assert "(real game, test protocol, 1-30 no-ops at the start)" in capsys.readouterr().out
+    assert "(real game, test protocol, 1-30 no-op frames at the start)" in capsys.readouterr().out
 
 
 def _scores(mean: float) -> dict[str, object]:

@@ -150,7 +150,7 @@ class Collector:
                 state = ac.initial_state(1)
                 self.episode_return = 0.0
                 self.playing = self._episode_player()
-            if self.playing is self.player and self.player is not None:
+            if self.playing is not None and self.playing is self.player:  # reads the RAM
                 action = int(self.player.act(self.env.unwrapped.ale.getRAM()[None])[0])
             elif self.playing is not None:  # parked at a wall: the frame is not looked at
                 action = int(self.playing.act(self.obs[None])[0])

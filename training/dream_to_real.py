@@ -37,7 +37,7 @@ import torch
 import rem_env  # noqa: F401  (registers REM-<Game>-v0)
 from rem_env.agents import RandomAgent
 from rem_env.registration import ATARI_100K_GAMES, env_id
-from rem_train.evaluate import blind_baseline, evaluate_agent
+from rem_train.evaluate import NOOP_MAX_HELP, blind_baseline, evaluate_agent, starts_in_words
 
 __all__ = [
     "StackedSB3Policy",
@@ -180,14 +180,10 @@ def dream_episodes(agent: Any, max_steps: int) -> dict[str, Any]:
     }
 
 
-def protocol_words(noop_max: int) -> str:
-    """How the real games start, in words (``noop_max`` 1: REM's test protocol)."""
-    return "test protocol" if noop_max == 1 else f"test protocol, 1-{noop_max} no-ops at the start"
-
-
 def table(report: dict[str, Any]) -> str:
     """A markdown table of the real-game scores of the dream-trained agent and of random."""
-    protocol = protocol_words(report.get("noop_max", 1))
+    noop_max = report.get("noop_max", 1)
+    protocol = "test protocol" + ("" if noop_max == 1 else f", {starts_in_words(noop_max)}")
     rows = [f"| policy (real game, {protocol}) | mean | std | min | max | episodes |"]
     rows.append("|---|---|---|---|---|---|")
     policies = [("PPO trained only in the dream", "agent"), ("uniformly random", "random")]
@@ -286,8 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--noop-max",
         type=int,
         default=1,
-        help="no-op frames at the start of a real game, drawn from 1..N (REM's test protocol: 1, "
-        "every game starts alike; 30 varies the starts)",
+        help=NOOP_MAX_HELP,
     )
     parser.add_argument(
         "--agent",
@@ -346,7 +341,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_actions = ATARI_100K_GAMES[args.game]
     random = evaluate_agent(RandomAgent(num_actions, seed=args.seed), *games, args.noop_max)
     blind = blind_baseline(*games, args.noop_max)  # a floor that needs no screen, same games
-    starts = "no-op start" if args.noop_max == 1 else f"1-{args.noop_max} no-op frames at the start"
     report = {
         "command": "python -m rem_train.dream_to_real "
         + " ".join(sys.argv[1:] if argv is None else list(argv)),
@@ -355,8 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "frame_stack": N_STACK,
         "noop_max": args.noop_max,
         "eval_seconds": round(time.perf_counter() - start, 1),
-        "protocol": f"real test env: {starts}, whole games, 108,000 raw frames at most; "
-        "PPO samples its actions (deterministic=False)",
+        "protocol": f"real test env: {starts_in_words(args.noop_max)}, whole games, 108,000 raw "
+        "frames at most; PPO samples its actions (deterministic=False)",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, device {args.device}",
         "agent": trained.summary(),

@@ -21,6 +21,7 @@ from rem_train.batches import frames_to_tensor
 
 __all__ = [
     "HUMAN_SCORES",
+    "NOOP_MAX_HELP",
     "RANDOM_SCORES",
     "EvalResult",
     "LatentActorCriticPolicy",
@@ -29,6 +30,7 @@ __all__ = [
     "evaluate",
     "evaluate_agent",
     "human_normalized_score",
+    "starts_in_words",
 ]
 
 # Game: (random, human) mean raw scores of the Atari 100K table (REM_SPEC 9.1).
@@ -60,6 +62,18 @@ _RANDOM_HUMAN: dict[str, tuple[float, float]] = {
     "Seaquest": (68.4, 42054.7),
     "UpNDown": (533.4, 11693.2),
 }
+NOOP_MAX_HELP = (
+    "no-op frames at the start of a real game, drawn from 1..N (REM's test protocol: 1, every "
+    "game starts alike; 30 varies the starts)"
+)
+"""Help of the ``--noop-max`` option of the commands that score on the real game."""
+
+
+def starts_in_words(noop_max: int) -> str:
+    """How the real games start, in words (``noop_max`` 1: REM's test protocol)."""
+    return "no-op start" if noop_max == 1 else f"1-{noop_max} no-op frames at the start"
+
+
 RANDOM_SCORES: dict[str, float] = {game: r for game, (r, _) in _RANDOM_HUMAN.items()}
 """Mean raw score of a uniform random policy per game."""
 HUMAN_SCORES: dict[str, float] = {game: h for game, (_, h) in _RANDOM_HUMAN.items()}

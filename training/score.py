@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from rem_env.atari import FRAME_SKIP, TEST_SETTINGS
-from rem_train.evaluate import RANDOM_SCORES, blind_baseline, evaluate
+from rem_train.evaluate import NOOP_MAX_HELP, RANDOM_SCORES, blind_baseline, evaluate
 from rem_train.sources import load_source
 
 __all__ = ["main"]
@@ -55,8 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--noop-max",
         type=int,
         default=1,
-        help="no-op frames at the start of a game, drawn from 1..N (REM's test protocol: 1, "
-        "every game starts alike; 30 varies the starts)",
+        help=NOOP_MAX_HELP,
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="folder for score.json")
