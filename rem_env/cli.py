@@ -42,6 +42,7 @@ from rem_env.agents import (
 )
 from rem_env.config import REMConfig
 from rem_env.dream import AUTOCAST_DTYPES, DreamVectorEnv, check_device
+from rem_env.events import DEFAULT_JITTER, event_table, measure_event_rates, policy_actions
 from rem_env.hub import ModelLoadError, NoDefaultModelError, resolve_default_model
 from rem_env.model import REMModel
 from rem_env.noise import MAX_SEED
@@ -352,11 +353,15 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from rem_env.events import measure_event_rates  # plays the real game (ale-py)
-
     game = parse_game(args.env_id)
     check_positive(args, "steps", "num_envs")
     check_seed_and_temperature(args, args.num_envs)
+    policies = args.policy or ["random"]
+    for policy in policies:  # a wrong name or --jitter is refused before any model loads
+        try:
+            policy_actions(policy, action_meanings(game), 1, 1, 0, args.jitter)
+        except ValueError as err:
+            raise CLIError(f"--policy / --jitter: {err}") from err
     if args.seed is None:
         args.seed = 0
     if args.out is not None:
@@ -366,20 +371,26 @@ def cmd_events(args: argparse.Namespace) -> int:
     device = dream_device(args)
     model = load_scoring_model(args, game, device)
     try:
-        rates = measure_event_rates(
-            model,
-            game,
-            num_envs=args.num_envs,
-            steps=args.steps,
-            seed=args.seed,
-            temperature=args.temperature,
-            device=device,
-        )
+        rates = [
+            measure_event_rates(
+                model,
+                game,
+                num_envs=args.num_envs,
+                steps=args.steps,
+                seed=args.seed,
+                temperature=args.temperature,
+                device=device,
+                policy=policy,
+                jitter=args.jitter,
+            )
+            for policy in policies
+        ]
     except ValueError as err:
         raise CLIError(str(err)) from err
-    print(rates.table())
+    print(event_table(rates))
     if args.out is not None:
-        Path(args.out).write_text(json.dumps(rates.to_dict(), indent=2) + "\n")
+        counts = [r.to_dict() for r in rates]
+        Path(args.out).write_text(json.dumps(counts, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0
 
@@ -597,17 +608,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     events = sub.add_parser(
         "events",
-        help="episode ends and rewards per 1,000 steps of random play, dream beside real game",
-        description="Play the same uniformly random action sequences in NUM_ENVS dreams and in "
-        "as many real games (ale-py, REM's training preprocessing: a lost life ends an episode) "
-        "for STEPS steps each, and print how often each side ends an episode and pays a "
-        "reward, per 1,000 steps. A dream that ends far less often than the game teaches an "
-        "agent nothing about staying alive.",
+        help="episode ends and rewards per 1,000 steps of simple policies, dream beside game",
+        description="Play the same action sequences in NUM_ENVS dreams and in as many real "
+        "games (ale-py, REM's training preprocessing: a lost life ends an episode) for STEPS "
+        "steps each, and print how often each side ends an episode and pays a reward, per "
+        "1,000 steps, one row per --policy. A dream that ends far less often than the game "
+        "teaches an agent nothing about staying alive; one that pays a behaviour (say, the "
+        "paddle parked at one wall) more than the game does teaches the agent that behaviour.",
     )
     _add_model_args(events, "0")
     events.add_argument("--num-envs", type=int, default=16, help="dreams (default: 16)")
     events.add_argument("--steps", type=int, default=200, help="steps per env (default: 200)")
-    events.add_argument("--out", default=None, help="also write the counts to this JSON file")
+    events.add_argument(
+        "--policy",
+        action="append",
+        metavar="POLICY",
+        help="random (uniform actions) or an action of the game to hold, e.g. RIGHT; repeat "
+        "for one row each (default: random)",
+    )
+    events.add_argument(
+        "--jitter",
+        type=float,
+        default=DEFAULT_JITTER,
+        help="share of a held action's steps that take a random action "
+        f"(default: {DEFAULT_JITTER:g}; Breakout serves only after FIRE)",
+    )
+    events.add_argument(
+        "--out",
+        default=None,
+        help="also write the counts to this JSON file (a list, one per policy)",
+    )
     events.set_defaults(func=cmd_events)
 
     info = sub.add_parser("info", help="env ids, default models, versions and devices")

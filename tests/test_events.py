@@ -1,15 +1,19 @@
-"""Episode ends and rewards per 1,000 steps of random play: dream beside real Breakout."""
+"""Episode ends and rewards per 1,000 steps of simple policies: dream beside real Breakout."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from rem_env import REMConfig, REMModel
+from rem_env.actions import action_meanings
 from rem_env.cli import main
-from rem_env.events import EventRates, measure_event_rates
+from rem_env.events import EventRates, event_table, measure_event_rates, policy_actions
+
+BREAKOUT = action_meanings("Breakout")  # NOOP, FIRE, RIGHT, LEFT
 
 
 def _model(end_logit: float, reward_class: int | None = None) -> REMModel:
@@ -65,9 +69,44 @@ def test_table_and_dict_give_rates_per_thousand_steps() -> None:
     assert "| real game | 25.0 | 10.0 |" in table and "| dream | 5.0 | 7.5 |" in table
 
 
-def test_bad_sizes_are_refused() -> None:
+def test_bad_sizes_policies_and_models_are_refused() -> None:
     with pytest.raises(ValueError, match="must be positive"):
         measure_event_rates(_model(0.0), "Breakout", num_envs=0)
+    with pytest.raises(ValueError, match="unknown policy 'UP'; known: random, NOOP, FIRE"):
+        measure_event_rates(_model(0.0), "Breakout", policy="UP")
+    with pytest.raises(ValueError, match="jitter must be in"):
+        measure_event_rates(_model(0.0), "Breakout", policy="LEFT", jitter=1.5)
+    with pytest.raises(ValueError, match="the model has 4 actions, Pong has 6"):
+        measure_event_rates(_model(0.0), "Pong", steps=2)
+
+
+def test_held_policies_hold_their_action_but_for_the_jitter() -> None:
+    right = policy_actions("right", BREAKOUT, 2000, 4, seed=5, jitter=0.2)
+    assert right.shape == (2000, 4)
+    # 80% held, and a quarter of the 20% random draws are RIGHT as well.
+    assert abs((right == 2).mean() - 0.85) < 0.02
+    assert abs((right == 1).mean() - 0.05) < 0.01  # FIRE, so the real game serves
+    assert (policy_actions("LEFT", BREAKOUT, 50, 2, seed=5, jitter=0.0) == 3).all()
+    # "random" draws what the command drew before it had policies: same seed, same games.
+    expected = np.random.default_rng(7).integers(0, 4, (30, 3))
+    np.testing.assert_array_equal(policy_actions("random", BREAKOUT, 30, 3, seed=7), expected)
+
+
+def test_a_paddle_parked_at_either_wall_plays_different_real_games() -> None:
+    model = _model(-50.0, reward_class=1)  # a dream that never ends and never pays
+    rates = {
+        wall: measure_event_rates(model, "Breakout", num_envs=2, steps=300, policy=wall)
+        for wall in ("RIGHT", "LEFT")
+    }
+    for wall, r in rates.items():
+        assert (r.policy, r.jitter) == (wall, 0.2)
+        assert r.dream_ends == 0 and r.dream_rewards == 0
+        assert r.real_ends >= 3  # a parked paddle misses most balls once FIRE has served
+    assert rates["RIGHT"].real_ends != rates["LEFT"].real_ends
+    table = event_table(list(rates.values()))
+    assert "| RIGHT held, 20% random actions | " in table
+    assert "| LEFT held, 20% random actions | " in table
+    assert "| 0.0 | " in table  # the dream's ends
 
 
 def test_the_cli_prints_the_table_and_writes_json(tmp_path, capsys) -> None:
@@ -80,6 +119,19 @@ def test_the_cli_prints_the_table_and_writes_json(tmp_path, capsys) -> None:
     )  # fmt: skip
     assert status == 0
     printed = capsys.readouterr().out
-    assert "| dream | 1000.0 |" in printed
-    assert json.loads(out.read_text())["dream_ends"] == 20  # every other step resets
+    assert "| random policy | " in printed and " | 1000.0 | " in printed  # the dream's ends
+    (counts,) = json.loads(out.read_text())
+    assert counts["dream_ends"] == 20 and counts["policy"] == "random"  # every other step resets
+    status = main(
+        ["events", "REM-Breakout-v0", "--model", str(folder), "--num-envs", "1", "--steps", "10",
+         "--policy", "random", "--policy", "left", "--jitter", "0", "--out", str(out)]
+    )  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "| random policy |" in printed and "| LEFT held, 0% random actions |" in printed
+    assert [c["policy"] for c in json.loads(out.read_text())] == ["random", "LEFT"]
     assert main(["events", "REM-Breakout-v0", "--model", str(folder), "--steps", "0"]) == 2
+    # A wrong policy or jitter is refused before the model loads.
+    for wrong in (["--policy", "JUMP"], ["--policy", "LEFT", "--jitter", "-0.1"]):
+        assert main(["events", "REM-Breakout-v0", "--model", str(tmp_path / "none"), *wrong]) == 2
+        assert "--policy / --jitter" in capsys.readouterr().err
