@@ -9,6 +9,7 @@ import torch
 
 from rem_env import REMConfig, REMModel
 from rem_env.agents import RandomAgent
+from rem_env.events import EventRates
 from rem_env.fidelity import run_fidelity
 from rem_env.manifest import ProtocolManifest
 from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
@@ -145,3 +146,27 @@ def test_model_card_names_the_dream_temperature_and_refuses_to_mix_them(tmp_path
     )
     with pytest.raises(ValueError, match=r"dream_temperature 0\.5 but"):
         dream_to_real_section([old, cool])
+
+
+def test_model_card_shows_the_events_of_simple_policies(tmp_path):
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, game="Breakout")).save_pretrained(
+        folder
+    )
+    counts = dict(dream_steps=400, dream_ends=2, dream_rewards=3, real_steps=400, real_ends=10,
+                  real_rewards=4, temperature=1.0)  # fmt: skip
+    events = tmp_path / "events.json"
+    rates = [EventRates(**counts), EventRates(**counts, policy="RIGHT", jitter=0.2)]
+    events.write_text(json.dumps([r.to_dict() for r in rates]))  # what `rem-env events` writes
+    assert main([str(folder), "--events", str(events)]) == 0
+    card = (folder / "README.md").read_text()
+    assert "## Episode ends and rewards under simple policies" in card
+    assert "| random policy | 25.0 | 5.0 | 10.0 | 7.5 |" in card
+    assert "| RIGHT held, 20% random actions | 25.0 | 5.0 | 10.0 | 7.5 |" in card
+    events.write_text(json.dumps(EventRates(**counts).to_dict()))  # the command's first format
+    assert main([str(folder), "--events", str(events)]) == 0
+    assert "| random policy | 25.0 |" in (folder / "README.md").read_text()
+    events.write_text("[]")
+    with pytest.raises(ValueError, match="holds no policy's counts"):
+        main([str(folder), "--events", str(events)])

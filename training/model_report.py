@@ -2,10 +2,12 @@
 
 ``python -m rem_train.model_report MODEL_FOLDER --fidelity DIR --dream-to-real DIR`` reads the
 folder's ``training.json`` (written by ``rem-train``), the output of ``rem-env fidelity`` and of
-``python -m rem_train.dream_to_real`` (``--dream-to-real`` once per PPO seed), copies the fidelity
-figures into the folder, records the fidelity in ``manifest.json`` and rewrites ``README.md`` with
-three sections: how the model was trained, its fidelity, and the dream-to-real result (each seed
-and their mean). The weights are not touched.
+``python -m rem_train.dream_to_real`` (``--dream-to-real`` once per PPO seed) and, with
+``--events FILE``, the JSON of ``rem-env events --out FILE``; copies the fidelity figures into the
+folder, records the fidelity in ``manifest.json`` and rewrites ``README.md`` with a section for
+each: how the model was trained, its fidelity, its episode ends and rewards under simple policies
+beside the game's, and the dream-to-real result (each seed and their mean). The weights are not
+touched.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from rem_env.checkpoint import CONFIG_NAME, MANIFEST_NAME, MODEL_CARD_NAME
 from rem_env.config import REMConfig
+from rem_env.events import EventRates, event_table
 from rem_env.fidelity import FidelityReport
 from rem_env.manifest import ProtocolManifest
 from rem_env.model_card import render_model_card
@@ -34,6 +37,7 @@ from rem_train.dream_to_real import table as dream_to_real_table
 __all__ = [
     "describe_machine",
     "dream_to_real_section",
+    "events_section",
     "main",
     "training_section",
     "write_model_report",
@@ -161,11 +165,42 @@ def dream_to_real_section(
     return "\n".join(lines)
 
 
+def events_section(path: str | os.PathLike[str]) -> str:
+    """The "Episode ends and rewards under simple policies" section.
+
+    Args:
+        path: The JSON file of ``rem-env events --out`` (a list, one entry per policy; a single
+            entry of the command's first format is read too).
+
+    Raises:
+        ValueError: If the file holds no entry.
+    """
+    data = json.loads(Path(path).read_text())
+    entries = data if isinstance(data, list) else [data]
+    if not entries:
+        raise ValueError(f"{path} holds no policy's counts")
+    fields = {f.name for f in dataclasses.fields(EventRates)}
+    rates = [EventRates(**{k: v for k, v in e.items() if k in fields}) for e in entries]
+    return "\n".join(
+        [
+            "## Episode ends and rewards under simple policies",
+            "",
+            "`rem-env events`: the same action sequences played in dreams and in the real game "
+            "(REM's training preprocessing: a lost life ends an episode). A dream that pays a "
+            "behaviour more than the game does, or ends fewer of its lives, is one an agent "
+            "trained in it learns to repeat.",
+            "",
+            event_table(rates),
+        ]
+    )
+
+
 def write_model_report(
     folder: str | os.PathLike[str],
     fidelity_dir: str | os.PathLike[str] | None = None,
     dream_to_real_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     machine: str | None = None,
+    events: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Rewrites ``README.md`` (and the fidelity of ``manifest.json``) of an exported model.
 
@@ -175,6 +210,7 @@ def write_model_report(
         dream_to_real_dirs: Output folder(s) of ``python -m rem_train.dream_to_real``, one per
             PPO seed.
         machine: Where it was trained, in words (default: this machine).
+        events: The JSON file of ``rem-env events --out`` for this model.
 
     Returns:
         The path of the model card.
@@ -218,6 +254,8 @@ def write_model_report(
                 ]
             )
         )
+    if events is not None:
+        sections.append(events_section(events))
     if dream_to_real_dirs is not None:
         sections.append(dream_to_real_section(dream_to_real_dirs))
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
@@ -231,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m rem_train.model_report",
         description="Rewrite an exported model's README.md (and manifest fidelity) with how it "
-        "was trained, its fidelity (rem-env fidelity) and its dream-to-real result.",
+        "was trained, its fidelity (rem-env fidelity), its episode ends and rewards under simple "
+        "policies (rem-env events) and its dream-to-real result.",
     )
     parser.add_argument("folder", help="model folder exported by rem-train")
     parser.add_argument("--fidelity", help="output folder of `rem-env fidelity`")
@@ -240,9 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         help="output folder of rem_train.dream_to_real (repeat it, one per PPO seed)",
     )
+    parser.add_argument("--events", help="JSON file of `rem-env events --out`")
     parser.add_argument("--machine", help="where it was trained, in words (default: here)")
     args = parser.parse_args(argv)
-    path = write_model_report(args.folder, args.fidelity, args.dream_to_real, args.machine)
+    path = write_model_report(
+        args.folder, args.fidelity, args.dream_to_real, args.machine, events=args.events
+    )
     print(f"wrote {path}")
     return 0
 
