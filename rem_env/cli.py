@@ -140,7 +140,8 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def check_seed_and_temperature(args: argparse.Namespace, num_envs: int = 1) -> None:
-    """``--seed`` (env i dreams with seed + i) and ``--temperature``, checked before any work."""
+    """``--seed`` (env i dreams with seed + i), ``--temperature`` and ``--event-temperature``,
+    checked before any work."""
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED - (num_envs - 1):
         top = "2**63 - 1" if num_envs == 1 else f"2**63 - {num_envs}"
         raise CLIError(
@@ -148,8 +149,12 @@ def check_seed_and_temperature(args: argparse.Namespace, num_envs: int = 1) -> N
             + (" (env i dreams with seed + i)" if num_envs > 1 else "")
             + f", got {args.seed}"
         )
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise CLIError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    for flag, value in (
+        ("--temperature", args.temperature),
+        ("--event-temperature", args.event_temperature),
+    ):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise CLIError(f"{flag} must be a finite number >= 0, got {value}")
 
 
 def load_scoring_model(args: argparse.Namespace, game: str, device: str) -> REMModel:
@@ -196,6 +201,14 @@ def _add_model_args(parser: argparse.ArgumentParser, seed_default: str) -> None:
         type=float,
         default=1.0,
         help="sampling temperature, 0: argmax (default: 1)",
+    )
+    parser.add_argument(
+        "--event-temperature",
+        type=float,
+        default=None,
+        help="sampling temperature of the dream's rewards and ends (default: --temperature); "
+        "--temperature 0 --event-temperature 1 dreams the likeliest frames yet rewards and "
+        "ends at their predicted rates",
     )
     parser.add_argument(
         "--quantize",
@@ -282,6 +295,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         autocast=args.autocast,
         temperature=args.temperature,
+        event_temperature=args.event_temperature,
         render_mode="rgb_array",
     )
     with torch.inference_mode():
@@ -340,6 +354,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_steps=args.max_steps,
         temperature=args.temperature,
+        event_temperature=args.event_temperature,
         autocast=AUTOCAST_DTYPES[args.autocast] if args.autocast else None,
         min_rewards=args.min_rewards,
         min_ends=args.min_ends,
@@ -379,6 +394,7 @@ def cmd_events(args: argparse.Namespace) -> int:
                 steps=args.steps,
                 seed=args.seed,
                 temperature=args.temperature,
+                event_temperature=args.event_temperature,
                 device=device,
                 policy=policy,
                 jitter=args.jitter,
@@ -423,6 +439,7 @@ def cmd_play(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         autocast=args.autocast,
         temperature=args.temperature,
+        event_temperature=args.event_temperature,
         render_mode="rgb_array",
         autoreset_mode="DISABLED",
     )

@@ -25,7 +25,13 @@ from rem_env.quantization import QUANTIZATIONS, Quantization, quantize_model
 from rem_env.state import ImaginationState
 from rem_env.threads import AUTO, StepThreads, Threads
 
-__all__ = ["DreamEnvClosedError", "DreamVectorEnv", "available_devices", "check_device"]
+__all__ = [
+    "DreamEnvClosedError",
+    "DreamVectorEnv",
+    "available_devices",
+    "check_device",
+    "temperature_words",
+]
 
 ObsType = Literal["rgb", "tokens", "latent"]
 OutputType = Literal["numpy", "torch"]
@@ -70,6 +76,29 @@ class DreamEnvClosedError(gym.error.Error, gym.error.ClosedEnvironmentError):
     """Raised when a closed dream env is used."""
 
 
+def temperature_words(temperature: float, event_temperature: float | None = None) -> str:
+    """A dream's sampling temperatures in words.
+
+    Example:
+        >>> temperature_words(1.0), temperature_words(0.0, 1.0)
+        ('1', '0 (rewards and ends: 1)')
+    """
+    if event_temperature is None or event_temperature == temperature:
+        return f"{temperature:g}"
+    return f"{temperature:g} (rewards and ends: {event_temperature:g})"
+
+
+def _check_temperature(name: str, value: object) -> None:
+    """A clear ValueError unless ``value`` is a finite number >= 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value >= 0
+        or not math.isfinite(value)
+    ):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 class DreamVectorEnv(VectorEnv):
     """A batch of dreams of an :class:`~rem_env.REMModel`, as a Gymnasium ``VectorEnv``.
 
@@ -108,7 +137,12 @@ class DreamVectorEnv(VectorEnv):
             second, so that a busy neighbour slows a dream gracefully instead of stalling
             every parallel operator; see :class:`rem_env.threads.StepThreads`) or a positive
             int. Torch's own setting is put back after each call.
-        temperature: Sampling temperature of observation, reward and end heads (0 = argmax).
+        temperature: Sampling temperature of the observation tokens, and of the reward and end
+            heads unless ``event_temperature`` is given (0 = argmax; 1, the default, as REM).
+        event_temperature: Sampling temperature of the reward and end heads (None: the same
+            as ``temperature``). ``temperature=0, event_temperature=1`` dreams each frame's
+            likeliest tokens (a sharper ball) yet rewards and ends at their predicted rates:
+            a lower ``temperature`` alone also makes rewards and ends rarer.
         max_episode_steps: Episodes are truncated after this many steps (None: never).
         autoreset_mode: ``NEXT_STEP`` (default: an env that ended is reset by the next ``step``,
             which ignores its action and returns its first observation with reward 0),
@@ -155,6 +189,7 @@ class DreamVectorEnv(VectorEnv):
         autocast: Autocast | None = None,
         threads: Threads = AUTO,
         temperature: float = 1.0,
+        event_temperature: float | None = None,
         max_episode_steps: int | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         output: OutputType = "numpy",
@@ -185,12 +220,9 @@ class DreamVectorEnv(VectorEnv):
             raise ValueError(f"unknown obs_type {obs_type!r}; choose one of {list(OBS_TYPES)}")
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
-        if (
-            not isinstance(temperature, (int, float))
-            or not temperature >= 0
-            or not math.isfinite(temperature)
-        ):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        _check_temperature("temperature", temperature)
+        if event_temperature is not None:
+            _check_temperature("event_temperature", event_temperature)
         if max_episode_steps is not None and (
             not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1
         ):
@@ -214,6 +246,7 @@ class DreamVectorEnv(VectorEnv):
         self.obs_type: ObsType = obs_type
         self.output: OutputType = output
         self.temperature = float(temperature)
+        self.event_temperature = None if event_temperature is None else float(event_temperature)
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
         self.render_mode = render_mode
         self.validate_actions = validate_actions
@@ -374,7 +407,13 @@ class DreamVectorEnv(VectorEnv):
             k = self.model.config.tokenizer.tokens_per_frame
             u = self._draw(k + 3)  # (B, K+3): obs tokens, reward, end, context choice
             noise = StepNoise(u[:, :k], u[:, k], u[:, k + 1])
-            step, state = self.model.imagine_step(self._state, actions_t, self.temperature, noise)
+            step, state = self.model.imagine_step(
+                self._state,
+                actions_t,
+                self.temperature,
+                noise,
+                event_temperature=self.event_temperature,
+            )
             rewards = step.rewards.float()
             terminated = step.ends
             self._elapsed = self._elapsed + 1

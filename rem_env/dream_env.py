@@ -36,6 +36,8 @@ class DreamEnv(gym.Env):
         threads: CPU threads of each step: ``"auto"`` (fewer beside busy neighbours) or an int
             (see :class:`DreamVectorEnv`).
         temperature: Sampling temperature (0 = argmax).
+        event_temperature: Sampling temperature of rewards and ends (None: ``temperature``;
+            see :class:`DreamVectorEnv`).
         max_episode_steps: Truncate episodes after this many steps (``gym.make`` can also add a
             ``TimeLimit``).
         render_mode: None or ``"rgb_array"``.
@@ -63,6 +65,7 @@ class DreamEnv(gym.Env):
         autocast: Autocast | None = None,
         threads: Threads = AUTO,
         temperature: float = 1.0,
+        event_temperature: float | None = None,
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
     ) -> None:
@@ -75,6 +78,7 @@ class DreamEnv(gym.Env):
             autocast=autocast,
             threads=threads,
             temperature=temperature,
+            event_temperature=event_temperature,
             max_episode_steps=max_episode_steps,
             autoreset_mode=AutoresetMode.DISABLED,
             render_mode=render_mode,

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from rem_env.actions import action_meanings
-from rem_env.dream import DreamVectorEnv
+from rem_env.dream import DreamVectorEnv, temperature_words
 from rem_env.model import REMModel
 
 __all__ = ["DEFAULT_JITTER", "EventRates", "event_table", "measure_event_rates", "policy_actions"]
@@ -56,6 +56,8 @@ class EventRates:
         temperature: Sampling temperature of the dreams.
         policy: ``"random"`` or the action the policy held (an action meaning, e.g. ``"RIGHT"``).
         jitter: Share of the steps that took a uniformly random action (1 for ``"random"``).
+        event_temperature: Sampling temperature of the dreams' rewards and ends (None: the
+            same as ``temperature``).
     """
 
     dream_steps: int
@@ -67,6 +69,12 @@ class EventRates:
     temperature: float
     policy: str = "random"
     jitter: float = 1.0
+    event_temperature: float | None = None
+
+    @property
+    def temperature_words(self) -> str:
+        """``"1"``, or ``"0 (rewards and ends: 1)"`` where they were sampled otherwise."""
+        return temperature_words(self.temperature, self.event_temperature)
 
     @property
     def policy_words(self) -> str:
@@ -107,7 +115,7 @@ class EventRates:
             )
         rows.append(
             f"\n{self.real_steps} real and {self.dream_steps} dreamed steps of the same action "
-            f"sequences; dream temperature {self.temperature:g}."
+            f"sequences; dream temperature {self.temperature_words}."
         )
         return "\n".join(rows)
 
@@ -145,7 +153,7 @@ def event_table(rates: Sequence[EventRates]) -> str:
         rows.append(
             f"| {r.policy_words} | {ends[0]:.1f} | {ends[1]:.1f} | {pay[0]:.1f} | {pay[1]:.1f} |"
         )
-    temperatures = ", ".join(sorted({f"{r.temperature:g}" for r in rates}))
+    temperatures = ", ".join(sorted({r.temperature_words for r in rates}))
     rows.append(
         f"\n{_span([r.real_steps for r in rates])} real and "
         f"{_span([r.dream_steps for r in rates])} dreamed steps per policy; each policy plays "
@@ -225,6 +233,7 @@ def measure_event_rates(
     device: str | torch.device | None = None,
     policy: str = "random",
     jitter: float = DEFAULT_JITTER,
+    event_temperature: float | None = None,
 ) -> EventRates:
     """Counts episode ends and rewards of a simple policy in dreams and in the real game.
 
@@ -245,6 +254,8 @@ def measure_event_rates(
             ``"RIGHT"`` (:func:`rem_env.actions.action_meanings` lists a game's).
         jitter: Share of a held action's steps that take a uniformly random action instead
             (Breakout serves only after FIRE: with none the ball never comes into play).
+        event_temperature: Sampling temperature of the dreams' rewards and ends (None:
+            ``temperature``).
 
     Returns:
         The counts (:class:`EventRates`).
@@ -262,7 +273,12 @@ def measure_event_rates(
     actions = policy_actions(policy, meanings, steps, num_envs, seed, jitter)
     with torch.inference_mode():
         dreams = DreamVectorEnv(
-            model, num_envs, obs_type="tokens", device=device, temperature=temperature
+            model,
+            num_envs,
+            obs_type="tokens",
+            device=device,
+            temperature=temperature,
+            event_temperature=event_temperature,
         )
         num_actions = int(dreams.single_action_space.n)  # type: ignore[attr-defined]
         if num_actions != len(meanings):
@@ -285,4 +301,5 @@ def measure_event_rates(
         temperature=temperature,
         policy="random" if random else policy.upper(),
         jitter=1.0 if random else jitter,
+        event_temperature=event_temperature,
     )

@@ -138,6 +138,8 @@ class FidelityReport:
         real_steps: Real steps recorded.
         temperature: Sampling temperature of the dream.
         seed: Seed of the dream's sampling.
+        event_temperature: Sampling temperature of the dream's rewards and ends (None: the same
+            as ``temperature``).
         motion_psnr: PSNR (dB) over the pixels that moved in the real game, at each ``h``
             (None where no pixel moved).
         tokenizer_motion_psnr: The same for the tokenizer's reconstructions (the ceiling).
@@ -197,6 +199,7 @@ class FidelityReport:
     dreamed_ends: int = 0
     end_precision_early: float | None = None
     end_recall_early: float | None = None
+    event_temperature: float | None = None
 
     def at(self, step: int) -> dict[str, float]:
         """Token accuracy and PSNR after ``step`` imagined steps (1-based)."""
@@ -514,6 +517,7 @@ def measure_fidelity(
     seed: int = 0,
     batch_size: int = 256,
     autocast: torch.dtype | None = None,
+    event_temperature: float | None = None,
 ) -> tuple[FidelityReport, dict[str, np.ndarray]]:
     """Dreams the recorded actions from real contexts and scores every imagined step.
 
@@ -527,6 +531,8 @@ def measure_fidelity(
         batch_size: Dreams imagined together (one forward pass per step for all of them).
         autocast: Dream (and decode the dreamed frames) under ``torch.autocast`` with this
             dtype; the real frames' tokens and the tokenizer ceiling stay in float32.
+        event_temperature: Sampling temperature of the dream's rewards and ends (None:
+            ``temperature``).
 
     Returns:
         ``(report, strip)``: the report, and the real and dreamed frames ``(horizon+1, H, W, 3)``
@@ -597,7 +603,13 @@ def measure_fidelity(
                 device=device,
             )
             with dreaming():
-                step, state = model.imagine_step(state, actions, temperature, generator=generator)
+                step, state = model.imagine_step(
+                    state,
+                    actions,
+                    temperature,
+                    generator=generator,
+                    event_temperature=event_temperature,
+                )
             real_reward = torch.tensor(
                 [
                     _at(trajectories[i].rewards, j) != 0
@@ -694,6 +706,7 @@ def measure_fidelity(
         real_steps=sum(len(traj) for traj in trajectories),
         temperature=temperature,
         seed=seed,
+        event_temperature=event_temperature,
         motion_psnr=[m.psnr() for m in motion],
         tokenizer_motion_psnr=tokenizer_motion,
         reward_precision_by_step=[c.precision() for c in step_rewards],
@@ -842,6 +855,7 @@ def run_fidelity(
     autocast: torch.dtype | None = None,
     min_rewards: int = 0,
     min_ends: int = 0,
+    event_temperature: float | None = None,
 ) -> FidelityReport:
     """Records real play, measures fidelity and writes ``fidelity.json``, ``fidelity_curve.png``
     and ``fidelity_strip.png`` into ``out_dir``.
@@ -865,7 +879,14 @@ def run_fidelity(
         model, game, agent, games, seed, max_steps, min_rewards=min_rewards, min_ends=min_ends
     )
     report, strip = measure_fidelity(
-        model, trajectories, horizon, stride, temperature, seed, autocast=autocast
+        model,
+        trajectories,
+        horizon,
+        stride,
+        temperature,
+        seed,
+        autocast=autocast,
+        event_temperature=event_temperature,
     )
     report = dataclasses.replace(report, policy=getattr(agent, "description", type(agent).__name__))
     out = Path(out_dir)

@@ -134,6 +134,7 @@ class REMModel(nn.Module):
         noise: StepNoise | None = None,
         next_obs_tokens: Tensor | None = None,
         generator: torch.Generator | None = None,
+        event_temperature: float | None = None,
     ) -> tuple[ImaginationStep, ImaginationState]:
         """One batched imagination step; see :meth:`WorldModel.step`."""
         return self.world_model.step(
@@ -144,6 +145,7 @@ class REMModel(nn.Module):
             noise=noise,
             next_obs_tokens=next_obs_tokens,
             generator=generator,
+            event_temperature=event_temperature,
         )
 
     def save_pretrained(

@@ -77,6 +77,7 @@ def run(argv: list[str]) -> int:
         (["--temperature", "inf"], "--temperature must be a finite number >= 0, got inf"),
         (["--temperature", "nan"], "--temperature must be a finite number >= 0, got nan"),
         (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+        (["--event-temperature", "-0.5"], "--event-temperature must be a finite number >= 0"),
         (["--device", "cuda:99"], "available here: cpu"),
         (["--num-envs", str(10**9)], "num_envs=1,000,000,000 needs at least"),
     ],

@@ -225,6 +225,23 @@ def test_truncation_after_max_episode_steps(model: REMModel) -> None:
     assert not any(f.any() and not f.all() for f in flags)
 
 
+def test_event_temperature_keeps_the_likeliest_frames_and_samples_events(model: REMModel) -> None:
+    def run(**temperatures: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        env = DreamVectorEnv(model, 32, obs_type="tokens", **temperatures)
+        env.reset(seed=5)
+        out = [env.step(np.full(32, t % 4)) for t in range(3)]
+        env.close()
+        return [o[0] for o in out], np.stack([o[1] for o in out]), np.stack([o[2] for o in out])
+
+    cold_obs, cold_rewards, cold_ends = run(temperature=0.0)
+    warm_obs, warm_rewards, warm_ends = run(temperature=1.0)
+    obs, rewards, ends = run(temperature=0.0, event_temperature=1.0)
+    # Step 1 starts from the same contexts: its frame is the argmax one, its events sampled.
+    assert np.array_equal(obs[0], cold_obs[0]) and not np.array_equal(obs[0], warm_obs[0])
+    assert np.array_equal(rewards[0], warm_rewards[0]) and np.array_equal(ends[0], warm_ends[0])
+    assert not (np.array_equal(rewards, cold_rewards) and np.array_equal(ends, cold_ends))
+
+
 # ------------------------------------------------------------------------------------- batching
 
 
@@ -416,6 +433,8 @@ def test_lifecycle_errors(model: REMModel) -> None:
         ({"obs_type": "pixels"}, ValueError),
         ({"output": "jax"}, ValueError),
         ({"temperature": -1.0}, ValueError),
+        ({"event_temperature": -1.0}, ValueError),
+        ({"event_temperature": True}, ValueError),
         ({"max_episode_steps": 0}, ValueError),
         ({"autoreset_mode": "sometimes"}, ValueError),
         ({"render_mode": "human"}, ValueError),
@@ -435,6 +454,10 @@ def test_bad_constructor_arguments(model: REMModel, kwargs: dict[str, Any], erro
     [
         ({"temperature": float("inf")}, "temperature must be a finite number >= 0, got inf"),
         ({"temperature": float("nan")}, "temperature must be a finite number >= 0, got nan"),
+        (
+            {"event_temperature": float("nan")},
+            "event_temperature must be a finite number >= 0, got nan",
+        ),
         ({"num_envs": 10**9}, "num_envs=1,000,000,000 needs at least"),
         ({"device": "cuda:99"}, "device 'cuda:99' cannot be used"),
         ({"device": "gpu"}, "unknown device 'gpu'; available here: cpu"),

@@ -128,6 +128,8 @@ def test_the_report_says_how_the_dream_episodes_went_beside_the_real_ones():
 def test_a_negative_dream_temperature_is_refused_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match="--temperature must be a finite number >= 0"):
         main(["--steps", "64", "--temperature", "-1", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--event-temperature must be a finite number >= 0"):
+        main(["--event-temperature", "nan", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--noop-max must be positive"):
         main(["--noop-max", "0", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="no such file"):

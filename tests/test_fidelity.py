@@ -137,6 +137,26 @@ def test_reward_and_end_counts_follow_their_definitions():
     assert report.dreamed_rewards + report.dreamed_ends > 0  # random weights, temperature 1
 
 
+def test_event_temperature_changes_the_events_not_the_frames():
+    model = _model()
+    frames = np.zeros((7, 16, 16, 3), np.uint8)
+    traj = RealTrajectory(
+        frames, np.zeros(6, np.int64), np.zeros(6, np.float32), np.asarray([False] * 6)
+    )
+    runs = {
+        ev: measure_fidelity(
+            model, [traj], horizon=3, stride=1, temperature=0.0, seed=1, event_temperature=ev
+        )[0]
+        for ev in (None, 1.0)
+    }
+    assert runs[None].event_temperature is None and runs[1.0].event_temperature == 1.0
+    # Dreamed frames do not depend on the sampled rewards and ends: the same argmax dream.
+    assert runs[1.0].token_accuracy == runs[None].token_accuracy
+    assert runs[1.0].psnr == runs[None].psnr
+    events = {ev: (r.dreamed_rewards, r.dreamed_ends) for ev, r in runs.items()}
+    assert events[1.0] != events[None]  # random weights: sampled events differ from argmax
+
+
 def test_ends_dreamed_up_to_two_steps_early_are_found():
     model = _model()
     with torch.no_grad():  # a world model that ends every dreamed step

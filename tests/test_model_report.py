@@ -76,8 +76,9 @@ def test_model_report_writes_training_fidelity_and_dream_to_real(tmp_path):
 
 
 def _dream_to_real_dir(
-    path, command, agent_mean, random_mean, steps=1000, seed=None, temperature=None
-):
+    path, command, agent_mean, random_mean, steps=1000, seed=None, temperature=None,
+    event_temperature=None,
+):  # fmt: skip
     path.mkdir()
     summary = {"mean": agent_mean, "std": 0.5, "min": 0.0, "max": 9.0, "episodes": 24}
     report = {
@@ -95,6 +96,8 @@ def _dream_to_real_dir(
         report["seed"] = seed
     if temperature is not None:
         report["dream_temperature"] = temperature
+    if event_temperature is not None:
+        report["dream_event_temperature"] = event_temperature
     (path / "dream_to_real.json").write_text(json.dumps(report))
     return path
 
@@ -146,6 +149,12 @@ def test_model_card_names_the_dream_temperature_and_refuses_to_mix_them(tmp_path
     )
     with pytest.raises(ValueError, match=r"dream_temperature 0\.5 but"):
         dream_to_real_section([old, cool])
+    sharp = _dream_to_real_dir(tmp_path / "c", "d2r", 3.0, 2.0, temperature=0.0,
+                               event_temperature=1.0)  # fmt: skip
+    assert "temperature 0 (rewards and ends: 1);" in dream_to_real_section([sharp])
+    argmax = _dream_to_real_dir(tmp_path / "d", "d2r", 3.0, 2.0, temperature=0.0)
+    with pytest.raises(ValueError, match=r"dream_event_temperature 0\.0 but"):
+        dream_to_real_section([sharp, argmax])
 
 
 def test_model_card_shows_the_events_of_simple_policies(tmp_path):

@@ -230,6 +230,24 @@ def test_step_noise_makes_each_dream_independent_of_its_batch():
         assert alone.rewards[0] == together.rewards[i] and alone.ends[0] == together.ends[i]
 
 
+@pytest.mark.parametrize("pop", [True, False], ids=["pop", "token-by-token"])
+def test_event_temperature_samples_rewards_and_ends_apart_from_the_frame(pop):
+    wm = make_model(pop=pop)
+    obs, actions = random_segment(batch=64, blocks=3)
+    noise = StepNoise.draw(64, K, torch.device("cpu"), torch.Generator().manual_seed(3))
+    state = wm.start_state(obs[:, :2], actions[:, :1])
+    cold, _ = wm.step(state, actions[:, 2], temperature=0.0, noise=noise)
+    warm, _ = wm.step(state, actions[:, 2], temperature=1.0, noise=noise)
+    mixed, _ = wm.step(state, actions[:, 2], temperature=0.0, noise=noise, event_temperature=1.0)
+    unset, _ = wm.step(state, actions[:, 2], temperature=0.0, noise=noise, event_temperature=None)
+    assert torch.equal(mixed.obs_tokens, cold.obs_tokens)  # the likeliest frame ...
+    assert torch.equal(mixed.rewards, warm.rewards) and torch.equal(mixed.ends, warm.ends)
+    assert not torch.equal(cold.obs_tokens, warm.obs_tokens)  # ... which sampling would not be
+    assert not torch.equal(cold.rewards, warm.rewards)  # nor the events
+    for a, b in zip(unset, cold, strict=True):  # None: one temperature for all, as before
+        assert torch.equal(a, b)
+
+
 def test_paper_world_model_parameter_count():
     cfg = REMConfig.preset("paper", num_actions=4)
     wm = WorldModel(cfg.world_model, 4, 512, 64)

@@ -65,6 +65,7 @@ def train_in_dream(
     device: str = "cpu",
     verbose: int = 0,
     temperature: float = 1.0,
+    event_temperature: float | None = None,
 ) -> Any:
     """PPO (``CnnPolicy``, Atari hyper-parameters of the SB3 zoo) trained ``steps`` dream steps.
 
@@ -79,6 +80,8 @@ def train_in_dream(
         verbose: SB3 verbosity.
         temperature: Sampling temperature of the dreams (1: REM's; lower: fewer, likelier
             surprises; 0: argmax).
+        event_temperature: Sampling temperature of the dreams' rewards and ends (None:
+            ``temperature``).
     """
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
@@ -93,6 +96,7 @@ def train_in_dream(
         device=device,
         max_episode_steps=max_episode_steps,
         temperature=temperature,
+        event_temperature=event_temperature,
     )
     env = VecFrameStack(VecMonitor(SB3DreamVecEnv(venv)), N_STACK)
     env.seed(seed)
@@ -279,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sampling temperature of the dreams PPO trains in (0: argmax)",
     )
     parser.add_argument(
+        "--event-temperature",
+        type=float,
+        default=None,
+        help="sampling temperature of the dreams' rewards and ends (default: --temperature)",
+    )
+    parser.add_argument(
         "--noop-max",
         type=int,
         default=1,
@@ -289,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="ZIP",
         help="score this PPO agent (a ppo_dream.zip of an earlier run) instead of training one; "
-        "--model, --steps, --num-envs and --temperature are then not used",
+        "--model, --steps, --num-envs and the temperatures are then not used",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -304,8 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(
             "--steps, --num-envs, --episodes, --eval-envs and --noop-max must be positive"
         )
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise SystemExit(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    for flag, value in (
+        ("--temperature", args.temperature),
+        ("--event-temperature", args.event_temperature),
+    ):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise SystemExit(f"{flag} must be a finite number >= 0, got {value}")
     if args.agent is not None and not Path(args.agent).is_file():
         raise SystemExit(f"--agent {args.agent}: no such file (a ppo_dream.zip of an earlier run)")
     out = Path(args.out)
@@ -320,12 +334,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seed,
             device=args.device,
             temperature=args.temperature,
+            event_temperature=args.event_temperature,
         )
         dream: dict[str, Any] = {
             "model": args.model or f"default model of {env_id(args.game)}",
             "dream_steps": args.steps,
             "dream_envs": args.num_envs,
             "dream_temperature": args.temperature,
+            "dream_event_temperature": (
+                args.temperature if args.event_temperature is None else args.event_temperature
+            ),
             "train_seconds": round(time.perf_counter() - start, 1),
             "dream_episodes": dream_episodes(agent, MAX_DREAM_EPISODE_STEPS),
         }

@@ -27,6 +27,7 @@ import torch
 
 from rem_env.checkpoint import CONFIG_NAME, MANIFEST_NAME, MODEL_CARD_NAME
 from rem_env.config import REMConfig
+from rem_env.dream import temperature_words
 from rem_env.events import EventRates, event_table
 from rem_env.fidelity import FidelityReport
 from rem_env.manifest import ProtocolManifest
@@ -134,9 +135,17 @@ def dream_to_real_section(
                 "the dream-to-real folder of the run that trained it"
             )
         report.setdefault("dream_temperature", 1.0)  # reports written before it was an option
+        report.setdefault("dream_event_temperature", report["dream_temperature"])  # likewise
         report.setdefault("noop_max", 1)  # reports written before it was an option
     for path, report in zip(paths[1:], reports[1:], strict=True):
-        for key in ("dream_steps", "dream_envs", "frame_stack", "dream_temperature", "noop_max"):
+        for key in (
+            "dream_steps",
+            "dream_envs",
+            "frame_stack",
+            "dream_temperature",
+            "dream_event_temperature",
+            "noop_max",
+        ):
             if report[key] != first[key]:
                 raise ValueError(
                     f"{path} has {key} {report[key]} but {paths[0]} has {first[key]}: the card "
@@ -144,8 +153,9 @@ def dream_to_real_section(
                 )
     minutes = " and ".join(f"{r['train_seconds'] / 60:.1f}" for r in reports)
     runs = "" if len(reports) == 1 else f", once for each of {len(reports)} PPO seeds"
+    temperatures = (first["dream_temperature"], first["dream_event_temperature"])
     temperature = (
-        "" if first["dream_temperature"] == 1.0 else f", temperature {first['dream_temperature']:g}"
+        "" if temperatures == (1.0, 1.0) else f", temperature {temperature_words(*temperatures)}"
     )
     lines = [
         "## Trained in the dream, scored on the real game",
@@ -241,7 +251,7 @@ def write_model_report(
                     f"`rem-env fidelity`: {data.get('games', '?')} real games played by "
                     f"{data.get('agent', '?')}, the same actions dreamed from the same real "
                     f"contexts (a dream every few real steps, sampled at temperature "
-                    f"{report.temperature:g}).",
+                    f"{temperature_words(report.temperature, report.event_temperature)}).",
                     "",
                     report.summary_table(),
                     "",

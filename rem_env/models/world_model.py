@@ -289,6 +289,7 @@ class WorldModel(nn.Module):
         noise: StepNoise | None = None,
         next_obs_tokens: Tensor | None = None,
         generator: torch.Generator | None = None,
+        event_temperature: float | None = None,
     ) -> tuple[ImaginationStep, ImaginationState]:
         """Imagines one step for a batch: reward, end and the next observation.
 
@@ -296,11 +297,15 @@ class WorldModel(nn.Module):
             state: The state before the step (not modified).
             actions: (B,) int64 actions.
             codebook: Tokenizer codebook (shared embeddings).
-            temperature: Sampling temperature of all three heads (0 = argmax).
+            temperature: Sampling temperature of the observation tokens, and of the reward and
+                end heads unless ``event_temperature`` is given (0 = argmax).
             noise: Uniform numbers that drive the sampling; drawn from ``generator`` if None.
             next_obs_tokens: (B, K) tokens to use as the next observation instead of sampling
                 (teacher forcing); logits are still computed.
             generator: Random generator used when ``noise`` is None.
+            event_temperature: Sampling temperature of the reward and end heads (None:
+                ``temperature``). A dream may draw its frames' likeliest tokens (0) and still
+                sample its rewards and ends at their predicted rates (1).
 
         Returns:
             ``(step, new_state)``.
@@ -311,10 +316,14 @@ class WorldModel(nn.Module):
             noise = StepNoise.draw(
                 state.batch_size, self.tokens_per_obs, state.obs_tokens.device, generator
             )
+        temperatures = (
+            temperature,
+            temperature if event_temperature is None else event_temperature,
+        )
         if self.config.pop:
-            return self._step_pop(state, actions, codebook, temperature, noise, next_obs_tokens)
+            return self._step_pop(state, actions, codebook, temperatures, noise, next_obs_tokens)
         return self._step_token_by_token(
-            state, actions, codebook, temperature, noise, next_obs_tokens
+            state, actions, codebook, temperatures, noise, next_obs_tokens
         )
 
     def _step_pop(
@@ -322,7 +331,7 @@ class WorldModel(nn.Module):
         state: ImaginationState,
         actions: Tensor,
         codebook: Tensor | None,
-        temperature: float,
+        temperatures: tuple[float, float],
         noise: StepNoise,
         next_obs_tokens: Tensor | None,
     ) -> tuple[ImaginationStep, ImaginationState]:
@@ -337,8 +346,8 @@ class WorldModel(nn.Module):
         action_hidden, obs_hidden = out[:, 0], out[:, 1:]
         obs_logits = self.head_obs(obs_hidden)  # (B, K, V)
         if next_obs_tokens is None:
-            next_obs_tokens = sample_categorical(obs_logits, noise.obs, temperature)
-        step = self._finish_step(action_hidden, obs_logits, next_obs_tokens, temperature, noise)
+            next_obs_tokens = sample_categorical(obs_logits, noise.obs, temperatures[0])
+        step = self._finish_step(action_hidden, obs_logits, next_obs_tokens, temperatures[1], noise)
         new_state = ImaginationState(
             self._float_states(states), next_obs_tokens, state.position + block, 0
         )
@@ -349,7 +358,7 @@ class WorldModel(nn.Module):
         state: ImaginationState,
         actions: Tensor,
         codebook: Tensor | None,
-        temperature: float,
+        temperatures: tuple[float, float],
         noise: StepNoise,
         next_obs_tokens: Tensor | None,
     ) -> tuple[ImaginationStep, ImaginationState]:
@@ -363,7 +372,7 @@ class WorldModel(nn.Module):
         for j in range(k):
             logits.append(self.head_obs(hidden))  # (B, V)
             if next_obs_tokens is None:
-                tokens.append(sample_categorical(logits[-1], noise.obs[:, j], temperature))
+                tokens.append(sample_categorical(logits[-1], noise.obs[:, j], temperatures[0]))
             else:
                 tokens.append(next_obs_tokens[:, j])
             if j < k - 1:
@@ -372,7 +381,7 @@ class WorldModel(nn.Module):
                 hidden = hidden[:, 0]
         obs_logits = torch.stack(logits, dim=1)  # (B, K, V)
         next_tokens = torch.stack(tokens, dim=1)  # (B, K)
-        step = self._finish_step(action_hidden, obs_logits, next_tokens, temperature, noise)
+        step = self._finish_step(action_hidden, obs_logits, next_tokens, temperatures[1], noise)
         return step, ImaginationState(self._float_states(states), next_tokens, next_block, k - 1)
 
     def _finish_step(
