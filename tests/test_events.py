@@ -124,12 +124,15 @@ def test_the_cli_prints_the_table_and_writes_json(tmp_path, capsys) -> None:
     assert counts["dream_ends"] == 20 and counts["policy"] == "random"  # every other step resets
     status = main(
         ["events", "REM-Breakout-v0", "--model", str(folder), "--num-envs", "1", "--steps", "10",
-         "--policy", "random", "--policy", "left", "--jitter", "0", "--out", str(out)]
+         "--policy", "random", "--policy", "left", "--jitter", "0", "--out", str(out),
+         "--temperature", "0", "--event-temperature", "1"]
     )  # fmt: skip
     assert status == 0
     printed = capsys.readouterr().out
     assert "| random policy |" in printed and "| LEFT held, 0% random actions |" in printed
     assert [c["policy"] for c in json.loads(out.read_text())] == ["random", "LEFT"]
+    assert "dream temperature 0 (rewards and ends: 1)." in printed
+    assert [c["event_temperature"] for c in json.loads(out.read_text())] == [1.0, 1.0]
     assert main(["events", "REM-Breakout-v0", "--model", str(folder), "--steps", "0"]) == 2
     # A wrong policy or jitter is refused before the model loads.
     for wrong in (["--policy", "JUMP"], ["--policy", "LEFT", "--jitter", "-0.1"]):

@@ -232,7 +232,16 @@ def test_cli_fidelity(tmp_path, capsys):
     )  # fmt: skip
     assert code == 0
     assert "token accuracy" in capsys.readouterr().out
-    assert (out / "fidelity.json").is_file()
+    data = json.loads((out / "fidelity.json").read_text())
+    assert (data["temperature"], data["event_temperature"]) == (1.0, None)
+    code = main(
+        ["fidelity", "REM-Breakout-v0", "--random-weights", "tiny", "--games", "1",
+         "--horizon", "2", "--max-steps", "40", "--out", str(out), "--device", "cpu",
+         "--temperature", "0", "--event-temperature", "1"]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads((out / "fidelity.json").read_text())
+    assert (data["temperature"], data["event_temperature"]) == (0.0, 1.0)
     assert main(["fidelity", "REM-Breakout-v0", "--random-weights", "tiny", "--horizon", "0"]) == 2
     assert "--horizon" in capsys.readouterr().err
 
