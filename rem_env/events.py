@@ -100,24 +100,9 @@ class EventRates:
         return {**asdict(self), **rates}
 
     def table(self) -> str:
-        """A Markdown table: ends and rewards per 1,000 steps, real game and dream."""
-        rows = [
-            f"| {self.policy_words} | episode ends per 1,000 steps | rewards per 1,000 steps |",
-            "|---|---|---|",
-        ]
-        for label, steps, ends, rewards in (
-            ("real game", self.real_steps, self.real_ends, self.real_rewards),
-            ("dream", self.dream_steps, self.dream_ends, self.dream_rewards),
-        ):
-            rows.append(
-                f"| {label} | {self.per_thousand(ends, steps):.1f} | "
-                f"{self.per_thousand(rewards, steps):.1f} |"
-            )
-        rows.append(
-            f"\n{self.real_steps} real and {self.dream_steps} dreamed steps of the same action "
-            f"sequences; dream temperature {self.temperature_words}."
-        )
-        return "\n".join(rows)
+        """A Markdown table: ends and rewards per 1,000 steps, real game and dream
+        (:func:`event_table` of this policy alone)."""
+        return event_table([self])
 
 
 def _span(counts: Sequence[int]) -> str:
