@@ -389,14 +389,14 @@ class WorldModel(nn.Module):
         action_hidden: Tensor,
         obs_logits: Tensor,
         obs_tokens: Tensor,
-        temperature: float,
+        event_temperature: float,
         noise: StepNoise,
     ) -> ImaginationStep:
         reward_logits = self.head_reward(action_hidden)
         end_logits = self.head_end(action_hidden)
-        reward_class = sample_categorical(reward_logits, noise.reward, temperature)
+        reward_class = sample_categorical(reward_logits, noise.reward, event_temperature)
         rewards = reward_class.to(self.float_dtype) - 1
-        ends = sample_categorical(end_logits, noise.end, temperature).bool()
+        ends = sample_categorical(end_logits, noise.end, event_temperature).bool()
         return ImaginationStep(obs_tokens, rewards, ends, obs_logits, reward_logits, end_logits)
 
     # ----------------------------------------------------------------------------------- checks
