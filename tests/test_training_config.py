@@ -89,6 +89,16 @@ def test_unknown_preset_and_bad_numbers() -> None:
         build_config({"evaluation.object_segments": -1})
 
 
+def test_the_actor_critic_may_dream_argmax_frames_with_warm_events() -> None:
+    argv = ["--preset", "smoke", "--actor-critic.dream-temperature", "0",
+            "--actor-critic.dream-event-temperature", "1"]  # fmt: skip
+    ac = build_config(vars(parser().parse_args(argv))).actor_critic
+    assert (ac.dream_temperature, ac.dream_event_temperature) == (0.0, 1.0)
+    assert TrainConfig.from_preset("smoke").actor_critic.dream_event_temperature is None
+    with pytest.raises(ValueError, match=r"actor_critic\.dream_event_temperature must be >= 0"):
+        build_config({"actor_critic.dream_event_temperature": -1.0})
+
+
 def test_cli_overrides_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     args = vars(
         parser().parse_args(

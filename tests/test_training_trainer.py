@@ -331,3 +331,21 @@ def test_replay_tokens_follow_the_tokenizer_and_the_buffer(tmp_path: Path) -> No
         assert cache.update(tokenizer, replay) == 7 and cache.stale_frames(tokenizer, replay) == 0
         tokenizer.load_state_dict(tokenizer.state_dict())
         assert cache.stale_frames(tokenizer, replay) == 7
+
+
+def test_the_actor_critic_dreams_at_the_configured_temperatures(tmp_path: Path) -> None:
+    """``actor_critic.dream_temperature`` 0 and ``dream_event_temperature`` 1 reach the
+    actor-critic's dream env: the likeliest frames, rewards and ends sampled."""
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    ac = dataclasses.replace(
+        config.actor_critic, steps_per_epoch=1, dream_temperature=0.0, dream_event_temperature=1.0
+    )
+    config = dataclasses.replace(config, actor_critic=ac)
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        trainer.collect(120)
+        trainer.train_actor_critic(epoch=3)
+        env = trainer.imagination.env
+    finally:
+        trainer.close()
+    assert (env.temperature, env.event_temperature) == (0.0, 1.0)

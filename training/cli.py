@@ -10,8 +10,8 @@ Under ``torchrun --nproc_per_node=N`` the run is data-parallel over N processes 
 A run is continued with ``--resume RUN``, and extended with ``--resume RUN --epochs N`` (N above
 the run's ``common.epochs``; ``--common.collect-epochs M`` likewise extends real-data collection).
 A resume may also change the fields of :data:`TUNABLE` (phase starts, learning rates, the
-moving-patch, episode-end and dreamed-heads weights, the scripted player's share of
-collection). Ctrl-C stops a run like SIGTERM does, at a step boundary, resumable (exit status
+moving-patch, episode-end and dreamed-heads weights, the scripted and parked players' shares of
+collection, the actor-critic's dream temperatures). Ctrl-C stops a run like SIGTERM does, at a step boundary, resumable (exit status
 130; a second Ctrl-C quits at once). One run is trained by one ``rem-train`` at a time.
 
 Example:
@@ -76,6 +76,8 @@ TUNABLE = (
     "tokenizer.lr",
     "world_model.lr",
     "actor_critic.lr",
+    "actor_critic.dream_temperature",
+    "actor_critic.dream_event_temperature",
 )
 """Fields that ``--resume`` may set to any valid value, for the epochs still to train (recorded
 in the run's ``config_changes.jsonl`` and its export's ``training.json``)."""

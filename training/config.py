@@ -176,7 +176,12 @@ class ActorCriticPhase:
     gamma: float = doc(0.995, "discount")
     lambda_: float = doc(0.95, "lambda of the lambda-returns")
     entropy_weight: float = doc(0.001, "weight of the entropy bonus")
-    dream_temperature: float = doc(1.0, "sampling temperature of the world model in imagination")
+    dream_temperature: float = doc(
+        1.0, "sampling temperature of the world model in imagination (0: argmax)"
+    )
+    dream_event_temperature: float | None = doc(
+        None, "sampling temperature of the imagined rewards and ends (None: dream_temperature)"
+    )
 
 
 @dataclass(frozen=True)
@@ -378,6 +383,8 @@ def _check_positive(config: TrainConfig) -> None:
                 "object_segments",
                 "moving_weight",
                 "dreamed_heads_weight",
+                "dream_temperature",
+                "dream_event_temperature",
             ):
                 if value < 0:
                     raise ValueError(f"{section}.{f.name} must be >= 0, got {value!r}")

@@ -75,6 +75,8 @@ class Imagination:
             weights). The dream env puts it in eval mode at each step.
         num_envs: Trajectories per batch (the actor-critic batch size, 128).
         temperature: Sampling temperature of the world model.
+        event_temperature: Sampling temperature of the imagined rewards and ends (None:
+            ``temperature``).
 
     Example:
         >>> import torch
@@ -88,7 +90,13 @@ class Imagination:
         (torch.Size([2, 4, 3]), torch.Size([2, 4]))
     """
 
-    def __init__(self, model: REMModel, num_envs: int, temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: REMModel,
+        num_envs: int,
+        temperature: float = 1.0,
+        event_temperature: float | None = None,
+    ) -> None:
         self.model = model
         self.env = DreamVectorEnv(
             model,
@@ -97,6 +105,7 @@ class Imagination:
             output="torch",
             autoreset_mode="disabled",
             temperature=temperature,
+            event_temperature=event_temperature,
             validate_actions=False,
         )
 

@@ -476,7 +476,10 @@ class Trainer:
         rows = rank_slice(cfg.batch_size, self.dist)
         if self.imagination is None:  # this rank's trajectories
             self.imagination = Imagination(
-                self.model, rows.stop - rows.start, cfg.dream_temperature
+                self.model,
+                rows.stop - rows.start,
+                cfg.dream_temperature,
+                cfg.dream_event_temperature,
             )
         context = self.model.config.world_model.context_length
         losses = []
