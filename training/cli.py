@@ -11,8 +11,9 @@ A run is continued with ``--resume RUN``, and extended with ``--resume RUN --epo
 the run's ``common.epochs``; ``--common.collect-epochs M`` likewise extends real-data collection).
 A resume may also change the fields of :data:`TUNABLE` (phase starts, learning rates, the
 moving-patch, episode-end and dreamed-heads weights, the scripted and parked players' shares of
-collection, the actor-critic's dream temperatures). Ctrl-C stops a run like SIGTERM does, at a step boundary, resumable (exit status
-130; a second Ctrl-C quits at once). One run is trained by one ``rem-train`` at a time.
+collection, the actor-critic's dream temperatures). Ctrl-C stops a run like SIGTERM does, at a
+step boundary, resumable (exit status 130; a second Ctrl-C quits at once). One run is trained by
+one ``rem-train`` at a time.
 
 Example:
     ``rem-train --game Breakout --preset smoke --out runs/smoke`` then, after a crash,
