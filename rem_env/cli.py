@@ -13,7 +13,6 @@ import argparse
 import difflib
 import importlib.metadata
 import json
-import math
 import os
 import re
 import subprocess
@@ -41,7 +40,7 @@ from rem_env.agents import (
     roll_dream,
 )
 from rem_env.config import REMConfig
-from rem_env.dream import AUTOCAST_DTYPES, DreamVectorEnv, check_device
+from rem_env.dream import AUTOCAST_DTYPES, DreamVectorEnv, check_device, check_temperature
 from rem_env.events import DEFAULT_JITTER, event_table, measure_event_rates, policy_actions
 from rem_env.hub import ModelLoadError, NoDefaultModelError, resolve_default_model
 from rem_env.model import REMModel
@@ -153,8 +152,11 @@ def check_seed_and_temperature(args: argparse.Namespace, num_envs: int = 1) -> N
         ("--temperature", args.temperature),
         ("--event-temperature", args.event_temperature),
     ):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise CLIError(f"{flag} must be a finite number >= 0, got {value}")
+        if value is not None:
+            try:
+                check_temperature(flag, value)
+            except ValueError as err:
+                raise CLIError(str(err)) from err
 
 
 def load_scoring_model(args: argparse.Namespace, game: str, device: str) -> REMModel:

@@ -30,6 +30,7 @@ __all__ = [
     "DreamVectorEnv",
     "available_devices",
     "check_device",
+    "check_temperature",
     "temperature_words",
 ]
 
@@ -88,8 +89,8 @@ def temperature_words(temperature: float, event_temperature: float | None = None
     return f"{temperature:g} (rewards and ends: {event_temperature:g})"
 
 
-def _check_temperature(name: str, value: object) -> None:
-    """A clear ValueError unless ``value`` is a finite number >= 0."""
+def check_temperature(name: str, value: object) -> None:
+    """A clear ValueError (naming ``name``) unless ``value`` is a finite number >= 0."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -220,9 +221,9 @@ class DreamVectorEnv(VectorEnv):
             raise ValueError(f"unknown obs_type {obs_type!r}; choose one of {list(OBS_TYPES)}")
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
-        _check_temperature("temperature", temperature)
+        check_temperature("temperature", temperature)
         if event_temperature is not None:
-            _check_temperature("event_temperature", event_temperature)
+            check_temperature("event_temperature", event_temperature)
         if max_episode_steps is not None and (
             not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1
         ):

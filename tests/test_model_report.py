@@ -157,7 +157,7 @@ def test_model_card_names_the_dream_temperature_and_refuses_to_mix_them(tmp_path
         dream_to_real_section([sharp, argmax])
 
 
-def test_model_card_shows_the_events_of_simple_policies(tmp_path):
+def test_model_card_shows_the_events_of_simple_policies(tmp_path, capsys):
     torch.manual_seed(0)
     folder = tmp_path / "model"
     REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, game="Breakout")).save_pretrained(
@@ -176,6 +176,11 @@ def test_model_card_shows_the_events_of_simple_policies(tmp_path):
     events.write_text(json.dumps(EventRates(**counts).to_dict()))  # the command's first format
     assert main([str(folder), "--events", str(events)]) == 0
     assert "| random policy | 25.0 |" in (folder / "README.md").read_text()
+    # Refusals and missing files are one line on stderr and exit status 2, not a traceback.
     events.write_text("[]")
-    with pytest.raises(ValueError, match="holds no policy's counts"):
-        main([str(folder), "--events", str(events)])
+    for path in (events, tmp_path / "missing.json"):
+        with pytest.raises(SystemExit) as stop:
+            main([str(folder), "--events", str(path)])
+        assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds no policy's counts" in err and "missing.json" in err

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import re
 import sys
@@ -36,6 +35,7 @@ import torch
 
 import rem_env  # noqa: F401  (registers REM-<Game>-v0)
 from rem_env.agents import RandomAgent
+from rem_env.dream import check_temperature
 from rem_env.registration import ATARI_100K_GAMES, env_id
 from rem_train.evaluate import NOOP_MAX_HELP, blind_baseline, evaluate_agent, starts_in_words
 
@@ -318,8 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("--temperature", args.temperature),
         ("--event-temperature", args.event_temperature),
     ):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise SystemExit(f"{flag} must be a finite number >= 0, got {value}")
+        if value is not None:
+            try:
+                check_temperature(flag, value)
+            except ValueError as err:
+                raise SystemExit(str(err)) from err
     if args.agent is not None and not Path(args.agent).is_file():
         raise SystemExit(f"--agent {args.agent}: no such file (a ppo_dream.zip of an earlier run)")
     out = Path(args.out)

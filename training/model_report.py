@@ -292,9 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", help="JSON file of `rem-env events --out`")
     parser.add_argument("--machine", help="where it was trained, in words (default: here)")
     args = parser.parse_args(argv)
-    path = write_model_report(
-        args.folder, args.fidelity, args.dream_to_real, args.machine, events=args.events
-    )
+    try:
+        path = write_model_report(
+            args.folder, args.fidelity, args.dream_to_real, args.machine, events=args.events
+        )
+    except (OSError, ValueError) as err:  # a missing file, a refused mix of reports: one line
+        parser.error(str(err))
     print(f"wrote {path}")
     return 0
 
