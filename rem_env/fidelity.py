@@ -151,7 +151,11 @@ class FidelityReport:
             it within ``NEAR_PIXELS``), ``reconstruction_frames``, ``reconstruction_false`` (of
             the frames without the object, the share whose reconstruction shows one),
             ``dream_near`` (per ``h``, the share of checkable steps whose dreamed object is
-            within ``NEAR_PIXELS`` of the real one) and ``dream_compared``.
+            within ``NEAR_PIXELS`` of the real one), ``dream_compared``, ``dream_found`` (per
+            ``h``, the share of those steps whose dreamed frame shows the object anywhere),
+            ``dream_kept`` (per ``h``, of the dreams whose object was within ``NEAR_PIXELS``
+            at step ``h - 1``, the share that has it there at ``h`` too; None at ``h = 1`` and
+            where there were none) and ``dream_kept_compared`` (how many such dreams).
         policy: Who played the real game.
         still_token_flips: Of the tokens of patches whose pixels did not change since the
             previous real frame, the share the tokenizer gave another code than in that frame:
@@ -248,6 +252,17 @@ class FidelityReport:
                 f"{_fmt(obj['reconstruction_false'])} of those without it)"
             )
         rows += [ceiling + ".", ""]  # a blank line: one paragraph each in markdown
+        for name in names:
+            obj = self.objects[name]
+            if obj.get("dream_found") and self.horizon >= 2:  # reports before 2026-12-02 lack it
+                found = obj["dream_found"]
+                rows += [
+                    f"Dreamed {name} anywhere in the frame at steps 1 / {self.horizon}: "
+                    f"{_fmt(found[0])} / {_fmt(found[-1])}; of the dreams with the {name} "
+                    f"within {NEAR_PIXELS:g} px at step 1, {_fmt(obj['dream_kept'][1])} still "
+                    f"have it there at step 2 ({obj['dream_kept_compared'][1]} dreams).",
+                    "",
+                ]
         if self.still_token_flips is not None and self.moving_patches is not None:
             rows += [
                 f"Tokens that change where no pixel moved: {_fmt(self.still_token_flips)} of the "
@@ -484,7 +499,11 @@ class ObjectCounts:
     false: int = 0
     absent: int = 0
 
-    def add(self, probe: ObjectProbe, pictures: np.ndarray, ram: np.ndarray) -> None:
+    def add(
+        self, probe: ObjectProbe, pictures: np.ndarray, ram: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Counts a batch of frames; returns (N,) bool each: object near (and checkable), and
+        checkable."""
         truth = probe.real_positions(ram, pictures.shape[1])
         hits = probe.find(pictures)
         near = hits.found & (
@@ -495,6 +514,7 @@ class ObjectCounts:
         self.found += int(hits.found[truth.checkable].sum())
         self.false += int(hits.found[~truth.visible].sum())
         self.absent += int((~truth.visible).sum())
+        return near & truth.checkable, truth.checkable
 
     def recall(self) -> float | None:
         return self.near / self.checked if self.checked else None
@@ -567,6 +587,8 @@ def measure_fidelity(
     with_ram = all(traj.ram is not None for traj in trajectories)
     probes = probes_for(model.config.game or "") if with_ram else ()
     dream_objects = {p.name: [ObjectCounts() for _ in range(horizon)] for p in probes}
+    # Per step h >= 2: [dreams whose object was near at h-1 and is checkable at h, of them near]
+    kept = {p.name: np.zeros((horizon, 2), dtype=np.int64) for p in probes}
     generator = torch.Generator(device=device).manual_seed(seed)
     strip: dict[str, np.ndarray] = {}
     for first in range(0, len(starts), batch_size):
@@ -581,6 +603,7 @@ def measure_fidelity(
         with dreaming():
             state = model.start_state(ctx_tokens, ctx_actions)
         alive = torch.ones(b, dtype=torch.bool, device=device)
+        near_before = {p.name: np.zeros(b, dtype=bool) for p in probes}  # at the last step
         dreamed_end_steps: list[list[int]] = [[] for _ in range(b)]
         real_end_step: list[int | None] = [None] * b
         dreamed: list[np.ndarray] = []
@@ -659,8 +682,13 @@ def measure_fidelity(
                     ram = np.stack(
                         [trajectories[batch[r][0]].ram[index[r] + 1] for r in rows.tolist()]  # type: ignore[index]
                     )
+                    picked = rows.cpu().numpy()
                     for probe in probes:
-                        dream_objects[probe.name][h - 1].add(probe, pictures, ram)
+                        near, checkable = dream_objects[probe.name][h - 1].add(probe, pictures, ram)
+                        was_near = near_before[probe.name][picked] & checkable
+                        kept[probe.name][h - 1] += (int(was_near.sum()), int(near[was_near].sum()))
+                        near_before[probe.name][:] = False
+                        near_before[probe.name][picked] = near
                 compared[h - 1] += len(rows)
                 if not strip and bool(seen[0]):
                     dreamed.append(to_pixels(dream_frames[:1])[0])
@@ -685,6 +713,9 @@ def measure_fidelity(
             "reconstruction_false": recon_objects[name].false_share(),
             "dream_near": [c.recall() for c in counts],
             "dream_compared": [c.checked for c in counts],
+            "dream_found": [c.found_share() for c in counts],
+            "dream_kept": [int(n) / int(of) if of else None for of, n in kept[name]],
+            "dream_kept_compared": [int(of) for of, _ in kept[name]],
         }
         for name, counts in dream_objects.items()
     }

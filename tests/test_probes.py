@@ -3,18 +3,28 @@ player, and the probe figures of the fidelity report."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+import rem_env.fidelity as fidelity_module
 from rem_env import REMConfig, REMModel
 from rem_env.agents import RandomAgent
 from rem_env.atari import make_atari_env
-from rem_env.fidelity import ObjectCounts, measure_fidelity, record_real_trajectories
+from rem_env.fidelity import (
+    ObjectCounts,
+    RealTrajectory,
+    measure_fidelity,
+    record_real_trajectories,
+)
 from rem_env.probes import (
     BreakoutBallFollower,
     BreakoutBallProbe,
     BreakoutWallParker,
+    ProbeHits,
+    RealObjects,
     probes_for,
 )
 from rem_train.evaluate import evaluate_agent
@@ -180,3 +190,84 @@ def test_fidelity_plays_until_enough_events_and_reports_objects() -> None:
     assert len(report.motion_psnr) == 3 and report.tokenizer_motion_psnr is not None
     assert len(report.reward_recall_by_step) == 3
     assert "motion PSNR" in report.summary_table((1, 3))
+
+
+class _EveryThirdFrameMissed:
+    """A probe that 'finds' the object at its real place except in real frames j with
+    j % 3 == 0 (an index of the frame is written into the RAM), where it finds it far away,
+    and in frames j % 7 == 0, where it finds nothing."""
+
+    name = "ball"
+
+    def real_positions(self, ram: np.ndarray, size: int) -> RealObjects:
+        self.index = ram[:, 0].astype(np.int64) + 256 * ram[:, 1].astype(np.int64)
+        n = len(ram)
+        everywhere = np.ones(n, dtype=bool)
+        return RealObjects(np.zeros((n, 2)), everywhere, everywhere)
+
+    def find(self, frames: np.ndarray) -> ProbeHits:
+        j = self.index
+        positions = np.where((j % 3 == 0)[:, None], 50.0, 0.0) * np.ones((len(j), 2))
+        return ProbeHits(positions, j % 7 != 0)
+
+
+def test_fidelity_counts_the_dreamed_object_anywhere_and_kept_from_step_to_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``dream_found`` and ``dream_kept`` follow the probe dream by dream: a dream whose object
+    was near at step h-1 counts at h (rows stay aligned while dreams drop out)."""
+    torch.manual_seed(0)
+    model = REMModel(REMConfig.preset("tiny", num_actions=4, game="Breakout")).eval()
+    size = model.config.tokenizer.image_size
+    rng = np.random.default_rng(0)
+    trajectories = []
+    for k, length in enumerate((23, 17)):  # episodes end inside dreams: rows drop out
+        j = np.arange(length + 1) + 100 * k  # the frame's index in the probe's eyes
+        ram = np.zeros((length + 1, 128), dtype=np.uint8)
+        ram[:, 0], ram[:, 1] = j % 256, j // 256
+        ends = np.zeros(length, dtype=bool)
+        ends[-1] = True
+        trajectories.append(
+            RealTrajectory(
+                frames=rng.integers(0, 256, (length + 1, size, size, 3), dtype=np.uint8),
+                actions=rng.integers(0, 4, length),
+                rewards=np.zeros(length, dtype=np.float32),
+                ends=ends,
+                ram=ram,
+            )
+        )
+    monkeypatch.setattr(fidelity_module, "probes_for", lambda game: (_EveryThirdFrameMissed(),))
+    horizon, stride = 4, 2
+    report, _ = measure_fidelity(model, trajectories, horizon, stride, batch_size=4)
+    ball = report.objects["ball"]
+    # By hand: a dream from real step t shows real frame t + h at step h while t + h - 1 is not
+    # the episode's last step; near unless (t + h) % 3 == 0 or (t + h) % 7 == 0 (not found).
+    context = model.config.world_model.context_length
+    found, near, kept = np.zeros((3, horizon)), np.zeros((3, horizon)), np.zeros((2, horizon))
+    for k, traj in enumerate(trajectories):
+        for t in range(context - 1, len(traj), stride):
+            was_near = False
+            for h in range(1, horizon + 1):
+                if t + h - 1 >= len(traj) - 1:  # the real episode ended at the step before
+                    break
+                j = t + h + 100 * k
+                is_found, is_near = j % 7 != 0, j % 7 != 0 and j % 3 != 0
+                found[:, h - 1] += (1, is_found, 0)
+                near[:, h - 1] += (1, is_near, 0)
+                if h > 1 and was_near:
+                    kept[:, h - 1] += (1, is_near)
+                was_near = is_near
+    assert ball["dream_compared"] == [int(n) for n in found[0]]
+    assert ball["dream_found"] == pytest.approx(list(found[1] / found[0]))
+    assert ball["dream_near"] == pytest.approx(list(near[1] / near[0]))
+    assert ball["dream_kept"][0] is None and ball["dream_kept_compared"][0] == 0
+    assert ball["dream_kept_compared"] == [int(n) for n in kept[0]]
+    assert ball["dream_kept"][1:] == pytest.approx(list(kept[1, 1:] / kept[0, 1:]))
+    assert all(0 < kept[1, h] < kept[0, h] for h in (1, 2, 3))  # some kept, some not
+    table = report.summary_table((1, 4))
+    assert f"{ball['dream_kept'][1]:.3f} still have it there at step 2" in table
+    # A report written before these figures (no dream_found) still renders.
+    old = dict(ball)
+    for key in ("dream_found", "dream_kept", "dream_kept_compared"):
+        del old[key]
+    assert "still have it" not in dataclasses.replace(report, objects={"ball": old}).summary_table()

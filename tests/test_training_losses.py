@@ -383,6 +383,48 @@ def test_world_model_loss_adds_the_heads_on_dreamed_frames() -> None:
         )  # fmt: skip
 
 
+def test_world_model_loss_adds_the_observations_predicted_from_dreamed_frames() -> None:
+    """``dreamed_obs_weight`` adds the dreamed forward's observation cross-entropy against
+    the real tokens, weighted by ``token_weights`` as the real one is."""
+    torch.manual_seed(0)
+    b, t, k, v = 2, 5, 3, 7
+    out, dreamed = _wm_output(b, t, k, v), _wm_output(b, t, k, v)
+    tokens = torch.randint(v, (b, t, k))
+    rewards, ends = torch.zeros(b, t), torch.zeros(b, t, dtype=torch.bool)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    weights = 1.0 + torch.rand(b, t, k)
+    heads_only, heads_metrics = world_model_loss(
+        out, tokens, rewards, ends, mask, 2, weights, dreamed=dreamed, dreamed_weight=1.0
+    )
+    assert "obs_dreamed" not in heads_metrics  # 0 is the loss without the term
+    total, metrics = world_model_loss(
+        out, tokens, rewards, ends, mask, 2, weights,
+        dreamed=dreamed, dreamed_weight=1.0, dreamed_obs_weight=0.5,
+    )  # fmt: skip
+    # By hand, on the predicted blocks (0, 2), (0, 3) and (1, 2) of the dreamed forward.
+    picked = [(0, 2), (0, 3), (1, 2)]
+    ce = {
+        (i, j): torch.nn.functional.cross_entropy(
+            dreamed.obs_logits[i, j], tokens[i, j], reduction="none"
+        )
+        for i, j in picked
+    }  # (K,) each
+    plain = sum(ce[p].sum() for p in picked) / (3 * k)
+    weighted = sum((ce[p] * weights[p]).sum() for p in picked) / sum(
+        weights[p].sum() for p in picked
+    )
+    assert metrics["obs_dreamed"] == pytest.approx(plain.item(), rel=1e-5)
+    assert total.item() == pytest.approx(heads_only.item() + 0.5 * weighted.item(), rel=1e-5)
+    for name in ("obs", "obs_weighted", "reward_dreamed", "end_dreamed"):
+        assert metrics[name] == heads_metrics[name]
+    # Without token weights every token weighs 1.
+    total, metrics = world_model_loss(
+        out, tokens, rewards, ends, mask, 2, dreamed=dreamed, dreamed_obs_weight=2.0
+    )
+    alone, _ = world_model_loss(out, tokens, rewards, ends, mask, 2, dreamed=dreamed)
+    assert total.item() == pytest.approx(alone.item() + 2 * plain.item(), rel=1e-5)
+
+
 def test_one_step_dreams_sample_each_predicted_frame_from_the_real_ones_before_it() -> None:
     torch.manual_seed(0)
     model = REMModel(REMConfig.preset("tiny", num_actions=4))

@@ -207,8 +207,8 @@ def test_resume_may_change_the_loss_weights_and_the_scripted_share_and_records_t
 ) -> None:
     argv = ["--resume", str(run_copy), "--epochs", "2", "--world-model.moving-weight", "10",
             "--world-model.end-weight", "5", "--world-model.dreamed-heads-weight", "1",
-            "--collect.scripted-share", "0.9", "--collect.scripted-serve-wait", "8",
-            "--collect.parked-share", "0.05"]  # fmt: skip
+            "--world-model.dreamed-obs-weight", "0.5", "--collect.scripted-share", "0.9",
+            "--collect.scripted-serve-wait", "8", "--collect.parked-share", "0.05"]  # fmt: skip
     assert _cli(argv) == 0
     err = capsys.readouterr().err
     assert "common.epochs 1 -> 2" in err and "world_model.moving_weight 0.0 -> 10.0" in err
@@ -218,6 +218,7 @@ def test_resume_may_change_the_loss_weights_and_the_scripted_share_and_records_t
     config = json.loads((run_copy / "config.json").read_text())
     assert config["world_model"]["moving_weight"] == 10
     assert config["world_model"]["end_weight"] == 5
+    assert config["world_model"]["dreamed_obs_weight"] == 0.5
     assert config["collect"]["scripted_share"] == 0.9
     assert config["collect"]["scripted_serve_wait"] == 8
     assert config["collect"]["parked_share"] == 0.05
@@ -229,6 +230,7 @@ def test_resume_may_change_the_loss_weights_and_the_scripted_share_and_records_t
         "collect.scripted_share 0.0 -> 0.9",
         "common.epochs 1 -> 2",
         "world_model.dreamed_heads_weight 0.0 -> 1.0",
+        "world_model.dreamed_obs_weight 0.0 -> 0.5",
         "world_model.end_weight 1.0 -> 5.0",
         "world_model.moving_weight 0.0 -> 10.0",
     ]

@@ -299,6 +299,32 @@ def test_end_weight_and_dreamed_heads_reach_the_world_model_loss(
     assert "end_dreamed" in metrics and "reward_dreamed" in metrics
 
 
+def test_dreamed_obs_weight_alone_dreams_the_frames_and_logs_their_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``world_model.dreamed_obs_weight`` > 0 dreams the batch's frames even without the
+    dreamed heads' weight, and the log has the observation loss on them."""
+    import rem_train.trainer as trainer_module
+
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    wm = dataclasses.replace(config.world_model, steps_per_epoch=2, dreamed_obs_weight=1.0)
+    config = dataclasses.replace(config, world_model=wm)
+    calls, real = [], trainer_module.one_step_dreams
+
+    def recording(*args: object) -> object:
+        calls.append(1)
+        return real(*args)
+
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        trainer.collect(120)
+        monkeypatch.setattr(trainer_module, "one_step_dreams", recording, raising=True)
+        metrics = trainer.train_world_model(epoch=3)
+    finally:
+        trainer.close()
+    assert len(calls) == 2 and metrics["obs_dreamed"] > 0
+
+
 def test_replay_tokens_follow_the_tokenizer_and_the_buffer(tmp_path: Path) -> None:
     """Tokens are re-encoded after any in-place change of the tokenizer's weights, extended by
     the chunk that holds the new frames, and equal those of encoding the frames; padding holds

@@ -10,10 +10,10 @@ Under ``torchrun --nproc_per_node=N`` the run is data-parallel over N processes 
 A run is continued with ``--resume RUN``, and extended with ``--resume RUN --epochs N`` (N above
 the run's ``common.epochs``; ``--common.collect-epochs M`` likewise extends real-data collection).
 A resume may also change the fields of :data:`TUNABLE` (phase starts, learning rates, the
-moving-patch, episode-end and dreamed-heads weights, the scripted and parked players' shares of
-collection, the actor-critic's dream temperatures). Ctrl-C stops a run like SIGTERM does, at a
-step boundary, resumable (exit status 130; a second Ctrl-C quits at once). One run is trained by
-one ``rem-train`` at a time.
+moving-patch, episode-end, dreamed-heads and dreamed-observation weights, the scripted and parked
+players' shares of collection, the actor-critic's dream temperatures). Ctrl-C stops a run like
+SIGTERM does, at a step boundary, resumable (exit status 130; a second Ctrl-C quits at once). One
+run is trained by one ``rem-train`` at a time.
 
 Example:
     ``rem-train --game Breakout --preset smoke --out runs/smoke`` then, after a crash,
@@ -71,6 +71,7 @@ TUNABLE = (
     "world_model.moving_weight",
     "world_model.end_weight",
     "world_model.dreamed_heads_weight",
+    "world_model.dreamed_obs_weight",
     "collect.scripted_share",
     "collect.scripted_serve_wait",
     "collect.parked_share",
@@ -82,6 +83,13 @@ TUNABLE = (
 )
 """Fields that ``--resume`` may set to any valid value, for the epochs still to train (recorded
 in the run's ``config_changes.jsonl`` and its export's ``training.json``)."""
+
+
+def _tunable_options() -> str:
+    """The options of :data:`TUNABLE` as ``--resume``'s help names them."""
+    names = ["--" + name.replace("_", "-") for name in TUNABLE]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
 
 _PROCESS_OPTIONS = ("out", "resume", "export", "max_minutes")
 """Options of this process, not of the run (not in its config.json; free to change on resume)."""
@@ -154,12 +162,9 @@ def parser() -> argparse.ArgumentParser:
         "--resume",
         type=Path,
         help="continue the killed or stopped run in this folder; with --epochs N (above its "
-        "epochs) extend it, and with --common.collect-epochs M collect real data longer; the "
-        "phases' --*.start-after-epoch and --*.lr, --world-model.moving-weight, "
-        "--world-model.end-weight, --world-model.dreamed-heads-weight and "
-        "--collect.scripted-share, --collect.scripted-serve-wait and --collect.parked-share may "
-        "change for the epochs still "
-        "to train (other options must match the run's)",
+        "epochs) extend it, and with --common.collect-epochs M collect real data longer; "
+        f"{_tunable_options()} may change for the epochs still to train (other options must "
+        "match the run's)",
     )
     p.add_argument(
         "--export",

@@ -153,6 +153,12 @@ class WorldModelPhase:
         "replaced by the world model's own one-step samples (its heads learn to read dreamed "
         "frames; one more forward and a forward of twice the batch per step); 0 is REM's loss",
     )
+    dreamed_obs_weight: float = doc(
+        0.0,
+        "weight of a second observation cross-entropy on those segments: the real frames "
+        "predicted from the world model's own one-step samples (it learns to go on from frames "
+        "it dreamed; as costly as the dreamed heads, free beside them); 0 is REM's loss",
+    )
 
 
 @dataclass(frozen=True)
@@ -383,6 +389,7 @@ def _check_positive(config: TrainConfig) -> None:
                 "object_segments",
                 "moving_weight",
                 "dreamed_heads_weight",
+                "dreamed_obs_weight",
                 "dream_temperature",
                 "dream_event_temperature",
             ):

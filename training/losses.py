@@ -284,6 +284,29 @@ def _head_losses(
     return reward_loss, end_loss, plain_end
 
 
+def _observation_losses(
+    logits: Tensor, labels: Tensor, predicted: Tensor, token_weights: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The observation cross-entropy of (B, T, K) labels: (weighted mean, plain mean).
+
+    Without ``token_weights`` both are the same tensor, REM's loss.
+    """
+    if token_weights is None:
+        plain = _masked_cross_entropy(logits, labels)
+        return plain, plain
+    b, t, k = labels.shape
+    per_token = F.cross_entropy(
+        logits.flatten(0, 2),  # (B*T*K, vocab)
+        labels.flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(b, t, k)
+    weights = token_weights * predicted[..., None]  # (B, T, K), 0 where not a target
+    weighted = (per_token * weights).sum() / weights.sum().clamp(min=1e-12)
+    plain = per_token.sum() / (predicted.sum() * k).clamp(min=1)
+    return weighted, plain
+
+
 def world_model_loss(
     output: WorldModelOutput,
     obs_tokens: Tensor,
@@ -295,6 +318,7 @@ def world_model_loss(
     end_weight: float = 1.0,
     dreamed: WorldModelOutput | None = None,
     dreamed_weight: float = 0.0,
+    dreamed_obs_weight: float = 0.0,
 ) -> tuple[Tensor, Metrics]:
     """The world-model loss: observation + reward + end cross-entropies, summed (REM_SPEC 4).
 
@@ -320,12 +344,17 @@ def world_model_loss(
             world model's own one-step samples (:func:`one_step_dreams`): its reward and end
             cross-entropies against the real labels are added, times ``dreamed_weight``.
         dreamed_weight: Weight of those two terms (ignored without ``dreamed``).
+        dreamed_obs_weight: Weight of one more term (ignored without ``dreamed``): the
+            observation cross-entropy of ``dreamed`` against the real tokens, weighted by
+            ``token_weights`` as the first. The world model learns to predict the real frame
+            from a history of frames it dreamed itself (not in REM).
 
     Returns:
         The loss and metrics ``obs`` and ``end`` (the unweighted means, comparable across
         weightings), ``reward``, ``total``, ``obs_weighted`` when ``token_weights`` is given,
-        ``end_weighted`` when ``end_weight`` is not 1, and ``reward_dreamed`` and
-        ``end_dreamed`` (unweighted) with ``dreamed``.
+        ``end_weighted`` when ``end_weight`` is not 1, ``reward_dreamed`` and
+        ``end_dreamed`` (unweighted) with ``dreamed``, and ``obs_dreamed`` (unweighted) when
+        ``dreamed_obs_weight`` is positive as well.
 
     Raises:
         ValueError: If shapes disagree, ``context_length`` is negative or ``end_weight`` is
@@ -350,23 +379,12 @@ def world_model_loss(
     extra: Metrics = {}
     if end_weight != 1.0:
         extra["end_weighted"] = end_loss.item()
-    if token_weights is None:
-        obs_loss = _masked_cross_entropy(output.obs_logits, obs_labels)
-        plain = obs_loss
-    else:
-        if tuple(token_weights.shape) != (b, t, k):
-            raise ValueError(
-                f"token_weights must have shape {(b, t, k)}, got {tuple(token_weights.shape)}"
-            )
-        per_token = F.cross_entropy(
-            output.obs_logits.flatten(0, 2),  # (B*T*K, vocab)
-            obs_labels.flatten(),
-            ignore_index=IGNORE_INDEX,
-            reduction="none",
-        ).view(b, t, k)
-        weights = token_weights * predicted[..., None]  # (B, T, K), 0 where not a target
-        obs_loss = (per_token * weights).sum() / weights.sum().clamp(min=1e-12)
-        plain = per_token.sum() / (predicted.sum() * k).clamp(min=1)
+    if token_weights is not None and tuple(token_weights.shape) != (b, t, k):
+        raise ValueError(
+            f"token_weights must have shape {(b, t, k)}, got {tuple(token_weights.shape)}"
+        )
+    obs_loss, plain = _observation_losses(output.obs_logits, obs_labels, predicted, token_weights)
+    if token_weights is not None:
         extra["obs_weighted"] = obs_loss.item()
     loss = obs_loss + reward_loss + end_loss
     if dreamed is not None:
@@ -381,6 +399,12 @@ def world_model_loss(
         loss = loss + dreamed_weight * (dreamed_reward + dreamed_end)
         extra["reward_dreamed"] = dreamed_reward.item()
         extra["end_dreamed"] = plain_dreamed_end.item()
+        if dreamed_obs_weight > 0:
+            dreamed_obs, plain_dreamed_obs = _observation_losses(
+                dreamed.obs_logits, obs_labels, predicted, token_weights
+            )
+            loss = loss + dreamed_obs_weight * dreamed_obs
+            extra["obs_dreamed"] = plain_dreamed_obs.item()
     metrics: Metrics = {
         "obs": plain.item(),
         "reward": reward_loss.item(),

@@ -440,7 +440,7 @@ class Trainer:
                     tokens = tokenizer.encode(frames).tokens.unflatten(0, (b, t))  # (B, T, K)
             codebook = tokenizer.codebook.detach()
             dreamed = None
-            if cfg.dreamed_heads_weight > 0:  # the same frames as dreamed one step ahead
+            if cfg.dreamed_heads_weight > 0 or cfg.dreamed_obs_weight > 0:  # frames dreamed
                 dreamed = one_step_dreams(
                     self.model.world_model, tokens, batch.actions, batch.mask, codebook, context
                 )  # (B, T, K)
@@ -581,7 +581,7 @@ class Trainer:
             weights = moving_patch_weights(batch.obs, latent, self.config.world_model.moving_weight)
         return world_model_loss(
             output, tokens, batch.rewards, batch.ends, batch.mask, context, weights,
-            cfg.end_weight, dreamed, cfg.dreamed_heads_weight,
+            cfg.end_weight, dreamed, cfg.dreamed_heads_weight, cfg.dreamed_obs_weight,
         )  # fmt: skip
 
     @staticmethod
