@@ -238,30 +238,42 @@ def test_replay_token_cache_leaves_every_step_unchanged(tmp_path: Path) -> None:
         trainer.close()
 
 
+def _world_model_epoch_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, function: str, **world_model: Any
+) -> tuple[list[tuple[Any, ...]], dict[str, Any], Trainer]:
+    """One world-model epoch of 2 steps of a ``smoke`` Breakout run with ``world_model``
+    fields set, recording the arguments of every call of the trainer module's ``function``."""
+    import rem_train.trainer as trainer_module
+
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    wm = dataclasses.replace(config.world_model, steps_per_epoch=2, **world_model)
+    config = dataclasses.replace(config, world_model=wm)
+    calls, real = [], getattr(trainer_module, function)
+
+    def recording(*args: Any) -> Any:
+        calls.append(args)
+        return real(*args)
+
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        trainer.collect(120)
+        monkeypatch.setattr(trainer_module, function, recording, raising=True)
+        metrics = trainer.train_world_model(epoch=3)
+    finally:
+        trainer.close()
+    return calls, metrics, trainer
+
+
 def test_moving_weight_weighs_the_world_model_loss_by_moved_patches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``world_model.moving_weight`` > 0: each step's observation loss is weighted by the moved
     patches of the batch's own frames, and the log keeps the unweighted ``obs`` beside it."""
-    import rem_train.trainer as trainer_module
-
-    config = TrainConfig.from_preset("smoke", "Breakout")
-    wm = dataclasses.replace(config.world_model, steps_per_epoch=2, moving_weight=10.0)
-    config = dataclasses.replace(config, world_model=wm)
-    seen, real = [], trainer_module.moving_patch_weights
-
-    def recording(obs: torch.Tensor, latent_size: int, weight: float) -> torch.Tensor:
-        seen.append((tuple(obs.shape), obs.dtype, latent_size, weight))
-        return real(obs, latent_size, weight)
-
-    trainer = Trainer(config, tmp_path / "run")
-    try:
-        trainer.collect(120)
-        monkeypatch.setattr(trainer_module, "moving_patch_weights", recording, raising=True)
-        metrics = trainer.train_world_model(epoch=3)
-    finally:
-        trainer.close()
-    b, t = config.world_model.batch_size, config.world_model.segment_length
+    calls, metrics, trainer = _world_model_epoch_recording(
+        tmp_path, monkeypatch, "moving_patch_weights", moving_weight=10.0
+    )
+    b, t = trainer.config.world_model.batch_size, trainer.config.world_model.segment_length
+    seen = [(tuple(obs.shape), obs.dtype, latent, weight) for obs, latent, weight in calls]
     assert seen and all(s == ((b, t, 64, 64, 3), torch.uint8, 8, 10.0) for s in seen)
     assert "obs_weighted" in metrics and metrics["obs_weighted"] != metrics["obs"]
 
@@ -272,31 +284,15 @@ def test_end_weight_and_dreamed_heads_reach_the_world_model_loss(
     """``world_model.end_weight`` != 1 weighs the blocks that end an episode, and
     ``world_model.dreamed_heads_weight`` > 0 adds the heads' loss on the batch's frames as the
     world model dreams them; the log keeps the unweighted figures beside them."""
-    import rem_train.trainer as trainer_module
-
-    config = TrainConfig.from_preset("smoke", "Breakout")
-    wm = dataclasses.replace(
-        config.world_model, steps_per_epoch=2, end_weight=50.0, dreamed_heads_weight=1.0
+    calls, metrics, trainer = _world_model_epoch_recording(
+        tmp_path, monkeypatch, "one_step_dreams", end_weight=50.0, dreamed_heads_weight=1.0
     )
-    config = dataclasses.replace(config, world_model=wm)
-    seen, real = [], trainer_module.one_step_dreams
-
-    def recording(world_model: torch.nn.Module, tokens: torch.Tensor, *args: object) -> object:
-        seen.append(tuple(tokens.shape))
-        return real(world_model, tokens, *args)
-
-    trainer = Trainer(config, tmp_path / "run")
-    try:
-        trainer.collect(120)
-        monkeypatch.setattr(trainer_module, "one_step_dreams", recording, raising=True)
-        metrics = trainer.train_world_model(epoch=3)
-    finally:
-        trainer.close()
     assert "end_weighted" in metrics and metrics["end_weighted"] != metrics["end"]
-    b, t = config.world_model.batch_size, config.world_model.segment_length
+    b, t = trainer.config.world_model.batch_size, trainer.config.world_model.segment_length
     k = trainer.model.config.tokenizer.tokens_per_frame
-    assert seen == [(b, t, k)] * 2  # once per step, on the step's batch
+    assert [tuple(args[1].shape) for args in calls] == [(b, t, k)] * 2  # once a step, its batch
     assert "end_dreamed" in metrics and "reward_dreamed" in metrics
+    assert "obs_dreamed" not in metrics  # the observation term is its own option
 
 
 def test_dreamed_obs_weight_alone_dreams_the_frames_and_logs_their_loss(
@@ -304,24 +300,9 @@ def test_dreamed_obs_weight_alone_dreams_the_frames_and_logs_their_loss(
 ) -> None:
     """``world_model.dreamed_obs_weight`` > 0 dreams the batch's frames even without the
     dreamed heads' weight, and the log has the observation loss on them."""
-    import rem_train.trainer as trainer_module
-
-    config = TrainConfig.from_preset("smoke", "Breakout")
-    wm = dataclasses.replace(config.world_model, steps_per_epoch=2, dreamed_obs_weight=1.0)
-    config = dataclasses.replace(config, world_model=wm)
-    calls, real = [], trainer_module.one_step_dreams
-
-    def recording(*args: object) -> object:
-        calls.append(1)
-        return real(*args)
-
-    trainer = Trainer(config, tmp_path / "run")
-    try:
-        trainer.collect(120)
-        monkeypatch.setattr(trainer_module, "one_step_dreams", recording, raising=True)
-        metrics = trainer.train_world_model(epoch=3)
-    finally:
-        trainer.close()
+    calls, metrics, _ = _world_model_epoch_recording(
+        tmp_path, monkeypatch, "one_step_dreams", dreamed_obs_weight=1.0
+    )
     assert len(calls) == 2 and metrics["obs_dreamed"] > 0
 
 
