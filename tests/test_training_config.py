@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,20 @@ def test_the_actor_critic_may_dream_argmax_frames_with_warm_events() -> None:
     assert TrainConfig.from_preset("smoke").actor_critic.dream_event_temperature is None
     with pytest.raises(ValueError, match=r"actor_critic\.dream_event_temperature must be >= 0"):
         build_config({"actor_critic.dream_event_temperature": -1.0})
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["actor_critic.dream_temperature", "world_model.dreamed_obs_weight", "world_model.lr"],
+)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_number_that_is_not_finite_is_refused_when_the_run_is_configured(
+    field: str, value: float
+) -> None:
+    """NaN or infinity fails at once, not at the first step of the phase that uses it (the
+    actor-critic's dream env is made hours into a run) or as a NaN loss."""
+    with pytest.raises(ValueError, match=rf"{re.escape(field)} must be a finite number"):
+        build_config({"preset": "smoke", field: value})
 
 
 def test_cli_overrides_and_help(capsys: pytest.CaptureFixture[str]) -> None:

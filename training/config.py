@@ -8,6 +8,7 @@ round-trip them through the run folder's ``config.json``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -375,6 +376,8 @@ def _check_positive(config: TrainConfig) -> None:
             value = getattr(part, f.name)
             if f.name.startswith("start_after") or isinstance(value, bool) or value is None:
                 continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{section}.{f.name} must be a finite number, got {value!r}")
             if f.name in (
                 "epsilon",
                 "weight_decay",
