@@ -17,7 +17,7 @@ from rem_env.atari import make_atari_env
 from rem_env.models.world_model import WorldModelOutput
 from rem_env.probes import SCRIPTED_PLAYERS, BreakoutBallProbe, ProbeHits
 from rem_train.config import TrainConfig
-from rem_train.object_check import ObjectCheck, _steady, check_objects, main
+from rem_train.object_check import ObjectCheck, _extrapolated, _steady, check_objects, main
 from rem_train.replay import ReplayBuffer
 from rem_train.trainer import Trainer
 
@@ -82,6 +82,10 @@ def test_a_perfect_prediction_scores_what_the_tokenizer_shows(
     # the ball mostly flies straight; there the perfect prediction is as good as the tokenizer
     assert perfect.frames > perfect.steady_frames > 0.5 * perfect.frames
     assert perfect.steady_predicted is not None and perfect.steady_predicted > 0.2
+    # a rule that carries the ball on by its last step is right in most real frames (the
+    # bundled tokenizer's reconstruction is not: the rule needs no tokens)
+    assert perfect.extrapolated is not None
+    assert perfect.steady_frames / perfect.frames <= perfect.extrapolated <= 1.0
 
 
 def test_the_last_frame_again_is_not_the_next_one(model: REMModel, replay: ReplayBuffer) -> None:
@@ -93,6 +97,7 @@ def test_the_last_frame_again_is_not_the_next_one(model: REMModel, replay: Repla
     assert still.predicted_anywhere > 0.5 * perfect.predicted_anywhere
     assert still.predicted < 0.5 * perfect.predicted
     assert still.steady_frames == perfect.steady_frames  # a property of the real frames
+    assert still.extrapolated == perfect.extrapolated  # so is the rule's share
     assert still.steady_predicted < 0.5 * perfect.steady_predicted  # a flying ball moved on
     assert still.predicted_roughly >= still.predicted
     # the ball's patch: the last frame's token there is mostly another one (the ball moved on)
@@ -174,3 +179,25 @@ def test_the_command_checks_one_checkpoint_of_a_run(
     assert printed(str(checkpoint)) == expected(kept)
     assert printed(str(tmp_path / "run")) == expected(last)
     assert expected(kept)["patch_nll"] != expected(last)["patch_nll"]
+
+
+def test_the_rule_carries_the_object_on_by_its_last_step() -> None:
+    """Two segments of five frames: the guess for frame t is 2 * p[t-1] - p[t-2], right when
+    within 2 px of p[t], and only where the probe found the object in all three frames."""
+    positions = np.array(
+        [
+            [(0, 0), (1, 2), (2, 4), (3, 7.5), (8, 9)],  # guesses 0, 1.5 and 4.5 px off
+            [(0, 0), (1, 2), (2, 4), (3, 6), (4, 8)],  # on the line, but not found in frame 2
+        ],
+        dtype=float,
+    )
+    found = np.array([[True] * 5, [True, True, False, True, True]])
+    hits = ProbeHits(positions.reshape(10, 2), found.reshape(10))
+    everything = np.ones((2, 5), dtype=bool)
+    assert _extrapolated(hits, everything).reshape(2, 5).tolist() == [
+        [False, False, True, True, False],  # 1.5 px off is right, 4.5 px off is not
+        [False, False, False, False, False],  # frames 3 and 4 lack frame 2's position
+    ]
+    chosen = np.zeros((2, 5), dtype=bool)
+    chosen[0, 3:] = chosen[1, 3] = True
+    assert _extrapolated(hits, chosen).tolist() == [True, False, False]

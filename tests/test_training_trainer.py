@@ -138,7 +138,7 @@ def test_each_evaluation_checks_the_ball_in_the_next_frame(
         ball = record["objects"]["ball"]
         shares = (
             "reconstruction", "predicted", "predicted_anywhere", "patch_accuracy",
-            "predicted_roughly",
+            "predicted_roughly", "extrapolated",
         )  # fmt: skip
         steady = ("steady_frames", "steady_predicted")
         assert set(ball) == {"frames", "patch_nll", *shares, *steady}

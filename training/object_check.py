@@ -13,7 +13,9 @@ full report (sampled dreams, ten steps, rewards and ends, on freshly played game
 Where the prediction misses, two more shares tell how: whether the object is at least roughly
 in place (within twice the distance), and how the prediction does on frames where the object
 moved by the same step as in the frame before (*steady* motion: the two previous real frames
-give its position exactly, so a miss there is not the game being unpredictable).
+give its position exactly, so a miss there is not the game being unpredictable). And as a
+yardstick, how often a rule that reads only the two previous real frames would be right: the
+object moved on by the same step again (``2 * p[t-1] - p[t-2]``, within the same distance).
 
 From the command line, for a model folder, a run folder or one checkpoint file of a run (see
 :func:`rem_train.sources.load_source`) and a run's replay buffer::
@@ -61,6 +63,10 @@ class ObjectCheck:
         steady_predicted: Share of the steady frames whose prediction has it within
             ``NEAR_PIXELS`` (a constant-velocity guess from the real frames would be right in
             all of them).
+        extrapolated: Share of the frames in which that constant-velocity guess, the object's
+            place in the two previous real frames carried on by one more step, is within
+            ``NEAR_PIXELS``: what a rule that reads two real frames achieves, a yardstick for
+            ``predicted`` (a property of the real frames, not of the model).
     """
 
     frames: int
@@ -72,6 +78,7 @@ class ObjectCheck:
     predicted_roughly: float | None
     steady_frames: int
     steady_predicted: float | None
+    extrapolated: float | None
 
 
 @torch.no_grad()
@@ -115,7 +122,7 @@ def check_objects(
     model.eval()
     context = model.config.world_model.context_length
     device = model.start_tokens.device
-    counts = {probe.name: np.zeros(8, dtype=np.int64) for probe in probes}
+    counts = {probe.name: np.zeros(9, dtype=np.int64) for probe in probes}
     nll = dict.fromkeys(counts, 0.0)
     side = model.config.tokenizer.latent_size  # tokens per row of the grid
     patch = model.config.tokenizer.image_size // side  # pixels per patch side
@@ -163,6 +170,7 @@ def check_objects(
                 roughly.sum(),
                 steady.sum(),  # found in frame t too
                 (steady & near[1]).sum(),
+                _extrapolated(in_segments, chosen).sum(),
             ]
     return {name: _check(c, nll[name]) for name, c in counts.items()}
 
@@ -186,6 +194,20 @@ def _steady(every: ProbeHits, chosen: np.ndarray) -> np.ndarray:
     return steady[chosen]
 
 
+def _extrapolated(every: ProbeHits, chosen: np.ndarray) -> np.ndarray:
+    """(N,) bool over the ``chosen`` (B, T) frames: the object's place in real frames t-2 and
+    t-1 of one segment, carried on by the same step (``2 * p[t-1] - p[t-2]``), is within
+    ``NEAR_PIXELS`` of where real frame t has it."""
+    b, t = chosen.shape
+    found = every.found.reshape(b, t)
+    position = every.positions.reshape(b, t, 2)
+    right = np.zeros((b, t), dtype=bool)
+    guess = 2 * position[:, 1:-1] - position[:, :-2]  # (B, T-2, 2): for frames 2..T-1
+    close = np.linalg.norm(guess - position[:, 2:], axis=-1) <= NEAR_PIXELS
+    right[:, 2:] = found[:, 2:] & found[:, 1:-1] & found[:, :-2] & close
+    return right[chosen]
+
+
 def _check(counts: np.ndarray, nll: float) -> ObjectCheck:
     frames, steady = int(counts[0]), int(counts[6])
     shares = [float(c) / frames if frames else None for c in counts[1:5]]
@@ -196,6 +218,7 @@ def _check(counts: np.ndarray, nll: float) -> ObjectCheck:
         predicted_roughly=float(counts[5]) / frames if frames else None,
         steady_frames=steady,
         steady_predicted=float(counts[7]) / steady if steady else None,
+        extrapolated=float(counts[8]) / frames if frames else None,
     )
 
 

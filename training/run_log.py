@@ -101,7 +101,8 @@ class RunLog:
                     " nats)"
                 )
             for key in ("reconstruction", "predicted", "predicted_anywhere", "patch_accuracy",
-                        "patch_nll", "predicted_roughly", "steady_predicted"):  # fmt: skip
+                        "patch_nll", "predicted_roughly", "steady_predicted",
+                        "extrapolated"):  # fmt: skip
                 if check[key] is not None:
                     scalars[f"objects/{name}_{key}"] = check[key]
         for name, seconds in record["timings"].items():
