@@ -82,8 +82,8 @@ def test_a_perfect_prediction_scores_what_the_tokenizer_shows(
     # the ball mostly flies straight; there the perfect prediction is as good as the tokenizer
     assert perfect.frames > perfect.steady_frames > 0.5 * perfect.frames
     assert perfect.steady_predicted is not None and perfect.steady_predicted > 0.2
-    # a rule that carries the ball on by its last step is right in most real frames (the
-    # bundled tokenizer's reconstruction is not: the rule needs no tokens)
+    # a rule that carries the ball on by its last step is right in every steady frame at least
+    # (a property of the real frames: the rule needs no model), so in most of them
     assert perfect.extrapolated is not None
     assert perfect.steady_frames / perfect.frames <= perfect.extrapolated <= 1.0
 
