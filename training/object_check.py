@@ -181,31 +181,33 @@ def _near(hits: ProbeHits, seen: ProbeHits, pixels: float = NEAR_PIXELS) -> np.n
     return seen.found & hits.found & close
 
 
-def _steady(every: ProbeHits, chosen: np.ndarray) -> np.ndarray:
-    """(N,) bool over the ``chosen`` (B, T) frames: the object moved by the same step (within
-    1 px per axis) as from the frame before, in real frames t-2, t-1, t of one segment."""
+def _change_of_step(every: ProbeHits, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Over the ``chosen`` (B, T) frames: (N, 2) how far frame t's step differs from frame t-1's,
+    ``p[t] - (2 * p[t-1] - p[t-2])`` in real frames of one segment, and (N,) whether the probe
+    found the object in all three (frames 0 and 1 of a segment: never)."""
     b, t = chosen.shape
     found = every.found.reshape(b, t)
     position = every.positions.reshape(b, t, 2)
-    steady = np.zeros((b, t), dtype=bool)
-    step, before = position[:, 2:] - position[:, 1:-1], position[:, 1:-1] - position[:, :-2]
-    seen = found[:, 2:] & found[:, 1:-1] & found[:, :-2]
-    steady[:, 2:] = seen & (np.abs(step - before).max(axis=-1) <= 1.0)
-    return steady[chosen]
+    change = np.zeros((b, t, 2))
+    change[:, 2:] = position[:, 2:] - 2 * position[:, 1:-1] + position[:, :-2]
+    seen = np.zeros((b, t), dtype=bool)
+    seen[:, 2:] = found[:, 2:] & found[:, 1:-1] & found[:, :-2]
+    return change[chosen], seen[chosen]
+
+
+def _steady(every: ProbeHits, chosen: np.ndarray) -> np.ndarray:
+    """(N,) bool over the ``chosen`` (B, T) frames: the object moved by the same step (within
+    1 px per axis) as from the frame before, in real frames t-2, t-1, t of one segment."""
+    change, seen = _change_of_step(every, chosen)
+    return seen & (np.abs(change).max(axis=-1) <= 1.0)
 
 
 def _extrapolated(every: ProbeHits, chosen: np.ndarray) -> np.ndarray:
     """(N,) bool over the ``chosen`` (B, T) frames: the object's place in real frames t-2 and
     t-1 of one segment, carried on by the same step (``2 * p[t-1] - p[t-2]``), is within
     ``NEAR_PIXELS`` of where real frame t has it."""
-    b, t = chosen.shape
-    found = every.found.reshape(b, t)
-    position = every.positions.reshape(b, t, 2)
-    right = np.zeros((b, t), dtype=bool)
-    guess = 2 * position[:, 1:-1] - position[:, :-2]  # (B, T-2, 2): for frames 2..T-1
-    close = np.linalg.norm(guess - position[:, 2:], axis=-1) <= NEAR_PIXELS
-    right[:, 2:] = found[:, 2:] & found[:, 1:-1] & found[:, :-2] & close
-    return right[chosen]
+    change, seen = _change_of_step(every, chosen)
+    return seen & (np.linalg.norm(change, axis=-1) <= NEAR_PIXELS)
 
 
 def _check(counts: np.ndarray, nll: float) -> ObjectCheck:
