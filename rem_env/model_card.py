@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from rem_env.config import REMConfig
 from rem_env.manifest import ProtocolManifest
@@ -11,9 +12,28 @@ __all__ = ["format_number", "render_model_card"]
 
 NOT_MEASURED = "not measured"
 
+# What each file a model folder may hold is, in the order the card lists them.
+FILE_WORDS = {
+    "model.safetensors": "weights",
+    "start_contexts.safetensors": "dream openings",
+    "config.json": "model sizes",
+    "manifest.json": "protocol, versions, figures",
+    "actor_critic.safetensors": "the trained actor-critic's weights",
+    "actor_critic.json": "its sizes",
+    "training.json": "how it was trained, with its lineage",
+    "tokenizer_pretraining.json": "the settings of its last tokenizer pretraining",
+    "fidelity_curve.png": "fidelity over the imagined steps",
+    "fidelity_strip.png": "real frames beside dreamed ones",
+}
+SAVED_FILES = ("model.safetensors", "start_contexts.safetensors", "config.json", "manifest.json")
+
 
 def render_model_card(
-    config: REMConfig, manifest: ProtocolManifest, repo_id: str | None, extra: str = ""
+    config: REMConfig,
+    manifest: ProtocolManifest,
+    repo_id: str | None,
+    extra: str = "",
+    files: Iterable[str] = SAVED_FILES,
 ) -> str:
     """The model card: YAML front matter the Hub reads, then what is known about the model.
 
@@ -22,6 +42,8 @@ def render_model_card(
         manifest: Its protocol manifest.
         repo_id: Where it is (or will be) published, for the usage snippet; None for a folder.
         extra: Markdown sections put before "Software" (how it was trained, measured figures).
+        files: The names of the folder's files, for the "Files" section (the card itself is
+            left out); by default those :meth:`~rem_env.REMModel.save_pretrained` writes.
 
     Example:
         >>> from rem_env import REMConfig
@@ -103,11 +125,23 @@ def render_model_card(
         "",
         "## Files",
         "",
-        "`model.safetensors` (weights), `start_contexts.safetensors` (dream openings), "
-        "`config.json` (model sizes), `manifest.json` (protocol, versions, figures).",
+        _files_line(files),
         "",
     ]
     return "\n".join(lines)
+
+
+def _files_line(files: Iterable[str]) -> str:
+    """``files`` named with what each is, known ones first in :data:`FILE_WORDS`' order.
+
+    Example:
+        >>> _files_line(["notes.txt", "config.json", "README.md"])
+        '`config.json` (model sizes), `notes.txt`.'
+    """
+    names = set(files) - {"README.md"}
+    known = [name for name in FILE_WORDS if name in names]
+    other = sorted(names - set(known))
+    return ", ".join([f"`{n}` ({FILE_WORDS[n]})" for n in known] + [f"`{n}`" for n in other]) + "."
 
 
 def _known(value: object) -> str:

@@ -73,6 +73,19 @@ def test_model_report_writes_training_fidelity_and_dream_to_real(tmp_path):
     assert manifest.evaluation.fidelity_psnr == round(sum(report.psnr) / 3, 2)
     assert f"{manifest.evaluation.fidelity_psnr:.2f} dB PSNR over 3 steps" in card
     REMModel.from_pretrained(folder)  # still a loadable model
+    files = card.split("## Files")[1]
+    for name in ("model.safetensors", "training.json", "fidelity_strip.png", "manifest.json"):
+        assert f"`{name}` (" in files
+    assert "README.md" not in files
+
+
+def test_a_saved_model_card_lists_what_save_pretrained_wrote(tmp_path):
+    model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, game="Breakout"))
+    model.save_pretrained(tmp_path / "model")
+    files = (tmp_path / "model" / "README.md").read_text().split("## Files")[1]
+    listed = {name for name in files.split("`")[1::2]}
+    on_disk = {path.name for path in (tmp_path / "model").iterdir()} - {"README.md"}
+    assert listed == on_disk
 
 
 def _dream_to_real_dir(

@@ -269,7 +269,8 @@ def write_model_report(
     if dream_to_real_dirs is not None:
         sections.append(dream_to_real_section(dream_to_real_dirs))
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    card = render_model_card(config, manifest, None, extra="\n\n".join(sections))
+    files = [path.name for path in folder.iterdir() if path.is_file()]
+    card = render_model_card(config, manifest, None, extra="\n\n".join(sections), files=files)
     (folder / MODEL_CARD_NAME).write_text(card)
     return folder / MODEL_CARD_NAME
 
