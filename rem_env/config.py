@@ -95,6 +95,12 @@ class WorldModelConfig:
         rope_base: Base of the rotation frequencies (10000).
         min_decay_window: Effective window 1/(1-gamma) of the fastest-decaying head (32).
         max_decay_window: Effective window of the slowest-decaying head (512).
+        frame_conv_layers: Not in REM (0: off, as in every preset). Convolutional layers of a
+            *frame conv*: a small net over the 2-D grids of the two latest frames' token
+            embeddings and the action between them, whose logits are added to the observation
+            head's (see :class:`~rem_env.models.frame_conv.FrameConv`). It needs POP and a
+            square grid of tokens.
+        frame_conv_width: Channels of the frame conv's layers (128).
     """
 
     embed_dim: int = 256
@@ -112,6 +118,8 @@ class WorldModelConfig:
     rope_base: float = 10000.0
     min_decay_window: float = 32.0
     max_decay_window: float = 512.0
+    frame_conv_layers: int = 0
+    frame_conv_width: int = 128
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_layers", "num_heads", "ffn_dim", "max_blocks"):
@@ -138,6 +146,13 @@ class WorldModelConfig:
             1.0 < self.min_decay_window <= self.max_decay_window,
             "min_decay_window",
             "must satisfy 1 < min_decay_window <= max_decay_window",
+        )
+        _require(self.frame_conv_layers >= 0, "frame_conv_layers", "must be 0 (off) or more")
+        _require(self.frame_conv_width > 0, "frame_conv_width", "must be positive")
+        _require(
+            self.pop or not self.frame_conv_layers,
+            "frame_conv_layers",
+            "the frame conv predicts whole frames: it needs pop=True",
         )
 
     @property

@@ -555,12 +555,7 @@ class DreamVectorEnv(VectorEnv):
             return fresh
         if index_t is None:
             return state.where(mask, fresh)
-        retention = tuple(
-            old.index_copy(0, index_t, new)
-            for old, new in zip(state.retention, fresh.retention, strict=True)
-        )
-        tokens = state.obs_tokens.index_copy(0, index_t, fresh.obs_tokens)
-        return ImaginationState(retention, tokens, state.position, state.num_fed)
+        return state.index_copy(index_t, fresh)
 
     def _observe(self, tokens: Tensor) -> Tensor:
         """Observations of (B, K) tokens, on the device."""

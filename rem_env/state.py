@@ -26,12 +26,15 @@ class ImaginationState:
             one counter).
         num_fed: How many leading tokens of ``obs_tokens`` are already folded into ``retention``
             (0 with POP; K-1 on the token-by-token path).
+        previous_obs_tokens: (B, K) int64 tokens of the observation before the current one, -1
+            where there was none; kept only for a world model with a frame conv (else None).
     """
 
     retention: tuple[Tensor, ...]
     obs_tokens: Tensor
     position: int
     num_fed: int = 0
+    previous_obs_tokens: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -62,4 +65,46 @@ class ImaginationState:
             for old, new in zip(self.retention, other.retention, strict=True)
         )
         tokens = torch.where(mask[:, None], other.obs_tokens, self.obs_tokens)
-        return ImaginationState(retention, tokens, self.position, self.num_fed)
+        previous = _merge_optional(self.previous_obs_tokens, other.previous_obs_tokens, mask)
+        return ImaginationState(retention, tokens, self.position, self.num_fed, previous)
+
+    def index_copy(self, index: Tensor, other: ImaginationState) -> ImaginationState:
+        """This state with its dreams ``index`` (n,) replaced by ``other``'s n dreams, in order.
+
+        Used for partial resets that compute fresh states for the reset dreams alone. Both
+        states must share ``position`` and ``num_fed``.
+
+        Raises:
+            ValueError: If positions or fed counts differ.
+        """
+        if (other.position, other.num_fed) != (self.position, self.num_fed):
+            raise ValueError(
+                "cannot merge imagination states at different positions "
+                f"({self.position}, {self.num_fed}) vs ({other.position}, {other.num_fed}); "
+                "start the new state with position=state.position"
+            )
+        retention = tuple(
+            old.index_copy(0, index, new)
+            for old, new in zip(self.retention, other.retention, strict=True)
+        )
+        tokens = self.obs_tokens.index_copy(0, index, other.obs_tokens)
+        previous = None
+        if self.previous_obs_tokens is not None and other.previous_obs_tokens is not None:
+            previous = self.previous_obs_tokens.index_copy(0, index, other.previous_obs_tokens)
+        elif (self.previous_obs_tokens is None) != (other.previous_obs_tokens is None):
+            raise ValueError(_ONE_PREVIOUS)
+        return ImaginationState(retention, tokens, self.position, self.num_fed, previous)
+
+
+_ONE_PREVIOUS = (
+    "cannot merge a state that keeps the frame before the current one (a world model with a "
+    "frame conv) with one that does not"
+)
+
+
+def _merge_optional(mine: Tensor | None, theirs: Tensor | None, mask: Tensor) -> Tensor | None:
+    if mine is None and theirs is None:
+        return None
+    if mine is None or theirs is None:
+        raise ValueError(_ONE_PREVIOUS)
+    return torch.where(mask[:, None], theirs, mine)

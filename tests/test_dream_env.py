@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import re
 import resource
@@ -273,6 +274,21 @@ def test_one_world_model_forward_per_step(
 def test_envs_stepped_together_equal_envs_stepped_alone(
     model: REMModel, mode: AutoresetMode
 ) -> None:
+    check_together_equals_alone(model, mode)
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_a_frame_conv_model_dreams_alike_together_and_alone(mode: AutoresetMode) -> None:
+    """Its state keeps the frame before the current one, through partial resets too."""
+    torch.manual_seed(0)
+    config = REMConfig.preset("tiny", num_actions=4, game="Breakout")
+    world_model = dataclasses.replace(config.world_model, frame_conv_layers=1)
+    model = REMModel(dataclasses.replace(config, world_model=world_model)).eval()
+    torch.nn.init.normal_(model.world_model.frame_conv.out.weight)  # it starts at zero
+    check_together_equals_alone(model, mode)
+
+
+def check_together_equals_alone(model: REMModel, mode: AutoresetMode) -> None:
     n, steps, seed = 5, 15, 100
     actions = np.random.default_rng(0).integers(0, 4, (steps, n))
     kwargs = {"obs_type": "tokens", "autoreset_mode": mode, "max_episode_steps": 4}

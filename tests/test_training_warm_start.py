@@ -163,6 +163,40 @@ def test_world_model_layers_is_an_option_and_checked(tmp_path: Path) -> None:
     assert TrainConfig.from_preset("smoke").model_config().world_model.num_layers == 1
 
 
+def test_a_world_model_with_a_frame_conv_starts_as_the_source_without_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, model, _ = _source(tmp_path / "source")
+    config = dataclasses.replace(_deeper(str(folder), 2), world_model_frame_conv=2)
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        grown = trainer.model.world_model
+        assert grown.frame_conv is not None and len(grown.frame_conv.layers) == 4
+        state = grown.state_dict()
+        for key, value in model.world_model.state_dict().items():
+            assert torch.equal(state[key], value), key
+        assert grown.frame_conv.out.weight.abs().sum() == 0
+        tokens = torch.randint(model.config.tokenizer.vocab_size, (2, 4, 64))
+        actions = torch.randint(4, (2, 4))
+        model.eval(), trainer.model.eval()
+        want = model.world_model(tokens, actions, model.tokenizer.codebook)
+        got = grown(tokens, actions, trainer.model.tokenizer.codebook)
+        for a, b in zip(want, got, strict=True):
+            assert torch.equal(a, b)
+        out = capsys.readouterr().out
+        assert "a frame conv added" in out and "layers 1-1 of 2 start as the identity" in out
+    finally:
+        trainer.close()
+    source = tmp_path / "with_conv"  # the other way round: a source's frame conv has no place
+    with_conv = dataclasses.replace(_config(None), world_model_frame_conv=2)
+    REMModel(with_conv.model_config()).save_pretrained(source)
+    with pytest.raises(WarmStartError, match="unknown to this run") as info:
+        Trainer(_config(str(source), "tokenizer,world_model"), tmp_path / "run2")
+    assert "frame_conv." in str(info.value)
+    with pytest.raises(ValueError, match="world_model_frame_conv must be >= 0"):
+        dataclasses.replace(config, world_model_frame_conv=-1)
+
+
 def test_a_part_the_source_lacks_is_a_clear_error(tmp_path: Path) -> None:
     config = _config(None)
     model = REMModel(config.model_config())

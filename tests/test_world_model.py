@@ -256,3 +256,97 @@ def test_paper_world_model_parameter_count():
     assert abs(total - 4.76e6) / 4.76e6 < 0.02
     assert abs(retnet - 4.28e6) / 4.28e6 < 0.02
     assert len(wm.prediction_embeddings.weight) == 65
+
+
+# --------------------------------------------------------------------- frame conv (not in REM)
+
+
+def frame_conv_model(shared: bool = False) -> WorldModel:
+    """A world model with a frame conv whose output layer is not zero (it starts at zero)."""
+    torch.manual_seed(1)
+    wm = make_model(shared_embeddings=shared, frame_conv_layers=2, frame_conv_width=8)
+    torch.nn.init.normal_(wm.frame_conv.out.weight)
+    torch.nn.init.normal_(wm.frame_conv.out.bias)
+    return wm
+
+
+@pytest.mark.parametrize("context", [1, 2], ids=["one-frame-context", "two-frame-context"])
+@pytest.mark.parametrize("shared", [False, True], ids=["own-embeddings", "shared-codebook"])
+def test_frame_conv_imagination_teacher_forced_equals_training_forward(context, shared):
+    wm = frame_conv_model(shared)
+    codebook = torch.randn(V, 32, dtype=torch.float64) if shared else None
+    obs, actions = random_segment()
+    train = wm(obs, actions, codebook)
+    state = wm.start_state(obs[:, :context], actions[:, : context - 1], codebook)
+    for t in range(context - 1, T - 1):
+        step, state = wm.step(state, actions[:, t], codebook, next_obs_tokens=obs[:, t + 1])
+        assert max_diff(step.obs_logits, train.obs_logits[:, t + 1]) < TOL
+        assert torch.equal(state.previous_obs_tokens, obs[:, t])
+    without = make_model(shared_embeddings=shared)
+    without.load_state_dict(wm.state_dict(), strict=False)
+    plain = without(obs, actions, codebook)
+    assert max_diff(plain.obs_logits, train.obs_logits) > 1e-3  # the frame conv is read
+    assert max_diff(plain.reward_logits, train.reward_logits) < TOL  # and adds to frames only
+
+
+def test_a_new_frame_conv_starts_as_the_model_without_it():
+    wm = make_model()
+    grown = make_model(frame_conv_layers=2, frame_conv_width=8)
+    missing, unexpected = grown.load_state_dict(wm.state_dict(), strict=False)
+    assert missing and all(name.startswith("frame_conv.") for name in missing) and not unexpected
+    obs, actions = random_segment()
+    assert max_diff(grown(obs, actions).obs_logits, wm(obs, actions).obs_logits) == 0
+
+
+def test_frame_conv_reads_the_two_frames_before_and_the_action_between():
+    wm = frame_conv_model()
+    obs, actions = random_segment(batch=1)
+    base = wm(obs, actions).obs_logits[:, 4]  # block 4: frames 2, 3 and action 3 in the conv
+    for t, change in ((2, "frame"), (3, "frame"), (3, "action")):
+        obs2, actions2 = obs.clone(), actions.clone()
+        if change == "frame":
+            obs2[:, t] = (obs2[:, t] + 1) % V
+        else:
+            actions2[:, t] = (actions2[:, t] + 1) % A
+        assert max_diff(wm(obs2, actions2).obs_logits[:, 4], base) > 1e-6, (t, change)
+    no_conv = make_model()
+    no_conv.load_state_dict(wm.state_dict(), strict=False)
+    obs2 = obs.clone()
+    obs2[:, 1] = (obs2[:, 1] + 1) % V  # frame 1 reaches block 4 through retention alone
+    conv_part = wm(obs, actions).obs_logits - no_conv(obs, actions).obs_logits
+    conv_part2 = wm(obs2, actions).obs_logits - no_conv(obs2, actions).obs_logits
+    assert max_diff(conv_part[:, 4], conv_part2[:, 4]) < TOL
+
+
+def test_states_with_the_frame_before_merge_for_partial_resets():
+    wm = frame_conv_model()
+    obs, actions = random_segment(batch=3, blocks=3)
+    state = wm.start_state(obs[:, :2], actions[:, :1])
+    _, state = wm.step(state, actions[:, 1])
+    fresh = wm.start_state(obs[:, :1], actions[:, :0], position=state.position)
+    assert (fresh.previous_obs_tokens == -1).all()  # no frame before a one-frame context
+    merged = state.where(torch.tensor([True, False, True]), fresh)
+    assert torch.equal(merged.previous_obs_tokens[0], fresh.previous_obs_tokens[0])
+    assert torch.equal(merged.previous_obs_tokens[1], state.previous_obs_tokens[1])
+    copied = state.index_copy(
+        torch.tensor([0, 2]),
+        wm.start_state(obs[[0, 2], :1], actions[[0, 2], :0], position=state.position),
+    )
+    for name in ("obs_tokens", "previous_obs_tokens"):
+        assert torch.equal(getattr(copied, name), getattr(merged, name))
+    for a, b in zip(copied.retention, merged.retention, strict=True):
+        assert torch.equal(a, b)
+    plain = make_model().start_state(obs[:, :2], actions[:, :1], position=state.position)
+    with pytest.raises(ValueError, match="frame conv"):
+        state.where(torch.ones(3, dtype=torch.bool), plain)
+    with pytest.raises(ValueError, match="frame conv"):
+        state.index_copy(torch.tensor([0, 1, 2]), plain)
+
+
+def test_frame_conv_settings_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match="pop=True"):
+        WorldModelConfig(pop=False, frame_conv_layers=2)
+    with pytest.raises(ValueError, match="frame_conv_layers"):
+        WorldModelConfig(frame_conv_layers=-1)
+    with pytest.raises(ValueError, match="square grid"):
+        WorldModel(WorldModelConfig(frame_conv_layers=1), A, V, tokens_per_obs=8)

@@ -230,6 +230,12 @@ class TrainConfig:
         "for paper); with --init-from a world model of fewer layers, its layers come first and "
         "the added ones start as the identity",
     )
+    world_model_frame_conv: int = doc(
+        0,
+        "not in REM: layers of a frame conv, a small conv net over the two latest frames' token "
+        "grids whose logits the world model adds to its observation head's (0: off); with "
+        "--init-from a world model without one, it starts at zero",
+    )
     device: str = doc("cpu", "torch device (cpu, cuda, cuda:1, mps)")
     common: CommonConfig = field(default_factory=CommonConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -251,6 +257,10 @@ class TrainConfig:
         _check_positive(self)
         if self.world_model_layers is not None and self.world_model_layers < 1:
             raise ValueError(f"world_model_layers must be >= 1, got {self.world_model_layers}")
+        if self.world_model_frame_conv < 0:
+            raise ValueError(
+                f"world_model_frame_conv must be >= 0 (0: off), got {self.world_model_frame_conv}"
+            )
         ac = self.actor_critic
         if ac.horizon < 3:
             raise ValueError(
@@ -320,10 +330,14 @@ class TrainConfig:
         else:
             tokenizer, world_model = _MODEL_SIZES[self.model]
             config = REMConfig(self.num_actions, tokenizer, world_model, game=self.game)
-        if self.world_model_layers is None:
-            return config
-        layers = dataclasses.replace(config.world_model, num_layers=self.world_model_layers)
-        return dataclasses.replace(config, world_model=layers)
+        world_model = config.world_model
+        if self.world_model_layers is not None:
+            world_model = dataclasses.replace(world_model, num_layers=self.world_model_layers)
+        if self.world_model_frame_conv:
+            world_model = dataclasses.replace(
+                world_model, frame_conv_layers=self.world_model_frame_conv
+            )
+        return dataclasses.replace(config, world_model=world_model)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of this config."""

@@ -7,7 +7,9 @@ or left (``--init-parts``); a part is taken whole, and only if every tensor has 
 preset builds (otherwise a clear error names the tensors that differ), with one exception: a
 run whose world model has more RetNet layers (``--world-model-layers``) takes a shallower
 source's layers as its first ones and starts the added layers as the identity (their output
-projections are zero), so that the deeper model begins as exactly the source's function.
+projections are zero), so that the deeper model begins as exactly the source's function; and a
+run whose world model has a frame conv (``--world-model-frame-conv``, not in REM) takes a source
+without one, its frame conv starting at zero (the same function again).
 Optimizer states and the schedule are not taken: the run starts at epoch 0 with fresh
 optimizers. The start contexts of a model come along with its world model (they are tokens of
 its tokenizer).
@@ -50,6 +52,9 @@ LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.")
 
 IDENTITY_ZEROED = ("retention.out_proj.", "linear2.")
 """Parameters of an added layer that start at zero: both residual branches then add nothing."""
+
+FRAME_CONV = "frame_conv."
+"""World-model state keys of the frame conv (not in REM), which a source may lack."""
 
 LINEAGE_FILE = "training.json"
 """The export's record of its training (``lineage`` lists the runs it was warm-started from)."""
@@ -168,7 +173,14 @@ def lineage_of(folder: Path | None) -> list[dict[str, Any]]:
             if not isinstance(info, dict):
                 return []
             earlier = info.get("lineage", [])
-            keys = ("command", "preset", "env_steps", "epochs", "tokenizer_steps")
+            keys = (
+                "command",
+                "preset",
+                "env_steps",
+                "epochs",
+                "tokenizer_steps",
+                "frame_conv_steps",
+            )
             own = {k: info[k] for k in keys if k in info}
             return [*earlier, own] if own else list(earlier)
     return []
@@ -206,8 +218,13 @@ def apply_warm_start(
         target = _target_state(part, modules)
         source = warm.states[part]
         if part == "world_model":
-            added = _added_layers(source, target)
-            if added:
+            conv = _added_frame_conv(source, target)
+            if conv:
+                notes.append(
+                    "world model: a frame conv added (it starts at zero: the source's function)"
+                )
+            added = {**conv, **_added_layers({**source, **conv}, target)}
+            if set(added) - set(conv):
                 have, want = _num_layers(source), _num_layers(target)
                 notes.append(
                     f"world model: {want - have} RetNet layer(s) added after the source's "
@@ -282,6 +299,13 @@ def _added_layers(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[
     if set(target) - set(added) != set(source):
         return {}
     return added
+
+
+def _added_frame_conv(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The run's own frame-conv tensors (its output layer at zero) where the source has none."""
+    if any(key.startswith(FRAME_CONV) for key in source):
+        return {}
+    return {k: v.detach().clone() for k, v in target.items() if k.startswith(FRAME_CONV)}
 
 
 def _target_state(part: str, modules: dict[str, nn.Module]) -> dict[str, Tensor]:

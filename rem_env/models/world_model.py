@@ -16,6 +16,9 @@ Entry points:
   them without writing to the state); all K next tokens are sampled at once.
 * With ``config.pop = False`` the same entry points run the paper's "no POP" ablation:
   next-token prediction, imagined one token at a time (the baseline that shows what POP buys).
+* With ``config.frame_conv_layers > 0`` (not in REM) a :class:`~rem_env.models.frame_conv.
+  FrameConv` adds logits read from the 2-D grids of the two frames before each predicted one;
+  the imagination state then keeps the frame before the current one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from rem_env.config import WorldModelConfig
+from rem_env.models.frame_conv import FrameConv
 from rem_env.models.retnet import LayerStates, RetNetDecoder
 from rem_env.models.sampling import StepNoise, sample_categorical
 from rem_env.state import ImaginationState
@@ -132,6 +136,16 @@ class WorldModel(nn.Module):
         self.head_obs = _head(embed_dim, obs_vocab_size)
         self.head_reward = _head(embed_dim, NUM_REWARD_CLASSES)
         self.head_end = _head(embed_dim, 2)
+        self.frame_conv: FrameConv | None = None
+        if config.frame_conv_layers:
+            self.frame_conv = FrameConv(
+                embed_dim,
+                num_actions,
+                obs_vocab_size,
+                tokens_per_obs,
+                config.frame_conv_layers,
+                config.frame_conv_width,
+            )
 
     # ----------------------------------------------------------------------------- embeddings
 
@@ -188,9 +202,36 @@ class WorldModel(nn.Module):
             obs_hidden, action_hidden = self._hidden_pop(x)
         else:
             obs_hidden, action_hidden = self._hidden_next_token(x)
+        obs_logits = self.head_obs(obs_hidden)
+        if self.frame_conv is not None:
+            obs_logits = obs_logits + self._frame_conv_segments(x[:, :, :-1], actions)
         return WorldModelOutput(
-            self.head_obs(obs_hidden), self.head_reward(action_hidden), self.head_end(action_hidden)
+            obs_logits, self.head_reward(action_hidden), self.head_end(action_hidden)
         )
+
+    def _frame_conv_segments(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """(B, T, K, E) embedded frames, (B, T) actions -> (B, T, K, V) frame-conv logits of
+        every block from the two blocks before it (zeros and "no action" before the first)."""
+        assert self.frame_conv is not None
+        b, t = actions.shape
+        before = obs.new_zeros(b, 2, *obs.shape[2:])
+        padded = torch.cat([before, obs[:, :-1]], dim=1)  # (B, T+1, K, E): frames t-2 .. t-1
+        frames = torch.stack([padded[:, :-1], padded[:, 1:]], dim=2)  # (B, T, 2, K, E)
+        none = actions.new_full((b, 1), self.num_actions)
+        previous = torch.cat([none, actions[:, :-1]], dim=1)  # (B, T): the action after t-1
+        logits = self.frame_conv(frames.flatten(0, 1), previous.flatten())  # (B*T, K, V)
+        return logits.unflatten(0, (b, t))
+
+    def _frame_conv_step(
+        self, state: ImaginationState, actions: Tensor, codebook: Tensor | None
+    ) -> Tensor:
+        """(B, K, V) frame-conv logits of the next frame from the state's two latest frames."""
+        assert self.frame_conv is not None and state.previous_obs_tokens is not None
+        previous = state.previous_obs_tokens
+        known = (previous >= 0)[..., None]  # (B, K, 1): -1 marks a frame before the first
+        before = self.embed_obs(previous.clamp(min=0), codebook) * known
+        frames = torch.stack([before, self.embed_obs(state.obs_tokens, codebook)], dim=1)
+        return self.frame_conv(frames, actions)
 
     def _hidden_pop(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """POP forward (REM_SPEC 5.3): chunks of whole blocks, parallel inside a chunk."""
@@ -278,7 +319,10 @@ class WorldModel(nn.Module):
             num_fed = self.tokens_per_obs - 1
             x = self.embed_obs(current[:, :num_fed], codebook)
             _, states = self.decoder.forward_chunk(x, position, states)
-        return ImaginationState(self._float_states(states), current, position, num_fed)
+        previous = None
+        if self.frame_conv is not None:  # the frame before the current one; -1: none
+            previous = obs_tokens[:, -2] if frames > 1 else torch.full_like(current, -1)
+        return ImaginationState(self._float_states(states), current, position, num_fed, previous)
 
     def step(
         self,
@@ -345,11 +389,14 @@ class WorldModel(nn.Module):
         )  # (B, K+1, E): the action token, then the K prediction tokens
         action_hidden, obs_hidden = out[:, 0], out[:, 1:]
         obs_logits = self.head_obs(obs_hidden)  # (B, K, V)
+        if self.frame_conv is not None:
+            obs_logits = obs_logits + self._frame_conv_step(state, actions, codebook)
         if next_obs_tokens is None:
             next_obs_tokens = sample_categorical(obs_logits, noise.obs, temperatures[0])
         step = self._finish_step(action_hidden, obs_logits, next_obs_tokens, temperatures[1], noise)
+        previous = state.obs_tokens if self.frame_conv is not None else None
         new_state = ImaginationState(
-            self._float_states(states), next_obs_tokens, state.position + block, 0
+            self._float_states(states), next_obs_tokens, state.position + block, 0, previous
         )
         return step, new_state
 

@@ -1,0 +1,75 @@
+"""rem_train.pretrain_frame_conv: a frame conv trained alone joins a model's world model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rem_env import REMConfig, REMModel
+from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
+from rem_train.pretrain_frame_conv import main
+from rem_train.replay import ReplayBuffer
+
+
+def _replay(folder: Path) -> Path:
+    """Two episodes of frames in which a bright square moves one pixel a step."""
+    with ReplayBuffer(folder, (64, 64, 3)) as buffer:
+        for t in range(24):
+            frame = np.zeros((64, 64, 3), np.uint8)
+            frame[10 + t % 12 : 14 + t % 12, 20 + t : 24 + t] = 200
+            buffer.append(frame, t % 4, 0.0, terminated=t in (11, 23))
+    return folder
+
+
+def _source(folder: Path, **world_model: int) -> Path:
+    torch.manual_seed(0)
+    config = REMConfig(
+        4, SMOKE_TOKENIZER, dataclasses.replace(SMOKE_WORLD_MODEL, **world_model), "Breakout"
+    )
+    REMModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_the_export_is_the_source_with_a_trained_frame_conv(tmp_path: Path) -> None:
+    source = _source(tmp_path / "source")
+    replay = _replay(tmp_path / "replay")
+    argv = ["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "fc"),
+            "--segments", "32", "--steps", "3", "--eval-every", "2", "--eval-segments", "4",
+            "--layers", "2", "--width", "8"]  # fmt: skip
+    assert main(argv) == 0
+    export = REMModel.from_pretrained(tmp_path / "fc" / "export")
+    before = REMModel.from_pretrained(source)
+    assert export.config.world_model.frame_conv_layers == 2
+    assert export.config.world_model.frame_conv_width == 8
+    state = export.state_dict()
+    for key, value in before.state_dict().items():  # tokenizer, RetNet, start contexts: kept
+        assert torch.equal(state[key], value), key
+    assert export.world_model.frame_conv.out.weight.abs().sum() > 0  # trained (it starts at 0)
+    lines = [json.loads(line) for line in (tmp_path / "fc" / "progress.jsonl").open()]
+    assert lines[0]["triples"] == 32
+    assert [line["step"] for line in lines[1:]] == [2, 3]
+    assert set(lines[-1]["ball"]) >= {"frames", "predicted", "patch_accuracy"}
+    record = json.loads((tmp_path / "fc" / "export" / "training.json").read_text())
+    assert record["preset"] == "frame conv pretraining" and record["frame_conv_steps"] == 3
+    assert record["command"].startswith("python -m rem_train.pretrain_frame_conv --init-from")
+
+
+def test_bad_starts_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    replay = _replay(tmp_path / "replay")
+    source = _source(tmp_path / "source", frame_conv_layers=1)
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "a")])
+    assert "has a frame conv already" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(source), "--replay", str(tmp_path / "nowhere"),
+              "--out", str(tmp_path / "b")])  # fmt: skip
+    assert "no replay folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "c"),
+              "--steps", "0"])  # fmt: skip
+    assert "--steps must be at least 1" in capsys.readouterr().err
