@@ -119,12 +119,17 @@ def documented(prefix: str) -> list[tuple[str, list[str]]]:
     return found
 
 
-def test_documented_tokenizer_pretraining_commands_parse() -> None:
-    from rem_train.pretrain_tokenizer import parser as pretrain_parser
+@pytest.mark.parametrize(
+    ("module", "pages"),
+    [("pretrain_tokenizer", 2), ("pretrain_frame_conv", 2)],  # README and the Training page
+)
+def test_documented_pretraining_commands_parse(module: str, pages: int) -> None:
+    import importlib
 
-    prefix = "python -m rem_train.pretrain_tokenizer "
+    pretrain_parser = importlib.import_module(f"rem_train.{module}").parser
+    prefix = f"python -m rem_train.{module} "
     found = documented(prefix)
-    assert len(found) >= 2  # README and the Training page
+    assert len(found) >= pages
     for page, argv in found:
         try:
             pretrain_parser().parse_args(argv)

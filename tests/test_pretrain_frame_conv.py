@@ -51,7 +51,7 @@ def test_the_export_is_the_source_with_a_trained_frame_conv(tmp_path: Path) -> N
         assert torch.equal(state[key], value), key
     assert export.world_model.frame_conv.out.weight.abs().sum() > 0  # trained (it starts at 0)
     lines = [json.loads(line) for line in (tmp_path / "fc" / "progress.jsonl").open()]
-    assert lines[0]["triples"] == 32
+    assert 32 < lines[0]["triples"] <= 32 * 8  # up to 8 triples in a segment of 10 frames
     assert [line["step"] for line in lines[1:]] == [2, 3]
     assert set(lines[-1]["ball"]) >= {"frames", "predicted", "patch_accuracy"}
     record = json.loads((tmp_path / "fc" / "export" / "training.json").read_text())

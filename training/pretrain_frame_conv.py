@@ -52,6 +52,9 @@ from rem_train.warm_start import LINEAGE_FILE, lineage_of
 
 __all__ = ["FrameConvPretrainConfig", "TokenTriples", "gather_triples", "main", "pretrain"]
 
+SEGMENT = 10
+"""Frames per segment drawn from a replay buffer (the world model's segment length)."""
+
 
 @dataclass(frozen=True)
 class FrameConvPretrainConfig:
@@ -62,7 +65,8 @@ class FrameConvPretrainConfig:
     width: int = 128
     """Their channels."""
     segments: int = 12_000
-    """Triples of real frames drawn from the replay buffers (spread evenly over them)."""
+    """Segments of 10 frames drawn from the replay buffers (spread evenly over them); each gives
+    every triple of consecutive real frames in it (8 in a whole segment)."""
     steps: int = 3_000
     batch_size: int = 256
     lr: float = 1e-3
@@ -91,7 +95,7 @@ class TokenTriples:
 def gather_triples(
     model: REMModel, replays: list[ReplayBuffer], count: int, moving_weight: float, seed: int
 ) -> TokenTriples:
-    """``count`` triples of consecutive real frames of one episode each, tokenized.
+    """The triples of consecutive real frames in ``count`` segments of 10 frames, tokenized.
 
     Example:
         >>> import tempfile
@@ -102,8 +106,10 @@ def gather_triples(
         ...     for t in range(6):
         ...         buf.append(np.zeros((64, 64, 3), np.uint8), t % 4, 0.0, terminated=t == 5)
         ...     triples = gather_triples(model, [buf], 5, 10.0, seed=0)
-        >>> triples.tokens.shape, triples.actions.shape, float(triples.weights.max())
-        (torch.Size([5, 3, 64]), torch.Size([5]), 1.0)
+        >>> len(triples) <= 5 * 4  # an episode of 6 frames holds 4 triples
+        True
+        >>> triples.tokens.shape[1:], float(triples.weights.max())
+        (torch.Size([3, 64]), 1.0)
     """
     rng = np.random.default_rng(seed)
     side = model.config.tokenizer.latent_size
@@ -112,13 +118,20 @@ def gather_triples(
     for index, replay in enumerate(replays):
         left = count * (index + 1) // len(replays) - count * index // len(replays)
         while left > 0:
-            batch = replay.sample_segments(min(64, left), 3, rng, pad="right", min_real=3)
+            batch = replay.sample_segments(min(16, left), SEGMENT, rng, pad="right", min_real=3)
             n = len(batch.actions)
-            obs = torch.as_tensor(np.asarray(batch.obs))  # (n, 3, H, W, C)
+            obs = torch.as_tensor(np.asarray(batch.obs))  # (n, T, H, W, C)
             codes = model.tokenizer.encode(frames_to_tensor(obs.flatten(0, 1))).tokens
-            tokens.append(codes.unflatten(0, (n, 3)))  # (n, 3, K)
-            actions.append(torch.as_tensor(np.asarray(batch.actions))[:, 1])
-            weights.append(moving_patch_weights(obs, side, moving_weight)[:, 2])  # (n, K)
+            codes = codes.unflatten(0, (n, SEGMENT))  # (n, T, K)
+            moved = moving_patch_weights(obs, side, moving_weight)  # (n, T, K)
+            real = torch.as_tensor(np.asarray(batch.mask))  # (n, T): padding at the end
+            row, last = torch.nonzero(real[:, 2:], as_tuple=True)  # triples (t-2, t-1, t)
+            last = last + 2
+            tokens.append(
+                torch.stack([codes[row, last - 2], codes[row, last - 1], codes[row, last]], 1)
+            )
+            actions.append(torch.as_tensor(np.asarray(batch.actions))[row, last - 1])
+            weights.append(moved[row, last])  # (m, K)
             left -= n
     return TokenTriples(torch.cat(tokens), torch.cat(actions).long(), torch.cat(weights))
 
