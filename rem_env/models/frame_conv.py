@@ -41,7 +41,7 @@ class FrameConv(nn.Module):
         ...                  num_layers=2, width=32)
         >>> frames = torch.randn(3, 2, 16, 8)  # (N, 2, K, E): frames t-2 and t-1
         >>> logits = conv(frames, torch.tensor([0, 1, 4]))  # action 4: none
-        >>> logits.shape, float(logits.abs().max())  # the last layer starts at zero
+        >>> logits.shape, float(logits.detach().abs().max())  # the last layer starts at zero
         (torch.Size([3, 16, 16]), 0.0)
     """
 
