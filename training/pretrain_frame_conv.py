@@ -47,6 +47,7 @@ from rem_train.batches import frames_to_tensor
 from rem_train.losses import moving_patch_weights
 from rem_train.object_check import check_objects
 from rem_train.replay import ReplayBuffer
+from rem_train.run_log import log_line
 from rem_train.sources import load_source
 from rem_train.warm_start import LINEAGE_FILE, lineage_of
 
@@ -157,7 +158,7 @@ def pretrain(
     data = gather_triples(model, replays, config.segments, config.moving_weight, config.seed)
     out.mkdir(parents=True, exist_ok=True)
     progress = (out / "progress.jsonl").open("w")
-    _log(progress, {"triples": len(data), "gather_s": round(time.time() - start, 1)})
+    log_line(progress, {"triples": len(data), "gather_s": round(time.time() - start, 1)})
     probes = probes_for(source.game)
     optimizer = torch.optim.Adam(conv.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed + 1)
@@ -183,7 +184,7 @@ def pretrain(
                     model, held_out, probes, np.random.default_rng(11), config.eval_segments
                 )
                 record.update({name: dataclasses.asdict(c) for name, c in checks.items()})
-            _log(progress, record)
+            log_line(progress, record)
     save_file(
         {k: v.contiguous() for k, v in conv.state_dict().items()}, out / "frame_conv.safetensors"
     )
@@ -229,12 +230,6 @@ def _export(
     record = {"lineage": earlier, **own, "triples": triples, "config": asdict(config)}
     (folder / LINEAGE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return folder
-
-
-def _log(handle: Any, record: dict[str, Any]) -> None:
-    handle.write(json.dumps(record) + "\n")
-    handle.flush()
-    print(json.dumps(record), flush=True)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -48,6 +48,7 @@ from rem_train.cli import parse_bool
 from rem_train.codebook import DeadCodeRestarter
 from rem_train.config import TrainConfig
 from rem_train.losses import foreground_weights, motion_weights, tokenizer_loss
+from rem_train.run_log import log_line
 from rem_train.sources import load_source
 from rem_train.warm_start import LINEAGE_FILE, lineage_of
 
@@ -254,7 +255,9 @@ def pretrain(
     generator = torch.Generator().manual_seed(config.seed + step)
     log = (out / "progress.jsonl").open("a")
     if step == 0:
-        _log(log, {"step": 0, "seconds": 0.0, **reconstruction_report(model, held, config.game)})
+        log_line(
+            log, {"step": 0, "seconds": 0.0, **reconstruction_report(model, held, config.game)}
+        )
     started, spent = time.perf_counter(), 0.0
     pieces = math.ceil(config.batch_size / config.micro_batch)
     while step < config.steps:
@@ -287,7 +290,7 @@ def pretrain(
             spent += time.perf_counter() - started
             report = reconstruction_report(model, held, config.game)
             loss = float(np.mean([m["total"] for m in losses]))
-            _log(log, {"step": step, "seconds": round(spent, 1), "loss": loss, **report})
+            log_line(log, {"step": step, "seconds": round(spent, 1), "loss": loss, **report})
             save_file(tokenizer.state_dict(), out / "tokenizer.safetensors")
             torch.save(optimizer.state_dict(), out / "optimizer.pt")
             state = {"step": step, "decoder_only": config.decoder_only}
@@ -408,12 +411,6 @@ def _with_vocab(model: REMModel, vocab_size: int) -> REMModel:
     state["embedding.weight"] = codebook.repeat(vocab_size // old + 1, 1)[:vocab_size]
     bigger.tokenizer.load_state_dict(state)
     return bigger
-
-
-def _log(handle: Any, record: dict[str, Any]) -> None:
-    handle.write(json.dumps(record) + "\n")
-    handle.flush()
-    print(json.dumps(record), flush=True)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -11,12 +11,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["METRICS_FILE", "RunLog", "read_metrics"]
+__all__ = ["METRICS_FILE", "RunLog", "log_line", "read_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -133,6 +133,23 @@ def _drop_torn_line(path: Path) -> None:
     if data and not data.endswith(b"\n"):
         with open(path, "r+b") as f:
             f.truncate(data.rfind(b"\n") + 1)
+
+
+def log_line(handle: IO[str], record: dict[str, Any]) -> None:
+    """Appends ``record`` to ``handle`` as one JSON line (flushed) and prints it.
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> log_line(out, {"step": 1})
+        {"step": 1}
+        >>> out.getvalue()
+        '{"step": 1}\\n'
+    """
+    line = json.dumps(record)
+    handle.write(line + "\n")
+    handle.flush()
+    print(line, flush=True)
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
