@@ -47,14 +47,10 @@ class ImaginationState:
         Used for partial resets. Both states must share ``position`` and ``num_fed``.
 
         Raises:
-            ValueError: If positions, fed counts or batch sizes differ.
+            ValueError: If positions, fed counts or batch sizes differ, or only one state keeps
+                the frame before the current one.
         """
-        if (other.position, other.num_fed) != (self.position, self.num_fed):
-            raise ValueError(
-                "cannot merge imagination states at different positions "
-                f"({self.position}, {self.num_fed}) vs ({other.position}, {other.num_fed}); "
-                "start the new state with position=state.position"
-            )
+        self._check_mergeable(other)
         if other.batch_size != self.batch_size or mask.shape != (self.batch_size,):
             raise ValueError(
                 f"mask {tuple(mask.shape)} and states ({self.batch_size}, {other.batch_size}) "
@@ -68,6 +64,14 @@ class ImaginationState:
         previous = _merge_optional(self.previous_obs_tokens, other.previous_obs_tokens, mask)
         return ImaginationState(retention, tokens, self.position, self.num_fed, previous)
 
+    def _check_mergeable(self, other: ImaginationState) -> None:
+        if (other.position, other.num_fed) != (self.position, self.num_fed):
+            raise ValueError(
+                "cannot merge imagination states at different positions "
+                f"({self.position}, {self.num_fed}) vs ({other.position}, {other.num_fed}); "
+                "start the new state with position=state.position"
+            )
+
     def index_copy(self, index: Tensor, other: ImaginationState) -> ImaginationState:
         """This state with its dreams ``index`` (n,) replaced by ``other``'s n dreams, in order.
 
@@ -75,24 +79,18 @@ class ImaginationState:
         states must share ``position`` and ``num_fed``.
 
         Raises:
-            ValueError: If positions or fed counts differ.
+            ValueError: If positions or fed counts differ, or only one state keeps the frame
+                before the current one.
         """
-        if (other.position, other.num_fed) != (self.position, self.num_fed):
-            raise ValueError(
-                "cannot merge imagination states at different positions "
-                f"({self.position}, {self.num_fed}) vs ({other.position}, {other.num_fed}); "
-                "start the new state with position=state.position"
-            )
+        self._check_mergeable(other)
         retention = tuple(
             old.index_copy(0, index, new)
             for old, new in zip(self.retention, other.retention, strict=True)
         )
         tokens = self.obs_tokens.index_copy(0, index, other.obs_tokens)
         previous = None
-        if self.previous_obs_tokens is not None and other.previous_obs_tokens is not None:
+        if _both_or_neither(self.previous_obs_tokens, other.previous_obs_tokens):
             previous = self.previous_obs_tokens.index_copy(0, index, other.previous_obs_tokens)
-        elif (self.previous_obs_tokens is None) != (other.previous_obs_tokens is None):
-            raise ValueError(_ONE_PREVIOUS)
         return ImaginationState(retention, tokens, self.position, self.num_fed, previous)
 
 
@@ -102,9 +100,14 @@ _ONE_PREVIOUS = (
 )
 
 
-def _merge_optional(mine: Tensor | None, theirs: Tensor | None, mask: Tensor) -> Tensor | None:
-    if mine is None and theirs is None:
-        return None
-    if mine is None or theirs is None:
+def _both_or_neither(mine: Tensor | None, theirs: Tensor | None) -> bool:
+    """True if both states keep the frame before the current one, False if neither does."""
+    if (mine is None) != (theirs is None):
         raise ValueError(_ONE_PREVIOUS)
+    return mine is not None
+
+
+def _merge_optional(mine: Tensor | None, theirs: Tensor | None, mask: Tensor) -> Tensor | None:
+    if not _both_or_neither(mine, theirs):
+        return None
     return torch.where(mask[:, None], theirs, mine)
