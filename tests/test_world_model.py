@@ -341,6 +341,8 @@ def test_states_with_the_frame_before_merge_for_partial_resets():
         state.where(torch.ones(3, dtype=torch.bool), plain)
     with pytest.raises(ValueError, match="frame conv"):
         state.index_copy(torch.tensor([0, 1, 2]), plain)
+    with pytest.raises(ValueError, match="previous_obs_tokens"):
+        wm.step(plain, actions[:, 1])  # a state without the frame before the current one
 
 
 def test_frame_conv_settings_that_cannot_work_are_refused():

@@ -157,34 +157,34 @@ def pretrain(
     start = time.time()
     data = gather_triples(model, replays, config.segments, config.moving_weight, config.seed)
     out.mkdir(parents=True, exist_ok=True)
-    progress = (out / "progress.jsonl").open("w")
-    log_line(progress, {"triples": len(data), "gather_s": round(time.time() - start, 1)})
-    probes = probes_for(source.game)
-    optimizer = torch.optim.Adam(conv.parameters(), lr=config.lr)
-    rng = np.random.default_rng(config.seed + 1)
-    losses: list[float] = []
-    start = time.time()
-    for step in range(1, config.steps + 1):
-        conv.train()
-        rows = torch.as_tensor(rng.integers(len(data), size=config.batch_size))
-        frames = F.embedding(data.tokens[rows, :2], codebook)  # (B, 2, K, E)
-        logits = conv(frames, data.actions[rows])  # (B, K, V)
-        target, weight = data.tokens[rows, 2], data.weights[rows]
-        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-        loss = (loss * weight.flatten()).sum() / weight.sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if step % config.eval_every == 0 or step == config.steps:
-            record = {"step": step, "train_s": round(time.time() - start, 1)}
-            record["loss"] = round(float(np.mean(losses[-config.eval_every :])), 4)
-            if probes:
-                checks = check_objects(
-                    model, held_out, probes, np.random.default_rng(11), config.eval_segments
-                )
-                record.update({name: dataclasses.asdict(c) for name, c in checks.items()})
-            log_line(progress, record)
+    with (out / "progress.jsonl").open("w") as progress:
+        log_line(progress, {"triples": len(data), "gather_s": round(time.time() - start, 1)})
+        probes = probes_for(source.game)
+        optimizer = torch.optim.Adam(conv.parameters(), lr=config.lr)
+        rng = np.random.default_rng(config.seed + 1)
+        losses: list[float] = []
+        start = time.time()
+        for step in range(1, config.steps + 1):
+            conv.train()
+            rows = torch.as_tensor(rng.integers(len(data), size=config.batch_size))
+            frames = F.embedding(data.tokens[rows, :2], codebook)  # (B, 2, K, E)
+            logits = conv(frames, data.actions[rows])  # (B, K, V)
+            target, weight = data.tokens[rows, 2], data.weights[rows]
+            loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+            loss = (loss * weight.flatten()).sum() / weight.sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if step % config.eval_every == 0 or step == config.steps:
+                record = {"step": step, "train_s": round(time.time() - start, 1)}
+                record["loss"] = round(float(np.mean(losses[-config.eval_every :])), 4)
+                if probes:
+                    checks = check_objects(
+                        model, held_out, probes, np.random.default_rng(11), config.eval_segments
+                    )
+                    record.update({name: dataclasses.asdict(c) for name, c in checks.items()})
+                log_line(progress, record)
     save_file(
         {k: v.contiguous() for k, v in conv.state_dict().items()}, out / "frame_conv.safetensors"
     )

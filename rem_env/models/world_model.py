@@ -223,15 +223,20 @@ class WorldModel(nn.Module):
         return logits.unflatten(0, (b, t))
 
     def _frame_conv_step(
-        self, state: ImaginationState, actions: Tensor, codebook: Tensor | None
+        self, state: ImaginationState, current: Tensor, actions: Tensor, codebook: Tensor | None
     ) -> Tensor:
-        """(B, K, V) frame-conv logits of the next frame from the state's two latest frames."""
-        assert self.frame_conv is not None and state.previous_obs_tokens is not None
+        """(B, K, V) frame-conv logits of the next frame from the state's frame before the
+        current one and ``current``, the (B, K, E) embedded current frame."""
+        assert self.frame_conv is not None
         previous = state.previous_obs_tokens
+        if previous is None:
+            raise ValueError(
+                "this world model has a frame conv: its imagination state must keep the frame "
+                "before the current one (previous_obs_tokens); start it with start_state"
+            )
         known = (previous >= 0)[..., None]  # (B, K, 1): -1 marks a frame before the first
         before = self.embed_obs(previous.clamp(min=0), codebook) * known
-        frames = torch.stack([before, self.embed_obs(state.obs_tokens, codebook)], dim=1)
-        return self.frame_conv(frames, actions)
+        return self.frame_conv(torch.stack([before, current], dim=1), actions)
 
     def _hidden_pop(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """POP forward (REM_SPEC 5.3): chunks of whole blocks, parallel inside a chunk."""
@@ -390,7 +395,8 @@ class WorldModel(nn.Module):
         action_hidden, obs_hidden = out[:, 0], out[:, 1:]
         obs_logits = self.head_obs(obs_hidden)  # (B, K, V)
         if self.frame_conv is not None:
-            obs_logits = obs_logits + self._frame_conv_step(state, actions, codebook)
+            current = real[:, 0, :k]  # (B, K, E): the embedded current frame
+            obs_logits = obs_logits + self._frame_conv_step(state, current, actions, codebook)
         if next_obs_tokens is None:
             next_obs_tokens = sample_categorical(obs_logits, noise.obs, temperatures[0])
         step = self._finish_step(action_hidden, obs_logits, next_obs_tokens, temperatures[1], noise)
