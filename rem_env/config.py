@@ -101,6 +101,9 @@ class WorldModelConfig:
             head's (see :class:`~rem_env.models.frame_conv.FrameConv`). It needs POP and a
             square grid of tokens.
         frame_conv_width: Channels of the frame conv's layers (128).
+        frame_conv_events: Not in REM (False). The frame conv also gives logits of each step's
+            reward and episode end, from frames t-1 and t and the action after t, added to the
+            reward and end heads'. It needs ``frame_conv_layers > 0``.
     """
 
     embed_dim: int = 256
@@ -120,6 +123,7 @@ class WorldModelConfig:
     max_decay_window: float = 512.0
     frame_conv_layers: int = 0
     frame_conv_width: int = 128
+    frame_conv_events: bool = False
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_layers", "num_heads", "ffn_dim", "max_blocks"):
@@ -153,6 +157,11 @@ class WorldModelConfig:
             self.pop or not self.frame_conv_layers,
             "frame_conv_layers",
             "the frame conv predicts whole frames: it needs pop=True",
+        )
+        _require(
+            self.frame_conv_layers > 0 or not self.frame_conv_events,
+            "frame_conv_events",
+            "the events are read from the frame conv's features: set frame_conv_layers > 0",
         )
 
     @property

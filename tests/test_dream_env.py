@@ -277,14 +277,21 @@ def test_envs_stepped_together_equal_envs_stepped_alone(
     check_together_equals_alone(model, mode)
 
 
+@pytest.mark.parametrize("events", [False, True], ids=["frames", "frames-and-events"])
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
-def test_a_frame_conv_model_dreams_alike_together_and_alone(mode: AutoresetMode) -> None:
+def test_a_frame_conv_model_dreams_alike_together_and_alone(
+    mode: AutoresetMode, events: bool
+) -> None:
     """Its state keeps the frame before the current one, through partial resets too."""
     torch.manual_seed(0)
     config = REMConfig.preset("tiny", num_actions=4, game="Breakout")
-    world_model = dataclasses.replace(config.world_model, frame_conv_layers=1)
+    world_model = dataclasses.replace(
+        config.world_model, frame_conv_layers=1, frame_conv_events=events
+    )
     model = REMModel(dataclasses.replace(config, world_model=world_model)).eval()
-    torch.nn.init.normal_(model.world_model.frame_conv.out.weight)  # it starts at zero
+    conv = model.world_model.frame_conv
+    for layer in (conv.out, conv.event_out) if events else (conv.out,):  # they start at zero
+        torch.nn.init.normal_(layer.weight)
     check_together_equals_alone(model, mode)
 
 

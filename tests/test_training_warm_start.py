@@ -197,6 +197,40 @@ def test_a_world_model_with_a_frame_conv_starts_as_the_source_without_one(
         dataclasses.replace(config, world_model_frame_conv=-1)
 
 
+def test_frame_conv_events_are_added_at_zero_to_a_source_frame_conv_without_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_conv = dataclasses.replace(_config(None), world_model_frame_conv=2)
+    torch.manual_seed(5)
+    model = REMModel(with_conv.model_config())
+    torch.nn.init.normal_(model.world_model.frame_conv.out.weight)  # a trained frame conv
+    model.save_pretrained(tmp_path / "source")
+    config = dataclasses.replace(
+        _config(str(tmp_path / "source"), "tokenizer,world_model"),
+        world_model_frame_conv=2,
+        world_model_frame_conv_events=True,
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        grown = trainer.model.world_model
+        state = grown.state_dict()
+        for key, value in model.world_model.state_dict().items():
+            assert torch.equal(state[key], value), key
+        assert grown.frame_conv.event_out.weight.abs().sum() == 0
+        tokens = torch.randint(model.config.tokenizer.vocab_size, (2, 4, 64))
+        actions = torch.randint(4, (2, 4))
+        model.eval(), trainer.model.eval()
+        want = model.world_model(tokens, actions, model.tokenizer.codebook)
+        got = grown(tokens, actions, trainer.model.tokenizer.codebook)
+        for a, b in zip(want, got, strict=True):
+            assert torch.equal(a, b)
+        assert "the frame conv's event layers added" in capsys.readouterr().out
+    finally:
+        trainer.close()
+    with pytest.raises(ValueError, match="set world_model_frame_conv"):
+        dataclasses.replace(config, world_model_frame_conv=0)
+
+
 def test_a_part_the_source_lacks_is_a_clear_error(tmp_path: Path) -> None:
     config = _config(None)
     model = REMModel(config.model_config())

@@ -352,3 +352,82 @@ def test_frame_conv_settings_that_cannot_work_are_refused():
         WorldModelConfig(frame_conv_layers=-1)
     with pytest.raises(ValueError, match="square grid"):
         WorldModel(WorldModelConfig(frame_conv_layers=1), A, V, tokens_per_obs=8)
+
+
+def events_model(shared: bool = False) -> WorldModel:
+    """A world model whose frame conv also gives event logits (both output layers not zero)."""
+    torch.manual_seed(2)
+    wm = make_model(
+        shared_embeddings=shared, frame_conv_layers=2, frame_conv_width=8, frame_conv_events=True
+    )
+    for layer in (wm.frame_conv.out, wm.frame_conv.event_out):
+        torch.nn.init.normal_(layer.weight)
+        torch.nn.init.normal_(layer.bias)
+    return wm
+
+
+@pytest.mark.parametrize("context", [1, 2], ids=["one-frame-context", "two-frame-context"])
+@pytest.mark.parametrize("shared", [False, True], ids=["own-embeddings", "shared-codebook"])
+def test_frame_conv_events_in_imagination_equal_the_training_forward(context, shared):
+    wm = events_model(shared)
+    codebook = torch.randn(V, 32, dtype=torch.float64) if shared else None
+    obs, actions = random_segment()
+    train = wm(obs, actions, codebook)
+    state = wm.start_state(obs[:, :context], actions[:, : context - 1], codebook)
+    for t in range(context - 1, T - 1):
+        step, state = wm.step(state, actions[:, t], codebook, next_obs_tokens=obs[:, t + 1])
+        assert max_diff(step.obs_logits, train.obs_logits[:, t + 1]) < TOL
+        assert max_diff(step.reward_logits, train.reward_logits[:, t]) < TOL
+        assert max_diff(step.end_logits, train.end_logits[:, t]) < TOL
+    without = make_model(shared_embeddings=shared, frame_conv_layers=2, frame_conv_width=8)
+    without.load_state_dict(wm.state_dict(), strict=False)
+    plain = without(obs, actions, codebook)
+    assert max_diff(plain.obs_logits, train.obs_logits) < TOL  # the events leave frames alone
+    for name in ("reward_logits", "end_logits"):
+        assert max_diff(getattr(plain, name), getattr(train, name)) > 1e-3, name
+
+
+def test_new_frame_conv_events_start_as_the_model_without_them():
+    torch.manual_seed(3)
+    wm = make_model(frame_conv_layers=2, frame_conv_width=8)
+    grown = make_model(frame_conv_layers=2, frame_conv_width=8, frame_conv_events=True)
+    missing, unexpected = grown.load_state_dict(wm.state_dict(), strict=False)
+    assert missing and not unexpected
+    assert all(name.startswith(("frame_conv.events.", "frame_conv.event_out.")) for name in missing)
+    obs, actions = random_segment()
+    for a, b in zip(grown(obs, actions), wm(obs, actions), strict=True):
+        assert max_diff(a, b) == 0
+
+
+def test_frame_conv_events_read_the_step_its_frame_before_and_its_action_only():
+    wm = events_model()
+    no_events = make_model(frame_conv_layers=2, frame_conv_width=8)
+    no_events.load_state_dict(wm.state_dict(), strict=False)
+    obs, actions = random_segment(batch=1)
+
+    def events(obs, actions):  # (1, T, 5): the frame conv's part of the event logits
+        a, b = wm(obs, actions), no_events(obs, actions)
+        return torch.cat([a.reward_logits - b.reward_logits, a.end_logits - b.end_logits], -1)
+
+    base = events(obs, actions)
+    for t, change, read in (
+        (3, "frame", True),
+        (4, "frame", True),
+        (4, "action", True),
+        (2, "frame", False),  # two frames before: the conv does not see it
+        (5, "frame", False),  # the frame after the step
+        (3, "action", False),
+    ):
+        obs2, actions2 = obs.clone(), actions.clone()
+        if change == "frame":
+            obs2[:, t] = (obs2[:, t] + 1) % V
+        else:
+            actions2[:, t] = (actions2[:, t] + 1) % A
+        moved = max_diff(events(obs2, actions2)[:, 4], base[:, 4])  # step 4's events
+        assert (moved > 1e-6) == read, (t, change, moved)
+    assert base[:, -1].abs().max() > 1e-3  # the last block's step has events too
+
+
+def test_frame_conv_events_need_a_frame_conv():
+    with pytest.raises(ValueError, match="frame_conv_events"):
+        WorldModelConfig(frame_conv_events=True)

@@ -236,6 +236,12 @@ class TrainConfig:
         "grids whose logits the world model adds to its observation head's (0: off); with "
         "--init-from a world model without one, it starts at zero",
     )
+    world_model_frame_conv_events: bool = doc(
+        False,
+        "not in REM: the frame conv also gives each step's reward and end logits (from the "
+        "step's frame, the one before and the action), added to the heads'; needs "
+        "--world-model-frame-conv; with --init-from a frame conv without them, they start at zero",
+    )
     device: str = doc("cpu", "torch device (cpu, cuda, cuda:1, mps)")
     common: CommonConfig = field(default_factory=CommonConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -260,6 +266,11 @@ class TrainConfig:
         if self.world_model_frame_conv < 0:
             raise ValueError(
                 f"world_model_frame_conv must be >= 0 (0: off), got {self.world_model_frame_conv}"
+            )
+        if self.world_model_frame_conv_events and not self.world_model_frame_conv:
+            raise ValueError(
+                "world_model_frame_conv_events reads the frame conv's features: set "
+                "world_model_frame_conv (--world-model-frame-conv N) too"
             )
         ac = self.actor_critic
         if ac.horizon < 3:
@@ -335,7 +346,9 @@ class TrainConfig:
             world_model = dataclasses.replace(world_model, num_layers=self.world_model_layers)
         if self.world_model_frame_conv:
             world_model = dataclasses.replace(
-                world_model, frame_conv_layers=self.world_model_frame_conv
+                world_model,
+                frame_conv_layers=self.world_model_frame_conv,
+                frame_conv_events=self.world_model_frame_conv_events,
             )
         return dataclasses.replace(config, world_model=world_model)
 

@@ -56,6 +56,9 @@ IDENTITY_ZEROED = ("retention.out_proj.", "linear2.")
 FRAME_CONV = "frame_conv."
 """World-model state keys of the frame conv (not in REM), which a source may lack."""
 
+FRAME_CONV_EVENTS = ("frame_conv.events.", "frame_conv.event_out.")
+"""The frame conv's event layers (``frame_conv_events``), which a source's frame conv may lack."""
+
 LINEAGE_FILE = "training.json"
 """The export's record of its training (``lineage`` lists the runs it was warm-started from)."""
 
@@ -220,9 +223,9 @@ def apply_warm_start(
         if part == "world_model":
             conv = _added_frame_conv(source, target)
             if conv:
-                notes.append(
-                    "world model: a frame conv added (it starts at zero: the source's function)"
-                )
+                had_conv = any(key.startswith(FRAME_CONV) for key in source)
+                what = "the frame conv's event layers" if had_conv else "a frame conv"
+                notes.append(f"world model: {what} added (at zero: the source's function)")
             added = {**conv, **_added_layers({**source, **conv}, target)}
             if set(added) - set(conv):
                 have, want = _num_layers(source), _num_layers(target)
@@ -302,10 +305,15 @@ def _added_layers(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[
 
 
 def _added_frame_conv(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The run's own frame-conv tensors (its output layer at zero) where the source has none."""
-    if any(key.startswith(FRAME_CONV) for key in source):
+    """The run's own frame-conv tensors (output layers at zero) that the source lacks: the whole
+    frame conv where the source has none, its event layers where the source's has none."""
+    if not any(key.startswith(FRAME_CONV) for key in source):
+        prefixes: tuple[str, ...] = (FRAME_CONV,)
+    elif not any(key.startswith(FRAME_CONV_EVENTS) for key in source):
+        prefixes = FRAME_CONV_EVENTS
+    else:
         return {}
-    return {k: v.detach().clone() for k, v in target.items() if k.startswith(FRAME_CONV)}
+    return {k: v.detach().clone() for k, v in target.items() if k.startswith(prefixes)}
 
 
 def _target_state(part: str, modules: dict[str, nn.Module]) -> dict[str, Tensor]:

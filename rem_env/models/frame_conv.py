@@ -8,6 +8,11 @@ reads the token embeddings of frames t-2 and t-1 as two images of ``sqrt(K) x sq
 t-1, and gives logits of frame t's K tokens from 3x3 neighbourhoods; the world model adds them to
 its observation head's logits. Its last layer starts at zero, so a world model that gains a frame
 conv starts as exactly the model it was.
+
+With ``events=True`` the same features, read from frames t-1 and t and the action after t, also
+give logits of the reward and the episode end of step t (a ball about to hit a brick, or to pass
+the paddle, is seen where it is on the grid), which the world model adds to its reward and end
+heads' logits; their output layer starts at zero too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ __all__ = ["FrameConv"]
 ACTION_CHANNELS = 16
 """Channels of the action's embedding, broadcast over the grid."""
 
+EVENT_LOGITS = 5
+"""Event logits: 3 reward classes, then 2 end classes (the world model's heads' layout)."""
+
 
 class FrameConv(nn.Module):
     """Logits of a frame's K tokens from the two frames before it and the action between.
@@ -34,6 +42,8 @@ class FrameConv(nn.Module):
         tokens_per_obs: Tokens per frame K, a square number.
         num_layers: 3x3 convolutions (each followed by ReLU) before the 1x1 output layer.
         width: Channels of those convolutions.
+        events: Also give reward and end logits (:meth:`event_logits`), from the features
+            pooled over the grid (mean and max of a 1x1 convolution's ReLU outputs).
 
     Example:
         >>> import torch
@@ -43,6 +53,10 @@ class FrameConv(nn.Module):
         >>> logits = conv(frames, torch.tensor([0, 1, 4]))  # action 4: none
         >>> logits.shape, float(logits.detach().abs().max())  # the last layer starts at zero
         (torch.Size([3, 16, 16]), 0.0)
+        >>> conv = FrameConv(8, 4, 16, 16, num_layers=2, width=32, events=True)
+        >>> features = conv.features(frames, torch.tensor([0, 1, 4]))  # (N, width, 4, 4)
+        >>> conv.token_logits(features).shape, conv.event_logits(features).shape
+        (torch.Size([3, 16, 16]), torch.Size([3, 5]))
     """
 
     def __init__(
@@ -53,6 +67,7 @@ class FrameConv(nn.Module):
         tokens_per_obs: int,
         num_layers: int,
         width: int,
+        events: bool = False,
     ) -> None:
         super().__init__()
         side = math.isqrt(tokens_per_obs)
@@ -73,6 +88,13 @@ class FrameConv(nn.Module):
         self.out = nn.Conv2d(width, vocab_size, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.events: nn.Sequential | None = None
+        self.event_out: nn.Linear | None = None
+        if events:
+            self.events = nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU())
+            self.event_out = nn.Linear(2 * width, EVENT_LOGITS)
+            nn.init.zeros_(self.event_out.weight)
+            nn.init.zeros_(self.event_out.bias)
 
     def forward(self, frames: Tensor, actions: Tensor) -> Tensor:
         """(N, 2, K, E) embeddings of frames t-2, t-1 and (N,) actions -> (N, K, V) logits.
@@ -80,8 +102,27 @@ class FrameConv(nn.Module):
         A frame that does not exist (before the first one) is all zeros; an action that does not
         exist is ``num_actions``.
         """
+        return self.token_logits(self.features(frames, actions))
+
+    def features(self, frames: Tensor, actions: Tensor) -> Tensor:
+        """(N, 2, K, E) embedded frames and (N,) actions -> (N, width, s, s) features."""
         n, e = frames.shape[0], frames.shape[-1]
         grid = frames.permute(0, 1, 3, 2).reshape(n, 2 * e, self.side, self.side)  # (N, 2E, s, s)
         action = self.action_embedding(actions)[:, :, None, None]  # (N, 16, 1, 1)
         x = torch.cat([grid, action.expand(-1, -1, self.side, self.side)], dim=1)
-        return self.out(self.layers(x)).flatten(2).transpose(1, 2)  # (N, K, V), raster order
+        return self.layers(x)
+
+    def token_logits(self, features: Tensor) -> Tensor:
+        """(N, width, s, s) features -> (N, K, V) logits of the next frame's tokens."""
+        return self.out(features).flatten(2).transpose(1, 2)  # (N, K, V), raster order
+
+    def event_logits(self, features: Tensor) -> Tensor:
+        """(N, width, s, s) features -> (N, 5) logits: 3 reward classes, then 2 end classes.
+
+        Raises:
+            ValueError: If the frame conv was built without ``events``.
+        """
+        if self.events is None or self.event_out is None:
+            raise ValueError("this frame conv was built without events (events=False)")
+        x = self.events(features).flatten(2)  # (N, width, K)
+        return self.event_out(torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1))

@@ -18,7 +18,9 @@ Entry points:
   next-token prediction, imagined one token at a time (the baseline that shows what POP buys).
 * With ``config.frame_conv_layers > 0`` (not in REM) a :class:`~rem_env.models.frame_conv.
   FrameConv` adds logits read from the 2-D grids of the two frames before each predicted one;
-  the imagination state then keeps the frame before the current one.
+  the imagination state then keeps the frame before the current one. With
+  ``config.frame_conv_events`` its features also add to the reward and end logits of each step
+  (read from the step's frame, the one before it and the step's action).
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class WorldModel(nn.Module):
                 tokens_per_obs,
                 config.frame_conv_layers,
                 config.frame_conv_width,
+                events=config.frame_conv_events,
             )
 
     # ----------------------------------------------------------------------------- embeddings
@@ -203,31 +206,47 @@ class WorldModel(nn.Module):
         else:
             obs_hidden, action_hidden = self._hidden_next_token(x)
         obs_logits = self.head_obs(obs_hidden)
+        reward_logits, end_logits = self.head_reward(action_hidden), self.head_end(action_hidden)
         if self.frame_conv is not None:
-            obs_logits = obs_logits + self._frame_conv_segments(x[:, :, :-1], actions)
-        return WorldModelOutput(
-            obs_logits, self.head_reward(action_hidden), self.head_end(action_hidden)
-        )
+            conv_obs, conv_events = self._frame_conv_segments(x[:, :, :-1], actions)
+            obs_logits = obs_logits + conv_obs
+            if conv_events is not None:
+                reward_logits = reward_logits + conv_events[..., :NUM_REWARD_CLASSES]
+                end_logits = end_logits + conv_events[..., NUM_REWARD_CLASSES:]
+        return WorldModelOutput(obs_logits, reward_logits, end_logits)
 
-    def _frame_conv_segments(self, obs: Tensor, actions: Tensor) -> Tensor:
-        """(B, T, K, E) embedded frames, (B, T) actions -> (B, T, K, V) frame-conv logits of
-        every block from the two blocks before it (zeros and "no action" before the first)."""
-        assert self.frame_conv is not None
+    def _frame_conv_segments(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(B, T, K, E) embedded frames, (B, T) actions -> the frame conv's (B, T, K, V) logits
+        of every block from the two blocks before it (zeros and "no action" before the first),
+        and, with events, its (B, T, 5) event logits of every block's step (from the block, the
+        one before it and the block's action; None without events)."""
+        conv = self.frame_conv
+        assert conv is not None
         b, t = actions.shape
+        # Grid n in 0..T reads frames n-2 and n-1 and the action after n-1: grids 0..T-1 predict
+        # the blocks' frames, grids 1..T see each block's step (the last one only with events).
+        grids = t + 1 if conv.events is not None else t
         before = obs.new_zeros(b, 2, *obs.shape[2:])
-        padded = torch.cat([before, obs[:, :-1]], dim=1)  # (B, T+1, K, E): frames t-2 .. t-1
-        frames = torch.stack([padded[:, :-1], padded[:, 1:]], dim=2)  # (B, T, 2, K, E)
+        padded = torch.cat([before, obs[:, : grids - 1]], dim=1)  # (B, grids+1, K, E)
+        frames = torch.stack([padded[:, :-1], padded[:, 1:]], dim=2)  # (B, grids, 2, K, E)
         none = actions.new_full((b, 1), self.num_actions)
-        previous = torch.cat([none, actions[:, :-1]], dim=1)  # (B, T): the action after t-1
-        logits = self.frame_conv(frames.flatten(0, 1), previous.flatten())  # (B*T, K, V)
-        return logits.unflatten(0, (b, t))
+        previous = torch.cat([none, actions[:, : grids - 1]], dim=1)  # (B, grids)
+        features = conv.features(frames.flatten(0, 1), previous.flatten())  # (B*grids, W, s, s)
+        features = features.unflatten(0, (b, grids))
+        logits = conv.token_logits(features[:, :t].flatten(0, 1)).unflatten(0, (b, t))
+        if conv.events is None:
+            return logits, None
+        events = conv.event_logits(features[:, 1:].flatten(0, 1)).unflatten(0, (b, t))
+        return logits, events  # (B, T, K, V), (B, T, 5)
 
     def _frame_conv_step(
         self, state: ImaginationState, current: Tensor, actions: Tensor, codebook: Tensor | None
-    ) -> Tensor:
-        """(B, K, V) frame-conv logits of the next frame from the state's frame before the
-        current one and ``current``, the (B, K, E) embedded current frame."""
-        assert self.frame_conv is not None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The frame conv's (B, K, V) logits of the next frame from the state's frame before the
+        current one and ``current``, the (B, K, E) embedded current frame, and with events its
+        (B, 5) event logits of this step (None without events)."""
+        conv = self.frame_conv
+        assert conv is not None
         previous = state.previous_obs_tokens
         if previous is None:
             raise ValueError(
@@ -236,7 +255,9 @@ class WorldModel(nn.Module):
             )
         known = (previous >= 0)[..., None]  # (B, K, 1): -1 marks a frame before the first
         before = self.embed_obs(previous.clamp(min=0), codebook) * known
-        return self.frame_conv(torch.stack([before, current], dim=1), actions)
+        features = conv.features(torch.stack([before, current], dim=1), actions)
+        events = conv.event_logits(features) if conv.events is not None else None
+        return conv.token_logits(features), events
 
     def _hidden_pop(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """POP forward (REM_SPEC 5.3): chunks of whole blocks, parallel inside a chunk."""
@@ -394,12 +415,16 @@ class WorldModel(nn.Module):
         )  # (B, K+1, E): the action token, then the K prediction tokens
         action_hidden, obs_hidden = out[:, 0], out[:, 1:]
         obs_logits = self.head_obs(obs_hidden)  # (B, K, V)
+        events = None
         if self.frame_conv is not None:
             current = real[:, 0, :k]  # (B, K, E): the embedded current frame
-            obs_logits = obs_logits + self._frame_conv_step(state, current, actions, codebook)
+            conv_obs, events = self._frame_conv_step(state, current, actions, codebook)
+            obs_logits = obs_logits + conv_obs
         if next_obs_tokens is None:
             next_obs_tokens = sample_categorical(obs_logits, noise.obs, temperatures[0])
-        step = self._finish_step(action_hidden, obs_logits, next_obs_tokens, temperatures[1], noise)
+        step = self._finish_step(
+            action_hidden, obs_logits, next_obs_tokens, temperatures[1], noise, events
+        )
         previous = state.obs_tokens if self.frame_conv is not None else None
         new_state = ImaginationState(
             self._float_states(states), next_obs_tokens, state.position + block, 0, previous
@@ -444,9 +469,13 @@ class WorldModel(nn.Module):
         obs_tokens: Tensor,
         event_temperature: float,
         noise: StepNoise,
+        conv_events: Tensor | None = None,
     ) -> ImaginationStep:
         reward_logits = self.head_reward(action_hidden)
         end_logits = self.head_end(action_hidden)
+        if conv_events is not None:  # (B, 5): the frame conv's reward, then end logits
+            reward_logits = reward_logits + conv_events[:, :NUM_REWARD_CLASSES]
+            end_logits = end_logits + conv_events[:, NUM_REWARD_CLASSES:]
         reward_class = sample_categorical(reward_logits, noise.reward, event_temperature)
         rewards = reward_class.to(self.float_dtype) - 1
         ends = sample_categorical(end_logits, noise.end, event_temperature).bool()
