@@ -33,7 +33,8 @@
 #   (rem_env/weights/Breakout, the bundled model; empty: from scratch), BALL_LAYERS (4:
 #   --world-model-layers, the bundled model's; empty: the preset's), BALL_PARTS
 #   (tokenizer,world_model), BALL_MOVING_WEIGHT (10: --world-model.moving-weight, as the bundled
-#   model was trained)
+#   model was trained); a BALL_INIT folder whose world model has a frame conv (not in REM) gives
+#   the run the same one (--world-model-frame-conv, --world-model-frame-conv-events)
 # A CPU smoke run of the script itself (the test suite does this):
 #   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_EPOCHS=1 \
 #     TRAIN_ENV_STEPS=60 TRAIN_STEPS=2 COMPILE_SIZES=1 COMPILE_BACKEND=eager \
@@ -100,6 +101,16 @@ if [[ "$ball_minutes" != 0 ]]; then
     init=()
     if [[ -n "$ball_init" ]]; then
         init=(--init-from "$ball_init" --init-parts "${BALL_PARTS:-tokenizer,world_model}")
+        # A frame conv (not in REM) in the init's world model: the run's has the same one.
+        if [[ -f "$ball_init/config.json" ]]; then
+            read -r conv events < <("$py" -c 'import json, sys
+w = json.load(open(sys.argv[1]))["world_model"]
+print(w.get("frame_conv_layers", 0), str(w.get("frame_conv_events", False)).lower())' \
+                "$ball_init/config.json")
+            if [[ "${conv:-0}" != 0 ]]; then
+                init+=(--world-model-frame-conv "$conv" --world-model-frame-conv-events "$events")
+            fi
+        fi
     fi
     ball_layers=${BALL_LAYERS-4}
     if [[ -n "$ball_layers" ]]; then

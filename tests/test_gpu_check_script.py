@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import torch
 from hang_guard import HANG_GUARD_S
 
 from rem_env import REMModel
+from rem_train.config import TrainConfig
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 SMOKE = {
@@ -107,3 +109,23 @@ def test_a_failing_step_is_logged_the_others_still_run_and_the_status_is_1(
     assert "== imagination: FAILED" in log and "== dream_env: FAILED" in log
     assert "== compile: FAILED" in log
     assert "== device: done" in log and "failed=1" in log
+
+
+def test_the_breakout_run_keeps_the_frame_conv_of_its_init(tmp_path: Path) -> None:
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    config = dataclasses.replace(
+        config, world_model_frame_conv=1, world_model_frame_conv_events=True
+    )
+    REMModel(config.model_config()).save_pretrained(tmp_path / "init")
+    out = tmp_path / "out"
+    result = run(
+        out, **SMOKE, SKIP_TRAIN="1", COMPILE_PATHS="", BALL_PRESET="smoke", BALL_LAYERS="",
+        BALL_INIT=str(tmp_path / "init"), BALL_MINUTES="0.0001",
+    )  # fmt: skip
+    log = (out / "log.txt").read_text()
+    assert result.returncode == 0, log
+    joined = b"".join(p.read_bytes() for p in sorted(out.glob("ball.tar.part-*")))
+    with tarfile.open(fileobj=io.BytesIO(joined)) as ball:
+        ball.extractall(tmp_path / "ball", filter="data")
+    world_model = REMModel.from_pretrained(tmp_path / "ball" / "export").config.world_model
+    assert world_model.frame_conv_layers == 1 and world_model.frame_conv_events
