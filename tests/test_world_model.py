@@ -270,10 +270,11 @@ def frame_conv_model(shared: bool = False) -> WorldModel:
     return wm
 
 
+@pytest.mark.parametrize("events", [False, True], ids=["frames", "frames-and-events"])
 @pytest.mark.parametrize("context", [1, 2], ids=["one-frame-context", "two-frame-context"])
 @pytest.mark.parametrize("shared", [False, True], ids=["own-embeddings", "shared-codebook"])
-def test_frame_conv_imagination_teacher_forced_equals_training_forward(context, shared):
-    wm = frame_conv_model(shared)
+def test_frame_conv_imagination_teacher_forced_equals_training_forward(context, shared, events):
+    wm = events_model(shared) if events else frame_conv_model(shared)
     codebook = torch.randn(V, 32, dtype=torch.float64) if shared else None
     obs, actions = random_segment()
     train = wm(obs, actions, codebook)
@@ -281,12 +282,16 @@ def test_frame_conv_imagination_teacher_forced_equals_training_forward(context, 
     for t in range(context - 1, T - 1):
         step, state = wm.step(state, actions[:, t], codebook, next_obs_tokens=obs[:, t + 1])
         assert max_diff(step.obs_logits, train.obs_logits[:, t + 1]) < TOL
+        assert max_diff(step.reward_logits, train.reward_logits[:, t]) < TOL
+        assert max_diff(step.end_logits, train.end_logits[:, t]) < TOL
         assert torch.equal(state.previous_obs_tokens, obs[:, t])
     without = make_model(shared_embeddings=shared)
     without.load_state_dict(wm.state_dict(), strict=False)
     plain = without(obs, actions, codebook)
     assert max_diff(plain.obs_logits, train.obs_logits) > 1e-3  # the frame conv is read
-    assert max_diff(plain.reward_logits, train.reward_logits) < TOL  # and adds to frames only
+    for name in ("reward_logits", "end_logits"):  # the events add to rewards and ends only
+        moved = max_diff(getattr(plain, name), getattr(train, name))
+        assert moved > 1e-3 if events else moved < TOL, name
 
 
 def test_a_new_frame_conv_starts_as_the_model_without_it():
@@ -366,27 +371,6 @@ def events_model(shared: bool = False) -> WorldModel:
     return wm
 
 
-@pytest.mark.parametrize("context", [1, 2], ids=["one-frame-context", "two-frame-context"])
-@pytest.mark.parametrize("shared", [False, True], ids=["own-embeddings", "shared-codebook"])
-def test_frame_conv_events_in_imagination_equal_the_training_forward(context, shared):
-    wm = events_model(shared)
-    codebook = torch.randn(V, 32, dtype=torch.float64) if shared else None
-    obs, actions = random_segment()
-    train = wm(obs, actions, codebook)
-    state = wm.start_state(obs[:, :context], actions[:, : context - 1], codebook)
-    for t in range(context - 1, T - 1):
-        step, state = wm.step(state, actions[:, t], codebook, next_obs_tokens=obs[:, t + 1])
-        assert max_diff(step.obs_logits, train.obs_logits[:, t + 1]) < TOL
-        assert max_diff(step.reward_logits, train.reward_logits[:, t]) < TOL
-        assert max_diff(step.end_logits, train.end_logits[:, t]) < TOL
-    without = make_model(shared_embeddings=shared, frame_conv_layers=2, frame_conv_width=8)
-    without.load_state_dict(wm.state_dict(), strict=False)
-    plain = without(obs, actions, codebook)
-    assert max_diff(plain.obs_logits, train.obs_logits) < TOL  # the events leave frames alone
-    for name in ("reward_logits", "end_logits"):
-        assert max_diff(getattr(plain, name), getattr(train, name)) > 1e-3, name
-
-
 def test_new_frame_conv_events_start_as_the_model_without_them():
     torch.manual_seed(3)
     wm = make_model(frame_conv_layers=2, frame_conv_width=8)
@@ -426,6 +410,7 @@ def test_frame_conv_events_read_the_step_its_frame_before_and_its_action_only():
         moved = max_diff(events(obs2, actions2)[:, 4], base[:, 4])  # step 4's events
         assert (moved > 1e-6) == read, (t, change, moved)
     assert base[:, -1].abs().max() > 1e-3  # the last block's step has events too
+    assert max_diff(wm(obs, actions).obs_logits, no_events(obs, actions).obs_logits) < TOL
 
 
 def test_frame_conv_events_need_a_frame_conv():
