@@ -163,6 +163,20 @@ def test_world_model_layers_is_an_option_and_checked(tmp_path: Path) -> None:
     assert TrainConfig.from_preset("smoke").model_config().world_model.num_layers == 1
 
 
+def _assert_same_function(source: REMModel, grown: REMModel) -> None:
+    """``grown`` holds every world-model tensor of ``source`` and computes the same logits."""
+    state = grown.world_model.state_dict()
+    for key, value in source.world_model.state_dict().items():
+        assert torch.equal(state[key], value), key
+    tokens = torch.randint(source.config.tokenizer.vocab_size, (2, 4, 64))
+    actions = torch.randint(4, (2, 4))
+    source.eval(), grown.eval()  # the smoke world model has dropout
+    want = source.world_model(tokens, actions, source.tokenizer.codebook)
+    got = grown.world_model(tokens, actions, grown.tokenizer.codebook)
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_a_world_model_with_a_frame_conv_starts_as_the_source_without_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -172,17 +186,8 @@ def test_a_world_model_with_a_frame_conv_starts_as_the_source_without_one(
     try:
         grown = trainer.model.world_model
         assert grown.frame_conv is not None and len(grown.frame_conv.layers) == 4
-        state = grown.state_dict()
-        for key, value in model.world_model.state_dict().items():
-            assert torch.equal(state[key], value), key
         assert grown.frame_conv.out.weight.abs().sum() == 0
-        tokens = torch.randint(model.config.tokenizer.vocab_size, (2, 4, 64))
-        actions = torch.randint(4, (2, 4))
-        model.eval(), trainer.model.eval()
-        want = model.world_model(tokens, actions, model.tokenizer.codebook)
-        got = grown(tokens, actions, trainer.model.tokenizer.codebook)
-        for a, b in zip(want, got, strict=True):
-            assert torch.equal(a, b)
+        _assert_same_function(model, trainer.model)
         out = capsys.readouterr().out
         assert "a frame conv added" in out and "layers 1-1 of 2 start as the identity" in out
     finally:
@@ -212,18 +217,8 @@ def test_frame_conv_events_are_added_at_zero_to_a_source_frame_conv_without_them
     )
     trainer = Trainer(config, tmp_path / "run")
     try:
-        grown = trainer.model.world_model
-        state = grown.state_dict()
-        for key, value in model.world_model.state_dict().items():
-            assert torch.equal(state[key], value), key
-        assert grown.frame_conv.event_out.weight.abs().sum() == 0
-        tokens = torch.randint(model.config.tokenizer.vocab_size, (2, 4, 64))
-        actions = torch.randint(4, (2, 4))
-        model.eval(), trainer.model.eval()
-        want = model.world_model(tokens, actions, model.tokenizer.codebook)
-        got = grown(tokens, actions, trainer.model.tokenizer.codebook)
-        for a, b in zip(want, got, strict=True):
-            assert torch.equal(a, b)
+        assert trainer.model.world_model.frame_conv.event_out.weight.abs().sum() == 0
+        _assert_same_function(model, trainer.model)
         assert "the frame conv's event layers added" in capsys.readouterr().out
     finally:
         trainer.close()
