@@ -14,6 +14,7 @@ from rem_train.losses import (
     actor_critic_loss,
     foreground_weights,
     lambda_returns,
+    matching_blocks,
     moving_patch_weights,
     one_step_dreams,
     reward_classes,
@@ -380,6 +381,79 @@ def test_world_model_loss_adds_the_heads_on_dreamed_frames() -> None:
         world_model_loss(
             out, tokens, rewards, ends, mask, 2,
             dreamed=_wm_output(b, t - 1, k, v), dreamed_weight=1.0,
+        )  # fmt: skip
+
+
+def test_matching_blocks_compare_the_tokens_of_the_patches_that_moved() -> None:
+    """A dreamed frame matches where its tokens are the real ones at every moved patch (with
+    its neighbours); tokens of still patches do not matter; block 0 needs all of them."""
+    obs = torch.zeros(2, 3, 16, 16, 3, dtype=torch.uint8)  # 4x4 patches of 4x4 pixels
+    obs[:, 1, 0, 0] = 200  # block 1: a pixel of patch 0 changes (patches 0, 1, 4, 5 moved)
+    obs[:, 2, 15, 15] = 200  # block 2: pixel (0, 0) back, pixel (15, 15) changes
+    real = torch.randint(9, (2, 3, 16))
+    dreamed = real.clone()
+    dreamed[0, 1, 15] = (real[0, 1, 15] + 1) % 9  # a still patch of block 1 differs: match
+    dreamed[0, 2, 10] = (real[0, 2, 10] + 1) % 9  # a neighbour of patch 15 moved: no match
+    dreamed[1, 0, 7] = (real[1, 0, 7] + 1) % 9  # block 0: any token differs: no match
+    dreamed[1, 1, 5] = (real[1, 1, 5] + 1) % 9  # a neighbour of patch 0: no match
+    assert matching_blocks(dreamed, real, obs, 4).tolist() == [
+        [True, True, False],
+        [False, False, True],
+    ]
+    with pytest.raises(ValueError, match="same shape"):
+        matching_blocks(dreamed[:, :2], real, obs, 4)
+
+
+def test_world_model_loss_counts_only_the_dreamed_blocks_given() -> None:
+    """``dreamed_blocks`` keeps the dreamed heads' terms to those blocks: the same terms as a
+    mask that ignores the others, the real terms unchanged, the counted share logged."""
+    torch.manual_seed(0)
+    b, t, k, v = 2, 5, 3, 7
+    out, dreamed = _wm_output(b, t, k, v), _wm_output(b, t, k, v)
+    tokens = torch.randint(v, (b, t, k))
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0, 0.0]])
+    ends = torch.zeros(b, t, dtype=torch.bool)
+    ends[0, 3] = True
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    blocks = torch.ones(b, t, dtype=torch.bool)
+    blocks[0, 2] = False  # of the predicted (0, 2), (0, 3), (1, 2): two count
+    _, every = world_model_loss(
+        out, tokens, rewards, ends, mask, 2, end_weight=3.0, dreamed=dreamed, dreamed_weight=1.0
+    )
+    _, same = world_model_loss(
+        out, tokens, rewards, ends, mask, 2, end_weight=3.0, dreamed=dreamed, dreamed_weight=1.0,
+        dreamed_blocks=torch.ones(b, t, dtype=torch.bool),
+    )  # fmt: skip
+    assert same.pop("dreamed_counted") == 1.0 and same == every
+    _, metrics = world_model_loss(
+        out, tokens, rewards, ends, mask, 2, end_weight=3.0, dreamed=dreamed, dreamed_weight=1.0,
+        dreamed_blocks=blocks,
+    )  # fmt: skip
+    picked = [(0, 3), (1, 2)]
+    reward_ce = sum(
+        torch.nn.functional.cross_entropy(
+            dreamed.reward_logits[i, j], (rewards[i, j].sign() + 1).long()
+        )
+        for i, j in picked
+    ) / len(picked)
+    end_ce = sum(
+        torch.nn.functional.cross_entropy(dreamed.end_logits[i, j], ends[i, j].long())
+        for i, j in picked
+    ) / len(picked)
+    assert metrics["reward_dreamed"] == pytest.approx(reward_ce.item(), rel=1e-5)
+    assert metrics["end_dreamed"] == pytest.approx(end_ce.item(), rel=1e-5)
+    assert metrics["dreamed_counted"] == pytest.approx(2 / 3)
+    for name in ("obs", "reward", "end", "end_weighted"):
+        assert metrics[name] == every[name]
+    _, none = world_model_loss(
+        out, tokens, rewards, ends, mask, 2, dreamed=dreamed, dreamed_weight=1.0,
+        dreamed_blocks=torch.zeros(b, t, dtype=torch.bool),
+    )  # fmt: skip
+    assert none["reward_dreamed"] == 0.0 and none["dreamed_counted"] == 0.0
+    with pytest.raises(ValueError, match="dreamed_blocks"):
+        world_model_loss(
+            out, tokens, rewards, ends, mask, 2, dreamed=dreamed, dreamed_weight=1.0,
+            dreamed_blocks=blocks[:, :-1],
         )  # fmt: skip
 
 

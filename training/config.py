@@ -154,6 +154,13 @@ class WorldModelPhase:
         "replaced by the world model's own one-step samples (its heads learn to read dreamed "
         "frames; one more forward and a forward of twice the batch per step); 0 is REM's loss",
     )
+    dreamed_heads_matched: bool = doc(
+        False,
+        "count a dreamed frame in the dreamed heads' terms only where it has the real frame's "
+        "tokens at every patch that moved (as moving_weight finds them): elsewhere the real "
+        "reward and end may not be the dreamed frame's own (not in REM); needs "
+        "dreamed_heads_weight > 0",
+    )
     dreamed_obs_weight: float = doc(
         0.0,
         "weight of a second observation cross-entropy on those segments: the real frames "
@@ -271,6 +278,11 @@ class TrainConfig:
             raise ValueError(
                 "world_model_frame_conv_events reads the frame conv's features: set "
                 "world_model_frame_conv (--world-model-frame-conv N) too"
+            )
+        if self.world_model.dreamed_heads_matched and not self.world_model.dreamed_heads_weight:
+            raise ValueError(
+                "world_model.dreamed_heads_matched picks the dreamed frames of the dreamed heads' "
+                "terms: set world_model.dreamed_heads_weight > 0 too"
             )
         ac = self.actor_critic
         if ac.horizon < 3:

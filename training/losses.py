@@ -29,6 +29,7 @@ __all__ = [
     "actor_critic_loss",
     "foreground_weights",
     "lambda_returns",
+    "matching_blocks",
     "moving_patch_weights",
     "one_step_dreams",
     "predicted_blocks",
@@ -126,6 +127,45 @@ def moving_patch_weights(
     weights = torch.ones(b, t, latent_size**2, device=obs.device)
     weights[:, 1:] += weight * moved.view(b, t - 1, -1).float()
     return weights
+
+
+def matching_blocks(
+    dreamed_tokens: Tensor, obs_tokens: Tensor, obs: Tensor, latent_size: int, threshold: int = 8
+) -> Tensor:
+    """(B, T) True where a dreamed frame has the real frame's tokens at every patch that moved.
+
+    The patches that moved are those :func:`moving_patch_weights` weighs (a changed pixel in
+    the patch or a neighbouring one since the frame before; in Breakout the ball's and the
+    paddle's). Where the dream drew them as the real frame has them, the real step's reward and
+    end are the dreamed frame's own; elsewhere (say, the dreamed ball is a few patches off) they
+    may not be. Block 0, with no frame before it, matches where every token does.
+
+    Args:
+        dreamed_tokens: (B, T, K) int64 tokens of the dreamed frames (:func:`one_step_dreams`).
+        obs_tokens: (B, T, K) int64 tokens of the real frames.
+        obs: (B, T, H, W, C) uint8 real frames.
+        latent_size: Patches per side (K = latent_size ** 2).
+        threshold: Change of a channel, in grey levels, that counts as movement.
+
+    Example:
+        >>> obs = torch.zeros(1, 2, 8, 8, 3, dtype=torch.uint8)
+        >>> obs[0, 1, 0, 0] = 255  # the top-left patch (and its neighbours) moved at block 1
+        >>> real = torch.zeros(1, 2, 16, dtype=torch.long)
+        >>> dreamed = real.clone(); dreamed[0, 1, 15] = 3  # a still patch differs: a match
+        >>> matching_blocks(dreamed, real, obs, 4).tolist()
+        [[True, True]]
+        >>> dreamed[0, 1, 1] = 3  # a neighbour of the moved patch differs: no match
+        >>> matching_blocks(dreamed, real, obs, 4).tolist()
+        [[True, False]]
+    """
+    if dreamed_tokens.shape != obs_tokens.shape:
+        raise ValueError(
+            f"dreamed_tokens {tuple(dreamed_tokens.shape)} and obs_tokens "
+            f"{tuple(obs_tokens.shape)} must have the same shape"
+        )
+    moved = moving_patch_weights(obs, latent_size, 1.0, threshold) > 1  # (B, T, K)
+    moved[:, 0] = True  # no frame before block 0: all of it must match
+    return ((dreamed_tokens == obs_tokens) | ~moved).all(-1)
 
 
 def tokenizer_loss(
@@ -319,6 +359,7 @@ def world_model_loss(
     dreamed: WorldModelOutput | None = None,
     dreamed_weight: float = 0.0,
     dreamed_obs_weight: float = 0.0,
+    dreamed_blocks: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """The world-model loss: observation + reward + end cross-entropies, summed (REM_SPEC 4).
 
@@ -348,13 +389,17 @@ def world_model_loss(
             observation cross-entropy of ``dreamed`` against the real tokens, weighted by
             ``token_weights`` as the first. The world model learns to predict the real frame
             from a history of frames it dreamed itself (not in REM).
+        dreamed_blocks: Optional (B, T) bool: the blocks whose dreamed frame counts in the
+            dreamed reward and end terms (e.g. :func:`matching_blocks`); None: every predicted
+            block. Each term is then a mean over those blocks (0 when there are none).
 
     Returns:
         The loss and metrics ``obs`` and ``end`` (the unweighted means, comparable across
         weightings), ``reward``, ``total``, ``obs_weighted`` when ``token_weights`` is given,
         ``end_weighted`` when ``end_weight`` is not 1, ``reward_dreamed`` and
-        ``end_dreamed`` (unweighted) with ``dreamed``, and ``obs_dreamed`` (unweighted) when
-        ``dreamed_obs_weight`` is positive as well.
+        ``end_dreamed`` (unweighted) with ``dreamed``, ``obs_dreamed`` (unweighted) when
+        ``dreamed_obs_weight`` is positive as well, and ``dreamed_counted`` (the share of the
+        predicted blocks that count in the dreamed heads' terms) with ``dreamed_blocks``.
 
     Raises:
         ValueError: If shapes disagree, ``context_length`` is negative or ``end_weight`` is
@@ -393,8 +438,18 @@ def world_model_loss(
                 f"dreamed must be a forward of the same {(b, t)} blocks, got "
                 f"{tuple(dreamed.end_logits.shape[:2])}"
             )
+        dreamed_rewards, dreamed_ends = reward_labels, end_labels
+        if dreamed_blocks is not None:
+            if tuple(dreamed_blocks.shape) != (b, t):
+                raise ValueError(
+                    f"dreamed_blocks must have shape {(b, t)}, got {tuple(dreamed_blocks.shape)}"
+                )
+            counted = predicted & dreamed_blocks.bool()  # (B, T)
+            dreamed_rewards = torch.where(counted, reward_labels, IGNORE_INDEX)
+            dreamed_ends = torch.where(counted, end_labels, IGNORE_INDEX)
+            extra["dreamed_counted"] = counted.sum().item() / max(int(predicted.sum()), 1)
         dreamed_reward, dreamed_end, plain_dreamed_end = _head_losses(
-            dreamed, reward_labels, end_labels, end_weight
+            dreamed, dreamed_rewards, dreamed_ends, end_weight
         )
         loss = loss + dreamed_weight * (dreamed_reward + dreamed_end)
         extra["reward_dreamed"] = dreamed_reward.item()

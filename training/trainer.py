@@ -77,6 +77,7 @@ from rem_train.imagination import ENCODE_CHUNK, Imagination, objective_before_af
 from rem_train.losses import (
     actor_critic_loss,
     foreground_weights,
+    matching_blocks,
     moving_patch_weights,
     one_step_dreams,
     predicted_blocks,
@@ -439,12 +440,17 @@ class Trainer:
                     frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (B*T, 3, H, W)
                     tokens = tokenizer.encode(frames).tokens.unflatten(0, (b, t))  # (B, T, K)
             codebook = tokenizer.codebook.detach()
-            dreamed = None
+            dreamed, counted = None, None
             if cfg.dreamed_heads_weight > 0 or cfg.dreamed_obs_weight > 0:  # frames dreamed
                 dreamed = one_step_dreams(
                     self.model.world_model, tokens, batch.actions, batch.mask, codebook, context
                 )  # (B, T, K)
-            loss_fn = functools.partial(self._wm_loss, tokens, batch, codebook, context, dreamed)
+            if dreamed is not None and cfg.dreamed_heads_matched:  # blocks the heads learn on
+                latent = self.model.config.tokenizer.latent_size
+                counted = matching_blocks(dreamed, tokens, batch.obs, latent)  # (B, T)
+            loss_fn = functools.partial(
+                self._wm_loss, tokens, batch, codebook, context, dreamed, counted
+            )
             before = self._eval_loss(wm, loss_fn) if self.config.common.track_progress else None
             loss, metrics = loss_fn()
             # Each rank's loss is a mean over its own predicted blocks; weighted by its share of
@@ -563,6 +569,7 @@ class Trainer:
         codebook: torch.Tensor,
         context: int,
         dreamed_tokens: torch.Tensor | None = None,
+        dreamed_blocks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config.world_model
         dreamed = None
@@ -576,12 +583,13 @@ class Trainer:
             output = WorldModelOutput(*(x[:b] for x in both))
             dreamed = WorldModelOutput(*(x[b:] for x in both))
         weights = None
-        if self.config.world_model.moving_weight > 0:
+        if cfg.moving_weight > 0:
             latent = self.model.config.tokenizer.latent_size
-            weights = moving_patch_weights(batch.obs, latent, self.config.world_model.moving_weight)
+            weights = moving_patch_weights(batch.obs, latent, cfg.moving_weight)
         return world_model_loss(
             output, tokens, batch.rewards, batch.ends, batch.mask, context, weights,
             cfg.end_weight, dreamed, cfg.dreamed_heads_weight, cfg.dreamed_obs_weight,
+            dreamed_blocks,
         )  # fmt: skip
 
     @staticmethod
