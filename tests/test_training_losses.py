@@ -341,7 +341,12 @@ def test_world_model_loss_end_weight_weighs_the_blocks_that_end_an_episode() -> 
         world_model_loss(out, tokens, rewards, ends, mask, 2, end_weight=0.0)
 
 
-def test_world_model_loss_adds_the_heads_on_dreamed_frames() -> None:
+def _dreamed_case() -> tuple[
+    WorldModelOutput, WorldModelOutput, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    """Real and dreamed forwards of 2 segments of 5 blocks (3 tokens of 7 codes), their tokens,
+    a reward in each segment, an end in the first and the mask: with 2 context blocks, the
+    predicted blocks are (0, 2), (0, 3) and (1, 2)."""
     torch.manual_seed(0)
     b, t, k, v = 2, 5, 3, 7
     out, dreamed = _wm_output(b, t, k, v), _wm_output(b, t, k, v)
@@ -350,6 +355,12 @@ def test_world_model_loss_adds_the_heads_on_dreamed_frames() -> None:
     ends = torch.zeros(b, t, dtype=torch.bool)
     ends[0, 3] = True
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    return out, dreamed, tokens, rewards, ends, mask
+
+
+def test_world_model_loss_adds_the_heads_on_dreamed_frames() -> None:
+    out, dreamed, tokens, rewards, ends, mask = _dreamed_case()
+    b, t, k, v = 2, 5, 3, 7
     plain, plain_metrics = world_model_loss(out, tokens, rewards, ends, mask, 2)
     assert "end_dreamed" not in plain_metrics
     total, metrics = world_model_loss(
@@ -407,14 +418,8 @@ def test_matching_blocks_compare_the_tokens_of_the_patches_that_moved() -> None:
 def test_world_model_loss_counts_only_the_dreamed_blocks_given() -> None:
     """``dreamed_blocks`` keeps the dreamed heads' terms to those blocks: the same terms as a
     mask that ignores the others, the real terms unchanged, the counted share logged."""
-    torch.manual_seed(0)
-    b, t, k, v = 2, 5, 3, 7
-    out, dreamed = _wm_output(b, t, k, v), _wm_output(b, t, k, v)
-    tokens = torch.randint(v, (b, t, k))
-    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0, 0.0]])
-    ends = torch.zeros(b, t, dtype=torch.bool)
-    ends[0, 3] = True
-    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    out, dreamed, tokens, rewards, ends, mask = _dreamed_case()
+    b, t = mask.shape
     blocks = torch.ones(b, t, dtype=torch.bool)
     blocks[0, 2] = False  # of the predicted (0, 2), (0, 3), (1, 2): two count
     _, every = world_model_loss(
