@@ -396,23 +396,29 @@ def test_world_model_loss_adds_the_heads_on_dreamed_frames() -> None:
 
 
 def test_matching_blocks_compare_the_tokens_of_the_patches_that_moved() -> None:
-    """A dreamed frame matches where its tokens are the real ones at every moved patch (with
-    its neighbours); tokens of still patches do not matter; block 0 needs all of them."""
+    """A dreamed frame matches where its tokens are the real ones at (a share of) the patches
+    that moved; tokens of still patches do not matter; block 0 counts every patch as moved."""
     obs = torch.zeros(2, 3, 16, 16, 3, dtype=torch.uint8)  # 4x4 patches of 4x4 pixels
-    obs[:, 1, 0, 0] = 200  # block 1: a pixel of patch 0 changes (patches 0, 1, 4, 5 moved)
-    obs[:, 2, 15, 15] = 200  # block 2: pixel (0, 0) back, pixel (15, 15) changes
+    obs[:, 1, 0, 0] = 200  # block 1: a pixel of patch 0 changes
+    obs[:, 2, 15, 15] = 200  # block 2: pixel (0, 0) back (patch 0) and patch 15 changes
     real = torch.randint(9, (2, 3, 16))
     dreamed = real.clone()
-    dreamed[0, 1, 15] = (real[0, 1, 15] + 1) % 9  # a still patch of block 1 differs: match
-    dreamed[0, 2, 10] = (real[0, 2, 10] + 1) % 9  # a neighbour of patch 15 moved: no match
-    dreamed[1, 0, 7] = (real[1, 0, 7] + 1) % 9  # block 0: any token differs: no match
-    dreamed[1, 1, 5] = (real[1, 1, 5] + 1) % 9  # a neighbour of patch 0: no match
+    dreamed[0, 1, 1] = (real[0, 1, 1] + 1) % 9  # a still patch of block 1 differs: match
+    dreamed[0, 2, 15] = (real[0, 2, 15] + 1) % 9  # one of block 2's two moved patches differs
+    dreamed[1, 0, 7] = (real[1, 0, 7] + 1) % 9  # block 0: 15 of its 16 patches right
+    dreamed[1, 1, 0] = (real[1, 1, 0] + 1) % 9  # block 1's only moved patch differs
     assert matching_blocks(dreamed, real, obs, 4).tolist() == [
         [True, True, False],
         [False, False, True],
     ]
+    assert matching_blocks(dreamed, real, obs, 4, share=0.5).tolist() == [
+        [True, True, True],
+        [True, False, True],
+    ]
     with pytest.raises(ValueError, match="same shape"):
         matching_blocks(dreamed[:, :2], real, obs, 4)
+    with pytest.raises(ValueError, match="share"):
+        matching_blocks(dreamed, real, obs, 4, share=0.0)
 
 
 def test_world_model_loss_counts_only_the_dreamed_blocks_given() -> None:

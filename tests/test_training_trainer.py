@@ -295,25 +295,30 @@ def test_end_weight_and_dreamed_heads_reach_the_world_model_loss(
     assert "obs_dreamed" not in metrics  # the observation term is its own option
 
 
-def test_dreamed_heads_matched_counts_the_matching_dreamed_frames(
+def test_dreamed_heads_match_counts_the_matching_dreamed_frames(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``world_model.dreamed_heads_matched`` compares each step's dreamed frames with the real
-    ones and logs the share that counted; without the dreamed heads it is a clear error."""
+    """``world_model.dreamed_heads_match`` compares each step's dreamed frames with the real
+    ones and logs the share that counted; without the dreamed heads, or outside [0, 1], it is
+    a clear error."""
     calls, metrics, trainer = _world_model_epoch_recording(
         tmp_path, monkeypatch, "matching_blocks", dreamed_heads_weight=1.0,
-        dreamed_heads_matched=True,
+        dreamed_heads_match=0.75,
     )  # fmt: skip
     b, t = trainer.config.world_model.batch_size, trainer.config.world_model.segment_length
     k = trainer.model.config.tokenizer.tokens_per_frame
-    seen = [(tuple(d.shape), tuple(r.shape), tuple(o.shape), s) for d, r, o, s in calls]
-    assert seen == [((b, t, k), (b, t, k), (b, t, 64, 64, 3), 8)] * 2
+    seen = [(tuple(d.shape), tuple(r.shape), tuple(o.shape), *rest) for d, r, o, *rest in calls]
+    assert seen == [((b, t, k), (b, t, k), (b, t, 64, 64, 3), 8, 0.75)] * 2
     assert 0.0 <= metrics["dreamed_counted"] <= 1.0 and "reward_dreamed" in metrics
     config = TrainConfig.from_preset("smoke", "Breakout")
-    with pytest.raises(ValueError, match="dreamed_heads_weight"):
-        dataclasses.replace(
-            config, world_model=dataclasses.replace(config.world_model, dreamed_heads_matched=True)
-        )
+    for fields, message in (
+        ({"dreamed_heads_match": 0.5}, "dreamed_heads_weight"),
+        ({"dreamed_heads_match": 1.5, "dreamed_heads_weight": 1.0}, r"\[0, 1\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(
+                config, world_model=dataclasses.replace(config.world_model, **fields)
+            )
 
 
 def test_dreamed_obs_weight_alone_dreams_the_frames_and_logs_their_loss(

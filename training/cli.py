@@ -71,7 +71,7 @@ TUNABLE = (
     "world_model.moving_weight",
     "world_model.end_weight",
     "world_model.dreamed_heads_weight",
-    "world_model.dreamed_heads_matched",
+    "world_model.dreamed_heads_match",
     "world_model.dreamed_obs_weight",
     "collect.scripted_share",
     "collect.scripted_serve_wait",

@@ -154,12 +154,12 @@ class WorldModelPhase:
         "replaced by the world model's own one-step samples (its heads learn to read dreamed "
         "frames; one more forward and a forward of twice the batch per step); 0 is REM's loss",
     )
-    dreamed_heads_matched: bool = doc(
-        False,
-        "count a dreamed frame in the dreamed heads' terms only where it has the real frame's "
-        "tokens at every patch that moved (as moving_weight finds them): elsewhere the real "
-        "reward and end may not be the dreamed frame's own (not in REM); needs "
-        "dreamed_heads_weight > 0",
+    dreamed_heads_match: float = doc(
+        0.0,
+        "count a dreamed frame in the dreamed heads' terms only where at least this share of "
+        "the patches that moved since the frame before have the real frame's tokens (1: all): "
+        "elsewhere the real reward and end may not be the dreamed frame's own; needs "
+        "dreamed_heads_weight > 0; 0 counts every dreamed frame (not in REM)",
     )
     dreamed_obs_weight: float = doc(
         0.0,
@@ -279,9 +279,12 @@ class TrainConfig:
                 "world_model_frame_conv_events reads the frame conv's features: set "
                 "world_model_frame_conv (--world-model-frame-conv N) too"
             )
-        if self.world_model.dreamed_heads_matched and not self.world_model.dreamed_heads_weight:
+        match = self.world_model.dreamed_heads_match
+        if not 0.0 <= match <= 1.0:
+            raise ValueError(f"world_model.dreamed_heads_match must lie in [0, 1], got {match}")
+        if match and not self.world_model.dreamed_heads_weight:
             raise ValueError(
-                "world_model.dreamed_heads_matched picks the dreamed frames of the dreamed heads' "
+                "world_model.dreamed_heads_match picks the dreamed frames of the dreamed heads' "
                 "terms: set world_model.dreamed_heads_weight > 0 too"
             )
         ac = self.actor_critic
@@ -431,6 +434,7 @@ def _check_positive(config: TrainConfig) -> None:
                 "object_segments",
                 "moving_weight",
                 "dreamed_heads_weight",
+                "dreamed_heads_match",
                 "dreamed_obs_weight",
                 "dream_temperature",
                 "dream_event_temperature",

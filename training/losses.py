@@ -116,6 +116,16 @@ def moving_patch_weights(
         >>> moving_patch_weights(obs, 4, 9.0)[0, 1].view(4, 4)[:2].tolist()
         [[10.0, 10.0, 1.0, 1.0], [10.0, 10.0, 1.0, 1.0]]
     """
+    b, t = obs.shape[:2]
+    patches = _changed_patches(obs, latent_size, threshold).flatten(0, 1)  # (B*(T-1), s, s)
+    moved = F.max_pool2d(patches[:, None].float(), kernel_size=3, stride=1, padding=1) > 0
+    weights = torch.ones(b, t, latent_size**2, device=obs.device)
+    weights[:, 1:] += weight * moved.view(b, t - 1, -1).float()  # with neighbours
+    return weights
+
+
+def _changed_patches(obs: Tensor, latent_size: int, threshold: int) -> Tensor:
+    """(B, T-1, s, s) bool: patches of blocks 1.. with a pixel changed since the block before."""
     b, t, h, w, _ = obs.shape
     if h % latent_size or w % latent_size:
         raise ValueError(f"frames of {h}x{w} do not split into {latent_size}x{latent_size} patches")
@@ -123,49 +133,59 @@ def moving_patch_weights(
     patches = F.max_pool2d(
         changed.flatten(0, 1)[:, None].float(), kernel_size=(h // latent_size, w // latent_size)
     )  # (B*(T-1), 1, s, s)
-    moved = F.max_pool2d(patches, kernel_size=3, stride=1, padding=1) > 0  # with neighbours
-    weights = torch.ones(b, t, latent_size**2, device=obs.device)
-    weights[:, 1:] += weight * moved.view(b, t - 1, -1).float()
-    return weights
+    return patches.view(b, t - 1, latent_size, latent_size) > 0
 
 
 def matching_blocks(
-    dreamed_tokens: Tensor, obs_tokens: Tensor, obs: Tensor, latent_size: int, threshold: int = 8
+    dreamed_tokens: Tensor,
+    obs_tokens: Tensor,
+    obs: Tensor,
+    latent_size: int,
+    share: float = 1.0,
+    threshold: int = 8,
 ) -> Tensor:
-    """(B, T) True where a dreamed frame has the real frame's tokens at every patch that moved.
+    """(B, T) True where a dreamed frame has the real tokens at the patches that moved.
 
-    The patches that moved are those :func:`moving_patch_weights` weighs (a changed pixel in
-    the patch or a neighbouring one since the frame before; in Breakout the ball's and the
-    paddle's). Where the dream drew them as the real frame has them, the real step's reward and
-    end are the dreamed frame's own; elsewhere (say, the dreamed ball is a few patches off) they
-    may not be. Block 0, with no frame before it, matches where every token does.
+    A patch of block t moved where any of its pixels changed since block t-1 (by more than
+    ``threshold`` grey levels in a channel; in Breakout the ball's and the paddle's patches).
+    A dreamed frame matches where at least ``share`` of those patches have the real frame's
+    tokens: there the real step's reward and end are the dreamed frame's own; where the dream
+    drew the ball elsewhere they may not be. Block 0, with no frame before it, counts all its
+    patches as moved; a block where nothing moved matches.
 
     Args:
         dreamed_tokens: (B, T, K) int64 tokens of the dreamed frames (:func:`one_step_dreams`).
         obs_tokens: (B, T, K) int64 tokens of the real frames.
         obs: (B, T, H, W, C) uint8 real frames.
         latent_size: Patches per side (K = latent_size ** 2).
+        share: Share of the moved patches that must have the real tokens, in (0, 1].
         threshold: Change of a channel, in grey levels, that counts as movement.
 
     Example:
         >>> obs = torch.zeros(1, 2, 8, 8, 3, dtype=torch.uint8)
-        >>> obs[0, 1, 0, 0] = 255  # the top-left patch (and its neighbours) moved at block 1
+        >>> obs[0, 1, 0, 0] = 255  # block 1: the top-left patch moved
+        >>> obs[0, 1, 7, 7] = 255  # ... and the bottom-right one
         >>> real = torch.zeros(1, 2, 16, dtype=torch.long)
-        >>> dreamed = real.clone(); dreamed[0, 1, 15] = 3  # a still patch differs: a match
+        >>> dreamed = real.clone(); dreamed[0, 1, 1] = 3  # a still patch differs
         >>> matching_blocks(dreamed, real, obs, 4).tolist()
         [[True, True]]
-        >>> dreamed[0, 1, 1] = 3  # a neighbour of the moved patch differs: no match
+        >>> dreamed[0, 1, 15] = 3  # one of the two moved patches differs
         >>> matching_blocks(dreamed, real, obs, 4).tolist()
         [[True, False]]
+        >>> matching_blocks(dreamed, real, obs, 4, share=0.5).tolist()
+        [[True, True]]
     """
     if dreamed_tokens.shape != obs_tokens.shape:
         raise ValueError(
             f"dreamed_tokens {tuple(dreamed_tokens.shape)} and obs_tokens "
             f"{tuple(obs_tokens.shape)} must have the same shape"
         )
-    moved = moving_patch_weights(obs, latent_size, 1.0, threshold) > 1  # (B, T, K)
-    moved[:, 0] = True  # no frame before block 0: all of it must match
-    return ((dreamed_tokens == obs_tokens) | ~moved).all(-1)
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share must lie in (0, 1], got {share}")
+    moved = torch.ones(obs_tokens.shape, dtype=torch.bool, device=obs_tokens.device)
+    moved[:, 1:] = _changed_patches(obs, latent_size, threshold).flatten(2)  # (B, T-1, K)
+    right = ((dreamed_tokens == obs_tokens) & moved).sum(-1)  # (B, T)
+    return right >= share * moved.sum(-1)
 
 
 def tokenizer_loss(

@@ -445,9 +445,11 @@ class Trainer:
                 dreamed = one_step_dreams(
                     self.model.world_model, tokens, batch.actions, batch.mask, codebook, context
                 )  # (B, T, K)
-            if dreamed is not None and cfg.dreamed_heads_matched:  # blocks the heads learn on
+            if dreamed is not None and cfg.dreamed_heads_match > 0:  # blocks the heads learn on
                 latent = self.model.config.tokenizer.latent_size
-                counted = matching_blocks(dreamed, tokens, batch.obs, latent)  # (B, T)
+                counted = matching_blocks(
+                    dreamed, tokens, batch.obs, latent, cfg.dreamed_heads_match
+                )  # (B, T)
             loss_fn = functools.partial(
                 self._wm_loss, tokens, batch, codebook, context, dreamed, counted
             )
