@@ -409,9 +409,10 @@ def world_model_loss(
             observation cross-entropy of ``dreamed`` against the real tokens, weighted by
             ``token_weights`` as the first. The world model learns to predict the real frame
             from a history of frames it dreamed itself (not in REM).
-        dreamed_blocks: Optional (B, T) bool: the blocks whose dreamed frame counts in the
-            dreamed reward and end terms (e.g. :func:`matching_blocks`); None: every predicted
-            block. Each term is then a mean over those blocks (0 when there are none).
+        dreamed_blocks: Optional (B, T) bool (ignored without ``dreamed``): the blocks whose
+            dreamed frame counts in the dreamed reward and end terms (e.g.
+            :func:`matching_blocks`); None: every predicted block. Each term is then a mean
+            over those blocks (0 when there are none).
 
     Returns:
         The loss and metrics ``obs`` and ``end`` (the unweighted means, comparable across
