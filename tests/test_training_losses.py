@@ -12,11 +12,11 @@ from rem_env.models.tokenizer import Tokenizer
 from rem_env.models.world_model import WorldModelOutput
 from rem_train.losses import (
     actor_critic_loss,
+    dreamed_frames,
     foreground_weights,
     lambda_returns,
     matching_blocks,
     moving_patch_weights,
-    one_step_dreams,
     reward_classes,
     tokenizer_loss,
     world_model_loss,
@@ -510,7 +510,7 @@ def test_world_model_loss_adds_the_observations_predicted_from_dreamed_frames() 
     assert total.item() == pytest.approx(alone.item() + 2 * plain.item(), rel=1e-5)
 
 
-def test_one_step_dreams_sample_each_predicted_frame_from_the_real_ones_before_it() -> None:
+def test_dreamed_frames_sample_each_predicted_frame_from_the_real_ones_before_it() -> None:
     torch.manual_seed(0)
     model = REMModel(REMConfig.preset("tiny", num_actions=4))
     wm = model.world_model.train()
@@ -520,7 +520,7 @@ def test_one_step_dreams_sample_each_predicted_frame_from_the_real_ones_before_i
     mask = torch.ones(3, 5, dtype=torch.bool)
     mask[2, 4] = False  # padding
     codebook = model.tokenizer.codebook.detach()
-    dreams = one_step_dreams(
+    dreams = dreamed_frames(
         wm, tokens, actions, mask, codebook, 2, torch.Generator().manual_seed(1)
     )
     assert wm.training  # its mode is given back
@@ -534,3 +534,36 @@ def test_one_step_dreams_sample_each_predicted_frame_from_the_real_ones_before_i
     assert torch.equal(dreams[:, 2:4], expected[:, 2:4])
     assert torch.equal(dreams[:2, 4], expected[:2, 4])
     assert not torch.equal(dreams, tokens)  # they are samples, not the real frames
+
+
+def test_dreamed_frames_of_n_passes_begin_with_a_dream_of_n_steps() -> None:
+    """After ``steps`` passes the first ``steps`` predicted frames are those of a dream that
+    samples one frame after the other from its own frames, with the same random numbers."""
+    torch.manual_seed(0)
+    model = REMModel(REMConfig.preset("tiny", num_actions=4))
+    wm = model.world_model.eval()
+    k, v = model.config.tokenizer.tokens_per_frame, model.config.tokenizer.vocab_size
+    tokens = torch.randint(v, (4, 7, k))
+    actions = torch.randint(4, (4, 7))
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    codebook = model.tokenizer.codebook.detach()
+    uniforms = torch.rand((4, 7, k), generator=torch.Generator().manual_seed(3))
+    dream = tokens.clone()  # frame after frame, each from the frames dreamed before it
+    with torch.no_grad():
+        for t in range(2, 7):
+            logits = wm(dream, actions, codebook).obs_logits[:, t]  # (B, K, V)
+            dream[:, t] = sample_categorical(logits, uniforms[:, t])
+    one = dreamed_frames(wm, tokens, actions, mask, codebook, 2, torch.Generator().manual_seed(3))
+    three = dreamed_frames(
+        wm, tokens, actions, mask, codebook, 2, torch.Generator().manual_seed(3), steps=3
+    )
+    assert torch.equal(one[:, :3], dream[:, :3])  # the first dreamed frame: one step
+    assert torch.equal(three[:, :2], tokens[:, :2])  # the context stays real
+    assert torch.equal(three[:, :5], dream[:, :5])  # three steps: the first three frames
+    assert not torch.equal(one[:, 3:5], dream[:, 3:5])  # one pass dreams them from real frames
+    five = dreamed_frames(
+        wm, tokens, actions, mask, codebook, 2, torch.Generator().manual_seed(3), steps=5
+    )
+    assert torch.equal(five, dream)  # as many passes as predicted frames: the whole dream
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        dreamed_frames(wm, tokens, actions, mask, codebook, 2, steps=0)

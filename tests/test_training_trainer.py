@@ -242,7 +242,8 @@ def _world_model_epoch_recording(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, function: str, **world_model: Any
 ) -> tuple[list[tuple[Any, ...]], dict[str, Any], Trainer]:
     """One world-model epoch of 2 steps of a ``smoke`` Breakout run with ``world_model``
-    fields set, recording the arguments of every call of the trainer module's ``function``."""
+    fields set, recording the arguments of every call of the trainer module's ``function``
+    (positional ones, then the values of keyword ones)."""
     import rem_train.trainer as trainer_module
 
     config = TrainConfig.from_preset("smoke", "Breakout")
@@ -250,9 +251,9 @@ def _world_model_epoch_recording(
     config = dataclasses.replace(config, world_model=wm)
     calls, real = [], getattr(trainer_module, function)
 
-    def recording(*args: Any) -> Any:
-        calls.append(args)
-        return real(*args)
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args + tuple(kwargs.values()))
+        return real(*args, **kwargs)
 
     trainer = Trainer(config, tmp_path / "run")
     try:
@@ -285,7 +286,7 @@ def test_end_weight_and_dreamed_heads_reach_the_world_model_loss(
     ``world_model.dreamed_heads_weight`` > 0 adds the heads' loss on the batch's frames as the
     world model dreams them; the log keeps the unweighted figures beside them."""
     calls, metrics, trainer = _world_model_epoch_recording(
-        tmp_path, monkeypatch, "one_step_dreams", end_weight=50.0, dreamed_heads_weight=1.0
+        tmp_path, monkeypatch, "dreamed_frames", end_weight=50.0, dreamed_heads_weight=1.0
     )
     assert "end_weighted" in metrics and metrics["end_weighted"] != metrics["end"]
     b, t = trainer.config.world_model.batch_size, trainer.config.world_model.segment_length
@@ -327,9 +328,30 @@ def test_dreamed_obs_weight_alone_dreams_the_frames_and_logs_their_loss(
     """``world_model.dreamed_obs_weight`` > 0 dreams the batch's frames even without the
     dreamed heads' weight, and the log has the observation loss on them."""
     calls, metrics, _ = _world_model_epoch_recording(
-        tmp_path, monkeypatch, "one_step_dreams", dreamed_obs_weight=1.0
+        tmp_path, monkeypatch, "dreamed_frames", dreamed_obs_weight=1.0
     )
     assert len(calls) == 2 and metrics["obs_dreamed"] > 0
+    assert [args[-1] for args in calls] == [1, 1]  # steps: one step after real frames
+
+
+def test_dreamed_steps_reach_the_dreams_and_need_a_dreamed_term(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``world_model.dreamed_steps`` is how many passes dream the frames of the dreamed terms;
+    below 1, or without a dreamed term to use them, it is a clear error."""
+    calls, metrics, _ = _world_model_epoch_recording(
+        tmp_path, monkeypatch, "dreamed_frames", dreamed_obs_weight=1.0, dreamed_steps=3
+    )
+    assert [args[-1] for args in calls] == [3, 3] and metrics["obs_dreamed"] > 0
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    for fields, message in (
+        ({"dreamed_steps": 2}, "dreamed_heads_weight or world_model.dreamed_obs_weight"),
+        ({"dreamed_steps": 0, "dreamed_obs_weight": 1.0}, "dreamed_steps must be positive"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(
+                config, world_model=dataclasses.replace(config.world_model, **fields)
+            )
 
 
 def test_replay_tokens_follow_the_tokenizer_and_the_buffer(tmp_path: Path) -> None:

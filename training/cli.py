@@ -72,6 +72,7 @@ TUNABLE = (
     "world_model.end_weight",
     "world_model.dreamed_heads_weight",
     "world_model.dreamed_heads_match",
+    "world_model.dreamed_steps",
     "world_model.dreamed_obs_weight",
     "collect.scripted_share",
     "collect.scripted_serve_wait",

@@ -161,6 +161,13 @@ class WorldModelPhase:
         "elsewhere the real reward and end may not be the dreamed frame's own; needs "
         "dreamed_heads_weight > 0; 0 counts every dreamed frame (not in REM)",
     )
+    dreamed_steps: int = doc(
+        1,
+        "passes that dream the frames of the dreamed terms: each samples them again from the "
+        "frames of the pass before, so the first N predicted frames of a segment are a dream of "
+        "N steps from its real context (one forward each); 1 dreams each frame one step after "
+        "real frames",
+    )
     dreamed_obs_weight: float = doc(
         0.0,
         "weight of a second observation cross-entropy on those segments: the real frames "
@@ -278,6 +285,13 @@ class TrainConfig:
             raise ValueError(
                 "world_model_frame_conv_events reads the frame conv's features: set "
                 "world_model_frame_conv (--world-model-frame-conv N) too"
+            )
+        if self.world_model.dreamed_steps > 1 and not (
+            self.world_model.dreamed_heads_weight or self.world_model.dreamed_obs_weight
+        ):
+            raise ValueError(
+                "world_model.dreamed_steps dreams the frames of the dreamed terms: set "
+                "world_model.dreamed_heads_weight or world_model.dreamed_obs_weight > 0 too"
             )
         match = self.world_model.dreamed_heads_match
         if not 0.0 <= match <= 1.0:

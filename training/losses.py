@@ -7,8 +7,8 @@ perceptual network, if any, is passed in (see :mod:`rem_train.lpips`).
 Formulas follow REM_SPEC section 3 (tokenizer), section 4 (world model: three
 cross-entropies) and section 6 (actor-critic: lambda-returns, policy gradient with the value as
 baseline, entropy bonus, value regression). Beside them, inputs of the options that are not in
-REM: :func:`moving_patch_weights` and :func:`one_step_dreams` (the world model's own one-step
-samples of a batch's frames, for the heads' loss on dreamed frames).
+REM: :func:`moving_patch_weights` and :func:`dreamed_frames` (the world model's own samples of
+a batch's frames, for the losses on dreamed frames).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ __all__ = [
     "IGNORE_INDEX",
     "Metrics",
     "actor_critic_loss",
+    "dreamed_frames",
     "foreground_weights",
     "lambda_returns",
     "matching_blocks",
     "moving_patch_weights",
-    "one_step_dreams",
     "predicted_blocks",
     "reward_classes",
     "tokenizer_loss",
@@ -154,7 +154,7 @@ def matching_blocks(
     patches as moved; a block where nothing moved matches.
 
     Args:
-        dreamed_tokens: (B, T, K) int64 tokens of the dreamed frames (:func:`one_step_dreams`).
+        dreamed_tokens: (B, T, K) int64 tokens of the dreamed frames (:func:`dreamed_frames`).
         obs_tokens: (B, T, K) int64 tokens of the real frames.
         obs: (B, T, H, W, C) uint8 real frames.
         latent_size: Patches per side (K = latent_size ** 2).
@@ -281,7 +281,7 @@ def predicted_blocks(mask: Tensor, context_length: int) -> Tensor:
     return predicted
 
 
-def one_step_dreams(
+def dreamed_frames(
     world_model: WorldModel,
     obs_tokens: Tensor,
     actions: Tensor,
@@ -289,13 +289,19 @@ def one_step_dreams(
     codebook: Tensor | None = None,
     context_length: int = 2,
     generator: torch.Generator | None = None,
+    steps: int = 1,
 ) -> Tensor:
-    """The segments' frames as the world model dreams them one step ahead of real frames.
+    """The segments' frames as the world model dreams them, ``steps`` deep at most.
 
     Each predicted block (see :func:`predicted_blocks`) is replaced by a sample, at temperature
-    1 and without dropout, of the world model's distribution of it given the real blocks
-    before it: what a dream's frame looks like one step after real frames. The context and
-    padded blocks keep their tokens. No gradient; the module's train/eval mode is restored.
+    1 and without dropout, of the world model's distribution of it given the blocks before it.
+    The first pass samples every predicted block from the real blocks before it: what a dream's
+    frame looks like one step after real frames. Each further pass samples them again, with the
+    same random numbers, from the frames of the pass before; after ``steps`` passes the first
+    ``steps`` predicted blocks of a segment are exactly a dream of that many steps from its
+    real context, and each later block is a sample given blocks dreamed ``steps - 1`` passes
+    deep. The context and padded blocks keep their tokens. No gradient; the module's
+    train/eval mode is restored.
 
     Args:
         world_model: The world model.
@@ -305,23 +311,36 @@ def one_step_dreams(
         codebook: The tokenizer's codebook, for shared embeddings.
         context_length: Leading blocks kept real.
         generator: Random stream of the samples (None: torch's global one).
+        steps: Passes, >= 1 (one forward each).
 
     Returns:
         (B, T, K) int64 tokens.
+
+    Raises:
+        ValueError: If ``steps`` < 1.
     """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    predicted = predicted_blocks(mask, context_length)[..., None]  # (B, T, 1)
+    frames = obs_tokens.long()
+    uniforms: Tensor | None = None
     was_training = world_model.training
     world_model.eval()
     try:
         with torch.no_grad():
-            logits = world_model(obs_tokens, actions, codebook).obs_logits  # (B, T, K, V)
-            uniforms = torch.rand(
-                logits.shape[:-1], generator=generator, device=logits.device, dtype=torch.float32
-            )  # (B, T, K)
-            samples = sample_categorical(logits, uniforms)
+            for _ in range(steps):
+                logits = world_model(frames, actions, codebook).obs_logits  # (B, T, K, V)
+                if uniforms is None:  # one draw, kept for every pass
+                    uniforms = torch.rand(
+                        logits.shape[:-1],
+                        generator=generator,
+                        device=logits.device,
+                        dtype=torch.float32,
+                    )  # (B, T, K)
+                frames = torch.where(predicted, sample_categorical(logits, uniforms), frames)
     finally:
         world_model.train(was_training)
-    predicted = predicted_blocks(mask, context_length)
-    return torch.where(predicted[..., None], samples, obs_tokens.long())
+    return frames
 
 
 def _head_losses(
@@ -402,7 +421,7 @@ def world_model_loss(
         end_weight: Weight of the blocks that end an episode in the end term, which is then
             the weighted mean of the end cross-entropies (1: every block weighs 1, REM's loss).
         dreamed: Optional forward of the same segments with their frames replaced by the
-            world model's own one-step samples (:func:`one_step_dreams`): its reward and end
+            world model's own samples (:func:`dreamed_frames`): its reward and end
             cross-entropies against the real labels are added, times ``dreamed_weight``.
         dreamed_weight: Weight of those two terms (ignored without ``dreamed``).
         dreamed_obs_weight: Weight of one more term (ignored without ``dreamed``): the

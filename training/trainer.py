@@ -76,10 +76,10 @@ from rem_train.export import export_run
 from rem_train.imagination import ENCODE_CHUNK, Imagination, objective_before_after
 from rem_train.losses import (
     actor_critic_loss,
+    dreamed_frames,
     foreground_weights,
     matching_blocks,
     moving_patch_weights,
-    one_step_dreams,
     predicted_blocks,
     tokenizer_loss,
     world_model_loss,
@@ -442,8 +442,14 @@ class Trainer:
             codebook = tokenizer.codebook.detach()
             dreamed, counted = None, None
             if cfg.dreamed_heads_weight > 0 or cfg.dreamed_obs_weight > 0:  # frames dreamed
-                dreamed = one_step_dreams(
-                    self.model.world_model, tokens, batch.actions, batch.mask, codebook, context
+                dreamed = dreamed_frames(
+                    self.model.world_model,
+                    tokens,
+                    batch.actions,
+                    batch.mask,
+                    codebook,
+                    context,
+                    steps=cfg.dreamed_steps,
                 )  # (B, T, K)
             if dreamed is not None and cfg.dreamed_heads_match > 0:  # blocks the heads learn on
                 latent = self.model.config.tokenizer.latent_size
