@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 
 from rem_env.config import REMConfig
 from rem_env.model import REMModel
 from rem_env.models.sampling import sample_categorical
 from rem_env.models.tokenizer import Tokenizer
-from rem_env.models.world_model import WorldModelOutput
+from rem_env.models.world_model import WorldModel, WorldModelOutput
 from rem_train.losses import (
     actor_critic_loss,
     dreamed_frames,
@@ -510,16 +511,20 @@ def test_world_model_loss_adds_the_observations_predicted_from_dreamed_frames() 
     assert total.item() == pytest.approx(alone.item() + 2 * plain.item(), rel=1e-5)
 
 
-def test_dreamed_frames_sample_each_predicted_frame_from_the_real_ones_before_it() -> None:
+def _tiny_segments(b: int, t: int) -> tuple[WorldModel, Tensor, Tensor, Tensor, Tensor]:
+    """A tiny world model (train mode), (B, T, K) random tokens, (B, T) actions, an all-real
+    mask and the codebook."""
     torch.manual_seed(0)
     model = REMModel(REMConfig.preset("tiny", num_actions=4))
-    wm = model.world_model.train()
     k, v = model.config.tokenizer.tokens_per_frame, model.config.tokenizer.vocab_size
-    tokens = torch.randint(v, (3, 5, k))
-    actions = torch.randint(4, (3, 5))
-    mask = torch.ones(3, 5, dtype=torch.bool)
+    tokens, actions = torch.randint(v, (b, t, k)), torch.randint(4, (b, t))
+    mask = torch.ones(b, t, dtype=torch.bool)
+    return model.world_model.train(), tokens, actions, mask, model.tokenizer.codebook.detach()
+
+
+def test_dreamed_frames_sample_each_predicted_frame_from_the_real_ones_before_it() -> None:
+    wm, tokens, actions, mask, codebook = _tiny_segments(3, 5)
     mask[2, 4] = False  # padding
-    codebook = model.tokenizer.codebook.detach()
     dreams = dreamed_frames(
         wm, tokens, actions, mask, codebook, 2, torch.Generator().manual_seed(1)
     )
@@ -539,15 +544,9 @@ def test_dreamed_frames_sample_each_predicted_frame_from_the_real_ones_before_it
 def test_dreamed_frames_of_n_passes_begin_with_a_dream_of_n_steps() -> None:
     """After ``steps`` passes the first ``steps`` predicted frames are those of a dream that
     samples one frame after the other from its own frames, with the same random numbers."""
-    torch.manual_seed(0)
-    model = REMModel(REMConfig.preset("tiny", num_actions=4))
-    wm = model.world_model.eval()
-    k, v = model.config.tokenizer.tokens_per_frame, model.config.tokenizer.vocab_size
-    tokens = torch.randint(v, (4, 7, k))
-    actions = torch.randint(4, (4, 7))
-    mask = torch.ones(4, 7, dtype=torch.bool)
-    codebook = model.tokenizer.codebook.detach()
-    uniforms = torch.rand((4, 7, k), generator=torch.Generator().manual_seed(3))
+    wm, tokens, actions, mask, codebook = _tiny_segments(4, 7)
+    wm.eval()
+    uniforms = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(3))
     dream = tokens.clone()  # frame after frame, each from the frames dreamed before it
     with torch.no_grad():
         for t in range(2, 7):
