@@ -323,20 +323,15 @@ def dreamed_frames(
         raise ValueError(f"steps must be >= 1, got {steps}")
     predicted = predicted_blocks(mask, context_length)[..., None]  # (B, T, 1)
     frames = obs_tokens.long()
-    uniforms: Tensor | None = None
+    uniforms = torch.rand(
+        frames.shape, generator=generator, device=frames.device, dtype=torch.float32
+    )  # (B, T, K): one draw, kept for every pass
     was_training = world_model.training
     world_model.eval()
     try:
         with torch.no_grad():
             for _ in range(steps):
                 logits = world_model(frames, actions, codebook).obs_logits  # (B, T, K, V)
-                if uniforms is None:  # one draw, kept for every pass
-                    uniforms = torch.rand(
-                        logits.shape[:-1],
-                        generator=generator,
-                        device=logits.device,
-                        dtype=torch.float32,
-                    )  # (B, T, K)
                 frames = torch.where(predicted, sample_categorical(logits, uniforms), frames)
     finally:
         world_model.train(was_training)
