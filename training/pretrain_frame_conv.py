@@ -114,7 +114,13 @@ def gather_triples(
     """
     rng = np.random.default_rng(seed)
     side = model.config.tokenizer.latent_size
-    tokens, actions, weights = [], [], []
+    # Filled in place: many small tensors kept between the tokenizer's large temporaries
+    # fragment the heap (measured: ~8x the triples' own size, 9 GB for 30,000 segments).
+    most = count * (SEGMENT - 2)
+    tokens = torch.empty((most, 3, side * side), dtype=torch.long)
+    actions = torch.empty((most,), dtype=torch.long)
+    weights = torch.empty((most, side * side))
+    filled = 0
     model.tokenizer.eval()
     for index, replay in enumerate(replays):
         left = count * (index + 1) // len(replays) - count * index // len(replays)
@@ -128,13 +134,14 @@ def gather_triples(
             real = torch.as_tensor(np.asarray(batch.mask))  # (n, T): padding at the end
             row, last = torch.nonzero(real[:, 2:], as_tuple=True)  # triples (t-2, t-1, t)
             last = last + 2
-            tokens.append(
-                torch.stack([codes[row, last - 2], codes[row, last - 1], codes[row, last]], 1)
-            )
-            actions.append(torch.as_tensor(np.asarray(batch.actions))[row, last - 1])
-            weights.append(moved[row, last])  # (m, K)
+            end = filled + len(row)
+            for back in range(3):  # frames t-2, t-1, t
+                tokens[filled:end, back] = codes[row, last - 2 + back]
+            actions[filled:end] = torch.as_tensor(np.asarray(batch.actions))[row, last - 1]
+            weights[filled:end] = moved[row, last]  # (m, K)
+            filled = end
             left -= n
-    return TokenTriples(torch.cat(tokens), torch.cat(actions).long(), torch.cat(weights))
+    return TokenTriples(tokens[:filled], actions[:filled], weights[:filled])
 
 
 def pretrain(
