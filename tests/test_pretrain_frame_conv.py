@@ -77,6 +77,24 @@ def test_bad_starts_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
         main(["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "c"),
               "--steps", "0"])  # fmt: skip
     assert "--steps must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "d"),
+              "--max-minutes", "-1"])  # fmt: skip
+    assert "--max-minutes must be 0 (no limit) or positive" in capsys.readouterr().err
+
+
+def test_a_time_budget_stops_it_with_an_evaluated_export(tmp_path: Path) -> None:
+    source = _source(tmp_path / "source")
+    replay = _replay(tmp_path / "replay")
+    argv = ["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "fc"),
+            "--segments", "8", "--steps", "1000", "--eval-every", "500", "--eval-segments", "4",
+            "--layers", "1", "--width", "8", "--max-minutes", "1e-6"]  # fmt: skip
+    assert main(argv) == 0  # the first step already spends the budget
+    lines = [json.loads(line) for line in (tmp_path / "fc" / "progress.jsonl").open()]
+    assert [line.get("step") for line in lines] == [None, 1]
+    assert "ball" in lines[-1]
+    record = json.loads((tmp_path / "fc" / "export" / "training.json").read_text())
+    assert record["frame_conv_steps"] == 1 and record["config"]["max_minutes"] == 1e-6
 
 
 GATHER_MEMORY = textwrap.dedent("""

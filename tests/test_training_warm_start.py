@@ -226,6 +226,29 @@ def test_frame_conv_events_are_added_at_zero_to_a_source_frame_conv_without_them
         dataclasses.replace(config, world_model_frame_conv=0)
 
 
+def test_a_frame_conv_of_another_width_is_taken_at_its_width(tmp_path: Path) -> None:
+    narrow = dataclasses.replace(
+        _config(None), world_model_frame_conv=2, world_model_frame_conv_width=8
+    )
+    torch.manual_seed(6)
+    model = REMModel(narrow.model_config())
+    torch.nn.init.normal_(model.world_model.frame_conv.out.weight)  # a trained frame conv
+    model.save_pretrained(tmp_path / "source")
+    source = _config(str(tmp_path / "source"), "tokenizer,world_model")
+    config = dataclasses.replace(source, world_model_frame_conv=2, world_model_frame_conv_width=8)
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        assert trainer.model.world_model.frame_conv.out.weight.shape[1] == 8
+        _assert_same_function(model, trainer.model)
+    finally:
+        trainer.close()
+    wide = dataclasses.replace(config, world_model_frame_conv_width=128)
+    with pytest.raises(WarmStartError, match="does not fit this run's model sizes"):
+        Trainer(wide, tmp_path / "run2")
+    with pytest.raises(ValueError, match="world_model_frame_conv_width must be >= 1"):
+        dataclasses.replace(config, world_model_frame_conv_width=0)
+
+
 def test_a_part_the_source_lacks_is_a_clear_error(tmp_path: Path) -> None:
     config = _config(None)
     model = REMModel(config.model_config())

@@ -250,6 +250,11 @@ class TrainConfig:
         "grids whose logits the world model adds to its observation head's (0: off); with "
         "--init-from a world model without one, it starts at zero",
     )
+    world_model_frame_conv_width: int = doc(
+        128,
+        "not in REM: channels of the frame conv's layers (python -m "
+        "rem_train.pretrain_frame_conv --width); with --init-from they must match the source's",
+    )
     world_model_frame_conv_events: bool = doc(
         False,
         "not in REM: the frame conv also gives each step's reward and end logits (from the "
@@ -280,6 +285,11 @@ class TrainConfig:
         if self.world_model_frame_conv < 0:
             raise ValueError(
                 f"world_model_frame_conv must be >= 0 (0: off), got {self.world_model_frame_conv}"
+            )
+        if self.world_model_frame_conv_width < 1:
+            raise ValueError(
+                "world_model_frame_conv_width must be >= 1, got "
+                f"{self.world_model_frame_conv_width}"
             )
         if self.world_model_frame_conv_events and not self.world_model_frame_conv:
             raise ValueError(
@@ -377,6 +387,7 @@ class TrainConfig:
             world_model = dataclasses.replace(
                 world_model,
                 frame_conv_layers=self.world_model_frame_conv,
+                frame_conv_width=self.world_model_frame_conv_width,
                 frame_conv_events=self.world_model_frame_conv_events,
             )
         return dataclasses.replace(config, world_model=world_model)

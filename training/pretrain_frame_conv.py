@@ -69,6 +69,9 @@ class FrameConvPretrainConfig:
     """Segments of 10 frames drawn from the replay buffers (spread evenly over them); each gives
     every triple of consecutive real frames in it (8 in a whole segment)."""
     steps: int = 3_000
+    max_minutes: float = 0.0
+    """Stop after the step that spends this many minutes of training (0: no limit); the last
+    step is evaluated and exported as ``steps`` would be."""
     batch_size: int = 256
     lr: float = 1e-3
     moving_weight: float = 10.0
@@ -183,7 +186,8 @@ def pretrain(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            if step % config.eval_every == 0 or step == config.steps:
+            out_of_time = 0 < config.max_minutes * 60 <= time.time() - start
+            if step % config.eval_every == 0 or step == config.steps or out_of_time:
                 record = {"step": step, "train_s": round(time.time() - start, 1)}
                 record["loss"] = round(float(np.mean(losses[-config.eval_every :])), 4)
                 if probes:
@@ -192,10 +196,12 @@ def pretrain(
                     )
                     record.update({name: dataclasses.asdict(c) for name, c in checks.items()})
                 log_line(progress, record)
+            if out_of_time:
+                break
     save_file(
         {k: v.contiguous() for k, v in conv.state_dict().items()}, out / "frame_conv.safetensors"
     )
-    return _export(model, source, out, config, init_from, command, len(data))
+    return _export(model, source, out, config, init_from, command, len(data), step)
 
 
 def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMModel:
@@ -226,6 +232,7 @@ def _export(
     init_from: str,
     command: str,
     triples: int,
+    steps: int,
 ) -> Path:
     folder = out / "export"
     model.save_pretrained(folder, manifest=model.manifest)
@@ -233,7 +240,7 @@ def _export(
         save_actor_critic(source.actor_critic, folder)
     path = Path(init_from).expanduser()
     earlier = lineage_of(path) if path.is_dir() else []
-    own = {"command": command, "preset": "frame conv pretraining", "frame_conv_steps": config.steps}
+    own = {"command": command, "preset": "frame conv pretraining", "frame_conv_steps": steps}
     record = {"lineage": earlier, **own, "triples": triples, "config": asdict(config)}
     (folder / LINEAGE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return folder
@@ -277,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("layers", "width", "segments", "steps", "batch_size", "eval_every"):
         if getattr(config, name) < 1:
             parser().error(f"--{name.replace('_', '-')} must be at least 1")
+    if config.max_minutes < 0:
+        parser().error("--max-minutes must be 0 (no limit) or positive")
     for path in [*replays, *([held_out] if held_out else [])]:
         if not Path(path).expanduser().is_dir():
             parser().error(f"no replay folder {path!r} (a rem-train run keeps one in RUN/replay)")
