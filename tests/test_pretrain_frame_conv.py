@@ -68,7 +68,9 @@ def test_bad_starts_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     source = _source(tmp_path / "source", frame_conv_layers=1)
     with pytest.raises(SystemExit):
         main(["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "a")])
-    assert "has a frame conv already" in capsys.readouterr().err
+    assert (
+        "has a frame conv of 1 layers of 128 channels; give --layers 1" in capsys.readouterr().err
+    )
     with pytest.raises(SystemExit):
         main(["--init-from", str(source), "--replay", str(tmp_path / "nowhere"),
               "--out", str(tmp_path / "b")])  # fmt: skip
@@ -81,6 +83,23 @@ def test_bad_starts_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
         main(["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "d"),
               "--max-minutes", "-1"])  # fmt: skip
     assert "--max-minutes must be 0 (no limit) or positive" in capsys.readouterr().err
+
+
+def test_an_export_s_frame_conv_of_the_same_sizes_is_trained_on(tmp_path: Path) -> None:
+    source = _source(tmp_path / "source")
+    replay = _replay(tmp_path / "replay")
+    common = ["--replay", str(replay), "--segments", "16", "--steps", "2", "--eval-every", "2",
+              "--eval-segments", "4", "--layers", "1", "--width", "8"]  # fmt: skip
+    assert main(["--init-from", str(source), "--out", str(tmp_path / "first"), *common]) == 0
+    first = tmp_path / "first" / "export"
+    assert main(["--init-from", str(first), "--out", str(tmp_path / "second"), *common]) == 0
+    before = REMModel.from_pretrained(first).state_dict()
+    after = REMModel.from_pretrained(tmp_path / "second" / "export").state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():  # only the frame conv trains on
+        assert torch.equal(after[key], value) != (".frame_conv." in key), key
+    record = json.loads((tmp_path / "second" / "export" / "training.json").read_text())
+    assert record["lineage"][-1]["preset"] == "frame conv pretraining"
 
 
 def test_a_time_budget_stops_it_with_an_evaluated_export(tmp_path: Path) -> None:

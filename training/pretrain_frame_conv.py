@@ -205,12 +205,18 @@ def pretrain(
 
 
 def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMModel:
-    """``model`` with a fresh frame conv (its output layer at zero: the same function)."""
+    """``model`` with a fresh frame conv (its output layer at zero: the same function), or
+    ``model`` itself where it has a frame conv of ``config``'s sizes (an earlier pretraining's
+    export, trained on)."""
+    sizes = model.config.world_model
     if model.world_model.frame_conv is not None:
-        raise ValueError(
-            "the starting model has a frame conv already; train it on with rem-train "
-            "--init-from (it trains with the world model)"
-        )
+        if (sizes.frame_conv_layers, sizes.frame_conv_width) != (config.layers, config.width):
+            raise ValueError(
+                f"the starting model has a frame conv of {sizes.frame_conv_layers} layers of "
+                f"{sizes.frame_conv_width} channels; give --layers {sizes.frame_conv_layers} "
+                f"--width {sizes.frame_conv_width} to train it on"
+            )
+        return model.eval()
     world_model = dataclasses.replace(
         model.config.world_model, frame_conv_layers=config.layers, frame_conv_width=config.width
     )
@@ -292,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "rem_train.pretrain_frame_conv", *argv])
     try:
         folder = pretrain(config, out, init_from, replays, held_out, command)
-    except ValueError as err:  # a source that cannot be read or already has a frame conv
+    except ValueError as err:  # a source that cannot be read, or a frame conv of other sizes
         parser().error(str(err))
     print(folder)
     return 0
