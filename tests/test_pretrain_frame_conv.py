@@ -147,9 +147,10 @@ GATHER_MEMORY = textwrap.dedent("""
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
 def test_gathering_triples_keeps_little_more_than_the_triples() -> None:
-    # Kept as many small tensors, 1,000 segments' triples (~14 MiB) held ~110 MiB of fragmented
-    # heap after the tokenizer's temporaries; 30,000 segments held 9 GB. A fresh process, so that
-    # no other test's allocations change the heap.
+    # Kept as many small tensors, 1,000 segments' triples (13.6 MiB) held ~140 MiB of fragmented
+    # heap after the tokenizer's temporaries (30,000 segments: 9 GB); filled in place, 19-28 MiB
+    # (the tensors' unused tail and the allocator's own). A fresh process, so that no other
+    # test's allocations change the heap.
     done = subprocess.run(
         [sys.executable, "-c", GATHER_MEMORY], capture_output=True, text=True,
         timeout=HANG_GUARD_S, check=False,
@@ -157,4 +158,4 @@ def test_gathering_triples_keeps_little_more_than_the_triples() -> None:
     assert done.returncode == 0, done.stderr
     own_kib, grown_kib = map(int, done.stdout.split())
     assert own_kib > 10_000  # the triples of 1,000 segments of random frames
-    assert grown_kib < 2 * own_kib, (own_kib, grown_kib)
+    assert grown_kib < 4 * own_kib, (own_kib, grown_kib)
