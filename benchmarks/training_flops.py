@@ -9,6 +9,7 @@ models rarely keep a GPU busy, so the times are **lower bounds**: real runs are 
 
     python benchmarks/training_flops.py                     # atari100k, paper sizes
     python benchmarks/training_flops.py --preset cpu --tflops 0.1
+    python benchmarks/training_flops.py --preset breakout --frame-conv 4 --frame-conv-events
 
 ``--measure`` times real steps instead, at the preset's own batch sizes on the CPU, and states
 each phase's achieved FLOP/s against this machine's measured float32 matrix-product rate. Times
@@ -47,9 +48,35 @@ MATMUL_SIZE = 1024
 """Side of the square float32 matrices whose product rate is the reference of ``--measure``."""
 
 
-def small_config(preset: str, game: str, batch: int) -> TrainConfig:
+@dataclasses.dataclass(frozen=True)
+class FrameConv:
+    """The world model's frame conv a count or measurement adds to the preset (``--frame-conv``).
+
+    Attributes:
+        layers: Convolution layers; 0 leaves the preset's world model as it is.
+        width: Channels of each layer.
+        events: Whether the reward and end heads read the conv's features too.
+    """
+
+    layers: int = 0
+    width: int = 128
+    events: bool = False
+
+    def apply(self, cfg: TrainConfig) -> TrainConfig:
+        """``cfg`` with this frame conv (the same as ``rem-train --world-model-frame-conv``)."""
+        if not self.layers:
+            return cfg
+        return dataclasses.replace(
+            cfg, world_model_frame_conv=self.layers, world_model_frame_conv_width=self.width,
+            world_model_frame_conv_events=self.events,
+        )  # fmt: skip
+
+
+def small_config(
+    preset: str, game: str, batch: int, frame_conv: FrameConv = FrameConv()
+) -> TrainConfig:
     """The preset with one step per phase at ``batch`` and a short, quiet collection."""
-    cfg = TrainConfig.from_preset(preset, game)
+    cfg = frame_conv.apply(TrainConfig.from_preset(preset, game))
     common = dataclasses.replace(
         cfg.common, epochs=1, collect_epochs=1, env_steps_per_epoch=300, replay_fsync=False,
         progress_bars=False, track_progress=False,
@@ -62,11 +89,13 @@ def small_config(preset: str, game: str, batch: int) -> TrainConfig:
     return dataclasses.replace(cfg, common=common, **parts)
 
 
-def count_flops(preset: str, game: str, batch: int, lpips: bool) -> dict[str, Any]:
+def count_flops(
+    preset: str, game: str, batch: int, lpips: bool, frame_conv: FrameConv = FrameConv()
+) -> dict[str, Any]:
     """FLOPs of one step of each phase at ``batch`` and scaled to one epoch of ``preset``."""
     full = TrainConfig.from_preset(preset, game)
     with tempfile.TemporaryDirectory() as run:
-        trainer = Trainer(small_config(preset, game, batch), Path(run) / "run")
+        trainer = Trainer(small_config(preset, game, batch, frame_conv), Path(run) / "run")
         try:
             if lpips:  # random weights: the FLOPs of LPIPS do not depend on them
                 trainer.lpips = LPIPS().eval()
@@ -80,7 +109,10 @@ def count_flops(preset: str, game: str, batch: int, lpips: bool) -> dict[str, An
                 steps[name] = counter.get_total_flops()
         finally:
             trainer.close()
-    out: dict[str, Any] = {"preset": preset, "game": game, "counted_at_batch": batch, "phases": {}}
+    out: dict[str, Any] = {
+        "preset": preset, "game": game, "counted_at_batch": batch,
+        "frame_conv": dataclasses.asdict(frame_conv), "phases": {},
+    }  # fmt: skip
     for name in PHASES:
         phase = getattr(full, name)
         per_step = steps[name] * phase.batch_size / batch
@@ -88,9 +120,15 @@ def count_flops(preset: str, game: str, batch: int, lpips: bool) -> dict[str, An
             "flops_per_step": per_step,
             "steps_per_epoch": phase.steps_per_epoch,
             "flops_per_epoch": per_step * phase.steps_per_epoch,
-            "epochs_trained": full.common.epochs - phase.start_after_epoch,
+            "epochs_trained": epochs_trained(full, name),
         }
     return out
+
+
+def epochs_trained(config: TrainConfig, phase: str) -> int:
+    """Epochs in which ``phase`` trains: those after its start, none if it starts after the last
+    (the ``breakout`` preset never trains its tokenizer itself)."""
+    return max(0, config.common.epochs - getattr(config, phase).start_after_epoch)
 
 
 def table(result: dict[str, Any], tflops: Sequence[float]) -> str:
@@ -111,12 +149,14 @@ def table(result: dict[str, Any], tflops: Sequence[float]) -> str:
 # ------------------------------------------------------------------------------ measured (CPU)
 
 
-def measure_config(preset: str, game: str, model: str | None = None) -> TrainConfig:
+def measure_config(
+    preset: str, game: str, model: str | None = None, frame_conv: FrameConv = FrameConv()
+) -> TrainConfig:
     """The preset at its own batch sizes and steps per epoch, quiet, on the CPU, without LPIPS.
 
     Every phase may start at once (the ``breakout`` preset never trains its tokenizer itself).
     """
-    cfg = TrainConfig.from_preset(preset, game)
+    cfg = frame_conv.apply(TrainConfig.from_preset(preset, game))
     common = dataclasses.replace(
         cfg.common, epochs=1, collect_epochs=1, replay_fsync=False, progress_bars=False,
         track_progress=False,
@@ -214,6 +254,7 @@ def measure(
     model: str | None = None,
     compare: bool = False,
     phases: Sequence[str] = PHASES,
+    frame_conv: FrameConv = FrameConv(),
 ) -> dict[str, Any]:
     """Counted FLOPs and measured CPU seconds per step of each phase at the preset's batches.
 
@@ -230,6 +271,7 @@ def measure(
         model: Model sizes instead of the preset's (e.g. ``cpu512``).
         compare: Also measure every phase with :func:`speedups` switched off.
         phases: The phases to measure.
+        frame_conv: A frame conv added to the world model.
     """
     torch.manual_seed(0)
     levers = speedups() if compare else {}
@@ -239,7 +281,7 @@ def measure(
     calls: dict[tuple[str, str], list[PhaseCall]] = {}
     flops: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory() as run:
-        trainer = Trainer(measure_config(preset, game, model), Path(run) / "run")
+        trainer = Trainer(measure_config(preset, game, model, frame_conv), Path(run) / "run")
         try:
             trainer.collect(collect)
             for name in phases:
@@ -262,6 +304,7 @@ def measure(
     out: dict[str, Any] = {
         "preset": preset,
         "model": model or TrainConfig.from_preset(preset).model,
+        "frame_conv": dataclasses.asdict(frame_conv),
         "threads": torch.get_num_threads(),
         "matmul_size": MATMUL_SIZE,
         "matmul_gflops": rate,
@@ -339,6 +382,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sustained throughputs (TFLOP/s) to convert FLOPs into seconds",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write the counts here")
+    parser.add_argument(
+        "--frame-conv", type=int, default=0, metavar="LAYERS",
+        help="add a frame conv of this many layers to the world model, as rem-train's "
+        "--world-model-frame-conv does (default: the preset's world model)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--frame-conv-width", type=int, default=128, help="channels of the frame conv's layers"
+    )
+    parser.add_argument(
+        "--frame-conv-events", action="store_true",
+        help="the reward and end heads read the frame conv too (--world-model-frame-conv-events)",
+    )  # fmt: skip
     measured = parser.add_argument_group("measured on this CPU (--measure)")
     measured.add_argument(
         "--measure", action="store_true",
@@ -359,14 +414,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--rounds, --steps and --collect must be positive")
     if args.compare and not args.measure:
         parser.error("--compare needs --measure")
+    if args.frame_conv < 0 or args.frame_conv_width < 1:
+        parser.error("--frame-conv must be >= 0 (0: none) and --frame-conv-width >= 1")
+    if args.frame_conv_events and not args.frame_conv:
+        parser.error("--frame-conv-events reads the frame conv: give --frame-conv LAYERS too")
+    frame_conv = FrameConv(args.frame_conv, args.frame_conv_width, args.frame_conv_events)
+    conv_text = (
+        f", frame conv {frame_conv.layers}x{frame_conv.width}"
+        + (" feeding the reward and end heads" if frame_conv.events else "")
+        if frame_conv.layers
+        else ""
+    )
     torch.manual_seed(0)
     if args.measure:
         result = measure(
             args.preset, args.game, args.rounds, args.steps, args.collect, args.model,
-            args.compare, args.phases,
+            args.compare, args.phases, frame_conv,
         )  # fmt: skip
         print(
-            f"{args.preset} (model {result['model']}, {args.game}): medians of "
+            f"{args.preset} (model {result['model']}, {args.game}{conv_text}): medians of "
             f"{args.rounds} x {args.steps} steps per phase at the preset's batches, CPU seconds "
             f"of this process on {result['threads']} thread(s); matmul rate "
             f"({MATMUL_SIZE}x{MATMUL_SIZE} float32, interleaved): {result['matmul_gflops']:.1f} "
@@ -379,10 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
         return 0
     use_lpips = not args.no_lpips and TrainConfig.from_preset(args.preset).tokenizer.lpips
-    result = count_flops(args.preset, args.game, args.batch, use_lpips)
+    result = count_flops(args.preset, args.game, args.batch, use_lpips, frame_conv)
     result["lpips_counted"] = use_lpips
     print(
-        f"{args.preset} ({args.game}): FLOPs counted on one step per phase at batch "
+        f"{args.preset} ({args.game}{conv_text}): FLOPs counted on one step per phase at batch "
         f"{args.batch}, scaled to the preset's batches; times are lower bounds, not measurements."
     )
     print(table(result, args.tflops))

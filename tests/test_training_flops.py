@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from benchmark_scripts import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "training_flops.py"
@@ -65,3 +66,38 @@ def test_measure_compares_the_speedups_per_phase(tmp_path, capsys):
     from rem_train.trainer import Trainer
 
     assert Trainer.cache_replay_tokens and Imagination.skip_padding
+
+
+def test_a_frame_conv_adds_its_flops_to_the_world_model_only(tmp_path, capsys):
+    """--frame-conv counts the world model with the conv rem-train's --world-model-frame-conv
+    adds: more world-model FLOPs per step, the tokenizer's unchanged."""
+    script = _load()
+    plain = script.count_flops("smoke", "Breakout", 2, lpips=False)
+    out = tmp_path / "conv.json"
+    argv = ["--preset", "smoke", "--no-lpips", "--tflops", "1", "--json", str(out)]
+    assert script.main([*argv, "--frame-conv", "2", "--frame-conv-width", "8"]) == 0
+    conv = json.loads(out.read_text())
+    assert conv["frame_conv"] == {"layers": 2, "width": 8, "events": False}
+    assert "frame conv 2x8" in capsys.readouterr().out
+    flops = {name: (plain["phases"][name]["flops_per_step"], conv["phases"][name]["flops_per_step"])
+             for name in ("tokenizer", "world_model")}  # fmt: skip
+    assert flops["tokenizer"][0] == flops["tokenizer"][1]
+    assert flops["world_model"][1] > flops["world_model"][0]
+
+
+def test_frame_conv_events_without_a_frame_conv_is_refused(capsys):
+    script = _load()
+    with pytest.raises(SystemExit):
+        script.main(["--preset", "smoke", "--frame-conv-events"])
+    assert "give --frame-conv LAYERS" in capsys.readouterr().err
+
+
+def test_a_phase_that_never_starts_trains_no_epochs():
+    """The breakout preset never trains its tokenizer (it starts after epoch 1,000,000): the
+    whole run counted none of its epochs, not minus a million (a negative total before)."""
+    script = _load()
+    from rem_train.config import TrainConfig
+
+    cfg = TrainConfig.from_preset("breakout")
+    assert script.epochs_trained(cfg, "tokenizer") == 0
+    assert script.epochs_trained(cfg, "world_model") == cfg.common.epochs - 1
