@@ -21,12 +21,13 @@ from rem_train.replay import ReplayBuffer
 
 
 def _replay(folder: Path) -> Path:
-    """Two episodes of frames in which a bright square moves one pixel a step."""
+    """Two episodes of frames in which a bright square moves one pixel a step; a reward at
+    every fifth step."""
     with ReplayBuffer(folder, (64, 64, 3)) as buffer:
         for t in range(24):
             frame = np.zeros((64, 64, 3), np.uint8)
             frame[10 + t % 12 : 14 + t % 12, 20 + t : 24 + t] = 200
-            buffer.append(frame, t % 4, 0.0, terminated=t in (11, 23))
+            buffer.append(frame, t % 4, float(t % 5 == 2), terminated=t in (11, 23))
     return folder
 
 
@@ -100,6 +101,57 @@ def test_an_export_s_frame_conv_of_the_same_sizes_is_trained_on(tmp_path: Path) 
         assert torch.equal(after[key], value) != (".frame_conv." in key), key
     record = json.loads((tmp_path / "second" / "export" / "training.json").read_text())
     assert record["lineage"][-1]["preset"] == "frame conv pretraining"
+
+
+def test_events_train_the_frame_conv_s_event_layers_and_replace_the_heads(
+    tmp_path: Path,
+) -> None:
+    """--events-weight: the export's frame conv reads rewards and ends (trained from zero), the
+    RetNet's reward and end heads give nothing more (their output layers at zero), and every
+    evaluation checks the heads on the held-out segments."""
+    source = _source(tmp_path / "source")
+    replay = _replay(tmp_path / "replay")
+    argv = ["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "fc"),
+            "--segments", "16", "--steps", "2", "--eval-every", "2", "--eval-segments", "4",
+            "--layers", "1", "--width", "8", "--events-weight", "1"]  # fmt: skip
+    assert main(argv) == 0
+    export = REMModel.from_pretrained(tmp_path / "fc" / "export")
+    assert export.config.world_model.frame_conv_events
+    conv, wm = export.world_model.frame_conv, export.world_model
+    assert conv.event_out.weight.abs().sum() > 0  # trained (it starts at 0)
+    for head in (wm.head_reward, wm.head_end):
+        assert head[-1].weight.abs().sum() == 0 and head[-1].bias.abs().sum() == 0
+    before = REMModel.from_pretrained(source).state_dict()
+    for key, value in before.items():  # the rest of the heads, the RetNet, the tokenizer
+        if not key.startswith(("world_model.head_reward.2", "world_model.head_end.2")):
+            assert torch.equal(export.state_dict()[key], value), key
+    lines = [json.loads(line) for line in (tmp_path / "fc" / "progress.jsonl").open()]
+    assert lines[0]["event_steps"] > lines[0]["triples"] and lines[0]["rewards"] > 0
+    assert lines[0]["ends"] > 0  # the step that ends an episode is among them
+    assert set(lines[-1]["reward"]) >= {"steps", "events", "nll", "precision", "recall"}
+    assert lines[-1]["end"]["steps"] > 0
+    record = json.loads((tmp_path / "fc" / "export" / "training.json").read_text())
+    assert record["event_steps"] == lines[0]["event_steps"]
+
+
+def test_token_weight_0_trains_only_the_event_layers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _source(tmp_path / "source", frame_conv_layers=1, frame_conv_width=8)
+    replay = _replay(tmp_path / "replay")
+    common = ["--init-from", str(source), "--replay", str(replay), "--segments", "16",
+              "--steps", "2", "--eval-every", "2", "--eval-segments", "4", "--layers", "1",
+              "--width", "8", "--token-weight", "0"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main([*common, "--out", str(tmp_path / "none")])
+    assert "--token-weight 0 trains only the event layers" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "fc"), "--events-weight", "2"]) == 0
+    before = REMModel.from_pretrained(source).state_dict()
+    after = REMModel.from_pretrained(tmp_path / "fc" / "export").state_dict()
+    for key, value in before.items():  # the frame conv's token layers are kept
+        if ".head_reward.2." not in key and ".head_end.2." not in key:
+            assert torch.equal(after[key], value), key
+    assert after["world_model.frame_conv.event_out.weight"].abs().sum() > 0
 
 
 def test_a_time_budget_stops_it_with_an_evaluated_export(tmp_path: Path) -> None:

@@ -13,6 +13,16 @@ the frame conv's) on held-out segments. The export is the starting model with th
 added (its tokenizer, RetNet, start contexts and actor-critic unchanged), which ``rem-train
 --init-from EXPORT --world-model-frame-conv N`` trains on, all of it together.
 
+With ``events_weight > 0`` the frame conv's reward and end layers train too, on every step of
+the same segments whose frame before is in the segment (frames t-1 and t and the action after
+t give the reward and end of step t, as ``--world-model-frame-conv-events`` reads them): a run's
+reward and end heads see a few hundred rewards, the replay buffers of several runs thousands.
+The rewards and ends of the whole world model are then the frame conv's alone: the output
+layers of the RetNet's reward and end heads are set to zero (adding the logits of heads trained
+without the frame conv counts what both know twice), and the evaluations add the heads' check
+(:func:`rem_train.event_check.check_events`) on the held-out segments. With ``token_weight 0``
+only the event layers train, on the features the frame conv already has.
+
 Run folder: ``progress.jsonl`` (one line per evaluation), ``frame_conv.safetensors`` (the last
 weights) and ``export/``.
 
@@ -42,16 +52,27 @@ from torch.nn import functional as F
 
 from rem_env import REMModel
 from rem_env.actor_critic_files import save_actor_critic
+from rem_env.models.frame_conv import FrameConv
+from rem_env.models.world_model import NUM_REWARD_CLASSES
 from rem_env.probes import probes_for
 from rem_train.batches import frames_to_tensor
-from rem_train.losses import moving_patch_weights
+from rem_train.event_check import check_events
+from rem_train.losses import moving_patch_weights, reward_classes
 from rem_train.object_check import check_objects
 from rem_train.replay import ReplayBuffer
 from rem_train.run_log import log_line
 from rem_train.sources import load_source
 from rem_train.warm_start import LINEAGE_FILE, lineage_of
 
-__all__ = ["FrameConvPretrainConfig", "TokenTriples", "gather_triples", "main", "pretrain"]
+__all__ = [
+    "EventSteps",
+    "FrameConvPretrainConfig",
+    "TokenTriples",
+    "gather",
+    "gather_triples",
+    "main",
+    "pretrain",
+]
 
 SEGMENT = 10
 """Frames per segment drawn from a replay buffer (the world model's segment length)."""
@@ -76,6 +97,12 @@ class FrameConvPretrainConfig:
     lr: float = 1e-3
     moving_weight: float = 10.0
     """Extra weight of the patches that moved since the frame before (0: REM's plain mean)."""
+    token_weight: float = 1.0
+    """Weight of the next frame's token cross-entropy (0: the layers that give the token
+    logits do not train; needs ``events_weight > 0``)."""
+    events_weight: float = 0.0
+    """Weight of the reward and end cross-entropies of the frame conv's event layers (0: they
+    do not train, and the RetNet's reward and end heads stay as they are)."""
     eval_every: int = 250
     eval_segments: int = 256
     """Held-out segments of 10 frames the object check scores (seed 11, as its command line)."""
@@ -95,7 +122,20 @@ class TokenTriples:
         return len(self.actions)
 
 
-@torch.no_grad()
+@dataclass
+class EventSteps:
+    """Real steps t as the tokens of frames t-1 and t (N, 2, K), the action after t (N,), and
+    the step's reward class ``sign(r) + 1`` (N,) and end (N,) bool."""
+
+    tokens: Tensor
+    actions: Tensor
+    rewards: Tensor
+    ends: Tensor
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
 def gather_triples(
     model: REMModel, replays: list[ReplayBuffer], count: int, moving_weight: float, seed: int
 ) -> TokenTriples:
@@ -115,6 +155,35 @@ def gather_triples(
         >>> triples.tokens.shape[1:], float(triples.weights.max())
         (torch.Size([3, 64]), 1.0)
     """
+    return gather(model, replays, count, moving_weight, seed, events=False)[0]
+
+
+@torch.no_grad()
+def gather(
+    model: REMModel,
+    replays: list[ReplayBuffer],
+    count: int,
+    moving_weight: float,
+    seed: int,
+    events: bool,
+) -> tuple[TokenTriples, EventSteps | None]:
+    """The triples of :func:`gather_triples` and, with ``events``, the :class:`EventSteps` of
+    the same segments (each step whose frame before is in the segment, its last one too: the
+    step that ends an episode has no frame after it).
+
+    Example:
+        >>> import tempfile
+        >>> from rem_env import REMConfig
+        >>> from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
+        >>> model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL))
+        >>> with tempfile.TemporaryDirectory() as d, ReplayBuffer(d, (64, 64, 3)) as buf:
+        ...     for t in range(6):
+        ...         buf.append(np.zeros((64, 64, 3), np.uint8), t % 4, float(t == 2),
+        ...                    terminated=t == 5)
+        ...     _, steps = gather(model, [buf], 5, 10.0, seed=0, events=True)
+        >>> bool(steps.ends.any()), int(steps.rewards.max())  # reward class 2: a reward of +1
+        (True, 2)
+    """
     rng = np.random.default_rng(seed)
     side = model.config.tokenizer.latent_size
     # Filled in place: many small tensors kept between the tokenizer's large temporaries
@@ -124,6 +193,16 @@ def gather_triples(
     actions = torch.empty((most,), dtype=torch.long)
     weights = torch.empty((most, side * side))
     filled = 0
+    steps = None
+    if events:
+        pairs = count * (SEGMENT - 1)
+        steps = EventSteps(
+            torch.empty((pairs, 2, side * side), dtype=torch.long),
+            torch.empty((pairs,), dtype=torch.long),
+            torch.empty((pairs,), dtype=torch.long),
+            torch.empty((pairs,), dtype=torch.bool),
+        )
+    stepped = 0
     model.tokenizer.eval()
     for index, replay in enumerate(replays):
         left = count * (index + 1) // len(replays) - count * index // len(replays)
@@ -143,8 +222,25 @@ def gather_triples(
             actions[filled:end] = torch.as_tensor(np.asarray(batch.actions))[row, last - 1]
             weights[filled:end] = moved[row, last]  # (m, K)
             filled = end
+            if steps is not None:  # steps t with frames t-1 and t real
+                row, now = torch.nonzero(real[:, 1:], as_tuple=True)
+                now = now + 1
+                done = stepped + len(row)
+                for back in range(2):
+                    steps.tokens[stepped:done, back] = codes[row, now - 1 + back]
+                steps.actions[stepped:done] = torch.as_tensor(np.asarray(batch.actions))[row, now]
+                rewards = torch.as_tensor(np.asarray(batch.rewards))[row, now]
+                steps.rewards[stepped:done] = reward_classes(rewards)
+                steps.ends[stepped:done] = torch.as_tensor(np.asarray(batch.ends))[row, now]
+                stepped = done
             left -= n
-    return TokenTriples(tokens[:filled], actions[:filled], weights[:filled])
+    triples = TokenTriples(tokens[:filled], actions[:filled], weights[:filled])
+    if steps is None:
+        return triples, None
+    return triples, EventSteps(
+        steps.tokens[:stepped], steps.actions[:stepped], steps.rewards[:stepped],
+        steps.ends[:stepped],
+    )  # fmt: skip
 
 
 def pretrain(
@@ -164,24 +260,45 @@ def pretrain(
     codebook = model.tokenizer.codebook.detach()
     replays = [ReplayBuffer(path, read_only=True) for path in replay_dirs]
     held_out = ReplayBuffer(held_out_dir, read_only=True) if held_out_dir else replays[0]
+    events = config.events_weight > 0
+    if events:
+        heads = (model.world_model.head_reward[-1], model.world_model.head_end[-1])
+        with torch.no_grad():  # rewards and ends: the frame conv's alone from now on
+            for layer in heads:
+                layer.weight.zero_()
+                layer.bias.zero_()
     start = time.time()
-    data = gather_triples(model, replays, config.segments, config.moving_weight, config.seed)
+    data, steps = gather(model, replays, config.segments, config.moving_weight, config.seed, events)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "progress.jsonl").open("w") as progress:
-        log_line(progress, {"triples": len(data), "gather_s": round(time.time() - start, 1)})
+        counts = {"triples": len(data), "gather_s": round(time.time() - start, 1)}
+        if steps is not None:
+            counts.update(event_steps=len(steps), rewards=int((steps.rewards != 1).sum()))
+            counts["ends"] = int(steps.ends.sum())
+        log_line(progress, counts)
         probes = probes_for(source.game)
-        optimizer = torch.optim.Adam(conv.parameters(), lr=config.lr)
+        optimizer = torch.optim.Adam(_trained_parameters(conv, config), lr=config.lr)
+        fixed = None
+        if steps is not None and not config.token_weight:
+            begun = time.time()
+            fixed = _fixed_features(conv, steps, codebook)
+            log_line(progress, {"fixed_features_s": round(time.time() - begun, 1)})
         rng = np.random.default_rng(config.seed + 1)
         losses: list[float] = []
         start = time.time()
         for step in range(1, config.steps + 1):
             conv.train()
-            rows = torch.as_tensor(rng.integers(len(data), size=config.batch_size))
-            frames = F.embedding(data.tokens[rows, :2], codebook)  # (B, 2, K, E)
-            logits = conv(frames, data.actions[rows])  # (B, K, V)
-            target, weight = data.tokens[rows, 2], data.weights[rows]
-            loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-            loss = (loss * weight.flatten()).sum() / weight.sum()
+            loss = torch.zeros(())
+            if config.token_weight:
+                rows = torch.as_tensor(rng.integers(len(data), size=config.batch_size))
+                frames = F.embedding(data.tokens[rows, :2], codebook)  # (B, 2, K, E)
+                logits = conv(frames, data.actions[rows])  # (B, K, V)
+                target, weight = data.tokens[rows, 2], data.weights[rows]
+                token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+                loss = config.token_weight * (token * weight.flatten()).sum() / weight.sum()
+            if steps is not None:
+                events_loss = _event_loss(conv, steps, fixed, codebook, rng, config)
+                loss = loss + config.events_weight * events_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -195,20 +312,70 @@ def pretrain(
                         model, held_out, probes, np.random.default_rng(11), config.eval_segments
                     )
                     record.update({name: dataclasses.asdict(c) for name, c in checks.items()})
+                if events:
+                    heads = check_events(
+                        model, held_out, np.random.default_rng(11), config.eval_segments
+                    )
+                    record.update({name: dataclasses.asdict(c) for name, c in heads.items()})
                 log_line(progress, record)
             if out_of_time:
                 break
     save_file(
         {k: v.contiguous() for k, v in conv.state_dict().items()}, out / "frame_conv.safetensors"
     )
-    return _export(model, source, out, config, init_from, command, len(data), step)
+    counted = {"triples": len(data), **({"event_steps": len(steps)} if steps else {})}
+    return _export(model, source, out, config, init_from, command, counted, step)
+
+
+def _trained_parameters(conv: FrameConv, config: FrameConvPretrainConfig) -> list[Tensor]:
+    """The frame conv's parameters that train: all of them, or with ``token_weight 0`` only its
+    event layers."""
+    if config.token_weight:
+        return list(conv.parameters())
+    assert conv.events is not None and conv.event_out is not None
+    return [*conv.events.parameters(), *conv.event_out.parameters()]
+
+
+@torch.no_grad()
+def _fixed_features(conv: FrameConv, steps: EventSteps, codebook: Tensor) -> Tensor:
+    """(N, width, s, s) float16: the frame conv's features of every step, computed once where
+    only the event layers above them train (a step then costs those layers alone)."""
+    conv.eval()
+    chunks = []
+    for first in range(0, len(steps), 1024):
+        rows = slice(first, first + 1024)
+        frames = F.embedding(steps.tokens[rows], codebook)  # (n, 2, K, E): frames t-1, t
+        chunks.append(conv.features(frames, steps.actions[rows]).half())
+    return torch.cat(chunks)
+
+
+def _event_loss(
+    conv: FrameConv,
+    steps: EventSteps,
+    fixed: Tensor | None,
+    codebook: Tensor,
+    rng: np.random.Generator,
+    config: FrameConvPretrainConfig,
+) -> Tensor:
+    """Reward plus end cross-entropy of the frame conv's event logits on a batch of steps
+    (their features from ``fixed`` where given)."""
+    rows = torch.as_tensor(rng.integers(len(steps), size=config.batch_size))
+    if fixed is not None:
+        features = fixed[rows].float()
+    else:
+        frames = F.embedding(steps.tokens[rows], codebook)  # (B, 2, K, E): frames t-1, t
+        features = conv.features(frames, steps.actions[rows])
+    logits = conv.event_logits(features)  # (B, 5): 3 reward classes, then 2 end classes
+    reward = F.cross_entropy(logits[:, :NUM_REWARD_CLASSES], steps.rewards[rows])
+    return reward + F.cross_entropy(logits[:, NUM_REWARD_CLASSES:], steps.ends[rows].long())
 
 
 def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMModel:
-    """``model`` with a fresh frame conv (its output layer at zero: the same function), or
+    """``model`` with a fresh frame conv (its output layers at zero: the same function), or
     ``model`` itself where it has a frame conv of ``config``'s sizes (an earlier pretraining's
-    export, trained on)."""
+    export, trained on), given event layers (at zero) where ``events_weight`` needs them."""
     sizes = model.config.world_model
+    events = config.events_weight > 0 or sizes.frame_conv_events
     if model.world_model.frame_conv is not None:
         if (sizes.frame_conv_layers, sizes.frame_conv_width) != (config.layers, config.width):
             raise ValueError(
@@ -216,10 +383,12 @@ def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMMod
                 f"{sizes.frame_conv_width} channels; give --layers {sizes.frame_conv_layers} "
                 f"--width {sizes.frame_conv_width} to train it on"
             )
-        return model.eval()
+        if sizes.frame_conv_events == events:
+            return model.eval()
     world_model = dataclasses.replace(
-        model.config.world_model, frame_conv_layers=config.layers, frame_conv_width=config.width
-    )
+        sizes, frame_conv_layers=config.layers, frame_conv_width=config.width,
+        frame_conv_events=events,
+    )  # fmt: skip
     grown = REMModel(
         dataclasses.replace(model.config, world_model=world_model),
         num_start_contexts=len(model.start_tokens),
@@ -237,7 +406,7 @@ def _export(
     config: FrameConvPretrainConfig,
     init_from: str,
     command: str,
-    triples: int,
+    counted: dict[str, int],
     steps: int,
 ) -> Path:
     folder = out / "export"
@@ -247,7 +416,7 @@ def _export(
     path = Path(init_from).expanduser()
     earlier = lineage_of(path) if path.is_dir() else []
     own = {"command": command, "preset": "frame conv pretraining", "frame_conv_steps": steps}
-    record = {"lineage": earlier, **own, "triples": triples, "config": asdict(config)}
+    record = {"lineage": earlier, **own, **counted, "config": asdict(config)}
     (folder / LINEAGE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return folder
 
@@ -292,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
             parser().error(f"--{name.replace('_', '-')} must be at least 1")
     if config.max_minutes < 0:
         parser().error("--max-minutes must be 0 (no limit) or positive")
+    if config.token_weight < 0 or config.events_weight < 0:
+        parser().error("--token-weight and --events-weight must be >= 0")
+    if not config.token_weight and not config.events_weight:
+        parser().error("--token-weight 0 trains only the event layers: give --events-weight too")
     for path in [*replays, *([held_out] if held_out else [])]:
         if not Path(path).expanduser().is_dir():
             parser().error(f"no replay folder {path!r} (a rem-train run keeps one in RUN/replay)")
