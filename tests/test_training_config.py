@@ -88,6 +88,9 @@ def test_unknown_preset_and_bad_numbers() -> None:
     assert build_config({"evaluation.object_segments": 0}).evaluation.object_segments == 0
     with pytest.raises(ValueError, match=r"evaluation\.object_segments must be >= 0"):
         build_config({"evaluation.object_segments": -1})
+    assert build_config({"evaluation.event_segments": 0}).evaluation.event_segments == 0
+    with pytest.raises(ValueError, match=r"evaluation\.event_segments must be >= 0"):
+        build_config({"evaluation.event_segments": -1})
 
 
 def test_the_actor_critic_may_dream_argmax_frames_with_warm_events() -> None:

@@ -154,6 +154,27 @@ def test_each_evaluation_checks_the_ball_in_the_next_frame(
         assert record["timings"]["objects"] > 0
 
 
+def test_each_evaluation_checks_the_reward_and_end_heads(
+    smoke_run: tuple[Path, Path, TrainConfig],
+) -> None:
+    """At every evaluation the reward and end heads are checked against the replay's labels
+    (rem_train.event_check): counts, NLLs and shares, with the time it took."""
+    run_dir, _, config = smoke_run
+    records = read_metrics(run_dir)
+    evaluated = [r for r in records if "eval" in r]
+    assert evaluated and [r["epoch"] for r in records if "events" in r] == [
+        r["epoch"] for r in evaluated
+    ]
+    for record in evaluated:
+        assert set(record["events"]) == {"reward", "end"}
+        for check in record["events"].values():
+            length = config.world_model.segment_length
+            assert 0 < check["steps"] <= config.evaluation.event_segments * length
+            assert 0 <= check["events"] <= check["steps"]
+            assert check["nll"] > 0 and check["base_nll"] >= 0
+        assert record["timings"]["events"] > 0
+
+
 def test_tensorboard_has_losses_scores_and_images(
     smoke_run: tuple[Path, Path, TrainConfig],
 ) -> None:

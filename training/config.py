@@ -219,6 +219,11 @@ class EvalConfig:
         "replay segments on which each evaluation checks the world model's next frame for the "
         "game's objects (Breakout's ball; rem_train.object_check); 0: no check",
     )
+    event_segments: int = doc(
+        64,
+        "replay segments on which each evaluation checks the world model's reward and end heads "
+        "against the real labels (rem_train.event_check); 0: no check",
+    )
 
 
 @dataclass(frozen=True)
@@ -457,6 +462,7 @@ def _check_positive(config: TrainConfig) -> None:
                 "scripted_serve_wait",
                 "parked_share",
                 "object_segments",
+                "event_segments",
                 "moving_weight",
                 "dreamed_heads_weight",
                 "dreamed_heads_match",
@@ -540,7 +546,12 @@ PRESETS: dict[str, TrainConfig] = {
             start_after_epoch=3, steps_per_epoch=6, batch_size=8, hidden_size=64
         ),
         evaluation=EvalConfig(
-            num_envs=2, episodes=2, final_episodes=2, max_raw_frames=400, object_segments=8
+            num_envs=2,
+            episodes=2,
+            final_episodes=2,
+            max_raw_frames=400,
+            object_segments=8,
+            event_segments=8,
         ),
     ),
     "cpu": TrainConfig(

@@ -105,6 +105,15 @@ class RunLog:
                         "extrapolated"):  # fmt: skip
                 if check[key] is not None:
                     scalars[f"objects/{name}_{key}"] = check[key]
+        for name, check in record.get("events", {}).items():
+            if name == "reward" and check["precision"] is not None and check["events"]:
+                parts.append(
+                    f"rewards on real frames P/R {check['precision']:.2f}/{check['recall']:.2f}"
+                )
+            for key in ("nll", "base_nll", "precision", "recall", "likeliest_precision",
+                        "likeliest_recall"):  # fmt: skip
+                if check[key] is not None:
+                    scalars[f"events/{name}_{key}"] = check[key]
         for name, seconds in record["timings"].items():
             scalars[f"time/{name}"] = seconds
         timings = ", ".join(f"{k} {v:.1f}s" for k, v in record["timings"].items())

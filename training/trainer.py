@@ -72,6 +72,7 @@ from rem_train.distributed import (
     wrap,
 )
 from rem_train.evaluate import EvalResult, evaluate
+from rem_train.event_check import check_events
 from rem_train.export import export_run
 from rem_train.imagination import ENCODE_CHUNK, Imagination, objective_before_after
 from rem_train.losses import (
@@ -104,6 +105,9 @@ BACKGROUND_FRAMES = 1024
 
 OBJECT_CHECK_STREAM = 0x0B7EC7
 """Key of the object check's own random stream (seeded with the run's seed and the epoch)."""
+
+EVENT_CHECK_STREAM = 0xE7E27
+"""Key of the reward and end heads' check's own random stream."""
 
 
 class TrainingStoppedError(Exception):
@@ -327,6 +331,10 @@ class Trainer:
                 t = time.perf_counter()
                 record["objects"] = self._on_main(lambda: self._check_objects(epoch))
                 timings["objects"] = time.perf_counter() - t
+            if cfg.evaluation.event_segments and self.replay.num_steps:
+                t = time.perf_counter()
+                record["events"] = self._on_main(lambda: self._check_events(epoch))
+                timings["events"] = time.perf_counter() - t
         self.wall_time += time.perf_counter() - start
         record.update(timings=timings, env_steps=self.replay.num_steps, wall_time=self.wall_time)
         record["ranks"] = self.dist.world_size
@@ -356,6 +364,16 @@ class Trainer:
             self.model, self.replay, probes_for(cfg.game),
             np.random.default_rng([cfg.common.seed, epoch, OBJECT_CHECK_STREAM]),
             segments=cfg.evaluation.object_segments, length=cfg.world_model.segment_length,
+        )  # fmt: skip
+        return {name: dataclasses.asdict(check) for name, check in checks.items()}
+
+    def _check_events(self, epoch: int) -> dict[str, Any]:
+        """The reward and end heads on replay segments against the labels (own RNG stream)."""
+        cfg = self.config
+        checks = check_events(
+            self.model, self.replay,
+            np.random.default_rng([cfg.common.seed, epoch, EVENT_CHECK_STREAM]),
+            segments=cfg.evaluation.event_segments, length=cfg.world_model.segment_length,
         )  # fmt: skip
         return {name: dataclasses.asdict(check) for name, check in checks.items()}
 
