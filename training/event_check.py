@@ -35,7 +35,7 @@ from torch import Tensor
 from rem_env import REMModel
 from rem_train.batches import frames_to_tensor
 from rem_train.replay import ReplayBuffer
-from rem_train.sources import load_source
+from rem_train.sources import open_replay_check, replay_check_parser
 
 __all__ = ["EventCheck", "check_events", "main"]
 
@@ -170,36 +170,20 @@ def check_events(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m rem_train.event_check",
-        description="The world model's reward and end heads on real replay segments "
-        "(teacher-forced), against the real labels.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    return replay_check_parser(
+        "python -m rem_train.event_check",
+        "The world model's reward and end heads on real replay segments (teacher-forced), "
+        "against the real labels.",
+        segments=256,
+        length=20,
     )
-    parser.add_argument(
-        "model", help="model folder (or Hub repo id), rem-train run folder or checkpoint file"
-    )
-    parser.add_argument("replay", help="a run's replay folder (RUN_FOLDER/replay)")
-    parser.add_argument("--segments", type=int, default=256, help="replay segments drawn")
-    parser.add_argument("--length", type=int, default=20, help="steps per segment")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the segments drawn")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rem_train.event_check MODEL REPLAY``: prints the check as JSON."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.segments < 1 or args.length < 1:
-        parser.error("--segments and --length must be positive")
-    try:
-        loaded = load_source(args.model, need_actor_critic=False)
-    except ValueError as err:
-        parser.error(str(err))
-    try:
-        replay = ReplayBuffer(args.replay, read_only=True)
-    except (OSError, ValueError) as err:
-        parser.error(f"cannot read the replay buffer {args.replay}: {err}")
+    loaded, replay = open_replay_check(parser, args)
     with replay:
         checks = check_events(
             loaded.model, replay, np.random.default_rng(args.seed), args.segments, args.length

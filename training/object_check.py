@@ -39,7 +39,7 @@ from rem_env.fidelity import to_pixels
 from rem_env.probes import NEAR_PIXELS, ObjectProbe, ProbeHits, probes_for
 from rem_train.batches import frames_to_tensor
 from rem_train.replay import ReplayBuffer
-from rem_train.sources import load_source
+from rem_train.sources import open_replay_check, replay_check_parser
 
 __all__ = ["ObjectCheck", "check_objects", "main"]
 
@@ -225,37 +225,24 @@ def _check(counts: np.ndarray, nll: float) -> ObjectCheck:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m rem_train.object_check",
-        description="The world model's next frame on real replay segments, checked object by "
-        "object (teacher-forced, most likely tokens), beside the tokenizer's reconstruction.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    return replay_check_parser(
+        "python -m rem_train.object_check",
+        "The world model's next frame on real replay segments, checked object by object "
+        "(teacher-forced, most likely tokens), beside the tokenizer's reconstruction.",
+        segments=64,
+        length=10,
     )
-    parser.add_argument(
-        "model", help="model folder (or Hub repo id), rem-train run folder or checkpoint file"
-    )
-    parser.add_argument("replay", help="a run's replay folder (RUN_FOLDER/replay)")
-    parser.add_argument("--segments", type=int, default=64, help="replay segments drawn")
-    parser.add_argument("--length", type=int, default=10, help="frames per segment")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the segments drawn")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rem_train.object_check MODEL REPLAY``: prints the check as JSON."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        loaded = load_source(args.model, need_actor_critic=False)
-    except ValueError as err:
-        parser.error(str(err))
+    loaded, replay = open_replay_check(parser, args)
     probes = probes_for(loaded.game)
     if not probes:
+        replay.close()
         parser.error(f"no object probes for game {loaded.game!r}")
-    try:
-        replay = ReplayBuffer(args.replay, read_only=True)
-    except (OSError, ValueError) as err:
-        parser.error(f"cannot read the replay buffer {args.replay}: {err}")
     with replay:
         checks = check_objects(
             loaded.model,

@@ -10,6 +10,7 @@ model and start contexts) with the run's ``config.json``.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ from pathlib import Path
 from rem_env.model import REMModel
 from rem_env.models.actor_critic import ActorCritic
 from rem_env.models.tokenizer import Tokenizer
+from rem_train.replay import ReplayBuffer
 from rem_train.warm_start import WarmStartError, read_warm_start
 
-__all__ = ["LoadedSource", "load_source"]
+__all__ = ["LoadedSource", "load_source", "open_replay_check", "replay_check_parser"]
 
 
 @dataclass
@@ -116,3 +118,39 @@ def load_source(source: str, device: str = "cpu", need_actor_critic: bool = True
     if model.config.game is None:
         raise ValueError(f"{source}: its config names no game")
     return LoadedSource(model.eval(), actor_critic, model.config.game)
+
+
+def replay_check_parser(
+    prog: str, description: str, segments: int, length: int
+) -> argparse.ArgumentParser:
+    """The command line of a check of a model on a replay buffer's segments (``object_check``,
+    ``event_check``): ``MODEL REPLAY [--segments N] [--length T] [--seed S]``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "model", help="model folder (or Hub repo id), rem-train run folder or checkpoint file"
+    )
+    parser.add_argument("replay", help="a run's replay folder (RUN_FOLDER/replay)")
+    parser.add_argument("--segments", type=int, default=segments, help="replay segments drawn")
+    parser.add_argument("--length", type=int, default=length, help="frames per segment")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the segments drawn")
+    return parser
+
+
+def open_replay_check(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[LoadedSource, ReplayBuffer]:
+    """The model and the replay buffer (read-only) that :func:`replay_check_parser`'s
+    arguments name; a bad one ends the command with ``parser.error``."""
+    if args.segments < 1 or args.length < 1:
+        parser.error("--segments and --length must be positive")
+    try:
+        loaded = load_source(args.model, need_actor_critic=False)
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        replay = ReplayBuffer(args.replay, read_only=True)
+    except (OSError, ValueError) as err:
+        parser.error(f"cannot read the replay buffer {args.replay}: {err}")
+    return loaded, replay
