@@ -323,7 +323,9 @@ def pretrain(
     save_file(
         {k: v.contiguous() for k, v in conv.state_dict().items()}, out / "frame_conv.safetensors"
     )
-    counted = {"triples": len(data), **({"event_steps": len(steps)} if steps else {})}
+    counted = {"triples": len(data)}
+    if steps is not None:
+        counted["event_steps"] = len(steps)
     return _export(model, source, out, config, init_from, command, counted, step)
 
 
