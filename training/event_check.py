@@ -22,8 +22,6 @@ From the command line, for a model folder, a run folder or one checkpoint file o
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ from torch import Tensor
 from rem_env import REMModel
 from rem_train.batches import frames_to_tensor
 from rem_train.replay import ReplayBuffer
-from rem_train.sources import open_replay_check, replay_check_parser
+from rem_train.sources import replay_check_parser, run_replay_check
 
 __all__ = ["EventCheck", "check_events", "main"]
 
@@ -181,15 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rem_train.event_check MODEL REPLAY``: prints the check as JSON."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    loaded, replay = open_replay_check(parser, args)
-    with replay:
-        checks = check_events(
-            loaded.model, replay, np.random.default_rng(args.seed), args.segments, args.length
-        )
-    print(json.dumps({name: dataclasses.asdict(c) for name, c in checks.items()}, indent=2))
-    return 0
+    return run_replay_check(
+        build_parser(),
+        argv,
+        lambda source, replay, rng, segments, length: check_events(
+            source.model, replay, rng, segments, length
+        ),
+    )
 
 
 if __name__ == "__main__":

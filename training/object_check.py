@@ -26,8 +26,6 @@ From the command line, for a model folder, a run folder or one checkpoint file o
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,7 +37,7 @@ from rem_env.fidelity import to_pixels
 from rem_env.probes import NEAR_PIXELS, ObjectProbe, ProbeHits, probes_for
 from rem_train.batches import frames_to_tensor
 from rem_train.replay import ReplayBuffer
-from rem_train.sources import open_replay_check, replay_check_parser
+from rem_train.sources import replay_check_parser, run_replay_check
 
 __all__ = ["ObjectCheck", "check_objects", "main"]
 
@@ -236,24 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rem_train.object_check MODEL REPLAY``: prints the check as JSON."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    loaded, replay = open_replay_check(parser, args)
-    probes = probes_for(loaded.game)
-    if not probes:
-        replay.close()
-        parser.error(f"no object probes for game {loaded.game!r}")
-    with replay:
-        checks = check_objects(
-            loaded.model,
-            replay,
-            probes,
-            np.random.default_rng(args.seed),
-            args.segments,
-            args.length,
-        )
-    print(json.dumps({name: dataclasses.asdict(c) for name, c in checks.items()}, indent=2))
-    return 0
+    return run_replay_check(
+        build_parser(),
+        argv,
+        lambda source, replay, rng, segments, length: check_objects(
+            source.model, replay, probes_for(source.game), rng, segments, length
+        ),
+        refuse=lambda source: (
+            None if probes_for(source.game) else f"no object probes for game {source.game!r}"
+        ),
+    )
 
 
 if __name__ == "__main__":

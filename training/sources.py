@@ -11,9 +11,14 @@ model and start contexts) with the run's ``config.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from rem_env.model import REMModel
 from rem_env.models.actor_critic import ActorCritic
@@ -21,7 +26,7 @@ from rem_env.models.tokenizer import Tokenizer
 from rem_train.replay import ReplayBuffer
 from rem_train.warm_start import WarmStartError, read_warm_start
 
-__all__ = ["LoadedSource", "load_source", "open_replay_check", "replay_check_parser"]
+__all__ = ["LoadedSource", "ReplayCheck", "load_source", "replay_check_parser", "run_replay_check"]
 
 
 @dataclass
@@ -138,19 +143,36 @@ def replay_check_parser(
     return parser
 
 
-def open_replay_check(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> tuple[LoadedSource, ReplayBuffer]:
-    """The model and the replay buffer (read-only) that :func:`replay_check_parser`'s
-    arguments name; a bad one ends the command with ``parser.error``."""
+ReplayCheck = Callable[[LoadedSource, ReplayBuffer, np.random.Generator, int, int], dict[str, Any]]
+"""A check of a model on replay segments: ``(source, replay, rng, segments, length)`` -> one
+dataclass of figures per name."""
+
+
+def run_replay_check(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    check: ReplayCheck,
+    refuse: Callable[[LoadedSource], str | None] = lambda source: None,
+) -> int:
+    """Runs a check from :func:`replay_check_parser`'s command line and prints its figures as
+    JSON. A model or replay buffer that cannot be read, or a source ``refuse`` has a reason
+    against, ends the command with ``parser.error``."""
+    args = parser.parse_args(argv)
     if args.segments < 1 or args.length < 1:
         parser.error("--segments and --length must be positive")
     try:
         loaded = load_source(args.model, need_actor_critic=False)
     except ValueError as err:
         parser.error(str(err))
+    reason = refuse(loaded)
+    if reason is not None:
+        parser.error(reason)
     try:
         replay = ReplayBuffer(args.replay, read_only=True)
     except (OSError, ValueError) as err:
         parser.error(f"cannot read the replay buffer {args.replay}: {err}")
-    return loaded, replay
+    with replay:
+        rng = np.random.default_rng(args.seed)
+        checks = check(loaded, replay, rng, args.segments, args.length)
+    print(json.dumps({name: dataclasses.asdict(c) for name, c in checks.items()}, indent=2))
+    return 0
