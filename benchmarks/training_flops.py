@@ -49,7 +49,7 @@ MATMUL_SIZE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
-class FrameConv:
+class FrameConvOption:
     """The world model's frame conv a count or measurement adds to the preset (``--frame-conv``).
 
     Attributes:
@@ -73,7 +73,7 @@ class FrameConv:
 
 
 def small_config(
-    preset: str, game: str, batch: int, frame_conv: FrameConv = FrameConv()
+    preset: str, game: str, batch: int, frame_conv: FrameConvOption = FrameConvOption()
 ) -> TrainConfig:
     """The preset with one step per phase at ``batch`` and a short, quiet collection."""
     cfg = frame_conv.apply(TrainConfig.from_preset(preset, game))
@@ -90,7 +90,7 @@ def small_config(
 
 
 def count_flops(
-    preset: str, game: str, batch: int, lpips: bool, frame_conv: FrameConv = FrameConv()
+    preset: str, game: str, batch: int, lpips: bool, frame_conv: FrameConvOption = FrameConvOption()
 ) -> dict[str, Any]:
     """FLOPs of one step of each phase at ``batch`` and scaled to one epoch of ``preset``."""
     full = TrainConfig.from_preset(preset, game)
@@ -150,7 +150,10 @@ def table(result: dict[str, Any], tflops: Sequence[float]) -> str:
 
 
 def measure_config(
-    preset: str, game: str, model: str | None = None, frame_conv: FrameConv = FrameConv()
+    preset: str,
+    game: str,
+    model: str | None = None,
+    frame_conv: FrameConvOption = FrameConvOption(),
 ) -> TrainConfig:
     """The preset at its own batch sizes and steps per epoch, quiet, on the CPU, without LPIPS.
 
@@ -254,7 +257,7 @@ def measure(
     model: str | None = None,
     compare: bool = False,
     phases: Sequence[str] = PHASES,
-    frame_conv: FrameConv = FrameConv(),
+    frame_conv: FrameConvOption = FrameConvOption(),
 ) -> dict[str, Any]:
     """Counted FLOPs and measured CPU seconds per step of each phase at the preset's batches.
 
@@ -418,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--frame-conv must be >= 0 (0: none) and --frame-conv-width >= 1")
     if args.frame_conv_events and not args.frame_conv:
         parser.error("--frame-conv-events reads the frame conv: give --frame-conv LAYERS too")
-    frame_conv = FrameConv(args.frame_conv, args.frame_conv_width, args.frame_conv_events)
+    frame_conv = FrameConvOption(args.frame_conv, args.frame_conv_width, args.frame_conv_events)
     conv_text = (
         f", frame conv {frame_conv.layers}x{frame_conv.width}"
         + (" feeding the reward and end heads" if frame_conv.events else "")

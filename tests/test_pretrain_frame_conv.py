@@ -140,7 +140,7 @@ def test_token_weight_0_trains_only_the_event_layers(
     source = _source(tmp_path / "source", frame_conv_layers=1, frame_conv_width=8)
     replay = _replay(tmp_path / "replay")
     common = ["--init-from", str(source), "--replay", str(replay), "--segments", "16",
-              "--steps", "2", "--eval-every", "2", "--eval-segments", "4", "--layers", "1",
+              "--steps", "4", "--eval-every", "2", "--eval-segments", "4", "--layers", "1",
               "--width", "8", "--token-weight", "0"]  # fmt: skip
     with pytest.raises(SystemExit):
         main([*common, "--out", str(tmp_path / "none")])
@@ -152,6 +152,12 @@ def test_token_weight_0_trains_only_the_event_layers(
         if ".head_reward.2." not in key and ".head_end.2." not in key:
             assert torch.equal(after[key], value), key
     assert after["world_model.frame_conv.event_out.weight"].abs().sum() > 0
+    # The next frame does not change: its object check ran once, the heads' check every time.
+    lines = [json.loads(line) for line in (tmp_path / "fc" / "progress.jsonl").open()]
+    evaluations = [line for line in lines if "step" in line]
+    assert [line["step"] for line in evaluations] == [2, 4]
+    assert ["ball" in line for line in evaluations] == [True, False]
+    assert all("reward" in line for line in evaluations)
 
 
 def test_a_time_budget_stops_it_with_an_evaluated_export(tmp_path: Path) -> None:

@@ -219,7 +219,8 @@ def gather(
             end = filled + len(row)
             for back in range(3):  # frames t-2, t-1, t
                 tokens[filled:end, back] = codes[row, last - 2 + back]
-            actions[filled:end] = torch.as_tensor(np.asarray(batch.actions))[row, last - 1]
+            taken = torch.as_tensor(np.asarray(batch.actions))  # (n, T)
+            actions[filled:end] = taken[row, last - 1]
             weights[filled:end] = moved[row, last]  # (m, K)
             filled = end
             if steps is not None:  # steps t with frames t-1 and t real
@@ -228,7 +229,7 @@ def gather(
                 done = stepped + len(row)
                 for back in range(2):
                     steps.tokens[stepped:done, back] = codes[row, now - 1 + back]
-                steps.actions[stepped:done] = torch.as_tensor(np.asarray(batch.actions))[row, now]
+                steps.actions[stepped:done] = taken[row, now]
                 rewards = torch.as_tensor(np.asarray(batch.rewards))[row, now]
                 steps.rewards[stepped:done] = reward_classes(rewards)
                 steps.ends[stepped:done] = torch.as_tensor(np.asarray(batch.ends))[row, now]
@@ -251,7 +252,14 @@ def pretrain(
     held_out_dir: str | None,
     command: str,
 ) -> Path:
-    """Trains the frame conv alone; returns the export folder."""
+    """Trains the frame conv alone; returns the export folder.
+
+    Raises:
+        ValueError: If nothing would train (``token_weight`` and ``events_weight`` both 0), the
+            source cannot be read, or its frame conv has other sizes.
+    """
+    if not config.token_weight and not config.events_weight:
+        raise ValueError("--token-weight 0 trains only the event layers: give --events-weight too")
     torch.manual_seed(config.seed)
     source = load_source(init_from, need_actor_critic=False)
     model = _with_frame_conv(source.model, config)
@@ -307,7 +315,8 @@ def pretrain(
             if step % config.eval_every == 0 or step == config.steps or out_of_time:
                 record = {"step": step, "train_s": round(time.time() - start, 1)}
                 record["loss"] = round(float(np.mean(losses[-config.eval_every :])), 4)
-                if probes:
+                if probes and (config.token_weight or step <= config.eval_every):
+                    # With token_weight 0 the next frame does not change: checked once.
                     checks = check_objects(
                         model, held_out, probes, np.random.default_rng(11), config.eval_segments
                     )
@@ -465,15 +474,13 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--max-minutes must be 0 (no limit) or positive")
     if config.token_weight < 0 or config.events_weight < 0:
         parser().error("--token-weight and --events-weight must be >= 0")
-    if not config.token_weight and not config.events_weight:
-        parser().error("--token-weight 0 trains only the event layers: give --events-weight too")
     for path in [*replays, *([held_out] if held_out else [])]:
         if not Path(path).expanduser().is_dir():
             parser().error(f"no replay folder {path!r} (a rem-train run keeps one in RUN/replay)")
     command = shlex.join(["python", "-m", "rem_train.pretrain_frame_conv", *argv])
     try:
         folder = pretrain(config, out, init_from, replays, held_out, command)
-    except ValueError as err:  # a source that cannot be read, or a frame conv of other sizes
+    except ValueError as err:  # nothing to train, a source that cannot be read, other sizes
         parser().error(str(err))
     print(folder)
     return 0
