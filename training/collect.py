@@ -120,8 +120,8 @@ class Collector:
     @torch.no_grad()
     def collect(
         self,
-        model: REMModel,
-        actor_critic: ActorCritic,
+        model: REMModel | None,
+        actor_critic: ActorCritic | None,
         replay: ReplayBuffer,
         num_steps: int,
         stop: Any = None,
@@ -129,8 +129,9 @@ class Collector:
         """Steps the env ``num_steps`` times, appending each transition to ``replay``.
 
         Args:
-            model: Its tokenizer encodes the frames (eval mode).
-            actor_critic: The policy (eval mode).
+            model: Its tokenizer encodes the frames (eval mode); None with ``actor_critic`` None.
+            actor_critic: The policy (eval mode); None: the episodes it would play are played
+                with uniformly random actions instead.
             replay: Where transitions go (one write per step, crash-safe).
             num_steps: Steps to take.
             stop: Optional zero-argument callable; collection ends early when it returns True.
@@ -138,22 +139,28 @@ class Collector:
         Returns:
             Steps taken, finished episodes (lives) and their mean return.
         """
-        tokenizer, ac = model.tokenizer.eval(), actor_critic.eval()
-        device = ac.actor.weight.device
-        state = self._burn_in(model, ac, replay)
+        if actor_critic is not None and model is None:
+            raise ValueError("an actor-critic acts on the codes of a model's tokenizer: give both")
+        ac = actor_critic.eval() if actor_critic is not None else None
+        tokenizer = model.tokenizer.eval() if model is not None and ac is not None else None
+        device = ac.actor.weight.device if ac is not None else torch.device("cpu")
+        state = self._burn_in(model, ac, replay) if model is not None and ac is not None else None
+        actions = self.env.action_space
         returns, taken = [], 0
         for _ in range(num_steps):
             if stop is not None and stop():
                 break
             if self.obs is None:
                 self.obs, _ = self.env.reset()
-                state = ac.initial_state(1)
+                state = ac.initial_state(1) if ac is not None else None
                 self.episode_return = 0.0
                 self.playing = self._episode_player()
             if self.playing is not None and self.playing is self.player:  # reads the RAM
                 action = int(self.player.act(self.env.unwrapped.ale.getRAM()[None])[0])
             elif self.playing is not None:  # parked at a wall: the frame is not looked at
                 action = int(self.playing.act(self.obs[None])[0])
+            elif ac is None or tokenizer is None:  # no policy given: uniformly random play
+                action = int(self.rng.integers(int(actions.n)))
             else:
                 codes = tokenizer.encode(frames_to_tensor(self.obs[None], device)).z_quantized
                 out = ac(codes, state)  # codes: (1, E, h, w)
