@@ -141,10 +141,11 @@ class Collector:
         """
         if actor_critic is not None and model is None:
             raise ValueError("an actor-critic acts on the codes of a model's tokenizer: give both")
-        ac = actor_critic.eval() if actor_critic is not None else None
-        tokenizer = model.tokenizer.eval() if model is not None and ac is not None else None
-        device = ac.actor.weight.device if ac is not None else torch.device("cpu")
-        state = self._burn_in(model, ac, replay) if model is not None and ac is not None else None
+        ac = tokenizer = state = None
+        if actor_critic is not None and model is not None:
+            ac, tokenizer = actor_critic.eval(), model.tokenizer.eval()
+            device = ac.actor.weight.device
+            state = self._burn_in(model, ac, replay)
         actions = self.env.action_space
         returns, taken = [], 0
         for _ in range(num_steps):
@@ -159,7 +160,7 @@ class Collector:
                 action = int(self.player.act(self.env.unwrapped.ale.getRAM()[None])[0])
             elif self.playing is not None:  # parked at a wall: the frame is not looked at
                 action = int(self.playing.act(self.obs[None])[0])
-            elif ac is None or tokenizer is None:  # no policy given: uniformly random play
+            elif ac is None:  # no actor-critic given: uniformly random play
                 action = int(self.rng.integers(int(actions.n)))
             else:
                 codes = tokenizer.encode(frames_to_tensor(self.obs[None], device)).z_quantized
