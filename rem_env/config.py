@@ -104,6 +104,11 @@ class WorldModelConfig:
         frame_conv_events: Not in REM (False). The frame conv also gives logits of each step's
             reward and episode end, from frames t-1 and t and the action after t, added to the
             reward and end heads'. It needs ``frame_conv_layers > 0``.
+        event_reader_width: Not in REM (0: off, as in every preset). Channels of the first layer
+            of an *event reader*: a small net over the decoded pixels of frames t-1 and t and the
+            action after t, whose logits are added to the reward and end heads' (see
+            :class:`~rem_env.models.event_reader.EventReader`). A dream then decodes its frames
+            at every step, whatever its observation type.
     """
 
     embed_dim: int = 256
@@ -124,6 +129,7 @@ class WorldModelConfig:
     frame_conv_layers: int = 0
     frame_conv_width: int = 128
     frame_conv_events: bool = False
+    event_reader_width: int = 0
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_layers", "num_heads", "ffn_dim", "max_blocks"):
@@ -163,6 +169,7 @@ class WorldModelConfig:
             "frame_conv_events",
             "the events are read from the frame conv's features: set frame_conv_layers > 0",
         )
+        _require(self.event_reader_width >= 0, "event_reader_width", "must be 0 (off) or more")
 
     @property
     def head_dim(self) -> int:

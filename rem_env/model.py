@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from rem_env.config import REMConfig
 from rem_env.models.sampling import StepNoise
 from rem_env.models.tokenizer import Tokenizer
-from rem_env.models.world_model import ImaginationStep, WorldModel
+from rem_env.models.world_model import ImaginationStep, WorldModel, WorldModelOutput
 from rem_env.state import ImaginationState
 
 if TYPE_CHECKING:
@@ -111,6 +111,26 @@ class REMModel(nn.Module):
         """
         return self.tokenizer.decode_tokens(tokens, check_values)
 
+    def forward_segments(self, obs_tokens: Tensor, actions: Tensor) -> WorldModelOutput:
+        """The world model's training forward of (B, T, K) tokens and (B, T) actions.
+
+        A world model with an event reader also reads the tokens' decodings (decoded without
+        gradient); see :meth:`WorldModel.forward`.
+        """
+        frames = self.segment_frames(obs_tokens)
+        if frames is None:
+            return self.world_model(obs_tokens, actions, self.tokenizer.codebook)
+        return self.world_model(obs_tokens, actions, self.tokenizer.codebook, frames=frames)
+
+    def segment_frames(self, obs_tokens: Tensor) -> Tensor | None:
+        """(B, T, 3, H, W) decodings of (B, T, K) tokens where the world model has an event
+        reader to read them (None where it has none); no gradient."""
+        if self.world_model.event_reader is None:
+            return None
+        with torch.no_grad():
+            frames = self.decode(obs_tokens.flatten(0, 1), check_values=False)  # (B*T, 3, H, W)
+        return frames.unflatten(0, obs_tokens.shape[:2])
+
     def start_state(
         self,
         context_tokens: Tensor,
@@ -136,7 +156,14 @@ class REMModel(nn.Module):
         generator: torch.Generator | None = None,
         event_temperature: float | None = None,
     ) -> tuple[ImaginationStep, ImaginationState]:
-        """One batched imagination step; see :meth:`WorldModel.step`."""
+        """One batched imagination step; see :meth:`WorldModel.step`.
+
+        A world model with an event reader reads the decoded frame before the current one and
+        the current one (the current one twice where there is none before it).
+        """
+        frames = None
+        if self.world_model.event_reader is not None:
+            frames = self.reader_frames(state)
         return self.world_model.step(
             state,
             actions,
@@ -146,7 +173,23 @@ class REMModel(nn.Module):
             next_obs_tokens=next_obs_tokens,
             generator=generator,
             event_temperature=event_temperature,
+            frames=frames,
         )
+
+    def reader_frames(self, state: ImaginationState) -> Tensor:
+        """(B, 2, 3, H, W) decodings of the state's frame before the current one and of the
+        current one, as an event reader reads them (the current one twice where the state
+        has none before it)."""
+        current = state.obs_tokens
+        previous = state.previous_obs_tokens
+        if previous is None:
+            raise ValueError(
+                "this imagination state keeps no frame before the current one; start it with "
+                "start_state of this model"
+            )
+        previous = torch.where(previous >= 0, previous, current)  # (B, K)
+        frames = self.decode(torch.cat([previous, current]), check_values=False)  # (2B, 3, H, W)
+        return torch.stack(frames.chunk(2), dim=1)  # (B, 2, 3, H, W)
 
     def save_pretrained(
         self,

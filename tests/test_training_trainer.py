@@ -352,7 +352,7 @@ def test_dreamed_obs_weight_alone_dreams_the_frames_and_logs_their_loss(
         tmp_path, monkeypatch, "dreamed_frames", dreamed_obs_weight=1.0
     )
     assert len(calls) == 2 and metrics["obs_dreamed"] > 0
-    assert [args[-1] for args in calls] == [1, 1]  # steps: one step after real frames
+    assert [args[-2] for args in calls] == [1, 1]  # steps: one step after real frames
 
 
 def test_dreamed_steps_reach_the_dreams_and_need_a_dreamed_term(
@@ -363,7 +363,7 @@ def test_dreamed_steps_reach_the_dreams_and_need_a_dreamed_term(
     calls, metrics, _ = _world_model_epoch_recording(
         tmp_path, monkeypatch, "dreamed_frames", dreamed_obs_weight=1.0, dreamed_steps=3
     )
-    assert [args[-1] for args in calls] == [3, 3] and metrics["obs_dreamed"] > 0
+    assert [args[-2] for args in calls] == [3, 3] and metrics["obs_dreamed"] > 0
     config = TrainConfig.from_preset("smoke", "Breakout")
     for fields, message in (
         ({"dreamed_steps": 2}, "dreamed_heads_weight or world_model.dreamed_obs_weight"),

@@ -266,6 +266,13 @@ class TrainConfig:
         "step's frame, the one before and the action), added to the heads'; needs "
         "--world-model-frame-conv; with --init-from a frame conv without them, they start at zero",
     )
+    world_model_event_reader: int = doc(
+        0,
+        "not in REM: channels of the first layer of an event reader, a small conv net over the "
+        "decoded pixels of each step's frame and the one before whose reward and end logits "
+        "are added to the heads' (0: off; python -m rem_train.train_event_reader trains one "
+        "alone); with --init-from a world model without one, it starts at zero",
+    )
     device: str = doc("cpu", "torch device (cpu, cuda, cuda:1, mps)")
     common: CommonConfig = field(default_factory=CommonConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -290,6 +297,11 @@ class TrainConfig:
         if self.world_model_frame_conv < 0:
             raise ValueError(
                 f"world_model_frame_conv must be >= 0 (0: off), got {self.world_model_frame_conv}"
+            )
+        if self.world_model_event_reader < 0:
+            raise ValueError(
+                "world_model_event_reader must be >= 0 (0: off), got "
+                f"{self.world_model_event_reader}"
             )
         if self.world_model_frame_conv_width < 1:
             raise ValueError(
@@ -394,6 +406,10 @@ class TrainConfig:
                 frame_conv_layers=self.world_model_frame_conv,
                 frame_conv_width=self.world_model_frame_conv_width,
                 frame_conv_events=self.world_model_frame_conv_events,
+            )
+        if self.world_model_event_reader:
+            world_model = dataclasses.replace(
+                world_model, event_reader_width=self.world_model_event_reader
             )
         return dataclasses.replace(config, world_model=world_model)
 

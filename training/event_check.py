@@ -154,7 +154,7 @@ def check_events(
         b, t = batch.mask.shape
         frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (B*T, 3, H, W)
         tokens = model.encode(frames).unflatten(0, (b, t))  # (B, T, K)
-        out = model.world_model(tokens, batch.actions, model.tokenizer.codebook)
+        out = model.forward_segments(tokens, batch.actions)
         mask = batch.mask
         reward_p = out.reward_logits[mask].softmax(-1)  # (N, 3)
         counts["reward"].add(

@@ -290,6 +290,7 @@ def dreamed_frames(
     context_length: int = 2,
     generator: torch.Generator | None = None,
     steps: int = 1,
+    frames_of: Callable[[Tensor], Tensor | None] | None = None,
 ) -> Tensor:
     """The segments' frames as the world model dreams them, ``steps`` deep at most.
 
@@ -312,6 +313,8 @@ def dreamed_frames(
         context_length: Leading blocks kept real.
         generator: Random stream of the samples (None: torch's global one).
         steps: Passes, >= 1 (one forward each).
+        frames_of: (B, T, K) tokens -> their (B, T, 3, H, W) decodings, for a world model with
+            an event reader (:meth:`rem_env.model.REMModel.segment_frames`).
 
     Returns:
         (B, T, K) int64 tokens.
@@ -331,7 +334,8 @@ def dreamed_frames(
     try:
         with torch.no_grad():
             for _ in range(steps):
-                logits = world_model(frames, actions, codebook).obs_logits  # (B, T, K, V)
+                pixels = None if frames_of is None else frames_of(frames)
+                logits = world_model(frames, actions, codebook, frames=pixels).obs_logits
                 frames = torch.where(predicted, sample_categorical(logits, uniforms), frames)
     finally:
         world_model.train(was_training)

@@ -130,7 +130,7 @@ def check_objects(
         b, t = batch.mask.shape
         frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (B*T, 3, H, W)
         tokens = model.encode(frames).unflatten(0, (b, t))  # (B, T, K)
-        logits = model.world_model(tokens, batch.actions, model.tokenizer.codebook).obs_logits
+        logits = model.forward_segments(tokens, batch.actions).obs_logits
         target = batch.mask.clone()
         target[:, :context] = False  # predicted blocks: real, after the context
         if not bool(target.any()):

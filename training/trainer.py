@@ -468,6 +468,7 @@ class Trainer:
                     codebook,
                     context,
                     steps=cfg.dreamed_steps,
+                    frames_of=self.model.segment_frames,
                 )  # (B, T, K)
             if dreamed is not None and cfg.dreamed_heads_match > 0:  # blocks the heads learn on
                 latent = self.model.config.tokenizer.latent_size
@@ -600,10 +601,13 @@ class Trainer:
         cfg = self.config.world_model
         dreamed = None
         if dreamed_tokens is None:
-            output = self.world_model_ddp(tokens, batch.actions, codebook)
+            frames = self.model.segment_frames(tokens)  # None without an event reader
+            output = self.world_model_ddp(tokens, batch.actions, codebook, frames=frames)
         else:  # one forward of both: real segments first, then their dreamed copies
+            both_tokens = torch.cat([tokens, dreamed_tokens])
+            frames = self.model.segment_frames(both_tokens)
             both = self.world_model_ddp(
-                torch.cat([tokens, dreamed_tokens]), batch.actions.repeat(2, 1), codebook
+                both_tokens, batch.actions.repeat(2, 1), codebook, frames=frames
             )  # (2B, T, ...)
             b = tokens.shape[0]
             output = WorldModelOutput(*(x[:b] for x in both))

@@ -58,6 +58,8 @@ FRAME_CONV = "frame_conv."
 
 FRAME_CONV_EVENTS = ("frame_conv.events.", "frame_conv.event_out.")
 """The frame conv's event layers (``frame_conv_events``), which a source's frame conv may lack."""
+EVENT_READER = "event_reader."
+"""The event reader (``event_reader_width``), which a source's world model may lack."""
 
 LINEAGE_FILE = "training.json"
 """The export's record of its training (``lineage`` lists the runs it was warm-started from)."""
@@ -226,6 +228,10 @@ def apply_warm_start(
                 had_conv = any(key.startswith(FRAME_CONV) for key in source)
                 what = "the frame conv's event layers" if had_conv else "a frame conv"
                 notes.append(f"world model: {what} added (at zero: the source's function)")
+            reader = _added_event_reader(source, target)
+            if reader:
+                notes.append("world model: an event reader added (at zero: the source's function)")
+            conv = {**conv, **reader}
             added = {**conv, **_added_layers({**source, **conv}, target)}
             if set(added) - set(conv):
                 have, want = _num_layers(source), _num_layers(target)
@@ -314,6 +320,13 @@ def _added_frame_conv(source: dict[str, Tensor], target: dict[str, Tensor]) -> d
     else:
         return {}
     return {k: v.detach().clone() for k, v in target.items() if k.startswith(prefixes)}
+
+
+def _added_event_reader(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The run's own event-reader tensors (output layer at zero) where the source has none."""
+    if any(key.startswith(EVENT_READER) for key in source):
+        return {}
+    return {k: v.detach().clone() for k, v in target.items() if k.startswith(EVENT_READER)}
 
 
 def _target_state(part: str, modules: dict[str, nn.Module]) -> dict[str, Tensor]:

@@ -21,6 +21,9 @@ Entry points:
   the imagination state then keeps the frame before the current one. With
   ``config.frame_conv_events`` its features also add to the reward and end logits of each step
   (read from the step's frame, the one before it and the step's action).
+* With ``config.event_reader_width > 0`` (not in REM) an :class:`~rem_env.models.event_reader.
+  EventReader` adds reward and end logits read from the decoded pixels of each step's frame and
+  the one before it; the training forward and each step then take those frames (``frames``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from rem_env.config import WorldModelConfig
+from rem_env.models.event_reader import EventReader
 from rem_env.models.frame_conv import FrameConv
 from rem_env.models.retnet import LayerStates, RetNetDecoder
 from rem_env.models.sampling import StepNoise, sample_categorical
@@ -149,6 +153,9 @@ class WorldModel(nn.Module):
                 config.frame_conv_width,
                 events=config.frame_conv_events,
             )
+        self.event_reader: EventReader | None = None
+        if config.event_reader_width:
+            self.event_reader = EventReader(num_actions, config.event_reader_width)
 
     # ----------------------------------------------------------------------------- embeddings
 
@@ -190,7 +197,11 @@ class WorldModel(nn.Module):
     # ------------------------------------------------------------------------ training forward
 
     def forward(
-        self, obs_tokens: Tensor, actions: Tensor, codebook: Tensor | None = None
+        self,
+        obs_tokens: Tensor,
+        actions: Tensor,
+        codebook: Tensor | None = None,
+        frames: Tensor | None = None,
     ) -> WorldModelOutput:
         """Training forward over segments of T blocks.
 
@@ -198,6 +209,8 @@ class WorldModel(nn.Module):
             obs_tokens: (B, T, K) int64 observation tokens.
             actions: (B, T) int64 actions taken after each observation.
             codebook: (V, E) tokenizer codebook, needed with shared embeddings.
+            frames: (B, T, 3, H, W) decoded frames in [0, 1] of the observation tokens, needed
+                by (and only read by) an event reader.
         """
         self._check_blocks(obs_tokens, actions)
         x = self.embed_blocks(obs_tokens, actions, codebook)  # (B, T, K+1, E)
@@ -213,7 +226,35 @@ class WorldModel(nn.Module):
             if conv_events is not None:
                 reward_logits = reward_logits + conv_events[..., :NUM_REWARD_CLASSES]
                 end_logits = end_logits + conv_events[..., NUM_REWARD_CLASSES:]
+        if self.event_reader is not None:
+            read = self._read_segments(self._reader_frames(frames, obs_tokens.shape[:2]), actions)
+            reward_logits = reward_logits + read[..., :NUM_REWARD_CLASSES]
+            end_logits = end_logits + read[..., NUM_REWARD_CLASSES:]
         return WorldModelOutput(obs_logits, reward_logits, end_logits)
+
+    def _reader_frames(self, frames: Tensor | None, blocks: tuple[int, ...]) -> Tensor:
+        """``frames`` checked to be the (B, T, 3, H, W) decodings an event reader needs."""
+        if frames is None:
+            raise ValueError(
+                "this world model has an event reader: pass frames, the decoded observations "
+                "(e.g. tokenizer.decode_tokens of the tokens), to read rewards and ends from"
+            )
+        if frames.ndim != 5 or tuple(frames.shape[:3]) != (*blocks, 3):
+            raise ValueError(
+                f"frames must be {(*blocks, 3)} + (H, W) decoded observations, "
+                f"got {tuple(frames.shape)}"
+            )
+        return frames
+
+    def _read_segments(self, frames: Tensor, actions: Tensor) -> Tensor:
+        """(B, T, 3, H, W) frames and (B, T) actions -> the event reader's (B, T, 5) logits of
+        every block's step, from the block's frame and the one before (the first block: its own
+        frame twice)."""
+        reader = self.event_reader
+        assert reader is not None
+        before = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # (B, T, 3, H, W)
+        pairs = torch.stack([before, frames], dim=2)  # (B, T, 2, 3, H, W)
+        return reader(pairs.flatten(0, 1), actions.flatten()).unflatten(0, actions.shape)
 
     def _frame_conv_segments(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor | None]:
         """(B, T, K, E) embedded frames, (B, T) actions -> the frame conv's (B, T, K, V) logits
@@ -346,7 +387,7 @@ class WorldModel(nn.Module):
             x = self.embed_obs(current[:, :num_fed], codebook)
             _, states = self.decoder.forward_chunk(x, position, states)
         previous = None
-        if self.frame_conv is not None:  # the frame before the current one; -1: none
+        if self.keeps_previous:  # the frame before the current one; -1: none
             previous = obs_tokens[:, -2] if frames > 1 else torch.full_like(current, -1)
         return ImaginationState(self._float_states(states), current, position, num_fed, previous)
 
@@ -360,6 +401,7 @@ class WorldModel(nn.Module):
         next_obs_tokens: Tensor | None = None,
         generator: torch.Generator | None = None,
         event_temperature: float | None = None,
+        frames: Tensor | None = None,
     ) -> tuple[ImaginationStep, ImaginationState]:
         """Imagines one step for a batch: reward, end and the next observation.
 
@@ -376,6 +418,10 @@ class WorldModel(nn.Module):
             event_temperature: Sampling temperature of the reward and end heads (None:
                 ``temperature``). A dream may draw its frames' likeliest tokens (0) and still
                 sample its rewards and ends at their predicted rates (1).
+            frames: (B, 2, 3, H, W) decodings in [0, 1] of the frame before the current one
+                (the current one again where there is none) and of the current one, needed by
+                (and only read by) an event reader; :meth:`REMModel.imagine_step
+                <rem_env.model.REMModel.imagine_step>` passes them.
 
         Returns:
             ``(step, new_state)``.
@@ -390,10 +436,21 @@ class WorldModel(nn.Module):
             temperature,
             temperature if event_temperature is None else event_temperature,
         )
+        read = None
+        if self.event_reader is not None:
+            if frames is None or tuple(frames.shape[:3]) != (state.batch_size, 2, 3):
+                raise ValueError(
+                    "this world model has an event reader: pass frames, the (B, 2, 3, H, W) "
+                    "decodings of the frame before the current one and of the current one "
+                    "(REMModel.imagine_step does)"
+                )
+            read = self.event_reader(frames, actions)  # (B, 5)
         if self.config.pop:
-            return self._step_pop(state, actions, codebook, temperatures, noise, next_obs_tokens)
+            return self._step_pop(
+                state, actions, codebook, temperatures, noise, next_obs_tokens, read
+            )
         return self._step_token_by_token(
-            state, actions, codebook, temperatures, noise, next_obs_tokens
+            state, actions, codebook, temperatures, noise, next_obs_tokens, read
         )
 
     def _step_pop(
@@ -404,6 +461,7 @@ class WorldModel(nn.Module):
         temperatures: tuple[float, float],
         noise: StepNoise,
         next_obs_tokens: Tensor | None,
+        read: Tensor | None = None,
     ) -> tuple[ImaginationStep, ImaginationState]:
         k, block = self.tokens_per_obs, self.tokens_per_block
         real = self.embed_blocks(state.obs_tokens[:, None], actions[:, None], codebook)
@@ -420,12 +478,14 @@ class WorldModel(nn.Module):
             current = real[:, 0, :k]  # (B, K, E): the embedded current frame
             conv_obs, events = self._frame_conv_step(state, current, actions, codebook)
             obs_logits = obs_logits + conv_obs
+        if read is not None:
+            events = read if events is None else events + read
         if next_obs_tokens is None:
             next_obs_tokens = sample_categorical(obs_logits, noise.obs, temperatures[0])
         step = self._finish_step(
             action_hidden, obs_logits, next_obs_tokens, temperatures[1], noise, events
         )
-        previous = state.obs_tokens if self.frame_conv is not None else None
+        previous = state.obs_tokens if self.keeps_previous else None
         new_state = ImaginationState(
             self._float_states(states), next_obs_tokens, state.position + block, 0, previous
         )
@@ -439,6 +499,7 @@ class WorldModel(nn.Module):
         temperatures: tuple[float, float],
         noise: StepNoise,
         next_obs_tokens: Tensor | None,
+        read: Tensor | None = None,
     ) -> tuple[ImaginationStep, ImaginationState]:
         k, block, fed = self.tokens_per_obs, self.tokens_per_block, state.num_fed
         rest = self.embed_obs(state.obs_tokens[:, fed:], codebook)  # (B, K-fed, E)
@@ -459,8 +520,14 @@ class WorldModel(nn.Module):
                 hidden = hidden[:, 0]
         obs_logits = torch.stack(logits, dim=1)  # (B, K, V)
         next_tokens = torch.stack(tokens, dim=1)  # (B, K)
-        step = self._finish_step(action_hidden, obs_logits, next_tokens, temperatures[1], noise)
-        return step, ImaginationState(self._float_states(states), next_tokens, next_block, k - 1)
+        step = self._finish_step(
+            action_hidden, obs_logits, next_tokens, temperatures[1], noise, read
+        )
+        previous = state.obs_tokens if self.keeps_previous else None
+        new_state = ImaginationState(
+            self._float_states(states), next_tokens, next_block, k - 1, previous
+        )
+        return step, new_state
 
     def _finish_step(
         self,
@@ -469,19 +536,25 @@ class WorldModel(nn.Module):
         obs_tokens: Tensor,
         event_temperature: float,
         noise: StepNoise,
-        conv_events: Tensor | None = None,
+        events: Tensor | None = None,
     ) -> ImaginationStep:
         reward_logits = self.head_reward(action_hidden)
         end_logits = self.head_end(action_hidden)
-        if conv_events is not None:  # (B, 5): the frame conv's reward, then end logits
-            reward_logits = reward_logits + conv_events[:, :NUM_REWARD_CLASSES]
-            end_logits = end_logits + conv_events[:, NUM_REWARD_CLASSES:]
+        if events is not None:  # (B, 5): the frame conv's / event reader's reward, end logits
+            reward_logits = reward_logits + events[:, :NUM_REWARD_CLASSES]
+            end_logits = end_logits + events[:, NUM_REWARD_CLASSES:]
         reward_class = sample_categorical(reward_logits, noise.reward, event_temperature)
         rewards = reward_class.to(self.float_dtype) - 1
         ends = sample_categorical(end_logits, noise.end, event_temperature).bool()
         return ImaginationStep(obs_tokens, rewards, ends, obs_logits, reward_logits, end_logits)
 
     # ----------------------------------------------------------------------------------- checks
+
+    @property
+    def keeps_previous(self) -> bool:
+        """Whether imagination states keep the frame before the current one (a frame conv or
+        an event reader reads it)."""
+        return self.frame_conv is not None or self.event_reader is not None
 
     @property
     def float_dtype(self) -> torch.dtype:

@@ -1,0 +1,122 @@
+"""rem_train.train_event_reader, and rem-train with an event reader."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rem_env import REMConfig, REMModel
+from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, TrainConfig
+from rem_train.replay import ReplayBuffer
+from rem_train.train_event_reader import main
+from rem_train.trainer import Trainer
+
+
+def _replay(folder: Path) -> Path:
+    """Two episodes in which a bright square moves; a reward wherever it reaches column 30."""
+    with ReplayBuffer(folder, (64, 64, 3)) as buffer:
+        for t in range(40):
+            frame = np.zeros((64, 64, 3), np.uint8)
+            frame[10:14, 20 + t % 20 : 24 + t % 20] = 200
+            buffer.append(frame, t % 4, float(t % 20 == 10), terminated=t in (19, 39))
+    return folder
+
+
+def _source(folder: Path) -> tuple[Path, REMModel]:
+    torch.manual_seed(0)
+    model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, "Breakout"))
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_the_export_is_the_source_whose_rewards_the_reader_gives(tmp_path: Path) -> None:
+    source, before = _source(tmp_path / "source")
+    replay = _replay(tmp_path / "replay")
+    argv = ["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "er"),
+            "--pool", "8", "--steps", "3", "--eval-every", "2", "--eval-segments", "4",
+            "--width", "4", "--heads", "rewards", "--frames", "real"]  # fmt: skip
+    assert main(argv) == 0
+    export = REMModel.from_pretrained(tmp_path / "er" / "export")
+    assert export.config.world_model.event_reader_width == 4
+    state, wm = export.state_dict(), export.world_model
+    for key, value in before.state_dict().items():
+        if ".head_reward." not in key:  # all but the reward head: kept
+            assert torch.equal(state[key], value), key
+    assert wm.head_reward[-1].weight.abs().sum() == 0 and wm.head_reward[-1].bias.abs().sum() == 0
+    out = wm.event_reader.out
+    assert out.weight[:3].abs().sum() > 0  # trained (it starts at zero) ...
+    assert out.weight[3:].abs().sum() == 0 and out.bias[3:].abs().sum() == 0  # ... ends kept
+    lines = [json.loads(line) for line in (tmp_path / "er" / "progress.jsonl").open()]
+    assert lines[0]["rewards"] == 2 and lines[0]["ends"] == 2  # every event joins the pool
+    assert 8 < lines[0]["pool"] <= 12
+    assert [line["step"] for line in lines[1:]] == [2, 3]
+    assert set(lines[-1]["reward"]) >= {"nll", "precision", "recall"}
+    record = json.loads((tmp_path / "er" / "export" / "training.json").read_text())
+    assert record["preset"] == "event reader training" and record["event_reader_steps"] == 3
+
+
+def test_the_bias_is_corrected_for_the_events_the_pool_holds_more_often(tmp_path: Path) -> None:
+    """With the reader's weights untrained (lr 0) its export gives each reward class the log of
+    its rate in the replay over its rate in the pool, and nothing to the ends (kept)."""
+    source, _ = _source(tmp_path / "source")
+    replay = _replay(tmp_path / "replay")
+    argv = ["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "er"),
+            "--pool", "6", "--steps", "1", "--eval-segments", "2", "--width", "4",
+            "--heads", "rewards", "--frames", "real", "--lr", "0"]  # fmt: skip
+    assert main(argv) == 0
+    pool = json.loads((tmp_path / "er" / "progress.jsonl").open().readline())
+    bias = REMModel.from_pretrained(tmp_path / "er" / "export").world_model.event_reader.out.bias
+    no_reward = (pool["pool"] - pool["rewards"]) / pool["pool"]
+    want = [0.0, np.log((38 / 40) / no_reward), np.log((2 / 40) / (pool["rewards"] / pool["pool"]))]
+    assert bias[:3].tolist() == pytest.approx(want, abs=1e-5)
+    assert bias[3:].tolist() == [0.0, 0.0]
+
+
+def test_bad_settings_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source, _ = _source(tmp_path / "source")
+    replay = _replay(tmp_path / "replay")
+    base = ["--init-from", str(source), "--replay", str(replay)]
+    for extra, message in (
+        (["--heads", "bricks"], "--heads must name rewards, ends or both"),
+        (["--frames", "blurred"], "--frames must be reconstructed or real"),
+        (["--pool", "0"], "--pool must be at least 1"),
+    ):
+        with pytest.raises(SystemExit):
+            main([*base, "--out", str(tmp_path / "x"), *extra])
+        assert message in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "w"), "--steps", "1", "--pool", "4",
+                 "--width", "4", "--frames", "real", "--eval-segments", "2"]) == 0  # fmt: skip
+    with pytest.raises(SystemExit):  # its reader has width 4
+        main(["--init-from", str(tmp_path / "w" / "export"), "--replay", str(replay),
+              "--out", str(tmp_path / "y"), "--width", "8"])  # fmt: skip
+    assert "has an event reader of width 4; give --width 4" in capsys.readouterr().err
+
+
+def test_rem_train_adds_an_event_reader_at_zero_and_trains_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, _ = _source(tmp_path / "source")
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    common = dataclasses.replace(
+        config.common, init_from=str(source), init_parts="tokenizer,world_model", epochs=2
+    )
+    phase = dataclasses.replace(config.world_model, start_after_epoch=1)
+    config = dataclasses.replace(
+        config, common=common, world_model=phase, world_model_event_reader=4
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        reader = trainer.model.world_model.event_reader
+        assert reader is not None and reader.out.weight.abs().sum() == 0
+        assert "an event reader added (at zero" in capsys.readouterr().out
+        trainer.run()
+        assert reader.out.weight.abs().sum() > 0  # the world-model phase trained it
+    finally:
+        trainer.close()
+    with pytest.raises(ValueError, match="world_model_event_reader must be >= 0"):
+        dataclasses.replace(config, world_model_event_reader=-1)

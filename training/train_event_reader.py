@@ -1,0 +1,396 @@
+"""Train a world model's event reader alone, on real steps of replay buffers (not in REM).
+
+An event reader (:class:`rem_env.models.event_reader.EventReader`) reads a step's reward and
+episode end from the decoded pixels of the step's frame and the frame before it, and the action
+after it. This module adds one to a model (or trains the one it has) on a pool of real steps:
+``--pool`` steps drawn uniformly from the replay buffers plus every step with a reward or an end
+in them, the frames given as the model's tokenizer reconstructs them (``decode(encode(frame))``:
+what a dream shows; ``--frames real`` reads the replay's frames as they are, ~5 ms a frame
+cheaper to gather). The pool holds the events more often than the game does; the output layer's
+bias is corrected for it (by the log of each class's rate in the replays over its rate in the
+pool) before every evaluation and the export.
+
+``--heads`` says which of the world model's heads the reader takes over: the output layers of
+those heads (and of a frame conv's event layers) are set to zero, so that their logits are the
+reader's alone; the heads left out keep their logits and the reader's rows for them stay at zero.
+Every ``eval_every`` steps the heads' check (:func:`rem_train.event_check.check_events`) scores
+the whole world model on held-out segments. The export is the starting model with the event
+reader (its tokenizer, RetNet, start contexts and actor-critic unchanged).
+
+Run folder: ``progress.jsonl`` (one line per evaluation) and ``export/``.
+
+Example:
+    python -m rem_train.train_event_reader --init-from rem_env/weights/Breakout \\
+        --replay runs/breakout/replay --held-out runs/held_out/replay --out runs/er --steps 6000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from rem_env import REMModel
+from rem_env.actor_critic_files import save_actor_critic
+from rem_env.models.event_reader import EventReader
+from rem_env.models.world_model import NUM_REWARD_CLASSES
+from rem_train.batches import frames_to_tensor
+from rem_train.event_check import check_events
+from rem_train.replay import _START as START_FLAG
+from rem_train.replay import _TERMINATED as TERMINATED_FLAG
+from rem_train.replay import ReplayBuffer
+from rem_train.run_log import log_line
+from rem_train.sources import load_source
+from rem_train.warm_start import LINEAGE_FILE, lineage_of
+
+__all__ = ["EventReaderTrainConfig", "StepPool", "gather_steps", "main", "train"]
+
+HEADS = ("rewards", "ends")
+
+
+@dataclass(frozen=True)
+class EventReaderTrainConfig:
+    """Settings of an event-reader training run."""
+
+    width: int = 32
+    """Channels of the reader's first layer (``--world-model-event-reader`` of rem-train)."""
+    heads: str = "rewards,ends"
+    """The heads the reader takes over: ``rewards``, ``ends`` or both, comma-separated."""
+    frames: str = "reconstructed"
+    """``reconstructed`` (the tokenizer's decodings of the frames, as a dream shows them) or
+    ``real`` (the replay's frames)."""
+    pool: int = 60_000
+    """Steps drawn uniformly from the replays (every step with a reward or an end is added)."""
+    steps: int = 6_000
+    max_minutes: float = 0.0
+    """Stop after the step that spends this many minutes of training (0: no limit)."""
+    batch_size: int = 128
+    lr: float = 3e-4
+    eval_every: int = 1_000
+    eval_segments: int = 1_024
+    """Held-out segments of 20 steps the heads' check scores (seed 11, as its command line)."""
+    seed: int = 0
+
+    def head_names(self) -> tuple[str, ...]:
+        """The heads of ``heads``, checked."""
+        names = tuple(name.strip() for name in self.heads.split(",") if name.strip())
+        if not names or set(names) - set(HEADS):
+            raise ValueError(f"--heads must name rewards, ends or both, got {self.heads!r}")
+        return names
+
+
+@dataclass
+class StepPool:
+    """Real steps: frames t-1 and t as uint8 (N, 2, H, W, 3), the action after t (N,), the
+    reward class ``sign(r) + 1`` (N,) and the end (N,) bool; ``rates`` are the (3,) reward class
+    and (2,) end rates of the replays the pool was drawn from."""
+
+    frames: np.ndarray
+    actions: Tensor
+    rewards: Tensor
+    ends: Tensor
+    rates: tuple[Tensor, Tensor]
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+@torch.no_grad()
+def gather_steps(
+    model: REMModel, replays: list[ReplayBuffer], count: int, seed: int, reconstructed: bool
+) -> StepPool:
+    """``count`` uniformly drawn steps of the replays plus every step with a reward or an end.
+
+    The frame before an episode's first step is the step's own frame (as a dream's first step
+    reads it where no frame came before).
+
+    Example:
+        >>> import tempfile
+        >>> from rem_env import REMConfig
+        >>> from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
+        >>> model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL))
+        >>> with tempfile.TemporaryDirectory() as d, ReplayBuffer(d, (64, 64, 3)) as buf:
+        ...     for t in range(6):
+        ...         buf.append(np.full((64, 64, 3), t, np.uint8), t % 4, float(t == 2),
+        ...                    terminated=t == 5)
+        ...     pool = gather_steps(model, [buf], 2, seed=0, reconstructed=False)
+        >>> len(pool) >= 2, int(pool.rewards.max()), bool(pool.ends.any())
+        (True, 2, True)
+        >>> int(pool.frames[pool.rewards.argmax(), 0, 0, 0, 0])  # the frame before step 2
+        1
+    """
+    rng = np.random.default_rng(seed)
+    total = sum(r.num_steps for r in replays)
+    if total == 0:
+        raise ValueError("the replays hold no steps")
+    frames, actions, rewards, ends = [], [], [], []
+    counts = np.zeros(3), np.zeros(2)
+    for replay in replays:
+        records = replay._records()
+        reward = np.sign(np.asarray(records["reward"])).astype(np.int64) + 1  # (n,)
+        end = (np.asarray(records["flags"]) & TERMINATED_FLAG) != 0  # (n,)
+        starts = np.flatnonzero(np.asarray(records["flags"]) & START_FLAG)
+        first = np.repeat(starts, np.diff(np.append(starts, replay.num_steps)))  # (n,)
+        counts[0][:] += np.bincount(reward, minlength=3)
+        counts[1][:] += np.bincount(end, minlength=2)
+        share = round(count * replay.num_steps / total)
+        chosen = np.union1d(
+            rng.integers(replay.num_steps, size=share), np.flatnonzero((reward != 1) | end)
+        )
+        for part in np.array_split(chosen, max(1, len(chosen) // 512)):
+            before = np.maximum(part - 1, first[part])
+            pair = np.stack([records["obs"][before], records["obs"][part]], 1)  # (n, 2, H, W, 3)
+            if reconstructed:
+                pair = _reconstructed(model, pair)
+            frames.append(pair)
+        actions.append(np.asarray(records["action"])[chosen])
+        rewards.append(reward[chosen])
+        ends.append(end[chosen])
+    rates = tuple(torch.as_tensor(c / c.sum(), dtype=torch.float32) for c in counts)
+    return StepPool(
+        np.concatenate(frames),
+        torch.as_tensor(np.concatenate(actions), dtype=torch.long),
+        torch.as_tensor(np.concatenate(rewards)),
+        torch.as_tensor(np.concatenate(ends)),
+        (rates[0], rates[1]),
+    )
+
+
+def _reconstructed(model: REMModel, frames: np.ndarray) -> np.ndarray:
+    """(n, 2, H, W, 3) uint8 frames as the tokenizer reconstructs them."""
+    x = frames_to_tensor(torch.as_tensor(frames).flatten(0, 1))  # (2n, 3, H, W)
+    y = model.decode(model.encode(x), check_values=False)
+    pixels = (y * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # (2n, H, W, 3)
+    return pixels.unflatten(0, frames.shape[:2]).numpy()
+
+
+def train(
+    config: EventReaderTrainConfig,
+    out: Path,
+    init_from: str,
+    replay_dirs: list[str],
+    held_out_dir: str | None,
+    command: str,
+) -> Path:
+    """Trains the event reader alone; returns the export folder.
+
+    Raises:
+        ValueError: If ``heads`` or ``frames`` is not understood, the source cannot be read, or
+            its event reader has another width.
+    """
+    heads = config.head_names()
+    if config.frames not in ("reconstructed", "real"):
+        raise ValueError(f"--frames must be reconstructed or real, got {config.frames!r}")
+    torch.manual_seed(config.seed)
+    source = load_source(init_from, need_actor_critic=False)
+    model = _with_event_reader(source.model, config.width)
+    reader = model.world_model.event_reader
+    assert reader is not None
+    _hand_over(model, heads)
+    replays = [ReplayBuffer(path, read_only=True) for path in replay_dirs]
+    held_out = ReplayBuffer(held_out_dir, read_only=True) if held_out_dir else replays[0]
+    start = time.time()
+    pool = gather_steps(model, replays, config.pool, config.seed, config.frames == "reconstructed")
+    # Columns of the 5 event logits that train: the heads handed over.
+    columns = torch.zeros(5, dtype=torch.bool)
+    columns[:NUM_REWARD_CLASSES] = "rewards" in heads
+    columns[NUM_REWARD_CLASSES:] = "ends" in heads
+    pool_rates = (
+        torch.bincount(pool.rewards, minlength=3).float() / len(pool),
+        torch.bincount(pool.ends.long(), minlength=2).float() / len(pool),
+    )
+    ratios = torch.cat([pool.rates[i] / pool_rates[i].clamp(min=1e-12) for i in (0, 1)])
+    seen = torch.cat(pool_rates) > 0  # a class the pool lacks the replays lack too: kept as is
+    shift = torch.where(seen, ratios.clamp(min=1e-12).log(), torch.zeros(()))
+    shift = torch.where(columns, shift, torch.zeros(()))  # (5,): log(replay rate / pool rate)
+    out.mkdir(parents=True, exist_ok=True)
+    optimizer = torch.optim.Adam(reader.parameters(), lr=config.lr)
+    rng = np.random.default_rng(config.seed + 1)
+    with (out / "progress.jsonl").open("w") as progress:
+        log_line(
+            progress,
+            {
+                "pool": len(pool),
+                "rewards": int((pool.rewards != 1).sum()),
+                "ends": int(pool.ends.sum()),
+                "gather_s": round(time.time() - start, 1),
+            },
+        )
+        losses: list[float] = []
+        start = time.time()
+        for step in range(1, config.steps + 1):
+            reader.train()
+            rows = rng.integers(len(pool), size=config.batch_size)
+            frames = torch.as_tensor(pool.frames[rows]).permute(0, 1, 4, 2, 3).float() / 255
+            logits = reader(frames, pool.actions[rows])  # (B, 5)
+            loss = torch.zeros(())
+            if "rewards" in heads:
+                loss = loss + F.cross_entropy(logits[:, :NUM_REWARD_CLASSES], pool.rewards[rows])
+            if "ends" in heads:
+                end = pool.ends[rows].long()
+                loss = loss + F.cross_entropy(logits[:, NUM_REWARD_CLASSES:], end)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            reader.out.weight.grad[~columns] = 0  # rows of heads not handed over stay at zero
+            reader.out.bias.grad[~columns] = 0
+            optimizer.step()
+            losses.append(loss.item())
+            out_of_time = 0 < config.max_minutes * 60 <= time.time() - start
+            if step % config.eval_every == 0 or step == config.steps or out_of_time:
+                record: dict[str, Any] = {"step": step, "train_s": round(time.time() - start, 1)}
+                record["loss"] = round(float(np.mean(losses[-config.eval_every :])), 4)
+                with _corrected(reader, shift):
+                    checks = check_events(
+                        model, held_out, np.random.default_rng(11), config.eval_segments
+                    )
+                record.update({name: dataclasses.asdict(c) for name, c in checks.items()})
+                log_line(progress, record)
+            if out_of_time:
+                break
+    with torch.no_grad():
+        reader.out.bias += shift
+    return _export(model, source, out, config, init_from, command, len(pool), step)
+
+
+@contextlib.contextmanager
+def _corrected(reader: EventReader, shift: Tensor) -> Iterator[None]:
+    """The reader's output bias shifted by ``shift`` (the export's) inside, then restored."""
+    with torch.no_grad():
+        reader.out.bias += shift
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            reader.out.bias -= shift
+
+
+def _hand_over(model: REMModel, heads: tuple[str, ...]) -> None:
+    """Zeroes the output layers whose logits the reader takes over: the RetNet's reward and/or
+    end head and the matching rows of a frame conv's event layer."""
+    wm = model.world_model
+    conv_out = wm.frame_conv.event_out if wm.frame_conv is not None else None
+    with torch.no_grad():
+        for name, head, rows in (
+            ("rewards", wm.head_reward[-1], slice(0, NUM_REWARD_CLASSES)),
+            ("ends", wm.head_end[-1], slice(NUM_REWARD_CLASSES, None)),
+        ):
+            if name not in heads:
+                continue
+            head.weight.zero_()
+            head.bias.zero_()
+            if conv_out is not None:
+                conv_out.weight[rows] = 0
+                conv_out.bias[rows] = 0
+
+
+def _with_event_reader(model: REMModel, width: int) -> REMModel:
+    """``model`` with a fresh event reader (output layer at zero: the same function), or
+    ``model`` itself where it has one of ``width`` channels (trained on)."""
+    sizes = model.config.world_model
+    if model.world_model.event_reader is not None:
+        if sizes.event_reader_width != width:
+            raise ValueError(
+                f"the starting model has an event reader of width {sizes.event_reader_width}; "
+                f"give --width {sizes.event_reader_width} to train it on"
+            )
+        return model.eval()
+    grown = REMModel(
+        dataclasses.replace(
+            model.config, world_model=dataclasses.replace(sizes, event_reader_width=width)
+        ),
+        num_start_contexts=len(model.start_tokens),
+    )
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(".event_reader." in key for key in missing), missing
+    grown.manifest = getattr(model, "manifest", None)
+    return grown.eval()
+
+
+def _export(
+    model: REMModel,
+    source: Any,
+    out: Path,
+    config: EventReaderTrainConfig,
+    init_from: str,
+    command: str,
+    pool: int,
+    steps: int,
+) -> Path:
+    folder = out / "export"
+    model.save_pretrained(folder, manifest=model.manifest)
+    if source.actor_critic is not None:
+        save_actor_critic(source.actor_critic, folder)
+    path = Path(init_from).expanduser()
+    earlier = lineage_of(path) if path.is_dir() else []
+    own = {"command": command, "preset": "event reader training", "event_reader_steps": steps}
+    record = {"lineage": earlier, **own, "pool": pool, "config": asdict(config)}
+    (folder / LINEAGE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return folder
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m rem_train.train_event_reader``."""
+    p = argparse.ArgumentParser(
+        prog="python -m rem_train.train_event_reader", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--out", required=True, help="run folder (written afresh)")
+    p.add_argument(
+        "--init-from",
+        required=True,
+        help="model folder, Hub repo id, run folder or checkpoint file the reader joins",
+    )
+    p.add_argument(
+        "--replay",
+        action="append",
+        required=True,
+        help="a replay folder (RUN/replay of rem-train, OUT/replay of rem_train.collect_replay) "
+        "to draw real steps from; repeat it",
+    )
+    p.add_argument(
+        "--held-out", help="a replay folder the heads' check scores (default: the first --replay)"
+    )
+    for name, value in asdict(EventReaderTrainConfig()).items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = vars(parser().parse_args(argv))
+    out = Path(os.path.expanduser(args.pop("out")))
+    init_from, replays, held_out = args.pop("init_from"), args.pop("replay"), args.pop("held_out")
+    config = EventReaderTrainConfig(**args)
+    for name in ("width", "pool", "steps", "batch_size", "eval_every", "eval_segments"):
+        if getattr(config, name) < 1:
+            parser().error(f"--{name.replace('_', '-')} must be at least 1")
+    if config.max_minutes < 0:
+        parser().error("--max-minutes must be 0 (no limit) or positive")
+    for path in [*replays, *([held_out] if held_out else [])]:
+        if not Path(path).expanduser().is_dir():
+            parser().error(f"no replay folder {path!r}")
+    command = shlex.join(["python", "-m", "rem_train.train_event_reader", *argv])
+    try:
+        folder = train(config, out, init_from, replays, held_out, command)
+    except ValueError as err:  # heads or frames not understood, a source that cannot be read
+        parser().error(str(err))
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
