@@ -11,7 +11,8 @@ was.
 
 In a dream the frames are the tokenizer's decodings of the dreamed tokens (see
 :meth:`rem_env.model.REMModel.imagine_step`); in training, decodings of real frames' tokens. The
-net ends in a mean and a max over the grid, so it reads frames of any size.
+net's features are averaged onto an 8x8 grid whose every cell the hidden layer reads (where the
+ball and the bricks are matters), so it reads frames of any size.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ __all__ = ["EVENT_LOGITS", "EventReader"]
 
 EVENT_LOGITS = 5
 """Event logits: 3 reward classes, then 2 end classes (the world model's heads' layout)."""
+
+GRID = 8
+"""Cells per side of the grid the features are averaged onto before the hidden layer (64x64
+frames: one cell per 8x8 pixels, the features' own grid)."""
 
 
 class EventReader(nn.Module):
@@ -59,7 +64,8 @@ class EventReader(nn.Module):
             nn.Conv2d(2 * w, 4 * w, 4, stride=2, padding=1),  # H/8
             nn.ReLU(),
         )
-        self.hidden = nn.Sequential(nn.Linear(8 * w, 8 * w), nn.ReLU())
+        self.grid = nn.AdaptiveAvgPool2d(GRID)  # where an event is matters: kept, on 8x8 cells
+        self.hidden = nn.Sequential(nn.Linear(4 * w * GRID * GRID, 8 * w), nn.ReLU())
         self.out = nn.Linear(8 * w, EVENT_LOGITS)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -76,5 +82,5 @@ class EventReader(nn.Module):
         x = torch.cat(
             [frames.flatten(1, 2), action[:, :, None, None].expand(n, -1, h, w)], dim=1
         )  # (N, 6 + A, H, W)
-        x = self.body(x).flatten(2)  # (N, 4w, H/8 * W/8)
-        return self.out(self.hidden(torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)))
+        x = self.grid(self.body(x)).flatten(1)  # (N, 4w * 8 * 8)
+        return self.out(self.hidden(x))
