@@ -57,7 +57,36 @@ def test_the_export_is_the_source_whose_rewards_the_reader_gives(tmp_path: Path)
     assert [line["step"] for line in lines[1:]] == [2, 3]
     assert set(lines[-1]["reward"]) >= {"nll", "precision", "recall"}
     record = json.loads((tmp_path / "er" / "export" / "training.json").read_text())
-    assert record["preset"] == "event reader training" and record["event_reader_steps"] == 3
+    assert record["preset"] == "event reader training" and record["event_reader_trained_steps"] == 3
+
+
+def test_the_export_is_the_evaluation_with_the_lowest_held_out_nll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rem_train.train_event_reader as module
+
+    real, seen = module.check_events, []
+
+    def check(model: REMModel, *args: object, **kwargs: object) -> dict[str, object]:
+        result = real(model, *args, **kwargs)
+        reader = model.world_model.event_reader.state_dict()
+        seen.append({k: v.clone() for k, v in reader.items()})  # bias corrected, as exported
+        nll = [0.5, 0.2, 0.9][len(seen) - 1]  # the second evaluation is the best
+        return {name: dataclasses.replace(c, nll=nll) for name, c in result.items()}
+
+    monkeypatch.setattr(module, "check_events", check)
+    source, _ = _source(tmp_path / "source")
+    replay = _replay(tmp_path / "replay")
+    argv = ["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "er"),
+            "--pool", "8", "--steps", "3", "--eval-every", "1", "--eval-segments", "2",
+            "--width", "4", "--frames", "real"]  # fmt: skip
+    assert main(argv) == 0
+    exported = REMModel.from_pretrained(tmp_path / "er" / "export").world_model.event_reader
+    for key, value in exported.state_dict().items():
+        assert torch.equal(value, seen[1][key]), key
+    assert not torch.equal(seen[1]["out.weight"], seen[2]["out.weight"])  # it trained on
+    record = json.loads((tmp_path / "er" / "export" / "training.json").read_text())
+    assert record["event_reader_steps"] == 2 and record["event_reader_trained_steps"] == 3
 
 
 def test_the_bias_is_corrected_for_the_events_the_pool_holds_more_often(tmp_path: Path) -> None:
