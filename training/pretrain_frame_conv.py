@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shlex
 import sys
@@ -51,7 +50,6 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from rem_env import REMModel
-from rem_env.actor_critic_files import save_actor_critic
 from rem_env.models.frame_conv import FrameConv
 from rem_env.models.world_model import NUM_REWARD_CLASSES
 from rem_env.probes import probes_for
@@ -62,7 +60,7 @@ from rem_train.object_check import check_objects
 from rem_train.replay import ReplayBuffer
 from rem_train.run_log import log_line
 from rem_train.sources import load_source
-from rem_train.warm_start import LINEAGE_FILE, lineage_of
+from rem_train.warm_start import export_with_lineage
 
 __all__ = [
     "EventSteps",
@@ -420,16 +418,9 @@ def _export(
     counted: dict[str, int],
     steps: int,
 ) -> Path:
-    folder = out / "export"
-    model.save_pretrained(folder, manifest=model.manifest)
-    if source.actor_critic is not None:
-        save_actor_critic(source.actor_critic, folder)
-    path = Path(init_from).expanduser()
-    earlier = lineage_of(path) if path.is_dir() else []
     own = {"command": command, "preset": "frame conv pretraining", "frame_conv_steps": steps}
-    record = {"lineage": earlier, **own, **counted, "config": asdict(config)}
-    (folder / LINEAGE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return folder
+    record = {**own, **counted, "config": asdict(config)}
+    return export_with_lineage(model, source.actor_critic, out / "export", init_from, record)
 
 
 def parser() -> argparse.ArgumentParser:

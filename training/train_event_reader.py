@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import shlex
 import sys
@@ -47,7 +46,6 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from rem_env import REMModel
-from rem_env.actor_critic_files import save_actor_critic
 from rem_env.models.event_reader import EventReader
 from rem_env.models.world_model import NUM_REWARD_CLASSES
 from rem_train.batches import frames_to_tensor
@@ -57,7 +55,7 @@ from rem_train.replay import _TERMINATED as TERMINATED_FLAG
 from rem_train.replay import ReplayBuffer
 from rem_train.run_log import log_line
 from rem_train.sources import load_source
-from rem_train.warm_start import LINEAGE_FILE, lineage_of
+from rem_train.warm_start import export_with_lineage
 
 __all__ = ["EventReaderTrainConfig", "StepPool", "gather_steps", "main", "train"]
 
@@ -342,21 +340,15 @@ def _export(
     steps: int,
     trained: int,
 ) -> Path:
-    folder = out / "export"
-    model.save_pretrained(folder, manifest=model.manifest)
-    if source.actor_critic is not None:
-        save_actor_critic(source.actor_critic, folder)
-    path = Path(init_from).expanduser()
-    earlier = lineage_of(path) if path.is_dir() else []
-    own = {
+    record = {
         "command": command,
         "preset": "event reader training",
         "event_reader_steps": steps,
         "event_reader_trained_steps": trained,
+        "pool": pool,
+        "config": asdict(config),
     }
-    record = {"lineage": earlier, **own, "pool": pool, "config": asdict(config)}
-    (folder / LINEAGE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return folder
+    return export_with_lineage(model, source.actor_critic, out / "export", init_from, record)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -165,6 +165,26 @@ def read_warm_start(source: str | os.PathLike[str]) -> WarmStart:
     return WarmStart(text, states, [*lineage_of(folder), record])
 
 
+def export_with_lineage(
+    model: Any, actor_critic: nn.Module | None, folder: Path, init_from: str, record: dict
+) -> Path:
+    """Saves ``model`` (and ``actor_critic`` where given) as a model folder whose training
+    record is ``record`` after the lineage of ``init_from`` (where that is a folder).
+
+    For the trainings that start from a model and change part of it (the frame conv's and the
+    event reader's pretrainings). Returns ``folder``.
+    """
+    from rem_env.actor_critic_files import save_actor_critic
+
+    model.save_pretrained(folder, manifest=model.manifest)
+    if actor_critic is not None:
+        save_actor_critic(actor_critic, folder)
+    path = Path(init_from).expanduser()
+    earlier = lineage_of(path) if path.is_dir() else []
+    (folder / LINEAGE_FILE).write_text(json.dumps({"lineage": earlier, **record}, indent=2) + "\n")
+    return folder
+
+
 def lineage_of(folder: Path | None) -> list[dict[str, Any]]:
     """The training record of an export (or a run's export) and the lineage it carries."""
     if folder is None:
@@ -185,6 +205,7 @@ def lineage_of(folder: Path | None) -> list[dict[str, Any]]:
                 "epochs",
                 "tokenizer_steps",
                 "frame_conv_steps",
+                "event_reader_steps",
             )
             own = {k: info[k] for k in keys if k in info}
             return [*earlier, own] if own else list(earlier)
