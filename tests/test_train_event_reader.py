@@ -149,3 +149,35 @@ def test_rem_train_adds_an_event_reader_at_zero_and_trains_it(
         trainer.close()
     with pytest.raises(ValueError, match="world_model_event_reader must be >= 0"):
         dataclasses.replace(config, world_model_event_reader=-1)
+
+
+def test_the_dreamed_heads_read_the_decoded_dreamed_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``--world-model.dreamed-heads-weight`` the reader reads the decodings of the
+    segments' dreamed tokens as well as of the real ones (one forward of both)."""
+    decoded: list[tuple[int, ...]] = []
+    real = REMModel.segment_frames
+
+    def recording(self: REMModel, obs_tokens: torch.Tensor) -> torch.Tensor | None:
+        decoded.append(tuple(obs_tokens.shape))
+        return real(self, obs_tokens)
+
+    monkeypatch.setattr(REMModel, "segment_frames", recording)
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    phase = dataclasses.replace(
+        config.world_model, start_after_epoch=1, steps_per_epoch=1, dreamed_heads_weight=1.0
+    )
+    common = dataclasses.replace(config.common, epochs=2)
+    config = dataclasses.replace(
+        config, common=common, world_model=phase, world_model_event_reader=4
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    b, t = phase.batch_size, phase.segment_length
+    k = trainer.model.config.tokenizer.tokens_per_frame
+    assert (b, t, k) in decoded  # the dreamed pass's forward
+    assert (2 * b, t, k) in decoded  # the loss's forward: real segments, then dreamed ones
