@@ -118,8 +118,6 @@ class REMModel(nn.Module):
         gradient); see :meth:`WorldModel.forward`.
         """
         frames = self.segment_frames(obs_tokens)
-        if frames is None:
-            return self.world_model(obs_tokens, actions, self.tokenizer.codebook)
         return self.world_model(obs_tokens, actions, self.tokenizer.codebook, frames=frames)
 
     def segment_frames(self, obs_tokens: Tensor) -> Tensor | None:

@@ -43,7 +43,12 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> ReplayBuffer:
 def _heads(model: REMModel, heads: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]):
     """Makes the world model's reward and end logits ``heads(actions)``."""
 
-    def forward(tokens: torch.Tensor, actions: torch.Tensor, codebook: torch.Tensor):
+    def forward(
+        tokens: torch.Tensor,
+        actions: torch.Tensor,
+        codebook: torch.Tensor,
+        frames: torch.Tensor | None = None,
+    ) -> WorldModelOutput:
         b, t, k = tokens.shape
         obs = torch.zeros(b, t, k, model.config.tokenizer.vocab_size)
         return WorldModelOutput(obs, *heads(actions))

@@ -50,7 +50,10 @@ def _predicting(model: REMModel, shift: int) -> None:
     """Makes the world model put all its mass on the tokens of frame t - ``shift``."""
 
     def forward(
-        tokens: torch.Tensor, actions: torch.Tensor, codebook: torch.Tensor
+        tokens: torch.Tensor,
+        actions: torch.Tensor,
+        codebook: torch.Tensor,
+        frames: torch.Tensor | None = None,
     ) -> WorldModelOutput:
         b, t, _ = tokens.shape
         source = torch.cat([tokens[:, :1].expand(b, shift, -1), tokens[:, : t - shift]], dim=1)

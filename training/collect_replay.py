@@ -140,9 +140,9 @@ def collect_replay(
             )  # fmt: skip
         finally:
             collector.close()
-        records = replay._records()[first:]
-        rewards = int(np.count_nonzero(records["reward"]))
-        ends = int(np.count_nonzero(records["flags"] & 1))  # 1: terminated
+        labels = replay.step_labels(first)
+        rewards = int(np.count_nonzero(labels.rewards))
+        ends = int(np.count_nonzero(labels.terminated))
     return CollectedReplay(
         steps=played["steps"],
         episodes=played["episodes"],

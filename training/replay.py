@@ -33,7 +33,7 @@ import json
 import os
 import zlib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -57,6 +57,7 @@ __all__ = [
     "ReplayCorruptError",
     "ReplayWriteError",
     "SegmentBatch",
+    "StepLabels",
     "TensorSegmentBatch",
     "frames_to_tensor",
 ]
@@ -104,6 +105,16 @@ def _record_dtype(obs_shape: tuple[int, ...]) -> np.dtype:
             ("crc", "<u4"),
         ]
     )
+
+
+class StepLabels(NamedTuple):
+    """Per-record labels of a replay: (N,) int64 actions, float32 rewards, bool terminated
+    flags, and the record number of the first record of each record's episode."""
+
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    episode_first: np.ndarray
 
 
 class ReplayBuffer:
@@ -434,6 +445,34 @@ class ReplayBuffer:
             (flags & _TERMINATED) != 0,
             (flags & _TRUNCATED) != 0,
         )
+
+    def step_labels(self, start: int = 0) -> StepLabels:
+        """The labels of records ``start..`` (observations are not read).
+
+        Example:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as d, ReplayBuffer(d, (2, 2, 3)) as buf:
+            ...     for t in range(5):
+            ...         buf.append(np.zeros((2, 2, 3), np.uint8), t, float(t == 1),
+            ...                    terminated=t == 2)
+            ...     labels = buf.step_labels(1)
+            >>> labels.rewards.tolist(), labels.terminated.tolist(), labels.episode_first.tolist()
+            ([1.0, 0.0, 0.0, 0.0], [False, True, False, False], [0, 0, 3, 3])
+        """
+        rec = self._records()
+        flags = np.asarray(rec["flags"])
+        starts = np.flatnonzero(flags & _START)
+        first = np.repeat(starts, np.diff(np.append(starts, self._num_steps)))  # (n,)
+        return StepLabels(
+            rec["action"][start:].astype(np.int64),
+            rec["reward"][start:].astype(np.float32),
+            (flags[start:] & _TERMINATED) != 0,
+            first[start:],
+        )
+
+    def observations_at(self, index: np.ndarray) -> np.ndarray:
+        """(N, H, W, C) uint8 copies of the observations of records ``index`` (any order)."""
+        return np.array(self._records()["obs"][np.asarray(index, dtype=np.int64)])
 
     def observations(self, start: int, stop: int) -> np.ndarray:
         """(N, H, W, C) uint8 copies of the observations of records ``start..stop-1``.

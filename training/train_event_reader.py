@@ -50,8 +50,6 @@ from rem_env.models.event_reader import EventReader
 from rem_env.models.world_model import NUM_REWARD_CLASSES
 from rem_train.batches import frames_to_tensor
 from rem_train.event_check import check_events
-from rem_train.replay import _START as START_FLAG
-from rem_train.replay import _TERMINATED as TERMINATED_FLAG
 from rem_train.replay import ReplayBuffer
 from rem_train.run_log import log_line
 from rem_train.sources import load_source
@@ -142,11 +140,9 @@ def gather_steps(
     frames, actions, rewards, ends = [], [], [], []
     counts = np.zeros(3), np.zeros(2)
     for replay in replays:
-        records = replay._records()
-        reward = np.sign(np.asarray(records["reward"])).astype(np.int64) + 1  # (n,)
-        end = (np.asarray(records["flags"]) & TERMINATED_FLAG) != 0  # (n,)
-        starts = np.flatnonzero(np.asarray(records["flags"]) & START_FLAG)
-        first = np.repeat(starts, np.diff(np.append(starts, replay.num_steps)))  # (n,)
+        labels = replay.step_labels()
+        reward = np.sign(labels.rewards).astype(np.int64) + 1  # (n,)
+        end, first = labels.terminated, labels.episode_first
         counts[0][:] += np.bincount(reward, minlength=3)
         counts[1][:] += np.bincount(end, minlength=2)
         share = round(count * replay.num_steps / total)
@@ -154,12 +150,12 @@ def gather_steps(
             rng.integers(replay.num_steps, size=share), np.flatnonzero((reward != 1) | end)
         )
         for part in np.array_split(chosen, max(1, len(chosen) // 512)):
-            before = np.maximum(part - 1, first[part])
-            pair = np.stack([records["obs"][before], records["obs"][part]], 1)  # (n, 2, H, W, 3)
+            before = np.maximum(part - 1, first[part])  # (n,): each step's frame before
+            pair = np.stack([replay.observations_at(before), replay.observations_at(part)], 1)
             if reconstructed:
                 pair = _reconstructed(model, pair)
             frames.append(pair)
-        actions.append(np.asarray(records["action"])[chosen])
+        actions.append(labels.actions[chosen])
         rewards.append(reward[chosen])
         ends.append(end[chosen])
     rates = tuple(torch.as_tensor(c / c.sum(), dtype=torch.float32) for c in counts)
