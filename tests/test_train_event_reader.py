@@ -13,7 +13,7 @@ import torch
 from rem_env import REMConfig, REMModel
 from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, TrainConfig
 from rem_train.replay import ReplayBuffer
-from rem_train.train_event_reader import main
+from rem_train.train_event_reader import _reconstructed, dreamed_frames, main
 from rem_train.trainer import Trainer
 
 
@@ -106,13 +106,68 @@ def test_the_bias_is_corrected_for_the_events_the_pool_holds_more_often(tmp_path
     assert bias[3:].tolist() == [0.0, 0.0]
 
 
+def test_dreamed_frames_start_from_the_real_frames_before_the_dream(tmp_path: Path) -> None:
+    """A step dreamed one step reads the reconstruction of the real frame before it and a frame
+    the model dreamed from it; a step too near its episode's start reads its reconstructions."""
+    _, model = _source(tmp_path / "source")
+    model.eval()
+    with ReplayBuffer(_replay(tmp_path / "replay"), read_only=True) as replay:
+        labels, steps = replay.step_labels(), np.array([0, 1, 5, 12, 21, 30])
+        real = np.stack([replay.observations_at(np.maximum(steps - 1, labels.episode_first[steps])),
+                         replay.observations_at(steps)], 1)  # fmt: skip
+        recon = _reconstructed(model, real)
+        rng = np.random.default_rng(0)
+        one = dreamed_frames(model, replay, labels, steps, 1, rng)
+        two = dreamed_frames(model, replay, labels, steps, 2, np.random.default_rng(1))
+    # context length 2: steps 0, 1 (episode start 0) and 21 (start 20) have no context
+    near = np.isin(steps, [0, 1, 21])
+    assert np.array_equal(one[near], recon[near]) and np.array_equal(two[0], recon[0])
+    assert np.array_equal(one[~near, 0], recon[~near, 0])  # the real frame t-1, reconstructed
+    assert not np.array_equal(one[~near, 1], recon[~near, 1])  # frame t: dreamed
+    # two steps: frame t-1 of the steps dreamed twice is dreamed too
+    assert any(not np.array_equal(two[i, 0], recon[i, 0]) for i in np.flatnonzero(~near))
+
+
+def test_a_reader_trained_on_dreamed_frames_keeps_the_lowest_dreamed_nll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rem_train.train_event_reader as module
+
+    real, seen = module._pool_nll, []
+
+    def pool_nll(reader: torch.nn.Module, pool: module.StepPool) -> dict[str, float]:
+        assert len(pool) == 6  # the held-out pool: uniformly drawn steps only
+        real(reader, pool)
+        seen.append({k: v.clone() for k, v in reader.state_dict().items()})
+        nll = [0.5, 0.9, 0.2][len(seen) - 1]  # the third evaluation is the best
+        return {"rewards": nll, "ends": nll}
+
+    monkeypatch.setattr(module, "_pool_nll", pool_nll)
+    source, _ = _source(tmp_path / "source")
+    replay = _replay(tmp_path / "replay")
+    argv = ["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "er"),
+            "--pool", "8", "--steps", "3", "--eval-every", "1", "--eval-segments", "2",
+            "--width", "4", "--frames", "dreamed", "--dream-steps", "2",
+            "--held-out-pool", "6"]  # fmt: skip
+    assert main(argv) == 0
+    lines = [json.loads(line) for line in (tmp_path / "er" / "progress.jsonl").open()]
+    assert lines[0]["held_out_pool"] == 6 and lines[0]["rewards"] == 2
+    assert [line["dreamed_nll"]["rewards"] for line in lines[1:]] == [0.5, 0.9, 0.2]
+    exported = REMModel.from_pretrained(tmp_path / "er" / "export").world_model.event_reader
+    for key, value in exported.state_dict().items():
+        assert torch.equal(value, seen[2][key]), key
+    record = json.loads((tmp_path / "er" / "export" / "training.json").read_text())
+    assert record["event_reader_steps"] == 3 and record["config"]["frames"] == "dreamed"
+
+
 def test_bad_settings_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source, _ = _source(tmp_path / "source")
     replay = _replay(tmp_path / "replay")
     base = ["--init-from", str(source), "--replay", str(replay)]
     for extra, message in (
         (["--heads", "bricks"], "--heads must name rewards, ends or both"),
-        (["--frames", "blurred"], "--frames must be reconstructed or real"),
+        (["--frames", "blurred"], "--frames must be one of reconstructed, real, dreamed"),
+        (["--dream-steps", "0"], "--dream-steps must be at least 1"),
         (["--pool", "0"], "--pool must be at least 1"),
     ):
         with pytest.raises(SystemExit):

@@ -6,9 +6,13 @@ after it. This module adds one to a model (or trains the one it has) on a pool o
 ``--pool`` steps drawn uniformly from the replay buffers plus every step with a reward or an end
 in them, the frames given as the model's tokenizer reconstructs them (``decode(encode(frame))``:
 what a dream shows; ``--frames real`` reads the replay's frames as they are, ~5 ms a frame
-cheaper to gather). The pool holds the events more often than the game does; the output layer's
-bias is corrected for it (by the log of each class's rate in the replays over its rate in the
-pool) before every evaluation and the export.
+cheaper to gather). ``--frames dreamed`` gives them as the model dreams them: each step's frames
+t-1 and t are imagined 1 to ``--dream-steps`` steps (drawn uniformly) from the real frames before,
+with the real actions, and the label stays the real step's, so that the reader learns what a
+dreamed frame says of the real reward and end (a step too near its episode's start for a real
+context before the dream is reconstructed). The pool holds the events more often than the game
+does; the output layer's bias is corrected for it (by the log of each class's rate in the
+replays over its rate in the pool) before every evaluation and the export.
 
 ``--heads`` says which of the world model's heads the reader takes over: the output layers of
 those heads (and of a frame conv's event layers) are set to zero, so that their logits are the
@@ -16,8 +20,10 @@ reader's alone; the heads left out keep their logits and the reader's rows for t
 Every ``eval_every`` steps the heads' check (:func:`rem_train.event_check.check_events`) scores
 the whole world model on held-out segments. The export is the starting model with the event
 reader of the evaluation whose held-out NLL (of the heads handed over, summed) was lowest (a
-reader this size overfits a pool of ~50,000 steps within a few thousand steps); its tokenizer,
-RetNet, start contexts and actor-critic are unchanged.
+reader this size overfits a pool of ~50,000 steps within a few thousand steps); with ``--frames
+dreamed`` that NLL is the one on ``--held-out-pool`` uniformly drawn held-out steps dreamed the
+same way (the heads' check reads reconstructed real frames). Its tokenizer, RetNet, start
+contexts and actor-critic are unchanged.
 
 Run folder: ``progress.jsonl`` (one line per evaluation) and ``export/``.
 
@@ -50,14 +56,22 @@ from rem_env.models.event_reader import EventReader
 from rem_env.models.world_model import NUM_REWARD_CLASSES
 from rem_train.batches import frames_to_tensor
 from rem_train.event_check import check_events
-from rem_train.replay import ReplayBuffer
+from rem_train.replay import ReplayBuffer, StepLabels
 from rem_train.run_log import log_line
 from rem_train.sources import load_source
 from rem_train.warm_start import export_with_lineage
 
-__all__ = ["EventReaderTrainConfig", "StepPool", "gather_steps", "main", "train"]
+__all__ = [
+    "EventReaderTrainConfig",
+    "StepPool",
+    "dreamed_frames",
+    "gather_steps",
+    "main",
+    "train",
+]
 
 HEADS = ("rewards", "ends")
+FRAMES = ("reconstructed", "real", "dreamed")
 HEAD_CHECKS = {"rewards": "reward", "ends": "end"}
 """Each head's name in :func:`rem_train.event_check.check_events`'s result."""
 
@@ -71,8 +85,13 @@ class EventReaderTrainConfig:
     heads: str = "rewards,ends"
     """The heads the reader takes over: ``rewards``, ``ends`` or both, comma-separated."""
     frames: str = "reconstructed"
-    """``reconstructed`` (the tokenizer's decodings of the frames, as a dream shows them) or
-    ``real`` (the replay's frames)."""
+    """``reconstructed`` (the tokenizer's decodings of the frames, as a dream shows them),
+    ``real`` (the replay's frames) or ``dreamed`` (imagined from real contexts)."""
+    dream_steps: int = 3
+    """With ``frames="dreamed"``: each step is dreamed 1 to this many steps (uniformly drawn)."""
+    held_out_pool: int = 10_000
+    """With ``frames="dreamed"``: held-out steps (uniformly drawn, dreamed the same way) whose
+    NLL picks the export."""
     pool: int = 60_000
     """Steps drawn uniformly from the replays (every step with a reward or an end is added)."""
     steps: int = 6_000
@@ -111,12 +130,20 @@ class StepPool:
 
 @torch.no_grad()
 def gather_steps(
-    model: REMModel, replays: list[ReplayBuffer], count: int, seed: int, reconstructed: bool
+    model: REMModel,
+    replays: list[ReplayBuffer],
+    count: int,
+    seed: int,
+    reconstructed: bool,
+    dream_steps: int = 0,
+    events: bool = True,
 ) -> StepPool:
-    """``count`` uniformly drawn steps of the replays plus every step with a reward or an end.
+    """``count`` uniformly drawn steps of the replays plus (``events``) every step with a reward
+    or an end.
 
     The frame before an episode's first step is the step's own frame (as a dream's first step
-    reads it where no frame came before).
+    reads it where no frame came before). ``dream_steps > 0`` gives the frames as the model
+    dreams them (see :func:`dreamed_frames`).
 
     Example:
         >>> import tempfile
@@ -146,10 +173,13 @@ def gather_steps(
         counts[0][:] += np.bincount(reward, minlength=3)
         counts[1][:] += np.bincount(end, minlength=2)
         share = round(count * replay.num_steps / total)
-        chosen = np.union1d(
-            rng.integers(replay.num_steps, size=share), np.flatnonzero((reward != 1) | end)
-        )
+        chosen = np.unique(rng.integers(replay.num_steps, size=share))
+        if events:
+            chosen = np.union1d(chosen, np.flatnonzero((reward != 1) | end))
         for part in np.array_split(chosen, max(1, len(chosen) // 512)):
+            if dream_steps > 0:
+                frames.append(dreamed_frames(model, replay, labels, part, dream_steps, rng))
+                continue
             before = np.maximum(part - 1, first[part])  # (n,): each step's frame before
             pair = np.stack([replay.observations_at(before), replay.observations_at(part)], 1)
             if reconstructed:
@@ -168,12 +198,78 @@ def gather_steps(
     )
 
 
+@torch.no_grad()
+def dreamed_frames(
+    model: REMModel,
+    replay: ReplayBuffer,
+    labels: StepLabels,
+    steps: np.ndarray,
+    dream_steps: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(n, 2, H, W, 3) uint8: frames t-1 and t of each step t as the model dreams them.
+
+    Each step draws a horizon h from 1 to ``dream_steps``; the dream starts from the real
+    frames up to t-h (the model's context length of them), is fed the real actions and is
+    sampled at temperature 1, and the frames are those an event reader reads at its step t
+    (as :meth:`REMModel.reader_frames` gives them). A step without that many real frames of its
+    episode before it dreams fewer steps, one without any is reconstructed (as
+    :func:`gather_steps` does).
+    ``labels`` are ``replay.step_labels()``.
+
+    Example:
+        >>> import tempfile
+        >>> from rem_env import REMConfig
+        >>> from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
+        >>> model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL)).eval()
+        >>> with tempfile.TemporaryDirectory() as d, ReplayBuffer(d, (64, 64, 3)) as buf:
+        ...     for t in range(8):
+        ...         buf.append(np.full((64, 64, 3), 20 * t, np.uint8), t % 4, 0.0, terminated=False)
+        ...     rng = np.random.default_rng(0)
+        ...     frames = dreamed_frames(model, buf, buf.step_labels(), np.arange(8), 3, rng)
+        >>> frames.shape, frames.dtype
+        ((8, 2, 64, 64, 3), dtype('uint8'))
+    """
+    context = model.config.world_model.context_length
+    first = labels.episode_first[steps]
+    # (n,): dream steps; the context frames start - context + 1 .. start = t - h are the episode's
+    drawn = rng.integers(1, dream_steps + 1, size=len(steps))
+    horizon = np.minimum(drawn, steps - first - context + 1)
+    out = np.empty((len(steps), 2, *replay.obs_shape), np.uint8)
+    near = horizon < 1
+    if near.any():
+        t = steps[near]
+        pair = [replay.observations_at(np.maximum(t - 1, first[near])), replay.observations_at(t)]
+        out[near] = _reconstructed(model, np.stack(pair, 1))
+    generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    for h in np.unique(horizon[~near]):
+        rows = np.flatnonzero(horizon == h)
+        start = steps[rows] - h  # (m,): the last real frame
+        index = start[:, None] + np.arange(1 - context, 1)  # (m, C)
+        frames = frames_to_tensor(torch.as_tensor(replay.observations_at(index.ravel())))
+        tokens = model.encode(frames).unflatten(0, index.shape)  # (m, C, K)
+        actions = torch.as_tensor(labels.actions[index[:, :-1]])  # (m, C-1)
+        state = model.start_state(tokens, actions, check_values=False)
+        previous, current = tokens[:, max(context - 2, 0)], tokens[:, -1]  # (m, K) each
+        for k in range(h):
+            action = torch.as_tensor(labels.actions[start + k])  # (m,)
+            step, state = model.imagine_step(state, action, generator=generator)
+            previous, current = current, step.obs_tokens
+        pixels = model.decode(torch.cat([previous, current]), check_values=False)  # (2m, 3, H, W)
+        out[rows] = _to_uint8(torch.stack(pixels.chunk(2), dim=1)).numpy()
+    return out
+
+
+def _to_uint8(frames: Tensor) -> Tensor:
+    """(..., 3, H, W) frames in [0, 1] as (..., H, W, 3) uint8."""
+    return (frames * 255).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1)
+
+
 def _reconstructed(model: REMModel, frames: np.ndarray) -> np.ndarray:
     """(n, 2, H, W, 3) uint8 frames as the tokenizer reconstructs them."""
     x = frames_to_tensor(torch.as_tensor(frames).flatten(0, 1))  # (2n, 3, H, W)
-    y = model.decode(model.encode(x), check_values=False)
-    pixels = (y * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # (2n, H, W, 3)
-    return pixels.unflatten(0, frames.shape[:2]).numpy()
+    y = model.decode(model.encode(x), check_values=False)  # (2n, 3, H, W)
+    return _to_uint8(y).unflatten(0, frames.shape[:2]).numpy()
 
 
 def train(
@@ -191,8 +287,8 @@ def train(
             its event reader has another width.
     """
     heads = config.head_names()
-    if config.frames not in ("reconstructed", "real"):
-        raise ValueError(f"--frames must be reconstructed or real, got {config.frames!r}")
+    if config.frames not in FRAMES:
+        raise ValueError(f"--frames must be one of {', '.join(FRAMES)}, got {config.frames!r}")
     torch.manual_seed(config.seed)
     source = load_source(init_from, need_actor_critic=False)
     model = _with_event_reader(source.model, config.width)
@@ -202,7 +298,14 @@ def train(
     replays = [ReplayBuffer(path, read_only=True) for path in replay_dirs]
     held_out = ReplayBuffer(held_out_dir, read_only=True) if held_out_dir else replays[0]
     start = time.time()
-    pool = gather_steps(model, replays, config.pool, config.seed, config.frames == "reconstructed")
+    dream_steps = config.dream_steps if config.frames == "dreamed" else 0
+    reconstructed = config.frames != "real"
+    pool = gather_steps(model, replays, config.pool, config.seed, reconstructed, dream_steps)
+    held_pool = None  # uniformly drawn held-out steps, dreamed: what picks the export
+    if dream_steps:
+        held_pool = gather_steps(
+            model, [held_out], config.held_out_pool, config.seed + 2, True, dream_steps, False
+        )
     # Columns of the 5 event logits that train: the heads handed over.
     columns = torch.zeros(5, dtype=torch.bool)
     columns[:NUM_REWARD_CLASSES] = "rewards" in heads
@@ -225,6 +328,7 @@ def train(
                 "pool": len(pool),
                 "rewards": int((pool.rewards != 1).sum()),
                 "ends": int(pool.ends.sum()),
+                **({"held_out_pool": len(held_pool)} if held_pool is not None else {}),
                 "gather_s": round(time.time() - start, 1),
             },
         )
@@ -256,9 +360,13 @@ def train(
                     checks = check_events(
                         model, held_out, np.random.default_rng(11), config.eval_segments
                     )
+                    dreamed = _pool_nll(reader, held_pool) if held_pool is not None else None
                 record.update({name: dataclasses.asdict(c) for name, c in checks.items()})
+                if dreamed is not None:
+                    record["dreamed_nll"] = {k: round(v, 5) for k, v in dreamed.items()}
                 log_line(progress, record)
-                held = sum(checks[HEAD_CHECKS[name]].nll for name in heads)
+                nll = dreamed or {name: checks[HEAD_CHECKS[name]].nll for name in HEADS}
+                held = sum(nll[name] for name in heads)
                 if best is None or held < best[0]:
                     weights = {k: v.detach().clone() for k, v in reader.state_dict().items()}
                     best = (held, step, weights)
@@ -269,6 +377,27 @@ def train(
     with torch.no_grad():
         reader.out.bias += shift
     return _export(model, source, out, config, init_from, command, len(pool), best[1], step)
+
+
+@torch.no_grad()
+def _pool_nll(reader: EventReader, pool: StepPool, batch: int = 512) -> dict[str, float]:
+    """The reader's mean NLL of the pool's rewards and ends (a uniformly drawn pool: the
+    replay's NLL); the reader in eval mode."""
+    reader.eval()
+    totals = {"rewards": 0.0, "ends": 0.0}
+    for lo in range(0, len(pool), batch):
+        rows = slice(lo, lo + batch)
+        frames = torch.as_tensor(pool.frames[rows]).permute(0, 1, 4, 2, 3).float() / 255
+        logits = reader(frames, pool.actions[rows])  # (b, 5)
+        reward = F.cross_entropy(
+            logits[:, :NUM_REWARD_CLASSES], pool.rewards[rows], reduction="sum"
+        )
+        end = F.cross_entropy(
+            logits[:, NUM_REWARD_CLASSES:], pool.ends[rows].long(), reduction="sum"
+        )
+        totals["rewards"] += reward.item()
+        totals["ends"] += end.item()
+    return {name: total / len(pool) for name, total in totals.items()}
 
 
 @contextlib.contextmanager
@@ -380,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(os.path.expanduser(args.pop("out")))
     init_from, replays, held_out = args.pop("init_from"), args.pop("replay"), args.pop("held_out")
     config = EventReaderTrainConfig(**args)
-    for name in ("width", "pool", "steps", "batch_size", "eval_every", "eval_segments"):
+    numbers = ("width", "pool", "steps", "batch_size", "eval_every", "eval_segments")
+    for name in (*numbers, "dream_steps", "held_out_pool"):
         if getattr(config, name) < 1:
             parser().error(f"--{name.replace('_', '-')} must be at least 1")
     if config.max_minutes < 0:
