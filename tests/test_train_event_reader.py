@@ -152,7 +152,9 @@ def test_a_reader_trained_on_dreamed_frames_keeps_the_lowest_dreamed_nll(
     assert main(argv) == 0
     lines = [json.loads(line) for line in (tmp_path / "er" / "progress.jsonl").open()]
     assert lines[0]["held_out_pool"] == 6 and lines[0]["rewards"] == 2
-    assert [line["dreamed_nll"]["rewards"] for line in lines[1:]] == [0.5, 0.9, 0.2]
+    assert [line["dreamed_nll"] for line in lines[1:]] == [
+        {"rewards": n, "ends": n} for n in (0.5, 0.9, 0.2)
+    ]
     exported = REMModel.from_pretrained(tmp_path / "er" / "export").world_model.event_reader
     for key, value in exported.state_dict().items():
         assert torch.equal(value, seen[2][key]), key

@@ -363,7 +363,7 @@ def train(
                     dreamed = _pool_nll(reader, held_pool) if held_pool is not None else None
                 record.update({name: dataclasses.asdict(c) for name, c in checks.items()})
                 if dreamed is not None:
-                    record["dreamed_nll"] = {k: round(v, 5) for k, v in dreamed.items()}
+                    record["dreamed_nll"] = {k: round(dreamed[k], 5) for k in heads}
                 log_line(progress, record)
                 nll = dreamed or {name: checks[HEAD_CHECKS[name]].nll for name in HEADS}
                 held = sum(nll[name] for name in heads)
