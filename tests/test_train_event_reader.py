@@ -106,6 +106,22 @@ def test_the_bias_is_corrected_for_the_events_the_pool_holds_more_often(tmp_path
     assert bias[3:].tolist() == [0.0, 0.0]
 
 
+def test_a_reader_trained_on_from_its_export_keeps_its_bias(tmp_path: Path) -> None:
+    """An export's bias carries the correction for the pool's rates; trained on (lr 0) from that
+    export on the same pool, the reader exports the same bias, not the correction twice."""
+    source, _ = _source(tmp_path / "source")
+    replay = _replay(tmp_path / "replay")
+    common = ["--replay", str(replay), "--pool", "6", "--steps", "1", "--eval-segments", "2",
+              "--width", "4", "--heads", "rewards", "--frames", "real"]  # fmt: skip
+    assert main(["--init-from", str(source), "--out", str(tmp_path / "a"), *common]) == 0
+    first = REMModel.from_pretrained(tmp_path / "a" / "export").world_model.event_reader.out.bias
+    argv = ["--init-from", str(tmp_path / "a" / "export"), "--out", str(tmp_path / "b"), *common]
+    assert main([*argv, "--lr", "0"]) == 0
+    again = REMModel.from_pretrained(tmp_path / "b" / "export").world_model.event_reader.out.bias
+    assert first[1:3].abs().min() > 0.05  # a correction to keep
+    assert again.tolist() == pytest.approx(first.tolist(), abs=1e-6)
+
+
 def test_dreamed_frames_start_from_the_real_frames_before_the_dream(tmp_path: Path) -> None:
     """A step dreamed one step reads the reconstruction of the real frame before it and a frame
     the model dreamed from it; a step too near its episode's start reads its reconstructions."""
@@ -126,6 +142,21 @@ def test_dreamed_frames_start_from_the_real_frames_before_the_dream(tmp_path: Pa
     assert not np.array_equal(one[~near, 1], recon[~near, 1])  # frame t: dreamed
     # two steps: frame t-1 of the steps dreamed twice is dreamed too
     assert any(not np.array_equal(two[i, 0], recon[i, 0]) for i in np.flatnonzero(~near))
+
+
+def test_a_step_dreamed_zero_steps_reads_its_reconstructed_real_frames(tmp_path: Path) -> None:
+    _, model = _source(tmp_path / "source")
+    model.eval()
+    with ReplayBuffer(_replay(tmp_path / "replay"), read_only=True) as replay:
+        labels, steps = replay.step_labels(), np.array([3, 5, 8, 12, 15, 25, 28, 33, 36])
+        real = np.stack([replay.observations_at(steps - 1), replay.observations_at(steps)], 1)
+        recon = _reconstructed(model, real)
+        zero = dreamed_frames(model, replay, labels, steps, 1, np.random.default_rng(0), 0)
+        mixed = dreamed_frames(model, replay, labels, steps, 2, np.random.default_rng(0), 0)
+    same = [np.array_equal(mixed[i], recon[i]) for i in range(len(steps))]
+    assert np.array_equal(zero[:, 0], recon[:, 0])  # frame t-1: real at horizons 0 and 1
+    assert 0 < sum(np.array_equal(zero[i], recon[i]) for i in range(len(steps))) < len(steps)
+    assert 0 < sum(same) < len(steps)  # some drawn 0 (reconstructed), some dreamed
 
 
 def test_a_reader_trained_on_dreamed_frames_keeps_the_lowest_dreamed_nll(
@@ -170,6 +201,7 @@ def test_bad_settings_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFix
         (["--heads", "bricks"], "--heads must name rewards, ends or both"),
         (["--frames", "blurred"], "--frames must be one of reconstructed, real, dreamed"),
         (["--dream-steps", "0"], "--dream-steps must be at least 1"),
+        (["--min-dream-steps", "4"], "--min-dream-steps must be 0 to --dream-steps"),
         (["--pool", "0"], "--pool must be at least 1"),
     ):
         with pytest.raises(SystemExit):

@@ -10,9 +10,12 @@ cheaper to gather). ``--frames dreamed`` gives them as the model dreams them: ea
 t-1 and t are imagined 1 to ``--dream-steps`` steps (drawn uniformly) from the real frames before,
 with the real actions, and the label stays the real step's, so that the reader learns what a
 dreamed frame says of the real reward and end (a step too near its episode's start for a real
-context before the dream is reconstructed). The pool holds the events more often than the game
-does; the output layer's bias is corrected for it (by the log of each class's rate in the
-replays over its rate in the pool) before every evaluation and the export.
+context before the dream is reconstructed). ``--min-dream-steps 0`` draws the horizon from 0
+instead: a step drawn 0 reads its reconstructed real frames, as a dream's first step does. The
+pool holds the events more often than the game does; the output layer's bias is corrected for
+it (by the log of each class's rate in the replays over its rate in the pool) before every
+evaluation and the export; a reader the starting model already has (exported so) gets the same
+correction taken off before it trains on.
 
 ``--heads`` says which of the world model's heads the reader takes over: the output layers of
 those heads (and of a frame conv's event layers) are set to zero, so that their logits are the
@@ -88,7 +91,11 @@ class EventReaderTrainConfig:
     """``reconstructed`` (the tokenizer's decodings of the frames, as a dream shows them),
     ``real`` (the replay's frames) or ``dreamed`` (imagined from real contexts)."""
     dream_steps: int = 3
-    """With ``frames="dreamed"``: each step is dreamed 1 to this many steps (uniformly drawn)."""
+    """With ``frames="dreamed"``: each step is dreamed ``min_dream_steps`` to this many steps
+    (uniformly drawn)."""
+    min_dream_steps: int = 1
+    """With ``frames="dreamed"``: the fewest dream steps; 0 lets a step read its reconstructed
+    real frames (as the dream's first step reads the real context)."""
     held_out_pool: int = 10_000
     """With ``frames="dreamed"``: held-out steps (uniformly drawn, dreamed the same way) whose
     NLL picks the export."""
@@ -137,13 +144,14 @@ def gather_steps(
     reconstructed: bool,
     dream_steps: int = 0,
     events: bool = True,
+    min_dream_steps: int = 1,
 ) -> StepPool:
     """``count`` uniformly drawn steps of the replays plus (``events``) every step with a reward
     or an end.
 
     The frame before an episode's first step is the step's own frame (as a dream's first step
     reads it where no frame came before). ``dream_steps > 0`` gives the frames as the model
-    dreams them (see :func:`dreamed_frames`).
+    dreams them ``min_dream_steps`` to ``dream_steps`` steps (see :func:`dreamed_frames`).
 
     Example:
         >>> import tempfile
@@ -178,7 +186,9 @@ def gather_steps(
             chosen = np.union1d(chosen, np.flatnonzero((reward != 1) | end))
         for part in np.array_split(chosen, max(1, len(chosen) // 512)):
             if dream_steps > 0:
-                frames.append(dreamed_frames(model, replay, labels, part, dream_steps, rng))
+                frames.append(
+                    dreamed_frames(model, replay, labels, part, dream_steps, rng, min_dream_steps)
+                )
                 continue
             before = np.maximum(part - 1, first[part])  # (n,): each step's frame before
             pair = np.stack([replay.observations_at(before), replay.observations_at(part)], 1)
@@ -206,15 +216,16 @@ def dreamed_frames(
     steps: np.ndarray,
     dream_steps: int,
     rng: np.random.Generator,
+    min_dream_steps: int = 1,
 ) -> np.ndarray:
     """(n, 2, H, W, 3) uint8: frames t-1 and t of each step t as the model dreams them.
 
-    Each step draws a horizon h from 1 to ``dream_steps``; the dream starts from the real
-    frames up to t-h (the model's context length of them), is fed the real actions and is
-    sampled at temperature 1, and the frames are those an event reader reads at its step t
-    (as :meth:`REMModel.reader_frames` gives them). A step without that many real frames of its
-    episode before it dreams fewer steps, one without any is reconstructed (as
-    :func:`gather_steps` does).
+    Each step draws a horizon h from ``min_dream_steps`` to ``dream_steps``; the dream starts
+    from the real frames up to t-h (the model's context length of them), is fed the real
+    actions and is sampled at temperature 1, and the frames are those an event reader reads at
+    its step t (as :meth:`REMModel.reader_frames` gives them). A step without that many real
+    frames of its episode before it dreams fewer steps; one drawn 0, or without any, is
+    reconstructed (as :func:`gather_steps` does).
     ``labels`` are ``replay.step_labels()``.
 
     Example:
@@ -233,7 +244,7 @@ def dreamed_frames(
     context = model.config.world_model.context_length
     first = labels.episode_first[steps]
     # (n,): dream steps; the context frames start - context + 1 .. start = t - h are the episode's
-    drawn = rng.integers(1, dream_steps + 1, size=len(steps))
+    drawn = rng.integers(min_dream_steps, dream_steps + 1, size=len(steps))
     horizon = np.minimum(drawn, steps - first - context + 1)
     out = np.empty((len(steps), 2, *replay.obs_shape), np.uint8)
     near = horizon < 1
@@ -291,6 +302,7 @@ def train(
         raise ValueError(f"--frames must be one of {', '.join(FRAMES)}, got {config.frames!r}")
     torch.manual_seed(config.seed)
     source = load_source(init_from, need_actor_critic=False)
+    trained_on = source.model.world_model.event_reader is not None  # exported bias-corrected
     model = _with_event_reader(source.model, config.width)
     reader = model.world_model.event_reader
     assert reader is not None
@@ -300,12 +312,14 @@ def train(
     start = time.time()
     dream_steps = config.dream_steps if config.frames == "dreamed" else 0
     reconstructed = config.frames != "real"
-    pool = gather_steps(model, replays, config.pool, config.seed, reconstructed, dream_steps)
+    fewest = config.min_dream_steps
+    pool = gather_steps(
+        model, replays, config.pool, config.seed, reconstructed, dream_steps, True, fewest
+    )
     held_pool = None  # uniformly drawn held-out steps, dreamed: what picks the export
     if dream_steps:
-        held_pool = gather_steps(
-            model, [held_out], config.held_out_pool, config.seed + 2, True, dream_steps, False
-        )
+        held_args = (model, [held_out], config.held_out_pool, config.seed + 2, True, dream_steps)
+        held_pool = gather_steps(*held_args, events=False, min_dream_steps=fewest)
     # Columns of the 5 event logits that train: the heads handed over.
     columns = torch.zeros(5, dtype=torch.bool)
     columns[:NUM_REWARD_CLASSES] = "rewards" in heads
@@ -318,6 +332,9 @@ def train(
     seen = torch.cat(pool_rates) > 0  # a class the pool lacks the replays lack too: kept as is
     shift = torch.where(seen, ratios.clamp(min=1e-12).log(), torch.zeros(()))
     shift = torch.where(columns, shift, torch.zeros(()))  # (5,): log(replay rate / pool rate)
+    if trained_on:  # its export added a shift: taken off, so that it reads the pool's rates
+        with torch.no_grad():
+            reader.out.bias -= shift
     out.mkdir(parents=True, exist_ok=True)
     optimizer = torch.optim.Adam(reader.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed + 1)
@@ -513,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in (*numbers, "dream_steps", "held_out_pool"):
         if getattr(config, name) < 1:
             parser().error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= config.min_dream_steps <= config.dream_steps:
+        parser().error("--min-dream-steps must be 0 to --dream-steps")
     if config.max_minutes < 0:
         parser().error("--max-minutes must be 0 (no limit) or positive")
     for path in [*replays, *([held_out] if held_out else [])]:
