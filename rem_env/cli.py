@@ -633,7 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
         "steps each, and print how often each side ends an episode and pays a reward, per "
         "1,000 steps, one row per --policy. A dream that ends far less often than the game "
         "teaches an agent nothing about staying alive; one that pays a behaviour (say, the "
-        "paddle parked at one wall) more than the game does teaches the agent that behaviour.",
+        "paddle parked at one wall) more than the game does teaches the agent that behaviour. "
+        "For Breakout a second table checks the game's own rule on the real frames, their "
+        "reconstructions by the model's tokenizer and the dreamed frames: how many rewards "
+        "come with a brick broken, how many bricks broken with a reward, and bricks that come "
+        "back.",
     )
     _add_model_args(events, "0")
     events.add_argument("--num-envs", type=int, default=16, help="dreams (default: 16)")

@@ -8,8 +8,11 @@ preprocessing: a lost life ends an episode) and counts episode ends and non-zero
 1,000 steps on both sides. The sequences come from a simple policy: uniformly random actions,
 or one action held (e.g. Breakout's ``RIGHT``: the paddle parked at the right wall) with a share
 of random actions. A dream that pays or punishes one such behaviour more than the game does is
-one an agent learns to exploit: compare several with :func:`event_table`. ``rem-env events`` is
-the command-line form.
+one an agent learns to exploit: compare several with :func:`event_table`. For a game with a
+reward rule (:mod:`rem_env.rules`; Breakout: a reward breaks a brick) both sides also count how
+often a reward comes with the brick it broke, and bricks broken or back: whether the dream keeps
+the game's own rules (its ceiling: the same count on the tokenizer's reconstructions of the
+real frames). ``rem-env events`` is the command-line form.
 
 Example:
     >>> from rem_env.events import event_table, measure_event_rates
@@ -23,16 +26,19 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from rem_env.actions import action_meanings
 from rem_env.dream import DreamVectorEnv, temperature_words
+from rem_env.fidelity import to_pixels
 from rem_env.model import REMModel
+from rem_env.rules import REWARD_RULES, RewardRule, RuleCounts, rule_counts
 
 __all__ = ["DEFAULT_JITTER", "EventRates", "event_table", "measure_event_rates", "policy_actions"]
 
@@ -58,6 +64,12 @@ class EventRates:
         jitter: Share of the steps that took a uniformly random action (1 for ``"random"``).
         event_temperature: Sampling temperature of the dreams' rewards and ends (None: the
             same as ``temperature``).
+        dream_rule: The game's reward rule counted in the dreams (None: a game without one).
+        real_rule: The same in the real games.
+        reconstructed_rule: The same in the tokenizer's reconstructions of the real games'
+            frames (the rewards the real ones): the most a dream of this tokenizer can show.
+        rule: The rule's words for a lost and a regained object (``"bricks broken"``,
+            ``"bricks back"``), or None.
     """
 
     dream_steps: int
@@ -70,6 +82,10 @@ class EventRates:
     policy: str = "random"
     jitter: float = 1.0
     event_temperature: float | None = None
+    dream_rule: RuleCounts | None = None
+    real_rule: RuleCounts | None = None
+    reconstructed_rule: RuleCounts | None = None
+    rule: tuple[str, str] | None = None
 
     @property
     def temperature_words(self) -> str:
@@ -98,6 +114,18 @@ class EventRates:
             for event in ("ends", "rewards")
         }
         return {**asdict(self), **rates}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EventRates:
+        """The counts of :meth:`to_dict` (read back from JSON; keys it does not know are
+        left out, so files of older versions read too)."""
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        for side in ("dream_rule", "real_rule", "reconstructed_rule"):
+            if known.get(side) is not None:
+                known[side] = RuleCounts(**known[side])
+        if known.get("rule") is not None:
+            known["rule"] = tuple(known["rule"])
+        return cls(**known)
 
     def table(self) -> str:
         """A Markdown table: ends and rewards per 1,000 steps, real game and dream
@@ -138,6 +166,9 @@ def event_table(rates: Sequence[EventRates]) -> str:
         rows.append(
             f"| {r.policy_words} | {ends[0]:.1f} | {ends[1]:.1f} | {pay[0]:.1f} | {pay[1]:.1f} |"
         )
+    ruled = [r for r in rates if r.rule is not None]
+    if ruled:
+        rows.extend(["", *_rule_table(ruled)])
     temperatures = ", ".join(sorted({r.temperature_words for r in rates}))
     rows.append(
         f"\n{_span([r.real_steps for r in rates])} real and "
@@ -188,23 +219,85 @@ def policy_actions(
     return actions
 
 
-def _count(env: Any, actions: np.ndarray, seed: int) -> tuple[int, int, int]:
-    """Steps ``env`` through ``actions`` (steps, num_envs); returns (transitions, ends, rewards).
+def _rule_table(rates: Sequence[EventRates]) -> list[str]:
+    """Rows of the reward rule's table (rates that have one): real game, its reconstructions,
+    dream."""
+    lost, back = rates[0].rule or ("", "")
+    sides = "real game | reconstructed | dream"
+    rows = [
+        f"| policy | rewards with {lost} at their step or the next: {sides} "
+        f"| {lost} with a reward at their step or the one before: {sides} "
+        f"| {back} per 1,000 steps: {sides} |",
+        "|---|" + "---|" * 9,
+    ]
+    for r in rates:
+        sided = [r.real_rule, r.reconstructed_rule, r.dream_rule]
+        steps = [r.real_steps, r.real_steps, r.dream_steps]
+        cells = []
+        for got, of in (("rewards_with_loss", "rewards"), ("losses_with_reward", "lost")):
+            cells += [f"{getattr(c, got)} of {getattr(c, of)}" if c else "-" for c in sided]
+        for counts, n in zip(sided, steps, strict=True):
+            cells.append(f"{r.per_thousand(counts.back, n):.1f}" if counts else "-")
+        rows.append(f"| {r.policy_words} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _count(
+    env: Any,
+    actions: np.ndarray,
+    seed: int,
+    rule: RewardRule | None = None,
+    views: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
+) -> tuple[int, int, int, list[RuleCounts]]:
+    """Steps ``env`` through ``actions`` (steps, num_envs); returns (transitions, ends, rewards,
+    the rule's counts on each of ``views`` of the frames).
 
     The env resets an ended episode on its next step (gymnasium's ``NEXT_STEP`` autoreset):
-    that step is no transition and is not counted.
+    that step is no transition and is not counted. With a ``rule`` the env's observations are
+    (num_envs, H, W, 3) frames, and each view maps them to the frames the rule reads.
     """
-    env.reset(seed=seed)
+    obs, _ = env.reset(seed=seed)
+    seen = [view(np.asarray(obs)) for view in views] if rule is not None else []
     resetting = np.zeros(actions.shape[1], dtype=bool)
-    transitions = ends = rewards = 0
-    for step_actions in actions:
-        _, reward, terminated, truncated, _ = env.step(step_actions)
-        taken = ~resetting
-        transitions += int(taken.sum())
-        ends += int((np.asarray(terminated) & taken).sum())
-        rewards += int(((np.asarray(reward) != 0) & taken).sum())
+    taken = np.zeros(actions.shape, dtype=bool)  # (steps, num_envs)
+    ended = np.zeros(actions.shape, dtype=bool)
+    paid = np.zeros(actions.shape, dtype=bool)
+    lost = np.zeros((len(seen), *actions.shape), dtype=bool)  # (views, steps, num_envs)
+    back = np.zeros_like(lost)
+    for i, step_actions in enumerate(actions):
+        obs, reward, terminated, truncated, _ = env.step(step_actions)
+        taken[i] = ~resetting
+        ended[i] = np.asarray(terminated) & taken[i]
+        paid[i] = (np.asarray(reward) != 0) & taken[i]
+        for v, view in enumerate(views if rule is not None else ()):
+            frames = view(np.asarray(obs))
+            lost[v, i], back[v, i] = rule.compare(seen[v], frames)  # type: ignore[union-attr]
+            seen[v] = frames
         resetting = np.asarray(terminated) | np.asarray(truncated)
-    return transitions, ends, rewards
+    counts = [rule_counts(lost[v], back[v], paid, taken) for v in range(len(seen))]
+    return int(taken.sum()), int(ended.sum()), int(paid.sum()), counts
+
+
+def _reconstruction(model: REMModel) -> Callable[[np.ndarray], np.ndarray]:
+    """Frames (N, H, W, 3) uint8 -> the model's tokenizer's reconstructions of them (frames of
+    another size than the model's are first resized to it, as the fidelity report does)."""
+    size = model.config.tokenizer.image_size
+
+    def reconstruct(frames: np.ndarray) -> np.ndarray:
+        if frames.shape[1:3] != (size, size):  # a model of smaller frames (tests)
+            frames = np.stack(
+                [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames]
+            )
+        device = model.start_tokens.device
+        pixels = torch.as_tensor(frames, device=device).movedim(-1, -3).float() / 255.0
+        with torch.inference_mode():
+            return to_pixels(model.decode(model.encode(pixels)))
+
+    return reconstruct
+
+
+def _as_they_are(frames: np.ndarray) -> np.ndarray:
+    return frames
 
 
 def measure_event_rates(
@@ -243,7 +336,8 @@ def measure_event_rates(
             ``temperature``).
 
     Returns:
-        The counts (:class:`EventRates`).
+        The counts (:class:`EventRates`); for a game in :data:`rem_env.rules.REWARD_RULES`,
+        with its reward rule counted on both sides (the dreams then decode their frames).
 
     Raises:
         ValueError: If ``num_envs`` or ``steps`` is not positive, the policy is no action of
@@ -256,11 +350,12 @@ def measure_event_rates(
         raise ValueError(f"num_envs and steps must be positive, got {num_envs} and {steps}")
     meanings = action_meanings(game)
     actions = policy_actions(policy, meanings, steps, num_envs, seed, jitter)
+    rule = REWARD_RULES.get(game)
     with torch.inference_mode():
         dreams = DreamVectorEnv(
             model,
             num_envs,
-            obs_type="tokens",
+            obs_type="rgb" if rule is not None else "tokens",
             device=device,
             temperature=temperature,
             event_temperature=event_temperature,
@@ -272,13 +367,15 @@ def measure_event_rates(
                 f"the model has {num_actions} actions, {game} has {len(meanings)}: "
                 "is it a model of this game?"
             )
-        dream_counts = _count(dreams, actions, seed)
+        *dream_counts, dream_rules = _count(dreams, actions, seed, rule, [_as_they_are])
         dreams.close()
+    views = [_as_they_are, _reconstruction(dreams.model)]
     real = make_atari_vector_env(game, num_envs, True, seed=seed)
     try:
-        real_counts = _count(real, actions, seed)
+        *real_counts, real_rules = _count(real, actions, seed, rule, views)
     finally:
         real.close()
+    rules = [*dream_rules, *real_rules] if rule is not None else [None] * 3
     random = policy.lower() == "random"
     return EventRates(
         *dream_counts,
@@ -287,4 +384,8 @@ def measure_event_rates(
         policy="random" if random else policy.upper(),
         jitter=1.0 if random else jitter,
         event_temperature=event_temperature,
+        dream_rule=rules[0],
+        real_rule=rules[1],
+        reconstructed_rule=rules[2],
+        rule=(rule.lost, rule.back) if rule is not None else None,
     )

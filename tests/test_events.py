@@ -58,6 +58,26 @@ def test_random_play_loses_real_lives_and_the_counts_are_reproducible() -> None:
     assert other != first
 
 
+def test_breakout_counts_its_bricks_rule_in_the_dream_the_game_and_its_reconstructions() -> None:
+    rates = measure_event_rates(_model(-50.0, reward_class=2), "Breakout", num_envs=2, steps=150)
+    real, rebuilt, dream = rates.real_rule, rates.reconstructed_rule, rates.dream_rule
+    assert rates.rule == ("bricks broken", "bricks back")
+    assert (real.rewards, rebuilt.rewards) == (rates.real_rewards, rates.real_rewards) != (0, 0)
+    assert real.losses_with_reward == real.lost and real.back == 0  # the game keeps the rule
+    assert real.rewards_with_loss >= real.rewards - 1
+    assert dream.rewards == rates.dream_rewards == 300  # it pays every step ...
+    assert dream.rewards_with_loss < dream.rewards  # ... with no brick broken at most of them
+    table = rates.table()
+    assert "| rewards with bricks broken at their step or the next: real game | " in table
+    assert f"| random policy | {real.rewards_with_loss} of {real.rewards} | " in table
+    assert rates.to_dict()["dream_rule"]["rewards"] == 300
+    torch.manual_seed(0)
+    pong = REMModel(REMConfig.preset("tiny", num_actions=6, game="Pong")).eval()
+    plain = measure_event_rates(pong, "Pong", num_envs=1, steps=3)  # a game without a rule
+    assert plain.rule is None and plain.dream_rule is None and plain.real_rule is None
+    assert "bricks" not in plain.table()
+
+
 def test_table_and_dict_give_rates_per_thousand_steps() -> None:
     rates = EventRates(
         dream_steps=400, dream_ends=2, dream_rewards=3,

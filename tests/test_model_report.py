@@ -12,6 +12,7 @@ from rem_env.agents import RandomAgent
 from rem_env.events import EventRates
 from rem_env.fidelity import run_fidelity
 from rem_env.manifest import ProtocolManifest
+from rem_env.rules import RuleCounts
 from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
 from rem_train.model_report import dream_to_real_section, main
 
@@ -186,6 +187,15 @@ def test_model_card_shows_the_events_of_simple_policies(tmp_path, capsys):
     assert "## Episode ends and rewards under simple policies" in card
     assert "| random policy | 25.0 | 5.0 | 10.0 | 7.5 |" in card
     assert "| RIGHT held, 20% random actions | 25.0 | 5.0 | 10.0 | 7.5 |" in card
+    rule = RuleCounts(rewards=4, lost=5, back=1, rewards_with_loss=3, losses_with_reward=3)
+    ruled = EventRates(**counts, dream_rule=rule, real_rule=rule, reconstructed_rule=rule,
+                       rule=("bricks broken", "bricks back"))  # fmt: skip
+    events.write_text(json.dumps([ruled.to_dict()]))
+    assert main([str(folder), "--events", str(events)]) == 0
+    assert (
+        "| random policy | 3 of 4 | 3 of 4 | 3 of 4 | 3 of 5 |"
+        in (folder / "README.md").read_text()
+    )
     events.write_text(json.dumps(EventRates(**counts).to_dict()))  # the command's first format
     assert main([str(folder), "--events", str(events)]) == 0
     assert "| random policy | 25.0 |" in (folder / "README.md").read_text()

@@ -189,8 +189,7 @@ def events_section(path: str | os.PathLike[str]) -> str:
     entries = data if isinstance(data, list) else [data]
     if not entries:
         raise ValueError(f"{path} holds no policy's counts")
-    fields = {f.name for f in dataclasses.fields(EventRates)}
-    rates = [EventRates(**{k: v for k, v in e.items() if k in fields}) for e in entries]
+    rates = [EventRates.from_dict(entry) for entry in entries]
     return "\n".join(
         [
             "## Episode ends and rewards under simple policies",
@@ -198,7 +197,14 @@ def events_section(path: str | os.PathLike[str]) -> str:
             "`rem-env events`: the same action sequences played in dreams and in the real game "
             "(REM's training preprocessing: a lost life ends an episode). A dream that pays a "
             "behaviour more than the game does, or ends fewer of its lives, is one an agent "
-            "trained in it learns to repeat.",
+            "trained in it learns to repeat."
+            + "".join(
+                f" The second table checks the game's own rule (rewards come with {r.rule[0]}, "
+                f"and no {r.rule[1]}) on the real frames, their reconstructions by this "
+                "model's tokenizer and the dreamed frames."
+                for r in rates[:1]
+                if r.rule is not None
+            ),
             "",
             event_table(rates),
         ]
