@@ -18,7 +18,10 @@ against the real step ``h``:
 * for games with object probes (:mod:`rem_env.probes`, e.g. Breakout's ball): how often the
   tokenizer's reconstruction of a real frame shows the object where the emulator's RAM puts it,
   and per imagined step how often the dreamed object lies within
-  :data:`~rem_env.probes.NEAR_PIXELS` of the real one.
+  :data:`~rem_env.probes.NEAR_PIXELS` of the real one;
+* for games with a reward rule (:mod:`rem_env.rules`, e.g. Breakout's bricks): per imagined step,
+  precision and recall of the dream's losses (a brick broken between a dreamed frame and the one
+  before it) against the real game's at the same step, and how often a dreamed brick comes back.
 
 A rollout is compared only while its real episode goes on: after a real end the remaining steps
 of that rollout are left out. Dreams sample with the same temperature as the dream envs (1.0).
@@ -47,6 +50,7 @@ from PIL import Image, ImageDraw
 from rem_env.agents import Agent
 from rem_env.model import REMModel
 from rem_env.probes import NEAR_PIXELS, ObjectProbe, probes_for
+from rem_env.rules import REWARD_RULES
 
 __all__ = [
     "END_EARLY_STEPS",
@@ -146,6 +150,15 @@ class FidelityReport:
         reward_precision_by_step: Reward precision at each ``h`` (None where nothing was
             predicted); ``reward_recall_by_step``, ``end_precision_by_step`` and
             ``end_recall_by_step`` likewise.
+        rule: For games with a reward rule (:data:`rem_env.rules.REWARD_RULES`): ``lost`` and
+            ``back`` (the rule's words, e.g. ``"bricks broken"``), ``precision_by_step`` and
+            ``recall_by_step`` (per ``h``, of the dreamed steps that lost an object against
+            the frame before them, the share whose real step lost one too, and the other way
+            round; the first dreamed frame is compared with the tokenizer's reconstruction of
+            the last real frame of the context), ``precision`` and ``recall`` over all steps,
+            ``real_lost`` and ``dreamed_lost`` (counts), ``back_by_step`` (per ``h``, the share
+            of the compared dreamed steps that gained one back) and ``dreamed_back``. Empty for
+            other games.
         objects: Per probe name (e.g. ``"ball"``): ``reconstruction_recall`` (of the real
             frames where the probe can check the object, the share whose reconstruction shows
             it within ``NEAR_PIXELS``), ``reconstruction_frames``, ``reconstruction_false`` (of
@@ -204,6 +217,7 @@ class FidelityReport:
     end_precision_early: float | None = None
     end_recall_early: float | None = None
     event_temperature: float | None = None
+    rule: dict[str, Any] = field(default_factory=dict)
 
     def at(self, step: int) -> dict[str, float]:
         """Token accuracy and PSNR after ``step`` imagined steps (1-based)."""
@@ -226,6 +240,8 @@ class FidelityReport:
         if self.reward_precision_by_step:
             header += ["reward precision", "reward recall"]
         header += [f"{name} within {NEAR_PIXELS:g} px" for name in names]
+        if self.rule:
+            header += [f"{self.rule['lost']}: precision", f"{self.rule['lost']}: recall"]
         rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for step in steps:
             at = self.at(step)
@@ -238,6 +254,11 @@ class FidelityReport:
                     _fmt(self.reward_recall_by_step[step - 1]),
                 ]
             cells += [_fmt(self.objects[name]["dream_near"][step - 1]) for name in names]
+            if self.rule:
+                cells += [
+                    _fmt(self.rule["precision_by_step"][step - 1]),
+                    _fmt(self.rule["recall_by_step"][step - 1]),
+                ]
             rows.append("| " + " | ".join(cells) + " |")
         rows.append("")
         ceiling = f"Tokenizer reconstruction PSNR (the ceiling): {self.tokenizer_psnr:.2f} dB"
@@ -267,6 +288,15 @@ class FidelityReport:
             rows += [
                 f"Tokens that change where no pixel moved: {_fmt(self.still_token_flips)} of the "
                 f"still patches' tokens ({_fmt(self.moving_patches)} of patches moved).",
+                "",
+            ]
+        if self.rule:
+            rule = self.rule
+            rows += [
+                f"{rule['lost'].capitalize()} over all {self.horizon} steps: precision "
+                f"{_fmt(rule['precision'])}, recall {_fmt(rule['recall'])} ({rule['real_lost']} "
+                f"real, {rule['dreamed_lost']} dreamed); {rule['back']} in "
+                f"{_fmt(rule['dreamed_back'] / max(sum(self.compared), 1))} of the dreamed steps.",
                 "",
             ]
         played = f" Played by {self.policy}." if self.policy else ""
@@ -589,6 +619,9 @@ def measure_fidelity(
     dream_objects = {p.name: [ObjectCounts() for _ in range(horizon)] for p in probes}
     # Per step h >= 2: [dreams whose object was near at h-1 and is checkable at h, of them near]
     kept = {p.name: np.zeros((horizon, 2), dtype=np.int64) for p in probes}
+    rule = REWARD_RULES.get(model.config.game or "")
+    step_lost = [_Counts() for _ in range(horizon)]
+    step_back = np.zeros(horizon, dtype=np.int64)
     generator = torch.Generator(device=device).manual_seed(seed)
     strip: dict[str, np.ndarray] = {}
     for first in range(0, len(starts), batch_size):
@@ -602,6 +635,11 @@ def measure_fidelity(
         ).to(device)  # (b, C-1)
         with dreaming():
             state = model.start_state(ctx_tokens, ctx_actions)
+            # What the first dreamed frame is read against by the rule: the context's last frame
+            # as the tokenizer draws it.
+            last_pictures = (
+                to_pixels(model.decode(ctx_tokens[:, -1]).float()) if rule is not None else None
+            )  # (b, H, W, 3)
         alive = torch.ones(b, dtype=torch.bool, device=device)
         near_before = {p.name: np.zeros(b, dtype=bool) for p in probes}  # at the last step
         dreamed_end_steps: list[list[int]] = [[] for _ in range(b)]
@@ -677,8 +715,19 @@ def measure_fidelity(
                 hits[h - 1] += (step.obs_tokens[rows] == real_tokens).float().mean(1).sum().item()
                 psnr[h - 1] += _psnr(dream_frames, real_frames).sum().item()
                 motion[h - 1].add(dream_frames, real_frames, previous_frames)
+                pictures = to_pixels(dream_frames) if probes or rule is not None else None
+                if rule is not None:
+                    picked = rows.cpu().numpy()
+                    dream_lost, dream_back = rule.compare(last_pictures[picked], pictures)
+                    real_before, real_after = (
+                        np.stack([trajectories[batch[r][0]].frames[index[r] + k] for r in picked])
+                        for k in (0, 1)
+                    )
+                    real_lost, _ = rule.compare(real_before, real_after)
+                    step_lost[h - 1].add(torch.as_tensor(dream_lost), torch.as_tensor(real_lost))
+                    step_back[h - 1] += int(dream_back.sum())
+                    last_pictures[picked] = pictures
                 if probes:
-                    pictures = to_pixels(dream_frames)
                     ram = np.stack(
                         [trajectories[batch[r][0]].ram[index[r] + 1] for r in rows.tolist()]  # type: ignore[index]
                     )
@@ -720,6 +769,23 @@ def measure_fidelity(
         for name, counts in dream_objects.items()
     }
     count = compared.clamp_min(1).double()
+    rule_scores: dict[str, Any] = {}
+    if rule is not None:
+        lost = _Counts(*(sum(getattr(c, f) for c in step_lost) for f in ("tp", "fp", "fn")))
+        rule_scores = {
+            "lost": rule.lost,
+            "back": rule.back,
+            "precision_by_step": [c.precision() for c in step_lost],
+            "recall_by_step": [c.recall() for c in step_lost],
+            "precision": lost.precision(),
+            "recall": lost.recall(),
+            "real_lost": lost.tp + lost.fn,
+            "dreamed_lost": lost.tp + lost.fp,
+            "back_by_step": [
+                int(n) / int(c) if c else None for n, c in zip(step_back, compared, strict=True)
+            ],
+            "dreamed_back": int(step_back.sum()),
+        }
     report = FidelityReport(
         horizon=horizon,
         token_accuracy=[float(v) for v in hits / count],
@@ -751,6 +817,7 @@ def measure_fidelity(
         dreamed_ends=ends.tp + ends.fp,
         end_precision_early=early_ends.precision(),
         end_recall_early=early_ends.recall(),
+        rule=rule_scores,
     )
     return report, strip
 

@@ -93,6 +93,54 @@ def test_a_dream_of_its_own_argmax_play_is_scored_perfect(monkeypatch, seed):
         assert report.real_ends == 1 and report.end_recall == 1.0
 
 
+def _with_a_wall(decode):
+    """``decode``, then Breakout's brick rows painted full (a brick in every cell) in frames
+    whose first token is even and empty in the others: a wall that breaks and comes back."""
+
+    def decode_with_wall(tokens: torch.Tensor) -> torch.Tensor:
+        frames = decode(tokens).clone()  # (N, 3, 16, 16)
+        full = tokens[:, 0] % 2 == 0
+        frames[full, :, 4:8] = 110 / 255  # the brick rows at 16x16: raw rows 57-93 of 210
+        frames[~full, :, 4:8] = 0.0
+        return frames
+
+    return decode_with_wall
+
+
+def test_a_dream_that_breaks_the_real_bricks_scores_perfect_on_the_rule(monkeypatch):
+    model = _model()
+    monkeypatch.setattr(model, "decode", _with_a_wall(model.decode))
+    traj, table = _self_dream(model, steps=9, seed=7)
+    monkeypatch.setattr(model, "encode", _lookup_encode(table))
+    # One dream from the first context, the first dreamed frame read against the context's
+    # last frame as decoded, step h against real step h.
+    report, _ = measure_fidelity(model, [traj], horizon=9, stride=100, temperature=0.0)
+    rule = report.rule
+    assert rule["lost"] == "bricks broken" and rule["back"] == "bricks back"
+    assert rule["real_lost"] == 2 and rule["dreamed_lost"] == 2
+    assert rule["precision"] == rule["recall"] == 1.0
+    assert all(v in (1.0, None) for v in rule["precision_by_step"] + rule["recall_by_step"])
+    assert rule["dreamed_back"] >= 1  # the wall comes back in the self-dream, as in its "game"
+    assert "bricks broken: precision" in report.summary_table()
+    assert "Bricks broken over all 9 steps: precision 1.000, recall 1.000" in (
+        report.summary_table()
+    )
+    # The same dreams read against other real games: the losses no longer match.
+    other = RealTrajectory(traj.frames[::-1].copy(), traj.actions, traj.rewards, traj.ends)
+    monkeypatch.setattr(model, "encode", _lookup_encode(table))
+    shifted, _ = measure_fidelity(model, [other], horizon=9, stride=100, temperature=0.0)
+    assert shifted.rule["recall"] < 1.0
+
+
+def test_games_without_a_rule_report_none():
+    model = REMModel(REMConfig.preset("tiny", num_actions=6, game="Pong")).eval()
+    frames = np.zeros((5, 16, 16, 3), np.uint8)
+    traj = RealTrajectory(frames, np.zeros(4, np.int64), np.zeros(4, np.float32), np.zeros(4, bool))
+    report, _ = measure_fidelity(model, [traj], horizon=2, stride=1)
+    assert report.rule == {}
+    assert "precision 1" not in report.summary_table() and "bricks" not in report.summary_table()
+
+
 def test_other_actions_lower_the_scores(monkeypatch):
     model = _model()
     traj, table = _self_dream(model, steps=9, seed=3)
