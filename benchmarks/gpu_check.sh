@@ -17,8 +17,10 @@
 #                       phase's wall seconds per epoch
 #   compile.md          benchmarks/imagination.py again: the POP step through torch.compile
 #                       (paths $COMPILE_PATHS, mode reduce-overhead on CUDA: CUDA graphs) beside
-#                       the plain POP step, at the batch sizes of $COMPILE_SIZES; last, as
+#                       the plain POP step, a table per batch size of $COMPILE_SIZES; last, as
 #                       compiling takes a while
+# Each file is complete as soon as its step ends (the JSON records are added to data.tar one
+# step at a time), so a runner that stops the script at a time limit gets every finished step.
 #   log.txt             everything the steps printed, and which step failed if one did
 #
 # Settings (environment variables):
@@ -33,7 +35,8 @@
 #   (rem_env/weights/Breakout, the bundled model; empty: from scratch), BALL_LAYERS (4:
 #   --world-model-layers, the bundled model's; empty: the preset's), BALL_PARTS
 #   (tokenizer,world_model), BALL_MOVING_WEIGHT (10: --world-model.moving-weight, as the bundled
-#   model was trained); a BALL_INIT folder whose world model has a frame conv (not in REM) gives
+#   model was trained), BALL_OPTIONS (more rem-train options for the run, split on spaces, e.g.
+#   "--world-model.batch-size 64"); a BALL_INIT folder whose world model has a frame conv (not in REM) gives
 #   the run the same one (--world-model-frame-conv, --world-model-frame-conv-events)
 # A CPU smoke run of the script itself (the test suite does this):
 #   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_EPOCHS=1 \
@@ -91,6 +94,13 @@ if torch.cuda.is_available():
 
 step device describe_device >"$out/device.txt"
 
+# A remote runner sends back at most 8 files: the JSON records travel as one archive, each
+# added as soon as its step has written it.
+keep_data() {  # keep_data NAME: moves $out/NAME into $out/data.tar
+    [[ -f "$out/$1" ]] || return 0
+    tar -C "$out" -rf "$out/data.tar" "$1" && rm -f "$out/$1"
+}
+
 # First, what a GPU is lent for most: a time-budgeted training run of the Breakout model,
 # warm-started from the bundled model; its export comes back as a tar archive in
 # parts of at most 15 MiB (reassemble: cat ball.tar.part-* | tar -x -C DIR).
@@ -116,6 +126,8 @@ print(w.get("frame_conv_layers", 0), str(w.get("frame_conv_events", False)).lowe
     if [[ -n "$ball_layers" ]]; then
         init+=(--world-model-layers "$ball_layers")
     fi
+    read -r -a ball_options <<<"${BALL_OPTIONS:-}"
+    init+=("${ball_options[@]}")
     ball=$(mktemp -d)
     step ball "$py" -m rem_train --preset "${BALL_PRESET:-breakout}" --device "$device" \
         --out "$ball/run" --epochs "$ball_epochs" --common.collect-epochs "$ball_epochs" \
@@ -134,10 +146,12 @@ fi
 step imagination "$py" "$here/imagination.py" --device "$device" --preset "$preset" \
     --batch-sizes "${sizes[@]}" --paths pop bf16 --steps "$steps" --warmup 3 \
     --max-seconds-per-cell "$cell" --json "$out/imagination.json" >"$out/imagination.md"
+keep_data imagination.json
 
 step dream_env "$py" "$here/dream_env.py" --device "$device" --preset "$preset" \
     --num-envs "${sizes[@]}" --autocast bf16 --no-ale --steps "$steps" --warmup 3 \
     --max-seconds-per-cell "$cell" --json "$out/dream_env.json" >"$out/dream_env.md"
+keep_data dream_env.json
 
 if [[ "${SKIP_TRAIN:-0}" != 1 ]]; then
     phase_steps=()
@@ -154,25 +168,21 @@ if [[ "${SKIP_TRAIN:-0}" != 1 ]]; then
         --actor-critic.start-after-epoch 0 --evaluation.num-envs 1 --evaluation.episodes 1 \
         --evaluation.final-episodes 1 --common.replay-fsync false "${phase_steps[@]}" >>"$log"
     cp "$run/run/metrics.jsonl" "$out/train_metrics.jsonl" 2>>"$log" || failed=1
+    keep_data train_metrics.jsonl
     rm -rf "$run"
 fi
 
 read -r -a compile_paths <<<"${COMPILE_PATHS-bf16-compile}"
 if ((${#compile_paths[@]})); then
     scratch=$(mktemp -d)
-    step compile "$py" "$here/imagination.py" --device "$device" --preset "$preset" \
-        --batch-sizes "${compile_sizes[@]}" --paths pop "${compile_paths[@]}" --steps "$steps" \
-        --warmup 3 --max-seconds-per-cell "$cell" --json "$scratch/compile.json" \
-        --compile-backend "${COMPILE_BACKEND:-inductor}" >"$out/compile.md"
+    : >"$out/compile.md"
+    for size in "${compile_sizes[@]}"; do  # a table per size: each one done is kept
+        step compile "$py" "$here/imagination.py" --device "$device" --preset "$preset" \
+            --batch-sizes "$size" --paths pop "${compile_paths[@]}" --steps "$steps" \
+            --warmup 3 --max-seconds-per-cell "$cell" --json "$scratch/compile.json" \
+            --compile-backend "${COMPILE_BACKEND:-inductor}" >>"$out/compile.md"
+    done
     rm -rf "$scratch"
-fi
-# A remote runner sends back at most 8 files: the JSON records travel as one archive.
-data=()
-for name in imagination.json dream_env.json train_metrics.jsonl; do
-    [[ -f "$out/$name" ]] && data+=("$name")
-done
-if ((${#data[@]})); then
-    tar -C "$out" -cf "$out/data.tar" "${data[@]}" && (cd "$out" && rm -f "${data[@]}")
 fi
 rm -rf "$shim"
 echo "== finished, failed=$failed" >>"$log"

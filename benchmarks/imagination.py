@@ -76,6 +76,7 @@ from rem_env import REMConfig, REMModel
 from rem_env.models.sampling import StepNoise
 from rem_env.models.world_model import NUM_REWARD_CLASSES
 from rem_env.quantization import quantize_model
+from rem_env.state import ImaginationState
 from rem_env.threads import StepThreads
 
 PATHS = ("pop", "int8", "bf16", "compile", "bf16-compile", "token")
@@ -309,11 +310,29 @@ def make_step(
             threads.running() if threads is not None else contextlib.nullcontext(),
             torch.autocast(device.type, dtype=autocast, enabled=autocast is not None),
         ):
+            if compile_options is not None:
+                # CUDA graphs (reduce-overhead) replay into memory they own: a new step begins
+                # here, and the state that the next replay reads is copied out of that memory
+                # (without both, the second replay overwrote the state it was reading).
+                torch.compiler.cudagraph_mark_step_begin()
             out, state = imagine_step(state, actions, noise=noise)
+            if compile_options is not None:
+                state = _owned_copy(state)
             if mode == "rgb":
                 to_host_rgb(model.decode(out.obs_tokens).float())
 
     return step
+
+
+def _owned_copy(state: ImaginationState) -> ImaginationState:
+    """The state's tensors copied into memory of their own (out of a CUDA graph's pool)."""
+    previous = state.previous_obs_tokens
+    return dataclasses.replace(
+        state,
+        retention=tuple(r.clone() for r in state.retention),
+        obs_tokens=state.obs_tokens.clone(),
+        previous_obs_tokens=None if previous is None else previous.clone(),
+    )
 
 
 def time_cell(

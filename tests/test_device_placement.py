@@ -12,7 +12,9 @@ which return Python-float metrics, are replaced by plain sums of the outputs the
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode
@@ -23,7 +25,10 @@ from rem_env.contexts import StartContexts
 from rem_env.dream import DreamVectorEnv
 from rem_env.models.actor_critic import ActorCritic
 from rem_env.models.sampling import StepNoise
+from rem_train.batches import frames_to_tensor
+from rem_train.collect import Collector
 from rem_train.imagination import Imagination, StartPoint
+from rem_train.replay import ReplayBuffer
 
 META = torch.device("meta")
 B = 3
@@ -124,3 +129,32 @@ def test_actor_critic_rollout_in_imagination_stays_on_the_device(
     assert {rollout.codes.device, rollout.rewards.device, rollout.ends.device} == {META}
     assert actor_critic.actor.weight.grad.device == META
     imagination.close()
+
+
+def test_frames_of_a_batch_on_the_device_are_encoded_there() -> None:
+    """A replay batch moved to the model's device stays there on its way to the tokenizer
+    (the export's start contexts, the event and object checks, imagination's start points)."""
+    frames = torch.zeros(2, 16, 16, 3, dtype=torch.uint8, device=META)
+    assert frames_to_tensor(frames).device == META
+    assert frames_to_tensor(np.zeros((2, 4, 4, 3), np.uint8)).device.type == "cpu"
+
+
+def test_collecting_burns_the_ongoing_episode_in_on_the_device(tmp_path: Path) -> None:
+    """The second collection of a run burns the actor-critic in on the episode it left off:
+    the replay's last frames must be encoded where the model is (on a GPU: the second epoch)."""
+    model = _meta_model().eval()
+    size = model.config.tokenizer.image_size
+    actor_critic = ActorCritic.from_config(model.config, hidden_size=16).to(META)
+    replay = ReplayBuffer(tmp_path / "replay", obs_shape=(size, size, 3), fsync=False)
+    frame = np.zeros((size, size, 3), np.uint8)
+    for action in range(3):
+        replay.append(frame, action, 0.0, terminated=False)
+    collector = Collector(
+        "Breakout", seed=0, temperature=1.0, epsilon=0.0, burn_in=4, burn_in_actions=True
+    )
+    collector.obs = frame  # an episode is under way
+    try:
+        collector.collect(model, actor_critic, replay, num_steps=0)
+    finally:
+        collector.close()
+        replay.close()

@@ -87,9 +87,15 @@ class SegmentBatch(NamedTuple):
         )
 
 
-def frames_to_tensor(obs: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
-    """uint8 frames (..., H, W, C) to float (..., C, H, W) in [0, 1] on ``device``."""
-    x = torch.as_tensor(obs).to(device)
+def frames_to_tensor(obs: np.ndarray | Tensor, device: torch.device | str | None = None) -> Tensor:
+    """uint8 frames (..., H, W, C) to float (..., C, H, W) in [0, 1] on ``device``.
+
+    Without ``device``, a tensor stays on its own device (a batch moved to the GPU is encoded
+    there) and an array goes to the CPU.
+    """
+    x = torch.as_tensor(obs)
+    if device is not None:
+        x = x.to(device)
     if x.dtype != torch.uint8:
         raise TypeError(f"frames must be uint8, got {x.dtype}")
     return x.movedim(-1, -3).float().div_(255.0)  # (..., C, H, W)

@@ -198,7 +198,7 @@ class Collector:
             return ac.initial_state(1)
         device = ac.actor.weight.device
         segment = replay.tail_segment(self.burn_in).to_torch(device)
-        frames = frames_to_tensor(segment.obs[0])  # (T, 3, H, W)
+        frames = frames_to_tensor(segment.obs[0], device)  # (T, 3, H, W)
         codes = model.tokenizer.encode(frames).z_quantized[None]  # (1, T, E, h, w)
         return ac.burn_in(codes, segment.actions, segment.mask, self.burn_in_actions)
 
