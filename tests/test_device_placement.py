@@ -27,6 +27,7 @@ from rem_env.models.actor_critic import ActorCritic
 from rem_env.models.sampling import StepNoise
 from rem_train.batches import frames_to_tensor
 from rem_train.collect import Collector
+from rem_train.export import sample_start_contexts
 from rem_train.imagination import Imagination, StartPoint
 from rem_train.replay import ReplayBuffer
 
@@ -158,3 +159,17 @@ def test_collecting_burns_the_ongoing_episode_in_on_the_device(tmp_path: Path) -
     finally:
         collector.close()
         replay.close()
+
+
+def test_the_exported_start_contexts_are_encoded_on_the_device(tmp_path: Path) -> None:
+    """An export samples real openings from the replay and encodes them with the model."""
+    model = _meta_model().eval()
+    size = model.config.tokenizer.image_size
+    replay = ReplayBuffer(tmp_path / "replay", obs_shape=(size, size, 3), fsync=False)
+    for action in range(4):
+        replay.append(np.zeros((size, size, 3), np.uint8), action, 0.0, terminated=False)
+    try:
+        tokens, actions = sample_start_contexts(model, replay, 2, np.random.default_rng(0))
+    finally:
+        replay.close()
+    assert tokens.device == META and actions.device == META
