@@ -21,10 +21,13 @@
 #                       compiling takes a while
 # Each file is complete as soon as its step ends (the JSON records are added to data.tar one
 # step at a time), so a runner that stops the script at a time limit gets every finished step.
-#   log.txt             everything the steps printed, and which step failed if one did
+#   log.txt             everything the steps printed, and which step failed if one did; with
+#                       the profiler's operator tables of the imagination cells at the smallest
+#                       and the largest batch size ($PROFILE_STEPS steps each; 0: none)
 #
 # Settings (environment variables):
 #   PYTHON (python3), DEVICE (cuda), PRESET (paper), SIZES ("64 1024 4096"), STEPS (20),
+#   PROFILE_STEPS (3),
 #   CELL_SECONDS (10), TRAIN_PRESET (atari100k), TRAIN_EPOCHS (2), TRAIN_ENV_STEPS (1000;
 #   real steps collected per epoch, enough for the phases' batches), TRAIN_STEPS (the
 #   preset's; gradient steps per epoch of every phase), SKIP_TRAIN (0),
@@ -145,7 +148,8 @@ fi
 
 step imagination "$py" "$here/imagination.py" --device "$device" --preset "$preset" \
     --batch-sizes "${sizes[@]}" --paths pop bf16 --steps "$steps" --warmup 3 \
-    --max-seconds-per-cell "$cell" --json "$out/imagination.json" >"$out/imagination.md"
+    --max-seconds-per-cell "$cell" --json "$out/imagination.json" \
+    --profile-steps "${PROFILE_STEPS:-3}" >"$out/imagination.md"
 keep_data imagination.json
 
 step dream_env "$py" "$here/dream_env.py" --device "$device" --preset "$preset" \

@@ -32,6 +32,10 @@ stopped by the script): ``--neighbour`` alone measures every cell quiet, then be
 neighbour, and adds a table of both with the slowdown; ``--neighbour on`` measures beside it
 only. Leave the process unpinned (no ``taskset``) to see what a user sees.
 
+``--profile-steps N`` runs N more steps of each cell at the smallest and the largest batch size
+under ``torch.profiler`` and prints the operators taking the most self time (on CUDA: GPU time;
+the calls column counts the kernel launches) to stderr: where a step's time goes.
+
 The header also gives an analytic count of the matmul FLOPs of one POP env-step (see
 :func:`pop_step_flops`) and this machine's measured float32 matmul rate (the best ``torch.mm``
 of two square matrices of 512, 1024 or 2048 rows, before any neighbour starts); the table gives
@@ -47,6 +51,7 @@ From the repository root, with the package installed (``pip install -e .``)::
     python benchmarks/imagination.py --device cuda --paths pop bf16 bf16-compile  # CUDA graphs
     python benchmarks/imagination.py --batch-sizes 1 16 64 --modes tokens --neighbour
     python benchmarks/imagination.py --preset tiny --batch-sizes 1 2 --steps 2
+    python benchmarks/imagination.py --device cuda --batch-sizes 64 4096 --profile-steps 3
 
 The markdown table goes to stdout, progress to stderr, and every measurement to ``--json``
 (default ``benchmarks/results/imagination.json``).
@@ -176,6 +181,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=30.0,
         help=f"stop timing a cell after this many seconds once it has {MIN_TIMED_STEPS} steps",
     )
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="after timing each cell at the smallest and the largest batch size, run this many "
+        "more steps under torch.profiler and print its operators, most self time first (on "
+        "CUDA: GPU time), to stderr (0: no profile)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     args = parser.parse_args(argv)
@@ -187,6 +200,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("need --steps >= 1, --warmup >= 0 and --num-actions >= 1")
     if args.max_seconds_per_cell <= 0:
         parser.error("--max-seconds-per-cell must be positive")
+    if args.profile_steps < 0:
+        parser.error("--profile-steps must be >= 0")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
     if args.step_threads not in ("auto", "off"):
@@ -360,6 +375,24 @@ def time_cell(
     return times
 
 
+PROFILE_ROWS = 15
+"""Operators listed per profiled cell."""
+
+
+def profile_cell(step: Callable[[], None], device: torch.device, steps: int) -> str:
+    """``steps`` more steps under ``torch.profiler``: a table of the operators taking the most
+    self time (on CUDA the GPU's, with the kernel launches counted in its calls column)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return profiler.key_averages().table(sort_by=key, row_limit=PROFILE_ROWS)
+
+
 def measure(
     models: dict[str, REMModel],
     args: argparse.Namespace,
@@ -412,6 +445,15 @@ def measure(
                     flush=True,
                 )
                 records.append(record)
+                profiled = batch_size in (min(args.batch_sizes), max(args.batch_sizes))
+                if args.profile_steps and profiled:
+                    table = profile_cell(step, device, args.profile_steps)
+                    print(
+                        f"profile of {args.profile_steps} steps, B={batch_size} "
+                        f"{PATH_LABELS[path]} {mode}:\n{table}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     return records
 
 

@@ -233,3 +233,26 @@ def test_compile_paths_run_the_step_through_torch_compile_and_get_their_columns(
     )
     assert "compile" not in module.parse_args(["--preset", "tiny"]).paths
     assert module.parse_args(["--preset", "tiny"]).compile_mode == "default"
+
+
+def test_profile_steps_list_the_operators_of_the_smallest_and_largest_batch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = load_benchmark("imagination")
+    argv = ["--preset", "tiny", "--batch-sizes", "1", "2", "3", "--steps", "1", "--warmup", "0"]
+    out = str(tmp_path / "profile.json")
+    assert (
+        module.main(
+            [*argv, "--paths", "pop", "--modes", "tokens", "--profile-steps", "2", "--json", out]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    profiled = [line for line in err.splitlines() if line.startswith("profile of")]
+    assert profiled == [
+        "profile of 2 steps, B=1 POP tokens:",
+        "profile of 2 steps, B=3 POP tokens:",
+    ]
+    assert "Self CPU" in err and "aten::" in err  # the profiler's operator table
+    with pytest.raises(SystemExit):
+        module.parse_args(["--profile-steps", "-1"])

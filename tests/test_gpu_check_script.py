@@ -72,6 +72,7 @@ def test_smoke_run_writes_every_table_and_each_phase_timing(tmp_path: Path) -> N
         data.extractall(tmp_path / "data", filter="data")
     data = tmp_path / "data"
     assert "POP bf16 tokens" in (out / "imagination.md").read_text()
+    assert "profile of 3 steps, B=2 POP bf16 rgb:" in log  # where the step's time goes
     assert (
         "| POP bf16 compiled tokens | POP bf16 compiled rgb |" in (out / "compile.md").read_text()
     )
