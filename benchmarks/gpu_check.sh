@@ -27,24 +27,31 @@
 #
 # Settings (environment variables):
 #   PYTHON (python3), DEVICE (cuda), PRESET (paper), SIZES ("64 1024 4096"), STEPS (20),
-#   PROFILE_STEPS (3),
-#   CELL_SECONDS (10), TRAIN_PRESET (atari100k), TRAIN_EPOCHS (2), TRAIN_ENV_STEPS (1000;
-#   real steps collected per epoch, enough for the phases' batches), TRAIN_STEPS (the
-#   preset's; gradient steps per epoch of every phase), SKIP_TRAIN (0),
-#   COMPILE_PATHS ("bf16-compile"; "compile" is float32; empty skips the step),
-#   COMPILE_SIZES ($SIZES; each size compiles anew), COMPILE_BACKEND (inductor; eager
-#   only checks the capture, quickly, as the smoke test does), BALL_MINUTES (6; time budget of the
-#   Breakout training run, 0 skips it), BALL_PRESET (breakout), BALL_EPOCHS (400), BALL_INIT
-#   (rem_env/weights/Breakout, the bundled model; empty: from scratch), BALL_LAYERS (4:
-#   --world-model-layers, the bundled model's; empty: the preset's), BALL_PARTS
-#   (tokenizer,world_model), BALL_MOVING_WEIGHT (10: --world-model.moving-weight, as the bundled
-#   model was trained), BALL_OPTIONS (more rem-train options for the run, split on spaces, e.g.
-#   "--world-model.batch-size 64"); a BALL_INIT folder whose world model has a frame conv (not in REM) gives
-#   the run the same one (--world-model-frame-conv, --world-model-frame-conv-events)
+#   PROFILE_STEPS (3), CELL_SECONDS (5), TRAIN_PRESET (atari100k), TRAIN_EPOCHS (2),
+#   TRAIN_ENV_STEPS (1000; real steps collected per epoch, enough for the phases' batches),
+#   TRAIN_STEPS (20; gradient steps per epoch of every phase; empty: the preset's), SKIP_TRAIN
+#   (0), COMPILE_PATHS ("bf16-compile"; "compile" is float32; empty skips the step),
+#   COMPILE_SIZES ($SIZES; each size compiles anew), COMPILE_BACKEND (inductor; eager only
+#   checks the capture, quickly, as the smoke test does), BUDGET_SECONDS (560: a compiled size
+#   starts only while COMPILE_SECONDS, 130, are left of it, counted from the script's start; on
+#   an H200 the first size ran 114 s), BALL_MINUTES (3; time budget of the Breakout training run,
+#   0 skips it; the run ends after the epoch that passes it), BALL_PRESET (breakout),
+#   BALL_EPOCHS (400), BALL_INIT (rem_env/weights/Breakout, the bundled model; empty: from
+#   scratch), BALL_LAYERS (4: --world-model-layers, the bundled model's; empty: the preset's),
+#   BALL_PARTS (all where BALL_INIT has an actor-critic, else tokenizer,world_model),
+#   BALL_MOVING_WEIGHT (10: --world-model.moving-weight, as the bundled model was trained),
+#   BALL_OPTIONS (more rem-train options for the run, split on spaces; by default what a GPU
+#   affords: 6,000 real steps an epoch, 80% of the episodes scripted, and from the
+#   first epoch on 250 world-model steps of batch 128 at learning rate 1e-4 and no actor-critic
+#   training; empty: none); a BALL_INIT folder whose world model has a frame conv (not in REM)
+#   gives the run the same one (--world-model-frame-conv, --world-model-frame-conv-events)
 # A CPU smoke run of the script itself (the test suite does this):
 #   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_EPOCHS=1 \
-#     TRAIN_ENV_STEPS=60 TRAIN_STEPS=2 COMPILE_SIZES=1 COMPILE_BACKEND=eager \
-#     benchmarks/gpu_check.sh /tmp/gpu_check
+#     TRAIN_ENV_STEPS=60 TRAIN_STEPS=2 COMPILE_SIZES=1 COMPILE_BACKEND=eager BALL_PRESET=smoke \
+#     BALL_INIT= BALL_OPTIONS= BALL_MINUTES=0.0001 benchmarks/gpu_check.sh /tmp/gpu_check
+# On a lent GPU (within a 10-minute command; the defaults fit in about 9):
+#   timeout -k 5 580 benchmarks/gpu_check.sh "$OUT"
+# (A remote runner that copies the checkout may limit its size: warm_starts/ is not needed.)
 #
 # Each step runs even when an earlier one failed; the exit status is 1 if any failed.
 # rem_env needs gymnasium, safetensors and huggingface_hub, the training step ale-py too: carry
@@ -58,7 +65,7 @@ preset=${PRESET:-paper}
 read -r -a sizes <<<"${SIZES:-64 1024 4096}"
 read -r -a compile_sizes <<<"${COMPILE_SIZES:-${sizes[*]}}"
 steps=${STEPS:-20}
-cell=${CELL_SECONDS:-10}
+cell=${CELL_SECONDS:-5}
 train_preset=${TRAIN_PRESET:-atari100k}
 train_epochs=${TRAIN_EPOCHS:-2}
 train_env_steps=${TRAIN_ENV_STEPS:-1000}
@@ -107,13 +114,21 @@ keep_data() {  # keep_data NAME: moves $out/NAME into $out/data.tar
 # First, what a GPU is lent for most: a time-budgeted training run of the Breakout model,
 # warm-started from the bundled model; its export comes back as a tar archive in
 # parts of at most 15 MiB (reassemble: cat ball.tar.part-* | tar -x -C DIR).
-ball_minutes=${BALL_MINUTES:-6}
+GPU_BALL_OPTIONS="--common.env-steps-per-epoch 6000 --collect.scripted-share 0.8
+    --world-model.start-after-epoch 0 --world-model.steps-per-epoch 250
+    --world-model.batch-size 128 --world-model.lr 1e-4 --actor-critic.start-after-epoch 1000000"
+GPU_BALL_OPTIONS=${GPU_BALL_OPTIONS//$'\n'/ }
+ball_minutes=${BALL_MINUTES:-3}
 if [[ "$ball_minutes" != 0 ]]; then
     ball_epochs=${BALL_EPOCHS:-400}
     ball_init=${BALL_INIT-$(dirname "$here")/rem_env/weights/Breakout}
     init=()
     if [[ -n "$ball_init" ]]; then
-        init=(--init-from "$ball_init" --init-parts "${BALL_PARTS:-tokenizer,world_model}")
+        parts=${BALL_PARTS:-tokenizer,world_model}
+        if [[ -z "${BALL_PARTS:-}" && -f "$ball_init/actor_critic.safetensors" ]]; then
+            parts=all  # the init's actor-critic too, where it has one
+        fi
+        init=(--init-from "$ball_init" --init-parts "$parts")
         # A frame conv (not in REM) in the init's world model: the run's has the same one.
         if [[ -f "$ball_init/config.json" ]]; then
             read -r conv events < <("$py" -c 'import json, sys
@@ -129,7 +144,7 @@ print(w.get("frame_conv_layers", 0), str(w.get("frame_conv_events", False)).lowe
     if [[ -n "$ball_layers" ]]; then
         init+=(--world-model-layers "$ball_layers")
     fi
-    read -r -a ball_options <<<"${BALL_OPTIONS:-}"
+    read -r -a ball_options <<<"${BALL_OPTIONS-$GPU_BALL_OPTIONS}"
     init+=("${ball_options[@]}")
     ball=$(mktemp -d)
     step ball "$py" -m rem_train --preset "${BALL_PRESET:-breakout}" --device "$device" \
@@ -159,9 +174,10 @@ keep_data dream_env.json
 
 if [[ "${SKIP_TRAIN:-0}" != 1 ]]; then
     phase_steps=()
-    if [[ -n "${TRAIN_STEPS:-}" ]]; then
+    train_steps=${TRAIN_STEPS-20}
+    if [[ -n "$train_steps" ]]; then
         for phase in tokenizer world-model actor-critic; do
-            phase_steps+=(--"$phase".steps-per-epoch "$TRAIN_STEPS")
+            phase_steps+=(--"$phase".steps-per-epoch "$train_steps")
         done
     fi
     run=$(mktemp -d)
@@ -180,7 +196,12 @@ read -r -a compile_paths <<<"${COMPILE_PATHS-bf16-compile}"
 if ((${#compile_paths[@]})); then
     scratch=$(mktemp -d)
     : >"$out/compile.md"
+    budget=${BUDGET_SECONDS:-560}
     for size in "${compile_sizes[@]}"; do  # a table per size: each one done is kept
+        if ((SECONDS + ${COMPILE_SECONDS:-130} > budget)); then
+            echo "== compile: B=$size skipped, $((budget - SECONDS)) s left of $budget" >>"$log"
+            continue
+        fi
         step compile "$py" "$here/imagination.py" --device "$device" --preset "$preset" \
             --batch-sizes "$size" --paths pop "${compile_paths[@]}" --steps "$steps" \
             --warmup 3 --max-seconds-per-cell "$cell" --json "$scratch/compile.json" \

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -26,6 +27,7 @@ SMOKE = {
     "CELL_SECONDS": "5",
     "COMPILE_SIZES": "1",  # each size compiles anew; one shows that the step is captured
     "COMPILE_BACKEND": "eager",  # dynamo captures the step whole; no backend compiles it
+    "BALL_OPTIONS": "",  # the GPU's batches and epochs would take minutes on a CPU
 }
 
 
@@ -130,3 +132,24 @@ def test_the_breakout_run_keeps_the_frame_conv_of_its_init(tmp_path: Path) -> No
         ball.extractall(tmp_path / "ball", filter="data")
     world_model = REMModel.from_pretrained(tmp_path / "ball" / "export").config.world_model
     assert world_model.frame_conv_layers == 1 and world_model.frame_conv_events
+
+
+def test_the_gpu_options_of_the_breakout_run_are_valid_rem_train_options() -> None:
+    from rem_train.cli import build_config, parser
+
+    text = SCRIPT.read_text()
+    options = re.search(r'^GPU_BALL_OPTIONS="([^"]*)"', text, re.MULTILINE)
+    assert options is not None
+    argv = ["--preset", "breakout", *options.group(1).split()]
+    config = build_config(vars(parser().parse_args(argv)))
+    assert (config.world_model.batch_size, config.world_model.start_after_epoch) == (128, 0)
+    assert config.common.env_steps_per_epoch == 6000
+
+
+def test_compiled_sizes_past_the_time_budget_are_skipped_and_logged(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    settings = {**SMOKE, "SIZES": "1", "COMPILE_SIZES": "1 2", "BUDGET_SECONDS": "0"}
+    result = run(out, **settings, SKIP_TRAIN="1", BALL_MINUTES="0")
+    log = (out / "log.txt").read_text()
+    assert result.returncode == 0, log
+    assert "== compile: B=1 skipped" in log and "== compile: B=2 skipped" in log
