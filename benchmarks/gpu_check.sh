@@ -32,10 +32,13 @@
 #   TRAIN_STEPS (20; gradient steps per epoch of every phase; empty: the preset's), SKIP_TRAIN
 #   (0), COMPILE_PATHS ("bf16-compile"; "compile" is float32; empty skips the step),
 #   COMPILE_SIZES ($SIZES; each size compiles anew), COMPILE_BACKEND (inductor; eager only
-#   checks the capture, quickly, as the smoke test does), BUDGET_SECONDS (560: a compiled size
-#   starts only while COMPILE_SECONDS, 130, are left of it, counted from the script's start; on
-#   an H200 the first size ran 114 s), BALL_MINUTES (3; time budget of the Breakout training run,
-#   0 skips it; the run ends after the epoch that passes it), BALL_PRESET (breakout),
+#   checks the capture, quickly, as the smoke test does), BUDGET_SECONDS (560, counted from the
+#   script's start: after the Breakout run, each table step starts only while its allowance is
+#   left of it, and is skipped with a line in log.txt otherwise; the allowances, in seconds:
+#   IMAGINATION_SECONDS 120, DREAM_ENV_SECONDS 60, TRAIN_SECONDS 90, COMPILE_SECONDS 130 per
+#   compiled size: on an H200 the first size ran 114 s), BALL_MINUTES (5; time budget of the
+#   Breakout training run, 0 skips it; the run ends after the epoch that passes it, about a
+#   minute of a GPU's epoch later, then exports), BALL_PRESET (breakout),
 #   BALL_EPOCHS (400), BALL_INIT (rem_env/weights/Breakout, the bundled model; empty: from
 #   scratch), BALL_LAYERS (4: --world-model-layers, the bundled model's; empty: the preset's),
 #   BALL_PARTS (all where BALL_INIT has an actor-critic, else tokenizer,world_model),
@@ -104,6 +107,14 @@ if torch.cuda.is_available():
 
 step device describe_device >"$out/device.txt"
 
+budget=${BUDGET_SECONDS:-560}
+fits() {  # fits NAME SECONDS: whether a step needing SECONDS still fits the budget; logs a skip
+    if ((SECONDS + $2 > budget)); then
+        echo "== $1: skipped, $((budget - SECONDS)) s left of $budget" >>"$log"
+        return 1
+    fi
+}
+
 # A remote runner sends back at most 8 files: the JSON records travel as one archive, each
 # added as soon as its step has written it.
 keep_data() {  # keep_data NAME: moves $out/NAME into $out/data.tar
@@ -118,7 +129,7 @@ GPU_BALL_OPTIONS="--common.env-steps-per-epoch 6000 --collect.scripted-share 0.8
     --world-model.start-after-epoch 0 --world-model.steps-per-epoch 250
     --world-model.batch-size 128 --world-model.lr 1e-4 --actor-critic.start-after-epoch 1000000"
 GPU_BALL_OPTIONS=${GPU_BALL_OPTIONS//$'\n'/ }
-ball_minutes=${BALL_MINUTES:-3}
+ball_minutes=${BALL_MINUTES:-5}
 if [[ "$ball_minutes" != 0 ]]; then
     ball_epochs=${BALL_EPOCHS:-400}
     ball_init=${BALL_INIT-$(dirname "$here")/rem_env/weights/Breakout}
@@ -161,18 +172,20 @@ print(w.get("frame_conv_layers", 0), str(w.get("frame_conv_events", False)).lowe
     rm -rf "$ball"
 fi
 
-step imagination "$py" "$here/imagination.py" --device "$device" --preset "$preset" \
-    --batch-sizes "${sizes[@]}" --paths pop bf16 --steps "$steps" --warmup 3 \
-    --max-seconds-per-cell "$cell" --json "$out/imagination.json" \
-    --profile-steps "${PROFILE_STEPS:-3}" >"$out/imagination.md"
+fits imagination "${IMAGINATION_SECONDS:-120}" &&
+    step imagination "$py" "$here/imagination.py" --device "$device" --preset "$preset" \
+        --batch-sizes "${sizes[@]}" --paths pop bf16 --steps "$steps" --warmup 3 \
+        --max-seconds-per-cell "$cell" --json "$out/imagination.json" \
+        --profile-steps "${PROFILE_STEPS:-3}" >"$out/imagination.md"
 keep_data imagination.json
 
-step dream_env "$py" "$here/dream_env.py" --device "$device" --preset "$preset" \
-    --num-envs "${sizes[@]}" --autocast bf16 --no-ale --steps "$steps" --warmup 3 \
-    --max-seconds-per-cell "$cell" --json "$out/dream_env.json" >"$out/dream_env.md"
+fits dream_env "${DREAM_ENV_SECONDS:-60}" &&
+    step dream_env "$py" "$here/dream_env.py" --device "$device" --preset "$preset" \
+        --num-envs "${sizes[@]}" --autocast bf16 --no-ale --steps "$steps" --warmup 3 \
+        --max-seconds-per-cell "$cell" --json "$out/dream_env.json" >"$out/dream_env.md"
 keep_data dream_env.json
 
-if [[ "${SKIP_TRAIN:-0}" != 1 ]]; then
+if [[ "${SKIP_TRAIN:-0}" != 1 ]] && fits training "${TRAIN_SECONDS:-90}"; then
     phase_steps=()
     train_steps=${TRAIN_STEPS-20}
     if [[ -n "$train_steps" ]]; then
@@ -196,12 +209,8 @@ read -r -a compile_paths <<<"${COMPILE_PATHS-bf16-compile}"
 if ((${#compile_paths[@]})); then
     scratch=$(mktemp -d)
     : >"$out/compile.md"
-    budget=${BUDGET_SECONDS:-560}
     for size in "${compile_sizes[@]}"; do  # a table per size: each one done is kept
-        if ((SECONDS + ${COMPILE_SECONDS:-130} > budget)); then
-            echo "== compile: B=$size skipped, $((budget - SECONDS)) s left of $budget" >>"$log"
-            continue
-        fi
+        fits "compile B=$size" "${COMPILE_SECONDS:-130}" || continue
         step compile "$py" "$here/imagination.py" --device "$device" --preset "$preset" \
             --batch-sizes "$size" --paths pop "${compile_paths[@]}" --steps "$steps" \
             --warmup 3 --max-seconds-per-cell "$cell" --json "$scratch/compile.json" \

@@ -146,10 +146,22 @@ def test_the_gpu_options_of_the_breakout_run_are_valid_rem_train_options() -> No
     assert config.common.env_steps_per_epoch == 6000
 
 
-def test_compiled_sizes_past_the_time_budget_are_skipped_and_logged(tmp_path: Path) -> None:
+def test_table_steps_past_the_time_budget_are_skipped_and_logged(tmp_path: Path) -> None:
     out = tmp_path / "out"
     settings = {**SMOKE, "SIZES": "1", "COMPILE_SIZES": "1 2", "BUDGET_SECONDS": "0"}
-    result = run(out, **settings, SKIP_TRAIN="1", BALL_MINUTES="0")
+    result = run(out, **settings, BALL_MINUTES="0")
     log = (out / "log.txt").read_text()
     assert result.returncode == 0, log
-    assert "== compile: B=1 skipped" in log and "== compile: B=2 skipped" in log
+    for name in ("imagination", "dream_env", "training", "compile B=1", "compile B=2"):
+        assert f"== {name}: skipped, " in log
+    assert "== imagination: " + "done" not in log and not (out / "imagination.md").exists()
+
+
+def test_a_table_step_runs_where_its_allowance_fits_the_budget(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    settings = {**SMOKE, "SIZES": "1", "BUDGET_SECONDS": "10000", "IMAGINATION_SECONDS": "1"}
+    result = run(out, **settings, SKIP_TRAIN="1", COMPILE_PATHS="", BALL_MINUTES="0",
+                 DREAM_ENV_SECONDS="100000")  # fmt: skip
+    log = (out / "log.txt").read_text()
+    assert result.returncode == 0, log
+    assert "== imagination: done" in log and "== dream_env: skipped" in log
