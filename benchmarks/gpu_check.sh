@@ -45,8 +45,9 @@
 #   BALL_MOVING_WEIGHT (10: --world-model.moving-weight, as the bundled model was trained),
 #   BALL_OPTIONS (more rem-train options for the run, split on spaces; by default what a GPU
 #   affords: 6,000 real steps an epoch, 80% of the episodes scripted, and from the
-#   first epoch on 250 world-model steps of batch 128 at learning rate 1e-4 and no actor-critic
-#   training; empty: none); a BALL_INIT folder whose world model has a frame conv (not in REM)
+#   first epoch on 250 world-model steps of batch 128 at learning rate 1e-4, with the bundled
+#   model's end weight 3 and reward and end heads that learn from dreamed frames too, and no
+#   actor-critic training; empty: none); a BALL_INIT folder whose world model has a frame conv (not in REM)
 #   gives the run the same one (--world-model-frame-conv, --world-model-frame-conv-events)
 # A CPU smoke run of the script itself (the test suite does this):
 #   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_EPOCHS=1 \
@@ -127,7 +128,8 @@ keep_data() {  # keep_data NAME: moves $out/NAME into $out/data.tar
 # parts of at most 15 MiB (reassemble: cat ball.tar.part-* | tar -x -C DIR).
 GPU_BALL_OPTIONS="--common.env-steps-per-epoch 6000 --collect.scripted-share 0.8
     --world-model.start-after-epoch 0 --world-model.steps-per-epoch 250
-    --world-model.batch-size 128 --world-model.lr 1e-4 --actor-critic.start-after-epoch 1000000"
+    --world-model.batch-size 128 --world-model.lr 1e-4 --world-model.end-weight 3
+    --world-model.dreamed-heads-weight 1 --actor-critic.start-after-epoch 1000000"
 GPU_BALL_OPTIONS=${GPU_BALL_OPTIONS//$'\n'/ }
 ball_minutes=${BALL_MINUTES:-5}
 if [[ "$ball_minutes" != 0 ]]; then
