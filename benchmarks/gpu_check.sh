@@ -37,8 +37,8 @@
 #   left of it, and is skipped with a line in log.txt otherwise; the allowances, in seconds:
 #   IMAGINATION_SECONDS 120, DREAM_ENV_SECONDS 60, TRAIN_SECONDS 90, COMPILE_SECONDS 130 per
 #   compiled size: on an H200 the first size ran 114 s), BALL_MINUTES (5; time budget of the
-#   Breakout training run, 0 skips it; the run ends after the epoch that passes it, about a
-#   minute of a GPU's epoch later, then exports), BALL_PRESET (breakout),
+#   Breakout training run, 0 skips it; the run ends after the epoch that passes it, then
+#   exports), BALL_PRESET (breakout),
 #   BALL_EPOCHS (400), BALL_INIT (rem_env/weights/Breakout, the bundled model; empty: from
 #   scratch), BALL_LAYERS (4: --world-model-layers, the bundled model's; empty: the preset's),
 #   BALL_PARTS (all where BALL_INIT has an actor-critic, else tokenizer,world_model),
@@ -47,8 +47,9 @@
 #   affords: 6,000 real steps an epoch, 80% of the episodes scripted, and from the
 #   first epoch on 250 world-model steps of batch 128 at learning rate 1e-4, with the bundled
 #   model's end weight 3 and reward and end heads that learn from dreamed frames too, and no
-#   actor-critic training; empty: none); a BALL_INIT folder whose world model has a frame conv (not in REM)
-#   gives the run the same one (--world-model-frame-conv, --world-model-frame-conv-events)
+#   actor-critic training; empty: none); a BALL_INIT folder whose world model has a frame
+#   conv (not in REM) gives the run the same one (--world-model-frame-conv,
+#   --world-model-frame-conv-events)
 # A CPU smoke run of the script itself (the test suite does this):
 #   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_EPOCHS=1 \
 #     TRAIN_ENV_STEPS=60 TRAIN_STEPS=2 COMPILE_SIZES=1 COMPILE_BACKEND=eager BALL_PRESET=smoke \

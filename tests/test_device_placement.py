@@ -154,7 +154,7 @@ def test_collecting_burns_the_ongoing_episode_in_on_the_device(tmp_path: Path) -
         "Breakout", seed=0, temperature=1.0, epsilon=0.0, burn_in=4, burn_in_actions=True
     )
     collector.obs = frame  # an episode is under way
-    try:
+    try:  # failed before the fix: the frames were copied to the CPU, off the model's device
         collector.collect(model, actor_critic, replay, num_steps=0)
     finally:
         collector.close()

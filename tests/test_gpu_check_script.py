@@ -157,7 +157,7 @@ def test_table_steps_past_the_time_budget_are_skipped_and_logged(tmp_path: Path)
     assert result.returncode == 0, log
     for name in ("imagination", "dream_env", "training", "compile B=1", "compile B=2"):
         assert f"== {name}: skipped, " in log
-    assert "== imagination: " + "done" not in log and not (out / "imagination.md").exists()
+    assert "== imagination: done" not in log and not (out / "imagination.md").exists()
 
 
 def test_a_table_step_runs_where_its_allowance_fits_the_budget(tmp_path: Path) -> None:
