@@ -38,7 +38,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import gymnasium as gym
@@ -49,13 +49,14 @@ from PIL import Image, ImageDraw
 
 from rem_env.agents import Agent
 from rem_env.model import REMModel
-from rem_env.probes import NEAR_PIXELS, ObjectProbe, probes_for
+from rem_env.probes import CLOSE_PIXELS, NEAR_PIXELS, ObjectProbe, probes_for
 from rem_env.rules import REWARD_RULES
 
 __all__ = [
     "END_EARLY_STEPS",
     "FidelityReport",
     "ObjectCounts",
+    "ObjectHits",
     "RealTrajectory",
     "TokenFlips",
     "measure_fidelity",
@@ -168,7 +169,11 @@ class FidelityReport:
             ``h``, the share of those steps whose dreamed frame shows the object anywhere),
             ``dream_kept`` (per ``h``, of the dreams whose object was within ``NEAR_PIXELS``
             at step ``h - 1``, the share that has it there at ``h`` too; None at ``h = 1`` and
-            where there were none) and ``dream_kept_compared`` (how many such dreams).
+            where there were none), ``dream_kept_compared`` (how many such dreams),
+            ``dream_close`` (per ``h``, the share of checkable steps whose dreamed object is
+            within ``CLOSE_PIXELS``), ``dream_kept_from_close`` (per ``h``, of the dreams whose
+            object was within ``CLOSE_PIXELS`` at step ``h - 1``, the share that has it within
+            ``NEAR_PIXELS`` at ``h``) and ``dream_kept_from_close_compared``.
         policy: Who played the real game.
         still_token_flips: Of the tokens of patches whose pixels did not change since the
             previous real frame, the share the tokenizer gave another code than in that frame:
@@ -282,6 +287,15 @@ class FidelityReport:
                     f"{_fmt(found[0])} / {_fmt(found[-1])}; of the dreams with the {name} "
                     f"within {NEAR_PIXELS:g} px at step 1, {_fmt(obj['dream_kept'][1])} still "
                     f"have it there at step 2 ({obj['dream_kept_compared'][1]} dreams).",
+                    "",
+                ]
+            if obj.get("dream_close") and self.horizon >= 2:  # reports before 2026-12-04 lack it
+                rows += [
+                    f"Dreamed {name} within {CLOSE_PIXELS:g} px at steps 1 / {self.horizon}: "
+                    f"{_fmt(obj['dream_close'][0])} / {_fmt(obj['dream_close'][-1])}; of the "
+                    f"dreams with it within {CLOSE_PIXELS:g} px at step 1, "
+                    f"{_fmt(obj['dream_kept_from_close'][1])} have it within {NEAR_PIXELS:g} px "
+                    f"at step 2 ({obj['dream_kept_from_close_compared'][1]} dreams).",
                     "",
                 ]
         if self.still_token_flips is not None and self.moving_patches is not None:
@@ -518,6 +532,17 @@ class TokenFlips:
         return self.moving / total if total else None
 
 
+class ObjectHits(NamedTuple):
+    """What :meth:`ObjectCounts.add` saw in N frames, as (N,) bool each."""
+
+    near: np.ndarray
+    """The object was found within ``NEAR_PIXELS`` of the real one (checkable frames only)."""
+    close: np.ndarray
+    """Within ``CLOSE_PIXELS`` (checkable frames only)."""
+    checkable: np.ndarray
+    """The probe could check the object in the real frame."""
+
+
 @dataclass
 class ObjectCounts:
     """How often a probe found its object at the real place (checkable frames), and found one
@@ -528,26 +553,31 @@ class ObjectCounts:
     found: int = 0
     false: int = 0
     absent: int = 0
+    close: int = 0
 
-    def add(
-        self, probe: ObjectProbe, pictures: np.ndarray, ram: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Counts a batch of frames; returns (N,) bool each: object near (and checkable), and
+    def add(self, probe: ObjectProbe, pictures: np.ndarray, ram: np.ndarray) -> ObjectHits:
+        """Counts a batch of frames; returns which of them had the object near, close, and
         checkable."""
         truth = probe.real_positions(ram, pictures.shape[1])
         hits = probe.find(pictures)
-        near = hits.found & (
-            np.linalg.norm(hits.positions - truth.positions, axis=1) <= NEAR_PIXELS
+        distance = np.where(
+            hits.found, np.linalg.norm(hits.positions - truth.positions, axis=1), np.inf
         )
+        near, close = distance <= NEAR_PIXELS, distance <= CLOSE_PIXELS
         self.near += int(near[truth.checkable].sum())
+        self.close += int(close[truth.checkable].sum())
         self.checked += int(truth.checkable.sum())
         self.found += int(hits.found[truth.checkable].sum())
         self.false += int(hits.found[~truth.visible].sum())
         self.absent += int((~truth.visible).sum())
-        return near & truth.checkable, truth.checkable
+        return ObjectHits(near & truth.checkable, close & truth.checkable, truth.checkable)
 
     def recall(self) -> float | None:
         return self.near / self.checked if self.checked else None
+
+    def close_share(self) -> float | None:
+        """Of the checkable frames, the share with the object within ``CLOSE_PIXELS``."""
+        return self.close / self.checked if self.checked else None
 
     def found_share(self) -> float | None:
         """Of the checkable frames, the share where an object was found anywhere."""
@@ -619,6 +649,8 @@ def measure_fidelity(
     dream_objects = {p.name: [ObjectCounts() for _ in range(horizon)] for p in probes}
     # Per step h >= 2: [dreams whose object was near at h-1 and is checkable at h, of them near]
     kept = {p.name: np.zeros((horizon, 2), dtype=np.int64) for p in probes}
+    # The same for the dreams whose object was close at h-1.
+    kept_close = {p.name: np.zeros((horizon, 2), dtype=np.int64) for p in probes}
     rule = REWARD_RULES.get(model.config.game or "")
     step_lost = [_Counts() for _ in range(horizon)]
     step_back = np.zeros(horizon, dtype=np.int64)
@@ -642,6 +674,7 @@ def measure_fidelity(
             )  # (b, H, W, 3)
         alive = torch.ones(b, dtype=torch.bool, device=device)
         near_before = {p.name: np.zeros(b, dtype=bool) for p in probes}  # at the last step
+        close_before = {p.name: np.zeros(b, dtype=bool) for p in probes}
         dreamed_end_steps: list[list[int]] = [[] for _ in range(b)]
         real_end_step: list[int | None] = [None] * b
         dreamed: list[np.ndarray] = []
@@ -733,11 +766,18 @@ def measure_fidelity(
                     )
                     picked = rows.cpu().numpy()
                     for probe in probes:
-                        near, checkable = dream_objects[probe.name][h - 1].add(probe, pictures, ram)
-                        was_near = near_before[probe.name][picked] & checkable
-                        kept[probe.name][h - 1] += (int(was_near.sum()), int(near[was_near].sum()))
+                        seen_now = dream_objects[probe.name][h - 1].add(probe, pictures, ram)
+                        near = seen_now.near
+                        for before, counts in (
+                            (near_before, kept),
+                            (close_before, kept_close),
+                        ):
+                            was = before[probe.name][picked] & seen_now.checkable
+                            counts[probe.name][h - 1] += (int(was.sum()), int(near[was].sum()))
                         near_before[probe.name][:] = False
                         near_before[probe.name][picked] = near
+                        close_before[probe.name][:] = False
+                        close_before[probe.name][picked] = seen_now.close
                 compared[h - 1] += len(rows)
                 if not strip and bool(seen[0]):
                     dreamed.append(to_pixels(dream_frames[:1])[0])
@@ -765,6 +805,11 @@ def measure_fidelity(
             "dream_found": [c.found_share() for c in counts],
             "dream_kept": [int(n) / int(of) if of else None for of, n in kept[name]],
             "dream_kept_compared": [int(of) for of, _ in kept[name]],
+            "dream_close": [c.close_share() for c in counts],
+            "dream_kept_from_close": [
+                int(n) / int(of) if of else None for of, n in kept_close[name]
+            ],
+            "dream_kept_from_close_compared": [int(of) for of, _ in kept_close[name]],
         }
         for name, counts in dream_objects.items()
     }

@@ -23,6 +23,7 @@ import numpy as np
 
 __all__ = [
     "BLIND_BASELINES",
+    "CLOSE_PIXELS",
     "NEAR_PIXELS",
     "PROBES",
     "SCRIPTED_PLAYERS",
@@ -37,6 +38,10 @@ __all__ = [
 
 NEAR_PIXELS = 2.0
 """A found object counts as *at* the real one when its position is this close (frame pixels)."""
+
+CLOSE_PIXELS = 1.0
+"""A found object counts as *close* to the real one when its position is this close (frame
+pixels): the precision a dream needs to keep a small moving object in place step after step."""
 
 RAW_HEIGHT, RAW_WIDTH = 210, 160
 """The Atari 2600's screen in ale-py."""

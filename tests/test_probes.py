@@ -195,7 +195,8 @@ def test_fidelity_plays_until_enough_events_and_reports_objects() -> None:
 class _EveryThirdFrameMissed:
     """A probe that 'finds' the object at its real place except in real frames j with
     j % 3 == 0 (an index of the frame is written into the RAM), where it finds it far away,
-    and in frames j % 7 == 0, where it finds nothing."""
+    in frames j % 5 == 0, where it finds it 1.5 px off (near, not close), and in frames
+    j % 7 == 0, where it finds nothing."""
 
     name = "ball"
 
@@ -208,6 +209,7 @@ class _EveryThirdFrameMissed:
     def find(self, frames: np.ndarray) -> ProbeHits:
         j = self.index
         positions = np.where((j % 3 == 0)[:, None], 50.0, 0.0) * np.ones((len(j), 2))
+        positions[(j % 3 != 0) & (j % 5 == 0), 0] = 1.5
         return ProbeHits(positions, j % 7 != 0)
 
 
@@ -244,19 +246,24 @@ def test_fidelity_counts_the_dreamed_object_anywhere_and_kept_from_step_to_step(
     # the episode's last step; near unless (t + h) % 3 == 0 or (t + h) % 7 == 0 (not found).
     context = model.config.world_model.context_length
     found, near, kept = np.zeros((3, horizon)), np.zeros((3, horizon)), np.zeros((2, horizon))
+    close, kept_close = np.zeros(horizon), np.zeros((2, horizon))
     for k, traj in enumerate(trajectories):
         for t in range(context - 1, len(traj), stride):
-            was_near = False
+            was_near = was_close = False
             for h in range(1, horizon + 1):
                 if t + h - 1 >= len(traj) - 1:  # the real episode ended at the step before
                     break
                 j = t + h + 100 * k
                 is_found, is_near = j % 7 != 0, j % 7 != 0 and j % 3 != 0
+                is_close = is_near and j % 5 != 0
                 found[:, h - 1] += (1, is_found, 0)
                 near[:, h - 1] += (1, is_near, 0)
+                close[h - 1] += is_close
                 if h > 1 and was_near:
                     kept[:, h - 1] += (1, is_near)
-                was_near = is_near
+                if h > 1 and was_close:
+                    kept_close[:, h - 1] += (1, is_near)
+                was_near, was_close = is_near, is_close
     assert ball["dream_compared"] == [int(n) for n in found[0]]
     assert ball["dream_found"] == pytest.approx(list(found[1] / found[0]))
     assert ball["dream_near"] == pytest.approx(list(near[1] / near[0]))
@@ -264,10 +271,19 @@ def test_fidelity_counts_the_dreamed_object_anywhere_and_kept_from_step_to_step(
     assert ball["dream_kept_compared"] == [int(n) for n in kept[0]]
     assert ball["dream_kept"][1:] == pytest.approx(list(kept[1, 1:] / kept[0, 1:]))
     assert all(0 < kept[1, h] < kept[0, h] for h in (1, 2, 3))  # some kept, some not
+    assert ball["dream_close"] == pytest.approx(list(close / found[0]))
+    assert ball["dream_kept_from_close"][0] is None
+    assert ball["dream_kept_from_close_compared"] == [int(n) for n in kept_close[0]]
+    assert ball["dream_kept_from_close"][1:] == pytest.approx(
+        list(kept_close[1, 1:] / kept_close[0, 1:])
+    )
+    assert all(0 < kept_close[0, h] < kept[0, h] for h in (1, 2, 3))  # a subset of the near
     table = report.summary_table((1, 4))
     assert f"{ball['dream_kept'][1]:.3f} still have it there at step 2" in table
+    assert f"{ball['dream_kept_from_close'][1]:.3f} have it within 2 px at step 2" in table
     # A report written before these figures (no dream_found) still renders.
     old = dict(ball)
-    for key in ("dream_found", "dream_kept", "dream_kept_compared"):
+    for key in ("dream_found", "dream_kept", "dream_kept_compared", "dream_close"):
         del old[key]
-    assert "still have it" not in dataclasses.replace(report, objects={"ball": old}).summary_table()
+    old_table = dataclasses.replace(report, objects={"ball": old}).summary_table()
+    assert "still have it" not in old_table and "within 1 px" not in old_table
