@@ -767,17 +767,17 @@ def measure_fidelity(
                     picked = rows.cpu().numpy()
                     for probe in probes:
                         seen_now = dream_objects[probe.name][h - 1].add(probe, pictures, ram)
-                        near = seen_now.near
-                        for before, counts in (
-                            (near_before, kept),
-                            (close_before, kept_close),
+                        for before, counts, now in (
+                            (near_before, kept, seen_now.near),
+                            (close_before, kept_close, seen_now.close),
                         ):
                             was = before[probe.name][picked] & seen_now.checkable
-                            counts[probe.name][h - 1] += (int(was.sum()), int(near[was].sum()))
-                        near_before[probe.name][:] = False
-                        near_before[probe.name][picked] = near
-                        close_before[probe.name][:] = False
-                        close_before[probe.name][picked] = seen_now.close
+                            counts[probe.name][h - 1] += (
+                                int(was.sum()),
+                                int(seen_now.near[was].sum()),
+                            )
+                            before[probe.name][:] = False
+                            before[probe.name][picked] = now
                 compared[h - 1] += len(rows)
                 if not strip and bool(seen[0]):
                     dreamed.append(to_pixels(dream_frames[:1])[0])
