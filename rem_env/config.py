@@ -9,6 +9,8 @@ from typing import Any, Literal
 __all__ = ["REMConfig", "TokenizerConfig", "WorldModelConfig"]
 
 PresetName = Literal["paper", "tiny"]
+TOKENIZER_KINDS = ("vqvae", "patch")
+"""What :attr:`TokenizerConfig.kind` may be."""
 
 
 def _require(condition: bool, field_name: str, message: str) -> None:
@@ -19,7 +21,7 @@ def _require(condition: bool, field_name: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    """Sizes of the VQ-VAE tokenizer (REM_SPEC section 3).
+    """Sizes of the tokenizer: REM's VQ-VAE (REM_SPEC section 3) or, not in REM, a patch codebook.
 
     Attributes:
         image_size: Height and width of the square RGB frames (64 in the paper).
@@ -29,6 +31,12 @@ class TokenizerConfig:
         vocab_size: Number of codebook entries (512).
         embed_dim: Dimension of each codebook vector (256).
         norm_groups: Groups of every GroupNorm (8).
+        kind: ``"vqvae"``: REM's VQ-VAE (:class:`~rem_env.models.tokenizer.Tokenizer`).
+            ``"patch"`` (not in REM): each patch of ``2**num_downsamples`` pixels square is the id
+            of the nearest of ``vocab_size`` fixed patches, fitted by k-means on real frames
+            (:class:`~rem_env.models.patch_tokenizer.PatchTokenizer`); its ``embed_dim`` is the
+            patch's pixel count times ``in_channels`` (192 for 8x8 RGB patches), and
+            ``base_channels`` and ``norm_groups`` are unused.
     """
 
     image_size: int = 64
@@ -38,8 +46,14 @@ class TokenizerConfig:
     vocab_size: int = 512
     embed_dim: int = 256
     norm_groups: int = 8
+    kind: Literal["vqvae", "patch"] = "vqvae"
 
     def __post_init__(self) -> None:
+        _require(
+            self.kind in TOKENIZER_KINDS,
+            "kind",
+            f"must be one of {TOKENIZER_KINDS}, got {self.kind!r}",
+        )
         for name in ("image_size", "in_channels", "base_channels", "vocab_size", "embed_dim"):
             _require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         _require(self.num_downsamples >= 1, "num_downsamples", "must be at least 1")
@@ -48,6 +62,15 @@ class TokenizerConfig:
             "image_size",
             f"{self.image_size} is not divisible by 2**num_downsamples = {2**self.num_downsamples}",
         )
+        if self.kind == "patch":
+            pixels = self.in_channels * self.patch_size**2
+            _require(
+                self.embed_dim == pixels,
+                "embed_dim",
+                f"a patch tokenizer's codes are its patches' pixels: embed_dim must be "
+                f"in_channels * patch_size**2 = {pixels}, got {self.embed_dim}",
+            )
+            return
         _require(self.norm_groups > 0, "norm_groups", "must be positive")
         _require(
             self.base_channels % self.norm_groups == 0,
@@ -59,6 +82,11 @@ class TokenizerConfig:
             "embed_dim",
             f"{self.embed_dim} is not divisible by norm_groups={self.norm_groups}",
         )
+
+    @property
+    def patch_size(self) -> int:
+        """Side in pixels of the square patch one token stands for (8 in the paper)."""
+        return 2**self.num_downsamples
 
     @property
     def latent_size(self) -> int:

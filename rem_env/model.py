@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from rem_env.config import REMConfig
+from rem_env.models import build_tokenizer
 from rem_env.models.sampling import StepNoise
-from rem_env.models.tokenizer import Tokenizer
 from rem_env.models.world_model import ImaginationStep, WorldModel, WorldModelOutput
 from rem_env.state import ImaginationState
 
@@ -23,7 +23,9 @@ DEFAULT_NUM_START_CONTEXTS = 8
 
 
 class REMModel(nn.Module):
-    """A REM world model: VQ-VAE tokenizer + RetNet world model + start contexts for resets.
+    """A REM world model: tokenizer + RetNet world model + start contexts for resets.
+
+    The tokenizer is REM's VQ-VAE or, not in REM, a patch codebook (``TokenizerConfig.kind``).
 
     Start contexts are real (or, for an untrained model, random) openings of ``context_length``
     frames as tokens, (N, C, K), and the C-1 actions between them, (N, C-1). A dream starts from
@@ -62,7 +64,7 @@ class REMModel(nn.Module):
             raise ValueError(f"num_start_contexts must be at least 1, got {num_start_contexts}")
         self.config = config
         tok = config.tokenizer
-        self.tokenizer = Tokenizer(tok)
+        self.tokenizer = build_tokenizer(tok)
         self.world_model = WorldModel(
             config.world_model, config.num_actions, tok.vocab_size, tok.tokens_per_frame
         )

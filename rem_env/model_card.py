@@ -61,8 +61,12 @@ def render_model_card(
     lines = ["---", "library_name: rem-env", "license: mit", "tags:"]
     lines += [f"- {tag}" for tag in tags]
     lines += ["---", "", f"# REM world model{f' of {game}' if game else ''}", ""]
+    side = config.tokenizer.patch_size
+    tokenizer = "VQ-VAE tokenizer"
+    if config.tokenizer.kind == "patch":
+        tokenizer = f"a tokenizer of fixed {side}x{side} patches fitted by k-means (not in REM)"
     lines += [
-        "A token-based world model (VQ-VAE tokenizer + RetNet with Parallel Observation "
+        f"A token-based world model ({tokenizer} + RetNet with Parallel Observation "
         "Prediction) that runs as a batched Gymnasium dream environment with "
         "[rem-env](https://github.com/rem-env/rem-env).",
         "",

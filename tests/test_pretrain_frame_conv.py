@@ -217,3 +217,16 @@ def test_gathering_triples_keeps_little_more_than_the_triples() -> None:
     own_kib, grown_kib = map(int, done.stdout.split())
     assert own_kib > 10_000  # the triples of 1,000 segments of random frames
     assert grown_kib < 4 * own_kib, (own_kib, grown_kib)
+
+
+def test_a_world_model_with_its_own_token_embeddings_is_trained_on_them(tmp_path: Path) -> None:
+    """The frame conv reads the world model's observation embedding; a world model that does
+    not share the tokenizer's codebook (the patch model's) has its own, of its own width."""
+    source = _source(tmp_path / "source", shared_embeddings=False, embed_dim=48)
+    replay = _replay(tmp_path / "replay")
+    argv = ["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "fc"),
+            "--segments", "16", "--steps", "2", "--eval-every", "2", "--eval-segments", "4",
+            "--layers", "1", "--width", "8"]  # fmt: skip
+    assert main(argv) == 0
+    export = REMModel.from_pretrained(tmp_path / "fc" / "export")
+    assert export.world_model.frame_conv.out.weight.abs().sum() > 0

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from rem_env.models.tokenizer import Tokenizer
+    from rem_env.models.tokenizer import FrameTokenizer
     from rem_train.replay import ReplayBuffer
 
 __all__ = [
@@ -147,11 +147,11 @@ class ReplayTokens:
         self._weights: tuple[tuple[int, int], ...] = ()
 
     @staticmethod
-    def _fingerprint(tokenizer: Tokenizer) -> tuple[tuple[int, int], ...]:
+    def _fingerprint(tokenizer: FrameTokenizer) -> tuple[tuple[int, int], ...]:
         """Where each weight lives and how often it was changed in place."""
         return tuple((p.data_ptr(), p._version) for p in tokenizer.parameters())
 
-    def _start(self, tokenizer: Tokenizer, stop: int) -> int:
+    def _start(self, tokenizer: FrameTokenizer, stop: int) -> int:
         """The first record :meth:`update` encodes, given ``stop`` stored records.
 
         0 when the weights changed; else the start of the chunk that holds the first missing
@@ -163,12 +163,12 @@ class ReplayTokens:
         have = self.tokens.shape[0]
         return have if have >= stop else have - have % self.chunk
 
-    def stale_frames(self, tokenizer: Tokenizer, replay: ReplayBuffer) -> int:
+    def stale_frames(self, tokenizer: FrameTokenizer, replay: ReplayBuffer) -> int:
         """Frames :meth:`update` would encode now."""
         return max(replay.num_steps - self._start(tokenizer, replay.num_steps), 0)
 
     @torch.no_grad()
-    def update(self, tokenizer: Tokenizer, replay: ReplayBuffer) -> int:
+    def update(self, tokenizer: FrameTokenizer, replay: ReplayBuffer) -> int:
         """Encodes the new or stale frames (the tokenizer as it is); returns how many."""
         stop = replay.num_steps
         start = self._start(tokenizer, stop)

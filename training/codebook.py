@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from rem_env.models.tokenizer import Tokenizer
+from rem_env.models.tokenizer import FrameTokenizer
 from rem_train.distributed import DistContext
 
 __all__ = ["DeadCodeRestarter"]
@@ -33,6 +33,7 @@ class DeadCodeRestarter:
 
     Example:
         >>> from rem_env import REMConfig
+        >>> from rem_env.models.tokenizer import Tokenizer
         >>> tok = Tokenizer(REMConfig.preset("tiny", num_actions=4).tokenizer)
         >>> restarter = DeadCodeRestarter(tok.codebook.shape[0], every=1, device="cpu")
         >>> out = tok(torch.rand(2, 3, 16, 16))
@@ -63,7 +64,7 @@ class DeadCodeRestarter:
     @torch.no_grad()
     def step(
         self,
-        tokenizer: Tokenizer,
+        tokenizer: FrameTokenizer,
         z: Tensor,
         generator: torch.Generator,
         ctx: DistContext | None = None,

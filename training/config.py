@@ -30,9 +30,10 @@ __all__ = [
 
 PRESET_NAMES = ("atari100k", "breakout", "cpu", "smoke")
 """Presets of :data:`PRESETS`."""
-MODEL_SIZES = ("paper", "cpu", "cpu512", "smoke")
+MODEL_SIZES = ("paper", "cpu", "cpu512", "patch", "smoke")
 """Model sizes a run can use: the published REM sizes, a narrow 64x64 model that learns on a
-2-core CPU in about an hour and a half (``cpu``; ``cpu512`` has REM's 512 codes instead of 256),
+2-core CPU in about an hour and a half (``cpu``; ``cpu512`` has REM's 512 codes instead of 256;
+``patch``, not in REM, the ``cpu`` world model on 512 fixed 8x8 patches instead of a VQ-VAE),
 or a tiny one to check the cycle (``smoke``)."""
 
 
@@ -241,7 +242,9 @@ class TrainConfig:
         "atari100k", "preset the run started from (atari100k, breakout, cpu or smoke)"
     )
     model: str = doc(
-        "paper", "model sizes: paper, cpu (narrow, 2 layers), cpu512 (cpu, 512 codes), smoke"
+        "paper",
+        "model sizes: paper, cpu (narrow, 2 layers), cpu512 (cpu, 512 codes), patch (not in "
+        "REM: cpu on 512 fixed 8x8 patches, python -m rem_train.fit_patch_tokenizer), smoke",
     )
     world_model_layers: int | None = doc(
         None,
@@ -313,6 +316,13 @@ class TrainConfig:
                 "world_model_frame_conv_events reads the frame conv's features: set "
                 "world_model_frame_conv (--world-model-frame-conv N) too"
             )
+        if self.model == "patch" and self.tokenizer.start_after_epoch < self.common.epochs:
+            raise ValueError(
+                "the patch model's tokenizer is fitted by k-means, not trained: set "
+                f"--tokenizer.start-after-epoch {NEVER} and start from a fitted one with "
+                "--init-from FOLDER --init-parts tokenizer (python -m "
+                "rem_train.fit_patch_tokenizer)"
+            )
         if self.world_model.dreamed_steps > 1 and not (
             self.world_model.dreamed_heads_weight or self.world_model.dreamed_obs_weight
         ):
@@ -382,6 +392,12 @@ class TrainConfig:
             self.common.init_parts
         )
         if never and learns and not given:
+            if self.model_config().tokenizer.kind == "patch":
+                return (
+                    "a patch tokenizer is fitted, not trained: fit one with `python -m "
+                    "rem_train.fit_patch_tokenizer` and start from it with --init-from FOLDER "
+                    "--init-parts tokenizer"
+                )
             return (
                 f"the {self.preset} preset does not train the tokenizer (tokenizer.start_after_"
                 f"epoch {self.tokenizer.start_after_epoch} >= {self.common.epochs} epochs): start "
@@ -527,9 +543,19 @@ CPU_WORLD_MODEL = WorldModelConfig(
 CPU512_TOKENIZER = dataclasses.replace(CPU_TOKENIZER, vocab_size=512)
 """The ``cpu`` tokenizer with REM's 512 codes (room for Breakout's ball at every position)."""
 
+PATCH_TOKENIZER = TokenizerConfig(
+    image_size=64, num_downsamples=3, vocab_size=512, embed_dim=192, kind="patch"
+)
+"""Not in REM: 512 fixed 8x8 patches, fitted by k-means on real frames
+(``python -m rem_train.fit_patch_tokenizer``)."""
+
+PATCH_WORLD_MODEL = dataclasses.replace(CPU_WORLD_MODEL, shared_embeddings=False)
+"""The ``cpu`` world model with its own token embeddings (a patch's 192 pixels are no embedding)."""
+
 _MODEL_SIZES = {
     "cpu": (CPU_TOKENIZER, CPU_WORLD_MODEL),
     "cpu512": (CPU512_TOKENIZER, CPU_WORLD_MODEL),
+    "patch": (PATCH_TOKENIZER, PATCH_WORLD_MODEL),
     "smoke": (SMOKE_TOKENIZER, SMOKE_WORLD_MODEL),
 }
 

@@ -15,7 +15,7 @@ import torch
 
 from rem_env.atari import make_atari_vector_env
 from rem_env.models.actor_critic import ActorCritic, sample_actions
-from rem_env.models.tokenizer import Tokenizer
+from rem_env.models.tokenizer import FrameTokenizer
 from rem_env.probes import BLIND_BASELINES
 from rem_train.batches import frames_to_tensor
 
@@ -149,7 +149,11 @@ class LatentActorCriticPolicy:
     """
 
     def __init__(
-        self, tokenizer: Tokenizer, actor_critic: ActorCritic, num_envs: int, temperature: float
+        self,
+        tokenizer: FrameTokenizer,
+        actor_critic: ActorCritic,
+        num_envs: int,
+        temperature: float,
     ) -> None:
         self.tokenizer = tokenizer.eval()
         self.actor_critic = actor_critic.eval()
@@ -225,7 +229,7 @@ def evaluate_agent(
 
 
 def evaluate(
-    tokenizer: Tokenizer,
+    tokenizer: FrameTokenizer,
     actor_critic: ActorCritic,
     game: str,
     episodes: int,

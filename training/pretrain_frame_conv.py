@@ -263,7 +263,9 @@ def pretrain(
     model = _with_frame_conv(source.model, config)
     conv = model.world_model.frame_conv
     assert conv is not None
-    codebook = model.tokenizer.codebook.detach()
+    vocab = model.config.tokenizer.vocab_size
+    with torch.no_grad():  # the world model's observation embedding of every code, (V, E)
+        codebook = model.world_model.embed_obs(torch.arange(vocab), model.tokenizer.codebook)
     replays = [ReplayBuffer(path, read_only=True) for path in replay_dirs]
     held_out = ReplayBuffer(held_out_dir, read_only=True) if held_out_dir else replays[0]
     events = config.events_weight > 0

@@ -226,6 +226,11 @@ def pretrain(
     else:
         model = REMModel(TrainConfig.from_preset("cpu", config.game).model_config())
         source = None
+    if model.config.tokenizer.kind != "vqvae":
+        raise ValueError(
+            f"{init_from} has a {model.config.tokenizer.kind} tokenizer, which is fitted, not "
+            "trained: python -m rem_train.fit_patch_tokenizer fits one"
+        )
     if config.vocab_size and config.vocab_size != model.config.tokenizer.vocab_size:
         model = _with_vocab(model, config.vocab_size)
     tokenizer = model.tokenizer

@@ -10,7 +10,14 @@ from torch import Tensor, nn
 
 from rem_env.config import TokenizerConfig
 
-__all__ = ["Decoder", "Encoder", "Tokenizer", "TokenizerOutput", "TokenizerReconstruction"]
+__all__ = [
+    "Decoder",
+    "Encoder",
+    "FrameTokenizer",
+    "Tokenizer",
+    "TokenizerOutput",
+    "TokenizerReconstruction",
+]
 
 _GN_EPS = 1e-6
 
@@ -157,41 +164,23 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
-class Tokenizer(nn.Module):
-    """REM's VQ-VAE: an 8x8 grid of 512 codes per 64x64 RGB frame with the paper's sizes.
+class FrameTokenizer(nn.Module):
+    """What every tokenizer shares: a codebook of ``vocab_size`` codes, frames to token grids and
+    back.
 
-    Frames go in as floats in [0, 1], shape (B, C, H, W), and are mapped to [-1, 1] inside.
-    Tokens are int64 of shape (B, h*w) in raster (h-major) order. The module holds no loss
-    and no perceptual network; :meth:`forward` returns what the training loss needs.
-
-    Args:
-        config: Sizes of the tokenizer.
-
-    Example:
-        >>> import torch
-        >>> from rem_env.config import REMConfig
-        >>> tok = Tokenizer(REMConfig.preset("tiny", num_actions=4).tokenizer)
-        >>> frames = torch.rand(2, 3, 16, 16)
-        >>> out = tok.encode(frames)
-        >>> out.tokens.shape, out.tokens.dtype, out.z_quantized.shape
-        (torch.Size([2, 16]), torch.int64, torch.Size([2, 32, 4, 4]))
-        >>> tok.decode_tokens(out.tokens).shape
-        torch.Size([2, 3, 16, 16])
+    Subclasses define :meth:`encode` (frames in [0, 1] to :class:`TokenizerOutput`) and
+    :meth:`decode_latents` (codes on the token grid to a raw reconstruction in [-1, 1] space);
+    the codebook is ``self.embedding``. See :class:`Tokenizer` (REM's VQ-VAE) and
+    :class:`~rem_env.models.patch_tokenizer.PatchTokenizer`.
     """
+
+    embedding: nn.Embedding
 
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
         if not isinstance(config, TokenizerConfig):
             raise TypeError(f"config must be a TokenizerConfig, got {type(config).__name__}")
         self.config = config
-        e = config.embed_dim
-        self.encoder = Encoder(config)
-        self.pre_quant_conv = nn.Conv2d(e, e, kernel_size=1)
-        self.embedding = nn.Embedding(config.vocab_size, e)
-        bound = 1.0 / config.vocab_size
-        nn.init.uniform_(self.embedding.weight, -bound, bound)
-        self.post_quant_conv = nn.Conv2d(e, e, kernel_size=1)
-        self.decoder = Decoder(config)
 
     @property
     def codebook(self) -> Tensor:
@@ -199,23 +188,15 @@ class Tokenizer(nn.Module):
         return self.embedding.weight
 
     def encode(self, frames: Tensor) -> TokenizerOutput:
-        """Encodes frames in [0, 1] and quantises them to the nearest codebook vectors.
+        """Encodes frames in [0, 1], shape (B, C, H, W), to their tokens and codes."""
+        raise NotImplementedError
 
-        Args:
-            frames: Float tensor of shape (B, C, H, W) with values in [0, 1]; it is cast to the
-                parameters' dtype.
+    def decode_latents(self, z_quantized: Tensor) -> Tensor:
+        """Decodes (B, E, h, w) codes to a raw (B, C, H, W) reconstruction in [-1, 1] space."""
+        raise NotImplementedError
 
-        Returns:
-            The latents, straight-through quantised latents, codebook vectors and tokens.
-
-        Raises:
-            TypeError: If ``frames`` is not a floating-point tensor.
-            ValueError: If ``frames`` does not have shape (B, C, H, W) with this config's sizes.
-        """
-        self._check_frames(frames)
-        x = frames.to(dtype=self.codebook.dtype) * 2.0 - 1.0
-        features = _in_pieces(self.encoder, x, ENCODE_FRAMES_PER_PIECE)
-        z = self.pre_quant_conv(features)  # (B, E, h, w)
+    def _quantize(self, z: Tensor) -> TokenizerOutput:
+        """The nearest codebook vector (L2) of each latent of ``z``, shape (B, E, h, w)."""
         b, e, h, w = z.shape
         with torch.no_grad():
             flat = z.detach().permute(0, 2, 3, 1).reshape(-1, e)  # (B*h*w, E)
@@ -230,18 +211,8 @@ class Tokenizer(nn.Module):
         z_quantized = z + (codes - z).detach()
         return TokenizerOutput(z=z, z_quantized=z_quantized, codes=codes, tokens=tokens)
 
-    def decode_latents(self, z_quantized: Tensor) -> Tensor:
-        """Decodes quantised latents to a raw reconstruction in [-1, 1] space (not clamped).
-
-        Args:
-            z_quantized: Latents of shape (B, E, h, w).
-
-        Returns:
-            Reconstruction of shape (B, C, H, W), for losses on [-1, 1] images.
-
-        Raises:
-            ValueError: If ``z_quantized`` does not have shape (B, E, h, w).
-        """
+    def _check_latents(self, z_quantized: Tensor) -> None:
+        """Raises if ``z_quantized`` is not (B, E, h, w) of this config's sizes."""
         cfg = self.config
         expected = (cfg.embed_dim, cfg.latent_size, cfg.latent_size)
         if z_quantized.ndim != 4 or tuple(z_quantized.shape[1:]) != expected:
@@ -249,7 +220,6 @@ class Tokenizer(nn.Module):
                 f"latents must have shape (B, {', '.join(map(str, expected))}), "
                 f"got {tuple(z_quantized.shape)}"
             )
-        return _in_pieces(self.decoder, self.post_quant_conv(z_quantized), DECODE_FRAMES_PER_PIECE)
 
     def decode_tokens(self, tokens: Tensor, check_values: bool = True) -> Tensor:
         """Decodes tokens to frames in [0, 1].
@@ -334,6 +304,74 @@ class Tokenizer(nn.Module):
                 f"frames must have shape (B, {', '.join(map(str, expected))}), "
                 f"got {tuple(frames.shape)}"
             )
+
+
+class Tokenizer(FrameTokenizer):
+    """REM's VQ-VAE: an 8x8 grid of 512 codes per 64x64 RGB frame with the paper's sizes.
+
+    Frames go in as floats in [0, 1], shape (B, C, H, W), and are mapped to [-1, 1] inside.
+    Tokens are int64 of shape (B, h*w) in raster (h-major) order. The module holds no loss
+    and no perceptual network; :meth:`forward` returns what the training loss needs.
+
+    Args:
+        config: Sizes of the tokenizer.
+
+    Example:
+        >>> import torch
+        >>> from rem_env.config import REMConfig
+        >>> tok = Tokenizer(REMConfig.preset("tiny", num_actions=4).tokenizer)
+        >>> frames = torch.rand(2, 3, 16, 16)
+        >>> out = tok.encode(frames)
+        >>> out.tokens.shape, out.tokens.dtype, out.z_quantized.shape
+        (torch.Size([2, 16]), torch.int64, torch.Size([2, 32, 4, 4]))
+        >>> tok.decode_tokens(out.tokens).shape
+        torch.Size([2, 3, 16, 16])
+    """
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__(config)
+        e = config.embed_dim
+        self.encoder = Encoder(config)
+        self.pre_quant_conv = nn.Conv2d(e, e, kernel_size=1)
+        self.embedding = nn.Embedding(config.vocab_size, e)
+        bound = 1.0 / config.vocab_size
+        nn.init.uniform_(self.embedding.weight, -bound, bound)
+        self.post_quant_conv = nn.Conv2d(e, e, kernel_size=1)
+        self.decoder = Decoder(config)
+
+    def encode(self, frames: Tensor) -> TokenizerOutput:
+        """Encodes frames in [0, 1] and quantises them to the nearest codebook vectors.
+
+        Args:
+            frames: Float tensor of shape (B, C, H, W) with values in [0, 1]; it is cast to the
+                parameters' dtype.
+
+        Returns:
+            The latents, straight-through quantised latents, codebook vectors and tokens.
+
+        Raises:
+            TypeError: If ``frames`` is not a floating-point tensor.
+            ValueError: If ``frames`` does not have shape (B, C, H, W) with this config's sizes.
+        """
+        self._check_frames(frames)
+        x = frames.to(dtype=self.codebook.dtype) * 2.0 - 1.0
+        features = _in_pieces(self.encoder, x, ENCODE_FRAMES_PER_PIECE)
+        return self._quantize(self.pre_quant_conv(features))  # z: (B, E, h, w)
+
+    def decode_latents(self, z_quantized: Tensor) -> Tensor:
+        """Decodes quantised latents to a raw reconstruction in [-1, 1] space (not clamped).
+
+        Args:
+            z_quantized: Latents of shape (B, E, h, w).
+
+        Returns:
+            Reconstruction of shape (B, C, H, W), for losses on [-1, 1] images.
+
+        Raises:
+            ValueError: If ``z_quantized`` does not have shape (B, E, h, w).
+        """
+        self._check_latents(z_quantized)
+        return _in_pieces(self.decoder, self.post_quant_conv(z_quantized), DECODE_FRAMES_PER_PIECE)
 
 
 def _in_pieces(module: nn.Module, x: Tensor, frames_per_piece: int) -> Tensor:
