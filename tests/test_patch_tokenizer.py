@@ -128,6 +128,11 @@ def test_a_fit_on_real_frames_exports_a_model_rem_train_starts_from(tmp_path: Pa
     assert model.config.tokenizer.kind == "patch" and model.config.tokenizer.vocab_size == 512
     for head in (model.world_model.head_obs, model.world_model.head_reward):
         assert not head[-1].weight.any() and not head[-1].bias.any()  # logits 0: no noise
+    # the codes' embeddings start as the principal components of their pixels: uncorrelated
+    rows = model.world_model.embedding.weight[:512].detach().double()  # (V, 128)
+    gram = rows.t() @ rows
+    assert (gram - torch.diag(gram.diagonal())).abs().max() < 1e-4 * gram.diagonal().max()
+    assert abs(float(rows.std()) - 1.0) < 0.01
     report = json.loads((tmp_path / "fit" / "fit.json").read_text())
     held = report["held_out"]
     assert held["psnr"] > 20 and held["codes_used"] > 1 and "ball_recall" in held

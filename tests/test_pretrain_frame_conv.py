@@ -230,3 +230,27 @@ def test_a_world_model_with_its_own_token_embeddings_is_trained_on_them(tmp_path
     assert main(argv) == 0
     export = REMModel.from_pretrained(tmp_path / "fc" / "export")
     assert export.world_model.frame_conv.out.weight.abs().sum() > 0
+
+
+def test_train_embedding_trains_the_world_model_s_own_token_embedding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _source(tmp_path / "source", shared_embeddings=False, embed_dim=48)
+    replay = _replay(tmp_path / "replay")
+    argv = ["--init-from", str(source), "--replay", str(replay), "--segments", "16",
+            "--steps", "2", "--eval-every", "2", "--eval-segments", "4", "--layers", "1",
+            "--width", "8"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "fc"), "--train-embedding", "true"]) == 0
+    before = REMModel.from_pretrained(source).world_model.embedding.weight
+    after = REMModel.from_pretrained(tmp_path / "fc" / "export").world_model.embedding.weight
+    vocab = SMOKE_TOKENIZER.vocab_size
+    assert not torch.equal(after[:vocab], before[:vocab])  # the tokens' rows trained
+    assert torch.equal(after[vocab:], before[vocab:])  # the actions' rows did not
+    assert main([*argv, "--out", str(tmp_path / "fc2"), "--train-embedding", "false"]) == 0
+    kept = REMModel.from_pretrained(tmp_path / "fc2" / "export").world_model.embedding.weight
+    assert torch.equal(kept, before)
+    shared = _source(tmp_path / "shared")
+    with pytest.raises(SystemExit):
+        main([*argv, "--init-from", str(shared), "--out", str(tmp_path / "fc3"),
+              "--train-embedding", "true"])  # fmt: skip
+    assert "tokenizer's codebook (shared_embeddings)" in capsys.readouterr().err

@@ -197,6 +197,7 @@ def fit(config: FitConfig, out: Path, command: str = "rem_train.fit_patch_tokeni
     )
     model.tokenizer.set_patches(torch.from_numpy(centres).reshape(_patch_shape(tok)))
     _silence_heads(model)
+    _embed_pixels(model)
     fitted = time.perf_counter()
     report: dict[str, Any] = {
         "command": command,
@@ -229,6 +230,23 @@ def _silence_heads(model: REMModel) -> None:
         for head in (wm.head_obs, wm.head_reward, wm.head_end):
             head[-1].weight.zero_()
             head[-1].bias.zero_()
+
+
+def _embed_pixels(model: REMModel) -> None:
+    """Starts the world model's embedding of each code as the principal components of the
+    code's pixels (scaled to unit variance), so that codes that look alike start alike: a ball
+    one pixel further on is a neighbour, not a stranger. The rest of the embedding (the actions'
+    and the prediction tokens') stays as it is."""
+    codebook = model.tokenizer.codebook.detach()  # (V, C*p*p)
+    centred = codebook - codebook.mean(0)
+    _, _, directions = torch.linalg.svd(centred, full_matrices=False)  # (min(V, D), D)
+    width = model.world_model.embedding.weight.shape[1]
+    components = centred @ directions[:width].t()  # (V, min(width, D))
+    components = components / components.std()
+    with torch.no_grad():
+        rows = model.world_model.embedding.weight[: len(codebook)]
+        rows.zero_()
+        rows[:, : components.shape[1]] = components
 
 
 def _patch_shape(tok: TokenizerConfig) -> tuple[int, int, int, int]:

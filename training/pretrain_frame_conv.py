@@ -54,6 +54,7 @@ from rem_env.models.frame_conv import FrameConv
 from rem_env.models.world_model import NUM_REWARD_CLASSES
 from rem_env.probes import probes_for
 from rem_train.batches import frames_to_tensor
+from rem_train.cli import parse_bool
 from rem_train.event_check import check_events
 from rem_train.losses import moving_patch_weights, reward_classes
 from rem_train.object_check import check_objects
@@ -101,6 +102,10 @@ class FrameConvPretrainConfig:
     events_weight: float = 0.0
     """Weight of the reward and end cross-entropies of the frame conv's event layers (0: they
     do not train, and the RetNet's reward and end heads stay as they are)."""
+    train_embedding: bool = False
+    """Also train the world model's own token embedding, which the frame conv reads (only for a
+    world model that does not share the tokenizer's codebook, such as the ``patch`` model's).
+    The RetNet reads it too: for a world model whose RetNet has yet to train."""
     eval_every: int = 250
     eval_segments: int = 256
     """Held-out segments of 10 frames the object check scores (seed 11, as its command line)."""
@@ -258,14 +263,24 @@ def pretrain(
     """
     if not config.token_weight and not config.events_weight:
         raise ValueError("--token-weight 0 trains only the event layers: give --events-weight too")
+    if config.train_embedding and not config.token_weight:
+        raise ValueError("--token-weight 0 keeps the frame conv's features: no --train-embedding")
     torch.manual_seed(config.seed)
     source = load_source(init_from, need_actor_critic=False)
     model = _with_frame_conv(source.model, config)
     conv = model.world_model.frame_conv
     assert conv is not None
     vocab = model.config.tokenizer.vocab_size
+    if config.train_embedding and model.config.world_model.shared_embeddings:
+        raise ValueError(
+            "--train-embedding trains the world model's own token embedding, but this one embeds "
+            "tokens with the tokenizer's codebook (shared_embeddings)"
+        )
     with torch.no_grad():  # the world model's observation embedding of every code, (V, E)
         codebook = model.world_model.embed_obs(torch.arange(vocab), model.tokenizer.codebook)
+    trained = _trained_parameters(conv, config)
+    if config.train_embedding:
+        trained.append(model.world_model.embedding.weight)
     replays = [ReplayBuffer(path, read_only=True) for path in replay_dirs]
     held_out = ReplayBuffer(held_out_dir, read_only=True) if held_out_dir else replays[0]
     events = config.events_weight > 0
@@ -285,7 +300,7 @@ def pretrain(
             counts["ends"] = int(steps.ends.sum())
         log_line(progress, counts)
         probes = probes_for(source.game)
-        optimizer = torch.optim.Adam(_trained_parameters(conv, config), lr=config.lr)
+        optimizer = torch.optim.Adam(trained, lr=config.lr)
         fixed = None
         if steps is not None and not config.token_weight:
             begun = time.time()
@@ -297,6 +312,8 @@ def pretrain(
         for step in range(1, config.steps + 1):
             conv.train()
             loss = torch.zeros(())
+            if config.train_embedding:  # (V, E), with gradient to the embedding
+                codebook = model.world_model.embedding.weight[:vocab]
             if config.token_weight:
                 rows = torch.as_tensor(rng.integers(len(data), size=config.batch_size))
                 frames = F.embedding(data.tokens[rows, :2], codebook)  # (B, 2, K, E)
@@ -449,7 +466,8 @@ def parser() -> argparse.ArgumentParser:
         "replay of other games is better)",
     )
     for name, value in asdict(FrameConvPretrainConfig()).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        kind = parse_bool if isinstance(value, bool) else type(value)
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
     return p
 
 
