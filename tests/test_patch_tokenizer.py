@@ -64,6 +64,8 @@ def test_the_config_checks_the_patch_size_and_the_kind() -> None:
         TokenizerConfig(kind="pixels")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="kind 'patch'"):
         PatchTokenizer(TokenizerConfig())
+    with pytest.raises(ValueError, match="kind is 'patch'"):
+        Tokenizer(TINY)
     assert isinstance(build_tokenizer(TINY), PatchTokenizer)
     assert isinstance(build_tokenizer(TokenizerConfig()), Tokenizer)
     with pytest.raises(ValueError, match="shape \\(16, 3, 4, 4\\)"):

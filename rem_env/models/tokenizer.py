@@ -330,6 +330,8 @@ class Tokenizer(FrameTokenizer):
 
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__(config)
+        if config.kind != "vqvae":
+            raise ValueError(f"Tokenizer is REM's VQ-VAE: its config's kind is {config.kind!r}")
         e = config.embed_dim
         self.encoder = Encoder(config)
         self.pre_quant_conv = nn.Conv2d(e, e, kernel_size=1)
