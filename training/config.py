@@ -392,7 +392,7 @@ class TrainConfig:
             self.common.init_parts
         )
         if never and learns and not given:
-            if self.model_config().tokenizer.kind == "patch":
+            if self.model == "patch":
                 return (
                     "a patch tokenizer is fitted, not trained: fit one with `python -m "
                     "rem_train.fit_patch_tokenizer` and start from it with --init-from FOLDER "

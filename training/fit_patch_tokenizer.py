@@ -152,10 +152,11 @@ def fit_patches(
         assigned = dist.argmin(1)  # (P,)
         total = torch.zeros_like(centre).index_add_(0, assigned, points * weights[:, None])
         mass = torch.zeros(vocab_size).index_add_(0, assigned, weights)
-        worst = (dist.gather(1, assigned[:, None]).squeeze(1) * weights).argsort(descending=True)
-        empty = (mass == 0).nonzero().flatten()
         centre = total / mass.clamp_min(1e-12)[:, None]
-        centre[empty] = points[worst[: len(empty)]]
+        empty = (mass == 0).nonzero().flatten()
+        if len(empty):
+            served = dist.gather(1, assigned[:, None]).squeeze(1) * weights  # (P,)
+            centre[empty] = points[served.topk(len(empty)).indices]
     return centre.numpy()
 
 

@@ -277,7 +277,7 @@ def pretrain(
             "tokens with the tokenizer's codebook (shared_embeddings)"
         )
     with torch.no_grad():  # the world model's observation embedding of every code, (V, E)
-        codebook = model.world_model.embed_obs(torch.arange(vocab), model.tokenizer.codebook)
+        embeddings = model.world_model.embed_obs(torch.arange(vocab), model.tokenizer.codebook)
     trained = _trained_parameters(conv, config)
     if config.train_embedding:
         trained.append(model.world_model.embedding.weight)
@@ -304,7 +304,7 @@ def pretrain(
         fixed = None
         if steps is not None and not config.token_weight:
             begun = time.time()
-            fixed = _fixed_features(conv, steps, codebook)
+            fixed = _fixed_features(conv, steps, embeddings)
             log_line(progress, {"fixed_features_s": round(time.time() - begun, 1)})
         rng = np.random.default_rng(config.seed + 1)
         losses: list[float] = []
@@ -313,16 +313,16 @@ def pretrain(
             conv.train()
             loss = torch.zeros(())
             if config.train_embedding:  # (V, E), with gradient to the embedding
-                codebook = model.world_model.embedding.weight[:vocab]
+                embeddings = model.world_model.embedding.weight[:vocab]
             if config.token_weight:
                 rows = torch.as_tensor(rng.integers(len(data), size=config.batch_size))
-                frames = F.embedding(data.tokens[rows, :2], codebook)  # (B, 2, K, E)
+                frames = F.embedding(data.tokens[rows, :2], embeddings)  # (B, 2, K, E)
                 logits = conv(frames, data.actions[rows])  # (B, K, V)
                 target, weight = data.tokens[rows, 2], data.weights[rows]
                 token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
                 loss = config.token_weight * (token * weight.flatten()).sum() / weight.sum()
             if steps is not None:
-                events_loss = _event_loss(conv, steps, fixed, codebook, rng, config)
+                events_loss = _event_loss(conv, steps, fixed, embeddings, rng, config)
                 loss = loss + config.events_weight * events_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -365,14 +365,14 @@ def _trained_parameters(conv: FrameConv, config: FrameConvPretrainConfig) -> lis
 
 
 @torch.no_grad()
-def _fixed_features(conv: FrameConv, steps: EventSteps, codebook: Tensor) -> Tensor:
+def _fixed_features(conv: FrameConv, steps: EventSteps, embeddings: Tensor) -> Tensor:
     """(N, width, s, s) float16: the frame conv's features of every step, computed once where
     only the event layers above them train (a step then costs those layers alone)."""
     conv.eval()
     chunks = []
     for first in range(0, len(steps), 1024):
         rows = slice(first, first + 1024)
-        frames = F.embedding(steps.tokens[rows], codebook)  # (n, 2, K, E): frames t-1, t
+        frames = F.embedding(steps.tokens[rows], embeddings)  # (n, 2, K, E): frames t-1, t
         chunks.append(conv.features(frames, steps.actions[rows]).half())
     return torch.cat(chunks)
 
@@ -381,7 +381,7 @@ def _event_loss(
     conv: FrameConv,
     steps: EventSteps,
     fixed: Tensor | None,
-    codebook: Tensor,
+    embeddings: Tensor,
     rng: np.random.Generator,
     config: FrameConvPretrainConfig,
 ) -> Tensor:
@@ -391,7 +391,7 @@ def _event_loss(
     if fixed is not None:
         features = fixed[rows].float()
     else:
-        frames = F.embedding(steps.tokens[rows], codebook)  # (B, 2, K, E): frames t-1, t
+        frames = F.embedding(steps.tokens[rows], embeddings)  # (B, 2, K, E): frames t-1, t
         features = conv.features(frames, steps.actions[rows])
     logits = conv.event_logits(features)  # (B, 5): 3 reward classes, then 2 end classes
     reward = F.cross_entropy(logits[:, :NUM_REWARD_CLASSES], steps.rewards[rows])
