@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from rem_env import REMModel
+from rem_env.atari import make_atari_env
 from rem_env.config import REMConfig, TokenizerConfig, WorldModelConfig
+from rem_env.fidelity import to_pixels
 from rem_env.models import PatchTokenizer, Tokenizer, build_tokenizer
 from rem_train.config import NEVER, TrainConfig
 from rem_train.fit_patch_tokenizer import FitConfig, fit, fit_patches, frame_patches
@@ -139,6 +141,11 @@ def test_a_fit_on_real_frames_exports_a_model_rem_train_starts_from(tmp_path: Pa
     held = report["held_out"]
     assert held["psnr"] > 20 and held["codes_used"] > 1 and "ball_recall" in held
     assert report["distinct_patches"] > 64
+    # its dreams start from real openings of the game, not from random tokens (a mosaic)
+    opening = make_atari_env("Breakout", train=True, seed=0).reset(seed=0)[0].astype(float)
+    starts = to_pixels(model.decode(model.start_tokens[:, -1])).astype(float)  # (8, 64, 64, 3)
+    psnr = 10 * np.log10(255.0**2 / ((starts - opening) ** 2).mean(axis=(1, 2, 3)))
+    assert psnr.min() > 20, psnr
     training = json.loads((export / "training.json").read_text())
     assert training["env_steps"] == 364 and training["preset"] == "patch tokenizer fit"
     with pytest.raises(ValueError, match="holds 364 frames"):

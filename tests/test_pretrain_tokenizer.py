@@ -13,6 +13,7 @@ from rem_env.actor_critic_files import load_actor_critic, save_actor_critic
 from rem_env.models.actor_critic import ActorCritic
 from rem_train.batches import frames_to_tensor
 from rem_train.config import TrainConfig
+from rem_train.export import START_CONTEXTS, play_start_contexts
 from rem_train.pretrain_tokenizer import FrameSet, PretrainConfig, main, pretrain
 
 
@@ -35,6 +36,9 @@ def test_a_short_run_grows_the_codebook_logs_the_ball_and_resumes(tmp_path: Path
     # the added codes started as copies of the first 256 (never picked); restarts moved them
     added, first = model.tokenizer.codebook[256:], start.tokenizer.codebook
     assert not (added == first).all(dim=1).any()
+    # the start contexts are real openings in the new tokenizer's codes
+    tokens, actions = play_start_contexts(model, "Breakout", START_CONTEXTS, seed=config.seed)
+    assert torch.equal(model.start_tokens, tokens) and torch.equal(model.start_actions, actions)
     # a second call resumes at step 2 and goes on to 3
     assert main(["--out", str(tmp_path / "run"), "--steps", "3", "--frames", "80",
                  "--held-out", "40", "--batch-size", "4", "--micro-batch", "2",

@@ -23,7 +23,13 @@ from rem_env.models.actor_critic import ActorCritic
 from rem_train.evaluate import EvalResult
 from rem_train.replay import ReplayBuffer, frames_to_tensor
 
-__all__ = ["export_run", "sample_start_contexts"]
+__all__ = ["export_run", "play_start_contexts", "sample_start_contexts"]
+
+START_CONTEXTS = 8
+"""Start contexts an export carries."""
+
+OPENING_STEPS = 30
+"""A played start context ends after up to this many random steps past its first frames."""
 
 
 @torch.no_grad()
@@ -41,6 +47,53 @@ def sample_start_contexts(
     return tokens, batch.actions[:, : c - 1]
 
 
+@torch.no_grad()
+def play_start_contexts(
+    model: REMModel, game: str, count: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` real openings played afresh, for a model that has no replay buffer to draw
+    them from (a tokenizer trained or fitted on its own frames): each is a new game (REM's
+    training preprocessing) played with uniformly random actions for the context's frames and
+    up to :data:`OPENING_STEPS` more, its last C frames encoded by ``model``'s tokenizer.
+    Returns (N, C, K) tokens and the (N, C-1) actions between the frames.
+
+    Example:
+        >>> from rem_env import REMConfig
+        >>> from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
+        >>> model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL))  # 64x64 frames
+        >>> tokens, actions = play_start_contexts(model, "Breakout", 3, seed=0)
+        >>> tuple(tokens.shape), tuple(actions.shape)
+        ((3, 2, 64), (3, 1))
+    """
+    from rem_env.atari import make_atari_env
+
+    c = model.config.world_model.context_length
+    rng = np.random.default_rng(seed)
+    env = make_atari_env(game, train=True, seed=seed)
+    windows, taken = [], []
+    try:
+        while len(windows) < count:
+            obs, _ = env.reset()
+            frames, actions = [obs], []
+            for _ in range(c - 1 + int(rng.integers(OPENING_STEPS + 1))):
+                action = int(rng.integers(env.action_space.n))
+                obs, _, terminated, truncated, _ = env.step(action)
+                if terminated or truncated:  # a life lost this early: play another opening
+                    break
+                frames.append(obs)
+                actions.append(action)
+            else:
+                windows.append(np.stack(frames[-c:]))
+                taken.append(actions[len(actions) - (c - 1) :])
+    finally:
+        env.close()
+    model.tokenizer.eval()
+    device = model.start_tokens.device
+    obs = torch.as_tensor(np.stack(windows), device=device)  # (N, C, H, W, 3)
+    tokens = model.tokenizer.encode(frames_to_tensor(obs.flatten(0, 1))).tokens
+    return tokens.unflatten(0, (count, c)), torch.tensor(taken, dtype=torch.long).reshape(count, -1)
+
+
 def export_run(
     folder: str | os.PathLike[str],
     model: REMModel,
@@ -50,7 +103,7 @@ def export_run(
     epochs: int,
     info: dict[str, Any],
     evaluation: EvalResult | None = None,
-    num_contexts: int = 8,
+    num_contexts: int = START_CONTEXTS,
 ) -> Path:
     """Writes the model folder; returns its path.
 

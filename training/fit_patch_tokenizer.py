@@ -37,6 +37,7 @@ import torch
 from rem_env import REMModel
 from rem_env.config import TokenizerConfig
 from rem_train.config import TrainConfig
+from rem_train.export import START_CONTEXTS, play_start_contexts
 from rem_train.pretrain_tokenizer import FrameSet, collect_frames, reconstruction_report
 from rem_train.warm_start import LINEAGE_FILE
 
@@ -199,6 +200,7 @@ def fit(config: FitConfig, out: Path, command: str = "rem_train.fit_patch_tokeni
     model.tokenizer.set_patches(torch.from_numpy(centres).reshape(_patch_shape(tok)))
     _silence_heads(model)
     _embed_pixels(model)
+    model.set_start_contexts(*play_start_contexts(model, config.game, START_CONTEXTS, config.seed))
     fitted = time.perf_counter()
     report: dict[str, Any] = {
         "command": command,

@@ -47,6 +47,7 @@ from rem_train.batches import frames_to_tensor
 from rem_train.cli import parse_bool
 from rem_train.codebook import DeadCodeRestarter
 from rem_train.config import TrainConfig
+from rem_train.export import START_CONTEXTS, play_start_contexts
 from rem_train.losses import foreground_weights, motion_weights, tokenizer_loss
 from rem_train.run_log import log_line
 from rem_train.sources import load_source
@@ -346,6 +347,10 @@ def _export(
     actor_critic: ActorCritic | None = None,
 ) -> Path:
     folder = out / "export"
+    if not config.decoder_only:  # new codes: the start contexts' tokens are the new tokenizer's
+        model.set_start_contexts(
+            *play_start_contexts(model, config.game, START_CONTEXTS, config.seed)
+        )
     model.save_pretrained(folder)
     if actor_critic is not None:  # decoder_only: the codes it reads are unchanged
         save_actor_critic(actor_critic, folder)
