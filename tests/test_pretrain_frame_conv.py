@@ -254,3 +254,26 @@ def test_train_embedding_trains_the_world_model_s_own_token_embedding(
         main([*argv, "--init-from", str(shared), "--out", str(tmp_path / "fc3"),
               "--train-embedding", "true"])  # fmt: skip
     assert "tokenizer's codebook (shared_embeddings)" in capsys.readouterr().err
+
+
+def test_end_share_draws_the_last_steps_of_ended_episodes_without_their_padding(
+    tmp_path: Path,
+) -> None:
+    """--end-share 1: every segment is an episode's last 10 steps (one end in each); an episode
+    shorter than that is padded at the front, and no triple or step reads the padding."""
+    from rem_train.pretrain_frame_conv import gather
+
+    model = REMModel.from_pretrained(_source(tmp_path / "source"))
+    with ReplayBuffer(tmp_path / "replay", (64, 64, 3)) as buffer:
+        for length in (6, 30):  # two episodes that end: 6 and 30 steps
+            for t in range(length):
+                frame = np.zeros((64, 64, 3), np.uint8)
+                frame[10 + t % 12 : 14 + t % 12, 20 + t : 24 + t] = 200  # never a black frame
+                buffer.append(frame, t % 4, 0.0, terminated=t == length - 1)
+        triples, steps = gather(model, [buffer], 16, 10.0, seed=0, events=True, end_share=1.0)
+    black = model.tokenizer.encode(torch.zeros(1, 3, 64, 64)).tokens[0]  # a padded frame's
+    assert not (triples.tokens == black).all(dim=-1).any()
+    assert not (steps.tokens == black).all(dim=-1).any()
+    assert int(steps.ends.sum()) == 16  # one end per segment
+    short = (len(triples) - 16 * 4) // 4  # 4 triples from the short episode, 8 from the long
+    assert len(triples) == 16 * 4 + 4 * short and 0 < short < 16

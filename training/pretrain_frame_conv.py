@@ -88,6 +88,11 @@ class FrameConvPretrainConfig:
     segments: int = 12_000
     """Segments of 10 frames drawn from the replay buffers (spread evenly over them); each gives
     every triple of consecutive real frames in it (8 in a whole segment)."""
+    end_share: float = 0.0
+    """Share of those segments that are the last 10 steps of an episode that ended (for
+    Breakout a lost life: the ball past the paddle, the frames without it, the end), drawn
+    per ended episode; the rest are drawn uniformly over every step (0: all of them; one or two
+    of a long episode's steps come before its end)."""
     steps: int = 3_000
     max_minutes: float = 0.0
     """Stop after the step that spends this many minutes of training (0: no limit); the last
@@ -169,10 +174,12 @@ def gather(
     moving_weight: float,
     seed: int,
     events: bool,
+    end_share: float = 0.0,
 ) -> tuple[TokenTriples, EventSteps | None]:
     """The triples of :func:`gather_triples` and, with ``events``, the :class:`EventSteps` of
     the same segments (each step whose frame before is in the segment, its last one too: the
-    step that ends an episode has no frame after it).
+    step that ends an episode has no frame after it). ``end_share`` of the segments are the
+    last steps of ended episodes (:attr:`FrameConvPretrainConfig.end_share`).
 
     Example:
         >>> import tempfile
@@ -209,15 +216,21 @@ def gather(
     model.tokenizer.eval()
     for index, replay in enumerate(replays):
         left = count * (index + 1) // len(replays) - count * index // len(replays)
+        ending = round(left * end_share)
         while left > 0:
-            batch = replay.sample_segments(min(16, left), SEGMENT, rng, pad="right", min_real=3)
+            if ending > 0:  # the last steps of ended episodes, padded at the front
+                batch = replay.sample_episode_ends(min(16, ending), SEGMENT, rng)
+                ending -= len(batch.actions)
+            else:
+                batch = replay.sample_segments(min(16, left), SEGMENT, rng, "right", min_real=3)
             n = len(batch.actions)
             obs = torch.as_tensor(np.asarray(batch.obs))  # (n, T, H, W, C)
             codes = model.tokenizer.encode(frames_to_tensor(obs.flatten(0, 1))).tokens
             codes = codes.unflatten(0, (n, SEGMENT))  # (n, T, K)
             moved = moving_patch_weights(obs, side, moving_weight)  # (n, T, K)
-            real = torch.as_tensor(np.asarray(batch.mask))  # (n, T): padding at the end
-            row, last = torch.nonzero(real[:, 2:], as_tuple=True)  # triples (t-2, t-1, t)
+            real = torch.as_tensor(np.asarray(batch.mask))  # (n, T): padding at an end
+            whole = real[:, 2:] & real[:, 1:-1] & real[:, :-2]  # (n, T-2): t-2, t-1, t real
+            row, last = torch.nonzero(whole, as_tuple=True)  # triples (t-2, t-1, t)
             last = last + 2
             end = filled + len(row)
             for back in range(3):  # frames t-2, t-1, t
@@ -227,7 +240,7 @@ def gather(
             weights[filled:end] = moved[row, last]  # (m, K)
             filled = end
             if steps is not None:  # steps t with frames t-1 and t real
-                row, now = torch.nonzero(real[:, 1:], as_tuple=True)
+                row, now = torch.nonzero(real[:, 1:] & real[:, :-1], as_tuple=True)
                 now = now + 1
                 done = stepped + len(row)
                 for back in range(2):
@@ -291,7 +304,10 @@ def pretrain(
                 layer.weight.zero_()
                 layer.bias.zero_()
     start = time.time()
-    data, steps = gather(model, replays, config.segments, config.moving_weight, config.seed, events)
+    data, steps = gather(
+        model, replays, config.segments, config.moving_weight, config.seed, events,
+        config.end_share,
+    )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     with (out / "progress.jsonl").open("w") as progress:
         counts = {"triples": len(data), "gather_s": round(time.time() - start, 1)}
@@ -483,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             parser().error(f"--{name.replace('_', '-')} must be at least 1")
     if config.max_minutes < 0:
         parser().error("--max-minutes must be 0 (no limit) or positive")
+    if not 0.0 <= config.end_share <= 1.0:
+        parser().error(f"--end-share must be in [0, 1], got {config.end_share:g}")
     if config.token_weight < 0 or config.events_weight < 0:
         parser().error("--token-weight and --events-weight must be >= 0")
     for path in [*replays, *([held_out] if held_out else [])]:

@@ -544,6 +544,40 @@ class ReplayBuffer:
         mask = (steps >= 0) & (steps < lengths[episode][:, None])
         return self._gather(starts[:, None] + steps, mask)
 
+    def sample_episode_ends(
+        self, batch_size: int, length: int, rng: np.random.Generator
+    ) -> SegmentBatch:
+        """The last ``length`` steps of episodes that ended (terminated), drawn uniformly with
+        replacement; an episode shorter than ``length`` is padded at the front.
+
+        Where :meth:`sample_segments` gives each step the same chance, this gives each end the
+        same chance as a whole segment: what comes before a lost life (in Breakout: the ball
+        past the paddle, the frames without it, the end) is a few steps of a long episode.
+
+        Raises:
+            ValueError: If ``length`` is not positive or no stored episode has ended yet.
+
+        Example:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as d, ReplayBuffer(d, (2, 2, 3)) as buf:
+            ...     for t in range(7):  # an episode of 5 steps that ended, then one going on
+            ...         buf.append(np.zeros((2, 2, 3), np.uint8), t, 0.0, terminated=t == 4)
+            ...     batch = buf.sample_episode_ends(2, 3, np.random.default_rng(0))
+            >>> batch.actions.tolist(), batch.ends.tolist()
+            ([[2, 3, 4], [2, 3, 4]], [[False, False, True], [False, False, True]])
+        """
+        if length < 1:
+            raise ValueError(f"length must be positive, got {length}")
+        starts = np.asarray(self._starts, dtype=np.int64)
+        stops = np.append(starts[1:], self._num_steps)  # one past each episode's last step
+        last = np.asarray(self._records()["flags"])[stops - 1] if self._num_steps else stops
+        ended = np.flatnonzero((stops > starts) & (last & _TERMINATED != 0))
+        if not len(ended):
+            raise ValueError("no stored episode has ended yet; collect more")
+        episode = ended[rng.integers(0, len(ended), size=batch_size)]
+        index = stops[episode][:, None] - length + np.arange(length)  # (B, T), global
+        return self._gather(index, index >= starts[episode][:, None])
+
     def tail_segment(self, length: int) -> SegmentBatch:
         """The last ``length`` steps of the newest episode as one left-padded segment (B=1).
 
