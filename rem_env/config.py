@@ -132,6 +132,11 @@ class WorldModelConfig:
         frame_conv_events: Not in REM (False). The frame conv also gives logits of each step's
             reward and episode end, from frames t-1 and t and the action after t, added to the
             reward and end heads'. It needs ``frame_conv_layers > 0``.
+        frame_conv_copy: Not in REM (False). The frame conv also gives each patch a bonus, from
+            its features, added to the logit of the token the patch has in the frame before: a
+            patch that stays can keep its token as surely as the bonus says, which the output
+            layer's few channels cannot give each of hundreds of codes. It needs
+            ``frame_conv_layers > 0``.
         event_reader_width: Not in REM (0: off, as in every preset). Channels of the first layer
             of an *event reader*: a small net over the decoded pixels of frames t-1 and t and the
             action after t, whose logits are added to the reward and end heads' (see
@@ -157,6 +162,7 @@ class WorldModelConfig:
     frame_conv_layers: int = 0
     frame_conv_width: int = 128
     frame_conv_events: bool = False
+    frame_conv_copy: bool = False
     event_reader_width: int = 0
 
     def __post_init__(self) -> None:
@@ -196,6 +202,11 @@ class WorldModelConfig:
             self.frame_conv_layers > 0 or not self.frame_conv_events,
             "frame_conv_events",
             "the events are read from the frame conv's features: set frame_conv_layers > 0",
+        )
+        _require(
+            self.frame_conv_layers > 0 or not self.frame_conv_copy,
+            "frame_conv_copy",
+            "the copy bonus is read from the frame conv's features: set frame_conv_layers > 0",
         )
         _require(self.event_reader_width >= 0, "event_reader_width", "must be 0 (off) or more")
 

@@ -101,6 +101,15 @@ def test_an_export_s_frame_conv_of_the_same_sizes_is_trained_on(tmp_path: Path) 
         assert torch.equal(after[key], value) != (".frame_conv." in key), key
     record = json.loads((tmp_path / "second" / "export" / "training.json").read_text())
     assert record["lineage"][-1]["preset"] == "frame conv pretraining"
+    # --copy true gives that frame conv a copy gate (from zero) and trains it with the rest
+    assert main(["--init-from", str(first), "--out", str(tmp_path / "third"), "--copy", "true",
+                 *common]) == 0  # fmt: skip
+    third = REMModel.from_pretrained(tmp_path / "third" / "export")
+    assert third.config.world_model.frame_conv_copy
+    assert third.world_model.frame_conv.copy_gate.weight.abs().sum() > 0
+    assert set(third.state_dict()) - set(before) == {
+        "world_model.frame_conv.copy_gate.weight", "world_model.frame_conv.copy_gate.bias"
+    }  # fmt: skip
 
 
 def test_events_train_the_frame_conv_s_event_layers_and_replace_the_heads(

@@ -226,6 +226,32 @@ def test_frame_conv_events_are_added_at_zero_to_a_source_frame_conv_without_them
         dataclasses.replace(config, world_model_frame_conv=0)
 
 
+def test_a_copy_gate_is_added_at_zero_to_a_source_frame_conv_without_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_conv = dataclasses.replace(_config(None), world_model_frame_conv=2)
+    torch.manual_seed(6)
+    model = REMModel(with_conv.model_config())
+    torch.nn.init.normal_(model.world_model.frame_conv.out.weight)  # a trained frame conv
+    model.save_pretrained(tmp_path / "source")
+    config = dataclasses.replace(
+        _config(str(tmp_path / "source"), "tokenizer,world_model"),
+        world_model_frame_conv=2,
+        world_model_frame_conv_events=True,
+        world_model_frame_conv_copy=True,
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        assert trainer.model.world_model.frame_conv.copy_gate.weight.abs().sum() == 0
+        _assert_same_function(model, trainer.model)
+        out = capsys.readouterr().out
+        assert "the frame conv's event layers and copy gate added" in out
+    finally:
+        trainer.close()
+    with pytest.raises(ValueError, match="world_model_frame_conv_copy reads"):
+        dataclasses.replace(config, world_model_frame_conv=0, world_model_frame_conv_events=False)
+
+
 def test_a_frame_conv_of_another_width_is_taken_at_its_width(tmp_path: Path) -> None:
     narrow = dataclasses.replace(
         _config(None), world_model_frame_conv=2, world_model_frame_conv_width=8

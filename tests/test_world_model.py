@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rem_env.config import REMConfig, WorldModelConfig
 from rem_env.models.world_model import StepNoise, WorldModel, sample_categorical
@@ -270,11 +271,27 @@ def frame_conv_model(shared: bool = False) -> WorldModel:
     return wm
 
 
-@pytest.mark.parametrize("events", [False, True], ids=["frames", "frames-and-events"])
+def copy_model(shared: bool = False) -> WorldModel:
+    """A world model whose frame conv has a copy gate (output layers not zero)."""
+    torch.manual_seed(4)
+    wm = make_model(
+        shared_embeddings=shared, frame_conv_layers=2, frame_conv_width=8, frame_conv_copy=True
+    )
+    for layer in (wm.frame_conv.out, wm.frame_conv.copy_gate):
+        torch.nn.init.normal_(layer.weight)
+        torch.nn.init.normal_(layer.bias)
+    return wm
+
+
+@pytest.mark.parametrize(
+    "kind", ["frames", "events", "copy"], ids=["frames", "frames-and-events", "copy-gate"]
+)
 @pytest.mark.parametrize("context", [1, 2], ids=["one-frame-context", "two-frame-context"])
 @pytest.mark.parametrize("shared", [False, True], ids=["own-embeddings", "shared-codebook"])
-def test_frame_conv_imagination_teacher_forced_equals_training_forward(context, shared, events):
-    wm = events_model(shared) if events else frame_conv_model(shared)
+def test_frame_conv_imagination_teacher_forced_equals_training_forward(context, shared, kind):
+    events = kind == "events"
+    models = {"frames": frame_conv_model, "events": events_model, "copy": copy_model}
+    wm = models[kind](shared)
     codebook = torch.randn(V, 32, dtype=torch.float64) if shared else None
     obs, actions = random_segment()
     train = wm(obs, actions, codebook)
@@ -411,6 +428,35 @@ def test_frame_conv_events_read_the_step_its_frame_before_and_its_action_only():
         assert (moved > 1e-6) == read, (t, change, moved)
     assert base[:, -1].abs().max() > 1e-3  # the last block's step has events too
     assert max_diff(wm(obs, actions).obs_logits, no_events(obs, actions).obs_logits) < TOL
+
+
+def test_the_copy_gate_adds_its_bonus_to_the_token_of_the_frame_before_only():
+    wm = copy_model()
+    no_copy = make_model(frame_conv_layers=2, frame_conv_width=8)
+    no_copy.load_state_dict(wm.state_dict(), strict=False)
+    obs, actions = random_segment(batch=1)
+    added = wm(obs, actions).obs_logits - no_copy(obs, actions).obs_logits  # (1, T, K, V)
+    assert added[:, 0].abs().max() == 0  # no frame before the first block: no bonus
+    before = F.one_hot(obs[:, :-1], V).bool()  # (1, T-1, K, V): each block's frame before
+    assert added[:, 1:][~before].abs().max() == 0  # the other tokens' logits are untouched
+    assert added[:, 1:][before].abs().min() > 1e-6  # a bonus on every patch's token
+
+
+def test_a_new_copy_gate_starts_as_the_model_without_it():
+    torch.manual_seed(3)
+    wm = make_model(frame_conv_layers=2, frame_conv_width=8)
+    torch.nn.init.normal_(wm.frame_conv.out.weight)
+    grown = make_model(frame_conv_layers=2, frame_conv_width=8, frame_conv_copy=True)
+    missing, unexpected = grown.load_state_dict(wm.state_dict(), strict=False)
+    assert missing and not unexpected
+    assert all(name.startswith("frame_conv.copy_gate.") for name in missing)
+    obs, actions = random_segment()
+    for a, b in zip(grown(obs, actions), wm(obs, actions), strict=True):
+        assert max_diff(a, b) == 0
+    with pytest.raises(ValueError, match="frame_conv_copy"):
+        WorldModelConfig(frame_conv_copy=True)
+    with pytest.raises(ValueError, match="give frame t-1's"):
+        grown.frame_conv(torch.zeros(1, 2, K, 32).double(), torch.zeros(1, dtype=torch.long))
 
 
 def test_frame_conv_events_need_a_frame_conv():

@@ -269,6 +269,12 @@ class TrainConfig:
         "step's frame, the one before and the action), added to the heads'; needs "
         "--world-model-frame-conv; with --init-from a frame conv without them, they start at zero",
     )
+    world_model_frame_conv_copy: bool = doc(
+        False,
+        "not in REM: the frame conv also adds, per patch, a bonus to the logit of the patch's "
+        "token in the frame before (a copy gate); needs --world-model-frame-conv; with "
+        "--init-from a frame conv without one, it starts at zero",
+    )
     world_model_event_reader: int = doc(
         0,
         "not in REM: channels of the first layer of an event reader, a small conv net over the "
@@ -311,11 +317,12 @@ class TrainConfig:
                 "world_model_frame_conv_width must be >= 1, got "
                 f"{self.world_model_frame_conv_width}"
             )
-        if self.world_model_frame_conv_events and not self.world_model_frame_conv:
-            raise ValueError(
-                "world_model_frame_conv_events reads the frame conv's features: set "
-                "world_model_frame_conv (--world-model-frame-conv N) too"
-            )
+        for flag in ("world_model_frame_conv_events", "world_model_frame_conv_copy"):
+            if getattr(self, flag) and not self.world_model_frame_conv:
+                raise ValueError(
+                    f"{flag} reads the frame conv's features: set world_model_frame_conv "
+                    "(--world-model-frame-conv N) too"
+                )
         if self.model == "patch" and self.tokenizer.start_after_epoch < self.common.epochs:
             raise ValueError(
                 "the patch model's tokenizer is fitted by k-means, not trained: set "
@@ -422,6 +429,7 @@ class TrainConfig:
                 frame_conv_layers=self.world_model_frame_conv,
                 frame_conv_width=self.world_model_frame_conv_width,
                 frame_conv_events=self.world_model_frame_conv_events,
+                frame_conv_copy=self.world_model_frame_conv_copy,
             )
         if self.world_model_event_reader:
             world_model = dataclasses.replace(

@@ -85,6 +85,10 @@ class FrameConvPretrainConfig:
     """3x3 convolutions of the frame conv (``--world-model-frame-conv`` of rem-train)."""
     width: int = 128
     """Their channels."""
+    copy: bool = False
+    """Give the frame conv a copy gate (``--world-model-frame-conv-copy`` of rem-train): a
+    per-patch bonus to the logit of the patch's token in the frame before, added at zero to a
+    starting frame conv without one."""
     segments: int = 12_000
     """Segments of 10 frames drawn from the replay buffers (spread evenly over them); each gives
     every triple of consecutive real frames in it (8 in a whole segment)."""
@@ -333,7 +337,7 @@ def pretrain(
             if config.token_weight:
                 rows = torch.as_tensor(rng.integers(len(data), size=config.batch_size))
                 frames = F.embedding(data.tokens[rows, :2], embeddings)  # (B, 2, K, E)
-                logits = conv(frames, data.actions[rows])  # (B, K, V)
+                logits = conv(frames, data.actions[rows], data.tokens[rows, 1])  # (B, K, V)
                 target, weight = data.tokens[rows, 2], data.weights[rows]
                 token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
                 loss = config.token_weight * (token * weight.flatten()).sum() / weight.sum()
@@ -417,9 +421,11 @@ def _event_loss(
 def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMModel:
     """``model`` with a fresh frame conv (its output layers at zero: the same function), or
     ``model`` itself where it has a frame conv of ``config``'s sizes (an earlier pretraining's
-    export, trained on), given event layers (at zero) where ``events_weight`` needs them."""
+    export, trained on), given event layers where ``events_weight`` needs them and a copy gate
+    where ``copy`` asks for one (both at zero)."""
     sizes = model.config.world_model
     events = config.events_weight > 0 or sizes.frame_conv_events
+    copy = config.copy or sizes.frame_conv_copy
     if model.world_model.frame_conv is not None:
         if (sizes.frame_conv_layers, sizes.frame_conv_width) != (config.layers, config.width):
             raise ValueError(
@@ -427,11 +433,11 @@ def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMMod
                 f"{sizes.frame_conv_width} channels; give --layers {sizes.frame_conv_layers} "
                 f"--width {sizes.frame_conv_width} to train it on"
             )
-        if sizes.frame_conv_events == events:
+        if (sizes.frame_conv_events, sizes.frame_conv_copy) == (events, copy):
             return model.eval()
     world_model = dataclasses.replace(
         sizes, frame_conv_layers=config.layers, frame_conv_width=config.width,
-        frame_conv_events=events,
+        frame_conv_events=events, frame_conv_copy=copy,
     )  # fmt: skip
     grown = REMModel(
         dataclasses.replace(model.config, world_model=world_model),

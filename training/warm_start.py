@@ -58,6 +58,8 @@ FRAME_CONV = "frame_conv."
 
 FRAME_CONV_EVENTS = ("frame_conv.events.", "frame_conv.event_out.")
 """The frame conv's event layers (``frame_conv_events``), which a source's frame conv may lack."""
+FRAME_CONV_COPY = ("frame_conv.copy_gate.",)
+"""The frame conv's copy gate (``frame_conv_copy``), which a source's frame conv may lack."""
 EVENT_READER = "event_reader."
 """The event reader (``event_reader_width``), which a source's world model may lack."""
 
@@ -247,7 +249,16 @@ def apply_warm_start(
             conv = _added_frame_conv(source, target)
             if conv:
                 had_conv = any(key.startswith(FRAME_CONV) for key in source)
-                what = "the frame conv's event layers" if had_conv else "a frame conv"
+                what = "a frame conv"
+                if had_conv:
+                    layers = [
+                        name
+                        for name, prefixes in (
+                            ("event layers", FRAME_CONV_EVENTS), ("copy gate", FRAME_CONV_COPY)
+                        )
+                        if any(key.startswith(prefixes) for key in conv)
+                    ]  # fmt: skip
+                    what = "the frame conv's " + " and ".join(layers)
                 notes.append(f"world model: {what} added (at zero: the source's function)")
             reader = _added_event_reader(source, target)
             if reader:
@@ -333,12 +344,17 @@ def _added_layers(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[
 
 def _added_frame_conv(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
     """The run's own frame-conv tensors (output layers at zero) that the source lacks: the whole
-    frame conv where the source has none, its event layers where the source's has none."""
-    if not any(key.startswith(FRAME_CONV) for key in source):
-        prefixes: tuple[str, ...] = (FRAME_CONV,)
-    elif not any(key.startswith(FRAME_CONV_EVENTS) for key in source):
-        prefixes = FRAME_CONV_EVENTS
-    else:
+    frame conv where the source has none, else its event layers and its copy gate where the
+    source's has none."""
+    prefixes: tuple[str, ...] = (FRAME_CONV,)
+    if any(key.startswith(FRAME_CONV) for key in source):
+        prefixes = tuple(
+            prefix
+            for layers in (FRAME_CONV_EVENTS, FRAME_CONV_COPY)
+            if not any(key.startswith(layers) for key in source)
+            for prefix in layers
+        )
+    if not prefixes:
         return {}
     return {k: v.detach().clone() for k, v in target.items() if k.startswith(prefixes)}
 

@@ -20,7 +20,9 @@ Entry points:
   FrameConv` adds logits read from the 2-D grids of the two frames before each predicted one;
   the imagination state then keeps the frame before the current one. With
   ``config.frame_conv_events`` its features also add to the reward and end logits of each step
-  (read from the step's frame, the one before it and the step's action).
+  (read from the step's frame, the one before it and the step's action); with
+  ``config.frame_conv_copy`` it adds a per-patch bonus to the logit of each patch's token in
+  the frame before.
 * With ``config.event_reader_width > 0`` (not in REM) an :class:`~rem_env.models.event_reader.
   EventReader` adds reward and end logits read from the decoded pixels of each step's frame and
   the one before it; the training forward and each step then take those frames (``frames``).
@@ -152,6 +154,7 @@ class WorldModel(nn.Module):
                 config.frame_conv_layers,
                 config.frame_conv_width,
                 events=config.frame_conv_events,
+                copy=config.frame_conv_copy,
             )
         self.event_reader: EventReader | None = None
         if config.event_reader_width:
@@ -221,7 +224,7 @@ class WorldModel(nn.Module):
         obs_logits = self.head_obs(obs_hidden)
         reward_logits, end_logits = self.head_reward(action_hidden), self.head_end(action_hidden)
         if self.frame_conv is not None:
-            conv_obs, conv_events = self._frame_conv_segments(x[:, :, :-1], actions)
+            conv_obs, conv_events = self._frame_conv_segments(x[:, :, :-1], actions, obs_tokens)
             obs_logits = obs_logits + conv_obs
             if conv_events is not None:
                 reward_logits = reward_logits + conv_events[..., :NUM_REWARD_CLASSES]
@@ -256,11 +259,14 @@ class WorldModel(nn.Module):
         pairs = torch.stack([before, frames], dim=2)  # (B, T, 2, 3, H, W)
         return reader(pairs.flatten(0, 1), actions.flatten()).unflatten(0, actions.shape)
 
-    def _frame_conv_segments(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(B, T, K, E) embedded frames, (B, T) actions -> the frame conv's (B, T, K, V) logits
-        of every block from the two blocks before it (zeros and "no action" before the first),
-        and, with events, its (B, T, 5) event logits of every block's step (from the block, the
-        one before it and the block's action; None without events)."""
+    def _frame_conv_segments(
+        self, obs: Tensor, actions: Tensor, tokens: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """(B, T, K, E) embedded frames, (B, T) actions and the frames' (B, T, K) tokens -> the
+        frame conv's (B, T, K, V) logits of every block from the two blocks before it (zeros and
+        "no action" before the first), and, with events, its (B, T, 5) event logits of every
+        block's step (from the block, the one before it and the block's action; None without
+        events)."""
         conv = self.frame_conv
         assert conv is not None
         b, t = actions.shape
@@ -274,7 +280,10 @@ class WorldModel(nn.Module):
         previous = torch.cat([none, actions[:, : grids - 1]], dim=1)  # (B, grids)
         features = conv.features(frames.flatten(0, 1), previous.flatten())  # (B*grids, W, s, s)
         features = features.unflatten(0, (b, grids))
-        logits = conv.token_logits(features[:, :t].flatten(0, 1)).unflatten(0, (b, t))
+        none_before = tokens.new_full((b, 1, tokens.shape[2]), -1)
+        before = torch.cat([none_before, tokens[:, : t - 1]], dim=1)  # (B, T, K): block n-1's
+        logits = conv.token_logits(features[:, :t].flatten(0, 1), before.flatten(0, 1))
+        logits = logits.unflatten(0, (b, t))
         if conv.events is None:
             return logits, None
         events = conv.event_logits(features[:, 1:].flatten(0, 1)).unflatten(0, (b, t))
@@ -298,7 +307,7 @@ class WorldModel(nn.Module):
         before = self.embed_obs(previous.clamp(min=0), codebook) * known
         features = conv.features(torch.stack([before, current], dim=1), actions)
         events = conv.event_logits(features) if conv.events is not None else None
-        return conv.token_logits(features), events
+        return conv.token_logits(features, state.obs_tokens), events
 
     def _hidden_pop(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """POP forward (REM_SPEC 5.3): chunks of whole blocks, parallel inside a chunk."""
