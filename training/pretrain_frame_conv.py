@@ -96,7 +96,8 @@ class FrameConvPretrainConfig:
     """Share of those segments that are the last 10 steps of an episode that ended (for
     Breakout a lost life: the ball past the paddle, the frames without it, the end), drawn
     per ended episode; the rest are drawn uniformly over every step (0: all of them; one or two
-    of a long episode's steps come before its end)."""
+    of a long episode's steps come before its end). The event layers then see ends more often
+    than the game has them, and learn to predict more."""
     steps: int = 3_000
     max_minutes: float = 0.0
     """Stop after the step that spends this many minutes of training (0: no limit); the last
