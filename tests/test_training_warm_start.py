@@ -202,8 +202,15 @@ def test_a_world_model_with_a_frame_conv_starts_as_the_source_without_one(
         dataclasses.replace(config, world_model_frame_conv=-1)
 
 
-def test_frame_conv_events_are_added_at_zero_to_a_source_frame_conv_without_them(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("copy", "added", "flag"),
+    [
+        (False, "event layers", "world_model_frame_conv_events"),
+        (True, "event layers and copy gate", "world_model_frame_conv_copy"),
+    ],
+)
+def test_frame_conv_parts_are_added_at_zero_to_a_source_frame_conv_without_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], copy: bool, added: str, flag: str
 ) -> None:
     with_conv = dataclasses.replace(_config(None), world_model_frame_conv=2)
     torch.manual_seed(5)
@@ -214,42 +221,22 @@ def test_frame_conv_events_are_added_at_zero_to_a_source_frame_conv_without_them
         _config(str(tmp_path / "source"), "tokenizer,world_model"),
         world_model_frame_conv=2,
         world_model_frame_conv_events=True,
+        world_model_frame_conv_copy=copy,
     )
     trainer = Trainer(config, tmp_path / "run")
     try:
-        assert trainer.model.world_model.frame_conv.event_out.weight.abs().sum() == 0
+        conv = trainer.model.world_model.frame_conv
+        assert conv.event_out.weight.abs().sum() == 0
+        assert (conv.copy_gate is not None) == copy
+        if copy:
+            assert conv.copy_gate.weight.abs().sum() == 0
         _assert_same_function(model, trainer.model)
-        assert "the frame conv's event layers added" in capsys.readouterr().out
+        assert f"the frame conv's {added} added" in capsys.readouterr().out
     finally:
         trainer.close()
-    with pytest.raises(ValueError, match="set world_model_frame_conv"):
-        dataclasses.replace(config, world_model_frame_conv=0)
-
-
-def test_a_copy_gate_is_added_at_zero_to_a_source_frame_conv_without_one(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with_conv = dataclasses.replace(_config(None), world_model_frame_conv=2)
-    torch.manual_seed(6)
-    model = REMModel(with_conv.model_config())
-    torch.nn.init.normal_(model.world_model.frame_conv.out.weight)  # a trained frame conv
-    model.save_pretrained(tmp_path / "source")
-    config = dataclasses.replace(
-        _config(str(tmp_path / "source"), "tokenizer,world_model"),
-        world_model_frame_conv=2,
-        world_model_frame_conv_events=True,
-        world_model_frame_conv_copy=True,
-    )
-    trainer = Trainer(config, tmp_path / "run")
-    try:
-        assert trainer.model.world_model.frame_conv.copy_gate.weight.abs().sum() == 0
-        _assert_same_function(model, trainer.model)
-        out = capsys.readouterr().out
-        assert "the frame conv's event layers and copy gate added" in out
-    finally:
-        trainer.close()
-    with pytest.raises(ValueError, match="world_model_frame_conv_copy reads"):
-        dataclasses.replace(config, world_model_frame_conv=0, world_model_frame_conv_events=False)
+    with pytest.raises(ValueError, match=f"{flag} reads the frame conv's features"):
+        off = {"world_model_frame_conv_events": False, "world_model_frame_conv_copy": False}
+        dataclasses.replace(config, world_model_frame_conv=0, **{**off, flag: True})
 
 
 def test_a_frame_conv_of_another_width_is_taken_at_its_width(tmp_path: Path) -> None:

@@ -262,25 +262,26 @@ def test_paper_world_model_parameter_count():
 # --------------------------------------------------------------------- frame conv (not in REM)
 
 
-def frame_conv_model(shared: bool = False) -> WorldModel:
-    """A world model with a frame conv whose output layer is not zero (it starts at zero)."""
-    torch.manual_seed(1)
-    wm = make_model(shared_embeddings=shared, frame_conv_layers=2, frame_conv_width=8)
-    torch.nn.init.normal_(wm.frame_conv.out.weight)
-    torch.nn.init.normal_(wm.frame_conv.out.bias)
+def trained_frame_conv(seed: int, shared: bool = False, **parts: bool) -> WorldModel:
+    """A world model with a frame conv (and ``parts``: ``frame_conv_events``,
+    ``frame_conv_copy``) whose output layers are not zero (they start at zero)."""
+    torch.manual_seed(seed)
+    wm = make_model(shared_embeddings=shared, frame_conv_layers=2, frame_conv_width=8, **parts)
+    for layer in (wm.frame_conv.out, wm.frame_conv.event_out, wm.frame_conv.copy_gate):
+        if layer is not None:
+            torch.nn.init.normal_(layer.weight)
+            torch.nn.init.normal_(layer.bias)
     return wm
+
+
+def frame_conv_model(shared: bool = False) -> WorldModel:
+    """A world model with a frame conv of token logits only."""
+    return trained_frame_conv(1, shared)
 
 
 def copy_model(shared: bool = False) -> WorldModel:
-    """A world model whose frame conv has a copy gate (output layers not zero)."""
-    torch.manual_seed(4)
-    wm = make_model(
-        shared_embeddings=shared, frame_conv_layers=2, frame_conv_width=8, frame_conv_copy=True
-    )
-    for layer in (wm.frame_conv.out, wm.frame_conv.copy_gate):
-        torch.nn.init.normal_(layer.weight)
-        torch.nn.init.normal_(layer.bias)
-    return wm
+    """A world model whose frame conv has a copy gate."""
+    return trained_frame_conv(4, shared, frame_conv_copy=True)
 
 
 @pytest.mark.parametrize(
@@ -377,15 +378,8 @@ def test_frame_conv_settings_that_cannot_work_are_refused():
 
 
 def events_model(shared: bool = False) -> WorldModel:
-    """A world model whose frame conv also gives event logits (both output layers not zero)."""
-    torch.manual_seed(2)
-    wm = make_model(
-        shared_embeddings=shared, frame_conv_layers=2, frame_conv_width=8, frame_conv_events=True
-    )
-    for layer in (wm.frame_conv.out, wm.frame_conv.event_out):
-        torch.nn.init.normal_(layer.weight)
-        torch.nn.init.normal_(layer.bias)
-    return wm
+    """A world model whose frame conv also gives event logits."""
+    return trained_frame_conv(2, shared, frame_conv_events=True)
 
 
 def test_new_frame_conv_events_start_as_the_model_without_them():

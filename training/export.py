@@ -23,7 +23,13 @@ from rem_env.models.actor_critic import ActorCritic
 from rem_train.evaluate import EvalResult
 from rem_train.replay import ReplayBuffer, frames_to_tensor
 
-__all__ = ["export_run", "play_start_contexts", "sample_start_contexts"]
+__all__ = [
+    "encode_contexts",
+    "export_run",
+    "play_openings",
+    "play_start_contexts",
+    "sample_start_contexts",
+]
 
 START_CONTEXTS = 8
 """Start contexts an export carries."""
@@ -41,21 +47,65 @@ def sample_start_contexts(
     batch = replay.sample_segments(count, c, rng, pad="right", min_real=c).to_torch(
         model.start_tokens.device
     )
-    model.tokenizer.eval()
-    frames = frames_to_tensor(batch.obs.flatten(0, 1))  # (N*C, 3, H, W)
-    tokens = model.tokenizer.encode(frames).tokens.unflatten(0, (count, c))  # (N, C, K)
-    return tokens, batch.actions[:, : c - 1]
+    return encode_contexts(model, batch.obs, batch.actions[:, : c - 1])
 
 
 @torch.no_grad()
+def encode_contexts(
+    model: REMModel, frames: torch.Tensor | np.ndarray, actions: torch.Tensor | np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, H, W, 3) uint8 frames and (N, C-1) actions -> start contexts: the frames'
+    (N, C, K) tokens by ``model``'s tokenizer, and the actions as int64 on its device."""
+    device = model.start_tokens.device
+    obs = torch.as_tensor(frames, device=device)
+    model.tokenizer.eval()
+    tokens = model.tokenizer.encode(frames_to_tensor(obs.flatten(0, 1))).tokens  # (N*C, K)
+    taken = torch.as_tensor(actions, dtype=torch.long, device=device)
+    return tokens.unflatten(0, tuple(obs.shape[:2])), taken
+
+
+def play_openings(game: str, length: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` real openings played afresh, for a model that has no replay buffer to draw its
+    start contexts from (a tokenizer trained or fitted on its own frames): each is a new game
+    (REM's training preprocessing) played with uniformly random actions for ``length`` frames
+    and up to :data:`OPENING_STEPS` more, of which the last ``length`` are kept. Returns
+    (N, length, H, W, 3) uint8 frames and the (N, length-1) actions between them
+    (:func:`encode_contexts` makes them start contexts).
+
+    Example:
+        >>> frames, actions = play_openings("Breakout", 2, 3, seed=0)
+        >>> frames.shape, actions.shape
+        ((3, 2, 64, 64, 3), (3, 1))
+    """
+    from rem_env.atari import make_atari_env
+
+    rng = np.random.default_rng(seed)
+    env = make_atari_env(game, train=True, seed=seed)
+    windows, taken = [], []
+    try:
+        while len(windows) < count:
+            obs, _ = env.reset()
+            frames, actions = [obs], []
+            for _ in range(length - 1 + int(rng.integers(OPENING_STEPS + 1))):
+                action = int(rng.integers(env.action_space.n))
+                obs, _, terminated, truncated, _ = env.step(action)
+                if terminated or truncated:  # a life lost this early: play another opening
+                    break
+                frames.append(obs)
+                actions.append(action)
+            else:
+                windows.append(np.stack(frames[-length:]))
+                taken.append(actions[len(actions) - (length - 1) :])
+    finally:
+        env.close()
+    return np.stack(windows), np.array(taken, dtype=np.int64).reshape(count, length - 1)
+
+
 def play_start_contexts(
     model: REMModel, game: str, count: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` real openings played afresh, for a model that has no replay buffer to draw
-    them from (a tokenizer trained or fitted on its own frames): each is a new game (REM's
-    training preprocessing) played with uniformly random actions for the context's frames and
-    up to :data:`OPENING_STEPS` more, its last C frames encoded by ``model``'s tokenizer.
-    Returns (N, C, K) tokens and the (N, C-1) actions between the frames.
+    """:func:`play_openings` of ``model``'s context length, encoded by its tokenizer: (N, C, K)
+    tokens and the (N, C-1) actions between the frames.
 
     Example:
         >>> from rem_env import REMConfig
@@ -65,33 +115,8 @@ def play_start_contexts(
         >>> tuple(tokens.shape), tuple(actions.shape)
         ((3, 2, 64), (3, 1))
     """
-    from rem_env.atari import make_atari_env
-
-    c = model.config.world_model.context_length
-    rng = np.random.default_rng(seed)
-    env = make_atari_env(game, train=True, seed=seed)
-    windows, taken = [], []
-    try:
-        while len(windows) < count:
-            obs, _ = env.reset()
-            frames, actions = [obs], []
-            for _ in range(c - 1 + int(rng.integers(OPENING_STEPS + 1))):
-                action = int(rng.integers(env.action_space.n))
-                obs, _, terminated, truncated, _ = env.step(action)
-                if terminated or truncated:  # a life lost this early: play another opening
-                    break
-                frames.append(obs)
-                actions.append(action)
-            else:
-                windows.append(np.stack(frames[-c:]))
-                taken.append(actions[len(actions) - (c - 1) :])
-    finally:
-        env.close()
-    model.tokenizer.eval()
-    device = model.start_tokens.device
-    obs = torch.as_tensor(np.stack(windows), device=device)  # (N, C, H, W, 3)
-    tokens = model.tokenizer.encode(frames_to_tensor(obs.flatten(0, 1))).tokens
-    return tokens.unflatten(0, (count, c)), torch.tensor(taken, dtype=torch.long).reshape(count, -1)
+    length = model.config.world_model.context_length
+    return encode_contexts(model, *play_openings(game, length, count, seed))
 
 
 def export_run(

@@ -47,7 +47,7 @@ from rem_train.batches import frames_to_tensor
 from rem_train.cli import parse_bool
 from rem_train.codebook import DeadCodeRestarter
 from rem_train.config import TrainConfig
-from rem_train.export import START_CONTEXTS, play_start_contexts
+from rem_train.export import START_CONTEXTS, encode_contexts, play_openings
 from rem_train.losses import foreground_weights, motion_weights, tokenizer_loss
 from rem_train.run_log import log_line
 from rem_train.sources import load_source
@@ -235,6 +235,10 @@ def pretrain(
     if config.vocab_size and config.vocab_size != model.config.tokenizer.vocab_size:
         model = _with_vocab(model, config.vocab_size)
     tokenizer = model.tokenizer
+    openings = None  # real openings whose new codes each export starts its dreams from
+    if not config.decoder_only:  # (decoder_only: the codes, and the source's contexts, stay)
+        length = model.config.world_model.context_length
+        openings = play_openings(config.game, length, START_CONTEXTS, config.seed)
     optimizer = torch.optim.AdamW(
         _trained_parameters(tokenizer, config.decoder_only),
         lr=config.lr,
@@ -301,10 +305,10 @@ def pretrain(
             torch.save(optimizer.state_dict(), out / "optimizer.pt")
             state = {"step": step, "decoder_only": config.decoder_only}
             (out / "state.json").write_text(json.dumps(state) + "\n")
-            _export(model, out, config, source, step, command, actor_critic)  # usable meanwhile
+            _export(model, out, config, source, step, command, openings, actor_critic)
             started = time.perf_counter()
     log.close()
-    return _export(model, out, config, source, step, command, actor_critic)
+    return _export(model, out, config, source, step, command, openings, actor_critic)
 
 
 def _check(config: PretrainConfig, init_from: str | None, out: Path) -> None:
@@ -344,13 +348,14 @@ def _export(
     source: str | None,
     step: int,
     command: str,
+    openings: tuple[np.ndarray, np.ndarray] | None,
     actor_critic: ActorCritic | None = None,
 ) -> Path:
+    """Writes ``out/export`` (usable while the run goes on); with ``openings`` its start
+    contexts are their codes by the tokenizer as it is now."""
     folder = out / "export"
-    if not config.decoder_only:  # new codes: the start contexts' tokens are the new tokenizer's
-        model.set_start_contexts(
-            *play_start_contexts(model, config.game, START_CONTEXTS, config.seed)
-        )
+    if openings is not None:
+        model.set_start_contexts(*encode_contexts(model, *openings))
     model.save_pretrained(folder)
     if actor_critic is not None:  # decoder_only: the codes it reads are unchanged
         save_actor_critic(actor_critic, folder)

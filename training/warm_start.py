@@ -60,6 +60,8 @@ FRAME_CONV_EVENTS = ("frame_conv.events.", "frame_conv.event_out.")
 """The frame conv's event layers (``frame_conv_events``), which a source's frame conv may lack."""
 FRAME_CONV_COPY = ("frame_conv.copy_gate.",)
 """The frame conv's copy gate (``frame_conv_copy``), which a source's frame conv may lack."""
+FRAME_CONV_PARTS = {"event layers": FRAME_CONV_EVENTS, "copy gate": FRAME_CONV_COPY}
+"""The parts of a frame conv that a source's frame conv may lack, by name."""
 EVENT_READER = "event_reader."
 """The event reader (``event_reader_width``), which a source's world model may lack."""
 
@@ -251,14 +253,7 @@ def apply_warm_start(
                 had_conv = any(key.startswith(FRAME_CONV) for key in source)
                 what = "a frame conv"
                 if had_conv:
-                    layers = [
-                        name
-                        for name, prefixes in (
-                            ("event layers", FRAME_CONV_EVENTS), ("copy gate", FRAME_CONV_COPY)
-                        )
-                        if any(key.startswith(prefixes) for key in conv)
-                    ]  # fmt: skip
-                    what = "the frame conv's " + " and ".join(layers)
+                    what = "the frame conv's " + " and ".join(_frame_conv_parts(conv))
                 notes.append(f"world model: {what} added (at zero: the source's function)")
             reader = _added_event_reader(source, target)
             if reader:
@@ -348,15 +343,20 @@ def _added_frame_conv(source: dict[str, Tensor], target: dict[str, Tensor]) -> d
     source's has none."""
     prefixes: tuple[str, ...] = (FRAME_CONV,)
     if any(key.startswith(FRAME_CONV) for key in source):
-        prefixes = tuple(
-            prefix
-            for layers in (FRAME_CONV_EVENTS, FRAME_CONV_COPY)
-            if not any(key.startswith(layers) for key in source)
-            for prefix in layers
-        )
+        had = _frame_conv_parts(source)
+        missing = [part for name, part in FRAME_CONV_PARTS.items() if name not in had]
+        prefixes = tuple(prefix for part in missing for prefix in part)
     if not prefixes:
         return {}
     return {k: v.detach().clone() for k, v in target.items() if k.startswith(prefixes)}
+
+
+def _frame_conv_parts(state: dict[str, Tensor]) -> list[str]:
+    """The names of :data:`FRAME_CONV_PARTS` that have tensors in ``state``."""
+    return [
+        name for name, prefixes in FRAME_CONV_PARTS.items()
+        if any(key.startswith(prefixes) for key in state)
+    ]  # fmt: skip
 
 
 def _added_event_reader(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
