@@ -637,7 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
         "For Breakout a second table checks the game's own rule on the real frames, their "
         "reconstructions by the model's tokenizer and the dreamed frames: how many rewards "
         "come with a brick broken, how many bricks broken with a reward, and bricks that come "
-        "back.",
+        "back; a third counts each side's episode ends by how many steps before them the "
+        "ball was last seen (in the game a life is lost 6-10 steps after the ball passed the "
+        "paddle; a dream that ends episodes while the ball is in play does not punish missing "
+        "it).",
     )
     _add_model_args(events, "0")
     events.add_argument("--num-envs", type=int, default=16, help="dreams (default: 16)")

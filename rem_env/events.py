@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -38,9 +38,17 @@ from rem_env.actions import action_meanings
 from rem_env.dream import DreamVectorEnv, temperature_words
 from rem_env.fidelity import to_pixels
 from rem_env.model import REMModel
+from rem_env.probes import ObjectProbe, probes_for
 from rem_env.rules import REWARD_RULES, RewardRule, RuleCounts, rule_counts
 
-__all__ = ["DEFAULT_JITTER", "EventRates", "event_table", "measure_event_rates", "policy_actions"]
+__all__ = [
+    "DEFAULT_JITTER",
+    "GAP_BINS",
+    "EventRates",
+    "event_table",
+    "measure_event_rates",
+    "policy_actions",
+]
 
 DEFAULT_JITTER = 0.2
 """Share of uniformly random actions in a held-action policy's steps."""
@@ -70,6 +78,13 @@ class EventRates:
             frames (the rewards the real ones): the most a dream of this tokenizer can show.
         rule: The rule's words for a lost and a regained object (``"bricks broken"``,
             ``"bricks back"``), or None.
+        gap_object: For a game with an object probe (:mod:`rem_env.probes`; Breakout: the
+            ball), the object the end gaps are counted from, else None.
+        dream_end_gaps: One per dreamed episode end: how many steps before the end the object
+            was last found (1: in the frame the ending step started from; -1: not found since
+            the episode began). The end's own frame is not looked at (in Breakout it may
+            already show the next serve). None without ``gap_object``.
+        real_end_gaps: The same for the real games' ends.
     """
 
     dream_steps: int
@@ -86,6 +101,9 @@ class EventRates:
     real_rule: RuleCounts | None = None
     reconstructed_rule: RuleCounts | None = None
     rule: tuple[str, str] | None = None
+    gap_object: str | None = None
+    dream_end_gaps: tuple[int, ...] | None = None
+    real_end_gaps: tuple[int, ...] | None = None
 
     @property
     def temperature_words(self) -> str:
@@ -123,8 +141,9 @@ class EventRates:
         for side in ("dream_rule", "real_rule", "reconstructed_rule"):
             if known.get(side) is not None:
                 known[side] = RuleCounts(**known[side])
-        if known.get("rule") is not None:
-            known["rule"] = tuple(known["rule"])
+        for name in ("rule", "dream_end_gaps", "real_end_gaps"):
+            if known.get(name) is not None:
+                known[name] = tuple(known[name])
         return cls(**known)
 
     def table(self) -> str:
@@ -169,6 +188,9 @@ def event_table(rates: Sequence[EventRates]) -> str:
     ruled = [r for r in rates if r.rule is not None]
     if ruled:
         rows.extend(["", *_rule_table(ruled)])
+    gapped = [r for r in rates if r.gap_object is not None]
+    if gapped:
+        rows.extend(["", *_gap_table(gapped)])
     temperatures = ", ".join(sorted({r.temperature_words for r in rates}))
     rows.append(
         f"\n{_span([r.real_steps for r in rates])} real and "
@@ -242,22 +264,45 @@ def _rule_table(rates: Sequence[EventRates]) -> list[str]:
     return rows
 
 
+GAP_BINS: tuple[tuple[int, int | None], ...] = ((1, 1), (2, 5), (6, 10), (11, None))
+"""The end gaps (:attr:`EventRates.dream_end_gaps`) the table groups: steps from the object's
+last sighting to an episode's end (None: no upper bound)."""
+
+
+class _Counts(NamedTuple):
+    """What :func:`_count` counted in one env's steps."""
+
+    transitions: int
+    ends: int
+    rewards: int
+    rules: list[RuleCounts]
+    end_gaps: tuple[int, ...] | None
+
+
 def _count(
     env: Any,
     actions: np.ndarray,
     seed: int,
     rule: RewardRule | None = None,
     views: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
-) -> tuple[int, int, int, list[RuleCounts]]:
-    """Steps ``env`` through ``actions`` (steps, num_envs); returns (transitions, ends, rewards,
-    the rule's counts on each of ``views`` of the frames).
+    probe: ObjectProbe | None = None,
+) -> _Counts:
+    """Steps ``env`` through ``actions`` (steps, num_envs) and counts its transitions, ends and
+    rewards, the rule's counts on each of ``views`` of the frames, and with a ``probe`` the gap
+    of each end (see :attr:`EventRates.dream_end_gaps`).
 
     The env resets an ended episode on its next step (gymnasium's ``NEXT_STEP`` autoreset):
-    that step is no transition and is not counted. With a ``rule`` the env's observations are
-    (num_envs, H, W, 3) frames, and each view maps them to the frames the rule reads.
+    that step is no transition and is not counted. With a ``rule`` or a ``probe`` the env's
+    observations are (num_envs, H, W, 3) frames, and each view maps them to the frames the rule
+    reads.
     """
     obs, _ = env.reset(seed=seed)
     seen = [view(np.asarray(obs)) for view in views] if rule is not None else []
+    # The frame index (reset: 0, step i: i + 1) the object was last found in, this episode.
+    last_found = np.full(actions.shape[1], -1)
+    if probe is not None:
+        last_found[probe.find(np.asarray(obs)).found] = 0
+    gaps: list[int] = []
     resetting = np.zeros(actions.shape[1], dtype=bool)
     taken = np.zeros(actions.shape, dtype=bool)  # (steps, num_envs)
     ended = np.zeros(actions.shape, dtype=bool)
@@ -273,9 +318,47 @@ def _count(
             frames = view(np.asarray(obs))
             lost[v, i], back[v, i] = rule.compare(seen[v], frames)  # type: ignore[union-attr]
             seen[v] = frames
+        if probe is not None:  # ends first: their own frame is not looked at
+            gaps += [i + 1 - f if f >= 0 else -1 for f in last_found[ended[i]]]
+            last_found[resetting] = -1  # this step's frame is a new episode's first
+            last_found[probe.find(np.asarray(obs)).found] = i + 1
         resetting = np.asarray(terminated) | np.asarray(truncated)
     counts = [rule_counts(lost[v], back[v], paid, taken) for v in range(len(seen))]
-    return int(taken.sum()), int(ended.sum()), int(paid.sum()), counts
+    end_gaps = tuple(int(g) for g in gaps) if probe is not None else None
+    return _Counts(int(taken.sum()), int(ended.sum()), int(paid.sum()), counts, end_gaps)
+
+
+def _gap_words(low: int, high: int | None) -> str:
+    """A bin of :data:`GAP_BINS` in words (a column of :func:`_gap_table`)."""
+    if high == low:
+        return f"{low} step before"
+    if high is None:
+        return f"{low} or more steps before"
+    return f"{low}-{high} steps before"
+
+
+def _gap_table(rates: Sequence[EventRates]) -> list[str]:
+    """Rows of the end-gap table (rates that have gaps): for each policy, how many episode
+    ends of the real game and of the dream came how long after the object was last seen."""
+    name = rates[0].gap_object
+    bins = [_gap_words(low, high) for low, high in GAP_BINS]
+    rows = [
+        f"| policy: side | episode ends with the {name} last seen {bins[0]} | "
+        + " | ".join(bins[1:])
+        + " | not seen in the episode |",
+        "|---|" + "---|" * (len(GAP_BINS) + 1),
+    ]
+    for r in rates:
+        for side, gaps in (("real game", r.real_end_gaps), ("dream", r.dream_end_gaps)):
+            found = np.asarray([g for g in gaps or () if g >= 0], dtype=int)
+            upper = [np.inf if high is None else high for _, high in GAP_BINS]
+            cells = [
+                int(((found >= low) & (found <= up)).sum())
+                for (low, _), up in zip(GAP_BINS, upper, strict=True)
+            ]
+            cells.append(len(gaps or ()) - len(found))
+            rows.append(f"| {r.policy_words}: {side} | " + " | ".join(map(str, cells)) + " |")
+    return rows
 
 
 def _reconstruction(model: REMModel) -> Callable[[np.ndarray], np.ndarray]:
@@ -351,11 +434,12 @@ def measure_event_rates(
     meanings = action_meanings(game)
     actions = policy_actions(policy, meanings, steps, num_envs, seed, jitter)
     rule = REWARD_RULES.get(game)
+    probe = next(iter(probes_for(game)), None)
     with torch.inference_mode():
         dreams = DreamVectorEnv(
             model,
             num_envs,
-            obs_type="rgb" if rule is not None else "tokens",
+            obs_type="rgb" if rule is not None or probe is not None else "tokens",
             device=device,
             temperature=temperature,
             event_temperature=event_temperature,
@@ -367,19 +451,23 @@ def measure_event_rates(
                 f"the model has {num_actions} actions, {game} has {len(meanings)}: "
                 "is it a model of this game?"
             )
-        *dream_counts, dream_rules = _count(dreams, actions, seed, rule, [_as_they_are])
+        dream = _count(dreams, actions, seed, rule, [_as_they_are], probe)
         dreams.close()
     views = [_as_they_are, _reconstruction(dreams.model)]
     real = make_atari_vector_env(game, num_envs, True, seed=seed)
     try:
-        *real_counts, real_rules = _count(real, actions, seed, rule, views)
+        game_counts = _count(real, actions, seed, rule, views, probe)
     finally:
         real.close()
-    rules = [*dream_rules, *real_rules] if rule is not None else [None] * 3
+    rules = [*dream.rules, *game_counts.rules] if rule is not None else [None] * 3
     random = policy.lower() == "random"
     return EventRates(
-        *dream_counts,
-        *real_counts,
+        dream.transitions,
+        dream.ends,
+        dream.rewards,
+        game_counts.transitions,
+        game_counts.ends,
+        game_counts.rewards,
         temperature=temperature,
         policy="random" if random else policy.upper(),
         jitter=1.0 if random else jitter,
@@ -388,4 +476,7 @@ def measure_event_rates(
         real_rule=rules[1],
         reconstructed_rule=rules[2],
         rule=(rule.lost, rule.back) if rule is not None else None,
+        gap_object=probe.name if probe is not None else None,
+        dream_end_gaps=dream.end_gaps,
+        real_end_gaps=game_counts.end_gaps,
     )

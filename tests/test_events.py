@@ -52,6 +52,12 @@ def test_random_play_loses_real_lives_and_the_counts_are_reproducible() -> None:
     assert 5 <= first.real_ends <= 40
     assert first.real_rewards > 0
     assert 0.03 < first.dream_ends / first.dream_steps < 0.3  # P(end) = sigmoid(-2) = 0.12
+    # The game takes a life several steps after the ball was last seen over the paddle (the
+    # probe, real 64x64 frames), never in the step after; every end of either side has a gap.
+    assert first.gap_object == "ball"
+    assert len(first.real_end_gaps) == first.real_ends
+    assert min(first.real_end_gaps) >= 6
+    assert len(first.dream_end_gaps) == first.dream_ends
     again = measure_event_rates(_model(-2.0), "Breakout", num_envs=4, steps=150, seed=3)
     assert again == first
     other = measure_event_rates(_model(-2.0), "Breakout", num_envs=4, steps=150, seed=4)
@@ -75,7 +81,8 @@ def test_breakout_counts_its_bricks_rule_in_the_dream_the_game_and_its_reconstru
     pong = REMModel(REMConfig.preset("tiny", num_actions=6, game="Pong")).eval()
     plain = measure_event_rates(pong, "Pong", num_envs=1, steps=3)  # a game without a rule
     assert plain.rule is None and plain.dream_rule is None and plain.real_rule is None
-    assert "bricks" not in plain.table()
+    assert plain.gap_object is None and plain.real_end_gaps is None  # and without a probe
+    assert "bricks" not in plain.table() and "last seen" not in plain.table()
 
 
 def test_table_and_dict_give_rates_per_thousand_steps() -> None:
@@ -86,6 +93,21 @@ def test_table_and_dict_give_rates_per_thousand_steps() -> None:
     assert rates.to_dict()["real_ends_per_1000"] == 25.0
     assert rates.to_dict()["dream_rewards_per_1000"] == 7.5
     assert "| random policy | 25.0 | 5.0 | 10.0 | 7.5 |" in rates.table()
+
+
+def test_end_gaps_are_tabled_by_how_long_the_object_was_unseen() -> None:
+    rates = EventRates(
+        dream_steps=400, dream_ends=3, dream_rewards=0, real_steps=400, real_ends=5,
+        real_rewards=0, temperature=1.0, gap_object="ball",
+        dream_end_gaps=(1, 3, -1), real_end_gaps=(10, 10, 7, 12, -1),
+    )  # fmt: skip
+    table = rates.table()
+    assert (
+        "| policy: side | episode ends with the ball last seen 1 step before | 2-5 steps " in table
+    )
+    assert "| random policy: real game | 0 | 0 | 3 | 1 | 1 |" in table
+    assert "| random policy: dream | 1 | 1 | 0 | 0 | 1 |" in table
+    assert EventRates.from_dict(json.loads(json.dumps(rates.to_dict()))) == rates
 
 
 def test_bad_sizes_policies_and_models_are_refused() -> None:
