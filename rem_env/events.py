@@ -348,10 +348,10 @@ def _gap_table(rates: Sequence[EventRates]) -> list[str]:
         + " | not seen in the episode |",
         "|---|" + "---|" * (len(GAP_BINS) + 1),
     ]
+    upper = [np.inf if high is None else high for _, high in GAP_BINS]
     for r in rates:
         for side, gaps in (("real game", r.real_end_gaps), ("dream", r.dream_end_gaps)):
             found = np.asarray([g for g in gaps or () if g >= 0], dtype=int)
-            upper = [np.inf if high is None else high for _, high in GAP_BINS]
             cells = [
                 int(((found >= low) & (found <= up)).sum())
                 for (low, _), up in zip(GAP_BINS, upper, strict=True)
