@@ -12,7 +12,11 @@ one an agent learns to exploit: compare several with :func:`event_table`. For a 
 reward rule (:mod:`rem_env.rules`; Breakout: a reward breaks a brick) both sides also count how
 often a reward comes with the brick it broke, and bricks broken or back: whether the dream keeps
 the game's own rules (its ceiling: the same count on the tokenizer's reconstructions of the
-real frames). ``rem-env events`` is the command-line form.
+real frames). For a game with an object probe (:mod:`rem_env.probes`; Breakout: the ball)
+both sides also record, for each episode end, how many steps before it the object was last seen:
+real Breakout takes a life about 10 steps after the ball passed the paddle, and a dream that
+ends episodes elsewhere punishes an agent for lives it could not save. ``rem-env events`` is the
+command-line form.
 
 Example:
     >>> from rem_env.events import event_table, measure_event_rates
