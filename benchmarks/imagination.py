@@ -341,12 +341,13 @@ def make_step(
 
 def _owned_copy(state: ImaginationState) -> ImaginationState:
     """The state's tensors copied into memory of their own (out of a CUDA graph's pool)."""
-    previous = state.previous_obs_tokens
+    previous, recent = state.previous_obs_tokens, state.recent_obs_tokens
     return dataclasses.replace(
         state,
         retention=tuple(r.clone() for r in state.retention),
         obs_tokens=state.obs_tokens.clone(),
         previous_obs_tokens=None if previous is None else previous.clone(),
+        recent_obs_tokens=None if recent is None else recent.clone(),
     )
 
 

@@ -142,6 +142,13 @@ class WorldModelConfig:
             action after t, whose logits are added to the reward and end heads' (see
             :class:`~rem_env.models.event_reader.EventReader`). A dream then decodes its frames
             at every step, whatever its observation type.
+        event_window_frames: Not in REM (0: off, as in every preset). Frames W of an *event
+            window*: a small net over the token grids of each step's frame and the W - 1 frames
+            before it, and the action after the step's frame, whose logits are added to the
+            reward and end heads' (see :class:`~rem_env.models.event_window.EventWindow`): it
+            reads events decided several steps back, such as Breakout's life lost about ten
+            steps after the ball was last seen. It needs a square grid of tokens.
+        event_window_width: Channels of the event window's convolutions (64).
     """
 
     embed_dim: int = 256
@@ -164,6 +171,8 @@ class WorldModelConfig:
     frame_conv_events: bool = False
     frame_conv_copy: bool = False
     event_reader_width: int = 0
+    event_window_frames: int = 0
+    event_window_width: int = 64
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_layers", "num_heads", "ffn_dim", "max_blocks"):
@@ -209,6 +218,8 @@ class WorldModelConfig:
             "the copy bonus is read from the frame conv's features: set frame_conv_layers > 0",
         )
         _require(self.event_reader_width >= 0, "event_reader_width", "must be 0 (off) or more")
+        _require(self.event_window_frames >= 0, "event_window_frames", "must be 0 (off) or more")
+        _require(self.event_window_width > 0, "event_window_width", "must be positive")
 
     @property
     def head_dim(self) -> int:

@@ -28,6 +28,9 @@ class ImaginationState:
             (0 with POP; K-1 on the token-by-token path).
         previous_obs_tokens: (B, K) int64 tokens of the observation before the current one, -1
             where there was none; kept only for a world model with a frame conv (else None).
+        recent_obs_tokens: (B, W-1, K) int64 tokens of the W-1 observations before the current
+            one, the oldest first, -1 where there was none; kept only for a world model with an
+            event window of W frames (else None).
     """
 
     retention: tuple[Tensor, ...]
@@ -35,6 +38,7 @@ class ImaginationState:
     position: int
     num_fed: int = 0
     previous_obs_tokens: Tensor | None = None
+    recent_obs_tokens: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -62,7 +66,8 @@ class ImaginationState:
         )
         tokens = torch.where(mask[:, None], other.obs_tokens, self.obs_tokens)
         previous = _merge_optional(self.previous_obs_tokens, other.previous_obs_tokens, mask)
-        return ImaginationState(retention, tokens, self.position, self.num_fed, previous)
+        recent = _merge_optional(self.recent_obs_tokens, other.recent_obs_tokens, mask, _ONE_RECENT)
+        return ImaginationState(retention, tokens, self.position, self.num_fed, previous, recent)
 
     def _check_mergeable(self, other: ImaginationState) -> None:
         if (other.position, other.num_fed) != (self.position, self.num_fed):
@@ -88,10 +93,12 @@ class ImaginationState:
             for old, new in zip(self.retention, other.retention, strict=True)
         )
         tokens = self.obs_tokens.index_copy(0, index, other.obs_tokens)
-        previous = None
+        previous, recent = None, None
         if _both_or_neither(self.previous_obs_tokens, other.previous_obs_tokens):
             previous = self.previous_obs_tokens.index_copy(0, index, other.previous_obs_tokens)
-        return ImaginationState(retention, tokens, self.position, self.num_fed, previous)
+        if _both_or_neither(self.recent_obs_tokens, other.recent_obs_tokens, _ONE_RECENT):
+            recent = self.recent_obs_tokens.index_copy(0, index, other.recent_obs_tokens)
+        return ImaginationState(retention, tokens, self.position, self.num_fed, previous, recent)
 
 
 _ONE_PREVIOUS = (
@@ -100,14 +107,21 @@ _ONE_PREVIOUS = (
 )
 
 
-def _both_or_neither(mine: Tensor | None, theirs: Tensor | None) -> bool:
-    """True if both states keep the frame before the current one, False if neither does."""
+_ONE_RECENT = "cannot merge a state that keeps the frames of an event window with one that does not"
+
+
+def _both_or_neither(
+    mine: Tensor | None, theirs: Tensor | None, message: str = _ONE_PREVIOUS
+) -> bool:
+    """True if both states keep the optional frames, False if neither does."""
     if (mine is None) != (theirs is None):
-        raise ValueError(_ONE_PREVIOUS)
+        raise ValueError(message)
     return mine is not None
 
 
-def _merge_optional(mine: Tensor | None, theirs: Tensor | None, mask: Tensor) -> Tensor | None:
-    if not _both_or_neither(mine, theirs):
+def _merge_optional(
+    mine: Tensor | None, theirs: Tensor | None, mask: Tensor, message: str = _ONE_PREVIOUS
+) -> Tensor | None:
+    if not _both_or_neither(mine, theirs, message):
         return None
-    return torch.where(mask[:, None], theirs, mine)
+    return torch.where(mask.view(-1, *([1] * (mine.ndim - 1))), theirs, mine)

@@ -125,6 +125,7 @@ def documented(prefix: str) -> list[tuple[str, list[str]]]:
         ("pretrain_tokenizer", 2),
         ("pretrain_frame_conv", 2),
         ("train_event_reader", 2),
+        ("train_event_window", 2),
     ],  # README and the Training page
 )
 def test_documented_pretraining_commands_parse(module: str, pages: int) -> None:

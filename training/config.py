@@ -282,6 +282,13 @@ class TrainConfig:
         "are added to the heads' (0: off; python -m rem_train.train_event_reader trains one "
         "alone); with --init-from a world model without one, it starts at zero",
     )
+    world_model_event_window: int = doc(
+        0,
+        "not in REM: frames of an event window, a small conv net over the token grids of each "
+        "step's frame and the frames before it whose reward and end logits are added to the "
+        "heads' (0: off; python -m rem_train.train_event_window trains one alone); with "
+        "--init-from a world model without one, it starts at zero",
+    )
     device: str = doc("cpu", "torch device (cpu, cuda, cuda:1, mps)")
     common: CommonConfig = field(default_factory=CommonConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -306,6 +313,11 @@ class TrainConfig:
         if self.world_model_frame_conv < 0:
             raise ValueError(
                 f"world_model_frame_conv must be >= 0 (0: off), got {self.world_model_frame_conv}"
+            )
+        if self.world_model_event_window < 0:
+            raise ValueError(
+                "world_model_event_window must be >= 0 (0: off), got "
+                f"{self.world_model_event_window}"
             )
         if self.world_model_event_reader < 0:
             raise ValueError(
@@ -434,6 +446,10 @@ class TrainConfig:
         if self.world_model_event_reader:
             world_model = dataclasses.replace(
                 world_model, event_reader_width=self.world_model_event_reader
+            )
+        if self.world_model_event_window:
+            world_model = dataclasses.replace(
+                world_model, event_window_frames=self.world_model_event_window
             )
         return dataclasses.replace(config, world_model=world_model)
 

@@ -35,7 +35,7 @@ from rem_train.batches import frames_to_tensor
 from rem_train.replay import ReplayBuffer
 from rem_train.sources import replay_check_parser, run_replay_check
 
-__all__ = ["EventCheck", "check_events", "main"]
+__all__ = ["EventCheck", "EventCounts", "check_events", "main"]
 
 NO_REWARD_CLASS = 1
 """The reward head's class of a zero reward (classes are ``sign(r) + 1``)."""
@@ -68,8 +68,16 @@ class EventCheck:
     likeliest_recall: float | None
 
 
-class _Counts:
-    """Running sums of one head's figures over batches."""
+class EventCounts:
+    """Running sums of one head's figures over batches; :meth:`result` gives the check.
+
+    Example:
+        >>> counts = EventCounts()
+        >>> counts.add(torch.tensor([0.9, 0.1]), torch.tensor([True, False]),
+        ...            torch.tensor([True, False]))
+        >>> counts.result().likeliest_precision, round(counts.result().recall, 2)
+        (1.0, 0.9)
+    """
 
     def __init__(self) -> None:
         self.steps = self.events = self.likeliest = self.likeliest_hits = 0
@@ -147,7 +155,7 @@ def check_events(
     """
     model.eval()
     device = model.start_tokens.device
-    counts = {"reward": _Counts(), "end": _Counts()}
+    counts = {"reward": EventCounts(), "end": EventCounts()}
     for first in range(0, segments, batch_size):
         rows = min(batch_size, segments - first)
         batch = replay.sample_segments(rows, length, rng, pad="right").to_torch(device)

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rem_env import REMModel
@@ -67,8 +67,10 @@ from rem_train.warm_start import export_with_lineage
 __all__ = [
     "EventReaderTrainConfig",
     "StepPool",
+    "corrected_bias",
     "dreamed_frames",
     "gather_steps",
+    "hand_over_heads",
     "main",
     "train",
 ]
@@ -306,7 +308,7 @@ def train(
     model = _with_event_reader(source.model, config.width)
     reader = model.world_model.event_reader
     assert reader is not None
-    _hand_over(model, heads)
+    hand_over_heads(model, heads, keep=reader)
     replays = [ReplayBuffer(path, read_only=True) for path in replay_dirs]
     held_out = ReplayBuffer(held_out_dir, read_only=True) if held_out_dir else replays[0]
     start = time.time()
@@ -373,7 +375,7 @@ def train(
             if step % config.eval_every == 0 or step == config.steps or out_of_time:
                 record: dict[str, Any] = {"step": step, "train_s": round(time.time() - start, 1)}
                 record["loss"] = round(float(np.mean(losses[-config.eval_every :])), 4)
-                with _corrected(reader, shift):
+                with corrected_bias(reader, shift):
                     checks = check_events(
                         model, held_out, np.random.default_rng(11), config.eval_segments
                     )
@@ -418,8 +420,9 @@ def _pool_nll(reader: EventReader, pool: StepPool, batch: int = 512) -> dict[str
 
 
 @contextlib.contextmanager
-def _corrected(reader: EventReader, shift: Tensor) -> Iterator[None]:
-    """The reader's output bias shifted by ``shift`` (the export's) inside, then restored."""
+def corrected_bias(reader: nn.Module, shift: Tensor) -> Iterator[None]:
+    """The output bias of ``reader`` (an event reader or window: its ``out`` layer) shifted by
+    ``shift`` (the export's) inside, then restored."""
     with torch.no_grad():
         reader.out.bias += shift
     try:
@@ -429,11 +432,14 @@ def _corrected(reader: EventReader, shift: Tensor) -> Iterator[None]:
             reader.out.bias -= shift
 
 
-def _hand_over(model: REMModel, heads: tuple[str, ...]) -> None:
-    """Zeroes the output layers whose logits the reader takes over: the RetNet's reward and/or
-    end head and the matching rows of a frame conv's event layer."""
+def hand_over_heads(model: REMModel, heads: tuple[str, ...], keep: nn.Module | None = None) -> None:
+    """Zeroes the output layers whose logits the reader (or window) ``keep`` takes over: the
+    RetNet's reward and/or end head and the matching rows of a frame conv's event layer and of
+    the world model's event reader and event window other than ``keep``."""
     wm = model.world_model
-    conv_out = wm.frame_conv.event_out if wm.frame_conv is not None else None
+    others = [m.out for m in (wm.event_reader, wm.event_window) if m is not None and m is not keep]
+    conv_outs = [wm.frame_conv.event_out] if wm.frame_conv is not None else []
+    conv_outs = [layer for layer in conv_outs + others if layer is not None]
     with torch.no_grad():
         for name, head, rows in (
             ("rewards", wm.head_reward[-1], slice(0, NUM_REWARD_CLASSES)),
@@ -443,9 +449,9 @@ def _hand_over(model: REMModel, heads: tuple[str, ...]) -> None:
                 continue
             head.weight.zero_()
             head.bias.zero_()
-            if conv_out is not None:
-                conv_out.weight[rows] = 0
-                conv_out.bias[rows] = 0
+            for layer in conv_outs:
+                layer.weight[rows] = 0
+                layer.bias[rows] = 0
 
 
 def _with_event_reader(model: REMModel, width: int) -> REMModel:

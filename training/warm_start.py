@@ -64,6 +64,8 @@ FRAME_CONV_PARTS = {"event layers": FRAME_CONV_EVENTS, "copy gate": FRAME_CONV_C
 """The parts of a frame conv that a source's frame conv may lack, by name."""
 EVENT_READER = "event_reader."
 """The event reader (``event_reader_width``), which a source's world model may lack."""
+EVENT_WINDOW = "event_window."
+"""The event window (``event_window_frames``), which a source's world model may lack."""
 
 LINEAGE_FILE = "training.json"
 """The export's record of its training (``lineage`` lists the runs it was warm-started from)."""
@@ -255,10 +257,13 @@ def apply_warm_start(
                 if had_conv:
                     what = "the frame conv's " + " and ".join(_frame_conv_parts(conv))
                 notes.append(f"world model: {what} added (at zero: the source's function)")
-            reader = _added_event_reader(source, target)
+            reader = _added_module(EVENT_READER, source, target)
             if reader:
                 notes.append("world model: an event reader added (at zero: the source's function)")
-            conv = {**conv, **reader}
+            window = _added_module(EVENT_WINDOW, source, target)
+            if window:
+                notes.append("world model: an event window added (at zero: the source's function)")
+            conv = {**conv, **reader, **window}
             added = {**conv, **_added_layers({**source, **conv}, target)}
             if set(added) - set(conv):
                 have, want = _num_layers(source), _num_layers(target)
@@ -359,11 +364,14 @@ def _frame_conv_parts(state: dict[str, Tensor]) -> list[str]:
     ]  # fmt: skip
 
 
-def _added_event_reader(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The run's own event-reader tensors (output layer at zero) where the source has none."""
-    if any(key.startswith(EVENT_READER) for key in source):
+def _added_module(
+    prefix: str, source: dict[str, Tensor], target: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """The run's own tensors of the module at ``prefix`` (an event reader or window, its output
+    layer at zero) where the source has none."""
+    if any(key.startswith(prefix) for key in source):
         return {}
-    return {k: v.detach().clone() for k, v in target.items() if k.startswith(EVENT_READER)}
+    return {k: v.detach().clone() for k, v in target.items() if k.startswith(prefix)}
 
 
 def _target_state(part: str, modules: dict[str, nn.Module]) -> dict[str, Tensor]:

@@ -26,10 +26,14 @@ Entry points:
 * With ``config.event_reader_width > 0`` (not in REM) an :class:`~rem_env.models.event_reader.
   EventReader` adds reward and end logits read from the decoded pixels of each step's frame and
   the one before it; the training forward and each step then take those frames (``frames``).
+* With ``config.event_window_frames = W > 0`` (not in REM) an :class:`~rem_env.models.
+  event_window.EventWindow` adds reward and end logits read from the token grids of each step's
+  frame and the W - 1 frames before it; the imagination state then keeps those frames.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -37,6 +41,7 @@ from torch import Tensor, nn
 
 from rem_env.config import WorldModelConfig
 from rem_env.models.event_reader import EventReader
+from rem_env.models.event_window import EventWindow
 from rem_env.models.frame_conv import FrameConv
 from rem_env.models.retnet import LayerStates, RetNetDecoder
 from rem_env.models.sampling import StepNoise, sample_categorical
@@ -159,6 +164,15 @@ class WorldModel(nn.Module):
         self.event_reader: EventReader | None = None
         if config.event_reader_width:
             self.event_reader = EventReader(num_actions, config.event_reader_width)
+        self.event_window: EventWindow | None = None
+        if config.event_window_frames:
+            self.event_window = EventWindow(
+                obs_vocab_size,
+                num_actions,
+                tokens_per_obs,
+                config.event_window_frames,
+                config.event_window_width,
+            )
 
     # ----------------------------------------------------------------------------- embeddings
 
@@ -233,6 +247,10 @@ class WorldModel(nn.Module):
             read = self._read_segments(self._reader_frames(frames, obs_tokens.shape[:2]), actions)
             reward_logits = reward_logits + read[..., :NUM_REWARD_CLASSES]
             end_logits = end_logits + read[..., NUM_REWARD_CLASSES:]
+        if self.event_window is not None:
+            window = self.event_window.segment_logits(obs_tokens, actions)  # (B, T, 5)
+            reward_logits = reward_logits + window[..., :NUM_REWARD_CLASSES]
+            end_logits = end_logits + window[..., NUM_REWARD_CLASSES:]
         return WorldModelOutput(obs_logits, reward_logits, end_logits)
 
     def _reader_frames(self, frames: Tensor | None, blocks: tuple[int, ...]) -> Tensor:
@@ -398,7 +416,15 @@ class WorldModel(nn.Module):
         previous = None
         if self.keeps_previous:  # the frame before the current one; -1: none
             previous = obs_tokens[:, -2] if frames > 1 else torch.full_like(current, -1)
-        return ImaginationState(self._float_states(states), current, position, num_fed, previous)
+        recent = None
+        if self.event_window is not None:  # the W-1 frames before the current one; -1: none
+            kept = self.event_window.frames - 1
+            before = obs_tokens[:, max(frames - 1 - kept, 0) : frames - 1]  # (B, <=W-1, K)
+            missing = before.new_full((batch, kept - before.shape[1], before.shape[2]), -1)
+            recent = torch.cat([missing, before], dim=1)  # (B, W-1, K)
+        return ImaginationState(
+            self._float_states(states), current, position, num_fed, previous, recent
+        )
 
     def step(
         self,
@@ -454,13 +480,31 @@ class WorldModel(nn.Module):
                     "(REMModel.imagine_step does)"
                 )
             read = self.event_reader(frames, actions)  # (B, 5)
+        recent = None
+        if self.event_window is not None:
+            recent = state.recent_obs_tokens
+            kept = self.event_window.frames - 1
+            if recent is None or tuple(recent.shape[:2]) != (state.batch_size, kept):
+                raise ValueError(
+                    f"this world model has an event window: its imagination state must keep the "
+                    f"{kept} frames before the current one (recent_obs_tokens); start it with "
+                    "start_state"
+                )
+            window = torch.cat([recent, state.obs_tokens[:, None]], dim=1)  # (B, W, K)
+            windowed = self.event_window(window, actions)  # (B, 5)
+            read = windowed if read is None else read + windowed
+            recent = window[:, 1:]  # the next state's W-1 frames before its current one
         if self.config.pop:
-            return self._step_pop(
+            step, new_state = self._step_pop(
                 state, actions, codebook, temperatures, noise, next_obs_tokens, read
             )
-        return self._step_token_by_token(
-            state, actions, codebook, temperatures, noise, next_obs_tokens, read
-        )
+        else:
+            step, new_state = self._step_token_by_token(
+                state, actions, codebook, temperatures, noise, next_obs_tokens, read
+            )
+        if recent is not None:
+            new_state = dataclasses.replace(new_state, recent_obs_tokens=recent)
+        return step, new_state
 
     def _step_pop(
         self,
@@ -549,7 +593,7 @@ class WorldModel(nn.Module):
     ) -> ImaginationStep:
         reward_logits = self.head_reward(action_hidden)
         end_logits = self.head_end(action_hidden)
-        if events is not None:  # (B, 5): the frame conv's / event reader's reward, end logits
+        if events is not None:  # (B, 5): reward, end logits of the frame conv / reader / window
             reward_logits = reward_logits + events[:, :NUM_REWARD_CLASSES]
             end_logits = end_logits + events[:, NUM_REWARD_CLASSES:]
         reward_class = sample_categorical(reward_logits, noise.reward, event_temperature)

@@ -1,0 +1,141 @@
+"""An event window: rewards and ends read from the tokens of a step's latest frames (not in REM).
+
+REM's world model predicts a step's reward and episode end from the hidden state at the step's
+action token, and the frame conv (:mod:`rem_env.models.frame_conv`) and the event reader
+(:mod:`rem_env.models.event_reader`) read them from the step's frame and the one before it. Some
+events are decided further back: in Breakout a life is lost about ten steps after the ball was
+last seen in the open area, so the end of a life is a clock that two frames cannot read and that
+the RetNet's memory learns slowly.
+
+The event window reads the token grids of the step's frame and the ``frames - 1`` frames before
+it, and the action taken after the step's frame. Each frame's ``sqrt(K) x sqrt(K)`` grid of
+token embeddings goes through two 3x3 convolutions, pooled over the grid (mean and max) into one
+vector per frame; a frame that does not exist (before a segment's or a dream's first frame)
+gets a learned vector of its own instead; the vectors of the window, in order, and the action's
+embedding go through a hidden layer to the 5 event logits (3 reward classes, 2 end classes),
+which the world model adds to its reward and end heads' logits. The output layer starts at zero,
+so a world model that gains an event window starts as exactly the model it was.
+
+A frame's features do not depend on the window it sits in: over a segment of T frames each is
+computed once (:meth:`EventWindow.frame_features`) and every step's window reads them
+(:meth:`EventWindow.segment_logits`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["EVENT_LOGITS", "EventWindow"]
+
+EVENT_LOGITS = 5
+"""Event logits: 3 reward classes, then 2 end classes (the world model's heads' layout)."""
+
+TOKEN_CHANNELS = 32
+"""Channels of the event window's own token embedding."""
+
+ACTION_CHANNELS = 32
+"""Channels of the action's embedding, read by the hidden layer."""
+
+
+class EventWindow(nn.Module):
+    """Logits of a step's reward and episode end from the tokens of its latest ``frames`` frames.
+
+    Args:
+        vocab_size: Tokenizer vocabulary V.
+        num_actions: Actions A.
+        tokens_per_obs: Tokens per frame K, a square number (the frame's grid).
+        frames: Frames W in a step's window: the step's own frame and the W - 1 before it.
+        width: Channels of the convolutions; a frame's pooled features have ``2 * width``, the
+            hidden layer ``4 * width``.
+
+    Example:
+        >>> import torch
+        >>> window = EventWindow(vocab_size=16, num_actions=4, tokens_per_obs=16, frames=3,
+        ...                      width=8)
+        >>> tokens = torch.randint(16, (2, 3, 16))  # (N, W, K): the oldest frame first
+        >>> tokens[1, 0] = -1  # the second step's window starts before its first frame
+        >>> logits = window(tokens, torch.tensor([0, 3]))
+        >>> logits.shape, float(logits.detach().abs().max())  # the output layer starts at zero
+        (torch.Size([2, 5]), 0.0)
+    """
+
+    def __init__(
+        self, vocab_size: int, num_actions: int, tokens_per_obs: int, frames: int, width: int = 64
+    ) -> None:
+        super().__init__()
+        side = math.isqrt(tokens_per_obs)
+        if side * side != tokens_per_obs:
+            raise ValueError(
+                f"an event window reads a square grid of tokens; K = {tokens_per_obs} is not a "
+                "square number"
+            )
+        if min(vocab_size, num_actions, frames, width) < 1:
+            raise ValueError(
+                "an event window needs vocab_size, num_actions, frames and width >= 1, got "
+                f"{vocab_size}, {num_actions}, {frames}, {width}"
+            )
+        self.side = side
+        self.frames = frames
+        self.token_embedding = nn.Embedding(vocab_size, TOKEN_CHANNELS)
+        self.body = nn.Sequential(
+            nn.Conv2d(TOKEN_CHANNELS, width, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.GELU(),
+        )
+        self.missing = nn.Parameter(torch.zeros(2 * width))
+        self.action_embedding = nn.Embedding(num_actions, ACTION_CHANNELS)
+        self.hidden = nn.Sequential(
+            nn.Linear(frames * 2 * width + ACTION_CHANNELS, 4 * width), nn.GELU()
+        )
+        self.out = nn.Linear(4 * width, EVENT_LOGITS)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @property
+    def feature_size(self) -> int:
+        """Features of one frame (``2 * width``)."""
+        return self.missing.shape[0]
+
+    def frame_features(self, tokens: Tensor) -> Tensor:
+        """(N, K) tokens in [0, V) -> (N, 2 * width) features of each frame on its own."""
+        n = tokens.shape[0]
+        grid = self.token_embedding(tokens).view(n, self.side, self.side, TOKEN_CHANNELS)
+        h = self.body(grid.permute(0, 3, 1, 2)).flatten(2)  # (N, width, K)
+        return torch.cat([h.mean(-1), h.amax(-1)], dim=-1)
+
+    def window_logits(self, features: Tensor, known: Tensor, actions: Tensor) -> Tensor:
+        """(N, W, F) frame features, (N, W) bool "the frame exists" and (N,) actions -> (N, 5)."""
+        features = torch.where(known[..., None], features, self.missing.to(features.dtype))
+        x = torch.cat([features.flatten(1), self.action_embedding(actions)], dim=-1)
+        return self.out(self.hidden(x))
+
+    def forward(self, tokens: Tensor, actions: Tensor) -> Tensor:
+        """(N, W, K) tokens of each step's window (oldest first; a frame of -1 tokens does not
+        exist) and (N,) actions after the window's last frame -> (N, 5) logits."""
+        if tokens.ndim != 3 or tokens.shape[1] != self.frames:
+            raise ValueError(
+                f"tokens must be (N, {self.frames}, K) windows, got {tuple(tokens.shape)}"
+            )
+        n, w, k = tokens.shape
+        known = tokens[..., 0] >= 0  # (N, W)
+        features = self.frame_features(tokens.clamp(min=0).reshape(n * w, k)).view(n, w, -1)
+        return self.window_logits(features, known, actions)
+
+    def segment_logits(self, tokens: Tensor, actions: Tensor) -> Tensor:
+        """(B, T, K) tokens of segments and (B, T) actions -> (B, T, 5) logits of every step,
+        each from its own frame and the W - 1 before it in the segment (frames before the
+        segment's first do not exist)."""
+        b, t, k = tokens.shape
+        features = self.frame_features(tokens.reshape(b * t, k)).view(b, t, -1)
+        before = self.frames - 1
+        padded = torch.cat([features.new_zeros(b, before, features.shape[-1]), features], dim=1)
+        known = torch.arange(-before, t, device=tokens.device) >= 0  # (T + W - 1,)
+        windows = padded.unfold(1, self.frames, 1).transpose(2, 3)  # (B, T, W, F)
+        known_windows = known.unfold(0, self.frames, 1).expand(b, t, self.frames)  # (B, T, W)
+        logits = self.window_logits(windows.flatten(0, 1), known_windows.flatten(0, 1),
+                                    actions.flatten())  # fmt: skip
+        return logits.view(b, t, EVENT_LOGITS)

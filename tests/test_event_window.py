@@ -1,0 +1,140 @@
+"""The event window (not in REM): rewards and ends read from a step's latest frames' tokens."""
+
+import pytest
+import torch
+
+from rem_env.config import WorldModelConfig
+from rem_env.models.event_window import EventWindow
+from rem_env.models.world_model import WorldModel
+
+TOL = 1e-10
+K, V, A, T, W = 4, 16, 3, 7, 3  # tokens per frame (a 2x2 grid), vocab, actions, blocks, window
+
+
+def make_model(window: int = W, pop: bool = True, seed: int = 0) -> WorldModel:
+    torch.manual_seed(seed)
+    config = WorldModelConfig(
+        embed_dim=32, num_layers=2, num_heads=2, ffn_dim=64, dropout=0.0, max_blocks=T,
+        blocks_per_chunk=3, shared_embeddings=False, pop=pop, event_window_frames=window,
+        event_window_width=8,
+    )  # fmt: skip
+    wm = WorldModel(config, A, V, K).double().eval()
+    if wm.event_window is not None:  # its output layer starts at zero: give it a function
+        torch.nn.init.normal_(wm.event_window.out.weight)
+        torch.nn.init.normal_(wm.event_window.out.bias)
+        torch.nn.init.normal_(wm.event_window.missing)
+    return wm
+
+
+def segment(batch: int = 2, blocks: int = T) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    return torch.randint(V, (batch, blocks, K)), torch.randint(A, (batch, blocks))
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("pop", [True, False], ids=["pop", "token-by-token"])
+@pytest.mark.parametrize("context", [1, 2, 4], ids=["1-frame", "2-frame", "4-frame"])
+def test_imagination_teacher_forced_equals_training_forward(context, pop):
+    wm = make_model(pop=pop)
+    obs, actions = segment()
+    train = wm(obs, actions)
+    state = wm.start_state(obs[:, :context], actions[:, : context - 1])
+    for t in range(context - 1, T - 1):
+        expected = torch.full((2, W - 1, K), -1)  # the W-1 frames before frame t; -1: none
+        for j in range(W - 1):
+            if t - (W - 1) + j >= 0:
+                expected[:, j] = obs[:, t - (W - 1) + j]
+        assert torch.equal(state.recent_obs_tokens, expected), t
+        step, state = wm.step(state, actions[:, t], next_obs_tokens=obs[:, t + 1])
+        assert max_diff(step.reward_logits, train.reward_logits[:, t]) < TOL
+        assert max_diff(step.end_logits, train.end_logits[:, t]) < TOL
+        assert max_diff(step.obs_logits, train.obs_logits[:, t + 1]) < TOL
+
+
+def test_a_new_event_window_starts_as_the_model_without_it():
+    wm = make_model(window=0)
+    torch.manual_seed(3)
+    grown = (
+        WorldModel(WorldModelConfig(**{**vars(wm.config), "event_window_frames": W}), A, V, K)
+        .double()
+        .eval()
+    )
+    missing, unexpected = grown.load_state_dict(wm.state_dict(), strict=False)
+    assert missing and all(name.startswith("event_window.") for name in missing)
+    assert not unexpected
+    obs, actions = segment()
+    before, after = wm(obs, actions), grown(obs, actions)
+    for name in ("obs_logits", "reward_logits", "end_logits"):
+        assert max_diff(getattr(before, name), getattr(after, name)) == 0, name
+
+
+def test_it_reads_its_w_frames_and_the_steps_action_only():
+    wm = make_model()
+    plain = make_model(window=0)
+    plain.load_state_dict(wm.state_dict(), strict=False)
+    obs, actions = segment(batch=1)
+
+    def window_part(o, a):  # what the event window adds at block 5
+        return (wm(o, a).end_logits - plain(o, a).end_logits)[:, 5]
+
+    base = window_part(obs, actions)
+    for t, change, read in ((2, "frame", False), (3, "frame", True), (5, "frame", True),
+                            (4, "action", False), (5, "action", True)):  # fmt: skip
+        obs2, actions2 = obs.clone(), actions.clone()
+        if change == "frame":
+            obs2[:, t] = (obs2[:, t] + 1) % V
+        else:
+            actions2[:, t] = (actions2[:, t] + 1) % A
+        moved = max_diff(window_part(obs2, actions2), base)
+        assert (moved > 1e-6) if read else (moved < TOL), (t, change)
+
+
+def test_segment_logits_equal_the_windows_read_one_by_one():
+    window = EventWindow(V, A, K, frames=W, width=8).double()
+    torch.nn.init.normal_(window.out.weight)
+    torch.nn.init.normal_(window.missing)
+    obs, actions = segment()
+    together = window.segment_logits(obs, actions)  # (B, T, 5)
+    padded = torch.cat([torch.full((2, W - 1, K), -1), obs], dim=1)
+    for t in range(T):
+        alone = window(padded[:, t : t + W], actions[:, t])
+        assert max_diff(alone, together[:, t]) < TOL
+
+
+def test_states_with_the_window_merge_for_partial_resets():
+    wm = make_model()
+    obs, actions = segment(batch=3, blocks=4)
+    state = wm.start_state(obs[:, :3], actions[:, :2])
+    _, state = wm.step(state, actions[:, 2])
+    fresh = wm.start_state(obs[:, :1], actions[:, :0], position=state.position)
+    assert (fresh.recent_obs_tokens == -1).all()
+    merged = state.where(torch.tensor([True, False, True]), fresh)
+    assert torch.equal(merged.recent_obs_tokens[0], fresh.recent_obs_tokens[0])
+    assert torch.equal(merged.recent_obs_tokens[1], state.recent_obs_tokens[1])
+    copied = state.index_copy(
+        torch.tensor([0, 2]),
+        wm.start_state(obs[[0, 2], :1], actions[[0, 2], :0], position=state.position),
+    )
+    assert torch.equal(copied.recent_obs_tokens, merged.recent_obs_tokens)
+    plain = make_model(window=0).start_state(obs[:, :2], actions[:, :1], position=state.position)
+    with pytest.raises(ValueError, match="event window"):
+        state.where(torch.ones(3, dtype=torch.bool), plain)
+    with pytest.raises(ValueError, match="event window"):
+        state.index_copy(torch.tensor([0, 1, 2]), plain)
+    with pytest.raises(ValueError, match="recent_obs_tokens"):
+        wm.step(plain, actions[:, 1])  # a state without the window's frames
+
+
+def test_settings_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match="event_window_frames"):
+        WorldModelConfig(event_window_frames=-1)
+    with pytest.raises(ValueError, match="event_window_width"):
+        WorldModelConfig(event_window_frames=2, event_window_width=0)
+    with pytest.raises(ValueError, match="square"):
+        WorldModel(WorldModelConfig(event_window_frames=2), A, V, tokens_per_obs=8)
+    window = EventWindow(V, A, K, frames=W, width=8)
+    with pytest.raises(ValueError, match=r"\(N, 3, K\)"):
+        window(torch.zeros(2, W + 1, K, dtype=torch.long), torch.zeros(2, dtype=torch.long))

@@ -1,0 +1,151 @@
+"""rem_train.train_event_window, and rem-train with an event window."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rem_env import REMConfig, REMModel
+from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, TrainConfig
+from rem_train.replay import ReplayBuffer
+from rem_train.train_event_window import main
+from rem_train.trainer import Trainer
+
+DELAY = 5
+"""In the replay below an episode ends this many steps after its one marked frame."""
+
+
+def _clock_replay(folder: Path, episodes: int = 12, seed: int = 0) -> Path:
+    """Episodes of black frames but one, a bright square, after which the episode ends exactly
+    DELAY steps later (a reward at the marked step): no two frames tell when."""
+    rng = np.random.default_rng(seed)
+    with ReplayBuffer(folder, (64, 64, 3)) as buffer:
+        for _ in range(episodes):
+            mark = int(rng.integers(2, 12))
+            for t in range(mark + DELAY + 1):
+                frame = np.zeros((64, 64, 3), np.uint8)
+                if t == mark:
+                    frame[20:44, 20:44] = 255
+                buffer.append(frame, int(rng.integers(4)), float(t == mark),
+                              terminated=t == mark + DELAY)  # fmt: skip
+    return folder
+
+
+def _source(folder: Path) -> tuple[Path, REMModel]:
+    torch.manual_seed(0)
+    model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, "Breakout"))
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def _progress(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "progress.jsonl").open()]
+
+
+def test_the_window_learns_an_end_that_two_frames_cannot_tell(tmp_path: Path) -> None:
+    source, _ = _source(tmp_path / "source")
+    replay, held = _clock_replay(tmp_path / "replay"), _clock_replay(tmp_path / "held", seed=1)
+    argv = ["--init-from", str(source), "--replay", str(replay), "--held-out", str(held),
+            "--out", str(tmp_path / "ew"), "--frames", "8", "--width", "8", "--steps", "300",
+            "--batch-size", "8", "--targets", "8", "--eval-every", "300", "--lr", "3e-3",
+            "--heads", "ends"]  # fmt: skip
+    assert main(argv) == 0
+    last = _progress(tmp_path / "ew")[-1]
+    ends = last["ends"]
+    assert ends["nll"] < 0.35 * ends["base_nll"]  # the window reads the clock ...
+    assert last["ends_two_frames_nll"] > 3 * ends["nll"]  # ... which two frames cannot
+    assert ends["likeliest_recall"] > 0.8 and ends["likeliest_precision"] > 0.8
+    assert "rewards" not in last  # a head not handed over is not scored
+
+
+def test_the_export_hands_the_heads_over_to_the_window(tmp_path: Path) -> None:
+    source, before = _source(tmp_path / "source")
+    replay = _clock_replay(tmp_path / "replay")
+    argv = ["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "ew"),
+            "--frames", "4", "--width", "4", "--steps", "3", "--eval-every", "2",
+            "--batch-size", "4", "--targets", "4", "--heads", "ends"]  # fmt: skip
+    assert main(argv) == 0
+    export = REMModel.from_pretrained(tmp_path / "ew" / "export")
+    assert export.config.world_model.event_window_frames == 4
+    state, wm = export.state_dict(), export.world_model
+    for key, value in before.state_dict().items():
+        if ".head_end." not in key:  # all but the end head: kept
+            assert torch.equal(state[key], value), key
+    assert wm.head_end[-1].weight.abs().sum() == 0 and wm.head_end[-1].bias.abs().sum() == 0
+    out = wm.event_window.out
+    assert out.weight[3:].abs().sum() > 0  # trained (it starts at zero) ...
+    assert out.weight[:3].abs().sum() == 0 and out.bias[:3].abs().sum() == 0  # ... rewards kept
+    lines = _progress(tmp_path / "ew")
+    assert lines[0]["steps"] == len(ReplayBuffer(replay, read_only=True))
+    assert [line["step"] for line in lines[1:]] == [2, 3]
+    record = json.loads((tmp_path / "ew" / "export" / "training.json").read_text())
+    assert record["preset"] == "event window training"
+    assert record["event_window_trained_steps"] == 3
+
+
+def test_the_bias_is_corrected_for_the_events_drawn_more_often(tmp_path: Path) -> None:
+    """Untrained (lr 0), the export's end bias is the log of the end classes' rates in the
+    replay over their rates among the drawn steps (which hold more ends)."""
+    source, _ = _source(tmp_path / "source")
+    replay = _clock_replay(tmp_path / "replay")
+    argv = ["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "ew"),
+            "--frames", "4", "--width", "4", "--steps", "1", "--batch-size", "4",
+            "--targets", "4", "--heads", "ends", "--lr", "0", "--event-share", "1"]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "ew" / "export" / "training.json").read_text())
+    shift = record["event_window_shift"]
+    bias = REMModel.from_pretrained(tmp_path / "ew" / "export").world_model.event_window.out.bias
+    assert bias.tolist() == pytest.approx(shift, abs=1e-6)
+    assert shift[:3] == [0.0, 0.0, 0.0]
+    assert shift[4] < 0 < shift[3]  # ends drawn more often than the replay holds them
+
+
+def test_bad_settings_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source, _ = _source(tmp_path / "source")
+    replay = _clock_replay(tmp_path / "replay", episodes=3)
+    base = ["--init-from", str(source), "--replay", str(replay)]
+    for extra, message in (
+        (["--heads", "bricks"], "--heads must name rewards, ends or both"),
+        (["--frames", "0"], "--frames must be at least 1"),
+        (["--cut-share", "2"], "--cut-share must lie in [0, 1]"),
+        (["--replay", str(tmp_path / "nowhere")], "no replay folder"),
+    ):
+        with pytest.raises(SystemExit):
+            main([*base, "--out", str(tmp_path / "x"), *extra])
+        assert message in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "w"), "--steps", "1", "--frames", "3",
+                 "--width", "4", "--batch-size", "2", "--targets", "2"]) == 0  # fmt: skip
+    with pytest.raises(SystemExit):  # its window reads 3 frames
+        main(["--init-from", str(tmp_path / "w" / "export"), "--replay", str(replay),
+              "--out", str(tmp_path / "y"), "--width", "4"])  # fmt: skip
+    assert "has an event window of 3 frames and width 4" in capsys.readouterr().err
+
+
+def test_rem_train_adds_an_event_window_at_zero_and_trains_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, _ = _source(tmp_path / "source")
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    common = dataclasses.replace(
+        config.common, init_from=str(source), init_parts="tokenizer,world_model", epochs=2
+    )
+    phase = dataclasses.replace(config.world_model, start_after_epoch=1)
+    config = dataclasses.replace(
+        config, common=common, world_model=phase, world_model_event_window=3
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        window = trainer.model.world_model.event_window
+        assert window is not None and window.frames == 3 and window.out.weight.abs().sum() == 0
+        assert "an event window added (at zero" in capsys.readouterr().out
+        trainer.run()
+        assert window.out.weight.abs().sum() > 0  # the world-model phase trained it
+    finally:
+        trainer.close()
+    with pytest.raises(ValueError, match="world_model_event_window must be >= 0"):
+        dataclasses.replace(config, world_model_event_window=-1)
