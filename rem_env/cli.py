@@ -324,6 +324,8 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         raise CLIError("--games, --horizon, --stride and --max-steps must be positive")
     if min(args.min_rewards, args.min_ends) < 0:
         raise CLIError("--min-rewards and --min-ends must be >= 0")
+    if args.context is not None and args.context < 1:
+        raise CLIError("--context must be positive")
     check_seed_and_temperature(args)
     if args.seed is None:  # a report is reproducible: the player's choices and the dreams
         args.seed = 0
@@ -332,6 +334,9 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot write --out {args.out}: {problem}")
     device = dream_device(args)
     model = load_scoring_model(args, game, device)
+    shortest = model.config.world_model.context_length
+    if args.context is not None and args.context < shortest:
+        raise CLIError(f"--context must be at least the model's context_length ({shortest})")
     args.num_envs = 1  # the agent plays one real game at a time
     if args.agent == "scripted":  # plays the real game from its RAM; never acts in a dream
         from rem_env.probes import SCRIPTED_PLAYERS
@@ -360,6 +365,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         autocast=AUTOCAST_DTYPES[args.autocast] if args.autocast else None,
         min_rewards=args.min_rewards,
         min_ends=args.min_ends,
+        context=args.context,
     )
     print(report.summary_table(tuple(s for s in (1, 5, 10) if s <= args.horizon)))
     print(f"wrote fidelity.json, fidelity_curve.png and fidelity_strip.png to {args.out}")
@@ -615,6 +621,13 @@ def build_parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--horizon", type=int, default=10, help="imagined steps (default: 10)")
     fidelity.add_argument(
         "--stride", type=int, default=5, help="real steps between dream starts (default: 5)"
+    )
+    fidelity.add_argument(
+        "--context",
+        type=int,
+        help="real frames each dream starts from, at most (as many as its episode has before "
+        "the start, up to N; the dreams start at the same real steps) (default: the world "
+        "model's context_length, 2 in REM)",
     )
     fidelity.add_argument(
         "--max-steps",

@@ -189,6 +189,8 @@ class FidelityReport:
             is compared until its real episode ends, so a later dreamed end cannot be seen).
         end_recall_early: Of the real episode ends in the dreams' horizons, the share whose
             dream ended at it or up to :data:`END_EARLY_STEPS` steps before it.
+        context: Real frames each dream started from, at most (fewer where its episode had
+            fewer before the start; None: the world model's ``context_length``).
     """
 
     horizon: int
@@ -223,6 +225,7 @@ class FidelityReport:
     end_recall_early: float | None = None
     event_temperature: float | None = None
     rule: dict[str, Any] = field(default_factory=dict)
+    context: int | None = None
 
     def at(self, step: int) -> dict[str, float]:
         """Token accuracy and PSNR after ``step`` imagined steps (1-based)."""
@@ -322,9 +325,15 @@ class FidelityReport:
             f"ends, {self.dreamed_ends} dreamed); up to {END_EARLY_STEPS} steps early: precision "
             f"{_fmt(self.end_precision_early)}, recall {_fmt(self.end_recall_early)}. "
             f"{self.rollouts} dreams of {self.horizon} "
-            f"steps from {self.episodes} real episodes ({self.real_steps} real steps).{played}"
+            f"steps from {self.episodes} real episodes ({self.real_steps} real steps)"
+            f"{self._context_words()}.{played}"
         )
         return "\n".join(rows)
+
+    def _context_words(self) -> str:
+        if self.context is None:
+            return ""
+        return f", each started from up to {self.context} real frames"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -587,6 +596,22 @@ class ObjectCounts:
         return self.false / self.absent if self.absent else None
 
 
+def _contexts(
+    tokens: list[torch.Tensor],
+    trajectories: list[RealTrajectory],
+    batch: list[tuple[int, int]],
+    length: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (b, length, K) tokens and (b, length - 1) actions of the real frames up to each
+    (episode, step) start of ``batch``."""
+    ctx_tokens = torch.stack([tokens[i][t - length + 1 : t + 1] for i, t in batch])
+    ctx_actions = torch.stack(
+        [torch.as_tensor(trajectories[i].actions[t - length + 1 : t]) for i, t in batch]
+    ).to(device)
+    return ctx_tokens, ctx_actions
+
+
 @torch.inference_mode()
 def measure_fidelity(
     model: REMModel,
@@ -598,6 +623,7 @@ def measure_fidelity(
     batch_size: int = 256,
     autocast: torch.dtype | None = None,
     event_temperature: float | None = None,
+    context: int | None = None,
 ) -> tuple[FidelityReport, dict[str, np.ndarray]]:
     """Dreams the recorded actions from real contexts and scores every imagined step.
 
@@ -613,24 +639,36 @@ def measure_fidelity(
             dtype; the real frames' tokens and the tokenizer ceiling stay in float32.
         event_temperature: Sampling temperature of the dream's rewards and ends (None:
             ``temperature``).
+        context: Real frames each dream starts from, at most: as many of the frames before a
+            start as its episode has, up to this many (None: the world model's
+            ``context_length``, 2 in REM). The dreams start at the same real steps whatever it
+            is: the first one ``context_length`` frames into an episode.
 
     Returns:
         ``(report, strip)``: the report, and the real and dreamed frames ``(horizon+1, H, W, 3)``
         uint8 of the first dream that runs its whole horizon (for :func:`save_strip_png`).
 
     Raises:
-        ValueError: If no episode is long enough to start a dream.
+        ValueError: If no episode is long enough to start a dream, or ``context`` is below
+            the world model's ``context_length``.
     """
     if horizon < 1 or stride < 1 or batch_size < 1:
         raise ValueError(f"horizon, stride and batch_size must be positive: {horizon}, {stride}")
     model.eval()
     device = model.start_tokens.device
-    context = model.config.world_model.context_length
+    shortest = model.config.world_model.context_length
+    longest = shortest if context is None else context
+    if longest < shortest:
+        raise ValueError(
+            f"context must be at least the world model's context_length ({shortest}), got {longest}"
+        )
     starts = [
-        (i, t) for i, traj in enumerate(trajectories) for t in range(context - 1, len(traj), stride)
+        (i, t)
+        for i, traj in enumerate(trajectories)
+        for t in range(shortest - 1, len(traj), stride)
     ]
     if not starts:
-        raise ValueError(f"no recorded episode has {context} frames to start a dream from")
+        raise ValueError(f"no recorded episode has {shortest} frames to start a dream from")
     tokens = [model.encode(_to_tensor(traj.frames, device)) for traj in trajectories]  # (T+1, K)
 
     def dreaming() -> torch.autocast:
@@ -659,14 +697,20 @@ def measure_fidelity(
     for first in range(0, len(starts), batch_size):
         batch = starts[first : first + batch_size]
         b = len(batch)
-        ctx_tokens = torch.stack(
-            [tokens[i][t - context + 1 : t + 1] for i, t in batch]
-        )  # (b, C, K)
-        ctx_actions = torch.stack(
-            [torch.as_tensor(trajectories[i].actions[t - context + 1 : t]) for i, t in batch]
-        ).to(device)  # (b, C-1)
+        ctx_tokens, ctx_actions = _contexts(tokens, trajectories, batch, shortest, device)
+        lengths = [min(longest, t + 1) for _, t in batch]  # each dream's real frames
         with dreaming():
-            state = model.start_state(ctx_tokens, ctx_actions)
+            if longest == shortest:
+                state = model.start_state(ctx_tokens, ctx_actions)
+            else:  # every group of one context length started at one shared position
+                position = (longest - 1) * model.world_model.tokens_per_block
+                state = model.start_state(ctx_tokens, ctx_actions, position=position)
+                for length in sorted(set(lengths) - {shortest}):
+                    rows = [j for j, n in enumerate(lengths) if n == length]
+                    group = [batch[j] for j in rows]
+                    more = _contexts(tokens, trajectories, group, length, device)
+                    part = model.start_state(*more, position=position)
+                    state = state.index_copy(torch.tensor(rows, device=device), part)
             # What the first dreamed frame is read against by the rule: the context's last frame
             # as the tokenizer draws it.
             last_pictures = (
@@ -849,6 +893,7 @@ def measure_fidelity(
         temperature=temperature,
         seed=seed,
         event_temperature=event_temperature,
+        context=context,
         motion_psnr=[m.psnr() for m in motion],
         tokenizer_motion_psnr=tokenizer_motion,
         reward_precision_by_step=[c.precision() for c in step_rewards],
@@ -999,9 +1044,10 @@ def run_fidelity(
     min_rewards: int = 0,
     min_ends: int = 0,
     event_temperature: float | None = None,
+    context: int | None = None,
 ) -> FidelityReport:
     """Records real play, measures fidelity and writes ``fidelity.json``, ``fidelity_curve.png``
-    and ``fidelity_strip.png`` into ``out_dir``.
+    and ``fidelity_strip.png`` into ``out_dir``. ``context``: see :func:`measure_fidelity`.
 
     The real games are played in float32; with ``autocast`` (e.g. ``torch.bfloat16``) only the
     dreams run under ``torch.autocast`` (see :func:`measure_fidelity`), so reports with and
@@ -1030,6 +1076,7 @@ def run_fidelity(
         seed,
         autocast=autocast,
         event_temperature=event_temperature,
+        context=context,
     )
     report = dataclasses.replace(report, policy=getattr(agent, "description", type(agent).__name__))
     out = Path(out_dir)

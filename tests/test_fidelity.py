@@ -292,6 +292,15 @@ def test_cli_fidelity(tmp_path, capsys):
     assert (data["temperature"], data["event_temperature"]) == (0.0, 1.0)
     assert main(["fidelity", "REM-Breakout-v0", "--random-weights", "tiny", "--horizon", "0"]) == 2
     assert "--horizon" in capsys.readouterr().err
+    code = main(
+        ["fidelity", "REM-Breakout-v0", "--random-weights", "tiny", "--games", "1",
+         "--horizon", "2", "--max-steps", "40", "--out", str(out), "--device", "cpu",
+         "--context", "3"]
+    )  # fmt: skip
+    assert code == 0 and json.loads((out / "fidelity.json").read_text())["context"] == 3
+    assert "up to 3 real frames" in capsys.readouterr().out
+    assert main(["fidelity", "REM-Breakout-v0", "--random-weights", "tiny", "--context", "1"]) == 2
+    assert "--context must be at least the model's context_length (2)" in capsys.readouterr().err
 
 
 def test_cli_fidelity_under_bf16_autocast(tmp_path, capsys):
@@ -326,3 +335,41 @@ def test_autocast_dreams_in_bf16_but_keeps_the_real_side_in_float32(monkeypatch)
     assert seen and not any(seen[: len(seen) // 2]) and all(seen[len(seen) // 2 :])
     assert bf16.tokenizer_psnr == plain.tokenizer_psnr  # the ceiling: real frames, float32
     assert bf16.compared == plain.compared
+
+
+def test_dreams_start_from_up_to_context_real_frames(monkeypatch):
+    """With ``context=4`` each dream starts from the (up to) 4 real frames its episode has before
+    it, at the same real steps as with REM's 2; the states are those of each start alone."""
+    model = _model()
+    traj, table = _self_dream(model, steps=9, seed=7)
+    monkeypatch.setattr(model, "encode", _lookup_encode(table))
+    first_states = []
+    imagine = model.imagine_step
+
+    def spy(state, *args, **kwargs):
+        if not first_states or first_states[-1][1] is not None:
+            first_states.append((state, None))
+        return imagine(state, *args, **kwargs)
+
+    monkeypatch.setattr(model, "imagine_step", spy)
+    report, _ = measure_fidelity(model, [traj], horizon=2, stride=3, temperature=0.0, context=4)
+    assert report.context == 4 and "up to 4 real frames" in report.summary_table()
+    state = first_states[0][0]
+    tokens = torch.stack([table[p.tobytes()] for p in traj.frames])  # (T+1, K)
+    block = model.world_model.tokens_per_block
+    starts = list(range(1, len(traj), 3))
+    assert state.batch_size == len(starts)
+    for row, t in enumerate(starts):
+        n = min(4, t + 1)
+        alone = model.start_state(
+            tokens[None, t - n + 1 : t + 1],
+            torch.as_tensor(traj.actions[t - n + 1 : t])[None],
+            position=3 * block,
+        )
+        assert torch.equal(state.obs_tokens[row], alone.obs_tokens[0])
+        for mine, theirs in zip(state.retention, alone.retention, strict=True):
+            assert torch.allclose(mine[row], theirs[0], atol=1e-5), t
+    default, _ = measure_fidelity(model, [traj], horizon=2, stride=3, temperature=0.0)
+    assert default.rollouts == report.rollouts and default.context is None
+    with pytest.raises(ValueError, match="context_length"):
+        measure_fidelity(model, [traj], context=1)
