@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -54,13 +52,12 @@ from rem_env.models.frame_conv import FrameConv
 from rem_env.models.world_model import NUM_REWARD_CLASSES
 from rem_env.probes import probes_for
 from rem_train.batches import frames_to_tensor
-from rem_train.cli import parse_bool
 from rem_train.event_check import check_events
 from rem_train.losses import moving_patch_weights, reward_classes
 from rem_train.object_check import check_objects
 from rem_train.replay import ReplayBuffer
 from rem_train.run_log import log_line
-from rem_train.sources import load_source
+from rem_train.sources import load_source, parse_replay_training, replay_training_parser
 from rem_train.warm_start import export_with_lineage
 
 __all__ = [
@@ -467,57 +464,33 @@ def _export(
 
 def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m rem_train.pretrain_frame_conv``."""
-    p = argparse.ArgumentParser(
-        prog="python -m rem_train.pretrain_frame_conv", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--out", required=True, help="run folder (written afresh)")
-    p.add_argument(
-        "--init-from",
-        required=True,
-        help="model folder, Hub repo id, run folder or checkpoint file whose tokenizer and "
-        "world model the frame conv joins",
-    )
-    p.add_argument(
-        "--replay",
-        action="append",
-        required=True,
-        help="a rem-train run's replay folder (RUN/replay) to draw real frames from; repeat it",
-    )
-    p.add_argument(
-        "--held-out",
-        help="a replay folder the object check scores (default: the first --replay; a run's "
+    return replay_training_parser(
+        "python -m rem_train.pretrain_frame_conv",
+        __doc__.split("\n\n")[0],
+        "whose tokenizer and world model the frame conv joins",
+        "a rem-train run's replay folder (RUN/replay) to draw real frames from; repeat it",
+        "a replay folder the object check scores (default: the first --replay; a run's "
         "replay of other games is better)",
+        FrameConvPretrainConfig(),
     )
-    for name, value in asdict(FrameConvPretrainConfig()).items():
-        kind = parse_bool if isinstance(value, bool) else type(value)
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    args = vars(parser().parse_args(argv))
-    out = Path(os.path.expanduser(args.pop("out")))
-    init_from, replays, held_out = args.pop("init_from"), args.pop("replay"), args.pop("held_out")
-    config = FrameConvPretrainConfig(**args)
-    for name in ("layers", "width", "segments", "steps", "batch_size", "eval_every"):
-        if getattr(config, name) < 1:
-            parser().error(f"--{name.replace('_', '-')} must be at least 1")
-    if config.max_minutes < 0:
-        parser().error("--max-minutes must be 0 (no limit) or positive")
+    p = parser()
+    numbers = ("layers", "width", "segments", "steps", "batch_size", "eval_every")
+    hint = " (a rem-train run keeps one in RUN/replay)"
+    run = parse_replay_training(p, argv, FrameConvPretrainConfig, numbers, hint)
+    config = run.config
     if not 0.0 <= config.end_share <= 1.0:
-        parser().error(f"--end-share must be in [0, 1], got {config.end_share:g}")
+        p.error(f"--end-share must be in [0, 1], got {config.end_share:g}")
     if config.token_weight < 0 or config.events_weight < 0:
-        parser().error("--token-weight and --events-weight must be >= 0")
-    for path in [*replays, *([held_out] if held_out else [])]:
-        if not Path(path).expanduser().is_dir():
-            parser().error(f"no replay folder {path!r} (a rem-train run keeps one in RUN/replay)")
-    command = shlex.join(["python", "-m", "rem_train.pretrain_frame_conv", *argv])
+        p.error("--token-weight and --events-weight must be >= 0")
     try:
-        folder = pretrain(config, out, init_from, replays, held_out, command)
+        folder = pretrain(config, run.out, run.init_from, run.replays, run.held_out, run.command)
     except ValueError as err:  # nothing to train, a source that cannot be read, other sizes
-        parser().error(str(err))
+        p.error(str(err))
     print(folder)
     return 0
 

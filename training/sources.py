@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,3 +177,68 @@ def run_replay_check(
         checks = check(loaded, replay, rng, args.segments, args.length)
     print(json.dumps({name: dataclasses.asdict(c) for name, c in checks.items()}, indent=2))
     return 0
+
+
+def replay_training_parser(
+    prog: str, description: str, joins: str, replay_help: str, held_out_help: str, config: Any
+) -> argparse.ArgumentParser:
+    """The command line of a training of one part of a model on replay buffers
+    (``pretrain_frame_conv``, ``train_event_reader``, ``train_event_window``): ``--out``,
+    ``--init-from`` (the model whose ``joins`` the part joins), a repeatable ``--replay``,
+    ``--held-out`` and one option per field of the dataclass ``config`` (its defaults; booleans
+    read as ``true``/``false``)."""
+    from rem_train.cli import parse_bool  # rem_train.cli imports the trainer
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--out", required=True, help="run folder (written afresh)")
+    parser.add_argument(
+        "--init-from",
+        required=True,
+        help=f"model folder, Hub repo id, run folder or checkpoint file {joins}",
+    )
+    parser.add_argument("--replay", action="append", required=True, help=replay_help)
+    parser.add_argument("--held-out", help=held_out_help)
+    for name, value in dataclasses.asdict(config).items():
+        kind = parse_bool if isinstance(value, bool) else type(value)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
+    return parser
+
+
+@dataclass(frozen=True)
+class ReplayTraining:
+    """A command line of :func:`replay_training_parser`, parsed and checked."""
+
+    out: Path
+    init_from: str
+    replays: list[str]
+    held_out: str | None
+    config: Any
+    command: str
+    """The command as typed (``python -m rem_train.<module> ...``), for the export's record."""
+
+
+def parse_replay_training(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str],
+    config_type: Callable[..., Any],
+    at_least_one: Sequence[str],
+    missing_hint: str = "",
+) -> ReplayTraining:
+    """Parses ``argv`` with ``parser`` into ``config_type``'s settings, checking that the fields
+    ``at_least_one`` are at least 1, ``max_minutes`` is not negative and every replay folder
+    exists (``missing_hint`` follows the error); ends the command with ``parser.error``
+    otherwise."""
+    args = vars(parser.parse_args(argv))
+    out = Path(args.pop("out")).expanduser()
+    init_from, replays, held_out = args.pop("init_from"), args.pop("replay"), args.pop("held_out")
+    config = config_type(**args)
+    for name in at_least_one:
+        if getattr(config, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if config.max_minutes < 0:
+        parser.error("--max-minutes must be 0 (no limit) or positive")
+    for path in [*replays, *([held_out] if held_out else [])]:
+        if not Path(path).expanduser().is_dir():
+            parser.error(f"no replay folder {path!r}{missing_hint}")
+    command = shlex.join([*parser.prog.split(), *argv])
+    return ReplayTraining(out, init_from, replays, held_out, config, command)

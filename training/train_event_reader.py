@@ -40,8 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
-import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -61,7 +59,7 @@ from rem_train.batches import frames_to_tensor
 from rem_train.event_check import check_events
 from rem_train.replay import ReplayBuffer, StepLabels
 from rem_train.run_log import log_line
-from rem_train.sources import load_source
+from rem_train.sources import load_source, parse_replay_training, replay_training_parser
 from rem_train.warm_start import export_with_lineage
 
 __all__ = [
@@ -72,13 +70,28 @@ __all__ = [
     "gather_steps",
     "hand_over_heads",
     "main",
+    "parse_heads",
     "train",
 ]
 
 HEADS = ("rewards", "ends")
+"""The heads an event reader or window can take over."""
 FRAMES = ("reconstructed", "real", "dreamed")
 HEAD_CHECKS = {"rewards": "reward", "ends": "end"}
 """Each head's name in :func:`rem_train.event_check.check_events`'s result."""
+
+
+def parse_heads(text: str) -> tuple[str, ...]:
+    """The heads named in ``text`` (comma-separated :data:`HEADS`), checked.
+
+    Example:
+        >>> parse_heads("ends, rewards")
+        ('ends', 'rewards')
+    """
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names or set(names) - set(HEADS):
+        raise ValueError(f"--heads must name rewards, ends or both, got {text!r}")
+    return names
 
 
 @dataclass(frozen=True)
@@ -115,10 +128,7 @@ class EventReaderTrainConfig:
 
     def head_names(self) -> tuple[str, ...]:
         """The heads of ``heads``, checked."""
-        names = tuple(name.strip() for name in self.heads.split(",") if name.strip())
-        if not names or set(names) - set(HEADS):
-            raise ValueError(f"--heads must name rewards, ends or both, got {self.heads!r}")
-        return names
+        return parse_heads(self.heads)
 
 
 @dataclass
@@ -501,53 +511,31 @@ def _export(
 
 def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m rem_train.train_event_reader``."""
-    p = argparse.ArgumentParser(
-        prog="python -m rem_train.train_event_reader", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--out", required=True, help="run folder (written afresh)")
-    p.add_argument(
-        "--init-from",
-        required=True,
-        help="model folder, Hub repo id, run folder or checkpoint file the reader joins",
-    )
-    p.add_argument(
-        "--replay",
-        action="append",
-        required=True,
-        help="a replay folder (RUN/replay of rem-train, OUT/replay of rem_train.collect_replay) "
+    return replay_training_parser(
+        "python -m rem_train.train_event_reader",
+        __doc__.split("\n\n")[0],
+        "the reader joins",
+        "a replay folder (RUN/replay of rem-train, OUT/replay of rem_train.collect_replay) "
         "to draw real steps from; repeat it",
+        "a replay folder the heads' check scores (default: the first --replay)",
+        EventReaderTrainConfig(),
     )
-    p.add_argument(
-        "--held-out", help="a replay folder the heads' check scores (default: the first --replay)"
-    )
-    for name, value in asdict(EventReaderTrainConfig()).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    args = vars(parser().parse_args(argv))
-    out = Path(os.path.expanduser(args.pop("out")))
-    init_from, replays, held_out = args.pop("init_from"), args.pop("replay"), args.pop("held_out")
-    config = EventReaderTrainConfig(**args)
+    p = parser()
     numbers = ("width", "pool", "steps", "batch_size", "eval_every", "eval_segments")
-    for name in (*numbers, "dream_steps", "held_out_pool"):
-        if getattr(config, name) < 1:
-            parser().error(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 <= config.min_dream_steps <= config.dream_steps:
-        parser().error("--min-dream-steps must be 0 to --dream-steps")
-    if config.max_minutes < 0:
-        parser().error("--max-minutes must be 0 (no limit) or positive")
-    for path in [*replays, *([held_out] if held_out else [])]:
-        if not Path(path).expanduser().is_dir():
-            parser().error(f"no replay folder {path!r}")
-    command = shlex.join(["python", "-m", "rem_train.train_event_reader", *argv])
+    run = parse_replay_training(
+        p, argv, EventReaderTrainConfig, (*numbers, "dream_steps", "held_out_pool")
+    )
+    if not 0 <= run.config.min_dream_steps <= run.config.dream_steps:
+        p.error("--min-dream-steps must be 0 to --dream-steps")
     try:
-        folder = train(config, out, init_from, replays, held_out, command)
+        folder = train(run.config, run.out, run.init_from, run.replays, run.held_out, run.command)
     except ValueError as err:  # heads or frames not understood, a source that cannot be read
-        parser().error(str(err))
+        p.error(str(err))
     print(folder)
     return 0
 

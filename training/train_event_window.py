@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -55,8 +53,8 @@ from rem_train.batches import frames_to_tensor
 from rem_train.event_check import EventCheck, EventCounts
 from rem_train.replay import ReplayBuffer
 from rem_train.run_log import log_line
-from rem_train.sources import load_source
-from rem_train.train_event_reader import HEADS, corrected_bias, hand_over_heads
+from rem_train.sources import load_source, parse_replay_training, replay_training_parser
+from rem_train.train_event_reader import corrected_bias, hand_over_heads, parse_heads
 from rem_train.warm_start import export_with_lineage
 
 __all__ = ["EventWindowTrainConfig", "TokenSteps", "main", "token_steps", "train"]
@@ -92,10 +90,7 @@ class EventWindowTrainConfig:
 
     def head_names(self) -> tuple[str, ...]:
         """The heads of ``heads``, checked."""
-        names = tuple(name.strip() for name in self.heads.split(",") if name.strip())
-        if not names or set(names) - set(HEADS):
-            raise ValueError(f"--heads must name rewards, ends or both, got {self.heads!r}")
-        return names
+        return parse_heads(self.heads)
 
 
 class TokenSteps(NamedTuple):
@@ -380,53 +375,30 @@ def _with_event_window(model: REMModel, frames: int, width: int) -> REMModel:
 
 def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m rem_train.train_event_window``."""
-    p = argparse.ArgumentParser(
-        prog="python -m rem_train.train_event_window", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--out", required=True, help="run folder (written afresh)")
-    p.add_argument(
-        "--init-from",
-        required=True,
-        help="model folder, Hub repo id, run folder or checkpoint file the window joins",
-    )
-    p.add_argument(
-        "--replay",
-        action="append",
-        required=True,
-        help="a replay folder (RUN/replay of rem-train, OUT/replay of rem_train.collect_replay) "
+    return replay_training_parser(
+        "python -m rem_train.train_event_window",
+        __doc__.split("\n\n")[0],
+        "the window joins",
+        "a replay folder (RUN/replay of rem-train, OUT/replay of rem_train.collect_replay) "
         "to train on, every step of it; repeat it",
+        "a replay folder scored every --eval-every steps (default: --replay)",
+        EventWindowTrainConfig(),
     )
-    p.add_argument(
-        "--held-out", help="a replay folder scored every --eval-every steps (default: --replay)"
-    )
-    for name, value in asdict(EventWindowTrainConfig()).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    args = vars(parser().parse_args(argv))
-    out = Path(os.path.expanduser(args.pop("out")))
-    init_from, replays, held_out = args.pop("init_from"), args.pop("replay"), args.pop("held_out")
-    config = EventWindowTrainConfig(**args)
-    for name in ("frames", "width", "steps", "batch_size", "targets", "eval_every"):
-        if getattr(config, name) < 1:
-            parser().error(f"--{name.replace('_', '-')} must be at least 1")
+    p = parser()
+    numbers = ("frames", "width", "steps", "batch_size", "targets", "eval_every")
+    run = parse_replay_training(p, argv, EventWindowTrainConfig, numbers)
     for name in ("event_share", "cut_share"):
-        if not 0 <= getattr(config, name) <= 1:
-            parser().error(f"--{name.replace('_', '-')} must lie in [0, 1]")
-    if config.max_minutes < 0:
-        parser().error("--max-minutes must be 0 (no limit) or positive")
-    for path in [*replays, *([held_out] if held_out else [])]:
-        if not Path(path).expanduser().is_dir():
-            parser().error(f"no replay folder {path!r}")
-    command = shlex.join(["python", "-m", "rem_train.train_event_window", *argv])
+        if not 0 <= getattr(run.config, name) <= 1:
+            p.error(f"--{name.replace('_', '-')} must lie in [0, 1]")
     try:
-        folder = train(config, out, init_from, replays, held_out, command)
+        folder = train(run.config, run.out, run.init_from, run.replays, run.held_out, run.command)
     except ValueError as err:  # heads not understood, a source that cannot be read
-        parser().error(str(err))
+        p.error(str(err))
     print(folder)
     return 0
 
