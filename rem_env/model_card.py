@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from rem_env.config import REMConfig
+from rem_env.config import REMConfig, WorldModelConfig
 from rem_env.manifest import ProtocolManifest
 
 __all__ = ["format_number", "render_model_card"]
@@ -65,9 +65,10 @@ def render_model_card(
     tokenizer = "VQ-VAE tokenizer"
     if config.tokenizer.kind == "patch":
         tokenizer = f"a tokenizer of fixed {side}x{side} patches fitted by k-means (not in REM)"
+    parts = _parts_not_in_rem(config.world_model)
     lines += [
         f"A token-based world model ({tokenizer} + RetNet with Parallel Observation "
-        "Prediction) that runs as a batched Gymnasium dream environment with "
+        f"Prediction{parts}) that runs as a batched Gymnasium dream environment with "
         "[rem-env](https://github.com/rem-env/rem-env).",
         "",
         "## Usage",
@@ -172,3 +173,15 @@ def format_number(value: float, decimals: int = 3) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+def _parts_not_in_rem(world_model: WorldModelConfig) -> str:
+    """ ", with a frame conv (not in REM), ..." for the world model's parts that REM lacks."""
+    parts = []
+    if world_model.frame_conv_layers:
+        parts.append("a frame conv")
+    if world_model.event_reader_width:
+        parts.append("an event reader")
+    if world_model.event_window_frames:
+        parts.append(f"an event window of {world_model.event_window_frames} frames")
+    return f", with {', '.join(parts)} (not in REM)" if parts else ""

@@ -138,3 +138,25 @@ def test_settings_that_cannot_work_are_refused():
     window = EventWindow(V, A, K, frames=W, width=8)
     with pytest.raises(ValueError, match=r"\(N, 3, K\)"):
         window(torch.zeros(2, W + 1, K, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+
+
+def test_the_model_card_names_the_parts_not_in_rem() -> None:
+    import dataclasses
+
+    from rem_env.config import REMConfig
+    from rem_env.manifest import ProtocolManifest
+    from rem_env.model_card import render_model_card
+
+    config = REMConfig.preset("tiny", 4, "Breakout")
+    plain = render_model_card(config, ProtocolManifest("Breakout"), None)
+    assert "Parallel Observation Prediction) that runs" in plain
+    world_model = dataclasses.replace(
+        config.world_model, frame_conv_layers=2, event_window_frames=16
+    )
+    card = render_model_card(
+        dataclasses.replace(config, world_model=world_model), ProtocolManifest(), None
+    )
+    assert (
+        "Parallel Observation Prediction, with a frame conv, an event window of 16 frames "
+        "(not in REM)) that runs"
+    ) in card
