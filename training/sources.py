@@ -184,9 +184,9 @@ def replay_training_parser(
 ) -> argparse.ArgumentParser:
     """The command line of a training of one part of a model on replay buffers
     (``pretrain_frame_conv``, ``train_event_reader``, ``train_event_window``): ``--out``,
-    ``--init-from`` (the model whose ``joins`` the part joins), a repeatable ``--replay``,
-    ``--held-out`` and one option per field of the dataclass ``config`` (its defaults; booleans
-    read as ``true``/``false``)."""
+    ``--init-from`` (its help names what may be given, then ``joins``, e.g. "the window
+    joins"), a repeatable ``--replay``, ``--held-out`` and one option per field of the dataclass
+    ``config`` (its defaults; booleans read as ``true``/``false``)."""
     from rem_train.cli import parse_bool  # rem_train.cli imports the trainer
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
