@@ -41,7 +41,7 @@ from rem_env.agents import (
 )
 from rem_env.config import REMConfig
 from rem_env.dream import AUTOCAST_DTYPES, DreamVectorEnv, check_device, check_temperature
-from rem_env.events import DEFAULT_JITTER, event_table, measure_event_rates, policy_actions
+from rem_env.events import DEFAULT_JITTER, check_policy, event_table, measure_event_rates
 from rem_env.hub import ModelLoadError, NoDefaultModelError, resolve_default_model
 from rem_env.model import REMModel
 from rem_env.noise import MAX_SEED
@@ -382,7 +382,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     policies = args.policy or ["random"]
     for policy in policies:  # a wrong name or --jitter is refused before any model loads
         try:
-            policy_actions(policy, action_meanings(game), 1, 1, 0, args.jitter)
+            check_policy(policy, game, args.jitter)
         except ValueError as err:
             raise CLIError(f"--policy / --jitter: {err}") from err
     if args.seed is None:
@@ -653,7 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
         "back; a third counts each side's episode ends by how many steps before them the "
         "ball was last seen (in the game a life is lost 6-10 steps after the ball passed the "
         "paddle; a dream that ends episodes while the ball is in play does not punish missing "
-        "it).",
+        "it). --policy follow (Breakout) plays a player that follows the ball on both sides, "
+        "each acting on its own frames: a dream worth training in pays it more than random "
+        "play, as the game does.",
     )
     _add_model_args(events, "0")
     events.add_argument("--num-envs", type=int, default=16, help="dreams (default: 16)")
@@ -662,8 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy",
         action="append",
         metavar="POLICY",
-        help="random (uniform actions) or an action of the game to hold, e.g. RIGHT; repeat "
-        "for one row each (default: random)",
+        help="random (uniform actions), an action of the game to hold, e.g. RIGHT, or follow "
+        "(Breakout: a player that follows the ball it sees, on each side's own frames, 5%% "
+        "random actions); repeat for one row each (default: random)",
     )
     events.add_argument(
         "--jitter",

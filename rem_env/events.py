@@ -9,6 +9,9 @@ preprocessing: a lost life ends an episode) and counts episode ends and non-zero
 or one action held (e.g. Breakout's ``RIGHT``: the paddle parked at the right wall) with a share
 of random actions. A dream that pays or punishes one such behaviour more than the game does is
 one an agent learns to exploit: compare several with :func:`event_table`. For a game with a
+player that reads frames (:data:`rem_env.probes.PIXEL_PLAYERS`; Breakout: one that follows the
+ball) the policy ``"follow"`` plays it on both sides, each acting on its own frames: a dream
+worth training in pays it more than random play, as the game does. For a game with a
 reward rule (:mod:`rem_env.rules`; Breakout: a reward breaks a brick) both sides also count how
 often a reward comes with the brick it broke, and bricks broken or back: whether the dream keeps
 the game's own rules (its ceiling: the same count on the tokenizer's reconstructions of the
@@ -42,13 +45,15 @@ from rem_env.actions import action_meanings
 from rem_env.dream import DreamVectorEnv, temperature_words
 from rem_env.fidelity import to_pixels
 from rem_env.model import REMModel
-from rem_env.probes import ObjectProbe, probes_for
+from rem_env.probes import PIXEL_PLAYERS, ObjectProbe, probes_for
 from rem_env.rules import REWARD_RULES, RewardRule, RuleCounts, rule_counts
 
 __all__ = [
     "DEFAULT_JITTER",
+    "FOLLOW",
     "GAP_BINS",
     "EventRates",
+    "check_policy",
     "event_table",
     "measure_event_rates",
     "policy_actions",
@@ -56,6 +61,13 @@ __all__ = [
 
 DEFAULT_JITTER = 0.2
 """Share of uniformly random actions in a held-action policy's steps."""
+
+FOLLOW = "follow"
+"""The policy that plays the game's frame-reading player (:data:`rem_env.probes.PIXEL_PLAYERS`)
+on each side's own frames."""
+
+FOLLOW_EPSILON = 0.05
+"""Share of the follower's steps that take a uniformly random action."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,8 @@ class EventRates:
         real_rewards: Real steps with a non-zero reward.
         real_steps: Real transitions, counted like ``dream_steps``.
         temperature: Sampling temperature of the dreams.
-        policy: ``"random"`` or the action the policy held (an action meaning, e.g. ``"RIGHT"``).
+        policy: ``"random"``, the action the policy held (an action meaning, e.g. ``"RIGHT"``)
+            or ``"follow"`` (the game's frame-reading player, acting on each side's frames).
         jitter: Share of the steps that took a uniformly random action (1 for ``"random"``).
         event_temperature: Sampling temperature of the dreams' rewards and ends (None: the
             same as ``temperature``).
@@ -119,6 +132,8 @@ class EventRates:
         """The policy in words, e.g. ``"random policy"`` or ``"RIGHT held, 20% random actions"``."""
         if self.policy == "random":
             return "random policy"
+        if self.policy == FOLLOW:
+            return f"follows the ball it sees, {self.jitter:.0%} random actions"
         return f"{self.policy} held, {self.jitter:.0%} random actions"
 
     @staticmethod
@@ -196,9 +211,15 @@ def event_table(rates: Sequence[EventRates]) -> str:
     if gapped:
         rows.extend(["", *_gap_table(gapped)])
     temperatures = ", ".join(sorted({r.temperature_words for r in rates}))
+    same = "each policy plays" if all(r.policy != FOLLOW for r in rates) else "the others play"
+    follower = (
+        "the follower acts on the frames each side shows (so the actions differ); "
+        if same == "the others play"
+        else ""
+    )
     rows.append(
         f"\n{_span([r.real_steps for r in rates])} real and "
-        f"{_span([r.dream_steps for r in rates])} dreamed steps per policy; each policy plays "
+        f"{_span([r.dream_steps for r in rates])} dreamed steps per policy; {follower}{same} "
         f"the same action sequences in the dreams and the real games; dream temperature "
         f"{temperatures}."
     )
@@ -245,6 +266,46 @@ def policy_actions(
     return actions
 
 
+def check_policy(policy: str, game: str, jitter: float = DEFAULT_JITTER) -> None:
+    """Refuses a policy :func:`measure_event_rates` cannot play in ``game``.
+
+    Raises:
+        ValueError: If ``policy`` is neither ``"random"``, an action of the game nor (for a
+            game in :data:`rem_env.probes.PIXEL_PLAYERS`) ``"follow"``, or ``jitter`` is
+            outside [0, 1].
+
+    Example:
+        >>> check_policy("follow", "Breakout")
+        >>> check_policy("follow", "Pong")
+        Traceback (most recent call last):
+        ...
+        ValueError: Pong has no frame-reading player for --policy follow; Breakout has one
+    """
+    if policy.lower() == FOLLOW:
+        if game not in PIXEL_PLAYERS:
+            games = ", ".join(sorted(PIXEL_PLAYERS))
+            raise ValueError(
+                f"{game} has no frame-reading player for --policy follow; {games} has one"
+            )
+        return
+    policy_actions(policy, action_meanings(game), 1, 1, 0, jitter)
+
+
+class _Sequence:
+    """An open-loop policy: the rows of (steps, num_envs) actions, one per step."""
+
+    def __init__(self, actions: np.ndarray) -> None:
+        self.actions = actions
+        self.step = 0
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        self.step += 1
+        return self.actions[self.step - 1]
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        """It does not look at what happens."""
+
+
 def _rule_table(rates: Sequence[EventRates]) -> list[str]:
     """Rows of the reward rule's table (rates that have one): real game, its reconstructions,
     dream."""
@@ -285,13 +346,15 @@ class _Counts(NamedTuple):
 
 def _count(
     env: Any,
-    actions: np.ndarray,
+    policy: Any,
+    steps: int,
     seed: int,
     rule: RewardRule | None = None,
     views: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
     probe: ObjectProbe | None = None,
 ) -> _Counts:
-    """Steps ``env`` through ``actions`` (steps, num_envs) and counts its transitions, ends and
+    """Steps ``env`` ``steps`` times with the actions of ``policy`` (``act(obs)`` and
+    ``episodes_ended(done)``, as :mod:`rem_env.agents`) and counts its transitions, ends and
     rewards, the rule's counts on each of ``views`` of the frames, and with a ``probe`` the gap
     of each end (see :attr:`EventRates.dream_end_gaps`).
 
@@ -301,20 +364,21 @@ def _count(
     reads.
     """
     obs, _ = env.reset(seed=seed)
+    shape = (steps, env.num_envs)
     seen = [view(np.asarray(obs)) for view in views] if rule is not None else []
     # The frame index (reset: 0, step i: i + 1) the object was last found in, this episode.
-    last_found = np.full(actions.shape[1], -1)
+    last_found = np.full(env.num_envs, -1)
     if probe is not None:
         last_found[probe.find(np.asarray(obs)).found] = 0
     gaps: list[int] = []
-    resetting = np.zeros(actions.shape[1], dtype=bool)
-    taken = np.zeros(actions.shape, dtype=bool)  # (steps, num_envs)
-    ended = np.zeros(actions.shape, dtype=bool)
-    paid = np.zeros(actions.shape, dtype=bool)
-    lost = np.zeros((len(seen), *actions.shape), dtype=bool)  # (views, steps, num_envs)
+    resetting = np.zeros(env.num_envs, dtype=bool)
+    taken = np.zeros(shape, dtype=bool)  # (steps, num_envs)
+    ended = np.zeros(shape, dtype=bool)
+    paid = np.zeros(shape, dtype=bool)
+    lost = np.zeros((len(seen), *shape), dtype=bool)  # (views, steps, num_envs)
     back = np.zeros_like(lost)
-    for i, step_actions in enumerate(actions):
-        obs, reward, terminated, truncated, _ = env.step(step_actions)
+    for i in range(steps):
+        obs, reward, terminated, truncated, _ = env.step(policy.act(np.asarray(obs)))
         taken[i] = ~resetting
         ended[i] = np.asarray(terminated) & taken[i]
         paid[i] = (np.asarray(reward) != 0) & taken[i]
@@ -327,6 +391,7 @@ def _count(
             last_found[resetting] = -1  # this step's frame is a new episode's first
             last_found[probe.find(np.asarray(obs)).found] = i + 1
         resetting = np.asarray(terminated) | np.asarray(truncated)
+        policy.episodes_ended(resetting)
     counts = [rule_counts(lost[v], back[v], paid, taken) for v in range(len(seen))]
     end_gaps = tuple(int(g) for g in gaps) if probe is not None else None
     return _Counts(int(taken.sum()), int(ended.sum()), int(paid.sum()), counts, end_gaps)
@@ -415,8 +480,11 @@ def measure_event_rates(
         seed: Seed of the actions, the dreams and the real games.
         temperature: Sampling temperature of the dreams (1: REM's).
         device: Device of the dreams (None: the model's).
-        policy: ``"random"`` (uniform actions) or the meaning of an action to hold, e.g.
-            ``"RIGHT"`` (:func:`rem_env.actions.action_meanings` lists a game's).
+        policy: ``"random"`` (uniform actions), the meaning of an action to hold, e.g.
+            ``"RIGHT"`` (:func:`rem_env.actions.action_meanings` lists a game's), or
+            ``"follow"``: the game's frame-reading player
+            (:data:`rem_env.probes.PIXEL_PLAYERS`) on each side, acting on that side's frames
+            (with :data:`FOLLOW_EPSILON` of random actions; ``jitter`` is not used).
         jitter: Share of a held action's steps that take a uniformly random action instead
             (Breakout serves only after FIRE: with none the ball never comes into play).
         event_temperature: Sampling temperature of the dreams' rewards and ends (None:
@@ -427,23 +495,35 @@ def measure_event_rates(
         with its reward rule counted on both sides (the dreams then decode their frames).
 
     Raises:
-        ValueError: If ``num_envs`` or ``steps`` is not positive, the policy is no action of
-            the game, ``jitter`` is outside [0, 1], the model's actions are not the game's, or
-            the game has no real env.
+        ValueError: If ``num_envs`` or ``steps`` is not positive, the policy is none the game
+            can play (:func:`check_policy`), ``jitter`` is outside [0, 1], the model's actions
+            are not the game's, or the game has no real env.
     """
     from rem_env.atari import make_atari_vector_env  # ale-py
 
     if num_envs < 1 or steps < 1:
         raise ValueError(f"num_envs and steps must be positive, got {num_envs} and {steps}")
     meanings = action_meanings(game)
-    actions = policy_actions(policy, meanings, steps, num_envs, seed, jitter)
+    check_policy(policy, game, jitter)
+    follow = policy.lower() == FOLLOW
+    if follow:
+        jitter = FOLLOW_EPSILON
+
+        def player() -> Any:  # the same player, afresh, on each side
+            return PIXEL_PLAYERS[game](epsilon=FOLLOW_EPSILON, seed=seed)
+    else:
+        actions = policy_actions(policy, meanings, steps, num_envs, seed, jitter)
+
+        def player() -> Any:
+            return _Sequence(actions)
+
     rule = REWARD_RULES.get(game)
     probe = next(iter(probes_for(game)), None)
     with torch.inference_mode():
         dreams = DreamVectorEnv(
             model,
             num_envs,
-            obs_type="rgb" if rule is not None or probe is not None else "tokens",
+            obs_type="rgb" if rule is not None or probe is not None or follow else "tokens",
             device=device,
             temperature=temperature,
             event_temperature=event_temperature,
@@ -455,16 +535,17 @@ def measure_event_rates(
                 f"the model has {num_actions} actions, {game} has {len(meanings)}: "
                 "is it a model of this game?"
             )
-        dream = _count(dreams, actions, seed, rule, [_as_they_are], probe)
+        dream = _count(dreams, player(), steps, seed, rule, [_as_they_are], probe)
         dreams.close()
     views = [_as_they_are, _reconstruction(dreams.model)]
     real = make_atari_vector_env(game, num_envs, True, seed=seed)
     try:
-        game_counts = _count(real, actions, seed, rule, views, probe)
+        game_counts = _count(real, player(), steps, seed, rule, views, probe)
     finally:
         real.close()
     rules = [*dream.rules, *game_counts.rules] if rule is not None else [None] * 3
     random = policy.lower() == "random"
+    name = "random" if random else FOLLOW if follow else policy.upper()
     return EventRates(
         dream.transitions,
         dream.ends,
@@ -473,7 +554,7 @@ def measure_event_rates(
         game_counts.ends,
         game_counts.rewards,
         temperature=temperature,
-        policy="random" if random else policy.upper(),
+        policy=name,
         jitter=1.0 if random else jitter,
         event_temperature=event_temperature,
         dream_rule=rules[0],

@@ -25,10 +25,12 @@ __all__ = [
     "BLIND_BASELINES",
     "CLOSE_PIXELS",
     "NEAR_PIXELS",
+    "PIXEL_PLAYERS",
     "PROBES",
     "SCRIPTED_PLAYERS",
     "BreakoutBallFollower",
     "BreakoutBallProbe",
+    "BreakoutPixelFollower",
     "BreakoutWallParker",
     "ObjectProbe",
     "ProbeHits",
@@ -261,6 +263,93 @@ class BreakoutBallFollower:
 
 
 SCRIPTED_PLAYERS["Breakout"] = BreakoutBallFollower
+
+
+class BreakoutPixelFollower:
+    """A scripted Breakout player that reads only the frame: follows the ball it sees.
+
+    It plays wherever frames come from, the real game and a dream alike, so the same player can
+    be asked of both: does the dream pay following the ball as the game does? The ball is found
+    by :class:`BreakoutBallProbe` (in the open area between the bricks and the paddle), the
+    paddle by its red pixels (rows 57-59 of a 64x64 frame, other sizes alike). The paddle moves
+    towards where the ball will be two steps on (its horizontal speed from the frame before),
+    and towards where it was last seen for ``memory`` steps after the probe loses it (the probe
+    does not look beside the paddle). With no ball seen for longer it presses FIRE half the
+    time (a serve). On real Breakout with REM's training preprocessing (16 games x 300 steps,
+    seed 0) it lost 13.5 lives and earned 16.7 rewards per 1,000 steps, against a random
+    policy's 25.2 and 6.6: well below the RAM-reading :class:`BreakoutBallFollower`, but a
+    player that follows.
+
+    Args:
+        epsilon: Probability of a uniformly random action instead.
+        seed: Seed of the random choices.
+        memory: Steps it keeps moving towards a ball it no longer sees.
+
+    Example:
+        >>> player = BreakoutPixelFollower(epsilon=0.0, seed=0)
+        >>> frames = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+        >>> frames[:, 57:60, 8:14] = (200, 72, 72)  # the paddle at the left
+        >>> frames[0, 40, 50] = (200, 72, 72)  # a ball at the right in frame 0
+        >>> int(player.act(frames)[0])  # RIGHT
+        2
+    """
+
+    obs_type = "rgb"
+    num_actions = 4
+
+    def __init__(self, epsilon: float = 0.05, seed: int | None = None, memory: int = 4) -> None:
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
+        self.epsilon = epsilon
+        self.memory = memory
+        self.rng = np.random.default_rng(seed)
+        self.probe = BreakoutBallProbe()
+        self.seen: np.ndarray | None = None  # (N,) the ball's column in the frame before; nan
+        self.target: np.ndarray | None = None  # (N,) the column the paddle heads for
+        self.age: np.ndarray | None = None  # (N,) steps since the ball was last seen
+        self.description = (
+            f"a scripted player that follows the ball it sees in the 64x64 frame (random "
+            f"actions with probability {epsilon:g})"
+        )
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """(N,) int64 actions from (N, 64, 64, 3) uint8 frames."""
+        frames = np.asarray(obs)
+        n = len(frames)
+        if self.seen is None or len(self.seen) != n:
+            self.seen, self.target = np.full(n, np.nan), np.zeros(n)
+            self.age = np.full(n, self.memory + 1)
+        assert self.target is not None and self.age is not None
+        hits = self.probe.find(frames)
+        column = np.where(hits.found, hits.positions[:, 1], np.nan)
+        speed = np.nan_to_num(column - self.seen)  # 0 where either frame lacks the ball
+        self.seen = column
+        self.target = np.where(hits.found, column + 2 * speed, self.target)
+        self.age = np.where(hits.found, 0, self.age + 1)
+        height, width = frames.shape[1:3]
+        top, bottom = int(189 * height / RAW_HEIGHT), int(np.ceil(193 * height / RAW_HEIGHT))
+        band = frames[:, top:bottom].astype(np.float32)  # (N, rows, W, 3): the paddle's rows
+        red = np.clip(band[..., 0] - (band[..., 1] + band[..., 2]) / 2, 0, None).sum(1)
+        paddle = (red * np.arange(width)).sum(1) / np.maximum(red.sum(1), 1e-6)
+        offset = (self.target - paddle) * 64 / width  # in pixels of a 64x64 frame
+        actions = np.where(offset > 1.0, 2, np.where(offset < -1.0, 3, 0))  # RIGHT, LEFT, NOOP
+        serve = np.where(self.rng.random(n) < 0.5, 1, 0)  # FIRE or NOOP
+        actions = np.where(self.age <= self.memory, actions, serve)
+        explore = self.rng.random(n) < self.epsilon
+        return np.where(explore, self.rng.integers(self.num_actions, size=n), actions).astype(
+            np.int64
+        )
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        """Forgets the ball of the envs whose episode ended."""
+        if self.seen is not None and self.age is not None:
+            done = np.asarray(done, dtype=bool)
+            self.seen[done] = np.nan
+            self.age[done] = self.memory + 1
+
+
+PIXEL_PLAYERS: dict[str, type] = {"Breakout": BreakoutPixelFollower}
+"""Games with a scripted player that reads only frames (``rem-env events --policy follow``)."""
 
 
 _WALL_ACTIONS = {"right": 2, "left": 3}  # Breakout's minimal action set: NOOP, FIRE, RIGHT, LEFT

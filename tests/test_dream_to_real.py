@@ -153,3 +153,47 @@ def test_the_seeds_table_shows_the_screen_blind_policy_when_every_run_played_it(
     assert "Never looks at the screen: RIGHT, FIRE with probability 0.1" in text
     older = [{k: v for k, v in run.items() if k != "blind"} for run in runs[:1]] + runs[1:]
     assert "never looks" not in seeds_table(older)  # a report written before it was played
+
+
+def test_ppo_trained_on_the_real_game_is_scored_as_the_reference(tmp_path, capsys, monkeypatch):
+    from rem_train import dream_to_real
+
+    trained_on = []
+    train_ppo = dream_to_real._train_ppo
+    monkeypatch.setattr(
+        dream_to_real, "_train_ppo", lambda venv, *a: trained_on.append(venv) or train_ppo(venv, *a)
+    )
+    out = tmp_path / "game"
+    code = main(
+        ["--train-on", "game", "--steps", "64", "--num-envs", "2", "--episodes", "2",
+         "--eval-envs", "2", "--max-raw-frames", "400", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    training_game = trained_on[0].envs[0]
+    assert training_game.observation_space.shape == (64, 64, 3)  # what the dream shows
+    assert [training_game.reward(r) for r in (7.0, 1.0, 0.0, -3.0)] == [1.0, 1.0, 0.0, -1.0]
+    report = json.loads((out / "dream_to_real.json").read_text())
+    assert report["trained_on"] == "game" and report["game_steps"] == 64
+    assert report["game_episodes"]["max_steps"] == 5000 and "model" not in report
+    assert (out / "ppo_game.zip").is_file() and not (out / "ppo_dream.zip").exists()
+    printed = capsys.readouterr().out
+    assert (
+        "| PPO trained on the real game |" in printed and "Game-trained agent / random" in printed
+    )
+    with pytest.raises(SystemExit, match="--train-on game trains on the real game"):
+        main(["--train-on", "game", "--temperature", "0.5", "--out", str(tmp_path / "no")])
+    assert not (tmp_path / "no").exists()
+
+
+def test_the_seeds_table_says_where_the_agents_trained_and_keeps_them_apart():
+    runs = [
+        {"seed": s, "agent": _scores(6.0), "random": _scores(2.0), "agent_over_random": 3.0,
+         "trained_on": "game"}
+        for s in (0, 1)
+    ]  # fmt: skip
+    header = seeds_table(runs).splitlines()[0]
+    assert "PPO trained on the real game" in header and "game-trained / random" in header
+    older = {"seed": 2, "agent": _scores(1.0), "random": _scores(2.0), "agent_over_random": 0.5}
+    assert "PPO trained only in the dream" in seeds_table([older])  # reports of before: dream
+    with pytest.raises(ValueError, match="one table per --train-on"):
+        seeds_table([*runs, older])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
 from rem_env import REMConfig, REMModel
+from rem_env import events as events_module
 from rem_env.actions import action_meanings
 from rem_env.cli import main
 from rem_env.events import EventRates, event_table, measure_event_rates, policy_actions
@@ -148,6 +150,43 @@ def test_a_paddle_parked_at_either_wall_plays_different_real_games() -> None:
     assert "| RIGHT held, 20% random actions | " in table
     assert "| LEFT held, 20% random actions | " in table
     assert "| 0.0 | " in table  # the dream's ends
+
+
+class _Watcher:
+    """A frame-reading player that moves RIGHT and keeps the frames it was shown."""
+
+    made: ClassVar[list[_Watcher]] = []
+
+    def __init__(self, epsilon: float, seed: int) -> None:
+        self.frames: list[np.ndarray] = []
+        self.ended = 0
+        _Watcher.made.append(self)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        self.frames.append(np.array(obs))
+        return np.full(len(obs), 2)
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        self.ended += int(np.sum(done))
+
+
+def test_the_follower_acts_on_the_frames_of_each_side(monkeypatch) -> None:
+    monkeypatch.setitem(events_module.PIXEL_PLAYERS, "Breakout", _Watcher)
+    _Watcher.made.clear()
+    model = _model(50.0)  # a dream that ends every episode at once
+    rates = measure_event_rates(model, "Breakout", num_envs=2, steps=6, policy="follow")
+    dream, game = _Watcher.made  # one player afresh per side
+    assert len(dream.frames) == len(game.frames) == 6
+    assert dream.frames[0].shape == (2, 16, 16, 3)  # the tiny model's dreamed frames
+    assert game.frames[0].shape == (2, 64, 64, 3)
+    assert dream.ended >= 6  # told of every ended dream (every other step)
+    assert (rates.policy, rates.jitter) == ("follow", 0.05)
+    table = event_table([rates, measure_event_rates(model, "Breakout", num_envs=2, steps=4)])
+    assert "| follows the ball it sees, 5% random actions | " in table
+    assert "the follower acts on the frames each side shows (so the actions differ)" in table
+    assert "each policy plays" not in table
+    with pytest.raises(ValueError, match="Pong has no frame-reading player for --policy follow"):
+        measure_event_rates(model, "Pong", policy="follow")
 
 
 def test_the_cli_prints_the_table_and_writes_json(tmp_path, capsys) -> None:

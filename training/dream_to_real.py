@@ -11,7 +11,10 @@ a Breakout paddle parked at the right wall scores 4-5 times what random play doe
 goes to ``dream_to_real.json`` and a short markdown table. ``--noop-max 30`` starts every real
 game after 1 to 30 no-op frames instead (the starts then differ, so the serve does too), and
 ``--agent runs/dream_to_real/ppo_dream.zip`` scores an agent trained before instead of training
-one, e.g. to score it both ways.
+one, e.g. to score it both ways. ``--train-on game`` trains the same PPO as long on the real
+game instead (REM's training env, the frames the dream shows, rewards clipped to their sign as
+the dream gives them): the reference, what a dream as good as the game would give in as many
+steps.
 
 Run it as ``python -m rem_train.dream_to_real --out runs/dream_to_real`` (the bundled Breakout
 model) or with ``--model FOLDER|REPO_ID``.
@@ -35,6 +38,7 @@ import torch
 
 import rem_env  # noqa: F401  (registers REM-<Game>-v0)
 from rem_env.agents import RandomAgent
+from rem_env.atari import FRAME_SKIP, TRAIN_SETTINGS
 from rem_env.dream import check_temperature
 from rem_env.registration import ATARI_100K_GAMES, env_id
 from rem_train.evaluate import NOOP_MAX_HELP, blind_baseline, evaluate_agent, starts_in_words
@@ -47,12 +51,15 @@ __all__ = [
     "seeds_table",
     "table",
     "train_in_dream",
+    "train_on_game",
 ]
 
 N_STACK = 4
 """Frames stacked along the channels, as SB3's ``VecFrameStack`` does in the dream."""
 MAX_DREAM_EPISODE_STEPS = 2000
 """Dream episodes are truncated after this many steps."""
+TRAINED_ON = {"dream": "only in the dream", "game": "on the real game"}
+"""Where the agent trained (``--train-on``), as the reports say it."""
 
 
 def train_in_dream(
@@ -83,9 +90,6 @@ def train_in_dream(
         event_temperature: Sampling temperature of the dreams' rewards and ends (None:
             ``temperature``).
     """
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
-
     from rem_env.sb3 import SB3DreamVecEnv
 
     venv = gym.make_vec(
@@ -98,7 +102,49 @@ def train_in_dream(
         temperature=temperature,
         event_temperature=event_temperature,
     )
-    env = VecFrameStack(VecMonitor(SB3DreamVecEnv(venv)), N_STACK)
+    return _train_ppo(SB3DreamVecEnv(venv), steps, seed, device, verbose)
+
+
+def train_on_game(
+    game: str, steps: int, num_envs: int = 16, seed: int = 0, device: str = "cpu", verbose: int = 0
+) -> Any:
+    """PPO as :func:`train_in_dream` trains it, on the real game instead: the reference.
+
+    The agent sees what it would see in the dream: REM's training env (64x64 RGB frames, a lost
+    life ends an episode, 1-30 no-op frames at the start; :func:`rem_env.atari.make_atari_env`)
+    with each reward clipped to its sign, as the dream's reward classes give them. What it then
+    scores on the real test games is what a dream as good as the game could give PPO in as many
+    steps.
+
+    Args:
+        game: Atari 100K game.
+        steps: Real env-steps to train (all envs together).
+        num_envs: Real games stepped side by side.
+        seed: Seed of the games (env i: seed + i) and of PPO.
+        device: Torch device of the agent.
+        verbose: SB3 verbosity.
+    """
+    from gymnasium.wrappers import TransformReward
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from rem_env.atari import make_atari_env
+
+    def factory(i: int) -> Any:
+        return lambda: TransformReward(
+            make_atari_env(game, True, seed + i), lambda r: float(np.sign(r))
+        )
+
+    venv = DummyVecEnv([factory(i) for i in range(num_envs)])
+    return _train_ppo(venv, steps, seed, device, verbose)
+
+
+def _train_ppo(venv: Any, steps: int, seed: int, device: str, verbose: int) -> Any:
+    """PPO (``CnnPolicy``, the SB3 zoo's Atari hyper-parameters) trained ``steps`` env-steps on
+    an SB3 ``VecEnv`` of single frames, ``N_STACK`` stacked."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
+
+    env = VecFrameStack(VecMonitor(venv), N_STACK)
     env.seed(seed)
     agent = PPO(
         "CnnPolicy",
@@ -167,7 +213,7 @@ class StackedSB3Policy:
 
 
 def dream_episodes(agent: Any, max_steps: int) -> dict[str, Any]:
-    """The agent's last dream episodes (SB3 keeps up to 100): how long they lasted, what they paid.
+    """The agent's last training episodes (SB3 keeps up to 100): how long, what they paid.
 
     A dream whose episodes hardly ever end (a world model that does not predict lost lives)
     teaches an agent nothing about keeping the game alive; this is where a report shows it.
@@ -190,7 +236,8 @@ def table(report: dict[str, Any]) -> str:
     protocol = "test protocol" + ("" if noop_max == 1 else f", {starts_in_words(noop_max)}")
     rows = [f"| policy (real game, {protocol}) | mean | std | min | max | episodes |"]
     rows.append("|---|---|---|---|---|---|")
-    policies = [("PPO trained only in the dream", "agent"), ("uniformly random", "random")]
+    trained_on = report.get("trained_on", "dream")
+    policies = [(f"PPO trained {TRAINED_ON[trained_on]}", "agent"), ("uniformly random", "random")]
     if "blind" in report:
         policies.append((report["blind"]["policy"], "blind"))
     for name, key in policies:
@@ -199,19 +246,21 @@ def table(report: dict[str, Any]) -> str:
             f"| {name} | {s['mean']:.2f} | {s['std']:.2f} | {s['min']:g} | {s['max']:g} | "
             f"{s['episodes']} |"
         )
-    dream = report.get("dream_episodes")
+    dream = report.get("dream_episodes") or report.get("game_episodes")
     if dream and dream["episodes"]:
         agent = report["agent"]
+        where = "In the dream" if trained_on == "dream" else "In its training games"
         rows.append("")
         rows.append(
-            f"In the dream, its last {dream['episodes']} episodes lasted "
+            f"{where}, its last {dream['episodes']} episodes lasted "
             f"{dream['mean_length']:.0f} steps and returned {dream['mean_return']:.2f} on average "
             f"({dream['truncated']} cut at {dream['max_steps']} steps); on the real game it lasted "
             f"{np.mean(agent['lengths']):.0f} steps and scored {agent['mean']:.2f}."
         )
     ratio = report["agent_over_random"]
     rows.append("")
-    line = f"Dream-trained agent / random: {ratio:.2f}x" if ratio is not None else "random scored 0"
+    agent_name = "Dream-trained agent" if trained_on == "dream" else "Game-trained agent"
+    line = f"{agent_name} / random: {ratio:.2f}x" if ratio is not None else "random scored 0"
     if "blind" in report and ratio is not None:
         blind_ratio = report["blind"]["mean"] / report["random"]["mean"]
         line += f" (the policy that never looks at the screen: {blind_ratio:.2f}x)"
@@ -233,10 +282,16 @@ def seeds_table(reports: Sequence[dict[str, Any]]) -> str:
     The last row averages the per-seed means; its ratio is the mean agent score over the mean
     random score. Where every report also played the game's screen-blind policy
     (:data:`rem_env.probes.BLIND_BASELINES`), a last column gives its scores.
+
+    Raises:
+        ValueError: If some agents trained in the dream and others on the real game.
     """
+    if len({r.get("trained_on", "dream") for r in reports}) > 1:
+        raise ValueError("one table per --train-on: these agents trained in the dream and the game")
     blind = all("blind" in r for r in reports)  # reports written before it was played lack it
-    columns = ["PPO seed", "PPO trained only in the dream", "uniformly random"]
-    columns += ["dream-trained / random", *(["never looks at the screen"] if blind else [])]
+    trained_on = reports[0].get("trained_on", "dream")
+    columns = ["PPO seed", f"PPO trained {TRAINED_ON[trained_on]}", "uniformly random"]
+    columns += [f"{trained_on}-trained / random", *(["never looks at the screen"] if blind else [])]
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for report in reports:
         agent, random, ratio = report["agent"], report["random"], report["agent_over_random"]
@@ -269,8 +324,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", default=None, help="model folder or Hub repo id (default: the game's default)"
     )
-    parser.add_argument("--steps", type=int, default=200_000, help="dream env-steps of training")
-    parser.add_argument("--num-envs", type=int, default=16, help="dreams stepped together")
+    parser.add_argument(
+        "--train-on",
+        choices=sorted(TRAINED_ON),
+        default="dream",
+        help="where PPO trains: the dream (default), or the real game's training env as the "
+        "reference (64x64 frames, a lost life ends an episode, rewards clipped to their sign, "
+        "as the dream gives them): what a dream as good as the game would give in --steps",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=200_000, help="env-steps of training (dream or game)"
+    )
+    parser.add_argument(
+        "--num-envs", type=int, default=16, help="dreams (or real games) stepped together"
+    )
     parser.add_argument("--episodes", type=int, default=24, help="real episodes per policy")
     parser.add_argument("--eval-envs", type=int, default=8, help="real test envs per round")
     parser.add_argument(
@@ -298,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--agent",
         default=None,
         metavar="ZIP",
-        help="score this PPO agent (a ppo_dream.zip of an earlier run) instead of training one; "
-        "--model, --steps, --num-envs and the temperatures are then not used",
+        help="score this PPO agent (the ppo_dream.zip or ppo_game.zip of an earlier run) instead "
+        "of training one; --model, --steps, --num-envs and the temperatures are then not used",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -325,10 +392,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SystemExit(str(err)) from err
     if args.agent is not None and not Path(args.agent).is_file():
         raise SystemExit(f"--agent {args.agent}: no such file (a ppo_dream.zip of an earlier run)")
+    dream_only = (args.model, args.event_temperature) != (None, None) or args.temperature != 1.0
+    if args.train_on == "game" and dream_only:
+        raise SystemExit(
+            "--train-on game trains on the real game: --model and the temperatures are the "
+            "dream's, leave them out"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if args.agent is None:
+    if args.agent is None and args.train_on == "game":
+        agent = train_on_game(args.game, args.steps, args.num_envs, args.seed, args.device)
+        dream: dict[str, Any] = {
+            "trained_on": "game",
+            "game_steps": args.steps,
+            "game_envs": args.num_envs,
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "game_episodes": dream_episodes(agent, TRAIN_SETTINGS.max_raw_frames // FRAME_SKIP),
+        }
+        agent.save(out / "ppo_game.zip")
+    elif args.agent is None:
         agent = train_in_dream(
             args.game,
             args.steps,
@@ -339,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             temperature=args.temperature,
             event_temperature=args.event_temperature,
         )
-        dream: dict[str, Any] = {
+        dream = {
+            "trained_on": "dream",
             "model": args.model or f"default model of {env_id(args.game)}",
             "dream_steps": args.steps,
             "dream_envs": args.num_envs,
