@@ -327,7 +327,7 @@ class BreakoutPixelFollower:
         self.target = np.where(hits.found, column + 2 * speed, self.target)
         self.age = np.where(hits.found, 0, self.age + 1)
         height, width = frames.shape[1:3]
-        top, bottom = int(189 * height / RAW_HEIGHT), int(np.ceil(193 * height / RAW_HEIGHT))
+        top, bottom = int(57 * height / 64), int(np.ceil(60 * height / 64))
         band = frames[:, top:bottom].astype(np.float32)  # (N, rows, W, 3): the paddle's rows
         red = np.clip(band[..., 0] - (band[..., 1] + band[..., 2]) / 2, 0, None).sum(1)
         paddle = (red * np.arange(width)).sum(1) / np.maximum(red.sum(1), 1e-6)

@@ -286,3 +286,29 @@ def test_end_share_draws_the_last_steps_of_ended_episodes_without_their_padding(
     assert int(steps.ends.sum()) == 16  # one end per segment
     short = (len(triples) - 16 * 4) // 4  # 4 triples from the short episode, 8 from the long
     assert len(triples) == 16 * 4 + 4 * short and 0 < short < 16
+
+
+def test_end_lead_draws_the_steps_before_an_episode_s_last_ones(tmp_path: Path) -> None:
+    """--end-lead L: the end-share segments stop L steps before the end (Breakout's ball
+    leaves the screen about 10 steps before it), and hold no end."""
+    with ReplayBuffer(tmp_path / "replay", (2, 2, 3)) as buffer:
+        for t in range(30):  # one episode of 30 steps that ended: step t took action t
+            buffer.append(np.zeros((2, 2, 3), np.uint8), t, 0.0, terminated=t == 29)
+        rng = np.random.default_rng(0)
+        led = buffer.sample_episode_ends(2, 10, rng, lead=6)
+        assert led.actions.tolist() == [list(range(14, 24))] * 2 and not led.ends.any()
+        assert buffer.sample_episode_ends(1, 10, rng).actions.tolist() == [list(range(20, 30))]
+        padded = buffer.sample_episode_ends(1, 10, rng, lead=25)  # 5 real steps, then padding
+        assert padded.mask.tolist() == [[False] * 5 + [True] * 5]
+        with pytest.raises(ValueError, match="lead must be >= 0"):
+            buffer.sample_episode_ends(1, 10, rng, lead=-1)
+
+
+def test_the_command_refuses_a_negative_end_lead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    replay = _replay(tmp_path / "replay")
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(tmp_path), "--replay", str(replay), "--out", str(tmp_path / "o"),
+              "--end-lead", "-2"])  # fmt: skip
+    assert "--end-lead must be >= 0, got -2" in capsys.readouterr().err

@@ -95,6 +95,12 @@ class FrameConvPretrainConfig:
     per ended episode; the rest are drawn uniformly over every step (0: all of them; one or two
     of a long episode's steps come before its end). The event layers then see ends more often
     than the game has them, and learn to predict more."""
+    end_lead: int = 0
+    """Those segments stop this many steps before the episode's end (0: they hold its last 10
+    steps). Breakout's ball passes the paddle about 10 steps before the end, so its last 10
+    steps show no ball; with 6 the segments show the ball leave where the paddle missed it,
+    which uniform segments show rarely (in a replay of random and scripted play a few hundred
+    times in 100,000 steps), and the end itself is not in them."""
     steps: int = 3_000
     max_minutes: float = 0.0
     """Stop after the step that spends this many minutes of training (0: no limit); the last
@@ -177,11 +183,13 @@ def gather(
     seed: int,
     events: bool,
     end_share: float = 0.0,
+    end_lead: int = 0,
 ) -> tuple[TokenTriples, EventSteps | None]:
     """The triples of :func:`gather_triples` and, with ``events``, the :class:`EventSteps` of
     the same segments (each step whose frame before is in the segment, its last one too: the
     step that ends an episode has no frame after it). ``end_share`` of the segments are the
-    last steps of ended episodes (:attr:`FrameConvPretrainConfig.end_share`).
+    last steps of ended episodes, less ``end_lead`` (:attr:`FrameConvPretrainConfig.end_share`,
+    :attr:`FrameConvPretrainConfig.end_lead`).
 
     Example:
         >>> import tempfile
@@ -221,7 +229,7 @@ def gather(
         ending = round(left * end_share)
         while left > 0:
             if ending > 0:  # the last steps of ended episodes, padded at the front
-                batch = replay.sample_episode_ends(min(16, ending), SEGMENT, rng)
+                batch = replay.sample_episode_ends(min(16, ending), SEGMENT, rng, end_lead)
                 ending -= len(batch.actions)
             else:
                 batch = replay.sample_segments(min(16, left), SEGMENT, rng, "right", min_real=3)
@@ -308,7 +316,7 @@ def pretrain(
     start = time.time()
     data, steps = gather(
         model, replays, config.segments, config.moving_weight, config.seed, events,
-        config.end_share,
+        config.end_share, config.end_lead,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     with (out / "progress.jsonl").open("w") as progress:
@@ -485,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     config = run.config
     if not 0.0 <= config.end_share <= 1.0:
         p.error(f"--end-share must be in [0, 1], got {config.end_share:g}")
+    if config.end_lead < 0:
+        p.error(f"--end-lead must be >= 0, got {config.end_lead}")
     if config.token_weight < 0 or config.events_weight < 0:
         p.error("--token-weight and --events-weight must be >= 0")
     try:

@@ -545,17 +545,21 @@ class ReplayBuffer:
         return self._gather(starts[:, None] + steps, mask)
 
     def sample_episode_ends(
-        self, batch_size: int, length: int, rng: np.random.Generator
+        self, batch_size: int, length: int, rng: np.random.Generator, lead: int = 0
     ) -> SegmentBatch:
         """The last ``length`` steps of episodes that ended (terminated), drawn uniformly with
-        replacement; an episode shorter than ``length`` is padded at the front.
+        replacement; an episode shorter than ``length`` is padded at the front. With ``lead``
+        the segments stop that many steps before the end instead (the end then is not in them).
 
         Where :meth:`sample_segments` gives each step the same chance, this gives each end the
         same chance as a whole segment: what comes before a lost life (in Breakout: the ball
-        past the paddle, the frames without it, the end) is a few steps of a long episode.
+        past the paddle, the frames without it, the end) is a few steps of a long episode. The
+        ball passes the paddle about 10 steps before Breakout's end, so the last 10 steps show
+        no ball; ``lead=6`` gives segments that show it leave.
 
         Raises:
-            ValueError: If ``length`` is not positive or no stored episode has ended yet.
+            ValueError: If ``length`` is not positive, ``lead`` is negative or no stored episode
+                has ended yet.
 
         Example:
             >>> import tempfile
@@ -568,6 +572,8 @@ class ReplayBuffer:
         """
         if length < 1:
             raise ValueError(f"length must be positive, got {length}")
+        if lead < 0:
+            raise ValueError(f"lead must be >= 0, got {lead}")
         starts = np.asarray(self._starts, dtype=np.int64)
         stops = np.append(starts[1:], self._num_steps)  # one past each episode's last step
         last = np.asarray(self._records()["flags"])[stops - 1] if self._num_steps else stops
@@ -575,7 +581,7 @@ class ReplayBuffer:
         if not len(ended):
             raise ValueError("no stored episode has ended yet; collect more")
         episode = ended[rng.integers(0, len(ended), size=batch_size)]
-        index = stops[episode][:, None] - length + np.arange(length)  # (B, T), global
+        index = stops[episode][:, None] - lead - length + np.arange(length)  # (B, T), global
         return self._gather(index, index >= starts[episode][:, None])
 
     def tail_segment(self, length: int) -> SegmentBatch:
