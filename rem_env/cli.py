@@ -653,9 +653,11 @@ def build_parser() -> argparse.ArgumentParser:
         "back; a third counts each side's episode ends by how many steps before them the "
         "ball was last seen (in the game a life is lost 6-10 steps after the ball passed the "
         "paddle; a dream that ends episodes while the ball is in play does not punish missing "
-        "it). --policy follow (Breakout) plays a player that follows the ball on both sides, "
-        "each acting on its own frames: a dream worth training in pays it more than random "
-        "play, as the game does.",
+        "it); a fourth counts the balls seen coming down to the paddle that came back up or "
+        "were lost, by how far the paddle was (in the game a ball that comes down 8 pixels or "
+        "more from it is lost). --policy follow (Breakout) plays a player that follows the "
+        "ball on both sides, each acting on its own frames: a dream worth training in pays it "
+        "more than random play, as the game does.",
     )
     _add_model_args(events, "0")
     events.add_argument("--num-envs", type=int, default=16, help="dreams (default: 16)")

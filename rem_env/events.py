@@ -18,8 +18,12 @@ the game's own rules (its ceiling: the same count on the tokenizer's reconstruct
 real frames). For a game with an object probe (:mod:`rem_env.probes`; Breakout: the ball)
 both sides also record, for each episode end, how many steps before it the object was last seen:
 real Breakout takes a life about 10 steps after the ball passed the paddle, and a dream that
-ends episodes elsewhere punishes an agent for lives it could not save. ``rem-env events`` is the
-command-line form.
+ends episodes elsewhere punishes an agent for lives it could not save. For a game in
+:data:`rem_env.returns.RETURN_PROBES` (Breakout) both sides also count the balls seen coming
+down to the paddle that came back up or were lost, by how far the paddle was
+(:mod:`rem_env.returns`): in the game a ball that comes down far from the paddle is lost, and a
+dream that returns it anyway does not punish a miss. ``rem-env events`` is the command-line
+form.
 
 Example:
     >>> from rem_env.events import event_table, measure_event_rates
@@ -46,6 +50,7 @@ from rem_env.dream import DreamVectorEnv, temperature_words
 from rem_env.fidelity import to_pixels
 from rem_env.model import REMModel
 from rem_env.probes import PIXEL_PLAYERS, ObjectProbe, probes_for
+from rem_env.returns import DISTANCE_BINS, RETURN_PROBES, ReturnCounts, count_returns
 from rem_env.rules import REWARD_RULES, RewardRule, RuleCounts, rule_counts
 
 __all__ = [
@@ -102,6 +107,10 @@ class EventRates:
             the episode began). The end's own frame is not looked at (in Breakout it may
             already show the next serve). None without ``gap_object``.
         real_end_gaps: The same for the real games' ends.
+        dream_returns: For a game in :data:`rem_env.returns.RETURN_PROBES` (Breakout), the
+            dreams' balls seen coming down to the paddle, returned or lost, by the paddle's
+            distance (:func:`rem_env.returns.count_returns`); else None.
+        real_returns: The same in the real games.
     """
 
     dream_steps: int
@@ -121,6 +130,8 @@ class EventRates:
     gap_object: str | None = None
     dream_end_gaps: tuple[int, ...] | None = None
     real_end_gaps: tuple[int, ...] | None = None
+    dream_returns: ReturnCounts | None = None
+    real_returns: ReturnCounts | None = None
 
     @property
     def temperature_words(self) -> str:
@@ -160,6 +171,9 @@ class EventRates:
         for side in ("dream_rule", "real_rule", "reconstructed_rule"):
             if known.get(side) is not None:
                 known[side] = RuleCounts(**known[side])
+        for side in ("dream_returns", "real_returns"):
+            if known.get(side) is not None:
+                known[side] = ReturnCounts(*(tuple(known[side][f]) for f in _RETURN_FIELDS))
         for name in ("rule", "dream_end_gaps", "real_end_gaps"):
             if known.get(name) is not None:
                 known[name] = tuple(known[name])
@@ -210,6 +224,9 @@ def event_table(rates: Sequence[EventRates]) -> str:
     gapped = [r for r in rates if r.gap_object is not None]
     if gapped:
         rows.extend(["", *_gap_table(gapped)])
+    returning = [r for r in rates if r.real_returns is not None and r.dream_returns is not None]
+    if returning:
+        rows.extend(["", *_return_table(returning)])
     temperatures = ", ".join(sorted({r.temperature_words for r in rates}))
     same = "each policy plays" if all(r.policy != FOLLOW for r in rates) else "the others play"
     follower = (
@@ -342,6 +359,7 @@ class _Counts(NamedTuple):
     rewards: int
     rules: list[RuleCounts]
     end_gaps: tuple[int, ...] | None
+    returns: ReturnCounts | None
 
 
 def _count(
@@ -352,11 +370,13 @@ def _count(
     rule: RewardRule | None = None,
     views: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
     probe: ObjectProbe | None = None,
+    returns: tuple[ObjectProbe, Any] | None = None,
 ) -> _Counts:
     """Steps ``env`` ``steps`` times with the actions of ``policy`` (``act(obs)`` and
     ``episodes_ended(done)``, as :mod:`rem_env.agents`) and counts its transitions, ends and
-    rewards, the rule's counts on each of ``views`` of the frames, and with a ``probe`` the gap
-    of each end (see :attr:`EventRates.dream_end_gaps`).
+    rewards, the rule's counts on each of ``views`` of the frames, with a ``probe`` the gap
+    of each end (see :attr:`EventRates.dream_end_gaps`), and with ``returns`` (the ball's probe
+    and the paddle's finder) the balls returned and lost (:attr:`EventRates.dream_returns`).
 
     The env resets an ended episode on its next step (gymnasium's ``NEXT_STEP`` autoreset):
     that step is no transition and is not counted. With a ``rule`` or a ``probe`` the env's
@@ -377,6 +397,9 @@ def _count(
     paid = np.zeros(shape, dtype=bool)
     lost = np.zeros((len(seen), *shape), dtype=bool)  # (views, steps, num_envs)
     back = np.zeros_like(lost)
+    tracked = _Tracks(returns, steps + 1, env.num_envs) if returns is not None else None
+    if tracked is not None:
+        tracked.record(0, np.asarray(obs), resetting)
     for i in range(steps):
         obs, reward, terminated, truncated, _ = env.step(policy.act(np.asarray(obs)))
         taken[i] = ~resetting
@@ -390,11 +413,62 @@ def _count(
             gaps += [i + 1 - f if f >= 0 else -1 for f in last_found[ended[i]]]
             last_found[resetting] = -1  # this step's frame is a new episode's first
             last_found[probe.find(np.asarray(obs)).found] = i + 1
+        if tracked is not None:  # a step that resets starts a new episode's frames
+            tracked.record(i + 1, np.asarray(obs), resetting)
         resetting = np.asarray(terminated) | np.asarray(truncated)
         policy.episodes_ended(resetting)
     counts = [rule_counts(lost[v], back[v], paid, taken) for v in range(len(seen))]
     end_gaps = tuple(int(g) for g in gaps) if probe is not None else None
-    return _Counts(int(taken.sum()), int(ended.sum()), int(paid.sum()), counts, end_gaps)
+    returned = tracked.counts() if tracked is not None else None
+    return _Counts(int(taken.sum()), int(ended.sum()), int(paid.sum()), counts, end_gaps, returned)
+
+
+_RETURN_FIELDS = ("returned", "lost", "unclear")
+
+
+class _Tracks:
+    """Where the ball and the paddle were in every frame (64x64 pixels), and the episodes."""
+
+    def __init__(self, finders: tuple[ObjectProbe, Any], frames: int, num_envs: int) -> None:
+        self.ball, self.paddle = finders
+        self.rows = np.zeros((frames, num_envs))
+        self.cols = np.zeros((frames, num_envs))
+        self.found = np.zeros((frames, num_envs), dtype=bool)
+        self.paddles = np.full((frames, num_envs), np.nan)
+        self.episodes = np.zeros((frames, num_envs), dtype=np.int64)
+
+    def record(self, index: int, frames: np.ndarray, resetting: np.ndarray) -> None:
+        scale = 64 / frames.shape[1]
+        hits = self.ball.find(frames)
+        self.rows[index], self.cols[index] = (hits.positions * scale).T
+        self.found[index] = hits.found
+        self.paddles[index] = self.paddle.find(frames) * scale
+        before = self.episodes[index - 1] if index else 0
+        self.episodes[index] = before + resetting
+
+    def counts(self) -> ReturnCounts:
+        return count_returns(self.rows, self.cols, self.found, self.paddles, self.episodes)
+
+
+def _return_table(rates: Sequence[EventRates]) -> list[str]:
+    """Rows of the ball-return table: for each policy and side, the balls seen coming down to
+    the paddle that came back or were lost, by the paddle's distance."""
+    bins = [
+        f"{low:g}-{high:g} px" if high is not None else f"{low:g} px or more"
+        for low, high in DISTANCE_BINS
+    ]
+    rows = [
+        f"| policy: side | ball down to the paddle, returned / lost: paddle {bins[0]} from it | "
+        + " | ".join(bins[1:])
+        + " | no paddle seen |",
+        "|---|" + "---|" * (len(DISTANCE_BINS) + 1),
+    ]
+    for r in rates:
+        for side, counts in (("real game", r.real_returns), ("dream", r.dream_returns)):
+            assert counts is not None
+            cells = [counts.cell(i) for i in range(len(DISTANCE_BINS) + 1)]
+            rows.append(f"| {r.policy_words}: {side} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def _gap_words(low: int, high: int | None) -> str:
@@ -519,6 +593,7 @@ def measure_event_rates(
 
     rule = REWARD_RULES.get(game)
     probe = next(iter(probes_for(game)), None)
+    returns = RETURN_PROBES.get(game)
     with torch.inference_mode():
         dreams = DreamVectorEnv(
             model,
@@ -535,12 +610,12 @@ def measure_event_rates(
                 f"the model has {num_actions} actions, {game} has {len(meanings)}: "
                 "is it a model of this game?"
             )
-        dream = _count(dreams, player(), steps, seed, rule, [_as_they_are], probe)
+        dream = _count(dreams, player(), steps, seed, rule, [_as_they_are], probe, returns)
         dreams.close()
     views = [_as_they_are, _reconstruction(dreams.model)]
     real = make_atari_vector_env(game, num_envs, True, seed=seed)
     try:
-        game_counts = _count(real, player(), steps, seed, rule, views, probe)
+        game_counts = _count(real, player(), steps, seed, rule, views, probe, returns)
     finally:
         real.close()
     rules = [*dream.rules, *game_counts.rules] if rule is not None else [None] * 3
@@ -564,4 +639,6 @@ def measure_event_rates(
         gap_object=probe.name if probe is not None else None,
         dream_end_gaps=dream.end_gaps,
         real_end_gaps=game_counts.end_gaps,
+        dream_returns=dream.returns,
+        real_returns=game_counts.returns,
     )

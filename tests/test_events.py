@@ -14,6 +14,7 @@ from rem_env import events as events_module
 from rem_env.actions import action_meanings
 from rem_env.cli import main
 from rem_env.events import EventRates, event_table, measure_event_rates, policy_actions
+from rem_env.returns import DISTANCE_BINS
 
 BREAKOUT = action_meanings("Breakout")  # NOOP, FIRE, RIGHT, LEFT
 
@@ -60,6 +61,11 @@ def test_random_play_loses_real_lives_and_the_counts_are_reproducible() -> None:
     assert len(first.real_end_gaps) == first.real_ends
     assert min(first.real_end_gaps) >= 6
     assert len(first.dream_end_gaps) == first.dream_ends
+    # No real ball that came down 8 pixels or more from the paddle came back (the paddle found
+    # in the frames); of the dream's untrained balls the table counts what it sees.
+    far = len(DISTANCE_BINS) - 1
+    assert first.real_returns.returned[far] == 0 and first.real_returns.lost[far] >= 5
+    assert first.dream_returns is not None
     again = measure_event_rates(_model(-2.0), "Breakout", num_envs=4, steps=150, seed=3)
     assert again == first
     other = measure_event_rates(_model(-2.0), "Breakout", num_envs=4, steps=150, seed=4)
