@@ -2,14 +2,15 @@
 
 An agent learns to follow Breakout's ball only where missing it costs something: in the game a
 ball that comes down where the paddle is not is lost (and the life with it), one that comes down
-onto the paddle comes back up. A dream whose ball bounces off the floor wherever the paddle is
-pays a paddle parked at a wall as well as one that follows the ball.
+onto the paddle comes back up. A dream that shows the ball going up again where the paddle was
+not (bounced off the floor, served anew, or coming back out of the wall as if it had gone up
+there) pays a paddle parked at a wall as well as one that follows the ball.
 
 :func:`count_returns` reads this from frames: for every time the ball is seen coming down to
-the bottom of the open area (its lowest sighting before it turns or goes), whether it was seen
-going up again within :data:`RETURN_STEPS` steps (returned) or not seen at all in the
-:data:`LOST_STEPS` steps after it, or its episode ended first (lost), by how far the paddle was
-from it (:data:`DISTANCE_BINS`, pixels of a 64x64 frame). The ball is found by
+the bottom of the open area (its lowest sighting before it turns or goes), whether a ball was
+seen higher up within :data:`RETURN_STEPS` steps (returned, whichever ball it is) or none was
+seen in the :data:`LOST_STEPS` steps after it, or its episode ended first (lost), by how far
+the paddle was from it (:data:`DISTANCE_BINS`, pixels of a 64x64 frame). The ball is found by
 :class:`rem_env.probes.BreakoutBallProbe`, the paddle by :class:`BreakoutPaddle`. ``rem-env
 events`` (:func:`rem_env.events.measure_event_rates`) counts both sides of the same play. On
 real Breakout under random play (16 games x 400 steps, seed 0) no ball that came down 8 pixels
