@@ -30,6 +30,7 @@ __all__ = [
     "SCRIPTED_PLAYERS",
     "BreakoutBallFollower",
     "BreakoutBallProbe",
+    "BreakoutPaddle",
     "BreakoutPixelFollower",
     "BreakoutWallParker",
     "ObjectProbe",
@@ -189,6 +190,45 @@ def probes_for(game: str) -> tuple[ObjectProbe, ...]:
     return PROBES.get(game, ())
 
 
+@dataclass(frozen=True)
+class BreakoutPaddle:
+    """Breakout's paddle: the centre of the longest run of red pixels in its middle row.
+
+    The paddle is 16 raw pixels wide (about 6 at 64x64) on raw rows 189-192; its middle row at
+    64x64 is row 58. The ball (2 raw pixels wide) can share the row and is never the longest
+    run; a run shorter than ``min_width`` (at 64x64) is no paddle.
+
+    Example:
+        >>> frames = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+        >>> frames[0, 57:60, 20:26] = (200, 72, 72)  # a paddle over columns 20-25
+        >>> frames[0, 58, 40] = (200, 72, 72)  # a ball beside it
+        >>> BreakoutPaddle().find(frames).tolist()  # frame 1 shows none
+        [22.5, nan]
+    """
+
+    min_width: float = 3.0
+    redness: float = 40.0
+    """Least R - (G + B) / 2 of a paddle pixel (the paddle's is 128)."""
+
+    def find(self, frames: np.ndarray) -> np.ndarray:
+        """(N,) float column of the paddle's centre in (N, H, W, 3) frames; nan where none."""
+        frames = np.asarray(frames)
+        height, width = frames.shape[1:3]
+        row = frames[:, int(58 * height / 64)].astype(np.float32)  # (N, W, 3)
+        red = np.clip(row[..., 0] - (row[..., 1] + row[..., 2]) / 2, 0, None) > self.redness
+        centres = np.full(len(frames), np.nan)
+        shortest = self.min_width * width / 64
+        for i, on in enumerate(red):
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], on.astype(np.int8), [0]])))
+            starts, stops = edges[::2], edges[1::2]  # runs [start, stop)
+            if len(starts) == 0:
+                continue
+            longest = int(np.argmax(stops - starts))
+            if stops[longest] - starts[longest] >= shortest:
+                centres[i] = (starts[longest] + stops[longest] - 1) / 2
+        return centres
+
+
 class BreakoutBallFollower:
     """A scripted Breakout player that reads the RAM: serves, then keeps the paddle under the ball.
 
@@ -271,14 +311,13 @@ class BreakoutPixelFollower:
     It plays wherever frames come from, the real game and a dream alike, so the same player can
     be asked of both: does the dream pay following the ball as the game does? The ball is found
     by :class:`BreakoutBallProbe` (in the open area between the bricks and the paddle), the
-    paddle by its red pixels (rows 57-59 of a 64x64 frame, other sizes alike). The paddle moves
+    paddle by :class:`BreakoutPaddle`. The paddle moves
     towards where the ball will be two steps on (its horizontal speed from the frame before),
     and towards where it was last seen for ``memory`` steps after the probe loses it (the probe
     does not look beside the paddle). With no ball seen for longer it presses FIRE half the
     time (a serve). On real Breakout with REM's training preprocessing (16 games x 300 steps,
-    seed 0) it lost 13.5 lives and earned 16.7 rewards per 1,000 steps, against a random
-    policy's 25.2 and 6.6: well below the RAM-reading :class:`BreakoutBallFollower`, but a
-    player that follows.
+    seed 0) it lost 4.6 lives and earned 23.7 rewards per 1,000 steps, against a random
+    policy's 25.2 and 6.6.
 
     Args:
         epsilon: Probability of a uniformly random action instead.
@@ -304,6 +343,7 @@ class BreakoutPixelFollower:
         self.memory = memory
         self.rng = np.random.default_rng(seed)
         self.probe = BreakoutBallProbe()
+        self.paddle = BreakoutPaddle()
         self.seen: np.ndarray | None = None  # (N,) the ball's column in the frame before; nan
         self.target: np.ndarray | None = None  # (N,) the column the paddle heads for
         self.age: np.ndarray | None = None  # (N,) steps since the ball was last seen
@@ -326,11 +366,8 @@ class BreakoutPixelFollower:
         self.seen = column
         self.target = np.where(hits.found, column + 2 * speed, self.target)
         self.age = np.where(hits.found, 0, self.age + 1)
-        height, width = frames.shape[1:3]
-        top, bottom = int(57 * height / 64), int(np.ceil(60 * height / 64))
-        band = frames[:, top:bottom].astype(np.float32)  # (N, rows, W, 3): the paddle's rows
-        red = np.clip(band[..., 0] - (band[..., 1] + band[..., 2]) / 2, 0, None).sum(1)
-        paddle = (red * np.arange(width)).sum(1) / np.maximum(red.sum(1), 1e-6)
+        width = frames.shape[2]
+        paddle = np.nan_to_num(self.paddle.find(frames), nan=width / 2)  # none seen: the middle
         offset = (self.target - paddle) * 64 / width  # in pixels of a 64x64 frame
         actions = np.where(offset > 1.0, 2, np.where(offset < -1.0, 3, 0))  # RIGHT, LEFT, NOOP
         serve = np.where(self.rng.random(n) < 0.5, 1, 0)  # FIRE or NOOP

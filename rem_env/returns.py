@@ -11,7 +11,8 @@ the bottom of the open area (its lowest sighting before it turns or goes), wheth
 seen higher up within :data:`RETURN_STEPS` steps (returned, whichever ball it is) or none was
 seen in the :data:`LOST_STEPS` steps after it, or its episode ended first (lost), by how far
 the paddle was from it (:data:`DISTANCE_BINS`, pixels of a 64x64 frame). The ball is found by
-:class:`rem_env.probes.BreakoutBallProbe`, the paddle by :class:`BreakoutPaddle`. ``rem-env
+:class:`rem_env.probes.BreakoutBallProbe`, the paddle by
+:class:`rem_env.probes.BreakoutPaddle`. ``rem-env
 events`` (:func:`rem_env.events.measure_event_rates`) counts both sides of the same play. On
 real Breakout under random play (16 games x 400 steps, seed 0) no ball that came down 8 pixels
 or more from the paddle came back (144 lost), and 20 of the 25 that came down within 4 pixels
@@ -24,14 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rem_env.probes import BreakoutBallProbe
+from rem_env.probes import BreakoutBallProbe, BreakoutPaddle
 
 __all__ = [
     "DISTANCE_BINS",
     "LOST_STEPS",
     "RETURN_PROBES",
     "RETURN_STEPS",
-    "BreakoutPaddle",
     "ReturnCounts",
     "count_returns",
 ]
@@ -48,45 +48,6 @@ is lost."""
 
 LOW_ROW = 48.0
 """Lowest sightings at or below this row (of 64) count: the ball near the paddle."""
-
-
-@dataclass(frozen=True)
-class BreakoutPaddle:
-    """Breakout's paddle: the centre of the longest run of red pixels in its middle row.
-
-    The paddle is 16 raw pixels wide (about 6 at 64x64) on raw rows 189-192; its middle row at
-    64x64 is row 58. The ball (2 raw pixels wide) can share the row and is never the longest
-    run; a run shorter than ``min_width`` (at 64x64) is no paddle.
-
-    Example:
-        >>> frames = np.zeros((2, 64, 64, 3), dtype=np.uint8)
-        >>> frames[0, 57:60, 20:26] = (200, 72, 72)  # a paddle over columns 20-25
-        >>> frames[0, 58, 40] = (200, 72, 72)  # a ball beside it
-        >>> BreakoutPaddle().find(frames).tolist()  # frame 1 shows none
-        [22.5, nan]
-    """
-
-    min_width: float = 3.0
-    redness: float = 40.0
-    """Least R - (G + B) / 2 of a paddle pixel (the paddle's is 128)."""
-
-    def find(self, frames: np.ndarray) -> np.ndarray:
-        """(N,) float column of the paddle's centre in (N, H, W, 3) frames; nan where none."""
-        frames = np.asarray(frames)
-        height, width = frames.shape[1:3]
-        row = frames[:, int(58 * height / 64)].astype(np.float32)  # (N, W, 3)
-        red = np.clip(row[..., 0] - (row[..., 1] + row[..., 2]) / 2, 0, None) > self.redness
-        centres = np.full(len(frames), np.nan)
-        shortest = self.min_width * width / 64
-        for i, on in enumerate(red):
-            edges = np.flatnonzero(np.diff(np.concatenate([[0], on.astype(np.int8), [0]])))
-            starts, stops = edges[::2], edges[1::2]  # runs [start, stop)
-            if len(starts) == 0:
-                continue
-            longest = int(np.argmax(stops - starts))
-            if stops[longest] - starts[longest] >= shortest:
-                centres[i] = (starts[longest] + stops[longest] - 1) / 2
-        return centres
 
 
 RETURN_PROBES: dict[str, tuple[BreakoutBallProbe, BreakoutPaddle]] = {

@@ -148,7 +148,7 @@ def _lives_and_rewards(player, num_envs: int = 8, steps: int = 300) -> tuple[int
 def test_the_pixel_follower_follows_the_ball_in_real_64x64_frames() -> None:
     follower = _lives_and_rewards(BreakoutPixelFollower(seed=0))
     random = _lives_and_rewards(RandomAgent(4, seed=0))
-    # measured: 42 lives lost and 33 rewards, against random play's 58 and 16
+    # measured: 9 lives lost and 55 rewards, against random play's 58 and 16
     assert follower[0] < 0.85 * random[0] and follower[1] > 1.5 * random[1], (follower, random)
     with pytest.raises(ValueError, match="epsilon must lie in"):
         BreakoutPixelFollower(epsilon=2.0)
