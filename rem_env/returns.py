@@ -123,7 +123,7 @@ def count_returns(
         later = later[np.cumprod(own).astype(bool)]  # up to the episode's end
         seen = found[later, env]
         up = seen[:RETURN_STEPS] & (rows[later[:RETURN_STEPS], env] < rows[t, env] - 1)
-        near = paddles[t + 1 : t + 3, env]
+        near = paddles[later[:2], env]  # the paddle at the ball's next frames, this episode
         distance = np.nanmin(np.abs(near - cols[t, env])) if np.isfinite(near).any() else None
         index = len(DISTANCE_BINS) if distance is None else _bin(distance)
         if up.any():

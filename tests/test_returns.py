@@ -77,3 +77,16 @@ def test_the_return_table_reads_back_from_json() -> None:
     assert EventRates.from_dict(json.loads(json.dumps(rates.to_dict()))) == rates
     older = {k: v for k, v in rates.to_dict().items() if not k.endswith("_returns")}
     assert "returned / lost" not in EventRates.from_dict(older).table()
+
+
+def test_the_paddle_is_read_from_the_ball_s_own_episode() -> None:
+    # The episode ends one frame after the lowest sighting; the next episode's first frame has a
+    # paddle right under where the ball was, which says nothing of the miss.
+    rows = np.array([40.0, 45.0, 50.0] + [0.0] * (FRAMES - 3))[:, None]
+    found = np.zeros((FRAMES, 1), dtype=bool)
+    found[:3] = True
+    paddles = np.full((FRAMES, 1), 21.0)
+    paddles[3] = 40.0  # the last frame of the ball's episode: far from it
+    episodes = np.array([0] * 4 + [1] * (FRAMES - 4))[:, None]
+    counts = count_returns(rows, np.full((FRAMES, 1), 20.0), found, paddles, episodes)
+    assert counts.lost == (0, 0, 1, 0), counts
