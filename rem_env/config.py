@@ -137,6 +137,11 @@ class WorldModelConfig:
             patch that stays can keep its token as surely as the bonus says, which the output
             layer's few channels cannot give each of hundreds of codes. It needs
             ``frame_conv_layers > 0``.
+        frame_conv_frames: Not in REM (2). Frames the frame conv reads before the predicted
+            one: 2 reads frames t-2 and t-1; more also read the frames before them, each mapped
+            down to a few channels per patch (where a small object went over the last steps:
+            Breakout's ball gone down past the paddle, not up into the wall). Imagination
+            states then keep the F - 1 frames before the current one.
         event_reader_width: Not in REM (0: off, as in every preset). Channels of the first layer
             of an *event reader*: a small net over the decoded pixels of frames t-1 and t and the
             action after t, whose logits are added to the reward and end heads' (see
@@ -170,6 +175,7 @@ class WorldModelConfig:
     frame_conv_width: int = 128
     frame_conv_events: bool = False
     frame_conv_copy: bool = False
+    frame_conv_frames: int = 2
     event_reader_width: int = 0
     event_window_frames: int = 0
     event_window_width: int = 64
@@ -216,6 +222,16 @@ class WorldModelConfig:
             self.frame_conv_layers > 0 or not self.frame_conv_copy,
             "frame_conv_copy",
             "the copy bonus is read from the frame conv's features: set frame_conv_layers > 0",
+        )
+        _require(
+            self.frame_conv_frames >= 2,
+            "frame_conv_frames",
+            f"the frame conv reads at least 2 frames, got {self.frame_conv_frames}",
+        )
+        _require(
+            self.frame_conv_layers > 0 or self.frame_conv_frames == 2,
+            "frame_conv_frames",
+            "the frames are read by the frame conv: set frame_conv_layers > 0",
         )
         _require(self.event_reader_width >= 0, "event_reader_width", "must be 0 (off) or more")
         _require(self.event_window_frames >= 0, "event_window_frames", "must be 0 (off) or more")

@@ -179,7 +179,8 @@ def _parts_not_in_rem(world_model: WorldModelConfig) -> str:
     """ ", with a frame conv (not in REM), ..." for the world model's parts that REM lacks."""
     parts = []
     if world_model.frame_conv_layers:
-        parts.append("a frame conv")
+        frames = world_model.frame_conv_frames
+        parts.append("a frame conv" + (f" of {frames} frames" if frames > 2 else ""))
     if world_model.event_reader_width:
         parts.append("an event reader")
     if world_model.event_window_frames:

@@ -312,3 +312,52 @@ def test_the_command_refuses_a_negative_end_lead(
         main(["--init-from", str(tmp_path), "--replay", str(replay), "--out", str(tmp_path / "o"),
               "--end-lead", "-2"])  # fmt: skip
     assert "--end-lead must be >= 0, got -2" in capsys.readouterr().err
+
+
+def test_frames_gathers_each_triple_with_the_frames_before_it(tmp_path: Path) -> None:
+    """--frames F: each predicted frame comes with the F frames before it (those before the
+    segment's first: -1) and each step with its frame and the F - 1 before it; the latest of
+    them are the triples and steps of two frames."""
+    from rem_train.pretrain_frame_conv import gather
+
+    model = REMModel.from_pretrained(_source(tmp_path / "source"))
+    with ReplayBuffer(_replay(tmp_path / "replay"), read_only=True) as buffer:
+        two = gather(model, [buffer], 12, 10.0, seed=3, events=True)
+        four = gather(model, [buffer], 12, 10.0, seed=3, events=True, frames=4)
+    for (a, b), width in zip(zip(two, four, strict=True), (3, 2), strict=True):
+        assert b.tokens.shape[1:] == (width + 2, 64)
+        assert torch.equal(b.tokens[:, -width:], a.tokens) and torch.equal(b.actions, a.actions)
+    windows, steps = four
+    assert (windows.tokens[:, -3:] >= 0).all() and (steps.tokens[:, -2:] >= 0).all()
+    missing = (windows.tokens[:, :2] < 0).all(dim=-1)  # (N, 2): frames t-4, t-3 not in it
+    present = (windows.tokens[:, :2] >= 0).all(dim=-1)
+    assert (missing | present).all()  # a frame is missing whole or not at all
+    assert missing.any() and present.all(dim=1).any()
+    assert not (missing[:, 1] & ~missing[:, 0]).any()  # t-3 missing: t-4 missing too
+
+
+def test_frames_widens_a_frame_conv_of_fewer_frames(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _source(tmp_path / "source")
+    replay = _replay(tmp_path / "replay")
+    common = ["--replay", str(replay), "--segments", "16", "--steps", "2", "--eval-every", "2",
+              "--eval-segments", "4", "--layers", "1", "--width", "8"]  # fmt: skip
+    assert main(["--init-from", str(source), "--out", str(tmp_path / "two"), *common]) == 0
+    two = tmp_path / "two" / "export"
+    assert main(["--init-from", str(two), "--out", str(tmp_path / "four"), "--frames", "4",
+                 *common]) == 0  # fmt: skip
+    four = REMModel.from_pretrained(tmp_path / "four" / "export")
+    conv = four.world_model.frame_conv
+    assert four.config.world_model.frame_conv_frames == 4 and conv.frames == 4
+    assert conv.layers[0].weight[:, conv.latest_channels :].abs().sum() > 0  # trained from 0
+    tokens, actions = torch.randint(16, (2, 6, 64)), torch.randint(4, (2, 6))
+    state = four.world_model.start_state(tokens[:, :2], actions[:, :1], four.tokenizer.codebook)
+    assert state.recent_obs_tokens.shape == (2, 3, 64)
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(tmp_path / "four" / "export"), "--out", str(tmp_path / "back"),
+              *common])  # fmt: skip
+    assert "reads 4 frames; give --frames 4 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(two), "--out", str(tmp_path / "one"), "--frames", "1", *common])
+    assert "--frames must be in [2, 10), got 1" in capsys.readouterr().err

@@ -163,18 +163,20 @@ def test_world_model_layers_is_an_option_and_checked(tmp_path: Path) -> None:
     assert TrainConfig.from_preset("smoke").model_config().world_model.num_layers == 1
 
 
-def _assert_same_function(source: REMModel, grown: REMModel) -> None:
-    """``grown`` holds every world-model tensor of ``source`` and computes the same logits."""
+def _assert_same_function(source: REMModel, grown: REMModel, wider: tuple[str, ...] = ()) -> None:
+    """``grown`` holds every world-model tensor of ``source`` (but those named in ``wider``,
+    which it holds more inputs of) and computes the same logits (to rounding with ``wider``:
+    a longer sum)."""
     state = grown.world_model.state_dict()
     for key, value in source.world_model.state_dict().items():
-        assert torch.equal(state[key], value), key
+        assert key in wider or torch.equal(state[key], value), key
     tokens = torch.randint(source.config.tokenizer.vocab_size, (2, 4, 64))
     actions = torch.randint(4, (2, 4))
     source.eval(), grown.eval()  # the smoke world model has dropout
     want = source.world_model(tokens, actions, source.tokenizer.codebook)
     got = grown.world_model(tokens, actions, grown.tokenizer.codebook)
     for a, b in zip(want, got, strict=True):
-        assert torch.equal(a, b)
+        assert torch.allclose(a, b, rtol=0, atol=1e-5) if wider else torch.equal(a, b)
 
 
 def test_a_world_model_with_a_frame_conv_starts_as_the_source_without_one(
@@ -260,6 +262,46 @@ def test_a_frame_conv_of_another_width_is_taken_at_its_width(tmp_path: Path) -> 
         Trainer(wide, tmp_path / "run2")
     with pytest.raises(ValueError, match="world_model_frame_conv_width must be >= 1"):
         dataclasses.replace(config, world_model_frame_conv_width=0)
+
+
+def test_a_frame_conv_of_more_frames_starts_as_the_source_of_fewer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    two = dataclasses.replace(_config(None), world_model_frame_conv=2)
+    torch.manual_seed(7)
+    model = REMModel(two.model_config())
+    torch.nn.init.normal_(model.world_model.frame_conv.out.weight)  # a trained frame conv
+    model.save_pretrained(tmp_path / "source")
+    source = _config(str(tmp_path / "source"), "tokenizer,world_model")
+    config = dataclasses.replace(
+        source, world_model_frame_conv=2, world_model_frame_conv_frames=5,
+        world_model_frame_conv_events=True,
+    )  # fmt: skip
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        conv = trainer.model.world_model.frame_conv
+        assert conv.frames == 5 and conv.older is not None
+        assert conv.layers[0].weight[:, conv.latest_channels :].abs().sum() == 0
+        first = "frame_conv.layers.0.weight"
+        theirs = model.world_model.state_dict()[first]
+        assert torch.equal(conv.layers[0].weight[:, : theirs.shape[1]], theirs)
+        _assert_same_function(model, trainer.model, wider=(first,))
+        out = capsys.readouterr().out
+        assert "the frame conv reads 5 frames, more than the source's" in out
+        assert "the frame conv's event layers added" in out
+        trainer.model.save_pretrained(tmp_path / "five")
+    finally:
+        trainer.close()
+    fewer = dataclasses.replace(
+        _config(str(tmp_path / "five"), "tokenizer,world_model"), world_model_frame_conv=2,
+        world_model_frame_conv_events=True,
+    )  # fmt: skip
+    with pytest.raises(WarmStartError, match="does not fit this run's model sizes"):
+        Trainer(fewer, tmp_path / "run2")  # a frame conv of 5 frames does not fit one of 2
+    with pytest.raises(ValueError, match="world_model_frame_conv_frames must be >= 2"):
+        dataclasses.replace(config, world_model_frame_conv_frames=1)
+    with pytest.raises(ValueError, match="world_model_frame_conv_frames are read by"):
+        dataclasses.replace(_config(None), world_model_frame_conv_frames=3)
 
 
 def test_a_part_the_source_lacks_is_a_clear_error(tmp_path: Path) -> None:

@@ -262,7 +262,7 @@ def test_paper_world_model_parameter_count():
 # --------------------------------------------------------------------- frame conv (not in REM)
 
 
-def trained_frame_conv(seed: int, shared: bool = False, **parts: bool) -> WorldModel:
+def trained_frame_conv(seed: int, shared: bool = False, **parts) -> WorldModel:
     """A world model with a frame conv (and ``parts``: ``frame_conv_events``,
     ``frame_conv_copy``) whose output layers are not zero (they start at zero)."""
     torch.manual_seed(seed)
@@ -451,6 +451,108 @@ def test_a_new_copy_gate_starts_as_the_model_without_it():
         WorldModelConfig(frame_conv_copy=True)
     with pytest.raises(ValueError, match="give frame t-1's"):
         grown.frame_conv(torch.zeros(1, 2, K, 32).double(), torch.zeros(1, dtype=torch.long))
+
+
+# ------------------------------------------------- frame conv of more than two frames (not in REM)
+
+
+def frames_model(frames: int, seed: int = 5, **parts) -> WorldModel:
+    """A world model whose frame conv reads ``frames`` frames, every part of it read (the
+    older frames' first-layer weights start at zero: drawn here)."""
+    wm = trained_frame_conv(seed, frame_conv_frames=frames, **parts)
+    with torch.no_grad():
+        torch.nn.init.normal_(wm.frame_conv.layers[0].weight[:, wm.frame_conv.latest_channels :])
+    return wm
+
+
+@pytest.mark.parametrize("window", [0, 3, 6], ids=["no-window", "shorter-window", "longer-window"])
+@pytest.mark.parametrize("context", [1, 2, 3], ids=lambda c: f"context-{c}")
+def test_frame_conv_of_four_frames_imagination_teacher_forced_equals_training_forward(
+    context, window
+):
+    wm = frames_model(4, frame_conv_events=True, frame_conv_copy=True, event_window_frames=window)
+    if window:
+        torch.nn.init.normal_(wm.event_window.out.weight)
+    obs, actions = random_segment()
+    train = wm(obs, actions)
+    state = wm.start_state(obs[:, :context], actions[:, : context - 1])
+    kept = max(3, window - 1)
+    assert state.recent_obs_tokens.shape == (2, kept, K)
+    for t in range(context - 1, T - 1):
+        step, state = wm.step(state, actions[:, t], next_obs_tokens=obs[:, t + 1])
+        assert max_diff(step.obs_logits, train.obs_logits[:, t + 1]) < TOL
+        assert max_diff(step.reward_logits, train.reward_logits[:, t]) < TOL
+        assert max_diff(step.end_logits, train.end_logits[:, t]) < TOL
+        first = t + 1 - kept  # the state keeps frames t+1-kept .. t before frame t+1
+        for back in range(kept):
+            real = obs[:, first + back] if first + back >= 0 else torch.full_like(obs[:, 0], -1)
+            assert torch.equal(state.recent_obs_tokens[:, back], real), (t, back)
+
+
+def test_frame_conv_of_four_frames_reads_the_four_frames_before_only():
+    wm = frames_model(4)
+    no_conv = make_model()
+    no_conv.load_state_dict(wm.state_dict(), strict=False)
+    obs, actions = random_segment(batch=1)
+
+    def conv_part(obs, actions):  # block 5: frames 1..4 and action 4 in the conv
+        return (wm(obs, actions).obs_logits - no_conv(obs, actions).obs_logits)[:, 5]
+
+    base = conv_part(obs, actions)
+    for t, change, read in (
+        (1, "frame", True),  # the oldest of the four
+        (2, "frame", True),
+        (4, "frame", True),
+        (4, "action", True),
+        (0, "frame", False),  # five frames before
+        (3, "action", False),  # only the latest action is read
+    ):
+        obs2, actions2 = obs.clone(), actions.clone()
+        if change == "frame":
+            obs2[:, t] = (obs2[:, t] + 1) % V
+        else:
+            actions2[:, t] = (actions2[:, t] + 1) % A
+        moved = max_diff(conv_part(obs2, actions2), base)
+        assert (moved > 1e-6) == read, (t, change, moved)
+
+
+@pytest.mark.parametrize("fewer", [2, 3])
+def test_a_frame_conv_given_more_frames_starts_as_the_one_it_was(fewer):
+    torch.manual_seed(6)
+    small = frames_model(fewer, frame_conv_events=True, frame_conv_copy=True)
+    grown = make_model(
+        frame_conv_layers=2, frame_conv_width=8, frame_conv_events=True, frame_conv_copy=True,
+        frame_conv_frames=5,
+    )  # fmt: skip
+    weights = small.state_dict()
+    conv = {k[len("frame_conv.") :]: v for k, v in weights.items() if k.startswith("frame_conv.")}
+    rest = {k: v for k, v in weights.items() if not k.startswith("frame_conv.")}
+    missing, unexpected = grown.load_state_dict(rest, strict=False)
+    assert all(k.startswith("frame_conv.") for k in missing) and not unexpected
+    grown.frame_conv.load_fewer_frames(conv)
+    obs, actions = random_segment()
+    for a, b in zip(grown(obs, actions), small(obs, actions), strict=True):
+        assert max_diff(a, b) < TOL
+    assert grown.frame_conv.older.weight.abs().max() > 0  # the new frames can learn to be read
+
+
+def test_frame_conv_frames_that_cannot_be_read_are_refused():
+    with pytest.raises(ValueError, match="frame_conv_frames"):
+        WorldModelConfig(frame_conv_layers=2, frame_conv_frames=1)
+    with pytest.raises(ValueError, match="frame_conv_frames"):
+        WorldModelConfig(frame_conv_frames=4)  # no frame conv to read them
+    wm = frames_model(4)
+    with pytest.raises(ValueError, match="reads 4 frames"):
+        wm.frame_conv(torch.zeros(1, 2, K, 32).double(), torch.zeros(1, dtype=torch.long))
+    wider = make_model(frame_conv_layers=2, frame_conv_width=16, frame_conv_frames=4)
+    with pytest.raises(ValueError, match="does not fit"):
+        wider.frame_conv.load_fewer_frames(frame_conv_model().frame_conv.state_dict())
+    with pytest.raises(ValueError, match="fewer frames"):
+        frame_conv_model().frame_conv.load_fewer_frames(wm.frame_conv.state_dict())
+    obs, actions = random_segment(blocks=2)
+    two_frame = frame_conv_model().start_state(obs, actions[:, :1])
+    with pytest.raises(ValueError, match="recent_obs_tokens"):
+        wm.step(two_frame, actions[:, 1])  # a state without the frames before the current one
 
 
 def test_frame_conv_events_need_a_frame_conv():

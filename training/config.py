@@ -275,6 +275,13 @@ class TrainConfig:
         "token in the frame before (a copy gate); needs --world-model-frame-conv; with "
         "--init-from a frame conv without one, it starts at zero",
     )
+    world_model_frame_conv_frames: int = doc(
+        2,
+        "not in REM: frames the frame conv reads before the predicted one (2: the two latest; "
+        "more: also the older ones, each mapped down to a few channels per patch); needs "
+        "--world-model-frame-conv; with --init-from a frame conv of fewer frames, the older "
+        "frames' channels start at zero",
+    )
     world_model_event_reader: int = doc(
         0,
         "not in REM: channels of the first layer of an event reader, a small conv net over the "
@@ -328,6 +335,16 @@ class TrainConfig:
             raise ValueError(
                 "world_model_frame_conv_width must be >= 1, got "
                 f"{self.world_model_frame_conv_width}"
+            )
+        if self.world_model_frame_conv_frames < 2:
+            raise ValueError(
+                "world_model_frame_conv_frames must be >= 2, got "
+                f"{self.world_model_frame_conv_frames}"
+            )
+        if self.world_model_frame_conv_frames > 2 and not self.world_model_frame_conv:
+            raise ValueError(
+                "world_model_frame_conv_frames are read by the frame conv: set "
+                "world_model_frame_conv (--world-model-frame-conv N) too"
             )
         for flag in ("world_model_frame_conv_events", "world_model_frame_conv_copy"):
             if getattr(self, flag) and not self.world_model_frame_conv:
@@ -442,6 +459,7 @@ class TrainConfig:
                 frame_conv_width=self.world_model_frame_conv_width,
                 frame_conv_events=self.world_model_frame_conv_events,
                 frame_conv_copy=self.world_model_frame_conv_copy,
+                frame_conv_frames=self.world_model_frame_conv_frames,
             )
         if self.world_model_event_reader:
             world_model = dataclasses.replace(

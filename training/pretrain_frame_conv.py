@@ -64,6 +64,7 @@ __all__ = [
     "EventSteps",
     "FrameConvPretrainConfig",
     "TokenTriples",
+    "embed_frames",
     "gather",
     "gather_triples",
     "main",
@@ -82,6 +83,12 @@ class FrameConvPretrainConfig:
     """3x3 convolutions of the frame conv (``--world-model-frame-conv`` of rem-train)."""
     width: int = 128
     """Their channels."""
+    frames: int = 2
+    """Frames the frame conv reads before the predicted one (``--world-model-frame-conv-frames``
+    of rem-train): with more than a starting frame conv reads, it is given the older frames'
+    channels at zero (the same function, :meth:`FrameConv.load_fewer_frames
+    <rem_env.models.frame_conv.FrameConv.load_fewer_frames>`); frames before a segment's first
+    are missing (zeros), as before a dream's first."""
     copy: bool = False
     """Give the frame conv a copy gate (``--world-model-frame-conv-copy`` of rem-train): a
     per-patch bonus to the logit of the patch's token in the frame before, added at zero to a
@@ -127,8 +134,9 @@ class FrameConvPretrainConfig:
 
 @dataclass
 class TokenTriples:
-    """Real frames t-2, t-1, t as tokens (N, 3, K), the action after t-1 (N,), and the weight
-    of each token of frame t (N, K)."""
+    """Frames t-F .. t as tokens (N, F+1, K), the action after t-1 (N,), and the weight of each
+    token of frame t (N, K). Frames t-2, t-1 and t are real; an older one is -1 where it is
+    not in the segment (F = 2: triples of real frames)."""
 
     tokens: Tensor
     actions: Tensor
@@ -140,8 +148,9 @@ class TokenTriples:
 
 @dataclass
 class EventSteps:
-    """Real steps t as the tokens of frames t-1 and t (N, 2, K), the action after t (N,), and
-    the step's reward class ``sign(r) + 1`` (N,) and end (N,) bool."""
+    """Real steps t as the tokens of frames t-F+1 .. t (N, F, K; t-1 and t real, an older frame
+    -1 where it is not in the segment), the action after t (N,), and the step's reward class
+    ``sign(r) + 1`` (N,) and end (N,) bool."""
 
     tokens: Tensor
     actions: Tensor
@@ -184,12 +193,14 @@ def gather(
     events: bool,
     end_share: float = 0.0,
     end_lead: int = 0,
+    frames: int = 2,
 ) -> tuple[TokenTriples, EventSteps | None]:
     """The triples of :func:`gather_triples` and, with ``events``, the :class:`EventSteps` of
     the same segments (each step whose frame before is in the segment, its last one too: the
     step that ends an episode has no frame after it). ``end_share`` of the segments are the
     last steps of ended episodes, less ``end_lead`` (:attr:`FrameConvPretrainConfig.end_share`,
-    :attr:`FrameConvPretrainConfig.end_lead`).
+    :attr:`FrameConvPretrainConfig.end_lead`). Each predicted frame comes with the ``frames``
+    frames before it, each step with its frame and the ``frames - 1`` before it.
 
     Example:
         >>> import tempfile
@@ -209,7 +220,7 @@ def gather(
     # Filled in place: many small tensors kept between the tokenizer's large temporaries
     # fragment the heap (measured: ~8x the triples' own size, 9 GB for 30,000 segments).
     most = count * (SEGMENT - 2)
-    tokens = torch.empty((most, 3, side * side), dtype=torch.long)
+    tokens = torch.empty((most, frames + 1, side * side), dtype=torch.long)
     actions = torch.empty((most,), dtype=torch.long)
     weights = torch.empty((most, side * side))
     filled = 0
@@ -217,7 +228,7 @@ def gather(
     if events:
         pairs = count * (SEGMENT - 1)
         steps = EventSteps(
-            torch.empty((pairs, 2, side * side), dtype=torch.long),
+            torch.empty((pairs, frames, side * side), dtype=torch.long),
             torch.empty((pairs,), dtype=torch.long),
             torch.empty((pairs,), dtype=torch.long),
             torch.empty((pairs,), dtype=torch.bool),
@@ -239,12 +250,15 @@ def gather(
             codes = codes.unflatten(0, (n, SEGMENT))  # (n, T, K)
             moved = moving_patch_weights(obs, side, moving_weight)  # (n, T, K)
             real = torch.as_tensor(np.asarray(batch.mask))  # (n, T): padding at an end
+            codes = torch.where(real[..., None], codes, -1)  # a frame not in the segment: -1
+            # Frame t-j of step t is column t - j + F of the frames padded with F missing ones.
+            codes = torch.cat([codes.new_full((n, frames, codes.shape[2]), -1), codes], dim=1)
             whole = real[:, 2:] & real[:, 1:-1] & real[:, :-2]  # (n, T-2): t-2, t-1, t real
             row, last = torch.nonzero(whole, as_tuple=True)  # triples (t-2, t-1, t)
             last = last + 2
             end = filled + len(row)
-            for back in range(3):  # frames t-2, t-1, t
-                tokens[filled:end, back] = codes[row, last - 2 + back]
+            for back in range(frames + 1):  # frames t-F .. t: padded columns t .. t+F
+                tokens[filled:end, back] = codes[row, last + back]
             taken = torch.as_tensor(np.asarray(batch.actions))  # (n, T)
             actions[filled:end] = taken[row, last - 1]
             weights[filled:end] = moved[row, last]  # (m, K)
@@ -253,8 +267,8 @@ def gather(
                 row, now = torch.nonzero(real[:, 1:] & real[:, :-1], as_tuple=True)
                 now = now + 1
                 done = stepped + len(row)
-                for back in range(2):
-                    steps.tokens[stepped:done, back] = codes[row, now - 1 + back]
+                for back in range(frames):  # frames t-F+1 .. t: padded columns t+1 .. t+F
+                    steps.tokens[stepped:done, back] = codes[row, now + 1 + back]
                 steps.actions[stepped:done] = taken[row, now]
                 rewards = torch.as_tensor(np.asarray(batch.rewards))[row, now]
                 steps.rewards[stepped:done] = reward_classes(rewards)
@@ -316,7 +330,7 @@ def pretrain(
     start = time.time()
     data, steps = gather(
         model, replays, config.segments, config.moving_weight, config.seed, events,
-        config.end_share, config.end_lead,
+        config.end_share, config.end_lead, config.frames,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     with (out / "progress.jsonl").open("w") as progress:
@@ -342,9 +356,9 @@ def pretrain(
                 embeddings = model.world_model.embedding.weight[:vocab]
             if config.token_weight:
                 rows = torch.as_tensor(rng.integers(len(data), size=config.batch_size))
-                frames = F.embedding(data.tokens[rows, :2], embeddings)  # (B, 2, K, E)
-                logits = conv(frames, data.actions[rows], data.tokens[rows, 1])  # (B, K, V)
-                target, weight = data.tokens[rows, 2], data.weights[rows]
+                frames = embed_frames(data.tokens[rows, :-1], embeddings)  # (B, F, K, E)
+                logits = conv(frames, data.actions[rows], data.tokens[rows, -2])  # (B, K, V)
+                target, weight = data.tokens[rows, -1], data.weights[rows]
                 token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
                 loss = config.token_weight * (token * weight.flatten()).sum() / weight.sum()
             if steps is not None:
@@ -381,6 +395,18 @@ def pretrain(
     return _export(model, source, out, config, init_from, command, counted, step)
 
 
+def embed_frames(tokens: Tensor, embeddings: Tensor) -> Tensor:
+    """(..., K) tokens, -1 where a frame is missing, and (V, E) embeddings -> (..., K, E): a
+    missing frame is zeros, as the world model gives its frame conv.
+
+    Example:
+        >>> embed_frames(torch.tensor([[1, 0], [-1, -1]]), torch.ones(2, 3))[:, 0]
+        tensor([[1., 1., 1.],
+                [0., 0., 0.]])
+    """
+    return F.embedding(tokens.clamp(min=0), embeddings) * (tokens >= 0)[..., None]
+
+
 def _trained_parameters(conv: FrameConv, config: FrameConvPretrainConfig) -> list[Tensor]:
     """The frame conv's parameters that train: all of them, or with ``token_weight 0`` only its
     event layers."""
@@ -398,7 +424,7 @@ def _fixed_features(conv: FrameConv, steps: EventSteps, embeddings: Tensor) -> T
     chunks = []
     for first in range(0, len(steps), 1024):
         rows = slice(first, first + 1024)
-        frames = F.embedding(steps.tokens[rows], embeddings)  # (n, 2, K, E): frames t-1, t
+        frames = embed_frames(steps.tokens[rows], embeddings)  # (n, F, K, E): frames t-F+1 .. t
         chunks.append(conv.features(frames, steps.actions[rows]).half())
     return torch.cat(chunks)
 
@@ -417,7 +443,7 @@ def _event_loss(
     if fixed is not None:
         features = fixed[rows].float()
     else:
-        frames = F.embedding(steps.tokens[rows], embeddings)  # (B, 2, K, E): frames t-1, t
+        frames = embed_frames(steps.tokens[rows], embeddings)  # (B, F, K, E): t-F+1 .. t
         features = conv.features(frames, steps.actions[rows])
     logits = conv.event_logits(features)  # (B, 5): 3 reward classes, then 2 end classes
     reward = F.cross_entropy(logits[:, :NUM_REWARD_CLASSES], steps.rewards[rows])
@@ -428,7 +454,8 @@ def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMMod
     """``model`` with a fresh frame conv (its output layers at zero: the same function), or
     ``model`` itself where it has a frame conv of ``config``'s sizes (an earlier pretraining's
     export, trained on), given event layers where ``events_weight`` needs them and a copy gate
-    where ``copy`` asks for one (both at zero)."""
+    where ``copy`` asks for one (both at zero), and the channels of the older frames where
+    ``frames`` reads more than it does (their weights at zero)."""
     sizes = model.config.world_model
     events = config.events_weight > 0 or sizes.frame_conv_events
     copy = config.copy or sizes.frame_conv_copy
@@ -439,20 +466,43 @@ def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMMod
                 f"{sizes.frame_conv_width} channels; give --layers {sizes.frame_conv_layers} "
                 f"--width {sizes.frame_conv_width} to train it on"
             )
-        if (sizes.frame_conv_events, sizes.frame_conv_copy) == (events, copy):
+        if config.frames < sizes.frame_conv_frames:
+            raise ValueError(
+                f"the starting model's frame conv reads {sizes.frame_conv_frames} frames; give "
+                f"--frames {sizes.frame_conv_frames} or more to train it on"
+            )
+        if (sizes.frame_conv_events, sizes.frame_conv_copy) != (events, copy):
+            model = _grown(model, frame_conv_events=events, frame_conv_copy=copy)
+        if config.frames == sizes.frame_conv_frames:
             return model.eval()
-    world_model = dataclasses.replace(
-        sizes, frame_conv_layers=config.layers, frame_conv_width=config.width,
-        frame_conv_events=events, frame_conv_copy=copy,
-    )  # fmt: skip
+        conv = model.world_model.frame_conv
+        assert conv is not None
+        grown = _grown(model, conv_too=False, frame_conv_frames=config.frames)
+        assert grown.world_model.frame_conv is not None
+        grown.world_model.frame_conv.load_fewer_frames(conv.state_dict())
+        return grown.eval()
+    return _grown(
+        model, frame_conv_layers=config.layers, frame_conv_width=config.width,
+        frame_conv_events=events, frame_conv_copy=copy, frame_conv_frames=config.frames,
+    ).eval()  # fmt: skip
+
+
+def _grown(model: REMModel, conv_too: bool = True, **sizes: Any) -> REMModel:
+    """``model`` with its world model's sizes changed by ``sizes`` (frame conv settings), its
+    weights loaded: the frame conv's parts it lacks are new (at zero where they start so);
+    without ``conv_too`` the frame conv's weights are left for the caller to load."""
+    world_model = dataclasses.replace(model.config.world_model, **sizes)
     grown = REMModel(
         dataclasses.replace(model.config, world_model=world_model),
         num_start_contexts=len(model.start_tokens),
     )
-    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    weights = model.state_dict()
+    if not conv_too:
+        weights = {key: value for key, value in weights.items() if ".frame_conv." not in key}
+    missing, unexpected = grown.load_state_dict(weights, strict=False)
     assert not unexpected and all(".frame_conv." in key for key in missing), missing
     grown.manifest = getattr(model, "manifest", None)
-    return grown.eval()
+    return grown
 
 
 def _export(
@@ -495,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--end-share must be in [0, 1], got {config.end_share:g}")
     if config.end_lead < 0:
         p.error(f"--end-lead must be >= 0, got {config.end_lead}")
+    if not 2 <= config.frames < SEGMENT:
+        p.error(f"--frames must be in [2, {SEGMENT}), got {config.frames}")
     if config.token_weight < 0 or config.events_weight < 0:
         p.error("--token-weight and --events-weight must be >= 0")
     try:

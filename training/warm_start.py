@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -257,6 +258,14 @@ def apply_warm_start(
                 if had_conv:
                     what = "the frame conv's " + " and ".join(_frame_conv_parts(conv))
                 notes.append(f"world model: {what} added (at zero: the source's function)")
+            wider = _widened_frame_conv({**source, **conv}, modules)
+            if wider:
+                frames = modules["world_model"].config.world_model.frame_conv_frames
+                notes.append(
+                    f"world model: the frame conv reads {frames} frames, more than the "
+                    "source's (the older frames' channels at zero: the source's function)"
+                )
+                conv = {**conv, **wider}
             reader = _added_module(EVENT_READER, source, target)
             if reader:
                 notes.append("world model: an event reader added (at zero: the source's function)")
@@ -354,6 +363,29 @@ def _added_frame_conv(source: dict[str, Tensor], target: dict[str, Tensor]) -> d
     if not prefixes:
         return {}
     return {k: v.detach().clone() for k, v in target.items() if k.startswith(prefixes)}
+
+
+def _widened_frame_conv(
+    source: dict[str, Tensor], modules: dict[str, nn.Module]
+) -> dict[str, Tensor]:
+    """The run's frame-conv tensors loaded from a source's frame conv that reads fewer frames
+    (:meth:`~rem_env.models.frame_conv.FrameConv.load_fewer_frames`; empty where the source's
+    reads as many, or the two differ otherwise: the size check reports it)."""
+    first = FRAME_CONV + "layers.0.weight"
+    conv = modules["world_model"].world_model.frame_conv
+    if conv is None or first not in source:
+        return {}
+    own = conv.layers[0].weight
+    theirs = source[first]
+    if theirs.shape[1] >= own.shape[1] or theirs.shape[0] != own.shape[0]:
+        return {}
+    widened = copy.deepcopy(conv)
+    state = {k[len(FRAME_CONV) :]: v for k, v in source.items() if k.startswith(FRAME_CONV)}
+    try:
+        widened.load_fewer_frames(state)
+    except ValueError:
+        return {}
+    return {FRAME_CONV + k: v for k, v in widened.state_dict().items()}
 
 
 def _frame_conv_parts(state: dict[str, Tensor]) -> list[str]:

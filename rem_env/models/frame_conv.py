@@ -1,4 +1,4 @@
-"""A frame conv: next-frame token logits from the 2-D grids of the two latest frames (not in REM).
+"""A frame conv: next-frame token logits from the 2-D grids of the latest frames (not in REM).
 
 REM's world model reads a frame as a row of K tokens; where a patch sits in the frame, and which
 patches are its neighbours, it learns only through the positions of the sequence. A small object
@@ -19,6 +19,13 @@ logit of the token the patch has in frame t-1 (a copy gate): most patches stay f
 the next, and the output layer, a few channels wide, cannot tell hundreds of codes apart sharply
 enough to keep each one for sure (sampled at temperature 1, a frame would change a static patch
 here and there). It starts at zero too.
+
+With ``frames = F > 2`` it also reads the F - 2 frames before t-2, each through one shared
+linear map of its token embeddings down to a few channels per patch: two frames cannot tell a
+ball that went down past the paddle from one that went up into the wall, nor a new life's first
+frames from the frames after a miss; a few more can. The first layer's weights of those
+channels start at zero, so a frame conv given more frames (a 2-frame one's weights loaded into
+it with :meth:`FrameConv.load_fewer_frames`) starts as exactly the frame conv it was.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ __all__ = ["FrameConv"]
 ACTION_CHANNELS = 16
 """Channels of the action's embedding, broadcast over the grid."""
 
+OLDER_CHANNELS = 16
+"""Channels of each frame before t-2 (with ``frames > 2``): its token embeddings mapped down."""
+
 EVENT_LOGITS = 5
 """Event logits: 3 reward classes, then 2 end classes (the world model's heads' layout)."""
 
@@ -42,7 +52,7 @@ hundred Adam steps at a learning rate of 1e-3, not thousands."""
 
 
 class FrameConv(nn.Module):
-    """Logits of a frame's K tokens from the two frames before it and the action between.
+    """Logits of a frame's K tokens from the frames before it and the action between.
 
     Args:
         embed_dim: Channels of a token's embedding E (the world model's observation embedding).
@@ -56,6 +66,8 @@ class FrameConv(nn.Module):
             pooled over the grid (mean and max of a 1x1 convolution's ReLU outputs).
         copy: Add a per-patch bonus to the logit of the patch's token in frame t-1 (the token
             logits then need that frame's tokens).
+        frames: Frames F read before the predicted one (2: frames t-2 and t-1); those before
+            t-2 give ``OLDER_CHANNELS`` channels each.
 
     Example:
         >>> import torch
@@ -73,6 +85,9 @@ class FrameConv(nn.Module):
         >>> before = torch.randint(16, (3, 16))  # frame t-1's tokens; -1: no frame
         >>> conv(frames, torch.tensor([0, 1, 4]), before).shape
         torch.Size([3, 16, 16])
+        >>> conv = FrameConv(8, 4, 16, 16, num_layers=2, width=32, frames=5)
+        >>> conv(torch.randn(3, 5, 16, 8), torch.tensor([0, 1, 4])).shape  # frames t-5 .. t-1
+        torch.Size([3, 16, 16])
     """
 
     def __init__(
@@ -85,6 +100,7 @@ class FrameConv(nn.Module):
         width: int,
         events: bool = False,
         copy: bool = False,
+        frames: int = 2,
     ) -> None:
         super().__init__()
         side = math.isqrt(tokens_per_obs)
@@ -94,14 +110,23 @@ class FrameConv(nn.Module):
             )
         if num_layers < 1:
             raise ValueError(f"the frame conv needs at least one layer, got {num_layers}")
+        if frames < 2:
+            raise ValueError(f"the frame conv reads at least 2 frames, got {frames}")
         self.side = side
+        self.frames = frames
+        self.older: nn.Linear | None = None
+        if frames > 2:
+            self.older = nn.Linear(embed_dim, OLDER_CHANNELS, bias=False)
         self.action_embedding = nn.Embedding(num_actions + 1, ACTION_CHANNELS)
         layers: list[nn.Module] = []
-        channels = 2 * embed_dim + ACTION_CHANNELS
+        channels = self.latest_channels = 2 * embed_dim + ACTION_CHANNELS
+        channels += (frames - 2) * OLDER_CHANNELS
         for _ in range(num_layers):
             layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
             channels = width
         self.layers = nn.Sequential(*layers)
+        with torch.no_grad():  # the frames before t-2 start unread
+            self.layers[0].weight[:, self.latest_channels :] = 0
         self.out = nn.Conv2d(width, vocab_size, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -119,7 +144,7 @@ class FrameConv(nn.Module):
             nn.init.zeros_(self.copy_gate.bias)
 
     def forward(self, frames: Tensor, actions: Tensor, before: Tensor | None = None) -> Tensor:
-        """(N, 2, K, E) embeddings of frames t-2, t-1 and (N,) actions -> (N, K, V) logits.
+        """(N, F, K, E) embeddings of frames t-F .. t-1 and (N,) actions -> (N, K, V) logits.
 
         A frame that does not exist (before the first one) is all zeros; an action that does not
         exist is ``num_actions``. ``before``: frame t-1's (N, K) tokens, for the copy gate.
@@ -127,12 +152,76 @@ class FrameConv(nn.Module):
         return self.token_logits(self.features(frames, actions), before)
 
     def features(self, frames: Tensor, actions: Tensor) -> Tensor:
-        """(N, 2, K, E) embedded frames and (N,) actions -> (N, width, s, s) features."""
-        n, e = frames.shape[0], frames.shape[-1]
-        grid = frames.permute(0, 1, 3, 2).reshape(n, 2 * e, self.side, self.side)  # (N, 2E, s, s)
+        """(N, F, K, E) embedded frames, the oldest first, and (N,) actions -> (N, width, s, s)
+        features.
+
+        Raises:
+            ValueError: If ``frames`` does not hold the F frames this frame conv reads.
+        """
+        if frames.ndim != 4 or frames.shape[1] != self.frames:
+            raise ValueError(
+                f"this frame conv reads {self.frames} frames: frames must be "
+                f"(N, {self.frames}, K, E), got {tuple(frames.shape)}"
+            )
+        n, s = frames.shape[0], self.side
+        latest = frames[:, -2:].permute(0, 1, 3, 2).reshape(n, -1, s, s)  # (N, 2E, s, s)
         action = self.action_embedding(actions)[:, :, None, None]  # (N, 16, 1, 1)
-        x = torch.cat([grid, action.expand(-1, -1, self.side, self.side)], dim=1)
-        return self.layers(x)
+        parts = [latest, action.expand(-1, -1, s, s)]
+        if self.older is not None:  # frames t-F .. t-3, mapped down: (N, F-2, K, 16)
+            older = self.older(frames[:, :-2]).permute(0, 1, 3, 2)  # (N, F-2, 16, K)
+            parts.append(older.reshape(n, -1, s, s))  # (N, (F-2)*16, s, s)
+        return self.layers(torch.cat(parts, dim=1))
+
+    @torch.no_grad()
+    def load_fewer_frames(self, state: dict[str, Tensor]) -> None:
+        """Loads the weights of a frame conv of the same sizes that reads fewer frames.
+
+        Its first layer's weights of the channels both read (the latest two frames, the
+        action, and the older frames it has, which are this one's latest older frames) are
+        copied; those of the frames it lacks are zero (as this frame conv starts), so the two
+        give the same logits.
+
+        Args:
+            state: The other frame conv's ``state_dict()``.
+
+        Raises:
+            ValueError: If its layers differ other than in the frames read.
+
+        Example:
+            >>> import torch
+            >>> two = FrameConv(8, 4, 16, 16, num_layers=2, width=32)
+            >>> _ = torch.nn.init.normal_(two.out.weight)
+            >>> five = FrameConv(8, 4, 16, 16, num_layers=2, width=32, frames=5)
+            >>> five.load_fewer_frames(two.state_dict())
+            >>> frames = torch.randn(3, 5, 16, 8)
+            >>> actions = torch.tensor([0, 1, 4])
+            >>> torch.allclose(five(frames, actions), two(frames[:, -2:], actions))
+            True
+        """
+        first = "layers.0.weight"
+        own = self.state_dict()
+        theirs = state[first]
+        if theirs.shape[1] > own[first].shape[1] or set(state) - set(own):
+            raise ValueError("load_fewer_frames reads a frame conv that reads fewer frames")
+        wanted = {key for key in own if not key.startswith("older.")}
+        if not wanted <= set(state):
+            raise ValueError(f"the frame conv's weights lack {sorted(wanted - set(state))}")
+        for key, value in state.items():
+            target = own[key]
+            if key == first:
+                if theirs.shape[0] != target.shape[0] or theirs.shape[2:] != target.shape[2:]:
+                    raise ValueError(
+                        f"{key}: {tuple(theirs.shape)} does not fit {tuple(target.shape)}"
+                    )
+                latest, older = self.latest_channels, theirs.shape[1] - self.latest_channels
+                target.zero_()
+                target[:, :latest] = theirs[:, :latest]
+                if older:  # its older frames are the latest of ours: the last channels
+                    target[:, -older:] = theirs[:, latest:]
+            elif value.shape != target.shape:
+                raise ValueError(f"{key}: {tuple(value.shape)} does not fit {tuple(target.shape)}")
+            else:
+                target.copy_(value)
 
     def token_logits(self, features: Tensor, before: Tensor | None = None) -> Tensor:
         """(N, width, s, s) features -> (N, K, V) logits of the next frame's tokens.

@@ -17,8 +17,9 @@ Entry points:
 * With ``config.pop = False`` the same entry points run the paper's "no POP" ablation:
   next-token prediction, imagined one token at a time (the baseline that shows what POP buys).
 * With ``config.frame_conv_layers > 0`` (not in REM) a :class:`~rem_env.models.frame_conv.
-  FrameConv` adds logits read from the 2-D grids of the two frames before each predicted one;
-  the imagination state then keeps the frame before the current one. With
+  FrameConv` adds logits read from the 2-D grids of the two (``config.frame_conv_frames``)
+  frames before each predicted one; the imagination state then keeps the frame before the
+  current one (and with more than two, the frames before it). With
   ``config.frame_conv_events`` its features also add to the reward and end logits of each step
   (read from the step's frame, the one before it and the step's action); with
   ``config.frame_conv_copy`` it adds a per-patch bonus to the logit of each patch's token in
@@ -160,6 +161,7 @@ class WorldModel(nn.Module):
                 config.frame_conv_width,
                 events=config.frame_conv_events,
                 copy=config.frame_conv_copy,
+                frames=config.frame_conv_frames,
             )
         self.event_reader: EventReader | None = None
         if config.event_reader_width:
@@ -281,19 +283,23 @@ class WorldModel(nn.Module):
         self, obs: Tensor, actions: Tensor, tokens: Tensor
     ) -> tuple[Tensor, Tensor | None]:
         """(B, T, K, E) embedded frames, (B, T) actions and the frames' (B, T, K) tokens -> the
-        frame conv's (B, T, K, V) logits of every block from the two blocks before it (zeros and
+        frame conv's (B, T, K, V) logits of every block from the F blocks before it (zeros and
         "no action" before the first), and, with events, its (B, T, 5) event logits of every
-        block's step (from the block, the one before it and the block's action; None without
+        block's step (from the block, the F - 1 before it and the block's action; None without
         events)."""
         conv = self.frame_conv
         assert conv is not None
         b, t = actions.shape
-        # Grid n in 0..T reads frames n-2 and n-1 and the action after n-1: grids 0..T-1 predict
+        f = conv.frames
+        # Grid n in 0..T reads frames n-F .. n-1 and the action after n-1: grids 0..T-1 predict
         # the blocks' frames, grids 1..T see each block's step (the last one only with events).
         grids = t + 1 if conv.events is not None else t
-        before = obs.new_zeros(b, 2, *obs.shape[2:])
-        padded = torch.cat([before, obs[:, : grids - 1]], dim=1)  # (B, grids+1, K, E)
-        frames = torch.stack([padded[:, :-1], padded[:, 1:]], dim=2)  # (B, grids, 2, K, E)
+        before = obs.new_zeros(b, f, *obs.shape[2:])
+        padded = torch.cat([before, obs[:, : grids - 1]], dim=1)  # (B, grids-1+F, K, E)
+        if f == 2:
+            frames = torch.stack([padded[:, :-1], padded[:, 1:]], dim=2)  # (B, grids, 2, K, E)
+        else:
+            frames = padded.unfold(1, f, 1).permute(0, 1, 4, 2, 3)  # (B, grids, F, K, E)
         none = actions.new_full((b, 1), self.num_actions)
         previous = torch.cat([none, actions[:, : grids - 1]], dim=1)  # (B, grids)
         features = conv.features(frames.flatten(0, 1), previous.flatten())  # (B*grids, W, s, s)
@@ -315,15 +321,19 @@ class WorldModel(nn.Module):
         (B, 5) event logits of this step (None without events)."""
         conv = self.frame_conv
         assert conv is not None
-        previous = state.previous_obs_tokens
-        if previous is None:
-            raise ValueError(
-                "this world model has a frame conv: its imagination state must keep the frame "
-                "before the current one (previous_obs_tokens); start it with start_state"
-            )
-        known = (previous >= 0)[..., None]  # (B, K, 1): -1 marks a frame before the first
-        before = self.embed_obs(previous.clamp(min=0), codebook) * known
-        features = conv.features(torch.stack([before, current], dim=1), actions)
+        if conv.frames == 2:
+            previous = state.previous_obs_tokens
+            if previous is None:
+                raise ValueError(
+                    "this world model has a frame conv: its imagination state must keep the "
+                    "frame before the current one (previous_obs_tokens); start it with start_state"
+                )
+            previous = previous[:, None]  # (B, 1, K)
+        else:
+            previous = self._recent(state)[:, -(conv.frames - 1) :]  # (B, F-1, K)
+        known = (previous >= 0)[..., None]  # (B, F-1, K, 1): -1 marks a frame before the first
+        before = self.embed_obs(previous.clamp(min=0), codebook) * known  # (B, F-1, K, E)
+        features = conv.features(torch.cat([before, current[:, None]], dim=1), actions)
         events = conv.event_logits(features) if conv.events is not None else None
         return conv.token_logits(features, state.obs_tokens), events
 
@@ -417,8 +427,8 @@ class WorldModel(nn.Module):
         if self.keeps_previous:  # the frame before the current one; -1: none
             previous = obs_tokens[:, -2] if frames > 1 else torch.full_like(current, -1)
         recent = None
-        if self.event_window is not None:  # the W-1 frames before the current one; -1: none
-            kept = self.event_window.frames - 1
+        if self.recent_frames is not None:  # the frames before the current one; -1: none
+            kept = self.recent_frames
             before = obs_tokens[:, max(frames - 1 - kept, 0) : frames - 1]  # (B, <=W-1, K)
             missing = before.new_full((batch, kept - before.shape[1], before.shape[2]), -1)
             recent = torch.cat([missing, before], dim=1)  # (B, W-1, K)
@@ -481,19 +491,17 @@ class WorldModel(nn.Module):
                 )
             read = self.event_reader(frames, actions)  # (B, 5)
         recent = None
-        if self.event_window is not None:
-            recent = state.recent_obs_tokens
-            kept = self.event_window.frames - 1
-            if recent is None or tuple(recent.shape[:2]) != (state.batch_size, kept):
-                raise ValueError(
-                    f"this world model has an event window: its imagination state must keep the "
-                    f"{kept} frames before the current one (recent_obs_tokens); start it with "
-                    "start_state"
+        if self.recent_frames is not None:
+            recent = self._recent(state)
+            if self.event_window is not None:
+                kept = self.event_window.frames - 1
+                window = torch.cat(
+                    [recent[:, recent.shape[1] - kept :], state.obs_tokens[:, None]], 1
                 )
-            window = torch.cat([recent, state.obs_tokens[:, None]], dim=1)  # (B, W, K)
-            windowed = self.event_window(window, actions)  # (B, 5)
-            read = windowed if read is None else read + windowed
-            recent = window[:, 1:]  # the next state's W-1 frames before its current one
+                windowed = self.event_window(window, actions)  # (B, 5): from (B, W, K) tokens
+                read = windowed if read is None else read + windowed
+            # The next state's frames before its current one: these, less the oldest, and this.
+            recent = torch.cat([recent, state.obs_tokens[:, None]], dim=1)[:, 1:]
         if self.config.pop:
             step, new_state = self._step_pop(
                 state, actions, codebook, temperatures, noise, next_obs_tokens, read
@@ -602,6 +610,37 @@ class WorldModel(nn.Module):
         return ImaginationStep(obs_tokens, rewards, ends, obs_logits, reward_logits, end_logits)
 
     # ----------------------------------------------------------------------------------- checks
+
+    @property
+    def recent_frames(self) -> int | None:
+        """How many frames before the current one imagination states keep in
+        ``recent_obs_tokens``: the W - 1 of an event window of W frames and the F - 1 of a frame
+        conv that reads F > 2 frames, the more of the two (None: neither)."""
+        kept = []
+        if self.event_window is not None:
+            kept.append(self.event_window.frames - 1)
+        if self.frame_conv is not None and self.frame_conv.frames > 2:
+            kept.append(self.frame_conv.frames - 1)
+        return max(kept) if kept else None
+
+    def _recent(self, state: ImaginationState) -> Tensor:
+        """``state.recent_obs_tokens``, checked to hold the frames this model keeps."""
+        recent, kept = state.recent_obs_tokens, self.recent_frames
+        if recent is None or tuple(recent.shape[:2]) != (state.batch_size, kept):
+            what = " and ".join(
+                name
+                for name, has in (
+                    ("an event window", self.event_window is not None),
+                    ("a frame conv of several frames", kept and self.frame_conv is not None
+                     and self.frame_conv.frames > 2),
+                )
+                if has
+            )  # fmt: skip
+            raise ValueError(
+                f"this world model has {what}: its imagination state must keep the {kept} "
+                "frames before the current one (recent_obs_tokens); start it with start_state"
+            )
+        return recent
 
     @property
     def keeps_previous(self) -> bool:
