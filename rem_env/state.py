@@ -28,9 +28,10 @@ class ImaginationState:
             (0 with POP; K-1 on the token-by-token path).
         previous_obs_tokens: (B, K) int64 tokens of the observation before the current one, -1
             where there was none; kept only for a world model with a frame conv (else None).
-        recent_obs_tokens: (B, W-1, K) int64 tokens of the W-1 observations before the current
-            one, the oldest first, -1 where there was none; kept only for a world model with an
-            event window of W frames (else None).
+        recent_obs_tokens: (B, N, K) int64 tokens of the N observations before the current one,
+            the oldest first, -1 where there was none; kept only for a world model with an event
+            window of W frames (N = W - 1) or a frame conv of F > 2 frames (N = F - 1), the more
+            of the two (else None).
     """
 
     retention: tuple[Tensor, ...]
@@ -107,7 +108,10 @@ _ONE_PREVIOUS = (
 )
 
 
-_ONE_RECENT = "cannot merge a state that keeps the frames of an event window with one that does not"
+_ONE_RECENT = (
+    "cannot merge a state that keeps the frames before the current one (an event window, a frame "
+    "conv of several frames) with one that does not"
+)
 
 
 def _both_or_neither(

@@ -429,9 +429,9 @@ class WorldModel(nn.Module):
         recent = None
         if self.recent_frames is not None:  # the frames before the current one; -1: none
             kept = self.recent_frames
-            before = obs_tokens[:, max(frames - 1 - kept, 0) : frames - 1]  # (B, <=W-1, K)
+            before = obs_tokens[:, max(frames - 1 - kept, 0) : frames - 1]  # (B, <=kept, K)
             missing = before.new_full((batch, kept - before.shape[1], before.shape[2]), -1)
-            recent = torch.cat([missing, before], dim=1)  # (B, W-1, K)
+            recent = torch.cat([missing, before], dim=1)  # (B, kept, K)
         return ImaginationState(
             self._float_states(states), current, position, num_fed, previous, recent
         )
