@@ -124,10 +124,10 @@ class WorldModelConfig:
         min_decay_window: Effective window 1/(1-gamma) of the fastest-decaying head (32).
         max_decay_window: Effective window of the slowest-decaying head (512).
         frame_conv_layers: Not in REM (0: off, as in every preset). Convolutional layers of a
-            *frame conv*: a small net over the 2-D grids of the two latest frames' token
-            embeddings and the action between them, whose logits are added to the observation
-            head's (see :class:`~rem_env.models.frame_conv.FrameConv`). It needs POP and a
-            square grid of tokens.
+            *frame conv*: a small net over the 2-D grids of the two (``frame_conv_frames``)
+            latest frames' token embeddings and the action after the latest, whose logits are
+            added to the observation head's (see :class:`~rem_env.models.frame_conv.FrameConv`).
+            It needs POP and a square grid of tokens.
         frame_conv_width: Channels of the frame conv's layers (128).
         frame_conv_events: Not in REM (False). The frame conv also gives logits of each step's
             reward and episode end, from frames t-1 and t and the action after t, added to the

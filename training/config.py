@@ -254,7 +254,7 @@ class TrainConfig:
     )
     world_model_frame_conv: int = doc(
         0,
-        "not in REM: layers of a frame conv, a small conv net over the two latest frames' token "
+        "not in REM: layers of a frame conv, a small conv net over the latest frames' token "
         "grids whose logits the world model adds to its observation head's (0: off); with "
         "--init-from a world model without one, it starts at zero",
     )

@@ -1,12 +1,13 @@
 """Train a world model's frame conv alone, on the tokens of real segments (not in REM).
 
-A frame conv (:class:`rem_env.models.frame_conv.FrameConv`) reads the two frames before each
-predicted one as 2-D grids of token embeddings and adds its logits to the world model's. It
-learns where a small object goes far faster per CPU-hour than the RetNet layers do, and alone it
-is cheap: a step is a few 3x3 convolutions over an 8x8 grid, no retention. This module trains it
-alone, with the world model's observation loss (cross-entropy of each token of frame t, moving
-patches weighted as ``--world-model.moving-weight`` weighs them), on triples of real frames
-(t-2, t-1, t) and the action between t-1 and t drawn from replay buffers of rem-train runs, the
+A frame conv (:class:`rem_env.models.frame_conv.FrameConv`) reads the two (``--frames``) frames
+before each predicted one as 2-D grids of token embeddings and adds its logits to the world
+model's. It learns where a small object goes far faster per CPU-hour than the RetNet layers do,
+and alone it is cheap: a step is a few 3x3 convolutions over an 8x8 grid, no retention. This
+module trains it alone, with the world model's observation loss (cross-entropy of each token of
+frame t, moving patches weighted as ``--world-model.moving-weight`` weighs them), on triples of
+real frames (t-2, t-1, t; with ``--frames F``, frames t-F .. t) and the action between t-1 and t
+drawn from replay buffers of rem-train runs, the
 tokens given by the starting model's tokenizer. Every ``eval_every`` steps the game's object check
 (:func:`rem_train.object_check.check_objects`) scores the whole world model (RetNet logits plus
 the frame conv's) on held-out segments. The export is the starting model with the frame conv
