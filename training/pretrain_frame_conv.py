@@ -7,12 +7,12 @@ and alone it is cheap: a step is a few 3x3 convolutions over an 8x8 grid, no ret
 module trains it alone, with the world model's observation loss (cross-entropy of each token of
 frame t, moving patches weighted as ``--world-model.moving-weight`` weighs them), on triples of
 real frames (t-2, t-1, t; with ``--frames F``, frames t-F .. t) and the action between t-1 and t
-drawn from replay buffers of rem-train runs, the
-tokens given by the starting model's tokenizer. Every ``eval_every`` steps the game's object check
-(:func:`rem_train.object_check.check_objects`) scores the whole world model (RetNet logits plus
-the frame conv's) on held-out segments. The export is the starting model with the frame conv
-added (its tokenizer, RetNet, start contexts and actor-critic unchanged), which ``rem-train
---init-from EXPORT --world-model-frame-conv N`` trains on, all of it together.
+drawn from replay buffers of rem-train runs, the tokens given by the starting model's tokenizer.
+Every ``eval_every`` steps the game's object check (:func:`rem_train.object_check.check_objects`)
+scores the whole world model (RetNet logits plus the frame conv's) on held-out segments. The
+export is the starting model with the frame conv added (its tokenizer, RetNet, start contexts
+and actor-critic unchanged), which ``rem-train --init-from EXPORT --world-model-frame-conv N``
+trains on, all of it together.
 
 With ``events_weight > 0`` the frame conv's reward and end layers train too, on every step of
 the same segments whose frame before is in the segment (frames t-1 and t and the action after
