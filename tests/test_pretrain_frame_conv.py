@@ -86,13 +86,19 @@ def test_bad_starts_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "--max-minutes must be 0 (no limit) or positive" in capsys.readouterr().err
 
 
-def test_an_export_s_frame_conv_of_the_same_sizes_is_trained_on(tmp_path: Path) -> None:
+def _first_export(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A source's export with a small frame conv pretrained (2 steps) on it, and the options
+    that pretraining took (to train on it the same way)."""
     source = _source(tmp_path / "source")
     replay = _replay(tmp_path / "replay")
     common = ["--replay", str(replay), "--segments", "16", "--steps", "2", "--eval-every", "2",
               "--eval-segments", "4", "--layers", "1", "--width", "8"]  # fmt: skip
     assert main(["--init-from", str(source), "--out", str(tmp_path / "first"), *common]) == 0
-    first = tmp_path / "first" / "export"
+    return tmp_path / "first" / "export", common
+
+
+def test_an_export_s_frame_conv_of_the_same_sizes_is_trained_on(tmp_path: Path) -> None:
+    first, common = _first_export(tmp_path)
     assert main(["--init-from", str(first), "--out", str(tmp_path / "second"), *common]) == 0
     before = REMModel.from_pretrained(first).state_dict()
     after = REMModel.from_pretrained(tmp_path / "second" / "export").state_dict()
@@ -339,12 +345,7 @@ def test_frames_gathers_each_triple_with_the_frames_before_it(tmp_path: Path) ->
 def test_frames_widens_a_frame_conv_of_fewer_frames(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    source = _source(tmp_path / "source")
-    replay = _replay(tmp_path / "replay")
-    common = ["--replay", str(replay), "--segments", "16", "--steps", "2", "--eval-every", "2",
-              "--eval-segments", "4", "--layers", "1", "--width", "8"]  # fmt: skip
-    assert main(["--init-from", str(source), "--out", str(tmp_path / "two"), *common]) == 0
-    two = tmp_path / "two" / "export"
+    two, common = _first_export(tmp_path)
     assert main(["--init-from", str(two), "--out", str(tmp_path / "four"), "--frames", "4",
                  *common]) == 0  # fmt: skip
     four = REMModel.from_pretrained(tmp_path / "four" / "export")

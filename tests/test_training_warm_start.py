@@ -204,6 +204,17 @@ def test_a_world_model_with_a_frame_conv_starts_as_the_source_without_one(
         dataclasses.replace(config, world_model_frame_conv=-1)
 
 
+def _source_with_conv(folder: Path, seed: int, **options: Any) -> REMModel:
+    """A smoke model with a 2-layer frame conv (``options``: more TrainConfig settings) whose
+    output layer is drawn, as if trained (it starts at zero), saved to ``folder``."""
+    config = dataclasses.replace(_config(None), world_model_frame_conv=2, **options)
+    torch.manual_seed(seed)
+    model = REMModel(config.model_config())
+    torch.nn.init.normal_(model.world_model.frame_conv.out.weight)
+    model.save_pretrained(folder)
+    return model
+
+
 @pytest.mark.parametrize(
     ("copy", "added", "flag"),
     [
@@ -214,11 +225,7 @@ def test_a_world_model_with_a_frame_conv_starts_as_the_source_without_one(
 def test_frame_conv_parts_are_added_at_zero_to_a_source_frame_conv_without_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], copy: bool, added: str, flag: str
 ) -> None:
-    with_conv = dataclasses.replace(_config(None), world_model_frame_conv=2)
-    torch.manual_seed(5)
-    model = REMModel(with_conv.model_config())
-    torch.nn.init.normal_(model.world_model.frame_conv.out.weight)  # a trained frame conv
-    model.save_pretrained(tmp_path / "source")
+    model = _source_with_conv(tmp_path / "source", 5)
     config = dataclasses.replace(
         _config(str(tmp_path / "source"), "tokenizer,world_model"),
         world_model_frame_conv=2,
@@ -242,13 +249,7 @@ def test_frame_conv_parts_are_added_at_zero_to_a_source_frame_conv_without_them(
 
 
 def test_a_frame_conv_of_another_width_is_taken_at_its_width(tmp_path: Path) -> None:
-    narrow = dataclasses.replace(
-        _config(None), world_model_frame_conv=2, world_model_frame_conv_width=8
-    )
-    torch.manual_seed(6)
-    model = REMModel(narrow.model_config())
-    torch.nn.init.normal_(model.world_model.frame_conv.out.weight)  # a trained frame conv
-    model.save_pretrained(tmp_path / "source")
+    model = _source_with_conv(tmp_path / "source", 6, world_model_frame_conv_width=8)
     source = _config(str(tmp_path / "source"), "tokenizer,world_model")
     config = dataclasses.replace(source, world_model_frame_conv=2, world_model_frame_conv_width=8)
     trainer = Trainer(config, tmp_path / "run")
@@ -267,11 +268,7 @@ def test_a_frame_conv_of_another_width_is_taken_at_its_width(tmp_path: Path) -> 
 def test_a_frame_conv_of_more_frames_starts_as_the_source_of_fewer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    two = dataclasses.replace(_config(None), world_model_frame_conv=2)
-    torch.manual_seed(7)
-    model = REMModel(two.model_config())
-    torch.nn.init.normal_(model.world_model.frame_conv.out.weight)  # a trained frame conv
-    model.save_pretrained(tmp_path / "source")
+    model = _source_with_conv(tmp_path / "source", 7)
     source = _config(str(tmp_path / "source"), "tokenizer,world_model")
     config = dataclasses.replace(
         source, world_model_frame_conv=2, world_model_frame_conv_frames=5,
