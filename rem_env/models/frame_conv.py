@@ -200,12 +200,12 @@ class FrameConv(nn.Module):
         """
         first = "layers.0.weight"
         own = self.state_dict()
-        theirs = state[first]
-        if theirs.shape[1] > own[first].shape[1] or set(state) - set(own):
-            raise ValueError("load_fewer_frames reads a frame conv that reads fewer frames")
         wanted = {key for key in own if not key.startswith("older.")}
         if not wanted <= set(state):
             raise ValueError(f"the frame conv's weights lack {sorted(wanted - set(state))}")
+        theirs = state[first]
+        if theirs.shape[1] > own[first].shape[1] or set(state) - set(own):
+            raise ValueError("load_fewer_frames reads a frame conv that reads fewer frames")
         for key, value in state.items():
             target = own[key]
             if key == first:
