@@ -311,13 +311,12 @@ class BreakoutPixelFollower:
     It plays wherever frames come from, the real game and a dream alike, so the same player can
     be asked of both: does the dream pay following the ball as the game does? The ball is found
     by :class:`BreakoutBallProbe` (in the open area between the bricks and the paddle), the
-    paddle by :class:`BreakoutPaddle`. The paddle moves
-    towards where the ball will be two steps on (its horizontal speed from the frame before),
-    and towards where it was last seen for ``memory`` steps after the probe loses it (the probe
-    does not look beside the paddle). With no ball seen for longer it presses FIRE half the
-    time (a serve). On real Breakout with REM's training preprocessing (16 games x 300 steps,
-    seed 0) it lost 4.6 lives and earned 23.7 rewards per 1,000 steps, against a random
-    policy's 25.2 and 6.6.
+    paddle by :class:`BreakoutPaddle`. The paddle moves towards where the ball will be two
+    steps on (its horizontal speed from the frame before), and towards where it was last seen
+    for ``memory`` steps after the probe loses it (the probe does not look beside the paddle).
+    With no ball seen for longer it presses FIRE half the time (a serve). On real Breakout with
+    REM's training preprocessing (16 games x 300 steps, seed 0) it lost 4.6 lives and earned
+    23.7 rewards per 1,000 steps, against a random policy's 25.2 and 6.6.
 
     Args:
         epsilon: Probability of a uniformly random action instead.

@@ -11,12 +11,11 @@ the bottom of the open area (its lowest sighting before it turns or goes), wheth
 seen higher up within :data:`RETURN_STEPS` steps (returned, whichever ball it is) or none was
 seen in the :data:`LOST_STEPS` steps after it, or its episode ended first (lost), by how far
 the paddle was from it (:data:`DISTANCE_BINS`, pixels of a 64x64 frame). The ball is found by
-:class:`rem_env.probes.BreakoutBallProbe`, the paddle by
-:class:`rem_env.probes.BreakoutPaddle`. ``rem-env
-events`` (:func:`rem_env.events.measure_event_rates`) counts both sides of the same play. On
-real Breakout under random play (16 games x 400 steps, seed 0) no ball that came down 8 pixels
-or more from the paddle came back (144 lost), and 20 of the 25 that came down within 4 pixels
-of it did.
+:class:`rem_env.probes.BreakoutBallProbe`, the paddle by :class:`rem_env.probes.BreakoutPaddle`.
+``rem-env events`` (:func:`rem_env.events.measure_event_rates`) counts both sides of the same
+play. On real Breakout under random play (16 games x 400 steps, seed 0) no ball that came down
+8 pixels or more from the paddle came back (144 lost), and 20 of the 25 that came down within
+4 pixels of it did.
 """
 
 from __future__ import annotations

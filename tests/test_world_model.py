@@ -38,6 +38,16 @@ def max_diff(a, b):
     return (a - b).abs().max().item()
 
 
+def nudged(obs, actions, t, change):
+    """Copies of a segment with block t's frame (``change="frame"``) or action changed."""
+    obs2, actions2 = obs.clone(), actions.clone()
+    if change == "frame":
+        obs2[:, t] = (obs2[:, t] + 1) % V
+    else:
+        actions2[:, t] = (actions2[:, t] + 1) % A
+    return obs2, actions2
+
+
 def sequential_reference(wm: WorldModel, obs, actions, recurrent: bool):
     """Block by block from the state before each block (E1 with chunks, E2 token by token)."""
     run = wm.decoder.forward_recurrent if recurrent else wm.decoder.forward_chunk
@@ -326,11 +336,7 @@ def test_frame_conv_reads_the_two_frames_before_and_the_action_between():
     obs, actions = random_segment(batch=1)
     base = wm(obs, actions).obs_logits[:, 4]  # block 4: frames 2, 3 and action 3 in the conv
     for t, change in ((2, "frame"), (3, "frame"), (3, "action")):
-        obs2, actions2 = obs.clone(), actions.clone()
-        if change == "frame":
-            obs2[:, t] = (obs2[:, t] + 1) % V
-        else:
-            actions2[:, t] = (actions2[:, t] + 1) % A
+        obs2, actions2 = nudged(obs, actions, t, change)
         assert max_diff(wm(obs2, actions2).obs_logits[:, 4], base) > 1e-6, (t, change)
     no_conv = make_model()
     no_conv.load_state_dict(wm.state_dict(), strict=False)
@@ -413,11 +419,7 @@ def test_frame_conv_events_read_the_step_its_frame_before_and_its_action_only():
         (5, "frame", False),  # the frame after the step
         (3, "action", False),
     ):
-        obs2, actions2 = obs.clone(), actions.clone()
-        if change == "frame":
-            obs2[:, t] = (obs2[:, t] + 1) % V
-        else:
-            actions2[:, t] = (actions2[:, t] + 1) % A
+        obs2, actions2 = nudged(obs, actions, t, change)
         moved = max_diff(events(obs2, actions2)[:, 4], base[:, 4])  # step 4's events
         assert (moved > 1e-6) == read, (t, change, moved)
     assert base[:, -1].abs().max() > 1e-3  # the last block's step has events too
@@ -507,11 +509,7 @@ def test_frame_conv_of_four_frames_reads_the_four_frames_before_only():
         (0, "frame", False),  # five frames before
         (3, "action", False),  # only the latest action is read
     ):
-        obs2, actions2 = obs.clone(), actions.clone()
-        if change == "frame":
-            obs2[:, t] = (obs2[:, t] + 1) % V
-        else:
-            actions2[:, t] = (actions2[:, t] + 1) % A
+        obs2, actions2 = nudged(obs, actions, t, change)
         moved = max_diff(conv_part(obs2, actions2), base)
         assert (moved > 1e-6) == read, (t, change, moved)
 

@@ -296,10 +296,7 @@ class WorldModel(nn.Module):
         grids = t + 1 if conv.events is not None else t
         before = obs.new_zeros(b, f, *obs.shape[2:])
         padded = torch.cat([before, obs[:, : grids - 1]], dim=1)  # (B, grids-1+F, K, E)
-        if f == 2:
-            frames = torch.stack([padded[:, :-1], padded[:, 1:]], dim=2)  # (B, grids, 2, K, E)
-        else:
-            frames = padded.unfold(1, f, 1).permute(0, 1, 4, 2, 3)  # (B, grids, F, K, E)
+        frames = padded.unfold(1, f, 1).permute(0, 1, 4, 2, 3)  # (B, grids, F, K, E)
         none = actions.new_full((b, 1), self.num_actions)
         previous = torch.cat([none, actions[:, : grids - 1]], dim=1)  # (B, grids)
         features = conv.features(frames.flatten(0, 1), previous.flatten())  # (B*grids, W, s, s)
@@ -627,18 +624,15 @@ class WorldModel(nn.Module):
         """``state.recent_obs_tokens``, checked to hold the frames this model keeps."""
         recent, kept = state.recent_obs_tokens, self.recent_frames
         if recent is None or tuple(recent.shape[:2]) != (state.batch_size, kept):
-            what = " and ".join(
-                name
-                for name, has in (
-                    ("an event window", self.event_window is not None),
-                    ("a frame conv of several frames", kept and self.frame_conv is not None
-                     and self.frame_conv.frames > 2),
-                )
-                if has
-            )  # fmt: skip
+            readers = []
+            if self.event_window is not None:
+                readers.append("an event window")
+            if self.frame_conv is not None and self.frame_conv.frames > 2:
+                readers.append("a frame conv of several frames")
             raise ValueError(
-                f"this world model has {what}: its imagination state must keep the {kept} "
-                "frames before the current one (recent_obs_tokens); start it with start_state"
+                f"this world model has {' and '.join(readers)}: its imagination state must keep "
+                f"the {kept} frames before the current one (recent_obs_tokens); start it with "
+                "start_state"
             )
         return recent
 
