@@ -154,6 +154,10 @@ class WorldModelConfig:
             reads events decided several steps back, such as Breakout's life lost about ten
             steps after the ball was last seen. It needs a square grid of tokens.
         event_window_width: Channels of the event window's convolutions (64).
+        event_window_reads_next: Not in REM (False). The event window ends at the frame each
+            step leads to (the W - 2 frames before the step's, the step's and the next): a
+            reward is read from what the step did, e.g. a brick gone, so that a dream's rewards
+            come with the dreamed frames that show them. It needs an event window of W >= 2.
     """
 
     embed_dim: int = 256
@@ -179,6 +183,7 @@ class WorldModelConfig:
     event_reader_width: int = 0
     event_window_frames: int = 0
     event_window_width: int = 64
+    event_window_reads_next: bool = False
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_layers", "num_heads", "ffn_dim", "max_blocks"):
@@ -236,6 +241,11 @@ class WorldModelConfig:
         _require(self.event_reader_width >= 0, "event_reader_width", "must be 0 (off) or more")
         _require(self.event_window_frames >= 0, "event_window_frames", "must be 0 (off) or more")
         _require(self.event_window_width > 0, "event_window_width", "must be positive")
+        _require(
+            self.event_window_frames >= 2 or not self.event_window_reads_next,
+            "event_window_reads_next",
+            "the window reads the step's frame and the next one: set event_window_frames >= 2",
+        )
 
     @property
     def head_dim(self) -> int:

@@ -184,5 +184,8 @@ def _parts_not_in_rem(world_model: WorldModelConfig) -> str:
     if world_model.event_reader_width:
         parts.append("an event reader")
     if world_model.event_window_frames:
-        parts.append(f"an event window of {world_model.event_window_frames} frames")
+        window = f"an event window of {world_model.event_window_frames} frames"
+        if world_model.event_window_reads_next:
+            window += " that ends at each step's next frame"
+        parts.append(window)
     return f", with {', '.join(parts)} (not in REM)" if parts else ""

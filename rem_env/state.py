@@ -30,8 +30,8 @@ class ImaginationState:
             where there was none; kept only for a world model with a frame conv (else None).
         recent_obs_tokens: (B, N, K) int64 tokens of the N observations before the current one,
             the oldest first, -1 where there was none; kept only for a world model with an event
-            window of W frames (N = W - 1) or a frame conv of F > 2 frames (N = F - 1), the more
-            of the two (else None).
+            window of W frames (N = W - 1, or W - 2 where it reads the next frame) or a frame
+            conv of F > 2 frames (N = F - 1), the more of the two (else None).
     """
 
     retention: tuple[Tensor, ...]

@@ -11,12 +11,14 @@ TOL = 1e-10
 K, V, A, T, W = 4, 16, 3, 7, 3  # tokens per frame (a 2x2 grid), vocab, actions, blocks, window
 
 
-def make_model(window: int = W, pop: bool = True, seed: int = 0) -> WorldModel:
+def make_model(
+    window: int = W, pop: bool = True, seed: int = 0, reads_next: bool = False
+) -> WorldModel:
     torch.manual_seed(seed)
     config = WorldModelConfig(
         embed_dim=32, num_layers=2, num_heads=2, ffn_dim=64, dropout=0.0, max_blocks=T,
         blocks_per_chunk=3, shared_embeddings=False, pop=pop, event_window_frames=window,
-        event_window_width=8,
+        event_window_width=8, event_window_reads_next=reads_next,
     )  # fmt: skip
     wm = WorldModel(config, A, V, K).double().eval()
     if wm.event_window is not None:  # its output layer starts at zero: give it a function
@@ -71,6 +73,18 @@ def test_a_new_event_window_starts_as_the_model_without_it():
         assert max_diff(getattr(before, name), getattr(after, name)) == 0, name
 
 
+def nudged(
+    obs: torch.Tensor, actions: torch.Tensor, t: int, change: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of a segment with block ``t``'s frame or action changed."""
+    obs2, actions2 = obs.clone(), actions.clone()
+    if change == "frame":
+        obs2[:, t] = (obs2[:, t] + 1) % V
+    else:
+        actions2[:, t] = (actions2[:, t] + 1) % A
+    return obs2, actions2
+
+
 def test_it_reads_its_w_frames_and_the_steps_action_only():
     wm = make_model()
     plain = make_model(window=0)
@@ -83,12 +97,7 @@ def test_it_reads_its_w_frames_and_the_steps_action_only():
     base = window_part(obs, actions)
     for t, change, read in ((2, "frame", False), (3, "frame", True), (5, "frame", True),
                             (4, "action", False), (5, "action", True)):  # fmt: skip
-        obs2, actions2 = obs.clone(), actions.clone()
-        if change == "frame":
-            obs2[:, t] = (obs2[:, t] + 1) % V
-        else:
-            actions2[:, t] = (actions2[:, t] + 1) % A
-        moved = max_diff(window_part(obs2, actions2), base)
+        moved = max_diff(window_part(*nudged(obs, actions, t, change)), base)
         assert (moved > 1e-6) if read else (moved < TOL), (t, change)
 
 
@@ -160,3 +169,76 @@ def test_the_model_card_names_the_parts_not_in_rem() -> None:
         "Parallel Observation Prediction, with a frame conv, an event window of 16 frames "
         "(not in REM)) that runs"
     ) in card
+
+
+@pytest.mark.parametrize("pop", [True, False], ids=["pop", "token-by-token"])
+@pytest.mark.parametrize("window", [2, 4], ids=["2-frame-window", "4-frame-window"])
+@pytest.mark.parametrize("context", [1, 3], ids=["1-frame", "3-frame"])
+def test_a_window_that_reads_the_next_frame_in_imagination_equals_training(context, window, pop):
+    wm = make_model(window=window, pop=pop, reads_next=True)
+    obs, actions = segment()
+    train = wm(obs, actions)
+    state = wm.start_state(obs[:, :context], actions[:, : context - 1])
+    before = window - 2  # the frames before the step's own that the state keeps
+    for t in range(context - 1, T - 1):  # the last step's next frame is not in the segment
+        assert state.recent_obs_tokens.shape == (2, before, K)
+        for j in range(before):
+            seen = t - before + j
+            assert (state.recent_obs_tokens[:, j] == (obs[:, seen] if seen >= 0 else -1)).all()
+        step, state = wm.step(state, actions[:, t], next_obs_tokens=obs[:, t + 1])
+        assert max_diff(step.reward_logits, train.reward_logits[:, t]) < TOL
+        assert max_diff(step.end_logits, train.end_logits[:, t]) < TOL
+        assert max_diff(step.obs_logits, train.obs_logits[:, t + 1]) < TOL
+
+
+def test_a_window_that_reads_the_next_frame_reads_it_and_the_w_minus_2_before_the_step():
+    wm = make_model(window=4, reads_next=True)
+    plain = make_model(window=0)
+    plain.load_state_dict(wm.state_dict(), strict=False)
+    obs, actions = segment(batch=1)
+
+    def window_part(o, a):  # what the event window adds at block 4
+        return (wm(o, a).reward_logits - plain(o, a).reward_logits)[:, 4]
+
+    base = window_part(obs, actions)
+    for t, read in ((1, False), (2, True), (4, True), (5, True), (6, False)):
+        moved = max_diff(window_part(*nudged(obs, actions, t, "frame")), base)
+        assert (moved > 1e-6) if read else (moved < TOL), t
+    for t, read in ((3, False), (4, True), (5, False)):
+        moved = max_diff(window_part(*nudged(obs, actions, t, "action")), base)
+        assert (moved > 1e-6) if read else (moved < TOL), t
+
+
+def test_a_dreamed_step_reads_the_frame_it_draws():
+    wm = make_model(window=2, reads_next=True)
+    obs, actions = segment()
+    state = wm.start_state(obs[:, :2], actions[:, :1])
+    logits = [
+        wm.step(state, actions[:, 1], next_obs_tokens=obs[:, t])[0].reward_logits for t in (2, 3)
+    ]
+    assert max_diff(*logits) > 1e-6  # the same state and action, two next frames
+    step, _ = wm.step(state, actions[:, 1], generator=torch.Generator().manual_seed(0))
+    forced, _ = wm.step(state, actions[:, 1], next_obs_tokens=step.obs_tokens)
+    assert max_diff(step.reward_logits, forced.reward_logits) < TOL
+
+
+def test_segment_logits_of_a_window_that_reads_the_next_frame():
+    window = EventWindow(V, A, K, frames=W, width=8, reads_next=True).double()
+    torch.nn.init.normal_(window.out.weight)
+    torch.nn.init.normal_(window.missing)
+    obs, actions = segment()
+    together = window.segment_logits(obs, actions)  # (B, T, 5)
+    unknown = torch.full((2, 1, K), -1)
+    padded = torch.cat([unknown.expand(2, W - 2, K), obs, unknown], dim=1)
+    for t in range(T):
+        alone = window(padded[:, t : t + W], actions[:, t])
+        assert max_diff(alone, together[:, t]) < TOL
+
+
+def test_a_window_that_reads_the_next_frame_needs_two_frames():
+    with pytest.raises(ValueError, match="event_window_reads_next"):
+        WorldModelConfig(event_window_frames=1, event_window_reads_next=True)
+    with pytest.raises(ValueError, match="event_window_reads_next"):
+        WorldModelConfig(event_window_reads_next=True)
+    with pytest.raises(ValueError, match="frames >= 2"):
+        EventWindow(V, A, K, frames=1, reads_next=True)

@@ -36,6 +36,22 @@ def _clock_replay(folder: Path, episodes: int = 12, seed: int = 0) -> Path:
     return folder
 
 
+def _outcome_replay(folder: Path, episodes: int = 16, seed: int = 0) -> Path:
+    """Episodes of black frames where, at a random step, the step's reward shows only in the
+    frame it leads to (a bright square): the frames up to the step cannot tell."""
+    rng = np.random.default_rng(seed)
+    with ReplayBuffer(folder, (64, 64, 3)) as buffer:
+        for _ in range(episodes):
+            mark, length = int(rng.integers(1, 8)), 10
+            for t in range(length):
+                frame = np.zeros((64, 64, 3), np.uint8)
+                if t == mark:
+                    frame[20:44, 20:44] = 255
+                buffer.append(frame, int(rng.integers(4)), float(t == mark - 1),
+                              terminated=t == length - 1)  # fmt: skip
+    return folder
+
+
 def _source(folder: Path) -> tuple[Path, REMModel]:
     torch.manual_seed(0)
     model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, "Breakout"))
@@ -149,3 +165,89 @@ def test_rem_train_adds_an_event_window_at_zero_and_trains_it(
         trainer.close()
     with pytest.raises(ValueError, match="world_model_event_window must be >= 0"):
         dataclasses.replace(config, world_model_event_window=-1)
+
+
+@pytest.mark.parametrize("reads_next", [True, False], ids=["reads-next", "own-frame"])
+def test_a_window_that_reads_the_next_frame_learns_a_reward_shown_there(
+    tmp_path: Path, reads_next: bool
+) -> None:
+    source, _ = _source(tmp_path / "source")
+    replay = _outcome_replay(tmp_path / "replay")
+    held = _outcome_replay(tmp_path / "held", seed=1)
+    argv = ["--init-from", str(source), "--replay", str(replay), "--held-out", str(held),
+            "--out", str(tmp_path / "ew"), "--frames", "3", "--width", "8", "--steps", "200",
+            "--batch-size", "8", "--targets", "8", "--eval-every", "200", "--lr", "3e-3",
+            "--heads", "rewards", "--reads-next", str(reads_next).lower()]  # fmt: skip
+    assert main(argv) == 0
+    rewards = _progress(tmp_path / "ew")[-1]["rewards"]
+    if reads_next:
+        assert rewards["nll"] < 0.3 * rewards["base_nll"]
+        assert rewards["likeliest_recall"] > 0.8 and rewards["likeliest_precision"] > 0.8
+    else:  # the frames up to the step do not show it
+        assert rewards["nll"] > 0.6 * rewards["base_nll"]
+    export = REMModel.from_pretrained(tmp_path / "ew" / "export")
+    assert export.config.world_model.event_window_reads_next is reads_next
+
+
+def test_the_next_frame_of_a_step_is_known_within_its_episode_or_after_its_end() -> None:
+    from rem_train.train_event_window import TokenSteps, _window_index
+
+    n = 7  # episodes [0, 3) ending at step 2, [3, 5) cut off, [5, 7) the replay's last
+    ends = torch.tensor([False, False, True, False, False, False, False])
+    steps = TokenSteps(torch.zeros(n, 4, dtype=torch.long), torch.zeros(n, dtype=torch.long),
+                       torch.ones(n, dtype=torch.long), ends,
+                       np.array([0, 0, 0, 3, 3, 5, 5]))  # fmt: skip
+    index, known = _window_index(steps, np.arange(n), frames=3, reads_next=True)
+    assert index[:, -1].tolist() == [1, 2, 3, 4, 5, 6, 6]
+    assert known[:, -1].tolist() == [True, True, True, True, False, True, False]
+    assert index[:, 1].tolist() == list(range(n))  # the step's own frame
+    assert known[:, 0].tolist() == [False, True, True, False, True, False, True]
+
+
+def test_a_window_that_reads_the_other_way_is_replaced_taking_both_heads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, _ = _source(tmp_path / "source")
+    replay = _outcome_replay(tmp_path / "replay", episodes=3)
+    small = ["--frames", "3", "--width", "4", "--batch-size", "2", "--targets", "2", "--steps",
+             "1", "--replay", str(replay)]  # fmt: skip
+    assert main(["--init-from", str(source), "--out", str(tmp_path / "own"), *small]) == 0
+    own = str(tmp_path / "own" / "export")
+    with pytest.raises(SystemExit):
+        main(["--init-from", own, "--out", str(tmp_path / "x"), *small, "--reads-next", "true",
+              "--heads", "rewards"])  # fmt: skip
+    assert "must take over both heads" in capsys.readouterr().err
+    assert main(["--init-from", own, "--out", str(tmp_path / "next"), *small,
+                 "--reads-next", "true"]) == 0  # fmt: skip
+    export = REMModel.from_pretrained(tmp_path / "next" / "export")
+    assert export.config.world_model.event_window_reads_next
+
+
+def test_rem_train_takes_a_window_that_reads_the_next_frame_only_as_one(tmp_path: Path) -> None:
+    from rem_train.warm_start import WarmStartError
+
+    source, _ = _source(tmp_path / "source")
+    replay = _outcome_replay(tmp_path / "replay", episodes=3)
+    assert main(["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "n"),
+                 "--frames", "3", "--width", "64", "--batch-size", "2", "--targets", "2",
+                 "--steps", "1", "--reads-next", "true"]) == 0  # fmt: skip
+    export = tmp_path / "n" / "export"
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    common = dataclasses.replace(
+        config.common, init_from=str(export), init_parts="tokenizer,world_model"
+    )
+    own_frame = dataclasses.replace(config, common=common, world_model_event_window=3)
+    with pytest.raises(WarmStartError, match=r"event_window\.reads_next_frame"):
+        Trainer(own_frame, tmp_path / "own").close()
+    trainer = Trainer(
+        dataclasses.replace(own_frame, world_model_event_window_reads_next=True), tmp_path / "run"
+    )
+    try:
+        loaded = trainer.model.world_model.state_dict()
+        for key, value in REMModel.from_pretrained(export).world_model.state_dict().items():
+            assert torch.equal(loaded[key], value), key
+        assert trainer.model.world_model.event_window.reads_next
+    finally:
+        trainer.close()
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        dataclasses.replace(config, world_model_event_window_reads_next=True)

@@ -296,6 +296,12 @@ class TrainConfig:
         "heads' (0: off; python -m rem_train.train_event_window trains one alone); with "
         "--init-from a world model without one, it starts at zero",
     )
+    world_model_event_window_reads_next: bool = doc(
+        False,
+        "not in REM: the event window ends at the frame each step leads to (the frames before "
+        "the step's, the step's and the next), so that a reward is read from what the step did "
+        "(needs --world-model-event-window >= 2)",
+    )
     device: str = doc("cpu", "torch device (cpu, cuda, cuda:1, mps)")
     common: CommonConfig = field(default_factory=CommonConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -325,6 +331,11 @@ class TrainConfig:
             raise ValueError(
                 "world_model_event_window must be >= 0 (0: off), got "
                 f"{self.world_model_event_window}"
+            )
+        if self.world_model_event_window_reads_next and self.world_model_event_window < 2:
+            raise ValueError(
+                "world_model_event_window_reads_next needs an event window of at least 2 frames "
+                f"(world_model_event_window), got {self.world_model_event_window}"
             )
         if self.world_model_event_reader < 0:
             raise ValueError(
@@ -467,7 +478,9 @@ class TrainConfig:
             )
         if self.world_model_event_window:
             world_model = dataclasses.replace(
-                world_model, event_window_frames=self.world_model_event_window
+                world_model,
+                event_window_frames=self.world_model_event_window,
+                event_window_reads_next=self.world_model_event_window_reads_next,
             )
         return dataclasses.replace(config, world_model=world_model)
 

@@ -24,6 +24,16 @@ The export is the starting model with the window of the evaluation whose held-ou
 heads handed over, summed) was lowest; its tokenizer, RetNet, start contexts and actor-critic
 are unchanged.
 
+With ``--reads-next true`` the window ends at each step's next frame instead (the
+``frames - 2`` frames before the step's, the step's and the next; ``event_window_reads_next`` of
+:class:`rem_env.config.WorldModelConfig`): a reward is read from what the step did. The next
+frame of a step that ends a life is the replay's next record (the next life's first frame, one
+no-op later); a step whose next record starts an episode without it having ended (a cut-off
+episode, the last step of a replay) reads its next frame as unknown. A starting model whose
+window reads the other way gets a fresh one (it must take over both heads). The windows cut at a
+random frame keep the step's own frame and the next, and the held-out score of "two frames"
+reads those two.
+
 Run folder: ``progress.jsonl`` (one line per evaluation) and ``export/``.
 
 Example:
@@ -84,6 +94,8 @@ class EventWindowTrainConfig:
     """Share of the runs placed so that an event falls among their scored steps."""
     cut_share: float = 0.5
     """Share of the windows cut at a random frame (the frames before it unknown)."""
+    reads_next: bool = False
+    """Whether the window ends at each step's next frame instead of at its own frame."""
     lr: float = 1e-3
     eval_every: int = 250
     seed: int = 0
@@ -150,12 +162,22 @@ def token_steps(model: REMModel, replays: list[ReplayBuffer], chunk: int = 2048)
     )  # fmt: skip
 
 
-def _window_index(steps: TokenSteps, targets: np.ndarray, frames: int) -> tuple[Tensor, Tensor]:
-    """(N,) step indices -> the (N, W) indices of their windows' frames (clipped at 0) and
-    the (N, W) bool "the frame is in the step's episode"."""
-    index = targets[:, None] + np.arange(1 - frames, 1)[None]  # (N, W)
+def _window_index(
+    steps: TokenSteps, targets: np.ndarray, frames: int, reads_next: bool = False
+) -> tuple[Tensor, Tensor]:
+    """(N,) step indices -> the (N, W) indices of their windows' frames (clipped to the steps)
+    and the (N, W) bool "the frame is in the step's episode" (with ``reads_next``, the last
+    frame is the next record: known where it is in the episode or the step ended it)."""
+    shift = int(reads_next)
+    index = targets[:, None] + np.arange(1 - frames + shift, 1 + shift)[None]  # (N, W)
     known = index >= steps.first[targets][:, None]
-    return torch.as_tensor(np.maximum(index, 0)), torch.as_tensor(known)
+    if reads_next:
+        after = np.minimum(targets + 1, len(steps.first) - 1)
+        ended = steps.ends.numpy()[targets]
+        same = (steps.first[after] == steps.first[targets]) & (targets + 1 < len(steps.first))
+        known[:, -1] = (same | ended) & (targets + 1 < len(steps.first))
+    index = np.clip(index, 0, len(steps.first) - 1)
+    return torch.as_tensor(index), torch.as_tensor(known)
 
 
 def _draw_targets(
@@ -187,7 +209,7 @@ def _logits(
 ) -> Tensor:
     """(N, 5) logits of the windows of steps ``targets``; ``known_from`` (N,) the first frame
     index each window may read (None: its episode's first)."""
-    index, known = _window_index(steps, targets, window.frames)
+    index, known = _window_index(steps, targets, window.frames, window.reads_next)
     if known_from is not None:
         known &= index >= torch.as_tensor(known_from)[:, None]
     unique, inverse = torch.unique(index, return_inverse=True)  # each frame's features once
@@ -200,7 +222,8 @@ def evaluate(
     window: EventWindow, steps: TokenSteps, heads: tuple[str, ...], batch: int = 2048
 ) -> dict[str, Any]:
     """Every step of ``steps`` scored: ``{head: EventCheck}`` with whole windows, and
-    ``{head}_two_frames_nll`` with windows of the step's frame and the one before only."""
+    ``{head}_two_frames_nll`` with windows of the step's frame and the one before only (the
+    step's frame and the next where the window reads it)."""
     window.eval()
     counts = {"rewards": EventCounts(), "ends": EventCounts()}
     two = {"rewards": 0.0, "ends": 0.0}
@@ -208,7 +231,7 @@ def evaluate(
     for lo in range(0, n, batch):
         targets = np.arange(lo, min(lo + batch, n))
         rewards, ends = steps.rewards[lo : lo + batch], steps.ends[lo : lo + batch]
-        for cut in (None, targets - 1):
+        for cut in (None, targets - 1 + int(window.reads_next)):
             logits = _logits(window, steps, targets, cut)
             reward_p = logits[:, :NUM_REWARD_CLASSES].softmax(-1)
             end_p = logits[:, NUM_REWARD_CLASSES:].softmax(-1)
@@ -249,7 +272,7 @@ def train(
     heads = config.head_names()
     torch.manual_seed(config.seed)
     source = load_source(init_from, need_actor_critic=False)
-    model = _with_event_window(source.model, config.frames, config.width)
+    model = _with_event_window(source.model, config.frames, config.width, config.reads_next, heads)
     window = model.world_model.event_window
     assert window is not None
     hand_over_heads(model, heads, keep=window)
@@ -286,7 +309,7 @@ def train(
             targets = scored.reshape(-1)  # (B*S,)
             known_from = None
             if config.cut_share > 0:
-                cut = targets - rng.integers(0, config.frames, size=len(targets))
+                cut = targets - rng.integers(0, window.frames_before + 1, size=len(targets))
                 keep_all = rng.random(len(targets)) >= config.cut_share
                 known_from = np.where(keep_all, -1, cut)
             logits = _logits(window, steps, targets, known_from)
@@ -345,29 +368,52 @@ def _shift(replay_rates: Tensor, drawn: Tensor, columns: Tensor) -> Tensor:
     return torch.where(columns, ratio.log(), torch.zeros(())).float()
 
 
-def _with_event_window(model: REMModel, frames: int, width: int) -> REMModel:
+def _with_event_window(
+    model: REMModel,
+    frames: int,
+    width: int,
+    reads_next: bool = False,
+    heads: tuple[str, ...] = ("rewards", "ends"),
+) -> REMModel:
     """``model`` with a fresh event window (output layer at zero: the same function), or
-    ``model`` itself where it has one of these sizes (trained on)."""
+    ``model`` itself where it has one of these sizes (trained on). A window that reads the other
+    way is replaced by a fresh one, which must take over both heads."""
     sizes = model.config.world_model
     if model.world_model.event_window is not None:
-        have = (sizes.event_window_frames, sizes.event_window_width)
-        if have != (frames, width):
+        if sizes.event_window_reads_next == reads_next:
+            have = (sizes.event_window_frames, sizes.event_window_width)
+            if have != (frames, width):
+                raise ValueError(
+                    f"the starting model has an event window of {have[0]} frames and width "
+                    f"{have[1]}; give --frames {have[0]} --width {have[1]} to train it on"
+                )
+            return model.eval()
+        if set(heads) != {"rewards", "ends"}:
             raise ValueError(
-                f"the starting model has an event window of {have[0]} frames and width "
-                f"{have[1]}; give --frames {have[0]} --width {have[1]} to train it on"
+                "the starting model's event window reads "
+                + (
+                    "up to the next frame"
+                    if sizes.event_window_reads_next
+                    else "up to each step's frame"
+                )
+                + "; a fresh window in its place must take over both heads: give --heads "
+                "rewards,ends"
             )
-        return model.eval()
     grown_config = dataclasses.replace(
         model.config,
         world_model=dataclasses.replace(
-            sizes, event_window_frames=frames, event_window_width=width
+            sizes,
+            event_window_frames=frames,
+            event_window_width=width,
+            event_window_reads_next=reads_next,
         ),
     )
     try:
         grown = REMModel(grown_config, num_start_contexts=len(model.start_tokens))
     except ValueError as err:  # e.g. tokens that are not a square grid
         raise ValueError(f"cannot add an event window to this model: {err}") from err
-    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    state = {k: v for k, v in model.state_dict().items() if ".event_window." not in k}
+    missing, unexpected = grown.load_state_dict(state, strict=False)
     assert not unexpected and all(".event_window." in key for key in missing), missing
     grown.manifest = getattr(model, "manifest", None)
     return grown.eval()

@@ -16,6 +16,13 @@ embedding go through a hidden layer to the 5 event logits (3 reward classes, 2 e
 which the world model adds to its reward and end heads' logits. The output layer starts at zero,
 so a world model that gains an event window starts as exactly the model it was.
 
+A window that *reads the next frame* (``reads_next=True``) ends instead at the frame the step
+leads to: the W - 2 frames before the step's, the step's own and the next one. A reward is then
+read from what the step did (in Breakout a brick gone between the two frames), not guessed
+before it happens, so that a dream's rewards come with the dreamed frames that show them. In a
+dream the next frame is the dreamed one, drawn before the step's reward and end; in a training
+segment the last step's next frame is not in the segment and reads as one that does not exist.
+
 A frame's features do not depend on the window it sits in: over a segment of T frames each is
 computed once (:meth:`EventWindow.frame_features`) and every step's window reads them
 (:meth:`EventWindow.segment_logits`).
@@ -50,6 +57,8 @@ class EventWindow(nn.Module):
         frames: Frames W in a step's window: the step's own frame and the W - 1 before it.
         width: Channels of the convolutions; a frame's pooled features have ``2 * width``, the
             hidden layer ``4 * width``.
+        reads_next: Whether the window ends at the step's next frame (the W - 2 frames before
+            the step's, the step's and the next) instead of at the step's own frame.
 
     Example:
         >>> import torch
@@ -63,7 +72,13 @@ class EventWindow(nn.Module):
     """
 
     def __init__(
-        self, vocab_size: int, num_actions: int, tokens_per_obs: int, frames: int, width: int = 64
+        self,
+        vocab_size: int,
+        num_actions: int,
+        tokens_per_obs: int,
+        frames: int,
+        width: int = 64,
+        reads_next: bool = False,
     ) -> None:
         super().__init__()
         side = math.isqrt(tokens_per_obs)
@@ -77,8 +92,16 @@ class EventWindow(nn.Module):
                 "an event window needs vocab_size, num_actions, frames and width >= 1, got "
                 f"{vocab_size}, {num_actions}, {frames}, {width}"
             )
+        if reads_next and frames < 2:
+            raise ValueError(
+                f"an event window that reads the next frame reads it and the step's own: it "
+                f"needs frames >= 2, got {frames}"
+            )
         self.side = side
         self.frames = frames
+        self.reads_next = reads_next
+        if reads_next:  # in the state, so that weights of one kind never load into the other
+            self.register_buffer("reads_next_frame", torch.ones(()))
         self.token_embedding = nn.Embedding(vocab_size, TOKEN_CHANNELS)
         self.body = nn.Sequential(
             nn.Conv2d(TOKEN_CHANNELS, width, 3, padding=1),
@@ -125,15 +148,26 @@ class EventWindow(nn.Module):
         features = self.frame_features(tokens.clamp(min=0).reshape(n * w, k)).view(n, w, -1)
         return self.window_logits(features, known, actions)
 
+    @property
+    def frames_before(self) -> int:
+        """Frames a step's window reads before the step's own: W - 1, or W - 2 where the window
+        reads the next frame."""
+        return self.frames - 1 - int(self.reads_next)
+
     def segment_logits(self, tokens: Tensor, actions: Tensor) -> Tensor:
         """(B, T, K) tokens of segments and (B, T) actions -> (B, T, 5) logits of every step,
-        each from its own frame and the W - 1 before it in the segment (frames before the
-        segment's first do not exist)."""
+        each from its own frame and the W - 1 before it in the segment, or with ``reads_next``
+        the W - 2 before it and the next (frames outside the segment do not exist)."""
         b, t, k = tokens.shape
         features = self.frame_features(tokens.reshape(b * t, k)).view(b, t, -1)
-        before = self.frames - 1
-        padded = torch.cat([features.new_zeros(b, before, features.shape[-1]), features], dim=1)
-        known = torch.arange(-before, t, device=tokens.device) >= 0  # (T + W - 1,)
+        before, after = self.frames_before, int(self.reads_next)
+        size = features.shape[-1]
+        padded = torch.cat(
+            [features.new_zeros(b, before, size), features, features.new_zeros(b, after, size)],
+            dim=1,
+        )  # (B, T + W - 1, F)
+        index = torch.arange(-before, t + after, device=tokens.device)
+        known = (index >= 0) & (index < t)  # (T + W - 1,)
         windows = padded.unfold(1, self.frames, 1).transpose(2, 3)  # (B, T, W, F)
         known_windows = known.unfold(0, self.frames, 1).expand(b, t, self.frames)  # (B, T, W)
         logits = self.window_logits(windows.flatten(0, 1), known_windows.flatten(0, 1),

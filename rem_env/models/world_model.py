@@ -29,7 +29,10 @@ Entry points:
   the one before it; the training forward and each step then take those frames (``frames``).
 * With ``config.event_window_frames = W > 0`` (not in REM) an :class:`~rem_env.models.
   event_window.EventWindow` adds reward and end logits read from the token grids of each step's
-  frame and the W - 1 frames before it; the imagination state then keeps those frames.
+  frame and the W - 1 frames before it; the imagination state then keeps those frames. With
+  ``config.event_window_reads_next`` the window ends at the frame the step leads to instead
+  (the W - 2 frames before the step's, the step's and the next): a step draws its next frame,
+  then its reward and end.
 """
 
 from __future__ import annotations
@@ -174,6 +177,7 @@ class WorldModel(nn.Module):
                 tokens_per_obs,
                 config.event_window_frames,
                 config.event_window_width,
+                reads_next=config.event_window_reads_next,
             )
 
     # ----------------------------------------------------------------------------- embeddings
@@ -487,25 +491,28 @@ class WorldModel(nn.Module):
                     "(REMModel.imagine_step does)"
                 )
             read = self.event_reader(frames, actions)  # (B, 5)
-        recent = None
+        recent = outcome = None
         if self.recent_frames is not None:
             recent = self._recent(state)
-            if self.event_window is not None:
-                kept = self.event_window.frames - 1
-                window = torch.cat(
-                    [recent[:, recent.shape[1] - kept :], state.obs_tokens[:, None]], 1
-                )
-                windowed = self.event_window(window, actions)  # (B, 5): from (B, W, K) tokens
-                read = windowed if read is None else read + windowed
+            window = self.event_window
+            if window is not None:
+                kept = window.frames_before
+                before = recent[:, recent.shape[1] - kept :]  # (B, kept, K)
+                window_start = torch.cat([before, state.obs_tokens[:, None]], 1)
+                if window.reads_next:  # read once the next frame is drawn
+                    outcome = window_start
+                else:
+                    windowed = window(window_start, actions)  # (B, 5): from (B, W, K) tokens
+                    read = windowed if read is None else read + windowed
             # The next state's frames before its current one: these, less the oldest, and this.
             recent = torch.cat([recent, state.obs_tokens[:, None]], dim=1)[:, 1:]
         if self.config.pop:
             step, new_state = self._step_pop(
-                state, actions, codebook, temperatures, noise, next_obs_tokens, read
+                state, actions, codebook, temperatures, noise, next_obs_tokens, read, outcome
             )
         else:
             step, new_state = self._step_token_by_token(
-                state, actions, codebook, temperatures, noise, next_obs_tokens, read
+                state, actions, codebook, temperatures, noise, next_obs_tokens, read, outcome
             )
         if recent is not None:
             new_state = dataclasses.replace(new_state, recent_obs_tokens=recent)
@@ -520,6 +527,7 @@ class WorldModel(nn.Module):
         noise: StepNoise,
         next_obs_tokens: Tensor | None,
         read: Tensor | None = None,
+        outcome: Tensor | None = None,
     ) -> tuple[ImaginationStep, ImaginationState]:
         k, block = self.tokens_per_obs, self.tokens_per_block
         real = self.embed_blocks(state.obs_tokens[:, None], actions[:, None], codebook)
@@ -541,8 +549,9 @@ class WorldModel(nn.Module):
         if next_obs_tokens is None:
             next_obs_tokens = sample_categorical(obs_logits, noise.obs, temperatures[0])
         step = self._finish_step(
-            action_hidden, obs_logits, next_obs_tokens, temperatures[1], noise, events
-        )
+            action_hidden, obs_logits, next_obs_tokens, temperatures[1], noise, events,
+            actions, outcome,
+        )  # fmt: skip
         previous = state.obs_tokens if self.keeps_previous else None
         new_state = ImaginationState(
             self._float_states(states), next_obs_tokens, state.position + block, 0, previous
@@ -558,6 +567,7 @@ class WorldModel(nn.Module):
         noise: StepNoise,
         next_obs_tokens: Tensor | None,
         read: Tensor | None = None,
+        outcome: Tensor | None = None,
     ) -> tuple[ImaginationStep, ImaginationState]:
         k, block, fed = self.tokens_per_obs, self.tokens_per_block, state.num_fed
         rest = self.embed_obs(state.obs_tokens[:, fed:], codebook)  # (B, K-fed, E)
@@ -579,7 +589,7 @@ class WorldModel(nn.Module):
         obs_logits = torch.stack(logits, dim=1)  # (B, K, V)
         next_tokens = torch.stack(tokens, dim=1)  # (B, K)
         step = self._finish_step(
-            action_hidden, obs_logits, next_tokens, temperatures[1], noise, read
+            action_hidden, obs_logits, next_tokens, temperatures[1], noise, read, actions, outcome
         )
         previous = state.obs_tokens if self.keeps_previous else None
         new_state = ImaginationState(
@@ -595,7 +605,17 @@ class WorldModel(nn.Module):
         event_temperature: float,
         noise: StepNoise,
         events: Tensor | None = None,
+        actions: Tensor | None = None,
+        outcome: Tensor | None = None,
     ) -> ImaginationStep:
+        """The step's rewards and ends drawn; ``outcome``, the (B, W - 1, K) frames up to the
+        current one of an event window that reads the next frame, is read with ``obs_tokens``
+        (the next frame) and ``actions``."""
+        if outcome is not None:
+            assert self.event_window is not None and actions is not None
+            window = torch.cat([outcome, obs_tokens[:, None]], dim=1)  # (B, W, K)
+            read = self.event_window(window, actions)
+            events = read if events is None else events + read
         reward_logits = self.head_reward(action_hidden)
         end_logits = self.head_end(action_hidden)
         if events is not None:  # (B, 5): reward, end logits of the frame conv / reader / window
@@ -611,11 +631,12 @@ class WorldModel(nn.Module):
     @property
     def recent_frames(self) -> int | None:
         """How many frames before the current one imagination states keep in
-        ``recent_obs_tokens``: the W - 1 of an event window of W frames and the F - 1 of a frame
-        conv that reads F > 2 frames, the more of the two (None: neither)."""
+        ``recent_obs_tokens``: the W - 1 of an event window of W frames (W - 2 where it reads
+        the next frame) and the F - 1 of a frame conv that reads F > 2 frames, the more of the
+        two (None: neither)."""
         kept = []
         if self.event_window is not None:
-            kept.append(self.event_window.frames - 1)
+            kept.append(self.event_window.frames_before)
         if self.frame_conv is not None and self.frame_conv.frames > 2:
             kept.append(self.frame_conv.frames - 1)
         return max(kept) if kept else None
