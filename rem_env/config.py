@@ -158,6 +158,10 @@ class WorldModelConfig:
             step leads to (the W - 2 frames before the step's, the step's and the next): a
             reward is read from what the step did, e.g. a brick gone, so that a dream's rewards
             come with the dreamed frames that show them. It needs an event window of W >= 2.
+        event_window_change_width: Not in REM (0: off). Channels of the event window's path
+            over the change between its last two frames, read cell by cell (a brick gone is one
+            cell of the grid, which the pooled features of each frame barely show). It needs an
+            event window of W >= 2.
     """
 
     embed_dim: int = 256
@@ -184,6 +188,7 @@ class WorldModelConfig:
     event_window_frames: int = 0
     event_window_width: int = 64
     event_window_reads_next: bool = False
+    event_window_change_width: int = 0
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_layers", "num_heads", "ffn_dim", "max_blocks"):
@@ -245,6 +250,15 @@ class WorldModelConfig:
             self.event_window_frames >= 2 or not self.event_window_reads_next,
             "event_window_reads_next",
             "the window reads the step's frame and the next one: set event_window_frames >= 2",
+        )
+        _require(
+            self.event_window_change_width == 0 or self.event_window_frames >= 2,
+            "event_window_change_width",
+            "the change is read between the event window's last two frames: set "
+            "event_window_frames >= 2",
+        )
+        _require(
+            self.event_window_change_width >= 0, "event_window_change_width", "must be 0 or more"
         )
 
     @property

@@ -187,5 +187,7 @@ def _parts_not_in_rem(world_model: WorldModelConfig) -> str:
         window = f"an event window of {world_model.event_window_frames} frames"
         if world_model.event_window_reads_next:
             window += " that ends at each step's next frame"
+        if world_model.event_window_change_width:
+            window += " and reads the change of its last two frames"
         parts.append(window)
     return f", with {', '.join(parts)} (not in REM)" if parts else ""

@@ -242,3 +242,51 @@ def test_a_window_that_reads_the_next_frame_needs_two_frames():
         WorldModelConfig(event_window_reads_next=True)
     with pytest.raises(ValueError, match="frames >= 2"):
         EventWindow(V, A, K, frames=1, reads_next=True)
+
+
+@pytest.mark.parametrize("reads_next", [True, False], ids=["reads-next", "own-frame"])
+@pytest.mark.parametrize("context", [1, 3], ids=["1-frame", "3-frame"])
+def test_a_window_that_reads_the_change_in_imagination_equals_training(context, reads_next):
+    torch.manual_seed(0)
+    config = WorldModelConfig(
+        embed_dim=32, num_layers=2, num_heads=2, ffn_dim=64, dropout=0.0, max_blocks=T,
+        blocks_per_chunk=3, shared_embeddings=False, event_window_frames=3, event_window_width=8,
+        event_window_reads_next=reads_next, event_window_change_width=4,
+    )  # fmt: skip
+    wm = WorldModel(config, A, V, K).double().eval()
+    for tensor in (wm.event_window.out.weight, wm.event_window.missing_change):
+        torch.nn.init.normal_(tensor)
+    obs, actions = segment()
+    train = wm(obs, actions)
+    state = wm.start_state(obs[:, :context], actions[:, : context - 1])
+    for t in range(context - 1, T - 1):
+        step, state = wm.step(state, actions[:, t], next_obs_tokens=obs[:, t + 1])
+        assert max_diff(step.reward_logits, train.reward_logits[:, t]) < TOL
+        assert max_diff(step.end_logits, train.end_logits[:, t]) < TOL
+
+
+def test_the_change_path_is_read_only_where_both_last_frames_exist():
+    window = EventWindow(V, A, tokens_per_obs=16, frames=3, width=8, change_width=4).double()
+    torch.nn.init.normal_(window.out.weight)
+    torch.nn.init.normal_(window.missing_change)
+    torch.manual_seed(2)
+    tokens, actions = torch.randint(V, (2, 3, 16)), torch.tensor([1, 2])
+    features = window.frame_features(tokens.flatten(0, 1)).view(2, 3, -1)
+    change = window.change_features(tokens[:, -2], tokens[:, -1])
+    other = torch.randn_like(change)
+    known = torch.ones(2, 3, dtype=torch.bool)
+    assert (
+        max_diff(window(tokens, actions), window.window_logits(features, known, actions, change))
+        < TOL
+    )
+    assert max_diff(window.window_logits(features, known, actions, other),
+                    window.window_logits(features, known, actions, change)) > 1e-6  # fmt: skip
+    known[:, -2] = False  # the step's frame missing: the learned vector instead
+    assert max_diff(window.window_logits(features, known, actions, other),
+                    window.window_logits(features, known, actions, change)) < TOL  # fmt: skip
+    plain = EventWindow(V, A, tokens_per_obs=16, frames=3, width=8)
+    assert window.hidden[0].in_features == plain.hidden[0].in_features + 8
+    with pytest.raises(ValueError, match="frames >= 2"):
+        EventWindow(V, A, K, frames=1, change_width=4)
+    with pytest.raises(ValueError, match="event_window_change_width"):
+        WorldModelConfig(event_window_frames=1, event_window_change_width=4)

@@ -129,6 +129,7 @@ def test_bad_settings_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFix
         (["--heads", "bricks"], "--heads must name rewards, ends or both"),
         (["--frames", "0"], "--frames must be at least 1"),
         (["--cut-share", "2"], "--cut-share must lie in [0, 1]"),
+        (["--change-width", "-1"], "--change-width must be 0 (none) or positive"),
         (["--replay", str(tmp_path / "nowhere")], "no replay folder"),
     ):
         with pytest.raises(SystemExit):
@@ -139,7 +140,7 @@ def test_bad_settings_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):  # its window reads 3 frames
         main(["--init-from", str(tmp_path / "w" / "export"), "--replay", str(replay),
               "--out", str(tmp_path / "y"), "--width", "4"])  # fmt: skip
-    assert "has an event window of 3 frames and width 4" in capsys.readouterr().err
+    assert "has an event window of 3 frames, width 4 and change width 0" in capsys.readouterr().err
 
 
 def test_rem_train_adds_an_event_window_at_zero_and_trains_it(
@@ -167,9 +168,13 @@ def test_rem_train_adds_an_event_window_at_zero_and_trains_it(
         dataclasses.replace(config, world_model_event_window=-1)
 
 
-@pytest.mark.parametrize("reads_next", [True, False], ids=["reads-next", "own-frame"])
+@pytest.mark.parametrize(
+    ("reads_next", "change_width"),
+    [(True, 0), (True, 4), (False, 0)],
+    ids=["reads-next", "reads-next-and-the-change", "own-frame"],
+)
 def test_a_window_that_reads_the_next_frame_learns_a_reward_shown_there(
-    tmp_path: Path, reads_next: bool
+    tmp_path: Path, reads_next: bool, change_width: int
 ) -> None:
     source, _ = _source(tmp_path / "source")
     replay = _outcome_replay(tmp_path / "replay")
@@ -177,7 +182,8 @@ def test_a_window_that_reads_the_next_frame_learns_a_reward_shown_there(
     argv = ["--init-from", str(source), "--replay", str(replay), "--held-out", str(held),
             "--out", str(tmp_path / "ew"), "--frames", "3", "--width", "8", "--steps", "200",
             "--batch-size", "8", "--targets", "8", "--eval-every", "200", "--lr", "3e-3",
-            "--heads", "rewards", "--reads-next", str(reads_next).lower()]  # fmt: skip
+            "--heads", "rewards", "--reads-next", str(reads_next).lower(),
+            "--change-width", str(change_width)]  # fmt: skip
     assert main(argv) == 0
     rewards = _progress(tmp_path / "ew")[-1]["rewards"]
     if reads_next:
@@ -187,6 +193,10 @@ def test_a_window_that_reads_the_next_frame_learns_a_reward_shown_there(
         assert rewards["nll"] > 0.6 * rewards["base_nll"]
     export = REMModel.from_pretrained(tmp_path / "ew" / "export")
     assert export.config.world_model.event_window_reads_next is reads_next
+    assert export.config.world_model.event_window_change_width == change_width
+    card = (tmp_path / "ew" / "export" / "README.md").read_text()
+    assert ("that ends at each step's next frame" in card) is reads_next
+    assert ("reads the change of its last two frames" in card) is bool(change_width)
 
 
 def test_the_next_frame_of_a_step_is_known_within_its_episode_or_after_its_end() -> None:
@@ -251,3 +261,9 @@ def test_rem_train_takes_a_window_that_reads_the_next_frame_only_as_one(tmp_path
         trainer.close()
     with pytest.raises(ValueError, match="at least 2 frames"):
         dataclasses.replace(config, world_model_event_window_reads_next=True)
+    with pytest.raises(ValueError, match="event window of at least 2 frames"):
+        dataclasses.replace(config, world_model_event_window_change_width=4)
+    changes = dataclasses.replace(
+        config, world_model_event_window=2, world_model_event_window_change_width=4
+    )
+    assert changes.model_config().world_model.event_window_change_width == 4

@@ -302,6 +302,11 @@ class TrainConfig:
         "the step's, the step's and the next), so that a reward is read from what the step did "
         "(needs --world-model-event-window >= 2)",
     )
+    world_model_event_window_change_width: int = doc(
+        0,
+        "not in REM: channels of the event window's path over the change between its last two "
+        "frames, read cell by cell (0: off; needs --world-model-event-window >= 2)",
+    )
     device: str = doc("cpu", "torch device (cpu, cuda, cuda:1, mps)")
     common: CommonConfig = field(default_factory=CommonConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -336,6 +341,14 @@ class TrainConfig:
             raise ValueError(
                 "world_model_event_window_reads_next needs an event window of at least 2 frames "
                 f"(world_model_event_window), got {self.world_model_event_window}"
+            )
+        if self.world_model_event_window_change_width < 0 or (
+            self.world_model_event_window_change_width and self.world_model_event_window < 2
+        ):
+            raise ValueError(
+                "world_model_event_window_change_width must be 0 (off) or positive with an event "
+                f"window of at least 2 frames, got {self.world_model_event_window_change_width} "
+                f"with world_model_event_window {self.world_model_event_window}"
             )
         if self.world_model_event_reader < 0:
             raise ValueError(
@@ -481,6 +494,7 @@ class TrainConfig:
                 world_model,
                 event_window_frames=self.world_model_event_window,
                 event_window_reads_next=self.world_model_event_window_reads_next,
+                event_window_change_width=self.world_model_event_window_change_width,
             )
         return dataclasses.replace(config, world_model=world_model)
 

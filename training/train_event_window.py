@@ -96,6 +96,8 @@ class EventWindowTrainConfig:
     """Share of the windows cut at a random frame (the frames before it unknown)."""
     reads_next: bool = False
     """Whether the window ends at each step's next frame instead of at its own frame."""
+    change_width: int = 0
+    """Channels of the window's path over the change between its last two frames (0: none)."""
     lr: float = 1e-3
     eval_every: int = 250
     seed: int = 0
@@ -214,7 +216,10 @@ def _logits(
         known &= index >= torch.as_tensor(known_from)[:, None]
     unique, inverse = torch.unique(index, return_inverse=True)  # each frame's features once
     features = window.frame_features(steps.tokens[unique])[inverse]  # (N, W, F)
-    return window.window_logits(features, known, steps.actions[torch.as_tensor(targets)])
+    change = None
+    if window.change is not None:  # of each window's last two frames
+        change = window.change_features(steps.tokens[index[:, -2]], steps.tokens[index[:, -1]])
+    return window.window_logits(features, known, steps.actions[torch.as_tensor(targets)], change)
 
 
 @torch.no_grad()
@@ -272,7 +277,7 @@ def train(
     heads = config.head_names()
     torch.manual_seed(config.seed)
     source = load_source(init_from, need_actor_critic=False)
-    model = _with_event_window(source.model, config.frames, config.width, config.reads_next, heads)
+    model = _with_event_window(source.model, config, heads)
     window = model.world_model.event_window
     assert window is not None
     hand_over_heads(model, heads, keep=window)
@@ -369,23 +374,22 @@ def _shift(replay_rates: Tensor, drawn: Tensor, columns: Tensor) -> Tensor:
 
 
 def _with_event_window(
-    model: REMModel,
-    frames: int,
-    width: int,
-    reads_next: bool = False,
-    heads: tuple[str, ...] = ("rewards", "ends"),
+    model: REMModel, config: EventWindowTrainConfig, heads: tuple[str, ...]
 ) -> REMModel:
     """``model`` with a fresh event window (output layer at zero: the same function), or
     ``model`` itself where it has one of these sizes (trained on). A window that reads the other
     way is replaced by a fresh one, which must take over both heads."""
     sizes = model.config.world_model
+    frames, width, reads_next = config.frames, config.width, config.reads_next
     if model.world_model.event_window is not None:
         if sizes.event_window_reads_next == reads_next:
             have = (sizes.event_window_frames, sizes.event_window_width)
-            if have != (frames, width):
+            have_change = sizes.event_window_change_width
+            if have != (frames, width) or have_change != config.change_width:
                 raise ValueError(
-                    f"the starting model has an event window of {have[0]} frames and width "
-                    f"{have[1]}; give --frames {have[0]} --width {have[1]} to train it on"
+                    f"the starting model has an event window of {have[0]} frames, width "
+                    f"{have[1]} and change width {have_change}; give --frames {have[0]} "
+                    f"--width {have[1]} --change-width {have_change} to train it on"
                 )
             return model.eval()
         if set(heads) != {"rewards", "ends"}:
@@ -406,6 +410,7 @@ def _with_event_window(
             event_window_frames=frames,
             event_window_width=width,
             event_window_reads_next=reads_next,
+            event_window_change_width=config.change_width,
         ),
     )
     try:
@@ -438,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     numbers = ("frames", "width", "steps", "batch_size", "targets", "eval_every")
     run = parse_replay_training(p, argv, EventWindowTrainConfig, numbers)
+    if run.config.change_width < 0:
+        p.error("--change-width must be 0 (none) or positive")
     for name in ("event_share", "cut_share"):
         if not 0 <= getattr(run.config, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must lie in [0, 1]")

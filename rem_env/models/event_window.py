@@ -23,6 +23,12 @@ before it happens, so that a dream's rewards come with the dreamed frames that s
 dream the next frame is the dreamed one, drawn before the step's reward and end; in a training
 segment the last step's next frame is not in the segment and reads as one that does not exist.
 
+Pooled over the grid, one frame's features say little of *where* it differs from the next: a
+brick gone is one cell of 64. With ``change_width = C > 0`` the window also reads the change
+between its last two frames cell by cell: both grids' embeddings side by side go through two 3x3
+convolutions of C channels, pooled (mean and max) into one more vector for the hidden layer
+(a learned one where either frame does not exist).
+
 A frame's features do not depend on the window it sits in: over a segment of T frames each is
 computed once (:meth:`EventWindow.frame_features`) and every step's window reads them
 (:meth:`EventWindow.segment_logits`).
@@ -59,6 +65,8 @@ class EventWindow(nn.Module):
             hidden layer ``4 * width``.
         reads_next: Whether the window ends at the step's next frame (the W - 2 frames before
             the step's, the step's and the next) instead of at the step's own frame.
+        change_width: Channels of the path over the change between the window's last two
+            frames (0: none).
 
     Example:
         >>> import torch
@@ -79,6 +87,7 @@ class EventWindow(nn.Module):
         frames: int,
         width: int = 64,
         reads_next: bool = False,
+        change_width: int = 0,
     ) -> None:
         super().__init__()
         side = math.isqrt(tokens_per_obs)
@@ -87,10 +96,16 @@ class EventWindow(nn.Module):
                 f"an event window reads a square grid of tokens; K = {tokens_per_obs} is not a "
                 "square number"
             )
-        if min(vocab_size, num_actions, frames, width) < 1:
+        if min(vocab_size, num_actions, frames, width) < 1 or change_width < 0:
             raise ValueError(
-                "an event window needs vocab_size, num_actions, frames and width >= 1, got "
-                f"{vocab_size}, {num_actions}, {frames}, {width}"
+                "an event window needs vocab_size, num_actions, frames and width >= 1 and "
+                f"change_width >= 0, got {vocab_size}, {num_actions}, {frames}, {width}, "
+                f"{change_width}"
+            )
+        if change_width and frames < 2:
+            raise ValueError(
+                f"the change is read between the window's last two frames: it needs frames >= 2, "
+                f"got {frames}"
             )
         if reads_next and frames < 2:
             raise ValueError(
@@ -110,9 +125,20 @@ class EventWindow(nn.Module):
             nn.GELU(),
         )
         self.missing = nn.Parameter(torch.zeros(2 * width))
+        self.change: nn.Sequential | None = None
+        self.missing_change: nn.Parameter | None = None
+        if change_width:
+            self.change = nn.Sequential(
+                nn.Conv2d(2 * TOKEN_CHANNELS, change_width, 3, padding=1),
+                nn.GELU(),
+                nn.Conv2d(change_width, change_width, 3, padding=1),
+                nn.GELU(),
+            )
+            self.missing_change = nn.Parameter(torch.zeros(2 * change_width))
         self.action_embedding = nn.Embedding(num_actions, ACTION_CHANNELS)
         self.hidden = nn.Sequential(
-            nn.Linear(frames * 2 * width + ACTION_CHANNELS, 4 * width), nn.GELU()
+            nn.Linear(frames * 2 * width + 2 * change_width + ACTION_CHANNELS, 4 * width),
+            nn.GELU(),
         )
         self.out = nn.Linear(4 * width, EVENT_LOGITS)
         nn.init.zeros_(self.out.weight)
@@ -123,17 +149,42 @@ class EventWindow(nn.Module):
         """Features of one frame (``2 * width``)."""
         return self.missing.shape[0]
 
-    def frame_features(self, tokens: Tensor) -> Tensor:
-        """(N, K) tokens in [0, V) -> (N, 2 * width) features of each frame on its own."""
+    def _grid(self, tokens: Tensor) -> Tensor:
+        """(N, K) tokens in [0, V) -> (N, C, side, side) token embeddings on the frame's grid."""
         n = tokens.shape[0]
         grid = self.token_embedding(tokens).view(n, self.side, self.side, TOKEN_CHANNELS)
-        h = self.body(grid.permute(0, 3, 1, 2)).flatten(2)  # (N, width, K)
+        return grid.permute(0, 3, 1, 2)
+
+    def frame_features(self, tokens: Tensor) -> Tensor:
+        """(N, K) tokens in [0, V) -> (N, 2 * width) features of each frame on its own."""
+        h = self.body(self._grid(tokens)).flatten(2)  # (N, width, K)
         return torch.cat([h.mean(-1), h.amax(-1)], dim=-1)
 
-    def window_logits(self, features: Tensor, known: Tensor, actions: Tensor) -> Tensor:
-        """(N, W, F) frame features, (N, W) bool "the frame exists" and (N,) actions -> (N, 5)."""
+    def change_features(self, before: Tensor, after: Tensor) -> Tensor:
+        """(N, K) tokens of two frames in [0, V) -> (N, 2 * change_width) features of the
+        change between them, read cell by cell."""
+        assert self.change is not None, "this window reads no change (change_width = 0)"
+        grids = torch.cat([self._grid(before), self._grid(after)], dim=1)  # (N, 2C, side, side)
+        h = self.change(grids).flatten(2)  # (N, change_width, K)
+        return torch.cat([h.mean(-1), h.amax(-1)], dim=-1)
+
+    def window_logits(
+        self,
+        features: Tensor,
+        known: Tensor,
+        actions: Tensor,
+        change: Tensor | None = None,
+    ) -> Tensor:
+        """(N, W, F) frame features, (N, W) bool "the frame exists", (N,) actions and, with a
+        change path, the (N, 2 * change_width) change features of the last two frames (used
+        where both exist) -> (N, 5)."""
         features = torch.where(known[..., None], features, self.missing.to(features.dtype))
-        x = torch.cat([features.flatten(1), self.action_embedding(actions)], dim=-1)
+        parts = [features.flatten(1)]
+        if self.missing_change is not None:
+            assert change is not None, "this window reads the change of its last two frames"
+            both = known[:, -2:].all(-1, keepdim=True)  # (N, 1)
+            parts.append(torch.where(both, change, self.missing_change.to(change.dtype)))
+        x = torch.cat([*parts, self.action_embedding(actions)], dim=-1)
         return self.out(self.hidden(x))
 
     def forward(self, tokens: Tensor, actions: Tensor) -> Tensor:
@@ -145,8 +196,12 @@ class EventWindow(nn.Module):
             )
         n, w, k = tokens.shape
         known = tokens[..., 0] >= 0  # (N, W)
-        features = self.frame_features(tokens.clamp(min=0).reshape(n * w, k)).view(n, w, -1)
-        return self.window_logits(features, known, actions)
+        tokens = tokens.clamp(min=0)
+        features = self.frame_features(tokens.reshape(n * w, k)).view(n, w, -1)
+        change = None
+        if self.change is not None:
+            change = self.change_features(tokens[:, -2], tokens[:, -1])
+        return self.window_logits(features, known, actions, change)
 
     @property
     def frames_before(self) -> int:
@@ -170,6 +225,13 @@ class EventWindow(nn.Module):
         known = (index >= 0) & (index < t)  # (T + W - 1,)
         windows = padded.unfold(1, self.frames, 1).transpose(2, 3)  # (B, T, W, F)
         known_windows = known.unfold(0, self.frames, 1).expand(b, t, self.frames)  # (B, T, W)
+        change = None
+        if self.change is not None:  # the change of frames i -> i+1, for each step's last two
+            pairs = self.change_features(tokens[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(0, 1))
+            pairs = pairs.view(b, t - 1, pairs.shape[-1])
+            empty = pairs.new_zeros(b, 1, pairs.shape[-1])  # read as missing
+            ordered = [pairs, empty] if self.reads_next else [empty, pairs]
+            change = torch.cat(ordered, dim=1).flatten(0, 1)  # (B * T, 2 * change_width)
         logits = self.window_logits(windows.flatten(0, 1), known_windows.flatten(0, 1),
-                                    actions.flatten())  # fmt: skip
+                                    actions.flatten(), change)  # fmt: skip
         return logits.view(b, t, EVENT_LOGITS)

@@ -178,6 +178,7 @@ class WorldModel(nn.Module):
                 config.event_window_frames,
                 config.event_window_width,
                 reads_next=config.event_window_reads_next,
+                change_width=config.event_window_change_width,
             )
 
     # ----------------------------------------------------------------------------- embeddings
