@@ -1,6 +1,7 @@
 """The event window (not in REM): rewards and ends read from a step's latest frames' tokens."""
 
 import pytest
+import segments
 import torch
 
 from rem_env.config import WorldModelConfig
@@ -12,19 +13,26 @@ K, V, A, T, W = 4, 16, 3, 7, 3  # tokens per frame (a 2x2 grid), vocab, actions,
 
 
 def make_model(
-    window: int = W, pop: bool = True, seed: int = 0, reads_next: bool = False
+    window: int = W,
+    pop: bool = True,
+    seed: int = 0,
+    reads_next: bool = False,
+    change_width: int = 0,
 ) -> WorldModel:
     torch.manual_seed(seed)
     config = WorldModelConfig(
         embed_dim=32, num_layers=2, num_heads=2, ffn_dim=64, dropout=0.0, max_blocks=T,
         blocks_per_chunk=3, shared_embeddings=False, pop=pop, event_window_frames=window,
         event_window_width=8, event_window_reads_next=reads_next,
+        event_window_change_width=change_width,
     )  # fmt: skip
     wm = WorldModel(config, A, V, K).double().eval()
     if wm.event_window is not None:  # its output layer starts at zero: give it a function
         torch.nn.init.normal_(wm.event_window.out.weight)
         torch.nn.init.normal_(wm.event_window.out.bias)
         torch.nn.init.normal_(wm.event_window.missing)
+        if change_width:
+            torch.nn.init.normal_(wm.event_window.missing_change)
     return wm
 
 
@@ -73,32 +81,29 @@ def test_a_new_event_window_starts_as_the_model_without_it():
         assert max_diff(getattr(before, name), getattr(after, name)) == 0, name
 
 
-def nudged(
-    obs: torch.Tensor, actions: torch.Tensor, t: int, change: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Copies of a segment with block ``t``'s frame or action changed."""
-    obs2, actions2 = obs.clone(), actions.clone()
-    if change == "frame":
-        obs2[:, t] = (obs2[:, t] + 1) % V
-    else:
-        actions2[:, t] = (actions2[:, t] + 1) % A
-    return obs2, actions2
+def nudged(obs: torch.Tensor, actions: torch.Tensor, t: int, change: str):
+    return segments.nudged(obs, actions, t, change, V, A)
 
 
-def test_it_reads_its_w_frames_and_the_steps_action_only():
-    wm = make_model()
+@pytest.mark.parametrize(
+    ("window", "reads_next", "block", "frames_read"),
+    [(3, False, 5, {3, 4, 5}), (4, True, 4, {2, 3, 4, 5})],
+    ids=["its-w-frames", "w-minus-2-before-the-step-and-the-next"],
+)
+def test_it_reads_its_frames_and_the_steps_action_only(window, reads_next, block, frames_read):
+    wm = make_model(window=window, reads_next=reads_next)
     plain = make_model(window=0)
     plain.load_state_dict(wm.state_dict(), strict=False)
     obs, actions = segment(batch=1)
 
-    def window_part(o, a):  # what the event window adds at block 5
-        return (wm(o, a).end_logits - plain(o, a).end_logits)[:, 5]
+    def window_part(o, a):  # what the event window adds at the block
+        return (wm(o, a).end_logits - plain(o, a).end_logits)[:, block]
 
     base = window_part(obs, actions)
-    for t, change, read in ((2, "frame", False), (3, "frame", True), (5, "frame", True),
-                            (4, "action", False), (5, "action", True)):  # fmt: skip
-        moved = max_diff(window_part(*nudged(obs, actions, t, change)), base)
-        assert (moved > 1e-6) if read else (moved < TOL), (t, change)
+    for t in range(T):
+        for change, read in (("frame", t in frames_read), ("action", t == block)):
+            moved = max_diff(window_part(*nudged(obs, actions, t, change)), base)
+            assert (moved > 1e-6) if read else (moved < TOL), (t, change)
 
 
 def test_segment_logits_equal_the_windows_read_one_by_one():
@@ -191,24 +196,6 @@ def test_a_window_that_reads_the_next_frame_in_imagination_equals_training(conte
         assert max_diff(step.obs_logits, train.obs_logits[:, t + 1]) < TOL
 
 
-def test_a_window_that_reads_the_next_frame_reads_it_and_the_w_minus_2_before_the_step():
-    wm = make_model(window=4, reads_next=True)
-    plain = make_model(window=0)
-    plain.load_state_dict(wm.state_dict(), strict=False)
-    obs, actions = segment(batch=1)
-
-    def window_part(o, a):  # what the event window adds at block 4
-        return (wm(o, a).reward_logits - plain(o, a).reward_logits)[:, 4]
-
-    base = window_part(obs, actions)
-    for t, read in ((1, False), (2, True), (4, True), (5, True), (6, False)):
-        moved = max_diff(window_part(*nudged(obs, actions, t, "frame")), base)
-        assert (moved > 1e-6) if read else (moved < TOL), t
-    for t, read in ((3, False), (4, True), (5, False)):
-        moved = max_diff(window_part(*nudged(obs, actions, t, "action")), base)
-        assert (moved > 1e-6) if read else (moved < TOL), t
-
-
 def test_a_dreamed_step_reads_the_frame_it_draws():
     wm = make_model(window=2, reads_next=True)
     obs, actions = segment()
@@ -247,15 +234,7 @@ def test_a_window_that_reads_the_next_frame_needs_two_frames():
 @pytest.mark.parametrize("reads_next", [True, False], ids=["reads-next", "own-frame"])
 @pytest.mark.parametrize("context", [1, 3], ids=["1-frame", "3-frame"])
 def test_a_window_that_reads_the_change_in_imagination_equals_training(context, reads_next):
-    torch.manual_seed(0)
-    config = WorldModelConfig(
-        embed_dim=32, num_layers=2, num_heads=2, ffn_dim=64, dropout=0.0, max_blocks=T,
-        blocks_per_chunk=3, shared_embeddings=False, event_window_frames=3, event_window_width=8,
-        event_window_reads_next=reads_next, event_window_change_width=4,
-    )  # fmt: skip
-    wm = WorldModel(config, A, V, K).double().eval()
-    for tensor in (wm.event_window.out.weight, wm.event_window.missing_change):
-        torch.nn.init.normal_(tensor)
+    wm = make_model(reads_next=reads_next, change_width=4)
     obs, actions = segment()
     train = wm(obs, actions)
     state = wm.start_state(obs[:, :context], actions[:, : context - 1])

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+import segments
 import torch
 import torch.nn.functional as F
 
@@ -40,12 +41,7 @@ def max_diff(a, b):
 
 def nudged(obs, actions, t, change):
     """Copies of a segment with block t's frame (``change="frame"``) or action changed."""
-    obs2, actions2 = obs.clone(), actions.clone()
-    if change == "frame":
-        obs2[:, t] = (obs2[:, t] + 1) % V
-    else:
-        actions2[:, t] = (actions2[:, t] + 1) % A
-    return obs2, actions2
+    return segments.nudged(obs, actions, t, change, V, A)
 
 
 def sequential_reference(wm: WorldModel, obs, actions, recurrent: bool):
