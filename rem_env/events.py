@@ -111,6 +111,10 @@ class EventRates:
             dreams' balls seen coming down to the paddle, returned or lost, by the paddle's
             distance (:func:`rem_env.returns.count_returns`); else None.
         real_returns: The same in the real games.
+        dream_in_sight: With ``gap_object``, the dreamed transitions whose new frame shows
+            the object (a dream that loses its ball shows it less often than the game);
+            else None.
+        real_in_sight: The same in the real games.
     """
 
     dream_steps: int
@@ -132,6 +136,8 @@ class EventRates:
     real_end_gaps: tuple[int, ...] | None = None
     dream_returns: ReturnCounts | None = None
     real_returns: ReturnCounts | None = None
+    dream_in_sight: int | None = None
+    real_in_sight: int | None = None
 
     @property
     def temperature_words(self) -> str:
@@ -360,6 +366,7 @@ class _Counts(NamedTuple):
     rules: list[RuleCounts]
     end_gaps: tuple[int, ...] | None
     returns: ReturnCounts | None
+    in_sight: int | None
 
 
 def _count(
@@ -388,6 +395,7 @@ def _count(
     seen = [view(np.asarray(obs)) for view in views] if rule is not None else []
     # The frame index (reset: 0, step i: i + 1) the object was last found in, this episode.
     last_found = np.full(env.num_envs, -1)
+    in_sight = 0  # transitions whose new frame shows the object
     if probe is not None:
         last_found[probe.find(np.asarray(obs)).found] = 0
     gaps: list[int] = []
@@ -412,7 +420,9 @@ def _count(
         if probe is not None:  # ends first: their own frame is not looked at
             gaps += [i + 1 - f if f >= 0 else -1 for f in last_found[ended[i]]]
             last_found[resetting] = -1  # this step's frame is a new episode's first
-            last_found[probe.find(np.asarray(obs)).found] = i + 1
+            found = probe.find(np.asarray(obs)).found
+            last_found[found] = i + 1
+            in_sight += int((found & taken[i]).sum())
         if tracked is not None:  # a step that resets starts a new episode's frames
             tracked.record(i + 1, np.asarray(obs), resetting)
         resetting = np.asarray(terminated) | np.asarray(truncated)
@@ -420,7 +430,10 @@ def _count(
     counts = [rule_counts(lost[v], back[v], paid, taken) for v in range(len(seen))]
     end_gaps = tuple(int(g) for g in gaps) if probe is not None else None
     returned = tracked.counts() if tracked is not None else None
-    return _Counts(int(taken.sum()), int(ended.sum()), int(paid.sum()), counts, end_gaps, returned)
+    sighted = in_sight if probe is not None else None
+    return _Counts(
+        int(taken.sum()), int(ended.sum()), int(paid.sum()), counts, end_gaps, returned, sighted
+    )
 
 
 _RETURN_FIELDS = ("returned", "lost", "unclear")
@@ -488,18 +501,24 @@ def _gap_table(rates: Sequence[EventRates]) -> list[str]:
     rows = [
         f"| policy: side | episode ends with the {name} last seen {bins[0]} | "
         + " | ".join(bins[1:])
-        + " | not seen in the episode |",
-        "|---|" + "---|" * (len(GAP_BINS) + 1),
+        + f" | not seen in the episode | steps whose frame shows the {name} |",
+        "|---|" + "---|" * (len(GAP_BINS) + 2),
     ]
     upper = [np.inf if high is None else high for _, high in GAP_BINS]
     for r in rates:
-        for side, gaps in (("real game", r.real_end_gaps), ("dream", r.dream_end_gaps)):
+        sides = (
+            ("real game", r.real_end_gaps, r.real_in_sight, r.real_steps),
+            ("dream", r.dream_end_gaps, r.dream_in_sight, r.dream_steps),
+        )
+        for side, gaps, in_sight, steps in sides:
             found = np.asarray([g for g in gaps or () if g >= 0], dtype=int)
-            cells = [
+            cells: list[str | int] = [
                 int(((found >= low) & (found <= up)).sum())
                 for (low, _), up in zip(GAP_BINS, upper, strict=True)
             ]
             cells.append(len(gaps or ()) - len(found))
+            share = f"{in_sight / max(steps, 1):.0%} ({in_sight})" if in_sight is not None else "-"
+            cells.append(share)
             rows.append(f"| {r.policy_words}: {side} | " + " | ".join(map(str, cells)) + " |")
     return rows
 
@@ -641,4 +660,6 @@ def measure_event_rates(
         real_end_gaps=game_counts.end_gaps,
         dream_returns=dream.returns,
         real_returns=game_counts.returns,
+        dream_in_sight=dream.in_sight,
+        real_in_sight=game_counts.in_sight,
     )

@@ -61,6 +61,10 @@ def test_random_play_loses_real_lives_and_the_counts_are_reproducible() -> None:
     assert len(first.real_end_gaps) == first.real_ends
     assert min(first.real_end_gaps) >= 6
     assert len(first.dream_end_gaps) == first.dream_ends
+    # The real ball is in sight in most frames (not before a serve, not among the bricks); the
+    # untrained dream's frames are counted alike.
+    assert 0.5 < first.real_in_sight / first.real_steps < 1
+    assert 0 <= first.dream_in_sight <= first.dream_steps
     # No real ball that came down 8 pixels or more from the paddle came back (the paddle found
     # in the frames); of the dream's untrained balls the table counts what it sees.
     far = len(DISTANCE_BINS) - 1
@@ -107,14 +111,16 @@ def test_end_gaps_are_tabled_by_how_long_the_object_was_unseen() -> None:
     rates = EventRates(
         dream_steps=400, dream_ends=3, dream_rewards=0, real_steps=400, real_ends=5,
         real_rewards=0, temperature=1.0, gap_object="ball",
-        dream_end_gaps=(1, 3, -1), real_end_gaps=(10, 10, 7, 12, -1),
+        dream_end_gaps=(1, 3, -1), real_end_gaps=(10, 10, 7, 12, -1), dream_in_sight=100,
+        real_in_sight=372,
     )  # fmt: skip
     table = rates.table()
     assert (
         "| policy: side | episode ends with the ball last seen 1 step before | 2-5 steps " in table
     )
-    assert "| random policy: real game | 0 | 0 | 3 | 1 | 1 |" in table
-    assert "| random policy: dream | 1 | 1 | 0 | 0 | 1 |" in table
+    assert "| not seen in the episode | steps whose frame shows the ball |" in table
+    assert "| random policy: real game | 0 | 0 | 3 | 1 | 1 | 93% (372) |" in table
+    assert "| random policy: dream | 1 | 1 | 0 | 0 | 1 | 25% (100) |" in table
     assert EventRates.from_dict(json.loads(json.dumps(rates.to_dict()))) == rates
 
 
