@@ -269,3 +269,14 @@ def test_the_change_path_is_read_only_where_both_last_frames_exist():
         EventWindow(V, A, K, frames=1, change_width=4)
     with pytest.raises(ValueError, match="event_window_change_width"):
         WorldModelConfig(event_window_frames=1, event_window_change_width=4)
+
+
+def test_a_window_without_a_change_path_says_so():
+    plain = EventWindow(V, A, tokens_per_obs=16, frames=3, width=8)
+    tokens = torch.randint(V, (2, 16))
+    with pytest.raises(ValueError, match="reads no change"):
+        plain.change_features(tokens, tokens)
+    window = EventWindow(V, A, tokens_per_obs=16, frames=3, width=8, change_width=4)
+    features = window.frame_features(torch.randint(V, (6, 16))).view(2, 3, -1)
+    with pytest.raises(ValueError, match="pass change"):
+        window.window_logits(features, torch.ones(2, 3, dtype=torch.bool), torch.tensor([0, 1]))

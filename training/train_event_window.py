@@ -173,12 +173,12 @@ def _window_index(
     shift = int(reads_next)
     index = targets[:, None] + np.arange(1 - frames + shift, 1 + shift)[None]  # (N, W)
     known = index >= steps.first[targets][:, None]
+    last = len(steps.first) - 1
     if reads_next:
-        after = np.minimum(targets + 1, len(steps.first) - 1)
-        ended = steps.ends.numpy()[targets]
-        same = (steps.first[after] == steps.first[targets]) & (targets + 1 < len(steps.first))
-        known[:, -1] = (same | ended) & (targets + 1 < len(steps.first))
-    index = np.clip(index, 0, len(steps.first) - 1)
+        has_next = targets < last
+        same = steps.first[np.minimum(targets + 1, last)] == steps.first[targets]
+        known[:, -1] = has_next & (same | steps.ends.numpy()[targets])
+    index = np.clip(index, 0, last)
     return torch.as_tensor(index), torch.as_tensor(known)
 
 

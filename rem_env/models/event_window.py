@@ -163,7 +163,8 @@ class EventWindow(nn.Module):
     def change_features(self, before: Tensor, after: Tensor) -> Tensor:
         """(N, K) tokens of two frames in [0, V) -> (N, 2 * change_width) features of the
         change between them, read cell by cell."""
-        assert self.change is not None, "this window reads no change (change_width = 0)"
+        if self.change is None:
+            raise ValueError("this event window reads no change (change_width = 0)")
         grids = torch.cat([self._grid(before), self._grid(after)], dim=1)  # (N, 2C, side, side)
         h = self.change(grids).flatten(2)  # (N, change_width, K)
         return torch.cat([h.mean(-1), h.amax(-1)], dim=-1)
@@ -181,7 +182,11 @@ class EventWindow(nn.Module):
         features = torch.where(known[..., None], features, self.missing.to(features.dtype))
         parts = [features.flatten(1)]
         if self.missing_change is not None:
-            assert change is not None, "this window reads the change of its last two frames"
+            if change is None:
+                raise ValueError(
+                    "this event window reads the change of its last two frames: pass change, "
+                    "their change_features"
+                )
             both = known[:, -2:].all(-1, keepdim=True)  # (N, 1)
             parts.append(torch.where(both, change, self.missing_change.to(change.dtype)))
         x = torch.cat([*parts, self.action_embedding(actions)], dim=-1)
