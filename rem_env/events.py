@@ -22,8 +22,9 @@ ends episodes elsewhere punishes an agent for lives it could not save. For a gam
 :data:`rem_env.returns.RETURN_PROBES` (Breakout) both sides also count the balls seen coming
 down to the paddle that came back up or were lost, by how far the paddle was
 (:mod:`rem_env.returns`): in the game a ball that comes down far from the paddle is lost, and a
-dream that returns it anyway does not punish a miss. ``rem-env events`` is the command-line
-form.
+dream that returns it anyway does not punish a miss; and where the ball went out of sight (up
+into the bricks, down past the paddle, or in mid-flight, which the game's ball never does) and
+whether it came back (:mod:`rem_env.sightings`). ``rem-env events`` is the command-line form.
 
 Example:
     >>> from rem_env.events import event_table, measure_event_rates
@@ -52,6 +53,7 @@ from rem_env.model import REMModel
 from rem_env.probes import PIXEL_PLAYERS, ObjectProbe, probes_for
 from rem_env.returns import DISTANCE_BINS, RETURN_PROBES, ReturnCounts, count_returns
 from rem_env.rules import REWARD_RULES, RewardRule, RuleCounts, rule_counts
+from rem_env.sightings import AGAIN_STEPS, SightCounts, count_departures
 
 __all__ = [
     "DEFAULT_JITTER",
@@ -115,6 +117,9 @@ class EventRates:
             the object (a dream that loses its ball shows it less often than the game);
             else None.
         real_in_sight: The same in the real games.
+        dream_departures: With ``dream_returns``, where the dreams' balls went out of sight
+            and whether they came back (:func:`rem_env.sightings.count_departures`); else None.
+        real_departures: The same in the real games.
     """
 
     dream_steps: int
@@ -138,6 +143,8 @@ class EventRates:
     real_returns: ReturnCounts | None = None
     dream_in_sight: int | None = None
     real_in_sight: int | None = None
+    dream_departures: SightCounts | None = None
+    real_departures: SightCounts | None = None
 
     @property
     def temperature_words(self) -> str:
@@ -180,6 +187,9 @@ class EventRates:
         for side in ("dream_returns", "real_returns"):
             if known.get(side) is not None:
                 known[side] = ReturnCounts(*(tuple(known[side][f]) for f in _RETURN_FIELDS))
+        for side in ("dream_departures", "real_departures"):
+            if known.get(side) is not None:
+                known[side] = SightCounts(**known[side])
         for name in ("rule", "dream_end_gaps", "real_end_gaps"):
             if known.get(name) is not None:
                 known[name] = tuple(known[name])
@@ -233,6 +243,9 @@ def event_table(rates: Sequence[EventRates]) -> str:
     returning = [r for r in rates if r.real_returns is not None and r.dream_returns is not None]
     if returning:
         rows.extend(["", *_return_table(returning)])
+    departing = [r for r in rates if r.real_departures and r.dream_departures]
+    if departing:
+        rows.extend(["", *_departure_table(departing)])
     temperatures = ", ".join(sorted({r.temperature_words for r in rates}))
     same = "each policy plays" if all(r.policy != FOLLOW for r in rates) else "the others play"
     follower = (
@@ -367,6 +380,7 @@ class _Counts(NamedTuple):
     end_gaps: tuple[int, ...] | None
     returns: ReturnCounts | None
     in_sight: int | None
+    departures: SightCounts | None
 
 
 def _count(
@@ -383,7 +397,8 @@ def _count(
     ``episodes_ended(done)``, as :mod:`rem_env.agents`) and counts its transitions, ends and
     rewards, the rule's counts on each of ``views`` of the frames, with a ``probe`` the gap
     of each end (see :attr:`EventRates.dream_end_gaps`), and with ``returns`` (the ball's probe
-    and the paddle's finder) the balls returned and lost (:attr:`EventRates.dream_returns`).
+    and the paddle's finder) the balls returned and lost (:attr:`EventRates.dream_returns`)
+    and where they went out of sight (:attr:`EventRates.dream_departures`).
 
     The env resets an ended episode on its next step (gymnasium's ``NEXT_STEP`` autoreset):
     that step is no transition and is not counted. With a ``rule`` or a ``probe`` the env's
@@ -430,9 +445,17 @@ def _count(
     counts = [rule_counts(lost[v], back[v], paid, taken) for v in range(len(seen))]
     end_gaps = tuple(int(g) for g in gaps) if probe is not None else None
     returned = tracked.counts() if tracked is not None else None
+    departed = tracked.departures() if tracked is not None else None
     sighted = in_sight if probe is not None else None
     return _Counts(
-        int(taken.sum()), int(ended.sum()), int(paid.sum()), counts, end_gaps, returned, sighted
+        int(taken.sum()),
+        int(ended.sum()),
+        int(paid.sum()),
+        counts,
+        end_gaps,
+        returned,
+        sighted,
+        departed,
     )
 
 
@@ -462,6 +485,9 @@ class _Tracks:
     def counts(self) -> ReturnCounts:
         return count_returns(self.rows, self.cols, self.found, self.paddles, self.episodes)
 
+    def departures(self) -> SightCounts:
+        return count_departures(self.rows, self.found, self.episodes)
+
 
 def _return_table(rates: Sequence[EventRates]) -> list[str]:
     """Rows of the ball-return table: for each policy and side, the balls seen coming down to
@@ -481,6 +507,21 @@ def _return_table(rates: Sequence[EventRates]) -> list[str]:
             assert counts is not None
             cells = [counts.cell(i) for i in range(len(DISTANCE_BINS) + 1)]
             rows.append(f"| {r.policy_words}: {side} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _departure_table(rates: Sequence[EventRates]) -> list[str]:
+    """Rows of the departure table: for each policy and side, where the ball went out of sight
+    and how often it was found again."""
+    rows = [
+        "| policy: side | ball went out of sight up at the bricks (found again within "
+        f"{AGAIN_STEPS} steps) | down past the paddle | in mid-flight (found again) |",
+        "|---|---|---|---|",
+    ]
+    for r in rates:
+        for side, counts in (("real game", r.real_departures), ("dream", r.dream_departures)):
+            assert counts is not None
+            rows.append(f"| {r.policy_words}: {side} | " + " | ".join(counts.cells()) + " |")
     return rows
 
 
@@ -662,4 +703,6 @@ def measure_event_rates(
         real_returns=game_counts.returns,
         dream_in_sight=dream.in_sight,
         real_in_sight=game_counts.in_sight,
+        dream_departures=dream.departures,
+        real_departures=game_counts.departures,
     )

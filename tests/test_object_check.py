@@ -89,6 +89,14 @@ def test_a_perfect_prediction_scores_what_the_tokenizer_shows(
     # (a property of the real frames: the rule needs no model), so in most of them
     assert perfect.extrapolated is not None
     assert perfect.steady_frames / perfect.frames <= perfect.extrapolated <= 1.0
+    # by the ball's row: the bands split the frames, and each band's shares are its own
+    assert [band.rows for band in perfect.bands] == ["<36", "36-48", ">=48"]
+    assert sum(band.frames for band in perfect.bands) == perfect.frames
+    assert all(band.frames > 0 for band in perfect.bands)  # the ball is in play
+    for band in perfect.bands:
+        assert band.predicted == band.reconstruction <= band.predicted_anywhere
+    shown = sum(band.frames * band.reconstruction for band in perfect.bands)
+    assert shown == pytest.approx(perfect.frames * perfect.reconstruction)
 
 
 def test_the_last_frame_again_is_not_the_next_one(model: REMModel, replay: ReplayBuffer) -> None:
@@ -105,6 +113,7 @@ def test_the_last_frame_again_is_not_the_next_one(model: REMModel, replay: Repla
     assert still.predicted_roughly >= still.predicted
     # the ball's patch: the last frame's token there is mostly another one (the ball moved on)
     assert still.patch_accuracy < 0.5 and still.patch_nll > 1.0
+    assert [band.frames for band in still.bands] == [band.frames for band in perfect.bands]
 
 
 def test_the_real_world_model_is_checked_too(model: REMModel, replay: ReplayBuffer) -> None:
@@ -177,7 +186,7 @@ def test_the_command_checks_one_checkpoint_of_a_run(
 
     def expected(model: REMModel) -> dict:
         check = check_objects(model, replay, PROBES, np.random.default_rng(0), segments=8)
-        return dataclasses.asdict(check["ball"])
+        return json.loads(json.dumps(dataclasses.asdict(check["ball"])))  # as printed
 
     assert printed(str(checkpoint)) == expected(kept)
     assert printed(str(tmp_path / "run")) == expected(last)

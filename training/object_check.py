@@ -10,7 +10,10 @@ emulator RAM and no real game, and takes seconds: the trainer runs it at every e
 run's log shows when its world model starts to draw the ball. ``rem-env fidelity`` remains the
 full report (sampled dreams, ten steps, rewards and ends, on freshly played games).
 
-Where the prediction misses, two more shares tell how: whether the object is at least roughly
+Where the prediction misses, the same shares by the row the object is at in the real frame tell
+where (:attr:`ObjectCheck.bands`: for Breakout's ball, up at the bricks, in the middle of the
+open area and down at the paddle, the rows :mod:`rem_env.sightings` sorts its departures by),
+and two more shares tell how: whether the object is at least roughly
 in place (within twice the distance), and how the prediction does on frames where the object
 moved by the same step as in the frame before (*steady* motion: the two previous real frames
 give its position exactly, so a miss there is not the game being unpredictable). And as a
@@ -35,11 +38,37 @@ import torch
 from rem_env import REMModel
 from rem_env.fidelity import to_pixels
 from rem_env.probes import NEAR_PIXELS, ObjectProbe, ProbeHits, probes_for
+from rem_env.returns import LOW_ROW
+from rem_env.sightings import TOP_ROW
 from rem_train.batches import frames_to_tensor
 from rem_train.replay import ReplayBuffer
 from rem_train.sources import replay_check_parser, run_replay_check
 
-__all__ = ["ObjectCheck", "check_objects", "main"]
+__all__ = ["ROW_EDGES", "BandCheck", "ObjectCheck", "check_objects", "main"]
+
+ROW_EDGES = (TOP_ROW, LOW_ROW)
+"""Rows (of a 64x64 frame) that split the real frames into the bands of
+:attr:`ObjectCheck.bands`: above the first, between the two, at or below the last."""
+
+
+@dataclass(frozen=True)
+class BandCheck:
+    """The object check over the real frames with the object in one band of rows.
+
+    Attributes:
+        rows: The band, e.g. ``"36-48"`` (rows at or above 36 and below 48), ``"<36"``,
+            ``">=48"`` (pixels of a 64x64 frame).
+        frames: Real frames with the object in the band.
+        reconstruction: Share whose tokenizer reconstruction has it within ``NEAR_PIXELS``.
+        predicted: Share whose prediction has it within ``NEAR_PIXELS``.
+        predicted_anywhere: Share whose prediction shows the object at all.
+    """
+
+    rows: str
+    frames: int
+    reconstruction: float | None
+    predicted: float | None
+    predicted_anywhere: float | None
 
 
 @dataclass(frozen=True)
@@ -65,6 +94,8 @@ class ObjectCheck:
             place in the two previous real frames carried on by one more step, is within
             ``NEAR_PIXELS``: what a rule that reads two real frames achieves, a yardstick for
             ``predicted`` (a property of the real frames, not of the model).
+        bands: ``reconstruction``, ``predicted`` and ``predicted_anywhere`` by the row of the
+            object in the real frame (one :class:`BandCheck` per band of :data:`ROW_EDGES`).
     """
 
     frames: int
@@ -77,6 +108,7 @@ class ObjectCheck:
     steady_frames: int
     steady_predicted: float | None
     extrapolated: float | None
+    bands: tuple[BandCheck, ...] = ()
 
 
 @torch.no_grad()
@@ -121,6 +153,7 @@ def check_objects(
     context = model.config.world_model.context_length
     device = model.start_tokens.device
     counts = {probe.name: np.zeros(9, dtype=np.int64) for probe in probes}
+    by_band = {name: np.zeros((len(ROW_EDGES) + 1, 4), dtype=np.int64) for name in counts}
     nll = dict.fromkeys(counts, 0.0)
     side = model.config.tokenizer.latent_size  # tokens per row of the grid
     patch = model.config.tokenizer.image_size // side  # pixels per patch side
@@ -151,6 +184,9 @@ def check_objects(
             roughly = _near(hits, seen, 2 * NEAR_PIXELS)
             steady = _steady(in_segments, chosen)
             anywhere = hits.found & seen.found
+            band = np.digitize(seen.positions[:, 0] * 64 / frames.shape[-2], ROW_EDGES)  # (N,)
+            for column, hit in enumerate((seen.found, near[0], near[1], anywhere)):
+                np.add.at(by_band[probe.name][:, column], band[hit], 1)
             grid = np.floor(seen.positions[seen.found]) // patch  # (n, 2) patch row, column
             grid = np.clip(grid, 0, side - 1).astype(np.int64)
             where = torch.as_tensor(grid[:, 0] * side + grid[:, 1])  # (n,) raster index
@@ -170,7 +206,7 @@ def check_objects(
                 (steady & near[1]).sum(),
                 _extrapolated(in_segments, chosen).sum(),
             ]
-    return {name: _check(c, nll[name]) for name, c in counts.items()}
+    return {name: _check(c, nll[name], by_band[name]) for name, c in counts.items()}
 
 
 def _near(hits: ProbeHits, seen: ProbeHits, pixels: float = NEAR_PIXELS) -> np.ndarray:
@@ -208,9 +244,25 @@ def _extrapolated(every: ProbeHits, chosen: np.ndarray) -> np.ndarray:
     return seen & (np.linalg.norm(change, axis=-1) <= NEAR_PIXELS)
 
 
-def _check(counts: np.ndarray, nll: float) -> ObjectCheck:
+def _band_name(index: int) -> str:
+    """``"<36"``, ``"36-48"`` or ``">=48"``: band ``index`` of :data:`ROW_EDGES`."""
+    edges = [f"{edge:g}" for edge in ROW_EDGES]
+    if index == 0:
+        return f"<{edges[0]}"
+    if index == len(edges):
+        return f">={edges[-1]}"
+    return f"{edges[index - 1]}-{edges[index]}"
+
+
+def _check(counts: np.ndarray, nll: float, by_band: np.ndarray) -> ObjectCheck:
     frames, steady = int(counts[0]), int(counts[6])
     shares = [float(c) / frames if frames else None for c in counts[1:5]]
+    bands = tuple(
+        BandCheck(
+            _band_name(i), int(row[0]), *(int(c) / int(row[0]) if row[0] else None for c in row[1:])
+        )
+        for i, row in enumerate(by_band)
+    )
     return ObjectCheck(
         frames,
         *shares,
@@ -219,6 +271,7 @@ def _check(counts: np.ndarray, nll: float) -> ObjectCheck:
         steady_frames=steady,
         steady_predicted=float(counts[7]) / steady if steady else None,
         extrapolated=float(counts[8]) / frames if frames else None,
+        bands=bands,
     )
 
 
