@@ -141,8 +141,9 @@ def test_each_evaluation_checks_the_ball_in_the_next_frame(
             "predicted_roughly", "extrapolated",
         )  # fmt: skip
         steady = ("steady_frames", "steady_predicted")
-        assert set(ball) == {"frames", "patch_nll", *shares, *steady}
+        assert set(ball) == {"frames", "patch_nll", "bands", *shares, *steady}
         assert ball["frames"] > 0  # the smoke run's replay has the ball in the open band
+        assert sum(band["frames"] for band in ball["bands"]) == ball["frames"]
         for key in shares:
             assert 0.0 <= ball[key] <= 1.0
         assert ball["patch_nll"] > 0.0
