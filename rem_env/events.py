@@ -243,7 +243,9 @@ def event_table(rates: Sequence[EventRates]) -> str:
     returning = [r for r in rates if r.real_returns is not None and r.dream_returns is not None]
     if returning:
         rows.extend(["", *_return_table(returning)])
-    departing = [r for r in rates if r.real_departures and r.dream_departures]
+    departing = [
+        r for r in rates if r.real_departures is not None and r.dream_departures is not None
+    ]
     if departing:
         rows.extend(["", *_departure_table(departing)])
     temperatures = ", ".join(sorted({r.temperature_words for r in rates}))
