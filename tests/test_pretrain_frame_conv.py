@@ -362,3 +362,37 @@ def test_frames_widens_a_frame_conv_of_fewer_frames(
     with pytest.raises(SystemExit):
         main(["--init-from", str(two), "--out", str(tmp_path / "one"), "--frames", "1", *common])
     assert "--frames must be in [2, 10), got 1" in capsys.readouterr().err
+
+
+def test_a_cosine_schedule_lowers_the_learning_rate_to_lr_final(tmp_path: Path) -> None:
+    source = _source(tmp_path / "source")
+    replay = _replay(tmp_path / "replay")
+    argv = ["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "fc"),
+            "--segments", "8", "--steps", "5", "--eval-every", "1", "--eval-segments", "4",
+            "--layers", "1", "--width", "8", "--lr", "1e-3", "--lr-schedule", "cosine",
+            "--lr-final", "1e-4"]  # fmt: skip
+    assert main(argv) == 0
+    lines = [json.loads(line) for line in (tmp_path / "fc" / "progress.jsonl").open()][1:]
+    rates = [line["lr"] for line in lines]  # the rate of each step, taken after 0..4 of 5 spent
+    expected = [1e-4 + 9e-4 * (1 + np.cos(np.pi * spent / 5)) / 2 for spent in range(5)]
+    assert rates == pytest.approx(expected, rel=1e-2)
+    assert rates[0] == pytest.approx(1e-3) and rates == sorted(rates, reverse=True)
+    record = json.loads((tmp_path / "fc" / "export" / "training.json").read_text())
+    assert record["config"]["lr_schedule"] == "cosine"
+
+
+def test_the_command_refuses_an_unknown_schedule_or_a_final_rate_above_lr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    replay = _replay(tmp_path / "replay")
+    common = ["--init-from", str(tmp_path), "--replay", str(replay), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit):
+        main([*common, "--lr-schedule", "linear"])
+    assert "--lr-schedule must be one of constant, cosine, got 'linear'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*common, "--lr-schedule", "cosine", "--lr", "1e-4", "--lr-final", "1e-3"])
+    assert "--lr-final must be in (0, --lr], got 0.001" in capsys.readouterr().err
+    source = _source(tmp_path / "source")  # a constant rate below the default final one is fine
+    assert main(["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "f"),
+                 "--segments", "8", "--steps", "1", "--eval-segments", "4", "--layers", "1",
+                 "--width", "8", "--lr", "1e-6"]) == 0  # fmt: skip

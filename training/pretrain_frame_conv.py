@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -62,18 +63,22 @@ from rem_train.sources import load_source, parse_replay_training, replay_trainin
 from rem_train.warm_start import export_with_lineage
 
 __all__ = [
+    "LR_SCHEDULES",
     "EventSteps",
     "FrameConvPretrainConfig",
     "TokenTriples",
     "embed_frames",
     "gather",
     "gather_triples",
+    "learning_rate",
     "main",
     "pretrain",
 ]
 
 SEGMENT = 10
 """Frames per segment drawn from a replay buffer (the world model's segment length)."""
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,12 @@ class FrameConvPretrainConfig:
     step is evaluated and exported as ``steps`` would be."""
     batch_size: int = 256
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    """``"constant"``: ``lr`` throughout; ``"cosine"``: from ``lr`` down to ``lr_final`` along a
+    half cosine over the run, its length the larger share spent of ``steps`` and of
+    ``max_minutes`` (so a run stopped by its time budget ends at ``lr_final`` too)."""
+    lr_final: float = 1e-5
+    """The learning rate a ``"cosine"`` schedule ends at."""
     moving_weight: float = 10.0
     """Extra weight of the patches that moved since the frame before (0: REM's plain mean)."""
     token_weight: float = 1.0
@@ -352,6 +363,11 @@ def pretrain(
         start = time.time()
         for step in range(1, config.steps + 1):
             conv.train()
+            spent = (step - 1) / config.steps
+            if config.max_minutes:
+                spent = max(spent, (time.time() - start) / (config.max_minutes * 60))
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, spent)
             loss = torch.zeros(())
             if config.train_embedding:  # (V, E), with gradient to the embedding
                 embeddings = model.world_model.embedding.weight[:vocab]
@@ -372,6 +388,7 @@ def pretrain(
             out_of_time = 0 < config.max_minutes * 60 <= time.time() - start
             if step % config.eval_every == 0 or step == config.steps or out_of_time:
                 record = {"step": step, "train_s": round(time.time() - start, 1)}
+                record["lr"] = float(f"{optimizer.param_groups[0]['lr']:.3g}")
                 record["loss"] = round(float(np.mean(losses[-config.eval_every :])), 4)
                 if probes and (config.token_weight or step <= config.eval_every):
                     # With token_weight 0 the next frame does not change: checked once.
@@ -394,6 +411,22 @@ def pretrain(
     if steps is not None:
         counted["event_steps"] = len(steps)
     return _export(model, source, out, config, init_from, command, counted, step)
+
+
+def learning_rate(config: FrameConvPretrainConfig, spent: float) -> float:
+    """The learning rate of a step taken when ``spent`` (0 to 1) of the run has passed.
+
+    Example:
+        >>> cosine = FrameConvPretrainConfig(lr=1e-3, lr_schedule="cosine", lr_final=1e-5)
+        >>> [round(learning_rate(cosine, s), 6) for s in (0.0, 0.5, 1.0, 2.0)]
+        [0.001, 0.000505, 1e-05, 1e-05]
+        >>> learning_rate(FrameConvPretrainConfig(lr=1e-3), 0.5)
+        0.001
+    """
+    if config.lr_schedule == "constant":
+        return config.lr
+    spent = min(max(spent, 0.0), 1.0)
+    return config.lr_final + (config.lr - config.lr_final) * (1 + math.cos(math.pi * spent)) / 2
 
 
 def embed_frames(tokens: Tensor, embeddings: Tensor) -> Tensor:
@@ -550,6 +583,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--frames must be in [2, {SEGMENT}), got {config.frames}")
     if config.token_weight < 0 or config.events_weight < 0:
         p.error("--token-weight and --events-weight must be >= 0")
+    if config.lr_schedule not in LR_SCHEDULES:
+        names = ", ".join(LR_SCHEDULES)
+        p.error(f"--lr-schedule must be one of {names}, got {config.lr_schedule!r}")
+    if config.lr_schedule == "cosine" and not 0 < config.lr_final <= config.lr:
+        p.error(f"--lr-final must be in (0, --lr], got {config.lr_final:g}")
     try:
         folder = pretrain(config, run.out, run.init_from, run.replays, run.held_out, run.command)
     except ValueError as err:  # nothing to train, a source that cannot be read, other sizes
