@@ -16,7 +16,7 @@ from hang_guard import HANG_GUARD_S
 
 from rem_env import REMConfig, REMModel
 from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
-from rem_train.pretrain_frame_conv import main
+from rem_train.pretrain_frame_conv import FrameConvPretrainConfig, learning_rate, main
 from rem_train.replay import ReplayBuffer
 
 
@@ -389,6 +389,8 @@ def test_the_command_refuses_an_unknown_schedule_or_a_final_rate_above_lr(
     with pytest.raises(SystemExit):
         main([*common, "--lr-schedule", "linear"])
     assert "--lr-schedule must be one of constant, cosine, got 'linear'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):  # not through the CLI
+        learning_rate(FrameConvPretrainConfig(lr_schedule="linear"), 0.5)
     with pytest.raises(SystemExit):
         main([*common, "--lr-schedule", "cosine", "--lr", "1e-4", "--lr-final", "1e-3"])
     assert "--lr-final must be in (0, --lr], got 0.001" in capsys.readouterr().err

@@ -79,6 +79,7 @@ SEGMENT = 10
 """Frames per segment drawn from a replay buffer (the world model's segment length)."""
 
 LR_SCHEDULES = ("constant", "cosine")
+"""The learning-rate schedules of :attr:`FrameConvPretrainConfig.lr_schedule`."""
 
 
 @dataclass(frozen=True)
@@ -422,9 +423,14 @@ def learning_rate(config: FrameConvPretrainConfig, spent: float) -> float:
         [0.001, 0.000505, 1e-05, 1e-05]
         >>> learning_rate(FrameConvPretrainConfig(lr=1e-3), 0.5)
         0.001
+
+    Raises:
+        ValueError: If the schedule is not one of :data:`LR_SCHEDULES`.
     """
     if config.lr_schedule == "constant":
         return config.lr
+    if config.lr_schedule != "cosine":
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}")
     spent = min(max(spent, 0.0), 1.0)
     return config.lr_final + (config.lr - config.lr_final) * (1 + math.cos(math.pi * spent)) / 2
 
