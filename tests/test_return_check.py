@@ -16,16 +16,19 @@ from rem_train.config import SMOKE_TOKENIZER, SMOKE_WORLD_MODEL
 from rem_train.replay import ReplayBuffer
 from rem_train.return_check import ReturnShares, check_returns, find_cases, main
 
+Played = tuple[Path, np.ndarray, np.ndarray, np.ndarray]
+
 
 @pytest.fixture(scope="module")
-def played(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
+def played(tmp_path_factory: pytest.TempPathFactory) -> Played:
     """1,500 real steps, a third of the episodes with random actions (balls lost), the others
-    with the scripted player (balls returned): the replay folder, every frame and every end."""
+    with the scripted player (balls returned): the replay folder, every frame, every end and
+    every action."""
     env = make_atari_env("Breakout", train=True, seed=3)
     player = SCRIPTED_PLAYERS["Breakout"](epsilon=0.05, seed=3)
     rng = np.random.default_rng(3)
     folder = tmp_path_factory.mktemp("returns") / "replay"
-    frames, ends = [], []
+    frames, ends, actions = [], [], []
     with ReplayBuffer(folder, (64, 64, 3)) as buffer:
         obs, _ = env.reset(seed=3)
         randomly = False
@@ -38,12 +41,13 @@ def played(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, 
             buffer.append(obs, action, float(reward), terminated, truncated)
             frames.append(obs)
             ends.append(terminated or truncated)
+            actions.append(action)
             if terminated or truncated:
                 next_obs, _ = env.reset()
                 randomly = rng.random() < 1 / 3
             obs = next_obs
     env.close()
-    return folder, np.stack(frames), np.array(ends)
+    return folder, np.stack(frames), np.array(ends), np.array(actions)
 
 
 def _tiny_breakout_model() -> REMModel:
@@ -80,9 +84,9 @@ def test_cases_need_the_ball_coming_down_and_gone_the_next_frame() -> None:
 
 
 def test_on_real_frames_a_lost_ball_costs_the_life_and_a_returned_one_does_not(
-    played: tuple[Path, np.ndarray, np.ndarray],
+    played: Played,
 ) -> None:
-    _, frames, ends = played
+    _, frames, ends, _ = played
     hits = BreakoutBallProbe().find(frames)
     real = np.ones(len(frames), bool)
     cases = find_cases(
@@ -99,8 +103,8 @@ def test_on_real_frames_a_lost_ball_costs_the_life_and_a_returned_one_does_not(
             assert next_end > t + LOST_STEPS + 2, (t, next_end)
 
 
-def test_dreams_are_started_from_every_case(played: tuple[Path, np.ndarray, np.ndarray]) -> None:
-    folder, _, _ = played
+def test_dreams_are_started_from_every_case(played: Played) -> None:
+    folder, _, _, _ = played
     with ReplayBuffer(folder, read_only=True) as replay:
         shares = check_returns(
             _tiny_breakout_model(), replay, np.random.default_rng(0), segments=96, dreams=3
@@ -112,9 +116,9 @@ def test_dreams_are_started_from_every_case(played: tuple[Path, np.ndarray, np.n
 
 
 def test_too_short_segments_or_too_many_steps_are_clear_errors(
-    played: tuple[Path, np.ndarray, np.ndarray],
+    played: Played,
 ) -> None:
-    folder, _, _ = played
+    folder, _, _, _ = played
     model = _tiny_breakout_model()
     with ReplayBuffer(folder, read_only=True) as replay:
         with pytest.raises(ValueError, match="cannot hold 4 context frames"):
@@ -124,11 +128,11 @@ def test_too_short_segments_or_too_many_steps_are_clear_errors(
 
 
 def test_the_command_prints_the_shares_and_refuses_other_games(
-    played: tuple[Path, np.ndarray, np.ndarray],
+    played: Played,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    folder, _, _ = played
+    folder, _, _, _ = played
     _tiny_breakout_model().save_pretrained(tmp_path / "breakout")
     argv = [str(tmp_path / "breakout"), str(folder), "--segments", "16", "--dreams", "2"]
     assert main(argv) == 0
@@ -144,3 +148,34 @@ def test_the_command_prints_the_shares_and_refuses_other_games(
     with pytest.raises(SystemExit):
         main([*argv, "--length", "11"])
     assert "--length must be at least --context + 10" in capsys.readouterr().err
+
+
+def test_each_dream_starts_at_the_frame_after_the_lowest_sighting_with_the_real_actions(
+    played: Played, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, frames, _, actions = played
+    started = []
+
+    def record(model: REMModel, cases: list, *settings: object) -> ReturnShares:
+        started.extend(cases)
+        return ReturnShares(len(cases), 0, None, None)
+
+    monkeypatch.setattr("rem_train.return_check._dream", record)
+    with ReplayBuffer(folder, read_only=True) as replay:
+        check_returns(
+            _tiny_breakout_model(), replay, np.random.default_rng(0), segments=64, context=3,
+            steps=2,
+        )  # fmt: skip
+    probe = BreakoutBallProbe()
+    assert started
+    for context, taken, ahead in started:
+        assert context.shape[0] == 3 and len(taken) == 2 and len(ahead) == 2
+        hits = probe.find(context)  # frames t-1, t (the lowest sighting), t+1 (not seen)
+        assert hits.found[1] and not hits.found[2] and hits.positions[1, 0] >= 48
+        fits = [
+            at for at in range(len(frames) - 4)
+            if all(np.array_equal(frames[at + k], context[k]) for k in range(3))
+            and np.array_equal(actions[at : at + 2], taken)  # between the context frames
+            and np.array_equal(actions[at + 2 : at + 4], ahead)  # after frames t+1 and t+2
+        ]  # fmt: skip
+        assert fits, "a context that is not three consecutive real frames and their actions"
