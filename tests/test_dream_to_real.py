@@ -97,6 +97,50 @@ def test_a_tiny_dream_to_real_run(tmp_path, capsys, monkeypatch):
     assert "(real game, test protocol, 1-30 no-op frames at the start)" in capsys.readouterr().out
 
 
+def test_an_agent_trains_on_in_a_second_leg(tmp_path, capsys):
+    from stable_baselines3 import PPO
+
+    torch.manual_seed(0)
+    model = REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, game="Breakout"))
+    model.save_pretrained(tmp_path / "model")
+    common = ["--model", str(tmp_path / "model"), "--steps", "64", "--num-envs", "2",
+              "--episodes", "1", "--eval-envs", "1", "--max-raw-frames", "200"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "first")]) == 0
+    first = PPO.load(tmp_path / "first" / "ppo_dream.zip")
+    assert first.num_timesteps == 256  # one rollout of 128 steps in each of 2 dreams
+    code = main(
+        [*common, "--continue-from", str(tmp_path / "first" / "ppo_dream.zip"), "--seed", "3",
+         "--out", str(tmp_path / "second")]
+    )  # fmt: skip
+    assert code == 0
+    second = PPO.load(tmp_path / "second" / "ppo_dream.zip")
+    assert second.num_timesteps == 512 and second._n_updates == 2 * first._n_updates
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(first.policy.parameters(), second.policy.parameters(), strict=True)
+    ]
+    assert any(changed)  # it learned on from the first leg's weights
+    report = json.loads((tmp_path / "second" / "dream_to_real.json").read_text())
+    assert report["earlier_steps"] == 256 and report["dream_steps"] == 64
+    assert report["continued_from"] == str(tmp_path / "first" / "ppo_dream.zip")
+    assert "which had trained 256 steps: 320 in all" in capsys.readouterr().out
+
+    # an agent of other spaces, a file that is no agent, and both --agent and --continue-from
+    cartpole = PPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16)
+    cartpole.save(tmp_path / "cartpole.zip")
+    with pytest.raises(SystemExit, match=r"cartpole\.zip cannot go on in this env"):
+        main([*common, "--continue-from", str(tmp_path / "cartpole.zip"), "--out",
+              str(tmp_path / "no")])  # fmt: skip
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(SystemExit, match="not an SB3 agent's zip"):
+        main([*common, "--continue-from", str(tmp_path / "junk.zip"), "--out",
+              str(tmp_path / "no2")])  # fmt: skip
+    assert not (tmp_path / "no2").exists()
+    with pytest.raises(SystemExit, match="not both"):
+        main(["--agent", str(tmp_path / "cartpole.zip"), "--continue-from",
+              str(tmp_path / "cartpole.zip"), "--out", str(tmp_path / "no3")])  # fmt: skip
+
+
 def _scores(mean: float) -> dict[str, object]:
     return {"mean": mean, "std": 0.0, "min": mean, "max": mean, "episodes": 2, "lengths": [30, 32]}
 

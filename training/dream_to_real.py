@@ -73,6 +73,7 @@ def train_in_dream(
     verbose: int = 0,
     temperature: float = 1.0,
     event_temperature: float | None = None,
+    continue_from: str | Path | None = None,
 ) -> Any:
     """PPO (``CnnPolicy``, Atari hyper-parameters of the SB3 zoo) trained ``steps`` dream steps.
 
@@ -89,6 +90,7 @@ def train_in_dream(
             surprises; 0: argmax).
         event_temperature: Sampling temperature of the dreams' rewards and ends (None:
             ``temperature``).
+        continue_from: An earlier agent's ``.zip`` (None: a new agent) to train ``steps`` more.
     """
     from rem_env.sb3 import SB3DreamVecEnv
 
@@ -102,11 +104,17 @@ def train_in_dream(
         temperature=temperature,
         event_temperature=event_temperature,
     )
-    return _train_ppo(SB3DreamVecEnv(venv), steps, seed, device, verbose)
+    return _train_ppo(SB3DreamVecEnv(venv), steps, seed, device, verbose, continue_from)
 
 
 def train_on_game(
-    game: str, steps: int, num_envs: int = 16, seed: int = 0, device: str = "cpu", verbose: int = 0
+    game: str,
+    steps: int,
+    num_envs: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+    verbose: int = 0,
+    continue_from: str | Path | None = None,
 ) -> Any:
     """PPO as :func:`train_in_dream` trains it, on the real game instead: the reference.
 
@@ -123,6 +131,7 @@ def train_on_game(
         seed: Seed of the games (env i: seed + i) and of PPO.
         device: Torch device of the agent.
         verbose: SB3 verbosity.
+        continue_from: An earlier agent's ``.zip`` (None: a new agent) to train ``steps`` more.
     """
     from gymnasium.wrappers import TransformReward
     from stable_baselines3.common.vec_env import DummyVecEnv
@@ -135,17 +144,41 @@ def train_on_game(
         )
 
     venv = DummyVecEnv([factory(i) for i in range(num_envs)])
-    return _train_ppo(venv, steps, seed, device, verbose)
+    return _train_ppo(venv, steps, seed, device, verbose, continue_from)
 
 
-def _train_ppo(venv: Any, steps: int, seed: int, device: str, verbose: int) -> Any:
+def _train_ppo(
+    venv: Any,
+    steps: int,
+    seed: int,
+    device: str,
+    verbose: int,
+    continue_from: str | Path | None = None,
+) -> Any:
     """PPO (``CnnPolicy``, the SB3 zoo's Atari hyper-parameters) trained ``steps`` env-steps on
-    an SB3 ``VecEnv`` of single frames, ``N_STACK`` stacked."""
+    an SB3 ``VecEnv`` of single frames, ``N_STACK`` stacked.
+
+    With ``continue_from``, the agent saved there (its weights, optimizer state, step count and
+    the hyper-parameters it was trained with) learns ``steps`` more: a long training in legs.
+
+    Raises:
+        ValueError: If the saved agent sees or acts in other spaces than ``venv``'s.
+    """
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
 
     env = VecFrameStack(VecMonitor(venv), N_STACK)
     env.seed(seed)
+    if continue_from is not None:
+        try:
+            agent = PPO.load(continue_from, env=env, device=device)
+        except ValueError as err:  # SB3's own message names the spaces that differ
+            env.close()
+            raise ValueError(f"{continue_from} cannot go on in this env: {err}") from err
+        agent.set_random_seed(seed)
+        agent.learn(total_timesteps=steps, reset_num_timesteps=False)
+        env.close()
+        return agent
     agent = PPO(
         "CnnPolicy",
         env,
@@ -163,6 +196,23 @@ def _train_ppo(venv: Any, steps: int, seed: int, device: str, verbose: int) -> A
     agent.learn(total_timesteps=steps)
     env.close()
     return agent
+
+
+def _earlier_steps(path: str | Path) -> int:
+    """The env-steps an SB3 agent saved at ``path`` has trained (all its legs).
+
+    Raises:
+        SystemExit: If ``path`` is not an SB3 agent's zip.
+    """
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    try:
+        data, _, _ = load_from_zip_file(path, load_data=True, device="cpu")
+    except Exception as err:  # a zip of anything else, or no zip: SB3 raises several kinds
+        raise SystemExit(f"--continue-from {path}: not an SB3 agent's zip ({err})") from err
+    if not data or "num_timesteps" not in data:
+        raise SystemExit(f"--continue-from {path}: not an SB3 agent's zip (no step count)")
+    return int(data["num_timesteps"])
 
 
 class StackedSB3Policy:
@@ -256,6 +306,13 @@ def table(report: dict[str, Any]) -> str:
             f"{dream['mean_length']:.0f} steps and returned {dream['mean_return']:.2f} on average "
             f"({dream['truncated']} cut at {dream['max_steps']} steps); on the real game it lasted "
             f"{np.mean(agent['lengths']):.0f} steps and scored {agent['mean']:.2f}."
+        )
+    if "continued_from" in report:
+        steps = report.get("dream_steps", report.get("game_steps"))
+        rows.append("")
+        rows.append(
+            f"It went on from {report['continued_from']}, which had trained "
+            f"{report['earlier_steps']:,} steps: {report['earlier_steps'] + steps:,} in all."
         )
     ratio = report["agent_over_random"]
     rows.append("")
@@ -368,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="score this PPO agent (the ppo_dream.zip or ppo_game.zip of an earlier run) instead "
         "of training one; --model, --steps, --num-envs and the temperatures are then not used",
     )
+    parser.add_argument(
+        "--continue-from",
+        default=None,
+        metavar="ZIP",
+        help="train this PPO agent (the ppo_dream.zip or ppo_game.zip of an earlier run) --steps "
+        "more, with the settings it was trained with, instead of a new one: a long training in "
+        "legs (the report gives the steps of all legs)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, help="output folder")
@@ -390,8 +455,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_temperature(flag, value)
             except ValueError as err:
                 raise SystemExit(str(err)) from err
-    if args.agent is not None and not Path(args.agent).is_file():
-        raise SystemExit(f"--agent {args.agent}: no such file (a ppo_dream.zip of an earlier run)")
+    for flag, path in (("--agent", args.agent), ("--continue-from", args.continue_from)):
+        if path is not None and not Path(path).is_file():
+            raise SystemExit(f"{flag} {path}: no such file (a ppo_dream.zip of an earlier run)")
+    if args.agent is not None and args.continue_from is not None:
+        raise SystemExit("--agent scores an agent as it is, --continue-from trains one: not both")
+    earlier = _earlier_steps(args.continue_from) if args.continue_from is not None else 0
     dream_only = (args.model, args.event_temperature) != (None, None) or args.temperature != 1.0
     if args.train_on == "game" and dream_only:
         raise SystemExit(
@@ -401,31 +470,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    try:
+        if args.agent is None and args.train_on == "game":
+            agent = train_on_game(
+                args.game, args.steps, args.num_envs, args.seed, args.device, 0, args.continue_from
+            )
+        elif args.agent is None:
+            agent = train_in_dream(
+                args.game,
+                args.steps,
+                args.model,
+                args.num_envs,
+                args.seed,
+                device=args.device,
+                temperature=args.temperature,
+                event_temperature=args.event_temperature,
+                continue_from=args.continue_from,
+            )
+    except ValueError as err:  # an agent of other spaces to continue
+        raise SystemExit(str(err)) from err
+    legs: dict[str, Any] = {}
+    if args.continue_from is not None:
+        legs = {"continued_from": args.continue_from, "earlier_steps": earlier}
     if args.agent is None and args.train_on == "game":
-        agent = train_on_game(args.game, args.steps, args.num_envs, args.seed, args.device)
         dream: dict[str, Any] = {
             "trained_on": "game",
             "game_steps": args.steps,
+            **legs,
             "game_envs": args.num_envs,
             "train_seconds": round(time.perf_counter() - start, 1),
             "game_episodes": dream_episodes(agent, TRAIN_SETTINGS.max_raw_frames // FRAME_SKIP),
         }
         agent.save(out / "ppo_game.zip")
     elif args.agent is None:
-        agent = train_in_dream(
-            args.game,
-            args.steps,
-            args.model,
-            args.num_envs,
-            args.seed,
-            device=args.device,
-            temperature=args.temperature,
-            event_temperature=args.event_temperature,
-        )
         dream = {
             "trained_on": "dream",
             "model": args.model or f"default model of {env_id(args.game)}",
             "dream_steps": args.steps,
+            **legs,
             "dream_envs": args.num_envs,
             "dream_temperature": args.temperature,
             "dream_event_temperature": (
