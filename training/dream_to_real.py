@@ -62,6 +62,10 @@ TRAINED_ON = {"dream": "only in the dream", "game": "on the real game"}
 """Where the agent trained (``--train-on``), as the reports say it."""
 
 
+class AgentEnvMismatchError(ValueError):
+    """An agent saved before cannot train on in an env of other observation or action spaces."""
+
+
 def train_in_dream(
     game: str,
     steps: int,
@@ -91,6 +95,9 @@ def train_in_dream(
         event_temperature: Sampling temperature of the dreams' rewards and ends (None:
             ``temperature``).
         continue_from: An earlier agent's ``.zip`` (None: a new agent) to train ``steps`` more.
+
+    Raises:
+        AgentEnvMismatchError: If ``continue_from``'s agent saw or acted in other spaces.
     """
     from rem_env.sb3 import SB3DreamVecEnv
 
@@ -132,6 +139,9 @@ def train_on_game(
         device: Torch device of the agent.
         verbose: SB3 verbosity.
         continue_from: An earlier agent's ``.zip`` (None: a new agent) to train ``steps`` more.
+
+    Raises:
+        AgentEnvMismatchError: If ``continue_from``'s agent saw or acted in other spaces.
     """
     from gymnasium.wrappers import TransformReward
     from stable_baselines3.common.vec_env import DummyVecEnv
@@ -162,7 +172,7 @@ def _train_ppo(
     the hyper-parameters it was trained with) learns ``steps`` more: a long training in legs.
 
     Raises:
-        ValueError: If the saved agent sees or acts in other spaces than ``venv``'s.
+        AgentEnvMismatchError: If the saved agent sees or acts in other spaces than ``venv``'s.
     """
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
@@ -174,7 +184,7 @@ def _train_ppo(
             agent = PPO.load(continue_from, env=env, device=device)
         except ValueError as err:  # SB3's own message names the spaces that differ
             env.close()
-            raise ValueError(f"{continue_from} cannot go on in this env: {err}") from err
+            raise AgentEnvMismatchError(f"{continue_from} cannot go on in this env: {err}") from err
         agent.set_random_seed(seed)
         agent.learn(total_timesteps=steps, reset_num_timesteps=False)
         env.close()
@@ -487,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 event_temperature=args.event_temperature,
                 continue_from=args.continue_from,
             )
-    except ValueError as err:  # an agent of other spaces to continue
+    except AgentEnvMismatchError as err:  # --continue-from an agent of other spaces
         raise SystemExit(str(err)) from err
     legs: dict[str, Any] = {}
     if args.continue_from is not None:
