@@ -122,8 +122,9 @@ def test_an_agent_trains_on_in_a_second_leg(tmp_path, capsys):
     assert any(changed)  # it learned on from the first leg's weights
     report = json.loads((tmp_path / "second" / "dream_to_real.json").read_text())
     assert report["earlier_steps"] == 256 and report["dream_steps"] == 64
+    assert report["all_steps"] == 512  # PPO trains whole rollouts: 64 asked, 256 done
     assert report["continued_from"] == str(tmp_path / "first" / "ppo_dream.zip")
-    assert "which had trained 256 steps: 320 in all" in capsys.readouterr().out
+    assert "which had trained 256 steps: 512 in all" in capsys.readouterr().out
 
     # an agent of other spaces, a file that is no agent, and both --agent and --continue-from
     cartpole = PPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16)

@@ -318,11 +318,10 @@ def table(report: dict[str, Any]) -> str:
             f"{np.mean(agent['lengths']):.0f} steps and scored {agent['mean']:.2f}."
         )
     if "continued_from" in report:
-        steps = report.get("dream_steps", report.get("game_steps"))
         rows.append("")
         rows.append(
             f"It went on from {report['continued_from']}, which had trained "
-            f"{report['earlier_steps']:,} steps: {report['earlier_steps'] + steps:,} in all."
+            f"{report['earlier_steps']:,} steps: {report['all_steps']:,} in all."
         )
     ratio = report["agent_over_random"]
     rows.append("")
@@ -501,7 +500,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(str(err)) from err
     legs: dict[str, Any] = {}
     if args.continue_from is not None:
-        legs = {"continued_from": args.continue_from, "earlier_steps": earlier}
+        # PPO trains whole rollouts, so the agent's count, not earlier + --steps
+        legs = {
+            "continued_from": args.continue_from,
+            "earlier_steps": earlier,
+            "all_steps": int(agent.num_timesteps),
+        }
     if args.agent is None and args.train_on == "game":
         dream: dict[str, Any] = {
             "trained_on": "game",
