@@ -186,24 +186,22 @@ def _train_ppo(
             env.close()
             raise AgentEnvMismatchError(f"{continue_from} cannot go on in this env: {err}") from err
         agent.set_random_seed(seed)
-        agent.learn(total_timesteps=steps, reset_num_timesteps=False)
-        env.close()
-        return agent
-    agent = PPO(
-        "CnnPolicy",
-        env,
-        n_steps=128,
-        n_epochs=4,
-        batch_size=256,
-        learning_rate=2.5e-4,
-        clip_range=0.1,
-        ent_coef=0.01,
-        vf_coef=0.5,
-        seed=seed,
-        device=device,
-        verbose=verbose,
-    )
-    agent.learn(total_timesteps=steps)
+    else:
+        agent = PPO(
+            "CnnPolicy",
+            env,
+            n_steps=128,
+            n_epochs=4,
+            batch_size=256,
+            learning_rate=2.5e-4,
+            clip_range=0.1,
+            ent_coef=0.01,
+            vf_coef=0.5,
+            seed=seed,
+            device=device,
+            verbose=verbose,
+        )
+    agent.learn(total_timesteps=steps, reset_num_timesteps=continue_from is None)
     env.close()
     return agent
 
@@ -479,11 +477,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+
+    def legs(agent: Any) -> dict[str, Any]:
+        if args.continue_from is None:
+            return {}
+        # PPO trains whole rollouts, so the agent's own count, not earlier + --steps
+        steps = int(agent.num_timesteps)
+        return {"continued_from": args.continue_from, "earlier_steps": earlier, "all_steps": steps}
+
     try:
         if args.agent is None and args.train_on == "game":
             agent = train_on_game(
                 args.game, args.steps, args.num_envs, args.seed, args.device, 0, args.continue_from
             )
+            dream: dict[str, Any] = {
+                "trained_on": "game",
+                "game_steps": args.steps,
+                **legs(agent),
+                "game_envs": args.num_envs,
+                "train_seconds": round(time.perf_counter() - start, 1),
+                "game_episodes": dream_episodes(agent, TRAIN_SETTINGS.max_raw_frames // FRAME_SKIP),
+            }
+            agent.save(out / "ppo_game.zip")
         elif args.agent is None:
             agent = train_in_dream(
                 args.game,
@@ -496,46 +511,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 event_temperature=args.event_temperature,
                 continue_from=args.continue_from,
             )
+            dream = {
+                "trained_on": "dream",
+                "model": args.model or f"default model of {env_id(args.game)}",
+                "dream_steps": args.steps,
+                **legs(agent),
+                "dream_envs": args.num_envs,
+                "dream_temperature": args.temperature,
+                "dream_event_temperature": (
+                    args.temperature if args.event_temperature is None else args.event_temperature
+                ),
+                "train_seconds": round(time.perf_counter() - start, 1),
+                "dream_episodes": dream_episodes(agent, MAX_DREAM_EPISODE_STEPS),
+            }
+            agent.save(out / "ppo_dream.zip")
+        else:
+            from stable_baselines3 import PPO
+
+            agent = PPO.load(args.agent, device=args.device)
+            dream = {"agent_file": args.agent}  # trained before: its dream is that run's
     except AgentEnvMismatchError as err:  # --continue-from an agent of other spaces
         raise SystemExit(str(err)) from err
-    legs: dict[str, Any] = {}
-    if args.continue_from is not None:
-        # PPO trains whole rollouts, so the agent's count, not earlier + --steps
-        legs = {
-            "continued_from": args.continue_from,
-            "earlier_steps": earlier,
-            "all_steps": int(agent.num_timesteps),
-        }
-    if args.agent is None and args.train_on == "game":
-        dream: dict[str, Any] = {
-            "trained_on": "game",
-            "game_steps": args.steps,
-            **legs,
-            "game_envs": args.num_envs,
-            "train_seconds": round(time.perf_counter() - start, 1),
-            "game_episodes": dream_episodes(agent, TRAIN_SETTINGS.max_raw_frames // FRAME_SKIP),
-        }
-        agent.save(out / "ppo_game.zip")
-    elif args.agent is None:
-        dream = {
-            "trained_on": "dream",
-            "model": args.model or f"default model of {env_id(args.game)}",
-            "dream_steps": args.steps,
-            **legs,
-            "dream_envs": args.num_envs,
-            "dream_temperature": args.temperature,
-            "dream_event_temperature": (
-                args.temperature if args.event_temperature is None else args.event_temperature
-            ),
-            "train_seconds": round(time.perf_counter() - start, 1),
-            "dream_episodes": dream_episodes(agent, MAX_DREAM_EPISODE_STEPS),
-        }
-        agent.save(out / "ppo_dream.zip")
-    else:
-        from stable_baselines3 import PPO
-
-        agent = PPO.load(args.agent, device=args.device)
-        dream = {"agent_file": args.agent}  # trained before: its dream is that run's
     start = time.perf_counter()
     games = (args.game, args.episodes, args.eval_envs, args.seed + 1000, args.max_raw_frames)
     trained = evaluate_agent(StackedSB3Policy(agent, args.eval_envs), *games, args.noop_max)
