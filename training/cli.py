@@ -40,6 +40,7 @@ from typing import Any
 from rem_env.checkpoint import CONFIG_NAME as MODEL_CONFIG_NAME
 from rem_env.cli import folder_write_problem
 from rem_train.config import PHASES, PRESETS, TrainConfig
+from rem_train.config_options import parse_bool
 from rem_train.distributed import DistContext, backend_for, cleanup, init_from_env, run_on_main
 from rem_train.trainer import Trainer, TrainingStoppedError
 
@@ -102,16 +103,6 @@ _SHORTCUTS = {
     "init_from": "common.init_from",
     "init_parts": "common.init_parts",
 }
-
-
-def parse_bool(text: str) -> bool:
-    """``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case) as a bool, for argparse."""
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
 def _converter(annotation: Any) -> Any:

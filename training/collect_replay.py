@@ -158,7 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rem_train.collect_replay", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--game", default="Breakout", choices=sorted(ATARI_100K_GAMES))
+    parser.add_argument(
+        "--game",
+        default="Breakout",
+        choices=sorted(ATARI_100K_GAMES),
+        help="Atari game played (default: %(default)s)",
+    )
     parser.add_argument("--steps", type=int, required=True, help="real steps to store")
     parser.add_argument(
         "--out", required=True, help="output folder: OUT/replay (added to) and OUT/collect.json"
@@ -190,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-raw-frames", type=int, default=None, help="raw-frame limit of an episode"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the games and the players")
     return parser
 
 

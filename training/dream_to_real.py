@@ -384,7 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
         "at the screen on the real game with REM's test "
         "protocol. Writes dream_to_real.json, dream_to_real.md and the agent (ppo_dream.zip).",
     )
-    parser.add_argument("--game", default="Breakout", choices=sorted(ATARI_100K_GAMES))
+    parser.add_argument(
+        "--game",
+        default="Breakout",
+        choices=sorted(ATARI_100K_GAMES),
+        help="Atari game: its dream, REM-<Game>-v0, and its real test env (default: %(default)s)",
+    )
     parser.add_argument(
         "--model", default=None, help="model folder or Hub repo id (default: the game's default)"
     )
@@ -440,8 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
         "more, with the settings it was trained with, instead of a new one: a long training in "
         "legs (the report gives the steps of all legs)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of PPO, its dreams and the real test games"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="torch device of the dreams and of PPO (default: cpu)"
+    )
     parser.add_argument("--out", required=True, help="output folder")
     return parser
 

@@ -37,6 +37,7 @@ import torch
 from rem_env import REMModel
 from rem_env.config import TokenizerConfig
 from rem_train.config import TrainConfig
+from rem_train.config_options import add_config_options
 from rem_train.export import START_CONTEXTS, play_start_contexts
 from rem_train.pretrain_tokenizer import FrameSet, collect_frames, reconstruction_report
 from rem_train.warm_start import LINEAGE_FILE
@@ -49,6 +50,7 @@ class FitConfig:
     """Settings of a patch tokenizer fit."""
 
     game: str = "Breakout"
+    """Atari game whose real frames the patches are fitted to (one of the Atari 100K games)."""
     frames: int = 40_000
     """Real frames collected (agent steps, REM's preprocessing with life loss as episode end)."""
     scripted_share: float = 0.8
@@ -56,11 +58,13 @@ class FitConfig:
     held_out: int = 2_048
     """Frames kept aside for the reconstruction report."""
     vocab_size: int = 512
+    """Codes: the patches' cluster centres (k-means), each an 8x8 patch the decoder shows."""
     iterations: int = 30
     """Rounds of k-means (Lloyd's) after a k-means++ start."""
     count_power: float = 0.3
     """A distinct patch weighs its count to this power (1: every patch of every frame counts)."""
     seed: int = 0
+    """Seed of the games played and of the k-means start."""
 
     def __post_init__(self) -> None:
         for name in ("frames", "held_out", "vocab_size", "iterations"):
@@ -262,8 +266,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m rem_train.fit_patch_tokenizer", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--out", required=True, help="run folder (its frames.npz is reused)")
-    for name, value in asdict(FitConfig()).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    add_config_options(p, FitConfig())
     return p
 
 

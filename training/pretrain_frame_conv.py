@@ -89,7 +89,7 @@ class FrameConvPretrainConfig:
     layers: int = 4
     """3x3 convolutions of the frame conv (``--world-model-frame-conv`` of rem-train)."""
     width: int = 128
-    """Their channels."""
+    """Channels of those convolutions."""
     frames: int = 2
     """Frames the frame conv reads before the predicted one (``--world-model-frame-conv-frames``
     of rem-train): with more than a starting frame conv reads, it is given the older frames'
@@ -116,11 +116,14 @@ class FrameConvPretrainConfig:
     which uniform segments show rarely (in a replay of random and scripted play a few hundred
     times in 100,000 steps), and the end itself is not in them."""
     steps: int = 3_000
+    """Gradient steps (Adam), each on ``batch_size`` real steps drawn from the gathered ones."""
     max_minutes: float = 0.0
     """Stop after the step that spends this many minutes of training (0: no limit); the last
     step is evaluated and exported as ``steps`` would be."""
     batch_size: int = 256
+    """Predicted frames per step."""
     lr: float = 1e-3
+    """Adam's learning rate (the first, with ``lr_schedule="cosine"``)."""
     lr_schedule: str = "constant"
     """``"constant"``: ``lr`` throughout; ``"cosine"``: from ``lr`` down to ``lr_final`` along a
     half cosine over the run, its length the larger share spent of ``steps`` and of
@@ -140,9 +143,11 @@ class FrameConvPretrainConfig:
     world model that does not share the tokenizer's codebook, such as the ``patch`` model's).
     The RetNet reads it too: for a world model whose RetNet has yet to train."""
     eval_every: int = 250
+    """Steps between the object checks on held-out segments (and after the last step)."""
     eval_segments: int = 256
     """Held-out segments of 10 frames the object check scores (seed 11, as its command line)."""
     seed: int = 0
+    """Seed of the segments drawn, the batches and the new weights."""
 
 
 @dataclass

@@ -44,9 +44,9 @@ from rem_env.models.actor_critic import ActorCritic
 from rem_env.models.tokenizer import Tokenizer
 from rem_env.probes import SCRIPTED_PLAYERS, probes_for
 from rem_train.batches import frames_to_tensor
-from rem_train.cli import parse_bool
 from rem_train.codebook import DeadCodeRestarter
 from rem_train.config import TrainConfig
+from rem_train.config_options import add_config_options
 from rem_train.export import START_CONTEXTS, encode_contexts, play_openings
 from rem_train.losses import foreground_weights, motion_weights, tokenizer_loss
 from rem_train.run_log import log_line
@@ -69,6 +69,7 @@ class PretrainConfig:
     """Settings of a tokenizer pretraining run (defaults: the ``cpu`` preset's tokenizer phase)."""
 
     game: str = "Breakout"
+    """Atari game whose real frames the tokenizer trains on (one of the Atari 100K games)."""
     frames: int = 40_000
     """Real frames collected (agent steps, REM's preprocessing with life loss as episode end)."""
     scripted_share: float = 0.8
@@ -76,29 +77,39 @@ class PretrainConfig:
     held_out: int = 1_024
     """Frames kept aside for the evaluations."""
     steps: int = 8_000
+    """Gradient steps (AdamW), each on ``batch_size`` frames drawn from the collected ones."""
     vocab_size: int = 0
     """Codebook size; 0 keeps the starting model's. A larger one keeps the starting codes and
     adds fresh ones (restarted onto latents at the first restart); the world model then starts
     fresh, since its token embedding and heads are sized by the codebook."""
     batch_size: int = 32
+    """Frames per gradient step."""
     micro_batch: int = 16
     """Frames per forward/backward; the batch's loss is the mean of its micro-batches' losses
     (each with its own foreground-weighted mean). 16 keeps activations in the CPU's caches."""
     lr: float = 1e-4
+    """AdamW's learning rate after the warm-up."""
     warmup_steps: int = 100
     """Linear learning-rate warm-up (a fresh AdamW on trained weights otherwise jolts them)."""
     weight_decay: float = 0.01
+    """AdamW's weight decay."""
     grad_clip: float = 10.0
+    """Largest norm of the gradient of all the tokenizer's weights (clipped to it)."""
     beta: float = 1.0
+    """Weight of the commitment term of the VQ-VAE loss (REM: 1)."""
     foreground_weight: float = 50.0
+    """Extra weight of the pixels that differ from the median background (the objects)."""
     motion_weight: float = 200.0
     """Extra weight of the pixels that changed since the previous frame (the ball); added to the
     foreground weighting."""
     restart_dead_codes_every: int = 10
+    """Steps between restarts of the codes no frame used since the last one."""
     restart_by_error: bool = True
     """Dead codes move onto the worst-quantised latents (see DeadCodeRestarter)."""
     eval_every: int = 500
+    """Steps between the reconstruction reports on the held-out frames (and after the last)."""
     seed: int = 0
+    """Seed of the games played, the batches and the new weights."""
     decoder_only: bool = False
     """Train only the decoder side (the post-quantisation convolution and the decoder). The
     encoder and the codebook stay as they are, so every frame keeps its tokens and the world
@@ -437,9 +448,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init-from", help="model folder, Hub repo id, run folder or checkpoint file to start from"
     )
-    for name, value in asdict(PretrainConfig()).items():
-        kind = parse_bool if isinstance(value, bool) else type(value)
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
+    add_config_options(p, PretrainConfig())
     return p
 
 

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help=NOOP_MAX_HELP,
     )
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device of the actor-critic (default: cpu)"
+    )
     parser.add_argument("--out", default=None, help="folder for score.json")
     return parser
 

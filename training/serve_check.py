@@ -175,14 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="dreamed steps (30: after FIRE and NOOPs the real game loses the life in most)",
     )
     parser.add_argument("--samples", type=int, default=8, help="dreams per serve state")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature of the dreams"
+    )
     parser.add_argument(
         "--threshold",
         type=float,
         default=BreakoutBallProbe.threshold,
         help="least redness (0-255) of a dreamed ball (61: as red as the real ball at least)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the real games and of the dreams' samples"
+    )
     return parser
 
 

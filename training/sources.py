@@ -24,6 +24,7 @@ import numpy as np
 from rem_env.model import REMModel
 from rem_env.models.actor_critic import ActorCritic
 from rem_env.models.tokenizer import Tokenizer
+from rem_train.config_options import add_config_options
 from rem_train.replay import ReplayBuffer
 from rem_train.warm_start import WarmStartError, read_warm_start
 
@@ -187,8 +188,6 @@ def replay_training_parser(
     ``--init-from`` (its help names what may be given, then ``joins``, e.g. "the window
     joins"), a repeatable ``--replay``, ``--held-out`` and one option per field of the dataclass
     ``config`` (its defaults; booleans read as ``true``/``false``)."""
-    from rem_train.cli import parse_bool  # rem_train.cli imports the trainer
-
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--out", required=True, help="run folder (written afresh)")
     parser.add_argument(
@@ -198,9 +197,7 @@ def replay_training_parser(
     )
     parser.add_argument("--replay", action="append", required=True, help=replay_help)
     parser.add_argument("--held-out", help=held_out_help)
-    for name, value in dataclasses.asdict(config).items():
-        kind = parse_bool if isinstance(value, bool) else type(value)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
+    add_config_options(parser, config)
     return parser
 
 

@@ -117,14 +117,20 @@ class EventReaderTrainConfig:
     pool: int = 60_000
     """Steps drawn uniformly from the replays (every step with a reward or an end is added)."""
     steps: int = 6_000
+    """Gradient steps (Adam), each on ``batch_size`` steps of the pool."""
     max_minutes: float = 0.0
     """Stop after the step that spends this many minutes of training (0: no limit)."""
     batch_size: int = 128
+    """Steps of the pool per gradient step."""
     lr: float = 3e-4
+    """Adam's learning rate."""
     eval_every: int = 1_000
+    """Steps between the heads' checks on held-out segments (and after the last step); the
+    export is the reader of the check with the lowest held-out NLL."""
     eval_segments: int = 1_024
     """Held-out segments of 20 steps the heads' check scores (seed 11, as its command line)."""
     seed: int = 0
+    """Seed of the pool drawn, the batches and the new weights."""
 
     def head_names(self) -> tuple[str, ...]:
         """The heads of ``heads``, checked."""

@@ -84,6 +84,7 @@ class EventWindowTrainConfig:
     heads: str = "rewards,ends"
     """The heads the window takes over: ``rewards``, ``ends`` or both, comma-separated."""
     steps: int = 1_500
+    """Gradient steps (Adam), each on ``batch_size`` runs of the replays' tokens."""
     max_minutes: float = 0.0
     """Stop after the step that spends this many minutes of training (0: no limit)."""
     batch_size: int = 32
@@ -99,8 +100,12 @@ class EventWindowTrainConfig:
     change_width: int = 0
     """Channels of the window's path over the change between its last two frames (0: none)."""
     lr: float = 1e-3
+    """Adam's learning rate."""
     eval_every: int = 250
+    """Steps between the scorings of the held-out replay (and after the last step); the export
+    is the window of the scoring with the lowest held-out NLL."""
     seed: int = 0
+    """Seed of the runs drawn, the batches and the new weights."""
 
     def head_names(self) -> tuple[str, ...]:
         """The heads of ``heads``, checked."""
