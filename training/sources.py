@@ -187,7 +187,7 @@ def replay_training_parser(
     (``pretrain_frame_conv``, ``train_event_reader``, ``train_event_window``): ``--out``,
     ``--init-from`` (its help names what may be given, then ``joins``, e.g. "the window
     joins"), a repeatable ``--replay``, ``--held-out`` and one option per field of the dataclass
-    ``config`` (its defaults; booleans read as ``true``/``false``)."""
+    ``config`` (its defaults and docstrings; booleans read as ``true``/``false``)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--out", required=True, help="run folder (written afresh)")
     parser.add_argument(
