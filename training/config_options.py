@@ -18,8 +18,9 @@ Example:
     >>> add_config_options(parser, Settings())
     >>> vars(parser.parse_args(["--steps", "5", "--fast", "yes"]))
     {'steps': 5, 'fast': True}
-    >>> field_docs(Settings)["steps"]
-    'Gradient steps (0: none).'
+    >>> from rem_train.pretrain_frame_conv import FrameConvPretrainConfig
+    >>> field_docs(FrameConvPretrainConfig)["width"]  # read from the module's source
+    'Channels of those convolutions.'
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def plain_text(docstring: str) -> str:
 
 def field_docs(config_type: type) -> dict[str, str]:
     """Plain-text docs of a dataclass's fields: each field's attribute docstring (or its
-    ``metadata["doc"]``), the base classes' too; fields without one are left out."""
+    ``metadata["doc"]``), the base classes' too; fields without one are left out, and so are
+    the attribute docstrings of a class whose source cannot be read (one defined in a doctest
+    or at the prompt)."""
     docs: dict[str, str] = {}
     for cls in reversed(config_type.__mro__):
         if not dataclasses.is_dataclass(cls):
