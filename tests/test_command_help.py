@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import pkgutil
 
@@ -30,6 +31,7 @@ def _training_parsers() -> dict[str, argparse.ArgumentParser]:
     return found
 
 
+@functools.cache
 def _all_parsers() -> dict[str, argparse.ArgumentParser]:
     parsers = {f"rem_train.{name}": p for name, p in _training_parsers().items()}
     for action in rem_env_parser()._actions:

@@ -66,32 +66,23 @@ def plain_text(docstring: str) -> str:
 
 
 def field_docs(config_type: type) -> dict[str, str]:
-    """Plain-text docs of a dataclass's fields: each field's attribute docstring (or its
-    ``metadata["doc"]``), the base classes' too; fields without one are left out, and so are
-    the attribute docstrings of a class whose source cannot be read (one defined in a doctest
-    or at the prompt)."""
-    docs: dict[str, str] = {}
-    for cls in reversed(config_type.__mro__):
-        if not dataclasses.is_dataclass(cls):
-            continue
-        try:
-            source = textwrap.dedent(inspect.getsource(cls))
-        except (OSError, TypeError):  # defined where no source can be read
-            continue
-        body = ast.parse(source).body[0].body  # the class statement's body
-        for statement, after in itertools.pairwise(body):
-            if (
-                isinstance(statement, ast.AnnAssign)
-                and isinstance(statement.target, ast.Name)
-                and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant)
-                and isinstance(after.value.value, str)
-            ):
-                docs[statement.target.id] = plain_text(after.value.value)
-    for item in dataclasses.fields(config_type):
-        if "doc" in item.metadata:
-            docs[item.name] = plain_text(item.metadata["doc"])
-    return docs
+    """Plain-text attribute docstrings of a dataclass's fields (the string right after each
+    field); fields without one are left out, and all of them where the class's source cannot be
+    read (a class defined in a doctest or at the prompt)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(config_type))
+    except (OSError, TypeError):  # defined where no source can be read
+        return {}
+    body = ast.parse(source).body[0].body  # the class statement's body
+    return {
+        statement.target.id: plain_text(after.value.value)
+        for statement, after in itertools.pairwise(body)
+        if isinstance(statement, ast.AnnAssign)
+        and isinstance(statement.target, ast.Name)
+        and isinstance(after, ast.Expr)
+        and isinstance(after.value, ast.Constant)
+        and isinstance(after.value.value, str)
+    }
 
 
 def add_config_options(parser: argparse.ArgumentParser, config: Any) -> None:
