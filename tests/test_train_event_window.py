@@ -267,3 +267,103 @@ def test_rem_train_takes_a_window_that_reads_the_next_frame_only_as_one(tmp_path
         config, world_model_event_window=2, world_model_event_window_change_width=4
     )
     assert changes.model_config().world_model.event_window_change_width == 4
+
+
+def _ball_replay(folder: Path, episodes: int = 12, seed: int = 0) -> Path:
+    """Episodes whose frames show a red ball in Breakout's open area (where the ball probe looks)
+    until a random step, then none; the game ends the episode DELAY steps after the ball's last
+    frame, which frames without the ball cannot tell apart."""
+    rng = np.random.default_rng(seed)
+    with ReplayBuffer(folder, (64, 64, 3)) as buffer:
+        for _ in range(episodes):
+            gone = int(rng.integers(3, 10))
+            for t in range(gone + DELAY + 1):
+                frame = np.zeros((64, 64, 3), np.uint8)
+                if t < gone:
+                    frame[40:44, 20 + 2 * t : 24 + 2 * t] = (200, 72, 72)
+                buffer.append(frame, int(rng.integers(4)), 0.0,
+                              terminated=t == gone + DELAY)  # fmt: skip
+    return folder
+
+
+def test_early_ends_move_each_end_to_where_the_object_left() -> None:
+    from rem_train.train_event_window import TokenSteps, ends_where_object_left
+
+    # episodes [0, 6): seen at 0-1, ended at 5; [6, 9): never seen, ended at 8;
+    # [9, 12): seen at 9-11, ended at 11 (the move stops at the game's end); [12, 14): cut off
+    first = np.array([0] * 6 + [6] * 3 + [9] * 3 + [12] * 2)
+    n = len(first)
+    ends = torch.zeros(n, dtype=torch.bool)
+    ends[[5, 8, 11]] = True
+    seen = np.zeros(n, bool)
+    seen[[0, 1, 9, 10, 11, 12]] = True
+    zeros = torch.zeros(n, dtype=torch.long)
+    steps = TokenSteps(torch.zeros(n, 4, dtype=torch.long), zeros, zeros + 1, ends, first, seen)
+    moved = ends_where_object_left(steps, lead=2)
+    assert moved.ends.nonzero().flatten().tolist() == [3, 8, 11]
+    assert np.flatnonzero(~moved.scored).tolist() == [4, 5]
+    assert torch.equal(steps.ends, ends)  # the steps given are left as they were
+    with pytest.raises(ValueError, match="lead must be"):
+        ends_where_object_left(steps, lead=-1)
+    with pytest.raises(ValueError, match="object probe"):
+        ends_where_object_left(steps._replace(seen=None), lead=0)
+
+
+def test_a_window_with_early_ends_learns_the_end_where_the_ball_left(tmp_path: Path) -> None:
+    source, _ = _source(tmp_path / "source")
+    replay, held = _ball_replay(tmp_path / "replay"), _ball_replay(tmp_path / "held", seed=1)
+    argv = [
+        "--init-from",
+        str(source),
+        "--replay",
+        str(replay),
+        "--held-out",
+        str(held),
+        "--frames",
+        "4",
+        "--width",
+        "8",
+        "--steps",
+        "300",
+        "--batch-size",
+        "8",
+        "--targets",
+        "8",
+        "--eval-every",
+        "300",
+        "--lr",
+        "3e-3",
+        "--heads",
+        "ends",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "game"), "--early-ends", "-1"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "early"), "--early-ends", "1"]) == 0
+    game, early = _progress(tmp_path / "game"), _progress(tmp_path / "early")
+    total = game[0]["steps"]
+    assert game[0]["scored_steps"] == total
+    # Each episode ends at its first frame without the ball; the DELAY after it are unscored.
+    assert early[0]["scored_steps"] == total - 12 * DELAY
+    assert early[0]["ends"] == game[0]["ends"] == 12
+    # The ball in the frame before and not in the step's: four frames tell. At the game's step,
+    # DELAY frames without the ball later, the last three such steps look the same to them.
+    assert early[-1]["ends"]["nll"] < 0.35 * early[-1]["ends"]["base_nll"]
+    assert early[-1]["ends"]["likeliest_recall"] > 0.8
+    assert game[-1]["ends"]["nll"] > 2 * early[-1]["ends"]["nll"]
+
+
+def test_early_ends_need_a_game_with_an_object_probe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(0)
+    REMModel(REMConfig(4, SMOKE_TOKENIZER, SMOKE_WORLD_MODEL, "Pong")).save_pretrained(
+        tmp_path / "pong"
+    )
+    replay = _ball_replay(tmp_path / "replay", episodes=2)
+    small = ["--frames", "3", "--width", "4", "--batch-size", "2", "--targets", "2", "--steps",
+             "1", "--replay", str(replay), "--out", str(tmp_path / "x")]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(tmp_path / "pong"), *small, "--early-ends", "1"])
+    assert "Pong has none" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(tmp_path / "pong"), *small, "--early-ends", "-2"])
+    assert "--early-ends must be -1 (off) or >= 0" in capsys.readouterr().err

@@ -34,6 +34,14 @@ window reads the other way gets a fresh one (it must take over both heads). The 
 random frame keep the step's own frame and the next, and the held-out score of "two frames"
 reads those two.
 
+With ``--early-ends N`` (N >= 0) a lost life's end is scored N steps after the last frame of
+its episode in which the game's first object probe (:func:`rem_env.probes.probes_for`; in
+Breakout the ball) sees the object, not at the step the game takes the life, and the steps of
+the episode after that one are not scored (their frames are still read by later windows). The
+game takes a life some steps after the ball has gone (in Breakout 4 or 9 steps); a dream whose
+window ends the life where the ball left ends it before the dream can bring the ball back.
+Both the training and the held-out steps are labelled so.
+
 Run folder: ``progress.jsonl`` (one line per evaluation) and ``export/``.
 
 Example:
@@ -59,6 +67,7 @@ from torch.nn import functional as F
 from rem_env import REMModel
 from rem_env.models.event_window import EventWindow
 from rem_env.models.world_model import NUM_REWARD_CLASSES
+from rem_env.probes import ObjectProbe, probes_for
 from rem_train.batches import frames_to_tensor
 from rem_train.event_check import EventCheck, EventCounts
 from rem_train.replay import ReplayBuffer
@@ -67,7 +76,14 @@ from rem_train.sources import load_source, parse_replay_training, replay_trainin
 from rem_train.train_event_reader import corrected_bias, hand_over_heads, parse_heads
 from rem_train.warm_start import export_with_lineage
 
-__all__ = ["EventWindowTrainConfig", "TokenSteps", "main", "token_steps", "train"]
+__all__ = [
+    "EventWindowTrainConfig",
+    "TokenSteps",
+    "ends_where_object_left",
+    "main",
+    "token_steps",
+    "train",
+]
 
 NO_REWARD_CLASS = 1
 """The reward head's class of a zero reward (classes are ``sign(r) + 1``)."""
@@ -104,6 +120,10 @@ class EventWindowTrainConfig:
     eval_every: int = 250
     """Steps between the scorings of the held-out replay (and after the last step); the export
     is the window of the scoring with the lowest held-out NLL."""
+    early_ends: int = -1
+    """Where a lost life's end is scored: -1 at the step the game takes it; N >= 0 that many
+    steps after the last frame of its episode in which the game's first object probe (in
+    Breakout the ball) sees the object, the episode's later steps not scored."""
     seed: int = 0
     """Seed of the runs drawn, the batches and the new weights."""
 
@@ -115,25 +135,76 @@ class EventWindowTrainConfig:
 class TokenSteps(NamedTuple):
     """Every step of some replays as tokens: (N, K) int64 tokens of each step's frame, (N,)
     actions after it, reward classes ``sign(r) + 1``, bool ends, and the index of each step's
-    episode's first step (replays one after the other)."""
+    episode's first step (replays one after the other); optionally (N,) bool "an object probe
+    sees its object in the step's frame" and (N,) bool "the step is scored" (None: all are)."""
 
     tokens: Tensor
     actions: Tensor
     rewards: Tensor
     ends: Tensor
     first: np.ndarray
+    seen: np.ndarray | None = None
+    scored: np.ndarray | None = None
+
+    def scored_mask(self) -> np.ndarray:
+        """(N,) bool, the steps that are scored."""
+        return np.ones(len(self.actions), bool) if self.scored is None else self.scored
 
     def rates(self) -> Tensor:
-        """(5,) the reward classes' and the end classes' rates."""
-        n = len(self.actions)
-        rewards = torch.bincount(self.rewards, minlength=3).double() / n
-        ends = torch.bincount(self.ends.long(), minlength=2).double() / n
+        """(5,) the reward classes' and the end classes' rates among the scored steps."""
+        keep = torch.as_tensor(self.scored_mask())
+        n = max(int(keep.sum()), 1)
+        rewards = torch.bincount(self.rewards[keep], minlength=3).double() / n
+        ends = torch.bincount(self.ends[keep].long(), minlength=2).double() / n
         return torch.cat([rewards, ends])
 
 
+def ends_where_object_left(steps: TokenSteps, lead: int) -> TokenSteps:
+    """``steps`` with each ended episode's end moved to ``lead`` steps after the last step whose
+    frame shows the probed object (not later than the game's end), and the episode's steps after
+    it not scored. An episode whose frames never show the object keeps its end.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> n = 8  # one episode, the object seen at steps 0-3, the game ends it at step 7
+        >>> zeros = torch.zeros(n, dtype=torch.long)
+        >>> steps = TokenSteps(torch.zeros(n, 4, dtype=torch.long), zeros, zeros + 1,
+        ...                    torch.arange(n) == 7, np.zeros(n, np.int64),
+        ...                    seen=np.arange(n) < 4)
+        >>> moved = ends_where_object_left(steps, lead=1)
+        >>> moved.ends.nonzero().flatten().tolist(), moved.scored.astype(int).tolist()
+        ([4], [1, 1, 1, 1, 1, 0, 0, 0])
+
+    Raises:
+        ValueError: If ``lead`` is negative or ``steps`` has no ``seen``.
+    """
+    if lead < 0:
+        raise ValueError(f"lead must be >= 0, got {lead}")
+    if steps.seen is None:
+        raise ValueError("the steps have no object probe's sightings (token_steps(probe=...))")
+    ends = steps.ends.clone()
+    scored = steps.scored_mask().copy()
+    for end in np.flatnonzero(steps.ends.numpy()):
+        first = int(steps.first[end])
+        shown = np.flatnonzero(steps.seen[first : end + 1])
+        if not len(shown):
+            continue
+        moved = min(first + int(shown[-1]) + lead, int(end))
+        ends[end] = False
+        ends[moved] = True
+        scored[moved + 1 : end + 1] = False
+    return steps._replace(ends=ends, scored=scored)
+
+
 @torch.no_grad()
-def token_steps(model: REMModel, replays: list[ReplayBuffer], chunk: int = 2048) -> TokenSteps:
-    """Every step of ``replays`` with its frame encoded by the model's tokenizer.
+def token_steps(
+    model: REMModel,
+    replays: list[ReplayBuffer],
+    chunk: int = 2048,
+    probe: ObjectProbe | None = None,
+) -> TokenSteps:
+    """Every step of ``replays`` with its frame encoded by the model's tokenizer (and, with
+    ``probe``, whether the probe sees its object in the frame).
 
     Example:
         >>> import tempfile
@@ -148,14 +219,16 @@ def token_steps(model: REMModel, replays: list[ReplayBuffer], chunk: int = 2048)
         >>> tuple(steps.tokens.shape), steps.first.tolist()
         ((10, 64), [0, 0, 0, 3, 3, 5, 5, 5, 8, 8])
     """
-    tokens, actions, rewards, ends, first = [], [], [], [], []
+    tokens, actions, rewards, ends, first, seen = [], [], [], [], [], []
     offset = 0
     for replay in replays:
         labels = replay.step_labels()
         n = replay.num_steps
         for lo in range(0, n, chunk):
-            frames = frames_to_tensor(replay.observations(lo, lo + chunk))
-            tokens.append(model.encode(frames).cpu())
+            observations = replay.observations(lo, lo + chunk)
+            if probe is not None:
+                seen.append(probe.find(observations).found)
+            tokens.append(model.encode(frames_to_tensor(observations)).cpu())
         actions.append(torch.as_tensor(labels.actions))
         rewards.append(torch.as_tensor(np.sign(labels.rewards).astype(np.int64) + 1))
         ends.append(torch.as_tensor(labels.terminated))
@@ -165,7 +238,7 @@ def token_steps(model: REMModel, replays: list[ReplayBuffer], chunk: int = 2048)
         raise ValueError("the replays hold no steps")
     return TokenSteps(
         torch.cat(tokens), torch.cat(actions), torch.cat(rewards), torch.cat(ends),
-        np.concatenate(first),
+        np.concatenate(first), np.concatenate(seen) if probe is not None else None,
     )  # fmt: skip
 
 
@@ -237,10 +310,12 @@ def evaluate(
     window.eval()
     counts = {"rewards": EventCounts(), "ends": EventCounts()}
     two = {"rewards": 0.0, "ends": 0.0}
-    n = len(steps.actions)
+    scored = np.flatnonzero(steps.scored_mask())
+    n = len(scored)
     for lo in range(0, n, batch):
-        targets = np.arange(lo, min(lo + batch, n))
-        rewards, ends = steps.rewards[lo : lo + batch], steps.ends[lo : lo + batch]
+        targets = scored[lo : lo + batch]
+        picked = torch.as_tensor(targets)
+        rewards, ends = steps.rewards[picked], steps.ends[picked]
         for cut in (None, targets - 1 + int(window.reads_next)):
             logits = _logits(window, steps, targets, cut)
             reward_p = logits[:, :NUM_REWARD_CLASSES].softmax(-1)
@@ -286,18 +361,28 @@ def train(
     window = model.world_model.event_window
     assert window is not None
     hand_over_heads(model, heads, keep=window)
+    probe = None
+    if config.early_ends >= 0:
+        probes = probes_for(source.game)
+        if not probes:
+            raise ValueError(f"--early-ends needs an object probe, and {source.game} has none")
+        probe = probes[0]
     start = time.time()
     replays = [ReplayBuffer(path, read_only=True) for path in replay_dirs]
-    steps = token_steps(model, replays)
+    steps = token_steps(model, replays, probe=probe)
     held_out = steps
     if held_out_dir is not None:
-        held_out = token_steps(model, [ReplayBuffer(held_out_dir, read_only=True)])
+        held_out = token_steps(model, [ReplayBuffer(held_out_dir, read_only=True)], probe=probe)
+    if probe is not None:
+        steps = ends_where_object_left(steps, config.early_ends)
+        held_out = ends_where_object_left(held_out, config.early_ends)
     columns = torch.zeros(5, dtype=torch.bool)
     columns[:NUM_REWARD_CLASSES] = "rewards" in heads
     columns[NUM_REWARD_CLASSES:] = "ends" in heads
     rng = np.random.default_rng(config.seed + 1)
     drawn = torch.zeros(5, dtype=torch.float64)  # class counts of the scored steps drawn
     replay_rates = steps.rates()
+    is_scored = steps.scored_mask()
     out.mkdir(parents=True, exist_ok=True)
     optimizer = torch.optim.Adam(window.parameters(), lr=config.lr)
     with (out / "progress.jsonl").open("w") as progress:
@@ -305,6 +390,7 @@ def train(
             progress,
             {
                 "steps": len(steps.actions),
+                "scored_steps": int(steps.scored_mask().sum()),
                 "rewards": int((steps.rewards != NO_REWARD_CLASS).sum()),
                 "ends": int(steps.ends.sum()),
                 "held_out_steps": len(held_out.actions),
@@ -324,13 +410,18 @@ def train(
                 known_from = np.where(keep_all, -1, cut)
             logits = _logits(window, steps, targets, known_from)
             rewards, ends = steps.rewards[targets], steps.ends[targets].long()
-            drawn[:3] += torch.bincount(rewards, minlength=3)
-            drawn[3:] += torch.bincount(ends, minlength=2)
+            weight = torch.as_tensor(is_scored[targets], dtype=torch.float32)  # (B*S,) 0: unscored
+            counted = weight.bool()
+            drawn[:3] += torch.bincount(rewards[counted], minlength=3)
+            drawn[3:] += torch.bincount(ends[counted], minlength=2)
             loss = torch.zeros(())
-            if "rewards" in heads:
-                loss = loss + F.cross_entropy(logits[:, :NUM_REWARD_CLASSES], rewards)
-            if "ends" in heads:
-                loss = loss + F.cross_entropy(logits[:, NUM_REWARD_CLASSES:], ends)
+            for name, part, labels in (
+                ("rewards", logits[:, :NUM_REWARD_CLASSES], rewards),
+                ("ends", logits[:, NUM_REWARD_CLASSES:], ends),
+            ):
+                if name in heads:
+                    each = F.cross_entropy(part, labels, reduction="none")
+                    loss = loss + (each * weight).sum() / weight.sum().clamp(min=1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             window.out.weight.grad[~columns] = 0  # rows of heads not handed over stay at zero
@@ -450,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     run = parse_replay_training(p, argv, EventWindowTrainConfig, numbers)
     if run.config.change_width < 0:
         p.error("--change-width must be 0 (none) or positive")
+    if run.config.early_ends < -1:
+        p.error(f"--early-ends must be -1 (off) or >= 0, got {run.config.early_ends}")
     for name in ("event_share", "cut_share"):
         if not 0 <= getattr(run.config, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must lie in [0, 1]")
