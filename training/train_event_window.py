@@ -40,7 +40,9 @@ the ball) sees the object: that step and every later one up to the step the game
 are labelled ends. The game takes a life some steps after the ball has gone (in Breakout 4 or 9
 steps); a dream whose window ends the life where the ball left ends it before the dream can
 bring the ball back, and a window that lets the first of those steps pass ends it at the next.
-Both the training and the held-out steps are labelled so.
+Both the training and the held-out steps are labelled so. The windows of those steps are never
+cut: cut to the frames after the ball left, they would look like an episode's start, which is
+no end.
 
 Run folder: ``progress.jsonl`` (one line per evaluation) and ``export/``.
 
@@ -136,7 +138,7 @@ class TokenSteps(NamedTuple):
     """Every step of some replays as tokens: (N, K) int64 tokens of each step's frame, (N,)
     actions after it, reward classes ``sign(r) + 1``, bool ends, and the index of each step's
     episode's first step (replays one after the other); optionally (N,) bool "an object probe
-    sees its object in the step's frame"."""
+    sees its object in the step's frame" and (N,) bool "the step's window is never cut"."""
 
     tokens: Tensor
     actions: Tensor
@@ -144,6 +146,7 @@ class TokenSteps(NamedTuple):
     ends: Tensor
     first: np.ndarray
     seen: np.ndarray | None = None
+    whole: np.ndarray | None = None
 
     def rates(self) -> Tensor:
         """(5,) the reward classes' and the end classes' rates."""
@@ -156,7 +159,8 @@ class TokenSteps(NamedTuple):
 def ends_where_object_left(steps: TokenSteps, lead: int) -> TokenSteps:
     """``steps`` with each ended episode ending from ``lead`` steps after the last step whose
     frame shows the probed object (not later than the game's end): that step and every later one
-    of the episode are ends. An episode whose frames never show the object keeps its one end.
+    of the episode are ends, whose windows are ``whole`` (never cut). An episode whose frames
+    never show the object keeps its one end.
 
     Example:
         >>> import numpy as np, torch
@@ -166,8 +170,8 @@ def ends_where_object_left(steps: TokenSteps, lead: int) -> TokenSteps:
         ...                    torch.arange(n) == 7, np.zeros(n, np.int64),
         ...                    seen=np.arange(n) < 4)
         >>> moved = ends_where_object_left(steps, lead=1)
-        >>> moved.ends.nonzero().flatten().tolist()
-        [4, 5, 6, 7]
+        >>> moved.ends.nonzero().flatten().tolist(), moved.whole.nonzero()[0].tolist()
+        ([4, 5, 6, 7], [4, 5, 6, 7])
 
     Raises:
         ValueError: If ``lead`` is negative or ``steps`` has no ``seen``.
@@ -177,13 +181,16 @@ def ends_where_object_left(steps: TokenSteps, lead: int) -> TokenSteps:
     if steps.seen is None:
         raise ValueError("the steps have no object probe's sightings (token_steps(probe=...))")
     ends = steps.ends.clone()
+    whole = np.zeros(len(ends), bool) if steps.whole is None else steps.whole.copy()
     for end in np.flatnonzero(steps.ends.numpy()):
         first = int(steps.first[end])
         shown = np.flatnonzero(steps.seen[first : end + 1])
         if not len(shown):
             continue
-        ends[min(first + int(shown[-1]) + lead, int(end)) : end + 1] = True
-    return steps._replace(ends=ends)
+        left = min(first + int(shown[-1]) + lead, int(end))
+        ends[left : end + 1] = True
+        whole[left : end + 1] = True
+    return steps._replace(ends=ends, whole=whole)
 
 
 @torch.no_grad()
@@ -393,6 +400,8 @@ def train(
             if config.cut_share > 0:
                 cut = targets - rng.integers(0, window.frames_before + 1, size=len(targets))
                 keep_all = rng.random(len(targets)) >= config.cut_share
+                if steps.whole is not None:
+                    keep_all |= steps.whole[targets]
                 known_from = np.where(keep_all, -1, cut)
             logits = _logits(window, steps, targets, known_from)
             rewards, ends = steps.rewards[targets], steps.ends[targets].long()
