@@ -301,9 +301,10 @@ def test_early_ends_move_each_end_to_where_the_object_left() -> None:
     steps = TokenSteps(torch.zeros(n, 4, dtype=torch.long), zeros, zeros + 1, ends, first, seen)
     moved = ends_where_object_left(steps, lead=2)
     assert moved.ends.nonzero().flatten().tolist() == [3, 4, 5, 8, 11]
+    assert moved.whole.nonzero()[0].tolist() == [3, 4, 5, 11]
+    before = ends_where_object_left(steps, lead=-2)  # not before the episode's first step
+    assert before.ends.nonzero().flatten().tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 11]
     assert torch.equal(steps.ends, ends)  # the steps given are left as they were
-    with pytest.raises(ValueError, match="lead must be"):
-        ends_where_object_left(steps, lead=-1)
     with pytest.raises(ValueError, match="object probe"):
         ends_where_object_left(steps._replace(seen=None), lead=0)
 
@@ -335,8 +336,8 @@ def test_a_window_with_early_ends_learns_the_end_where_the_ball_left(tmp_path: P
         "--heads",
         "ends",
     ]
-    assert main([*argv, "--out", str(tmp_path / "game"), "--early-ends", "-1"]) == 0
-    assert main([*argv, "--out", str(tmp_path / "early"), "--early-ends", "1"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "game")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "early"), "--early-ends", "true"]) == 0
     game, early = _progress(tmp_path / "game"), _progress(tmp_path / "early")
     # Each episode ends from its first frame without the ball on: DELAY + 1 steps.
     assert game[0]["ends"] == 12 and early[0]["ends"] == 12 * (DELAY + 1)
@@ -361,8 +362,5 @@ def test_early_ends_need_a_game_with_an_object_probe(
     small = ["--frames", "3", "--width", "4", "--batch-size", "2", "--targets", "2", "--steps",
              "1", "--replay", str(replay), "--out", str(tmp_path / "x")]  # fmt: skip
     with pytest.raises(SystemExit):
-        main(["--init-from", str(tmp_path / "pong"), *small, "--early-ends", "1"])
+        main(["--init-from", str(tmp_path / "pong"), *small, "--early-ends", "true"])
     assert "Pong has none" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--init-from", str(tmp_path / "pong"), *small, "--early-ends", "-2"])
-    assert "--early-ends must be -1 (off) or >= 0" in capsys.readouterr().err

@@ -34,12 +34,13 @@ window reads the other way gets a fresh one (it must take over both heads). The 
 random frame keep the step's own frame and the next, and the held-out score of "two frames"
 reads those two.
 
-With ``--early-ends N`` (N >= 0) a lost life ends from N steps after the last frame of its
-episode in which the game's first object probe (:func:`rem_env.probes.probes_for`; in Breakout
-the ball) sees the object: that step and every later one up to the step the game takes the life
-are labelled ends. The game takes a life some steps after the ball has gone (in Breakout 4 or 9
-steps); a dream whose window ends the life where the ball left ends it before the dream can
-bring the ball back, and a window that lets the first of those steps pass ends it at the next.
+With ``--early-ends true`` a lost life ends from ``--early-end-lead L`` steps after the last
+frame of its episode in which the game's first object probe (:func:`rem_env.probes.probes_for`;
+in Breakout the ball) sees the object (L < 0: before it; -1 is the step whose next frame is that
+frame): that step and every later one up to the step the game takes the life are labelled ends.
+The game takes a life some steps after the ball has gone (in Breakout 4 or 9 steps); a dream
+whose window ends the life where the ball left ends it before the dream can bring the ball back,
+and a window that lets the first of those steps pass ends it at the next.
 Both the training and the held-out steps are labelled so. The windows of those steps are never
 cut: cut to the frames after the ball left, they would look like an episode's start, which is
 no end.
@@ -122,10 +123,14 @@ class EventWindowTrainConfig:
     eval_every: int = 250
     """Steps between the scorings of the held-out replay (and after the last step); the export
     is the window of the scoring with the lowest held-out NLL."""
-    early_ends: int = -1
-    """Where a lost life ends: -1 at the step the game takes it; N >= 0 from that many steps
-    after the last frame of its episode in which the game's first object probe (in Breakout the
-    ball) sees the object, every step from there to the game's end labelled an end."""
+    early_ends: bool = False
+    """Whether a lost life ends where the game's first object probe (in Breakout the ball) last
+    saw the object in its episode (see ``early_end_lead``), every step from there to the step
+    the game takes the life labelled an end; otherwise at that step only."""
+    early_end_lead: int = 1
+    """With ``early_ends``, a lost life ends from this many steps after the last frame that
+    shows the object (negative: before it; -1 is the step whose next frame is that frame, which
+    a window that reads the next frame sees)."""
     seed: int = 0
     """Seed of the runs drawn, the batches and the new weights."""
 
@@ -158,9 +163,9 @@ class TokenSteps(NamedTuple):
 
 def ends_where_object_left(steps: TokenSteps, lead: int) -> TokenSteps:
     """``steps`` with each ended episode ending from ``lead`` steps after the last step whose
-    frame shows the probed object (not later than the game's end): that step and every later one
-    of the episode are ends, whose windows are ``whole`` (never cut). An episode whose frames
-    never show the object keeps its one end.
+    frame shows the probed object (``lead`` < 0: before it; within the episode, not later than
+    the game's end): that step and every later one of the episode are ends, whose windows are
+    ``whole`` (never cut). An episode whose frames never show the object keeps its one end.
 
     Example:
         >>> import numpy as np, torch
@@ -174,10 +179,8 @@ def ends_where_object_left(steps: TokenSteps, lead: int) -> TokenSteps:
         ([4, 5, 6, 7], [4, 5, 6, 7])
 
     Raises:
-        ValueError: If ``lead`` is negative or ``steps`` has no ``seen``.
+        ValueError: If ``steps`` has no ``seen``.
     """
-    if lead < 0:
-        raise ValueError(f"lead must be >= 0, got {lead}")
     if steps.seen is None:
         raise ValueError("the steps have no object probe's sightings (token_steps(probe=...))")
     ends = steps.ends.clone()
@@ -187,7 +190,7 @@ def ends_where_object_left(steps: TokenSteps, lead: int) -> TokenSteps:
         shown = np.flatnonzero(steps.seen[first : end + 1])
         if not len(shown):
             continue
-        left = min(first + int(shown[-1]) + lead, int(end))
+        left = min(max(first + int(shown[-1]) + lead, first), int(end))
         ends[left : end + 1] = True
         whole[left : end + 1] = True
     return steps._replace(ends=ends, whole=whole)
@@ -357,7 +360,7 @@ def train(
     assert window is not None
     hand_over_heads(model, heads, keep=window)
     probe = None
-    if config.early_ends >= 0:
+    if config.early_ends:
         probes = probes_for(source.game)
         if not probes:
             raise ValueError(f"--early-ends needs an object probe, and {source.game} has none")
@@ -369,8 +372,8 @@ def train(
     if held_out_dir is not None:
         held_out = token_steps(model, [ReplayBuffer(held_out_dir, read_only=True)], probe=probe)
     if probe is not None:
-        steps = ends_where_object_left(steps, config.early_ends)
-        held_out = ends_where_object_left(held_out, config.early_ends)
+        steps = ends_where_object_left(steps, config.early_end_lead)
+        held_out = ends_where_object_left(held_out, config.early_end_lead)
     columns = torch.zeros(5, dtype=torch.bool)
     columns[:NUM_REWARD_CLASSES] = "rewards" in heads
     columns[NUM_REWARD_CLASSES:] = "ends" in heads
@@ -531,8 +534,6 @@ def main(argv: list[str] | None = None) -> int:
     run = parse_replay_training(p, argv, EventWindowTrainConfig, numbers)
     if run.config.change_width < 0:
         p.error("--change-width must be 0 (none) or positive")
-    if run.config.early_ends < -1:
-        p.error(f"--early-ends must be -1 (off) or >= 0, got {run.config.early_ends}")
     for name in ("event_share", "cut_share"):
         if not 0 <= getattr(run.config, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must lie in [0, 1]")
