@@ -34,16 +34,14 @@ window reads the other way gets a fresh one (it must take over both heads). The 
 random frame keep the step's own frame and the next, and the held-out score of "two frames"
 reads those two.
 
-With ``--early-ends true`` a lost life ends from ``--early-end-lead L`` steps after the last
-frame of its episode in which the game's first object probe (:func:`rem_env.probes.probes_for`;
-in Breakout the ball) sees the object (L < 0: before it; -1 is the step whose next frame is that
-frame): that step and every later one up to the step the game takes the life are labelled ends.
-The game takes a life some steps after the ball has gone (in Breakout 4 or 9 steps); a dream
-whose window ends the life where the ball left ends it before the dream can bring the ball back,
-and a window that lets the first of those steps pass ends it at the next.
-Both the training and the held-out steps are labelled so. The windows of those steps are never
-cut: cut to the frames after the ball left, they would look like an episode's start, which is
-no end.
+With ``--early-ends true`` a lost life's end is scored ``--early-end-lead L`` steps after the
+last frame of its episode in which the game's first object probe
+(:func:`rem_env.probes.probes_for`; in Breakout the ball) sees the object (L < 0: before it; -1
+is the step whose next frame is that frame), not at the step the game takes the life, and the
+steps of the episode after that one are not scored (their frames are still read by later
+windows). The game takes a life some steps after the ball has gone (in Breakout 4 or 9 steps); a
+dream whose window ends the life where the ball left ends it before the dream can bring the ball
+back. Both the training and the held-out steps are labelled so.
 
 Run folder: ``progress.jsonl`` (one line per evaluation) and ``export/``.
 
@@ -124,13 +122,13 @@ class EventWindowTrainConfig:
     """Steps between the scorings of the held-out replay (and after the last step); the export
     is the window of the scoring with the lowest held-out NLL."""
     early_ends: bool = False
-    """Whether a lost life ends where the game's first object probe (in Breakout the ball) last
-    saw the object in its episode (see ``early_end_lead``), every step from there to the step
-    the game takes the life labelled an end; otherwise at that step only."""
+    """Whether a lost life's end is scored where the game's first object probe (in Breakout the
+    ball) last saw the object in its episode (see ``early_end_lead``), the episode's later steps
+    not scored; otherwise at the step the game takes the life."""
     early_end_lead: int = 1
-    """With ``early_ends``, a lost life ends from this many steps after the last frame that
-    shows the object (negative: before it; -1 is the step whose next frame is that frame, which
-    a window that reads the next frame sees)."""
+    """With ``early_ends``, the end is scored this many steps after the last frame that shows
+    the object (negative: before it; -1 is the step whose next frame is that frame, which a
+    window that reads the next frame sees)."""
     seed: int = 0
     """Seed of the runs drawn, the batches and the new weights."""
 
@@ -143,7 +141,7 @@ class TokenSteps(NamedTuple):
     """Every step of some replays as tokens: (N, K) int64 tokens of each step's frame, (N,)
     actions after it, reward classes ``sign(r) + 1``, bool ends, and the index of each step's
     episode's first step (replays one after the other); optionally (N,) bool "an object probe
-    sees its object in the step's frame" and (N,) bool "the step's window is never cut"."""
+    sees its object in the step's frame" and (N,) bool "the step is scored" (None: all are)."""
 
     tokens: Tensor
     actions: Tensor
@@ -151,21 +149,26 @@ class TokenSteps(NamedTuple):
     ends: Tensor
     first: np.ndarray
     seen: np.ndarray | None = None
-    whole: np.ndarray | None = None
+    scored: np.ndarray | None = None
+
+    def scored_mask(self) -> np.ndarray:
+        """(N,) bool, the steps that are scored."""
+        return np.ones(len(self.actions), bool) if self.scored is None else self.scored
 
     def rates(self) -> Tensor:
-        """(5,) the reward classes' and the end classes' rates."""
-        n = len(self.actions)
-        rewards = torch.bincount(self.rewards, minlength=3).double() / n
-        ends = torch.bincount(self.ends.long(), minlength=2).double() / n
+        """(5,) the reward classes' and the end classes' rates among the scored steps."""
+        keep = torch.as_tensor(self.scored_mask())
+        n = max(int(keep.sum()), 1)
+        rewards = torch.bincount(self.rewards[keep], minlength=3).double() / n
+        ends = torch.bincount(self.ends[keep].long(), minlength=2).double() / n
         return torch.cat([rewards, ends])
 
 
 def ends_where_object_left(steps: TokenSteps, lead: int) -> TokenSteps:
-    """``steps`` with each ended episode ending from ``lead`` steps after the last step whose
+    """``steps`` with each ended episode's end moved to ``lead`` steps after the last step whose
     frame shows the probed object (``lead`` < 0: before it; within the episode, not later than
-    the game's end): that step and every later one of the episode are ends, whose windows are
-    ``whole`` (never cut). An episode whose frames never show the object keeps its one end.
+    the game's end), and the episode's steps after it not scored. An episode whose frames never
+    show the object keeps its end.
 
     Example:
         >>> import numpy as np, torch
@@ -175,8 +178,8 @@ def ends_where_object_left(steps: TokenSteps, lead: int) -> TokenSteps:
         ...                    torch.arange(n) == 7, np.zeros(n, np.int64),
         ...                    seen=np.arange(n) < 4)
         >>> moved = ends_where_object_left(steps, lead=1)
-        >>> moved.ends.nonzero().flatten().tolist(), moved.whole.nonzero()[0].tolist()
-        ([4, 5, 6, 7], [4, 5, 6, 7])
+        >>> moved.ends.nonzero().flatten().tolist(), moved.scored.astype(int).tolist()
+        ([4], [1, 1, 1, 1, 1, 0, 0, 0])
 
     Raises:
         ValueError: If ``steps`` has no ``seen``.
@@ -184,16 +187,17 @@ def ends_where_object_left(steps: TokenSteps, lead: int) -> TokenSteps:
     if steps.seen is None:
         raise ValueError("the steps have no object probe's sightings (token_steps(probe=...))")
     ends = steps.ends.clone()
-    whole = np.zeros(len(ends), bool) if steps.whole is None else steps.whole.copy()
+    scored = steps.scored_mask().copy()
     for end in np.flatnonzero(steps.ends.numpy()):
         first = int(steps.first[end])
         shown = np.flatnonzero(steps.seen[first : end + 1])
         if not len(shown):
             continue
-        left = min(max(first + int(shown[-1]) + lead, first), int(end))
-        ends[left : end + 1] = True
-        whole[left : end + 1] = True
-    return steps._replace(ends=ends, whole=whole)
+        moved = min(max(first + int(shown[-1]) + lead, first), int(end))
+        ends[end] = False
+        ends[moved] = True
+        scored[moved + 1 : end + 1] = False
+    return steps._replace(ends=ends, scored=scored)
 
 
 @torch.no_grad()
@@ -310,10 +314,12 @@ def evaluate(
     window.eval()
     counts = {"rewards": EventCounts(), "ends": EventCounts()}
     two = {"rewards": 0.0, "ends": 0.0}
-    n = len(steps.actions)
+    scored = np.flatnonzero(steps.scored_mask())
+    n = len(scored)
     for lo in range(0, n, batch):
-        targets = np.arange(lo, min(lo + batch, n))
-        rewards, ends = steps.rewards[lo : lo + batch], steps.ends[lo : lo + batch]
+        targets = scored[lo : lo + batch]
+        picked = torch.as_tensor(targets)
+        rewards, ends = steps.rewards[picked], steps.ends[picked]
         for cut in (None, targets - 1 + int(window.reads_next)):
             logits = _logits(window, steps, targets, cut)
             reward_p = logits[:, :NUM_REWARD_CLASSES].softmax(-1)
@@ -380,6 +386,7 @@ def train(
     rng = np.random.default_rng(config.seed + 1)
     drawn = torch.zeros(5, dtype=torch.float64)  # class counts of the scored steps drawn
     replay_rates = steps.rates()
+    is_scored = steps.scored_mask()
     out.mkdir(parents=True, exist_ok=True)
     optimizer = torch.optim.Adam(window.parameters(), lr=config.lr)
     with (out / "progress.jsonl").open("w") as progress:
@@ -387,6 +394,7 @@ def train(
             progress,
             {
                 "steps": len(steps.actions),
+                "scored_steps": int(steps.scored_mask().sum()),
                 "rewards": int((steps.rewards != NO_REWARD_CLASS).sum()),
                 "ends": int(steps.ends.sum()),
                 "held_out_steps": len(held_out.actions),
@@ -403,18 +411,21 @@ def train(
             if config.cut_share > 0:
                 cut = targets - rng.integers(0, window.frames_before + 1, size=len(targets))
                 keep_all = rng.random(len(targets)) >= config.cut_share
-                if steps.whole is not None:
-                    keep_all |= steps.whole[targets]
                 known_from = np.where(keep_all, -1, cut)
             logits = _logits(window, steps, targets, known_from)
             rewards, ends = steps.rewards[targets], steps.ends[targets].long()
-            drawn[:3] += torch.bincount(rewards, minlength=3)
-            drawn[3:] += torch.bincount(ends, minlength=2)
+            weight = torch.as_tensor(is_scored[targets], dtype=torch.float32)  # (B*S,) 0: unscored
+            counted = weight.bool()
+            drawn[:3] += torch.bincount(rewards[counted], minlength=3)
+            drawn[3:] += torch.bincount(ends[counted], minlength=2)
             loss = torch.zeros(())
-            if "rewards" in heads:
-                loss = loss + F.cross_entropy(logits[:, :NUM_REWARD_CLASSES], rewards)
-            if "ends" in heads:
-                loss = loss + F.cross_entropy(logits[:, NUM_REWARD_CLASSES:], ends)
+            for name, part, labels in (
+                ("rewards", logits[:, :NUM_REWARD_CLASSES], rewards),
+                ("ends", logits[:, NUM_REWARD_CLASSES:], ends),
+            ):
+                if name in heads:
+                    each = F.cross_entropy(part, labels, reduction="none")
+                    loss = loss + (each * weight).sum() / weight.sum().clamp(min=1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             window.out.weight.grad[~columns] = 0  # rows of heads not handed over stay at zero
