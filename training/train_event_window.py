@@ -308,7 +308,7 @@ def _logits(
 def evaluate(
     window: EventWindow, steps: TokenSteps, heads: tuple[str, ...], batch: int = 2048
 ) -> dict[str, Any]:
-    """Every step of ``steps`` scored: ``{head: EventCheck}`` with whole windows, and
+    """Every scored step of ``steps`` scored: ``{head: EventCheck}`` with whole windows, and
     ``{head}_two_frames_nll`` with windows of the step's frame and the one before only (the
     step's frame and the next where the window reads it)."""
     window.eval()
@@ -394,7 +394,7 @@ def train(
             progress,
             {
                 "steps": len(steps.actions),
-                "scored_steps": int(steps.scored_mask().sum()),
+                "scored_steps": int(is_scored.sum()),
                 "rewards": int((steps.rewards != NO_REWARD_CLASS).sum()),
                 "ends": int(steps.ends.sum()),
                 "held_out_steps": len(held_out.actions),
