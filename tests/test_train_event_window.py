@@ -313,30 +313,9 @@ def test_early_ends_move_each_end_to_where_the_object_left() -> None:
 def test_a_window_with_early_ends_learns_the_end_where_the_ball_left(tmp_path: Path) -> None:
     source, _ = _source(tmp_path / "source")
     replay, held = _ball_replay(tmp_path / "replay"), _ball_replay(tmp_path / "held", seed=1)
-    argv = [
-        "--init-from",
-        str(source),
-        "--replay",
-        str(replay),
-        "--held-out",
-        str(held),
-        "--frames",
-        "4",
-        "--width",
-        "8",
-        "--steps",
-        "300",
-        "--batch-size",
-        "8",
-        "--targets",
-        "8",
-        "--eval-every",
-        "300",
-        "--lr",
-        "3e-3",
-        "--heads",
-        "ends",
-    ]
+    argv = ["--init-from", str(source), "--replay", str(replay), "--held-out", str(held),
+            "--frames", "4", "--width", "8", "--steps", "300", "--batch-size", "8",
+            "--targets", "8", "--eval-every", "300", "--lr", "3e-3", "--heads", "ends"]  # fmt: skip
     assert main([*argv, "--out", str(tmp_path / "game")]) == 0
     assert main([*argv, "--out", str(tmp_path / "early"), "--early-ends", "true"]) == 0
     game, early = _progress(tmp_path / "game"), _progress(tmp_path / "early")
