@@ -142,7 +142,10 @@ def test_documented_pretraining_commands_parse(module: str, pages: int) -> None:
             pytest.fail(f"{page}: `{prefix}{shlex.join(argv)}` does not parse")
 
 
-@pytest.mark.parametrize("module", ["score", "dream_to_real", "serve_check", "object_check"])
+@pytest.mark.parametrize(
+    "module",
+    ["score", "dream_to_real", "serve_check", "object_check", "set_openings", "collect_replay"],
+)
 def test_documented_scoring_commands_parse(module: str) -> None:
     """Every ``python -m rem_train.<module>`` command of these modules the docs show parses."""
     import importlib
