@@ -43,6 +43,12 @@ PLACES = ("life-start", "anywhere")
 """Where in the replay's episodes ``--at`` takes the openings from."""
 
 
+def _episode_starts(replay: ReplayBuffer) -> tuple[np.ndarray, np.ndarray]:
+    """(episodes,) record number of each episode's first step, and (episodes,) its length."""
+    lengths = replay.episode_lengths
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64), lengths
+
+
 def life_start_windows(replay: ReplayBuffer, length: int) -> np.ndarray:
     """Record number of the first step of each episode that has at least ``length`` steps.
 
@@ -54,8 +60,7 @@ def life_start_windows(replay: ReplayBuffer, length: int) -> np.ndarray:
         ...     life_start_windows(buf, 3).tolist()
         [0, 5]
     """
-    lengths = replay.episode_lengths
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)  # (episodes,)
+    starts, lengths = _episode_starts(replay)
     return starts[lengths >= length]
 
 
@@ -70,8 +75,7 @@ def uniform_windows(replay: ReplayBuffer, length: int) -> np.ndarray:
         ...     uniform_windows(buf, 2).tolist()
         [0, 1, 3]
     """
-    lengths = replay.episode_lengths
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    starts, lengths = _episode_starts(replay)
     windows = [start + np.arange(n - length + 1) for start, n in zip(starts, lengths, strict=True)]
     return np.concatenate([w for w in windows if len(w)] or [np.zeros(0, np.int64)])
 
