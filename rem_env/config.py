@@ -142,6 +142,11 @@ class WorldModelConfig:
             down to a few channels per patch (where a small object went over the last steps:
             Breakout's ball gone down past the paddle, not up into the wall). Imagination
             states then keep the F - 1 frames before the current one.
+        frame_conv_pixels: Not in REM (0: off). With a patch tokenizer, the frame conv also
+            reads the frames' pixels (each token's codebook patch of this many pixels square,
+            the tokenizer's ``patch_size``) through a convolution over the pixels of all its
+            frames, beside the world model's token embeddings. It needs
+            ``frame_conv_layers > 0``.
         event_reader_width: Not in REM (0: off, as in every preset). Channels of the first layer
             of an *event reader*: a small net over the decoded pixels of frames t-1 and t and the
             action after t, whose logits are added to the reward and end heads' (see
@@ -184,6 +189,7 @@ class WorldModelConfig:
     frame_conv_events: bool = False
     frame_conv_copy: bool = False
     frame_conv_frames: int = 2
+    frame_conv_pixels: int = 0
     event_reader_width: int = 0
     event_window_frames: int = 0
     event_window_width: int = 64
@@ -242,6 +248,12 @@ class WorldModelConfig:
             self.frame_conv_layers > 0 or self.frame_conv_frames == 2,
             "frame_conv_frames",
             "the frames are read by the frame conv: set frame_conv_layers > 0",
+        )
+        _require(self.frame_conv_pixels >= 0, "frame_conv_pixels", "must be 0 (off) or more")
+        _require(
+            self.frame_conv_layers > 0 or not self.frame_conv_pixels,
+            "frame_conv_pixels",
+            "the pixels are read by the frame conv: set frame_conv_layers > 0",
         )
         _require(self.event_reader_width >= 0, "event_reader_width", "must be 0 (off) or more")
         _require(self.event_window_frames >= 0, "event_window_frames", "must be 0 (off) or more")
@@ -318,6 +330,15 @@ class REMConfig:
                 "world_model.embed_dim",
                 f"shared_embeddings needs world_model.embed_dim ({self.world_model.embed_dim}) "
                 f"== tokenizer.embed_dim ({self.tokenizer.embed_dim})",
+            )
+        pixels = self.world_model.frame_conv_pixels
+        if pixels:
+            _require(
+                self.tokenizer.kind == "patch" and self.tokenizer.patch_size == pixels,
+                "world_model.frame_conv_pixels",
+                f"a frame conv that reads patches of {pixels} pixels needs a patch tokenizer of "
+                f"patch_size {pixels} (got kind {self.tokenizer.kind!r}, patch_size "
+                f"{self.tokenizer.patch_size})",
             )
 
     @classmethod

@@ -180,7 +180,10 @@ def _parts_not_in_rem(world_model: WorldModelConfig) -> str:
     parts = []
     if world_model.frame_conv_layers:
         frames = world_model.frame_conv_frames
-        parts.append("a frame conv" + (f" of {frames} frames" if frames > 2 else ""))
+        conv = "a frame conv" + (f" of {frames} frames" if frames > 2 else "")
+        if world_model.frame_conv_pixels:
+            conv += " that reads the frames' pixels"
+        parts.append(conv)
     if world_model.event_reader_width:
         parts.append("an event reader")
     if world_model.event_window_frames:

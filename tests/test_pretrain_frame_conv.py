@@ -398,3 +398,86 @@ def test_the_command_refuses_an_unknown_schedule_or_a_final_rate_above_lr(
     assert main(["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "f"),
                  "--segments", "8", "--steps", "1", "--eval-segments", "4", "--layers", "1",
                  "--width", "8", "--lr", "1e-6"]) == 0  # fmt: skip
+
+
+def test_pixels_gives_the_frame_conv_the_codes_pixels_and_trains_it_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rem_env.config import TokenizerConfig
+    from rem_env.models.frame_conv import PIXEL_CHANNELS
+
+    torch.manual_seed(0)
+    patches = TokenizerConfig(image_size=64, num_downsamples=3, vocab_size=16, embed_dim=192,
+                              kind="patch")  # fmt: skip
+    world_model = dataclasses.replace(
+        SMOKE_WORLD_MODEL, shared_embeddings=False, frame_conv_layers=1, frame_conv_width=8,
+        frame_conv_frames=4,
+    )  # fmt: skip
+    source = tmp_path / "source"
+    REMModel(REMConfig(4, patches, world_model, "Breakout")).save_pretrained(source)
+    replay = _replay(tmp_path / "replay")
+    common = ["--replay", str(replay), "--segments", "16", "--steps", "2", "--eval-every", "2",
+              "--eval-segments", "4", "--layers", "1", "--width", "8", "--frames", "4"]  # fmt: skip
+    out = tmp_path / "pixels"
+    assert main(["--init-from", str(source), "--out", str(out), "--pixels", "true", *common]) == 0
+    export = REMModel.from_pretrained(out / "export")
+    assert export.config.world_model.frame_conv_pixels == 8
+    conv = export.world_model.frame_conv
+    assert conv.pixels == 8 and conv.layers[0].weight[:, -PIXEL_CHANNELS:].abs().sum() > 0
+    before = REMModel.from_pretrained(source).state_dict()
+    for key, value in export.state_dict().items():  # all but the frame conv: the source's
+        if ".frame_conv." not in key:
+            assert torch.equal(value, before[key]), key
+    card = (out / "export" / "README.md").read_text()
+    assert "with a frame conv of 4 frames that reads the frames' pixels (not in REM)" in card
+    again = tmp_path / "again"  # a frame conv that reads pixels is trained on
+    assert main(["--init-from", str(out / "export"), "--out", str(again), "--pixels", "true",
+                 *common]) == 0  # fmt: skip
+    trained_on = REMModel.from_pretrained(again / "export").state_dict()
+    assert trained_on.keys() == export.state_dict().keys()
+    two = [*common[:-1], "2"]
+    for init_from, bad, message in (
+        (out / "export", [], "reads pixels: give --pixels true"),
+        (source, ["--pixels", "true", *two], "frame conv of 4 frames: give --frames 4"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["--init-from", str(init_from), "--out", str(tmp_path / "x"), *common, *bad])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # REM's VQ-VAE has no patches of pixels
+        main(["--init-from", str(_source(tmp_path / "vq")), "--out", str(tmp_path / "y"),
+              "--pixels", "true", *common])  # fmt: skip
+    assert "tokenizer is of kind 'vqvae'" in capsys.readouterr().err
+
+
+def test_start_share_draws_the_first_steps_of_episodes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--start-share 1: every segment is an episode's first 10 steps, each episode as likely
+    (one of 6 steps, padded at the end, and one of 40); the rest of a segment never reads past
+    its episode."""
+    from rem_train.pretrain_frame_conv import gather
+
+    model = REMModel.from_pretrained(_source(tmp_path / "source"))
+    with ReplayBuffer(tmp_path / "replay", (64, 64, 3)) as buffer:
+        for length in (6, 40):
+            for t in range(length):
+                frame = np.zeros((64, 64, 3), np.uint8)
+                frame[10 + t % 12 : 14 + t % 12, 20 + t : 24 + t] = 200
+                buffer.append(frame, (t + length) % 4, 0.0, terminated=t == length - 1)
+        triples, steps = gather(model, [buffer], 32, 10.0, seed=0, events=True, start_share=1.0)
+        first = buffer.sample_episode_starts(2, 10, np.random.default_rng(0))
+    longer = (len(triples) - 32 * 4) // 4  # 4 triples from the short episode, 8 from the long
+    assert len(triples) == 32 * 4 + 4 * longer and 0 < longer < 32
+    assert int(steps.ends.sum()) == 32 - longer  # the short episode's end, none of the long's
+    # Each triple's action is one of the episodes' first 9 actions, never a later one.
+    firsts = {(t + length) % 4 for length in (6, 40) for t in range(min(length, 9))}
+    assert set(triples.actions.tolist()) <= firsts
+    assert first.mask.sum() in (12, 16, 20)  # 6 or 10 real steps a segment
+    source = tmp_path / "source"
+    replay = _replay(tmp_path / "replay2")
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(source), "--replay", str(replay), "--out", str(tmp_path / "x"),
+              "--end-share", "0.6", "--start-share", "0.5"])  # fmt: skip
+    assert "--start-share must be in [0, 1 - --end-share] = [0, 0.4], got 0.5" in (
+        capsys.readouterr().err
+    )

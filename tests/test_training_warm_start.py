@@ -243,7 +243,7 @@ def test_frame_conv_parts_are_added_at_zero_to_a_source_frame_conv_without_them(
         assert f"the frame conv's {added} added" in capsys.readouterr().out
     finally:
         trainer.close()
-    with pytest.raises(ValueError, match=f"{flag} reads the frame conv's features"):
+    with pytest.raises(ValueError, match=f"{flag} is a setting of the frame conv"):
         off = {"world_model_frame_conv_events": False, "world_model_frame_conv_copy": False}
         dataclasses.replace(config, world_model_frame_conv=0, **{**off, flag: True})
 
@@ -411,3 +411,20 @@ def test_parked_episodes_are_played_at_both_walls_and_lose_lives_there(tmp_path:
     shares = dataclasses.replace(config.collect, scripted_share=0.8, parked_share=0.3)
     with pytest.raises(ValueError, match="shares of episodes add up to at most 1"):
         dataclasses.replace(config, collect=shares)
+
+
+def test_world_model_frame_conv_pixels_is_an_option_of_patch_models() -> None:
+    from rem_train.cli import build_config, parser
+
+    argv = ["--preset", "smoke", "--model", "patch", "--tokenizer.start-after-epoch", "1000000",
+            "--world-model-frame-conv", "2", "--world-model-frame-conv-pixels", "true"]  # fmt: skip
+    config = build_config(vars(parser().parse_args(argv)))
+    assert config.model_config().world_model.frame_conv_pixels == 8  # the patches' side
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    conv = REMModel(config.model_config()).world_model.frame_conv
+    assert conv.pixels == 8 and conv.pixel_layers is not None
+    with pytest.raises(ValueError, match="is a setting of the frame conv"):
+        dataclasses.replace(config, world_model_frame_conv=0)
+    with pytest.raises(ValueError, match="set model to 'patch'"):
+        dataclasses.replace(_config(None), world_model_frame_conv=2,
+                            world_model_frame_conv_pixels=True)  # fmt: skip

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rem_env.config import REMConfig, WorldModelConfig
+from rem_env.models.frame_conv import PIXEL_CHANNELS
 from rem_env.models.world_model import StepNoise, WorldModel, sample_categorical
 from rem_env.state import ImaginationState
 
@@ -290,6 +291,22 @@ def copy_model(shared: bool = False) -> WorldModel:
     return trained_frame_conv(4, shared, frame_conv_copy=True)
 
 
+def teacher_forced_states(wm: WorldModel, obs, actions, context: int, codebook=None) -> list:
+    """Imagines the segment from its first ``context`` frames with every next frame given (the
+    real one), asserts each step's logits equal the training forward's, and returns the states
+    after each step."""
+    train = wm(obs, actions, codebook)
+    state = wm.start_state(obs[:, :context], actions[:, : context - 1], codebook)
+    states = []
+    for t in range(context - 1, T - 1):
+        step, state = wm.step(state, actions[:, t], codebook, next_obs_tokens=obs[:, t + 1])
+        assert max_diff(step.obs_logits, train.obs_logits[:, t + 1]) < TOL
+        assert max_diff(step.reward_logits, train.reward_logits[:, t]) < TOL
+        assert max_diff(step.end_logits, train.end_logits[:, t]) < TOL
+        states.append(state)
+    return states
+
+
 @pytest.mark.parametrize(
     "kind", ["frames", "events", "copy"], ids=["frames", "frames-and-events", "copy-gate"]
 )
@@ -301,14 +318,10 @@ def test_frame_conv_imagination_teacher_forced_equals_training_forward(context, 
     wm = models[kind](shared)
     codebook = torch.randn(V, 32, dtype=torch.float64) if shared else None
     obs, actions = random_segment()
-    train = wm(obs, actions, codebook)
-    state = wm.start_state(obs[:, :context], actions[:, : context - 1], codebook)
-    for t in range(context - 1, T - 1):
-        step, state = wm.step(state, actions[:, t], codebook, next_obs_tokens=obs[:, t + 1])
-        assert max_diff(step.obs_logits, train.obs_logits[:, t + 1]) < TOL
-        assert max_diff(step.reward_logits, train.reward_logits[:, t]) < TOL
-        assert max_diff(step.end_logits, train.end_logits[:, t]) < TOL
+    states = teacher_forced_states(wm, obs, actions, context, codebook)
+    for t, state in zip(range(context - 1, T - 1), states, strict=True):
         assert torch.equal(state.previous_obs_tokens, obs[:, t])
+    train = wm(obs, actions, codebook)
     without = make_model(shared_embeddings=shared)
     without.load_state_dict(wm.state_dict(), strict=False)
     plain = without(obs, actions, codebook)
@@ -552,3 +565,91 @@ def test_frame_conv_frames_that_cannot_be_read_are_refused():
 def test_frame_conv_events_need_a_frame_conv():
     with pytest.raises(ValueError, match="frame_conv_events"):
         WorldModelConfig(frame_conv_events=True)
+
+
+# ------------------------------------------------- frame conv that reads pixels too (not in REM)
+
+PIXELS = 2  # each token a patch of 2x2 pixels: codebook rows of 3 * 2 * 2 pixels
+
+
+def pixels_model(seed: int = 8, **parts) -> WorldModel:
+    """A world model whose frame conv reads four frames' embeddings and the codebook's 2x2
+    patches of them, every part of it read (the first layer's weights of the older frames and
+    the pixels start at zero: drawn here)."""
+    wm = trained_frame_conv(
+        seed, frame_conv_frames=4, frame_conv_pixels=PIXELS, frame_conv_events=True,
+        frame_conv_copy=True, **parts,
+    )  # fmt: skip
+    with torch.no_grad():
+        torch.nn.init.normal_(wm.frame_conv.layers[0].weight[:, wm.frame_conv.latest_channels :])
+    return wm
+
+
+def pixel_codebook(seed: int = 0) -> torch.Tensor:
+    """(V, 3 * 2 * 2) codebook rows: each code's pixels in [-1, 1], colour-major."""
+    drawn = torch.Generator().manual_seed(seed)
+    return torch.rand(V, 3 * PIXELS * PIXELS, dtype=torch.float64, generator=drawn) * 2 - 1
+
+
+@pytest.mark.parametrize("context", [1, 2, 3], ids=lambda c: f"context-{c}")
+def test_pixel_frame_conv_imagination_teacher_forced_equals_training_forward(context):
+    wm = pixels_model(event_window_frames=3)
+    torch.nn.init.normal_(wm.event_window.out.weight)
+    obs, actions = random_segment()
+    teacher_forced_states(wm, obs, actions, context, pixel_codebook())
+
+
+def test_a_frame_conv_given_pixels_starts_as_the_one_it_was_then_reads_them():
+    torch.manual_seed(9)
+    plain = frames_model(4, frame_conv_events=True, frame_conv_copy=True)
+    seeing = make_model(
+        frame_conv_layers=2, frame_conv_width=8, frame_conv_events=True, frame_conv_copy=True,
+        frame_conv_frames=4, frame_conv_pixels=PIXELS,
+    )  # fmt: skip
+    weights = plain.state_dict()
+    conv = {k[len("frame_conv.") :]: v for k, v in weights.items() if k.startswith("frame_conv.")}
+    rest = {k: v for k, v in weights.items() if not k.startswith("frame_conv.")}
+    seeing.load_state_dict(rest, strict=False)
+    seeing.frame_conv.load_without_pixels(conv)
+    codebook = pixel_codebook()
+    obs, actions = random_segment(batch=1)
+    for a, b in zip(seeing(obs, actions, codebook), plain(obs, actions), strict=True):
+        assert max_diff(a, b) < TOL
+    with torch.no_grad():  # the pixels' weights learn: now it reads them
+        torch.nn.init.normal_(seeing.frame_conv.layers[0].weight[:, -PIXEL_CHANNELS:])
+    redrawn = codebook.clone()
+    redrawn[obs[0, 1, 0]] = -redrawn[obs[0, 1, 0]]  # the pixels of one code in frame 1
+    moved = seeing(obs, actions, redrawn).obs_logits - seeing(obs, actions, codebook).obs_logits
+    assert moved[:, 5].abs().max() > 1e-6  # block 5 reads frames 1-4
+    assert moved[:, :2].abs().max() == 0  # blocks 0 and 1 read no frame 1
+    with pytest.raises(ValueError, match="reads no pixels"):
+        seeing.frame_conv.load_without_pixels(seeing.frame_conv.state_dict())
+    with pytest.raises(ValueError, match="does not fit"):
+        wider = make_model(frame_conv_layers=2, frame_conv_width=16, frame_conv_frames=4,
+                           frame_conv_pixels=PIXELS, frame_conv_events=True,
+                           frame_conv_copy=True)  # fmt: skip
+        wider.frame_conv.load_without_pixels(conv)
+    with pytest.raises(ValueError, match="loads into a frame conv that reads pixels"):
+        plain.frame_conv.load_without_pixels(conv)
+
+
+def test_pixel_frame_conv_settings_that_cannot_work_are_refused():
+    from rem_env.config import TokenizerConfig
+
+    with pytest.raises(ValueError, match="frame_conv_pixels"):
+        WorldModelConfig(frame_conv_pixels=8)  # no frame conv to read them
+    with pytest.raises(ValueError, match="frame_conv_pixels"):
+        WorldModelConfig(frame_conv_layers=2, frame_conv_pixels=-1)
+    wm_config = WorldModelConfig(frame_conv_layers=2, frame_conv_pixels=8, shared_embeddings=False)
+    with pytest.raises(ValueError, match="needs a patch tokenizer of patch_size 8"):
+        REMConfig(4, TokenizerConfig(), wm_config)  # REM's VQ-VAE: no patches to read
+    patch = TokenizerConfig(kind="patch", embed_dim=192, vocab_size=512)
+    assert REMConfig(4, patch, wm_config).world_model.frame_conv_pixels == 8
+    wm = pixels_model()
+    obs, actions = random_segment()
+    with pytest.raises(ValueError, match=r"pass codebook=tokenizer\.codebook"):
+        wm(obs, actions)
+    with pytest.raises(ValueError, match=r"frames must be \(N, 4, K, 44\)"):  # 32 + 3 * 2 * 2
+        wm.frame_conv(torch.zeros(1, 4, K, 32).double(), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match="reads pixels"):
+        wm.frame_conv.load_fewer_frames(frame_conv_model().frame_conv.state_dict())

@@ -282,6 +282,12 @@ class TrainConfig:
         "--world-model-frame-conv; with --init-from a frame conv of fewer frames, the older "
         "frames' channels start at zero",
     )
+    world_model_frame_conv_pixels: bool = doc(
+        False,
+        "not in REM: the frame conv also reads the frames' pixels (each token as its codebook "
+        "patch, through a convolution over the pixels of all its frames), beside the token "
+        "embeddings; needs --world-model-frame-conv and a patch tokenizer (--model patch)",
+    )
     world_model_event_reader: int = doc(
         0,
         "not in REM: channels of the first layer of an event reader, a small conv net over the "
@@ -370,12 +376,18 @@ class TrainConfig:
                 "world_model_frame_conv_frames are read by the frame conv: set "
                 "world_model_frame_conv (--world-model-frame-conv N) too"
             )
-        for flag in ("world_model_frame_conv_events", "world_model_frame_conv_copy"):
+        flags = ("events", "copy", "pixels")
+        for flag in (f"world_model_frame_conv_{name}" for name in flags):
             if getattr(self, flag) and not self.world_model_frame_conv:
                 raise ValueError(
-                    f"{flag} reads the frame conv's features: set world_model_frame_conv "
+                    f"{flag} is a setting of the frame conv: set world_model_frame_conv "
                     "(--world-model-frame-conv N) too"
                 )
+        if self.world_model_frame_conv_pixels and self.model != "patch":
+            raise ValueError(
+                "world_model_frame_conv_pixels reads the pixels of a patch tokenizer's codes: "
+                f"set model to 'patch' (--model patch), got {self.model!r}"
+            )
         if self.model == "patch" and self.tokenizer.start_after_epoch < self.common.epochs:
             raise ValueError(
                 "the patch model's tokenizer is fitted by k-means, not trained: set "
@@ -484,6 +496,9 @@ class TrainConfig:
                 frame_conv_events=self.world_model_frame_conv_events,
                 frame_conv_copy=self.world_model_frame_conv_copy,
                 frame_conv_frames=self.world_model_frame_conv_frames,
+                frame_conv_pixels=(
+                    config.tokenizer.patch_size if self.world_model_frame_conv_pixels else 0
+                ),
             )
         if self.world_model_event_reader:
             world_model = dataclasses.replace(

@@ -96,6 +96,10 @@ class FrameConvPretrainConfig:
     channels at zero (the same function, :meth:`FrameConv.load_fewer_frames
     <rem_env.models.frame_conv.FrameConv.load_fewer_frames>`); frames before a segment's first
     are missing (zeros), as before a dream's first."""
+    pixels: bool = False
+    """The frame conv also reads the frames' pixels (``frame_conv_pixels`` of the world model:
+    each token's patch of the tokenizer's codebook; a patch tokenizer only). A starting frame
+    conv that reads none gains them, their weights at zero (the same function)."""
     copy: bool = False
     """Give the frame conv a copy gate (``--world-model-frame-conv-copy`` of rem-train): a
     per-patch bonus to the logit of the patch's token in the frame before, added at zero to a
@@ -109,6 +113,11 @@ class FrameConvPretrainConfig:
     per ended episode; the rest are drawn uniformly over every step (0: all of them; one or two
     of a long episode's steps come before its end). The event layers then see ends more often
     than the game has them, and learn to predict more."""
+    start_share: float = 0.0
+    """Share of the segments that are the first 10 steps of an episode (for Breakout under
+    REM's protocol a life: no ball until FIRE serves one), drawn per episode; with
+    ``end_share`` the two shares may add up to 1 at most. The frame conv then sees what comes
+    (and what does not) before a serve more often than uniform segments show it."""
     end_lead: int = 0
     """Those segments stop this many steps before the episode's end (0: they hold its last 10
     steps). Breakout's ball passes the paddle about 10 steps before the end, so its last 10
@@ -212,12 +221,14 @@ def gather(
     end_share: float = 0.0,
     end_lead: int = 0,
     frames: int = 2,
+    start_share: float = 0.0,
 ) -> tuple[TokenTriples, EventSteps | None]:
     """The triples of :func:`gather_triples` and, with ``events``, the :class:`EventSteps` of
     the same segments (each step whose frame before is in the segment, its last one too: the
     step that ends an episode has no frame after it). ``end_share`` of the segments are the
     last steps of ended episodes, less ``end_lead`` (:attr:`FrameConvPretrainConfig.end_share`,
-    :attr:`FrameConvPretrainConfig.end_lead`). Each predicted frame comes with the ``frames``
+    :attr:`FrameConvPretrainConfig.end_lead`), ``start_share`` the first steps of episodes
+    (:attr:`FrameConvPretrainConfig.start_share`). Each predicted frame comes with the ``frames``
     frames before it, each step with its frame and the ``frames - 1`` before it.
 
     Example:
@@ -256,10 +267,14 @@ def gather(
     for index, replay in enumerate(replays):
         left = count * (index + 1) // len(replays) - count * index // len(replays)
         ending = round(left * end_share)
+        starting = min(round(left * start_share), left - ending)
         while left > 0:
             if ending > 0:  # the last steps of ended episodes, padded at the front
                 batch = replay.sample_episode_ends(min(16, ending), SEGMENT, rng, end_lead)
                 ending -= len(batch.actions)
+            elif starting > 0:  # the first steps of episodes, padded at the end
+                batch = replay.sample_episode_starts(min(16, starting), SEGMENT, rng)
+                starting -= len(batch.actions)
             else:
                 batch = replay.sample_segments(min(16, left), SEGMENT, rng, "right", min_real=3)
             n = len(batch.actions)
@@ -331,8 +346,11 @@ def pretrain(
             "--train-embedding trains the world model's own token embedding, but this one embeds "
             "tokens with the tokenizer's codebook (shared_embeddings)"
         )
-    with torch.no_grad():  # the world model's observation embedding of every code, (V, E)
+    with torch.no_grad():  # what the frame conv reads of every code, (V, E)
         embeddings = model.world_model.embed_obs(torch.arange(vocab), model.tokenizer.codebook)
+    pixels = model.tokenizer.codebook.detach().clone() if config.pixels else None  # (V, 3pp)
+    if pixels is not None:  # each code's patch of pixels after its embedding
+        embeddings = torch.cat([embeddings, pixels], dim=1)
     trained = _trained_parameters(conv, config)
     if config.train_embedding:
         trained.append(model.world_model.embedding.weight)
@@ -348,7 +366,7 @@ def pretrain(
     start = time.time()
     data, steps = gather(
         model, replays, config.segments, config.moving_weight, config.seed, events,
-        config.end_share, config.end_lead, config.frames,
+        config.end_share, config.end_lead, config.frames, config.start_share,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     with (out / "progress.jsonl").open("w") as progress:
@@ -377,6 +395,8 @@ def pretrain(
             loss = torch.zeros(())
             if config.train_embedding:  # (V, E), with gradient to the embedding
                 embeddings = model.world_model.embedding.weight[:vocab]
+                if pixels is not None:
+                    embeddings = torch.cat([embeddings, pixels], dim=1)
             if config.token_weight:
                 rows = torch.as_tensor(rng.integers(len(data), size=config.batch_size))
                 frames = embed_frames(data.tokens[rows, :-1], embeddings)  # (B, F, K, E)
@@ -499,11 +519,18 @@ def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMMod
     """``model`` with a fresh frame conv (its output layers at zero: the same function), or
     ``model`` itself where it has a frame conv of ``config``'s sizes (an earlier pretraining's
     export, trained on), given event layers where ``events_weight`` needs them and a copy gate
-    where ``copy`` asks for one (both at zero), and the channels of the older frames where
-    ``frames`` reads more than it does (their weights at zero)."""
+    where ``copy`` asks for one (both at zero), the channels of the older frames where
+    ``frames`` reads more than it does, and of the pixels where ``pixels`` asks for them (their
+    weights at zero)."""
     sizes = model.config.world_model
     events = config.events_weight > 0 or sizes.frame_conv_events
     copy = config.copy or sizes.frame_conv_copy
+    pixels = model.config.tokenizer.patch_size if config.pixels else 0
+    if pixels and model.config.tokenizer.kind != "patch":
+        raise ValueError(
+            "--pixels true reads the pixels of a patch tokenizer's codes; this model's "
+            f"tokenizer is of kind {model.config.tokenizer.kind!r}"
+        )
     if model.world_model.frame_conv is not None:
         if (sizes.frame_conv_layers, sizes.frame_conv_width) != (config.layers, config.width):
             raise ValueError(
@@ -511,6 +538,22 @@ def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMMod
                 f"{sizes.frame_conv_width} channels; give --layers {sizes.frame_conv_layers} "
                 f"--width {sizes.frame_conv_width} to train it on"
             )
+        if sizes.frame_conv_pixels != pixels:
+            if sizes.frame_conv_pixels:
+                raise ValueError(
+                    "the starting model's frame conv reads pixels: give --pixels true to train "
+                    "it on"
+                )
+            if sizes.frame_conv_frames != config.frames:
+                raise ValueError(
+                    f"--pixels true adds pixels to the starting model's frame conv of "
+                    f"{sizes.frame_conv_frames} frames: give --frames {sizes.frame_conv_frames}"
+                )
+            conv = model.world_model.frame_conv
+            model = _grown(model, conv_too=False, frame_conv_pixels=pixels)
+            assert model.world_model.frame_conv is not None
+            model.world_model.frame_conv.load_without_pixels(conv.state_dict())
+            sizes = model.config.world_model
         if config.frames < sizes.frame_conv_frames:
             raise ValueError(
                 f"the starting model's frame conv reads {sizes.frame_conv_frames} frames; give "
@@ -529,6 +572,7 @@ def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMMod
     return _grown(
         model, frame_conv_layers=config.layers, frame_conv_width=config.width,
         frame_conv_events=events, frame_conv_copy=copy, frame_conv_frames=config.frames,
+        frame_conv_pixels=pixels,
     ).eval()  # fmt: skip
 
 
@@ -588,6 +632,11 @@ def main(argv: list[str] | None = None) -> int:
     config = run.config
     if not 0.0 <= config.end_share <= 1.0:
         p.error(f"--end-share must be in [0, 1], got {config.end_share:g}")
+    if not 0.0 <= config.start_share <= 1.0 - config.end_share:
+        p.error(
+            f"--start-share must be in [0, 1 - --end-share] = [0, {1 - config.end_share:g}], "
+            f"got {config.start_share:g}"
+        )
     if config.end_lead < 0:
         p.error(f"--end-lead must be >= 0, got {config.end_lead}")
     if not 2 <= config.frames < SEGMENT:

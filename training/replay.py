@@ -584,6 +584,41 @@ class ReplayBuffer:
         index = stops[episode][:, None] - lead - length + np.arange(length)  # (B, T), global
         return self._gather(index, index >= starts[episode][:, None])
 
+    def sample_episode_starts(
+        self, batch_size: int, length: int, rng: np.random.Generator
+    ) -> SegmentBatch:
+        """The first ``length`` steps of stored episodes, drawn uniformly with replacement; an
+        episode shorter than ``length`` (or one still going on) is padded at the end.
+
+        Where :meth:`sample_segments` gives each step the same chance, this gives each
+        episode's start the same chance as a whole segment: a new life's first frames (in
+        Breakout: no ball until FIRE serves one) are a few steps of a long episode.
+
+        Raises:
+            ValueError: If ``length`` is not positive or nothing is stored yet.
+
+        Example:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as d, ReplayBuffer(d, (2, 2, 3)) as buf:
+            ...     for t in range(7):  # an episode of 5 steps, then one of 2 going on
+            ...         buf.append(np.zeros((2, 2, 3), np.uint8), t, 0.0, terminated=t == 4)
+            ...     batch = buf.sample_episode_starts(4, 3, np.random.default_rng(0))
+            >>> sorted({tuple(row) for row in batch.actions.tolist()})
+            [(0, 1, 2), (5, 6, 0)]
+            >>> batch.mask.sum(axis=1).tolist()  # the episode of 2 steps: padded at the end
+            [2, 2, 2, 3]
+        """
+        if length < 1:
+            raise ValueError(f"length must be positive, got {length}")
+        if not self._num_steps:
+            raise ValueError("the replay buffer is empty; collect first")
+        starts = np.asarray(self._starts, dtype=np.int64)
+        stops = np.append(starts[1:], self._num_steps)  # one past each episode's last step
+        stored = np.flatnonzero(stops > starts)
+        episode = stored[rng.integers(0, len(stored), size=batch_size)]
+        index = starts[episode][:, None] + np.arange(length)  # (B, T), global
+        return self._gather(index, index < stops[episode][:, None])
+
     def tail_segment(self, length: int) -> SegmentBatch:
         """The last ``length`` steps of the newest episode as one left-padded segment (B=1).
 

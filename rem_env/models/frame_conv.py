@@ -26,6 +26,16 @@ ball that went down past the paddle from one that went up into the wall, nor a n
 frames from the frames after a miss; a few more can. The first layer's weights of those
 channels start at zero, so a frame conv given more frames (a 2-frame one's weights loaded into
 it with :meth:`FrameConv.load_fewer_frames`) starts as exactly the frame conv it was.
+
+With ``pixels = p > 0`` (tokens that stand for fixed patches of p x p pixels, a patch
+tokenizer's) it also reads the frames' pixels: each token comes with its patch's 3 * p * p
+pixels (the tokenizer's codebook row) after its embedding, the F frames are laid out as images
+of ``sqrt(K) * p`` pixels square, and a convolution of stride p over all of them at once, each
+cell reading its patch and a pixel of the patches around, gives ``PIXEL_CHANNELS`` more
+channels per patch: where a small object is to the pixel and where it moved, the same wherever
+it is and whatever patch it is in (from the embeddings the layers learn each of its places in
+each code apart). The first layer's weights of those channels start at zero, so a frame conv
+that gains them (:meth:`FrameConv.load_without_pixels`) starts as exactly the frame conv it was.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 __all__ = ["FrameConv"]
 
@@ -42,6 +53,12 @@ ACTION_CHANNELS = 16
 
 OLDER_CHANNELS = 16
 """Channels of each frame before t-2 (with ``frames > 2``): its token embeddings mapped down."""
+
+PIXEL_CHANNELS = 32
+"""Channels per patch read from the frames' pixels (with ``pixels``)."""
+
+PIXEL_COLOURS = 3
+"""Colour channels of a patch's pixels (with ``pixels``)."""
 
 EVENT_LOGITS = 5
 """Event logits: 3 reward classes, then 2 end classes (the world model's heads' layout)."""
@@ -68,6 +85,10 @@ class FrameConv(nn.Module):
             logits then need that frame's tokens).
         frames: Frames F read before the predicted one (2: frames t-2 and t-1); those before
             t-2 give ``OLDER_CHANNELS`` channels each.
+        pixels: 0: read token embeddings only. p > 0: also read each token's patch of p x p
+            pixels, given after its embedding (a frame is then (K, E + 3 * p * p): the codebook
+            rows of a patch tokenizer, colour-major), all F frames through one convolution of
+            stride p (``PIXEL_CHANNELS`` channels per patch).
 
     Example:
         >>> import torch
@@ -88,6 +109,10 @@ class FrameConv(nn.Module):
         >>> conv = FrameConv(8, 4, 16, 16, num_layers=2, width=32, frames=5)
         >>> conv(torch.randn(3, 5, 16, 8), torch.tensor([0, 1, 4])).shape  # frames t-5 .. t-1
         torch.Size([3, 16, 16])
+        >>> conv = FrameConv(8, 4, 16, 16, num_layers=2, width=32, frames=4, pixels=2)
+        >>> pixels = torch.rand(3, 4, 16, 12)  # (N, F, K, 3*2*2): each token's 2x2 patch
+        >>> conv(torch.cat([torch.randn(3, 4, 16, 8), pixels], -1), torch.tensor([0, 1, 4])).shape
+        torch.Size([3, 16, 16])
     """
 
     def __init__(
@@ -101,6 +126,7 @@ class FrameConv(nn.Module):
         events: bool = False,
         copy: bool = False,
         frames: int = 2,
+        pixels: int = 0,
     ) -> None:
         super().__init__()
         side = math.isqrt(tokens_per_obs)
@@ -112,20 +138,32 @@ class FrameConv(nn.Module):
             raise ValueError(f"the frame conv needs at least one layer, got {num_layers}")
         if frames < 2:
             raise ValueError(f"the frame conv reads at least 2 frames, got {frames}")
+        if pixels < 0:
+            raise ValueError(f"pixels must be 0 (off) or a patch side, got {pixels}")
         self.side = side
         self.frames = frames
+        self.embed_dim = embed_dim
+        self.pixels = pixels
         self.older: nn.Linear | None = None
         if frames > 2:
             self.older = nn.Linear(embed_dim, OLDER_CHANNELS, bias=False)
+        self.pixel_layers: nn.Sequential | None = None
+        if pixels:  # all F frames' pixels, one cell per patch (and a pixel around it)
+            self.pixel_layers = nn.Sequential(
+                nn.Conv2d(
+                    frames * PIXEL_COLOURS, PIXEL_CHANNELS, pixels + 2, stride=pixels, padding=1
+                ),
+                nn.ReLU(),
+            )
         self.action_embedding = nn.Embedding(num_actions + 1, ACTION_CHANNELS)
         layers: list[nn.Module] = []
         channels = self.latest_channels = 2 * embed_dim + ACTION_CHANNELS
-        channels += (frames - 2) * OLDER_CHANNELS
+        channels += (frames - 2) * OLDER_CHANNELS + (PIXEL_CHANNELS if pixels else 0)
         for _ in range(num_layers):
             layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
             channels = width
         self.layers = nn.Sequential(*layers)
-        with torch.no_grad():  # the frames before t-2 start unread
+        with torch.no_grad():  # the frames before t-2 and the pixels start unread
             self.layers[0].weight[:, self.latest_channels :] = 0
         self.out = nn.Conv2d(width, vocab_size, 1)
         nn.init.zeros_(self.out.weight)
@@ -144,7 +182,8 @@ class FrameConv(nn.Module):
             nn.init.zeros_(self.copy_gate.bias)
 
     def forward(self, frames: Tensor, actions: Tensor, before: Tensor | None = None) -> Tensor:
-        """(N, F, K, E) embeddings of frames t-F .. t-1 and (N,) actions -> (N, K, V) logits.
+        """(N, F, K, E) embeddings of frames t-F .. t-1 (with ``pixels``, each token's pixels
+        after its embedding) and (N,) actions -> (N, K, V) logits.
 
         A frame that does not exist (before the first one) is all zeros; an action that does not
         exist is ``num_actions``. ``before``: frame t-1's (N, K) tokens, for the copy gate.
@@ -152,24 +191,33 @@ class FrameConv(nn.Module):
         return self.token_logits(self.features(frames, actions), before)
 
     def features(self, frames: Tensor, actions: Tensor) -> Tensor:
-        """(N, F, K, E) embedded frames, the oldest first, and (N,) actions -> (N, width, s, s)
-        features.
+        """(N, F, K, E) embedded frames, the oldest first (with ``pixels``, (N, F, K, E + 3pp):
+        each token's pixels after its embedding), and (N,) actions -> (N, width, s, s) features.
 
         Raises:
             ValueError: If ``frames`` does not hold the F frames this frame conv reads.
         """
-        if frames.ndim != 4 or frames.shape[1] != self.frames:
+        width = self.embed_dim + PIXEL_COLOURS * self.pixels**2
+        if frames.ndim != 4 or frames.shape[1] != self.frames or frames.shape[3] != width:
+            what = f"{self.embed_dim}" if not self.pixels else f"{self.embed_dim} + 3*p*p pixels"
             raise ValueError(
-                f"this frame conv reads {self.frames} frames: frames must be "
-                f"(N, {self.frames}, K, E), got {tuple(frames.shape)}"
+                f"this frame conv reads {self.frames} frames of {what}: frames must be "
+                f"(N, {self.frames}, K, {width}), got {tuple(frames.shape)}"
             )
         n, s = frames.shape[0], self.side
-        latest = frames[:, -2:].permute(0, 1, 3, 2).reshape(n, -1, s, s)  # (N, 2E, s, s)
+        embedded = frames[..., : self.embed_dim]
+        latest = embedded[:, -2:].permute(0, 1, 3, 2).reshape(n, -1, s, s)  # (N, 2E, s, s)
         action = self.action_embedding(actions)[:, :, None, None]  # (N, 16, 1, 1)
         parts = [latest, action.expand(-1, -1, s, s)]
         if self.older is not None:  # frames t-F .. t-3, mapped down: (N, F-2, K, 16)
-            older = self.older(frames[:, :-2]).permute(0, 1, 3, 2)  # (N, F-2, 16, K)
+            older = self.older(embedded[:, :-2]).permute(0, 1, 3, 2)  # (N, F-2, 16, K)
             parts.append(older.reshape(n, -1, s, s))  # (N, (F-2)*16, s, s)
+        if self.pixel_layers is not None:
+            size = s * self.pixels
+            rows = frames[..., self.embed_dim :].flatten(0, 1).transpose(1, 2)  # (N*F, 3pp, K)
+            images = F.fold(rows, (size, size), self.pixels, stride=self.pixels)
+            images = images.reshape(n, -1, size, size)  # (N, F*3, s*p, s*p), oldest first
+            parts.append(self.pixel_layers(images))  # (N, 32, s, s)
         return self.layers(torch.cat(parts, dim=1))
 
     @torch.no_grad()
@@ -185,7 +233,8 @@ class FrameConv(nn.Module):
             state: The other frame conv's ``state_dict()``.
 
         Raises:
-            ValueError: If its layers differ other than in the frames read.
+            ValueError: If its layers differ other than in the frames read, or this frame conv
+                reads pixels.
 
         Example:
             >>> import torch
@@ -198,6 +247,11 @@ class FrameConv(nn.Module):
             >>> torch.allclose(five(frames, actions), two(frames[:, -2:], actions))
             True
         """
+        if self.pixels:
+            raise ValueError(
+                "a frame conv that reads pixels reads all its frames through one convolution: "
+                "it cannot start from the weights of one that reads fewer"
+            )
         first = "layers.0.weight"
         own = self.state_dict()
         wanted = {key for key in own if not key.startswith("older.")}
@@ -220,6 +274,58 @@ class FrameConv(nn.Module):
                     target[:, -older:] = theirs[:, latest:]
             elif value.shape != target.shape:
                 raise ValueError(f"{key}: {tuple(value.shape)} does not fit {tuple(target.shape)}")
+            else:
+                target.copy_(value)
+
+    @torch.no_grad()
+    def load_without_pixels(self, state: dict[str, Tensor]) -> None:
+        """Loads the weights of a frame conv of the same sizes and frames that reads no pixels.
+
+        Its weights are copied; the first layer's weights of the pixels' channels are zero (as
+        this frame conv starts), so the two give the same logits, and the layers that read the
+        pixels keep their own.
+
+        Args:
+            state: The other frame conv's ``state_dict()``.
+
+        Raises:
+            ValueError: If this frame conv reads no pixels, or the other one differs in any
+                other way.
+
+        Example:
+            >>> import torch
+            >>> plain = FrameConv(8, 4, 16, 16, num_layers=2, width=32, frames=3)
+            >>> _ = torch.nn.init.normal_(plain.out.weight)
+            >>> seeing = FrameConv(8, 4, 16, 16, num_layers=2, width=32, frames=3, pixels=2)
+            >>> seeing.load_without_pixels(plain.state_dict())
+            >>> embedded, pixels = torch.randn(3, 3, 16, 8), torch.rand(3, 3, 16, 12)
+            >>> actions = torch.tensor([0, 1, 4])
+            >>> both = torch.cat([embedded, pixels], -1)
+            >>> torch.allclose(seeing(both, actions), plain(embedded, actions))
+            True
+        """
+        if not self.pixels:
+            raise ValueError("load_without_pixels loads into a frame conv that reads pixels")
+        first = "layers.0.weight"
+        own = self.state_dict()
+        wanted = {key for key in own if not key.startswith("pixel_layers.")}
+        if set(state) != wanted:
+            raise ValueError(
+                "load_without_pixels reads a frame conv of the same parts that reads no pixels; "
+                f"it lacks {sorted(wanted - set(state))[:4]}, has {sorted(set(state) - wanted)[:4]}"
+            )
+        for key, value in state.items():
+            target = own[key]
+            fits = value.shape == target.shape
+            if key == first:
+                fits = value.shape[1] == target.shape[1] - PIXEL_CHANNELS and (
+                    value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]
+                )
+            if not fits:
+                raise ValueError(f"{key}: {tuple(value.shape)} does not fit {tuple(target.shape)}")
+            if key == first:
+                target.zero_()
+                target[:, : value.shape[1]] = value
             else:
                 target.copy_(value)
 

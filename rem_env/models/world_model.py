@@ -23,7 +23,8 @@ Entry points:
   ``config.frame_conv_events`` its features also add to the reward and end logits of each step
   (read from the step's frame, the one before it and the step's action); with
   ``config.frame_conv_copy`` it adds a per-patch bonus to the logit of each patch's token in
-  the frame before.
+  the frame before; with ``config.frame_conv_pixels`` (a patch tokenizer's) it also reads the
+  frames' pixels (each token's codebook patch).
 * With ``config.event_reader_width > 0`` (not in REM) an :class:`~rem_env.models.event_reader.
   EventReader` adds reward and end logits read from the decoded pixels of each step's frame and
   the one before it; the training forward and each step then take those frames (``frames``).
@@ -165,6 +166,7 @@ class WorldModel(nn.Module):
                 events=config.frame_conv_events,
                 copy=config.frame_conv_copy,
                 frames=config.frame_conv_frames,
+                pixels=config.frame_conv_pixels,
             )
         self.event_reader: EventReader | None = None
         if config.event_reader_width:
@@ -245,7 +247,10 @@ class WorldModel(nn.Module):
         obs_logits = self.head_obs(obs_hidden)
         reward_logits, end_logits = self.head_reward(action_hidden), self.head_end(action_hidden)
         if self.frame_conv is not None:
-            conv_obs, conv_events = self._frame_conv_segments(x[:, :, :-1], actions, obs_tokens)
+            seen = x[:, :, :-1]  # (B, T, K, E): the frames as the frame conv reads them
+            if self.config.frame_conv_pixels:  # (B, T, K, E + 3pp): and their pixels
+                seen = torch.cat([seen, self._pixels(obs_tokens, codebook)], dim=-1)
+            conv_obs, conv_events = self._frame_conv_segments(seen, actions, obs_tokens)
             obs_logits = obs_logits + conv_obs
             if conv_events is not None:
                 reward_logits = reward_logits + conv_events[..., :NUM_REWARD_CLASSES]
@@ -334,10 +339,24 @@ class WorldModel(nn.Module):
         else:
             previous = self._recent(state)[:, -(conv.frames - 1) :]  # (B, F-1, K)
         known = (previous >= 0)[..., None]  # (B, F-1, K, 1): -1 marks a frame before the first
-        before = self.embed_obs(previous.clamp(min=0), codebook) * known  # (B, F-1, K, E)
+        before = self.embed_obs(previous.clamp(min=0), codebook)  # (B, F-1, K, E)
+        if self.config.frame_conv_pixels:  # each token's pixels after its embedding
+            current = torch.cat([current, self._pixels(state.obs_tokens, codebook)], dim=-1)
+            before = torch.cat([before, self._pixels(previous.clamp(min=0), codebook)], dim=-1)
+        before = before * known
         features = conv.features(torch.cat([before, current[:, None]], dim=1), actions)
         events = conv.event_logits(features) if conv.events is not None else None
         return conv.token_logits(features, state.obs_tokens), events
+
+    def _pixels(self, tokens: Tensor, codebook: Tensor | None) -> Tensor:
+        """(..., K) tokens -> (..., K, 3*p*p): each token's patch of pixels, the patch
+        tokenizer's codebook row, for a frame conv that reads pixels."""
+        if codebook is None:
+            raise ValueError(
+                "this world model's frame conv reads pixels (frame_conv_pixels): pass "
+                "codebook=tokenizer.codebook"
+            )
+        return nn.functional.embedding(tokens, codebook.detach())
 
     def _hidden_pop(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """POP forward (REM_SPEC 5.3): chunks of whole blocks, parallel inside a chunk."""
