@@ -481,3 +481,23 @@ def test_start_share_draws_the_first_steps_of_episodes(
     assert "--start-share must be in [0, 1 - --end-share] = [0, 0.4], got 0.5" in (
         capsys.readouterr().err
     )
+
+
+def test_moving_from_context_weighs_each_predicted_frame_by_the_frames_before_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--moving-from context: a triple's weights are the movement of its frames t-2 -> t-1
+    (moving_patch_weights(moving_from="context") at t); the square of the replay moves at
+    every step, so both ways weigh some patches up, but not the same ones."""
+    from rem_train.pretrain_frame_conv import gather
+
+    model = REMModel.from_pretrained(_source(tmp_path / "source"))
+    with ReplayBuffer(_replay(tmp_path / "replay"), read_only=True) as buffer:
+        target = gather(model, [buffer], 12, 10.0, seed=3, events=False)[0]
+        context = gather(model, [buffer], 12, 10.0, seed=3, events=False, moving_from="context")[0]
+    assert torch.equal(target.tokens, context.tokens)
+    assert (context.weights == 11).any() and not torch.equal(target.weights, context.weights)
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(tmp_path / "source"), "--replay", str(tmp_path / "replay"),
+              "--out", str(tmp_path / "x"), "--moving-from", "next"])  # fmt: skip
+    assert "--moving-from must be one of target, context, got 'next'" in capsys.readouterr().err

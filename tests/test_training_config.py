@@ -91,6 +91,11 @@ def test_unknown_preset_and_bad_numbers() -> None:
     assert build_config({"evaluation.event_segments": 0}).evaluation.event_segments == 0
     with pytest.raises(ValueError, match=r"evaluation\.event_segments must be >= 0"):
         build_config({"evaluation.event_segments": -1})
+    assert build_config({"world_model.moving_from": "context"}).world_model.moving_from == (
+        "context"
+    )
+    with pytest.raises(ValueError, match=r"world_model\.moving_from must be one of target, con"):
+        build_config({"world_model.moving_from": "next"})
 
 
 def test_the_actor_critic_may_dream_argmax_frames_with_warm_events() -> None:

@@ -149,6 +149,33 @@ def test_moving_patch_weights_mark_the_moved_patch_and_its_neighbours() -> None:
         moving_patch_weights(obs, 5, 1.0)
 
 
+def test_context_moving_weights_read_the_movement_of_the_frames_before() -> None:
+    """moving_from="context": block t weighs where block t-1 moved against t-2, so blocks 0
+    and 1 weigh 1 and block 2 carries block 1's movement."""
+    obs = torch.full((1, 4, 16, 16, 3), 40, dtype=torch.uint8)
+    obs[0, 1:, 5, 9] = 200  # patch (1, 2) changes at block 1, then stays
+    target = moving_patch_weights(obs, 4, 5.0)
+    context = moving_patch_weights(obs, 4, 5.0, moving_from="context")
+    assert (context[:, :2] == 1).all() and (context[:, 3] == 1).all()
+    torch.testing.assert_close(context[:, 2], target[:, 1])
+    with pytest.raises(ValueError, match="moving_from must be one of"):
+        moving_patch_weights(obs, 4, 5.0, moving_from="next")
+
+
+def test_weights_read_from_the_target_inflate_a_change_the_context_cannot_tell() -> None:
+    """The probability that minimises a weighted cross-entropy is the weighted share of the
+    answers. Where a still patch starts to change in one segment of ten (nothing before tells
+    which), weights read from the target put that share at 11/20 with moving weight 10;
+    weights read from the context leave it at the real 1/10."""
+    obs = torch.full((10, 3, 16, 16, 3), 40, dtype=torch.uint8)  # still frames ...
+    obs[0, 2, 0, 0] = 200  # ... but block 2 of one segment changes at patch (0, 0)
+    changed = (obs[:, 2, :4, :4] != obs[:, 1, :4, :4]).flatten(1).any(1).float()  # (10,)
+    for moving_from, share in (("target", 11 / 20), ("context", 1 / 10)):
+        weights = moving_patch_weights(obs, 4, 10.0, moving_from=moving_from)[:, 2, 0]
+        best = float((weights * changed).sum() / weights.sum())  # argmin of the weighted loss
+        assert best == pytest.approx(share)
+
+
 def test_world_model_loss_with_token_weights_is_their_weighted_mean() -> None:
     torch.manual_seed(0)
     b, t, k, v = 2, 5, 3, 7

@@ -291,14 +291,18 @@ def test_moving_weight_weighs_the_world_model_loss_by_moved_patches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``world_model.moving_weight`` > 0: each step's observation loss is weighted by the moved
-    patches of the batch's own frames, and the log keeps the unweighted ``obs`` beside it."""
-    calls, metrics, trainer = _world_model_epoch_recording(
-        tmp_path, monkeypatch, "moving_patch_weights", moving_weight=10.0
-    )
-    b, t = trainer.config.world_model.batch_size, trainer.config.world_model.segment_length
-    seen = [(tuple(obs.shape), obs.dtype, latent, weight) for obs, latent, weight in calls]
-    assert seen and all(s == ((b, t, 64, 64, 3), torch.uint8, 8, 10.0) for s in seen)
-    assert "obs_weighted" in metrics and metrics["obs_weighted"] != metrics["obs"]
+    patches of the batch's own frames, read as ``world_model.moving_from`` says, and the log
+    keeps the unweighted ``obs`` beside it."""
+    for moving_from in ("target", "context"):
+        calls, metrics, trainer = _world_model_epoch_recording(
+            tmp_path / moving_from, monkeypatch, "moving_patch_weights", moving_weight=10.0,
+            moving_from=moving_from,
+        )  # fmt: skip
+        b, t = trainer.config.world_model.batch_size, trainer.config.world_model.segment_length
+        seen = [(tuple(obs.shape), obs.dtype, *rest) for obs, *rest in calls]
+        expected = ((b, t, 64, 64, 3), torch.uint8, 8, 10.0, moving_from)
+        assert seen and all(s == expected for s in seen)
+        assert "obs_weighted" in metrics and metrics["obs_weighted"] != metrics["obs"]
 
 
 def test_end_weight_and_dreamed_heads_reach_the_world_model_loss(

@@ -70,6 +70,7 @@ TUNABLE = (
     "world_model.start_after_epoch",
     "actor_critic.start_after_epoch",
     "world_model.moving_weight",
+    "world_model.moving_from",
     "world_model.end_weight",
     "world_model.dreamed_heads_weight",
     "world_model.dreamed_heads_match",

@@ -14,6 +14,7 @@ from typing import Any
 
 from rem_env.config import REMConfig, TokenizerConfig, WorldModelConfig
 from rem_env.registration import ATARI_100K_GAMES
+from rem_train.losses import MOVING_FROM
 from rem_train.warm_start import parse_parts
 
 __all__ = [
@@ -143,6 +144,13 @@ class WorldModelPhase:
         0.0,
         "extra weight of the observation loss on patches that moved since the previous frame "
         "(with their neighbours); 0 is REM's loss",
+    )
+    moving_from: str = doc(
+        "target",
+        "where moving_weight reads the movement: 'target', the predicted frame against the one "
+        "before it (the weights depend on the answer, which raises the odds of a change the "
+        "frames before cannot tell up to 1 + moving_weight times), or 'context', the frame "
+        "before against the one before that (the best prediction stays unbiased)",
     )
     end_weight: float = doc(
         1.0,
@@ -558,6 +566,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 def _check_positive(config: TrainConfig) -> None:
     """Counts, sizes and learning rates must be positive (start epochs and flags excepted)."""
+    if config.world_model.moving_from not in MOVING_FROM:
+        raise ValueError(
+            f"world_model.moving_from must be one of {', '.join(MOVING_FROM)}, got "
+            f"{config.world_model.moving_from!r}"
+        )
     for section in _SECTIONS:
         part = getattr(config, section)
         for f in dataclasses.fields(part):

@@ -25,6 +25,7 @@ from rem_env.models.world_model import WorldModel, WorldModelOutput
 
 __all__ = [
     "IGNORE_INDEX",
+    "MOVING_FROM",
     "Metrics",
     "actor_critic_loss",
     "dreamed_frames",
@@ -93,34 +94,62 @@ def motion_weights(
     return 1.0 + weight * moving.to(frames.dtype)
 
 
+MOVING_FROM = ("target", "context")
+"""What :func:`moving_patch_weights` reads movement from: the predicted frame itself, or the
+last frame before it."""
+
+
 def moving_patch_weights(
-    obs: Tensor, latent_size: int, weight: float, threshold: int = 8
+    obs: Tensor, latent_size: int, weight: float, threshold: int = 8, moving_from: str = "target"
 ) -> Tensor:
     """(B, T, K) token weights: ``1 + weight`` on patches that moved, 1 elsewhere.
 
-    A patch of block t moved where any of its pixels, or of its 8 neighbouring patches' pixels,
-    changed since block t-1 (by more than ``threshold`` grey levels in a channel); block 0 has no
-    frame before it and weighs 1. The neighbours take in where an object went *to*, seen from the
-    patch it left. Game-agnostic: in Breakout these are the ball's and the paddle's patches,
-    ~2% of the tokens, which the world model's mean cross-entropy otherwise barely sees.
+    With ``moving_from="target"`` a patch of block t moved where any of its pixels, or of its 8
+    neighbouring patches' pixels, changed since block t-1 (by more than ``threshold`` grey
+    levels in a channel); block 0 has no frame before it and weighs 1. The neighbours take in
+    where an object went *to*, seen from the patch it left. Game-agnostic: in Breakout these
+    are the ball's and the paddle's patches, ~2% of the tokens, which the world model's mean
+    cross-entropy otherwise barely sees.
+
+    Such weights depend on the answer: a patch that changes weighs ``1 + weight`` times one that
+    could have changed and did not, so the probabilities that minimise the weighted loss put
+    up to ``1 + weight`` times the real odds on a change that the frames before cannot tell
+    (in Breakout a ball that comes from nowhere). ``moving_from="context"`` reads the movement
+    from the frames the prediction is made from instead: block t's patches weigh ``1 +
+    weight`` where they or a neighbour changed between blocks t-2 and t-1 (where something
+    was moving, and so where it can be next), and blocks 0 and 1 weigh 1. Those weights
+    depend on the context only, so each context's best prediction is the real distribution
+    of its next frame, whatever the weight.
 
     Args:
         obs: (B, T, H, W, C) uint8 frames of the segments (padding is masked out by the loss).
         latent_size: Patches per side (K = latent_size ** 2 tokens per frame).
         weight: Extra weight of the moved patches (0: every token weighs 1).
         threshold: Change of a channel, in grey levels, that counts as movement.
+        moving_from: ``"target"`` or ``"context"`` (see above).
+
+    Raises:
+        ValueError: If ``moving_from`` is neither.
 
     Example:
-        >>> obs = torch.zeros(1, 2, 8, 8, 3, dtype=torch.uint8)
+        >>> obs = torch.zeros(1, 3, 8, 8, 3, dtype=torch.uint8)
         >>> obs[0, 1, 0, 0] = 255  # a pixel of the top-left patch changes at block 1
         >>> moving_patch_weights(obs, 4, 9.0)[0, 1].view(4, 4)[:2].tolist()
         [[10.0, 10.0, 1.0, 1.0], [10.0, 10.0, 1.0, 1.0]]
+        >>> moving_patch_weights(obs, 4, 9.0, moving_from="context")[0, 2].view(4, 4)[:2].tolist()
+        [[10.0, 10.0, 1.0, 1.0], [10.0, 10.0, 1.0, 1.0]]
     """
+    if moving_from not in MOVING_FROM:
+        raise ValueError(f"moving_from must be one of {MOVING_FROM}, got {moving_from!r}")
     b, t = obs.shape[:2]
     patches = _changed_patches(obs, latent_size, threshold).flatten(0, 1)  # (B*(T-1), s, s)
     moved = F.max_pool2d(patches[:, None].float(), kernel_size=3, stride=1, padding=1) > 0
+    moved = moved.view(b, t - 1, -1).float()  # (B, T-1, K): block t+1 against block t
     weights = torch.ones(b, t, latent_size**2, device=obs.device)
-    weights[:, 1:] += weight * moved.view(b, t - 1, -1).float()  # with neighbours
+    if moving_from == "target":
+        weights[:, 1:] += weight * moved  # with neighbours
+    else:  # block t reads the movement of block t-1 against t-2
+        weights[:, 2:] += weight * moved[:, :-1]
     return weights
 
 

@@ -55,7 +55,7 @@ from rem_env.models.world_model import NUM_REWARD_CLASSES
 from rem_env.probes import probes_for
 from rem_train.batches import frames_to_tensor
 from rem_train.event_check import check_events
-from rem_train.losses import moving_patch_weights, reward_classes
+from rem_train.losses import MOVING_FROM, moving_patch_weights, reward_classes
 from rem_train.object_check import check_objects
 from rem_train.replay import ReplayBuffer
 from rem_train.run_log import log_line
@@ -141,6 +141,12 @@ class FrameConvPretrainConfig:
     """The learning rate a ``"cosine"`` schedule ends at."""
     moving_weight: float = 10.0
     """Extra weight of the patches that moved since the frame before (0: REM's plain mean)."""
+    moving_from: str = "target"
+    """Where that movement is read (:func:`rem_train.losses.moving_patch_weights`):
+    ``"target"``, the predicted frame against the one before it (the weights depend on the
+    answer, which raises the odds of a change the frames before cannot tell up to
+    ``1 + moving_weight`` times); ``"context"``, the last frame read against the one before it
+    (the weights depend on the frames read only, which leaves the best prediction unbiased)."""
     token_weight: float = 1.0
     """Weight of the next frame's token cross-entropy (0: the layers that give the token
     logits do not train; needs ``events_weight > 0``)."""
@@ -222,6 +228,7 @@ def gather(
     end_lead: int = 0,
     frames: int = 2,
     start_share: float = 0.0,
+    moving_from: str = "target",
 ) -> tuple[TokenTriples, EventSteps | None]:
     """The triples of :func:`gather_triples` and, with ``events``, the :class:`EventSteps` of
     the same segments (each step whose frame before is in the segment, its last one too: the
@@ -229,7 +236,8 @@ def gather(
     last steps of ended episodes, less ``end_lead`` (:attr:`FrameConvPretrainConfig.end_share`,
     :attr:`FrameConvPretrainConfig.end_lead`), ``start_share`` the first steps of episodes
     (:attr:`FrameConvPretrainConfig.start_share`). Each predicted frame comes with the ``frames``
-    frames before it, each step with its frame and the ``frames - 1`` before it.
+    frames before it, each step with its frame and the ``frames - 1`` before it; its tokens'
+    weights are :func:`rem_train.losses.moving_patch_weights` read as ``moving_from`` says.
 
     Example:
         >>> import tempfile
@@ -281,7 +289,7 @@ def gather(
             obs = torch.as_tensor(np.asarray(batch.obs))  # (n, T, H, W, C)
             codes = model.tokenizer.encode(frames_to_tensor(obs.flatten(0, 1))).tokens
             codes = codes.unflatten(0, (n, SEGMENT))  # (n, T, K)
-            moved = moving_patch_weights(obs, side, moving_weight)  # (n, T, K)
+            moved = moving_patch_weights(obs, side, moving_weight, moving_from=moving_from)
             real = torch.as_tensor(np.asarray(batch.mask))  # (n, T): padding at an end
             codes = torch.where(real[..., None], codes, -1)  # a frame not in the segment: -1
             # Frame t-j of step t is column t - j + F of the frames padded with F missing ones.
@@ -367,6 +375,7 @@ def pretrain(
     data, steps = gather(
         model, replays, config.segments, config.moving_weight, config.seed, events,
         config.end_share, config.end_lead, config.frames, config.start_share,
+        config.moving_from,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     with (out / "progress.jsonl").open("w") as progress:
@@ -639,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     if config.end_lead < 0:
         p.error(f"--end-lead must be >= 0, got {config.end_lead}")
+    if config.moving_from not in MOVING_FROM:
+        names = ", ".join(MOVING_FROM)
+        p.error(f"--moving-from must be one of {names}, got {config.moving_from!r}")
     if not 2 <= config.frames < SEGMENT:
         p.error(f"--frames must be in [2, {SEGMENT}), got {config.frames}")
     if config.token_weight < 0 or config.events_weight < 0:

@@ -615,7 +615,9 @@ class Trainer:
         weights = None
         if cfg.moving_weight > 0:
             latent = self.model.config.tokenizer.latent_size
-            weights = moving_patch_weights(batch.obs, latent, cfg.moving_weight)
+            weights = moving_patch_weights(
+                batch.obs, latent, cfg.moving_weight, moving_from=cfg.moving_from
+            )
         return world_model_loss(
             output, tokens, batch.rewards, batch.ends, batch.mask, context, weights,
             cfg.end_weight, dreamed, cfg.dreamed_heads_weight, cfg.dreamed_obs_weight,
