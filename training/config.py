@@ -340,6 +340,11 @@ class TrainConfig:
         if self.model not in MODEL_SIZES:
             raise ValueError(f"unknown model sizes {self.model!r}; choose one of {MODEL_SIZES}")
         _check_positive(self)
+        if self.world_model.moving_from not in MOVING_FROM:
+            raise ValueError(
+                f"world_model.moving_from must be one of {', '.join(MOVING_FROM)}, got "
+                f"{self.world_model.moving_from!r}"
+            )
         if self.world_model_layers is not None and self.world_model_layers < 1:
             raise ValueError(f"world_model_layers must be >= 1, got {self.world_model_layers}")
         if self.world_model_frame_conv < 0:
@@ -566,11 +571,6 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 def _check_positive(config: TrainConfig) -> None:
     """Counts, sizes and learning rates must be positive (start epochs and flags excepted)."""
-    if config.world_model.moving_from not in MOVING_FROM:
-        raise ValueError(
-            f"world_model.moving_from must be one of {', '.join(MOVING_FROM)}, got "
-            f"{config.world_model.moving_from!r}"
-        )
     for section in _SECTIONS:
         part = getattr(config, section)
         for f in dataclasses.fields(part):
