@@ -24,6 +24,7 @@ def test_real_serve_states_serve_only_after_fire(contexts) -> None:
     assert not contexts.real_noop.any()  # the real game: no ball without FIRE ...
     assert contexts.real_fire.all()  # ... and one within 30 steps after it
     assert not contexts.lost_noop.any() and contexts.lost_fire.any()  # a still paddle misses
+    assert contexts.first_fire.all() and not contexts.first_noop.any()  # served at once
     no_ball = BreakoutBallProbe().find(contexts.frames.reshape(-1, 64, 64, 3)).found
     assert not no_ball.any()
 
@@ -42,8 +43,12 @@ def test_dreamed_serves_are_shares_and_reproducible(contexts) -> None:
         assert share.shape == (3,) and ((share >= 0) & (share <= 1)).all()
         assert np.array_equal(share, same)
         assert np.allclose(share * 4, np.round(share * 4))  # counts of 4 dreams
-    strict, _ = dreamed_serves(model, contexts, 1, horizon=3, samples=4, seed=7, threshold=256)
-    assert not strict.any()  # no pixel is that red
+    assert (shares.first <= shares.ball).all()  # a ball at the first step is a ball at all
+    one_step = dreamed_serves(model, contexts, first_action=1, horizon=1, samples=4, seed=7)
+    assert np.array_equal(one_step.first, one_step.ball)
+    assert np.array_equal(one_step.first, shares.first)  # the same first step, whatever follows
+    strict = dreamed_serves(model, contexts, 1, horizon=3, samples=4, seed=7, threshold=256)
+    assert not strict.ball.any() and not strict.first.any()  # no pixel is that red
 
 
 def test_serve_check_is_for_breakout_models(tmp_path: Path) -> None:

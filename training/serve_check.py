@@ -10,7 +10,9 @@ full; no ball in play), and from each the same dreamed steps twice, NOOP only an
 (then NOOPs); it reports the share of dreams in which the ball probe finds a ball and the share
 in which a life is lost, beside the real game's answers for the same actions (NOOP only: no
 ball and no lost life, ever; FIRE: a ball, and with a paddle that never moves the life is lost
-within 30 steps in most games).
+within 30 steps in most games). It also reports the share with a ball at the first dreamed step:
+the game serves in the very frame after FIRE, and never after a NOOP, so that step shows how
+sharply the world model reads the action, before its own frames can mislead it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from rem_env.probes import BreakoutBallFollower, BreakoutBallProbe
 from rem_train.batches import frames_to_tensor
 from rem_train.sources import load_source
 
-__all__ = ["ServeContexts", "dreamed_serves", "main", "serve_contexts"]
+__all__ = ["DreamedServes", "ServeContexts", "dreamed_serves", "main", "serve_contexts"]
 
 NOOP, FIRE = 0, 1
 BALL_Y = 101
@@ -48,6 +50,8 @@ class ServeContexts(NamedTuple):
         real_fire: (N,) bool, a ball came within the horizon with FIRE first (then NOOPs).
         lost_noop: (N,) bool, the life was lost within the horizon with NOOP only.
         lost_fire: (N,) bool, the life was lost within the horizon with FIRE first.
+        first_noop: (N,) bool, a ball was in play right after the first step, a NOOP.
+        first_fire: (N,) bool, a ball was in play right after the first step, FIRE.
     """
 
     frames: np.ndarray
@@ -56,6 +60,22 @@ class ServeContexts(NamedTuple):
     real_fire: np.ndarray
     lost_noop: np.ndarray
     lost_fire: np.ndarray
+    first_noop: np.ndarray
+    first_fire: np.ndarray
+
+
+class DreamedServes(NamedTuple):
+    """Shares of the dreams from each serve state, (N,) float each.
+
+    Attributes:
+        ball: Dreams in which the ball probe finds a ball at any step before an episode end.
+        ended: Dreams with a dreamed episode end.
+        first: Dreams with a ball at the first dreamed step.
+    """
+
+    ball: np.ndarray
+    ended: np.ndarray
+    first: np.ndarray
 
 
 def serve_contexts(num: int, context: int, horizon: int, seed: int = 0) -> ServeContexts:
@@ -67,7 +87,7 @@ def serve_contexts(num: int, context: int, horizon: int, seed: int = 0) -> Serve
     env = make_atari_env("Breakout", train=True, seed=seed)
     ale = env.unwrapped.ale
     player = BreakoutBallFollower(epsilon=0.3, seed=seed)
-    kept: list[tuple[np.ndarray, np.ndarray, bool, bool]] = []
+    kept: list[tuple] = []
     try:
         while len(kept) < num:
             obs, _ = env.reset()
@@ -77,20 +97,23 @@ def serve_contexts(num: int, context: int, horizon: int, seed: int = 0) -> Serve
                 frames.append(obs)
             if ale.getRAM()[BALL_Y] == 0:
                 state = ale.cloneState()
-                came, lost = [], []
+                came, lost, at_once = [], [], []
                 for first in (NOOP, FIRE):
                     ale.restoreState(state)
                     seen = ended = False
                     for h in range(horizon):
                         _, _, terminated, truncated, _ = env.step(first if h == 0 else NOOP)
                         seen |= bool(ale.getRAM()[BALL_Y] > 0)
+                        if h == 0:
+                            at_once.append(seen)
                         if terminated or truncated:
                             ended = True
                             break
                     came.append(seen)
                     lost.append(ended)
                 ale.restoreState(state)
-                kept.append((np.stack(frames), np.zeros(context - 1, np.int64), *came, *lost))
+                frames_and_actions = (np.stack(frames), np.zeros(context - 1, np.int64))
+                kept.append((*frames_and_actions, *came, *lost, *at_once))
             for _ in range(5000):  # play on until this life is lost
                 action = int(player.act(ale.getRAM()[None])[0])
                 _, _, terminated, truncated, _ = env.step(action)
@@ -101,7 +124,7 @@ def serve_contexts(num: int, context: int, horizon: int, seed: int = 0) -> Serve
     return ServeContexts(
         np.stack([k[0] for k in kept]),
         np.stack([k[1] for k in kept]),
-        *(np.array([k[i] for k in kept]) for i in range(2, 6)),
+        *(np.array([k[i] for k in kept]) for i in range(2, 8)),
     )
 
 
@@ -115,7 +138,7 @@ def dreamed_serves(
     seed: int = 0,
     temperature: float = 1.0,
     threshold: float = BreakoutBallProbe.threshold,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> DreamedServes:
     """Shares of ``samples`` dreams from each context in which a ball shows up / a life ends.
 
     Every dream takes ``first_action`` and then NOOPs for ``horizon`` steps in all; a dream
@@ -124,8 +147,8 @@ def dreamed_serves(
     ball measures 61 or more in 64x64 frames).
 
     Returns:
-        ``(ball, ended)``: (N,) shares of the dreams with a ball found by the probe, and with a
-        dreamed episode end.
+        The shares of the dreams with a ball found by the probe, with a dreamed episode end,
+        and with a ball at the first dreamed step.
     """
     model.eval()
     device = model.start_tokens.device
@@ -144,12 +167,16 @@ def dreamed_serves(
     probe = BreakoutBallProbe(threshold=threshold)
     seen = np.zeros(n * samples, dtype=bool)
     ended = np.zeros(n * samples, dtype=bool)
+    first = np.zeros(n * samples, dtype=bool)
     for h in range(horizon):
         step_actions = torch.full((n * samples,), first_action if h == 0 else NOOP, device=device)
         step, state = model.imagine_step(state, step_actions, temperature, generator=generator)
         seen |= probe.find(to_pixels(model.decode(step.obs_tokens))).found & ~ended
+        if h == 0:
+            first = seen.copy()
         ended |= step.ends.cpu().numpy()
-    return seen.reshape(n, samples).mean(axis=1), ended.reshape(n, samples).mean(axis=1)
+    shares = (found.reshape(n, samples).mean(axis=1) for found in (seen, ended, first))
+    return DreamedServes(*shares)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,19 +235,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.samples} dreams of {args.horizon} steps each (temperature {args.temperature:g}, "
         f"ball threshold {args.threshold:g})"
     )
-    print("| actions | ball shows up: dream / real | a life is lost: dream / real |")
-    print("|---|---|---|")
-    for name, first, real_ball, real_lost in (
-        ("NOOP only", NOOP, contexts.real_noop, contexts.lost_noop),
-        ("FIRE, then NOOP", FIRE, contexts.real_fire, contexts.lost_fire),
+    print(
+        "| actions | ball shows up: dream / real | a life is lost: dream / real "
+        "| a ball at the first step: dream / real |"
+    )
+    print("|---|---|---|---|")
+    for name, first, real_ball, real_lost, real_first in (
+        ("NOOP only", NOOP, contexts.real_noop, contexts.lost_noop, contexts.first_noop),
+        ("FIRE, then NOOP", FIRE, contexts.real_fire, contexts.lost_fire, contexts.first_fire),
     ):
-        ball, ended = dreamed_serves(
+        dreamed = dreamed_serves(
             model, contexts, first, args.horizon, args.samples, args.seed, args.temperature,
             args.threshold,
         )  # fmt: skip
         print(
-            f"| {name} | {ball.mean():.3f} / {real_ball.mean():.3f} | "
-            f"{ended.mean():.3f} / {real_lost.mean():.3f} |"
+            f"| {name} | {dreamed.ball.mean():.3f} / {real_ball.mean():.3f} | "
+            f"{dreamed.ended.mean():.3f} / {real_lost.mean():.3f} | "
+            f"{dreamed.first.mean():.3f} / {real_first.mean():.3f} |"
         )
     return 0
 
