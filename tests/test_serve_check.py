@@ -51,6 +51,11 @@ def test_dreamed_serves_are_shares_and_reproducible(contexts) -> None:
     assert not strict.ball.any() and not strict.first.any()  # no pixel is that red
 
 
+def test_serve_contexts_need_a_step_to_compare() -> None:
+    with pytest.raises(ValueError, match="horizon must be positive, got 2, 4 and 0"):
+        serve_contexts(2, context=4, horizon=0)
+
+
 def test_serve_check_is_for_breakout_models(tmp_path: Path) -> None:
     _model("Pong").save_pretrained(tmp_path / "pong")
     with pytest.raises(SystemExit, match="serve_check is for Breakout models"):

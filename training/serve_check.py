@@ -83,11 +83,18 @@ def serve_contexts(num: int, context: int, horizon: int, seed: int = 0) -> Serve
 
     Each game's start is one; then a scripted player (30% random actions) plays until it loses
     a life, and the next life's start is another.
+
+    Raises:
+        ValueError: If ``num``, ``context`` or ``horizon`` is below 1.
     """
+    if min(num, context, horizon) < 1:
+        raise ValueError(
+            f"num, context and horizon must be positive, got {num}, {context} and {horizon}"
+        )
     env = make_atari_env("Breakout", train=True, seed=seed)
     ale = env.unwrapped.ale
     player = BreakoutBallFollower(epsilon=0.3, seed=seed)
-    kept: list[tuple] = []
+    kept: list[tuple[np.ndarray, ...]] = []
     try:
         while len(kept) < num:
             obs, _ = env.reset()
