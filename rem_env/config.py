@@ -147,6 +147,12 @@ class WorldModelConfig:
             the tokenizer's ``patch_size``) through a convolution over the pixels of all its
             frames, beside the world model's token embeddings. It needs
             ``frame_conv_layers > 0``.
+        frame_conv_completion: Not in REM (0: off). Dilated convolutions of a *completion*
+            that gives the frame conv's logits of a patch's token given the tokens of the same
+            frame already drawn: imagination then draws each frame in rounds (the patches it is
+            sure of, then the least sure one at a time, :data:`~rem_env.models.world_model.
+            COMPLETION_ROUNDS` of them, then the rest), so that a new object comes in one place.
+            It needs ``frame_conv_layers > 0``.
         event_reader_width: Not in REM (0: off, as in every preset). Channels of the first layer
             of an *event reader*: a small net over the decoded pixels of frames t-1 and t and the
             action after t, whose logits are added to the reward and end heads' (see
@@ -190,6 +196,7 @@ class WorldModelConfig:
     frame_conv_copy: bool = False
     frame_conv_frames: int = 2
     frame_conv_pixels: int = 0
+    frame_conv_completion: int = 0
     event_reader_width: int = 0
     event_window_frames: int = 0
     event_window_width: int = 64
@@ -254,6 +261,14 @@ class WorldModelConfig:
             self.frame_conv_layers > 0 or not self.frame_conv_pixels,
             "frame_conv_pixels",
             "the pixels are read by the frame conv: set frame_conv_layers > 0",
+        )
+        _require(
+            self.frame_conv_completion >= 0, "frame_conv_completion", "must be 0 (off) or more"
+        )
+        _require(
+            self.frame_conv_layers > 0 or not self.frame_conv_completion,
+            "frame_conv_completion",
+            "the completion reads the frame conv's features: set frame_conv_layers > 0",
         )
         _require(self.event_reader_width >= 0, "event_reader_width", "must be 0 (off) or more")
         _require(self.event_window_frames >= 0, "event_window_frames", "must be 0 (off) or more")

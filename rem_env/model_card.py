@@ -183,6 +183,8 @@ def _parts_not_in_rem(world_model: WorldModelConfig) -> str:
         conv = "a frame conv" + (f" of {frames} frames" if frames > 2 else "")
         if world_model.frame_conv_pixels:
             conv += " that reads the frames' pixels"
+        if world_model.frame_conv_completion:
+            conv += " and draws each frame in rounds (a completion)"
         parts.append(conv)
     if world_model.event_reader_width:
         parts.append("an event reader")

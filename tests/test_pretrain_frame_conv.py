@@ -501,3 +501,48 @@ def test_moving_from_context_weighs_each_predicted_frame_by_the_frames_before_it
         main(["--init-from", str(tmp_path / "source"), "--replay", str(tmp_path / "replay"),
               "--out", str(tmp_path / "x"), "--moving-from", "next"])  # fmt: skip
     assert "--moving-from must be one of target, context, got 'next'" in capsys.readouterr().err
+
+
+def test_completion_trains_a_completion_that_starts_as_the_model_it_joins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--completion N`` adds a completion at zero (the world model dreams the very frames it
+    dreamed before) and trains it on the frames' hidden patches; a completion of other sizes
+    is a clear error."""
+    first, common = _first_export(tmp_path)
+    out = tmp_path / "completion"
+    assert main(["--init-from", str(first), "--out", str(out), "--completion", "2",
+                 *common]) == 0  # fmt: skip
+    export = REMModel.from_pretrained(out / "export")
+    conv = export.world_model.frame_conv
+    assert export.config.world_model.frame_conv_completion == 2 and len(conv.completion) == 4
+    assert conv.completion_out.weight.abs().sum() > 0  # trained (it starts at zero)
+    card = (out / "export" / "README.md").read_text()
+    assert "and draws each frame in rounds (a completion)" in card
+
+    # At zero, the completion changes no dreamed frame: each patch keeps its logits and noise.
+    before = REMModel.from_pretrained(first)
+    grown = REMModel(export.config)
+    grown.load_state_dict(before.state_dict(), strict=False)
+    tokens, actions = torch.randint(16, (3, 2, 64)), torch.randint(4, (3, 1))
+    dreams = []
+    for model in (before, grown):
+        torch.manual_seed(5)
+        world_model, codebook = model.world_model.eval(), model.tokenizer.codebook
+        state = world_model.start_state(tokens, actions, codebook)
+        with torch.no_grad():
+            steps = []
+            for _ in range(3):
+                step, state = world_model.step(state, torch.tensor([1, 2, 3]), codebook=codebook)
+                steps.append(step.obs_tokens)
+        dreams.append(torch.stack(steps))
+    assert torch.equal(dreams[0], dreams[1])
+
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(out / "export"), "--out", str(tmp_path / "x"), "--completion",
+              "3", *common])  # fmt: skip
+    assert "has a completion of 2 layers; give --completion 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--init-from", str(first), "--out", str(tmp_path / "y"), "--completion", "-1",
+              *common])  # fmt: skip
+    assert "--completion must be >= 0" in capsys.readouterr().err

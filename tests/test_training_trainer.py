@@ -430,3 +430,27 @@ def test_the_actor_critic_dreams_at_the_configured_temperatures(tmp_path: Path) 
     finally:
         trainer.close()
     assert (env.temperature, env.event_temperature) == (0.0, 1.0)
+
+
+def test_retnet_only_trains_the_retnet_beside_a_fixed_frame_conv(tmp_path: Path) -> None:
+    """``world_model.retnet_only``: a world-model epoch changes REM's RetNet and heads and
+    leaves the frame conv and the token embedding it reads exactly as they were."""
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    wm = dataclasses.replace(config.world_model, steps_per_epoch=2, retnet_only=True)
+    config = dataclasses.replace(config, world_model=wm, world_model_frame_conv=2)
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        world_model = trainer.model.world_model
+        with torch.no_grad():  # a frame conv that gives logits, as a pretrained one does
+            torch.nn.init.normal_(world_model.frame_conv.out.weight, std=0.1)
+        before = {k: v.clone() for k, v in world_model.state_dict().items()}
+        trainer.collect(120)
+        trainer.train_world_model(epoch=3)
+        after = world_model.state_dict()
+        fixed = [k for k in before if k.split(".")[0] in ("frame_conv", "embedding")]
+        trained = [k for k in before if k.startswith(("decoder.", "head_obs."))]
+        assert fixed and trained
+        assert all(torch.equal(before[k], after[k]) for k in fixed)
+        assert all(not torch.equal(before[k], after[k]) for k in trained if k.endswith("weight"))
+    finally:
+        trainer.close()

@@ -248,6 +248,29 @@ def test_frame_conv_parts_are_added_at_zero_to_a_source_frame_conv_without_them(
         dataclasses.replace(config, world_model_frame_conv=0, **{**off, flag: True})
 
 
+def test_a_completion_is_added_at_zero_to_a_source_frame_conv_without_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _source_with_conv(tmp_path / "source", 7)
+    config = dataclasses.replace(
+        _config(str(tmp_path / "source"), "tokenizer,world_model"),
+        world_model_frame_conv=2,
+        world_model_frame_conv_completion=2,
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        conv = trainer.model.world_model.frame_conv
+        assert len(conv.completion) == 4 and conv.completion_out.weight.abs().sum() == 0
+        _assert_same_function(model, trainer.model)
+        assert "the frame conv's completion added" in capsys.readouterr().out
+    finally:
+        trainer.close()
+    with pytest.raises(ValueError, match="completion reads the frame conv's features"):
+        dataclasses.replace(config, world_model_frame_conv=0)
+    with pytest.raises(ValueError, match="world_model_frame_conv_completion must be >= 0"):
+        dataclasses.replace(config, world_model_frame_conv_completion=-1)
+
+
 def test_a_frame_conv_of_another_width_is_taken_at_its_width(tmp_path: Path) -> None:
     model = _source_with_conv(tmp_path / "source", 6, world_model_frame_conv_width=8)
     source = _config(str(tmp_path / "source"), "tokenizer,world_model")

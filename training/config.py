@@ -157,6 +157,13 @@ class WorldModelPhase:
         "weight of the blocks that end an episode (a lost life) in the end cross-entropy, "
         "then a weighted mean; 1 is REM's loss",
     )
+    retnet_only: bool = doc(
+        False,
+        "train only REM's part of the world model (its RetNet, prediction tokens and heads): the "
+        "frame conv, event reader and event window and the token embedding they read keep their "
+        "weights, and the RetNet learns what they miss, its heads' logits added to theirs (not in "
+        "REM)",
+    )
     dreamed_heads_weight: float = doc(
         0.0,
         "weight of a second reward and end cross-entropy on the same segments with their frames "
@@ -296,6 +303,13 @@ class TrainConfig:
         "patch, through a convolution over the pixels of all its frames), beside the token "
         "embeddings; needs --world-model-frame-conv and a patch tokenizer (--model patch)",
     )
+    world_model_frame_conv_completion: int = doc(
+        0,
+        "not in REM: dilated convolutions of the frame conv's completion, which reads the tokens "
+        "of a frame already drawn: dreams draw each frame in rounds, so that a new object comes "
+        "in one place (0: off; python -m rem_train.pretrain_frame_conv --completion N trains "
+        "one); needs --world-model-frame-conv",
+    )
     world_model_event_reader: int = doc(
         0,
         "not in REM: channels of the first layer of an event reader, a small conv net over the "
@@ -396,6 +410,16 @@ class TrainConfig:
                     f"{flag} is a setting of the frame conv: set world_model_frame_conv "
                     "(--world-model-frame-conv N) too"
                 )
+        if self.world_model_frame_conv_completion < 0:
+            raise ValueError(
+                "world_model_frame_conv_completion must be >= 0 (0: off), got "
+                f"{self.world_model_frame_conv_completion}"
+            )
+        if self.world_model_frame_conv_completion and not self.world_model_frame_conv:
+            raise ValueError(
+                "world_model_frame_conv_completion reads the frame conv's features: set "
+                "world_model_frame_conv (--world-model-frame-conv N) too"
+            )
         if self.world_model_frame_conv_pixels and self.model != "patch":
             raise ValueError(
                 "world_model_frame_conv_pixels reads the pixels of a patch tokenizer's codes: "
@@ -512,6 +536,7 @@ class TrainConfig:
                 frame_conv_pixels=(
                     config.tokenizer.patch_size if self.world_model_frame_conv_pixels else 0
                 ),
+                frame_conv_completion=self.world_model_frame_conv_completion,
             )
         if self.world_model_event_reader:
             world_model = dataclasses.replace(

@@ -104,6 +104,12 @@ class FrameConvPretrainConfig:
     """Give the frame conv a copy gate (``--world-model-frame-conv-copy`` of rem-train): a
     per-patch bonus to the logit of the patch's token in the frame before, added at zero to a
     starting frame conv without one."""
+    completion: int = 0
+    """Give the frame conv a completion of this many dilated convolutions
+    (``--world-model-frame-conv-completion`` of rem-train; 0: none), added at zero to a starting
+    frame conv without one: its logits of the predicted frame's tokens read some of that frame's
+    real tokens (each patch's shown with a probability drawn uniformly for each frame), and its
+    cross-entropy on the others joins the token loss (weighted as it is)."""
     segments: int = 12_000
     """Segments of 10 frames drawn from the replay buffers (spread evenly over them); each gives
     every triple of consecutive real frames in it (8 in a whole segment)."""
@@ -409,10 +415,15 @@ def pretrain(
             if config.token_weight:
                 rows = torch.as_tensor(rng.integers(len(data), size=config.batch_size))
                 frames = embed_frames(data.tokens[rows, :-1], embeddings)  # (B, F, K, E)
-                logits = conv(frames, data.actions[rows], data.tokens[rows, -2])  # (B, K, V)
+                features = conv.features(frames, data.actions[rows])
+                logits = conv.token_logits(features, data.tokens[rows, -2])  # (B, K, V)
                 target, weight = data.tokens[rows, -1], data.weights[rows]
                 token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
                 loss = config.token_weight * (token * weight.flatten()).sum() / weight.sum()
+                if conv.completion is not None:
+                    loss = loss + config.token_weight * _completion_loss(
+                        conv, features, logits, target, weight, embeddings
+                    )
             if steps is not None:
                 events_loss = _event_loss(conv, steps, fixed, embeddings, rng, config)
                 loss = loss + config.events_weight * events_loss
@@ -481,6 +492,21 @@ def embed_frames(tokens: Tensor, embeddings: Tensor) -> Tensor:
     return F.embedding(tokens.clamp(min=0), embeddings) * (tokens >= 0)[..., None]
 
 
+def _completion_loss(
+    conv: FrameConv, features: Tensor, logits: Tensor, target: Tensor, weight: Tensor,
+    embeddings: Tensor,
+) -> Tensor:  # fmt: skip
+    """Weighted cross-entropy of the completion's logits (added to the frame conv's ``logits``,
+    (B, K, V)) on the patches of the (B, K) ``target`` frame it was not shown: each frame shows
+    each of its patches with one probability drawn uniformly from [0, 1)."""
+    shown = torch.rand(target.shape) < torch.rand(target.shape[0], 1)  # (B, K)
+    drawn = embed_frames(target, embeddings[:, : conv.embed_dim])  # (B, K, E)
+    full = logits + conv.completion_logits(features, drawn, shown)
+    token = F.cross_entropy(full.flatten(0, 1), target.flatten(), reduction="none")
+    hidden = weight * shown.logical_not()  # (B, K): the weights of the patches not shown
+    return (token * hidden.flatten()).sum() / hidden.sum().clamp(min=1e-8)
+
+
 def _trained_parameters(conv: FrameConv, config: FrameConvPretrainConfig) -> list[Tensor]:
     """The frame conv's parameters that train: all of them, or with ``token_weight 0`` only its
     event layers."""
@@ -527,10 +553,24 @@ def _event_loss(
 def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMModel:
     """``model`` with a fresh frame conv (its output layers at zero: the same function), or
     ``model`` itself where it has a frame conv of ``config``'s sizes (an earlier pretraining's
-    export, trained on), given event layers where ``events_weight`` needs them and a copy gate
-    where ``copy`` asks for one (both at zero), the channels of the older frames where
-    ``frames`` reads more than it does, and of the pixels where ``pixels`` asks for them (their
-    weights at zero)."""
+    export, trained on), given event layers where ``events_weight`` needs them, a copy gate
+    where ``copy`` asks for one and a completion where ``completion`` does (all at zero), the
+    channels of the older frames where ``frames`` reads more than it does, and of the pixels
+    where ``pixels`` asks for them (their weights at zero)."""
+    model = _with_frame_conv_of_sizes(model, config)
+    have = model.config.world_model.frame_conv_completion
+    if have == config.completion:
+        return model
+    if have:
+        raise ValueError(
+            f"the starting model's frame conv has a completion of {have} layers; give "
+            f"--completion {have} to train it on"
+        )
+    return _grown(model, frame_conv_completion=config.completion).eval()
+
+
+def _with_frame_conv_of_sizes(model: REMModel, config: FrameConvPretrainConfig) -> REMModel:
+    """:func:`_with_frame_conv` but for the completion."""
     sizes = model.config.world_model
     events = config.events_weight > 0 or sizes.frame_conv_events
     copy = config.copy or sizes.frame_conv_copy
@@ -646,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
             f"--start-share must be in [0, 1 - --end-share] = [0, {1 - config.end_share:g}], "
             f"got {config.start_share:g}"
         )
+    if config.completion < 0:
+        p.error(f"--completion must be >= 0 (0: none), got {config.completion}")
     if config.end_lead < 0:
         p.error(f"--end-lead must be >= 0, got {config.end_lead}")
     if config.moving_from not in MOVING_FROM:

@@ -61,7 +61,14 @@ FRAME_CONV_EVENTS = ("frame_conv.events.", "frame_conv.event_out.")
 """The frame conv's event layers (``frame_conv_events``), which a source's frame conv may lack."""
 FRAME_CONV_COPY = ("frame_conv.copy_gate.",)
 """The frame conv's copy gate (``frame_conv_copy``), which a source's frame conv may lack."""
-FRAME_CONV_PARTS = {"event layers": FRAME_CONV_EVENTS, "copy gate": FRAME_CONV_COPY}
+FRAME_CONV_COMPLETION = ("frame_conv.completion.", "frame_conv.completion_out.")
+"""The frame conv's completion (``frame_conv_completion``), which a source's frame conv may
+lack."""
+FRAME_CONV_PARTS = {
+    "event layers": FRAME_CONV_EVENTS,
+    "copy gate": FRAME_CONV_COPY,
+    "completion": FRAME_CONV_COMPLETION,
+}
 """The parts of a frame conv that a source's frame conv may lack, by name."""
 EVENT_READER = "event_reader."
 """The event reader (``event_reader_width``), which a source's world model may lack."""
@@ -353,8 +360,8 @@ def _added_layers(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[
 
 def _added_frame_conv(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
     """The run's own frame-conv tensors (output layers at zero) that the source lacks: the whole
-    frame conv where the source has none, else its event layers and its copy gate where the
-    source's has none."""
+    frame conv where the source has none, else its event layers, its copy gate and its
+    completion where the source's has none."""
     prefixes: tuple[str, ...] = (FRAME_CONV,)
     if any(key.startswith(FRAME_CONV) for key in source):
         had = _frame_conv_parts(source)

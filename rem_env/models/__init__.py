@@ -2,7 +2,7 @@
 
 from rem_env.config import TokenizerConfig
 from rem_env.models.patch_tokenizer import PatchTokenizer
-from rem_env.models.sampling import StepNoise, sample_categorical
+from rem_env.models.sampling import StepNoise, draw_in_rounds, sample_categorical
 from rem_env.models.tokenizer import FrameTokenizer, Tokenizer, TokenizerOutput
 from rem_env.models.world_model import ImaginationStep, WorldModel, WorldModelOutput
 
@@ -16,6 +16,7 @@ __all__ = [
     "WorldModel",
     "WorldModelOutput",
     "build_tokenizer",
+    "draw_in_rounds",
     "sample_categorical",
 ]
 

@@ -36,6 +36,15 @@ channels per patch: where a small object is to the pixel and where it moved, the
 it is and whatever patch it is in (from the embeddings the layers learn each of its places in
 each code apart). The first layer's weights of those channels start at zero, so a frame conv
 that gains them (:meth:`FrameConv.load_without_pixels`) starts as exactly the frame conv it was.
+
+With ``completion = c > 0`` it also gives logits of frame t's tokens *given some of them*: each
+patch's logits are drawn apart from the others', so where a new object may come in one of several
+places (Breakout's serve, in one of three columns) a sampled frame shows it in none or in two
+as often as in one, and the likeliest frame in none. ``c`` convolutions of growing dilation over
+the features, the embeddings of the tokens already drawn and where they are, read the whole
+grid; :meth:`FrameConv.completion_logits` adds to a patch's logits what the drawn tokens say
+of it, and the world model draws a frame in rounds (the patches it is sure of first, then the
+least sure one at a time). Its output layer starts at zero too.
 """
 
 from __future__ import annotations
@@ -63,6 +72,9 @@ PIXEL_COLOURS = 3
 EVENT_LOGITS = 5
 """Event logits: 3 reward classes, then 2 end classes (the world model's heads' layout)."""
 
+COMPLETION_MAX_DILATION = 4
+"""The completion's convolutions are dilated 1, 2, 4, 4, ...: three of them see a 15 x 15 grid."""
+
 COPY_SCALE = 10.0
 """The copy gate's output is multiplied by this: a bonus of several nats is reached in a few
 hundred Adam steps at a learning rate of 1e-3, not thousands."""
@@ -89,6 +101,9 @@ class FrameConv(nn.Module):
             pixels, given after its embedding (a frame is then (K, E + 3 * p * p): the codebook
             rows of a patch tokenizer, colour-major), all F frames through one convolution of
             stride p (``PIXEL_CHANNELS`` channels per patch).
+        completion: 0: off. c > 0: c dilated 3x3 convolutions of ``width`` channels that give
+            logits of the next frame's tokens from the features and the tokens of it already
+            drawn (:meth:`completion_logits`).
 
     Example:
         >>> import torch
@@ -113,6 +128,12 @@ class FrameConv(nn.Module):
         >>> pixels = torch.rand(3, 4, 16, 12)  # (N, F, K, 3*2*2): each token's 2x2 patch
         >>> conv(torch.cat([torch.randn(3, 4, 16, 8), pixels], -1), torch.tensor([0, 1, 4])).shape
         torch.Size([3, 16, 16])
+        >>> conv = FrameConv(8, 4, 16, 16, num_layers=2, width=32, completion=2)
+        >>> features = conv.features(frames, torch.tensor([0, 1, 4]))
+        >>> drawn = torch.rand(3, 16) < 0.5  # which of frame t's tokens are drawn
+        >>> extra = conv.completion_logits(features, torch.randn(3, 16, 8), drawn)
+        >>> extra.shape, float(extra.detach().abs().max())  # its last layer starts at zero
+        (torch.Size([3, 16, 16]), 0.0)
     """
 
     def __init__(
@@ -127,6 +148,7 @@ class FrameConv(nn.Module):
         copy: bool = False,
         frames: int = 2,
         pixels: int = 0,
+        completion: int = 0,
     ) -> None:
         super().__init__()
         side = math.isqrt(tokens_per_obs)
@@ -140,6 +162,8 @@ class FrameConv(nn.Module):
             raise ValueError(f"the frame conv reads at least 2 frames, got {frames}")
         if pixels < 0:
             raise ValueError(f"pixels must be 0 (off) or a patch side, got {pixels}")
+        if completion < 0:
+            raise ValueError(f"completion must be 0 (off) or a number of layers, got {completion}")
         self.side = side
         self.frames = frames
         self.embed_dim = embed_dim
@@ -180,6 +204,19 @@ class FrameConv(nn.Module):
             self.copy_gate = nn.Conv2d(width, 1, 1)
             nn.init.zeros_(self.copy_gate.weight)
             nn.init.zeros_(self.copy_gate.bias)
+        self.completion: nn.Sequential | None = None
+        self.completion_out: nn.Conv2d | None = None
+        if completion:  # reads the features, the drawn tokens' embeddings and where they are
+            layers, channels = [], width + embed_dim + 1
+            for i in range(completion):
+                dilation = min(2**i, COMPLETION_MAX_DILATION)
+                layers += [nn.Conv2d(channels, width, 3, padding=dilation, dilation=dilation)]
+                layers.append(nn.ReLU())
+                channels = width
+            self.completion = nn.Sequential(*layers)
+            self.completion_out = nn.Conv2d(width, vocab_size, 1)
+            nn.init.zeros_(self.completion_out.weight)
+            nn.init.zeros_(self.completion_out.bias)
 
     def forward(self, frames: Tensor, actions: Tensor, before: Tensor | None = None) -> Tensor:
         """(N, F, K, E) embeddings of frames t-F .. t-1 (with ``pixels``, each token's pixels
@@ -352,6 +389,31 @@ class FrameConv(nn.Module):
         bonus = COPY_SCALE * self.copy_gate(features).flatten(1)  # (N, K)
         bonus = bonus * (before >= 0)  # no bonus where there is no frame before
         return logits.scatter_add(-1, before.clamp(min=0)[..., None], bonus[..., None])
+
+    def completion_logits(self, features: Tensor, drawn_embedded: Tensor, drawn: Tensor) -> Tensor:
+        """Logits to add to :meth:`token_logits` once some of the next frame's tokens are drawn.
+
+        Args:
+            features: (N, width, s, s), from :meth:`features`.
+            drawn_embedded: (N, K, E) embeddings of the next frame's tokens (the world model's
+                token embedding, as the frames read); only those of drawn patches are read.
+            drawn: (N, K) bool: the patches whose tokens are drawn.
+
+        Returns:
+            (N, K, V) logits: what the drawn tokens say of each patch's token (meant for the
+            patches not drawn yet).
+
+        Raises:
+            ValueError: If the frame conv was built without a completion.
+        """
+        if self.completion is None or self.completion_out is None:
+            raise ValueError("this frame conv was built without a completion (completion=0)")
+        n, s = features.shape[0], self.side
+        mask = drawn.to(features.dtype)[:, None]  # (N, 1, K)
+        known = drawn_embedded.transpose(1, 2) * mask  # (N, E, K): zeros where not drawn
+        grid = torch.cat([known, mask], dim=1).reshape(n, -1, s, s)  # (N, E+1, s, s)
+        x = self.completion(torch.cat([features, grid], dim=1))
+        return self.completion_out(x).flatten(2).transpose(1, 2)  # (N, K, V), raster order
 
     def event_logits(self, features: Tensor) -> Tensor:
         """(N, width, s, s) features -> (N, 5) logits: 3 reward classes, then 2 end classes.

@@ -24,7 +24,10 @@ Entry points:
   (read from the step's frame, the one before it and the step's action); with
   ``config.frame_conv_copy`` it adds a per-patch bonus to the logit of each patch's token in
   the frame before; with ``config.frame_conv_pixels`` (a patch tokenizer's) it also reads the
-  frames' pixels (each token's codebook patch).
+  frames' pixels (each token's codebook patch); with ``config.frame_conv_completion`` a step
+  draws its next frame in rounds, each reading the tokens of the frame drawn before it
+  (:func:`~rem_env.models.sampling.draw_in_rounds`; the training forward's logits are the
+  first round's, each patch on its own).
 * With ``config.event_reader_width > 0`` (not in REM) an :class:`~rem_env.models.event_reader.
   EventReader` adds reward and end logits read from the decoded pixels of each step's frame and
   the one before it; the training forward and each step then take those frames (``frames``).
@@ -49,16 +52,26 @@ from rem_env.models.event_reader import EventReader
 from rem_env.models.event_window import EventWindow
 from rem_env.models.frame_conv import FrameConv
 from rem_env.models.retnet import LayerStates, RetNetDecoder
-from rem_env.models.sampling import StepNoise, sample_categorical
+from rem_env.models.sampling import StepNoise, draw_in_rounds, sample_categorical
 from rem_env.state import ImaginationState
 
 __all__ = [
+    "COMPLETION_ROUNDS",
+    "COMPLETION_SURE",
     "ImaginationStep",
     "StepNoise",
     "WorldModel",
     "WorldModelOutput",
     "sample_categorical",
 ]
+
+COMPLETION_ROUNDS = 4
+"""With a frame conv's completion: patches of a frame drawn one at a time, after those it is
+sure of and before the rest (each round one more pass of the completion's layers)."""
+
+COMPLETION_SURE = 0.99
+"""With a frame conv's completion: a patch whose likeliest token has at least this probability
+is drawn in the first round, on its own."""
 
 NUM_REWARD_CLASSES = 3
 """Reward classes: ``sign(r) + 1``, so an imagined reward is ``class - 1``."""
@@ -167,6 +180,7 @@ class WorldModel(nn.Module):
                 copy=config.frame_conv_copy,
                 frames=config.frame_conv_frames,
                 pixels=config.frame_conv_pixels,
+                completion=config.frame_conv_completion,
             )
         self.event_reader: EventReader | None = None
         if config.event_reader_width:
@@ -322,10 +336,11 @@ class WorldModel(nn.Module):
 
     def _frame_conv_step(
         self, state: ImaginationState, current: Tensor, actions: Tensor, codebook: Tensor | None
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         """The frame conv's (B, K, V) logits of the next frame from the state's frame before the
-        current one and ``current``, the (B, K, E) embedded current frame, and with events its
-        (B, 5) event logits of this step (None without events)."""
+        current one and ``current``, the (B, K, E) embedded current frame, with events its
+        (B, 5) event logits of this step (None without events), and its (B, width, s, s)
+        features."""
         conv = self.frame_conv
         assert conv is not None
         if conv.frames == 2:
@@ -346,7 +361,7 @@ class WorldModel(nn.Module):
         before = before * known
         features = conv.features(torch.cat([before, current[:, None]], dim=1), actions)
         events = conv.event_logits(features) if conv.events is not None else None
-        return conv.token_logits(features, state.obs_tokens), events
+        return conv.token_logits(features, state.obs_tokens), events, features
 
     def _pixels(self, tokens: Tensor, codebook: Tensor | None) -> Tensor:
         """(..., K) tokens -> (..., K, 3*p*p): each token's patch of pixels, the patch
@@ -559,15 +574,15 @@ class WorldModel(nn.Module):
         )  # (B, K+1, E): the action token, then the K prediction tokens
         action_hidden, obs_hidden = out[:, 0], out[:, 1:]
         obs_logits = self.head_obs(obs_hidden)  # (B, K, V)
-        events = None
+        events = features = None
         if self.frame_conv is not None:
             current = real[:, 0, :k]  # (B, K, E): the embedded current frame
-            conv_obs, events = self._frame_conv_step(state, current, actions, codebook)
+            conv_obs, events, features = self._frame_conv_step(state, current, actions, codebook)
             obs_logits = obs_logits + conv_obs
         if read is not None:
             events = read if events is None else events + read
         if next_obs_tokens is None:
-            next_obs_tokens = sample_categorical(obs_logits, noise.obs, temperatures[0])
+            next_obs_tokens = self._draw_frame(obs_logits, features, codebook, noise, temperatures)
         step = self._finish_step(
             action_hidden, obs_logits, next_obs_tokens, temperatures[1], noise, events,
             actions, outcome,
@@ -577,6 +592,27 @@ class WorldModel(nn.Module):
             self._float_states(states), next_obs_tokens, state.position + block, 0, previous
         )
         return step, new_state
+
+    def _draw_frame(
+        self,
+        obs_logits: Tensor,
+        features: Tensor | None,
+        codebook: Tensor | None,
+        noise: StepNoise,
+        temperatures: tuple[float, float],
+    ) -> Tensor:
+        """The next frame's (B, K) tokens drawn from its (B, K, V) logits: each patch on its
+        own, or with a frame conv's completion in rounds (:data:`COMPLETION_ROUNDS`)."""
+        conv = self.frame_conv
+        if conv is None or conv.completion is None or features is None:
+            return sample_categorical(obs_logits, noise.obs, temperatures[0])
+
+        def complete(tokens: Tensor, drawn: Tensor) -> Tensor:  # (B, K), (B, K) -> (B, K, V)
+            return conv.completion_logits(features, self.embed_obs(tokens, codebook), drawn)
+
+        return draw_in_rounds(
+            obs_logits, noise.obs, temperatures[0], complete, COMPLETION_ROUNDS, COMPLETION_SURE
+        )
 
     def _step_token_by_token(
         self,
