@@ -546,3 +546,28 @@ def test_completion_trains_a_completion_that_starts_as_the_model_it_joins(
         main(["--init-from", str(first), "--out", str(tmp_path / "y"), "--completion", "-1",
               *common])  # fmt: skip
     assert "--completion must be >= 0" in capsys.readouterr().err
+
+
+def test_completion_only_trains_the_completion_and_keeps_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--completion-only true``: only the completion's weights change; without a completion,
+    or with event layers or the embedding to train, it is a clear error."""
+    first, common = _first_export(tmp_path)
+    out = tmp_path / "only"
+    assert main(["--init-from", str(first), "--out", str(out), "--completion", "2",
+                 "--completion-only", "true", *common]) == 0  # fmt: skip
+    before = REMModel.from_pretrained(first).state_dict()
+    after = REMModel.from_pretrained(out / "export").state_dict()
+    kept = [key for key in after if ".frame_conv.completion" not in key]
+    assert kept == list(before) and all(torch.equal(after[key], before[key]) for key in kept)
+    out_weight = [value for key, value in after.items() if "completion_out.weight" in key]
+    assert out_weight[0].abs().sum() > 0  # trained (it starts at zero)
+    for bad, message in (
+        ([], "trains a completion: give --completion C"),
+        (["--completion", "2", "--events-weight", "1"], "no --events-weight or --train-embedding"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["--init-from", str(first), "--out", str(tmp_path / "x"), "--completion-only",
+                  "true", *bad, *common])  # fmt: skip
+        assert message in capsys.readouterr().err

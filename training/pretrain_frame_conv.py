@@ -110,6 +110,11 @@ class FrameConvPretrainConfig:
     frame conv without one: its logits of the predicted frame's tokens read some of that frame's
     real tokens (each patch's shown with a probability drawn uniformly for each frame), and its
     cross-entropy on the others joins the token loss (weighted as it is)."""
+    completion_only: bool = False
+    """Train the completion alone (``completion`` layers, or the starting model's): the rest of
+    the frame conv keeps its weights and its token loss is not computed, so the completion's
+    own, rare signal (what one patch's token tells of another's: a serve comes in one place) is
+    all the step learns; with ``--start-share`` its segments can hold more serves."""
     segments: int = 12_000
     """Segments of 10 frames drawn from the replay buffers (spread evenly over them); each gives
     every triple of consecutive real frames in it (8 in a whole segment)."""
@@ -349,11 +354,23 @@ def pretrain(
         raise ValueError("--token-weight 0 trains only the event layers: give --events-weight too")
     if config.train_embedding and not config.token_weight:
         raise ValueError("--token-weight 0 keeps the frame conv's features: no --train-embedding")
+    if config.completion_only and (config.events_weight or config.train_embedding):
+        raise ValueError(
+            "--completion-only true trains the completion alone: no --events-weight or "
+            "--train-embedding"
+        )
+    if config.completion_only and not config.token_weight:
+        raise ValueError("--completion-only true trains on the tokens: give --token-weight > 0")
     torch.manual_seed(config.seed)
     source = load_source(init_from, need_actor_critic=False)
     model = _with_frame_conv(source.model, config)
     conv = model.world_model.frame_conv
     assert conv is not None
+    if config.completion_only and conv.completion is None:
+        raise ValueError(
+            "--completion-only true trains a completion: give --completion C (or start from a "
+            "model whose frame conv has one)"
+        )
     vocab = model.config.tokenizer.vocab_size
     if config.train_embedding and model.config.world_model.shared_embeddings:
         raise ValueError(
@@ -415,11 +432,15 @@ def pretrain(
             if config.token_weight:
                 rows = torch.as_tensor(rng.integers(len(data), size=config.batch_size))
                 frames = embed_frames(data.tokens[rows, :-1], embeddings)  # (B, F, K, E)
-                features = conv.features(frames, data.actions[rows])
-                logits = conv.token_logits(features, data.tokens[rows, -2])  # (B, K, V)
+                with torch.set_grad_enabled(not config.completion_only):
+                    features = conv.features(frames, data.actions[rows])
+                    logits = conv.token_logits(features, data.tokens[rows, -2])  # (B, K, V)
                 target, weight = data.tokens[rows, -1], data.weights[rows]
-                token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-                loss = config.token_weight * (token * weight.flatten()).sum() / weight.sum()
+                if not config.completion_only:
+                    token = F.cross_entropy(
+                        logits.flatten(0, 1), target.flatten(), reduction="none"
+                    )
+                    loss = config.token_weight * (token * weight.flatten()).sum() / weight.sum()
                 if conv.completion is not None:
                     loss = loss + config.token_weight * _completion_loss(
                         conv, features, logits, target, weight, embeddings
@@ -436,8 +457,10 @@ def pretrain(
                 record = {"step": step, "train_s": round(time.time() - start, 1)}
                 record["lr"] = float(f"{optimizer.param_groups[0]['lr']:.3g}")
                 record["loss"] = round(float(np.mean(losses[-config.eval_every :])), 4)
-                if probes and (config.token_weight or step <= config.eval_every):
-                    # With token_weight 0 the next frame does not change: checked once.
+                changes = config.token_weight and not config.completion_only
+                if probes and (changes or step <= config.eval_every):
+                    # With token_weight 0 or the completion alone the next frame's logits do
+                    # not change: checked once.
                     checks = check_objects(
                         model, held_out, probes, np.random.default_rng(11), config.eval_segments
                     )
@@ -508,8 +531,11 @@ def _completion_loss(
 
 
 def _trained_parameters(conv: FrameConv, config: FrameConvPretrainConfig) -> list[Tensor]:
-    """The frame conv's parameters that train: all of them, or with ``token_weight 0`` only its
-    event layers."""
+    """The frame conv's parameters that train: all of them, with ``token_weight 0`` only its
+    event layers, with ``completion_only`` only its completion."""
+    if config.completion_only:
+        assert conv.completion is not None and conv.completion_out is not None
+        return [*conv.completion.parameters(), *conv.completion_out.parameters()]
     if config.token_weight:
         return list(conv.parameters())
     assert conv.events is not None and conv.event_out is not None
