@@ -111,10 +111,11 @@ class FrameConvPretrainConfig:
     real tokens (each patch's shown with a probability drawn uniformly for each frame), and its
     cross-entropy on the others joins the token loss (weighted as it is)."""
     completion_only: bool = False
-    """Train the completion alone (``completion`` layers, or the starting model's): the rest of
-    the frame conv keeps its weights and its token loss is not computed, so the completion's
-    own, rare signal (what one patch's token tells of another's: a serve comes in one place) is
-    all the step learns; with ``--start-share`` its segments can hold more serves."""
+    """Train the completion alone (it needs ``completion``, which a starting model's completion
+    must match): the rest of the frame conv keeps its weights and its token loss is not
+    computed, so the completion's own, rare signal (what one patch's token tells of another's: a
+    serve comes in one place) is all the step learns; with ``--start-share`` its segments can
+    hold more serves."""
     segments: int = 12_000
     """Segments of 10 frames drawn from the replay buffers (spread evenly over them); each gives
     every triple of consecutive real frames in it (8 in a whole segment)."""
@@ -367,10 +368,7 @@ def pretrain(
     conv = model.world_model.frame_conv
     assert conv is not None
     if config.completion_only and conv.completion is None:
-        raise ValueError(
-            "--completion-only true trains a completion: give --completion C (or start from a "
-            "model whose frame conv has one)"
-        )
+        raise ValueError("--completion-only true trains a completion: give --completion C")
     vocab = model.config.tokenizer.vocab_size
     if config.train_embedding and model.config.world_model.shared_embeddings:
         raise ValueError(
@@ -596,7 +594,7 @@ def _with_frame_conv(model: REMModel, config: FrameConvPretrainConfig) -> REMMod
 
 
 def _with_frame_conv_of_sizes(model: REMModel, config: FrameConvPretrainConfig) -> REMModel:
-    """:func:`_with_frame_conv` but for the completion."""
+    """:func:`_with_frame_conv` for every part of the frame conv but its completion."""
     sizes = model.config.world_model
     events = config.events_weight > 0 or sizes.frame_conv_events
     copy = config.copy or sizes.frame_conv_copy

@@ -39,12 +39,12 @@ that gains them (:meth:`FrameConv.load_without_pixels`) starts as exactly the fr
 
 With ``completion = c > 0`` it also gives logits of frame t's tokens *given some of them*: each
 patch's logits are drawn apart from the others', so where a new object may come in one of several
-places (Breakout's serve, in one of three columns) a sampled frame shows it in none or in two
-as often as in one, and the likeliest frame in none. ``c`` convolutions of growing dilation over
-the features, the embeddings of the tokens already drawn and where they are, read the whole
-grid; :meth:`FrameConv.completion_logits` adds to a patch's logits what the drawn tokens say
-of it, and the world model draws a frame in rounds (the patches it is sure of first, then the
-least sure one at a time). Its output layer starts at zero too.
+places (Breakout's serve, in one of three columns) a sampled frame shows it in none about as
+often as in one, now and then in two, and the likeliest frame in none. ``c`` convolutions of
+growing dilation over the features, the embeddings of the tokens already drawn and where they
+are, read the whole grid; :meth:`FrameConv.completion_logits` adds to a patch's logits what
+the drawn tokens say of it, and the world model draws a frame in rounds (the patches it is sure
+of first, then the least sure one at a time). Its output layer starts at zero too.
 """
 
 from __future__ import annotations
