@@ -39,13 +39,14 @@
 #   compiled size: on an H200 the first size ran 114 s), BALL_MINUTES (5; time budget of the
 #   Breakout training run, 0 skips it; the run ends after the epoch that passes it, then
 #   exports), BALL_PRESET (breakout),
-#   BALL_EPOCHS (400), BALL_INIT (rem_env/weights/Breakout, the bundled model; empty: from
-#   scratch), BALL_LAYERS (4: --world-model-layers, the bundled model's; empty: the preset's),
+#   BALL_EPOCHS (400), BALL_INIT (warm_starts/Breakout-vqvae, the VQ-VAE model bundled before
+#   the patch model; empty: from scratch), BALL_LAYERS (4: --world-model-layers, that model's;
+#   empty: the preset's),
 #   BALL_PARTS (all where BALL_INIT has an actor-critic, else tokenizer,world_model),
-#   BALL_MOVING_WEIGHT (10: --world-model.moving-weight, as the bundled model was trained),
+#   BALL_MOVING_WEIGHT (10: --world-model.moving-weight, as that model was trained),
 #   BALL_OPTIONS (more rem-train options for the run, split on spaces; by default what a GPU
 #   affords: 6,000 real steps an epoch, 80% of the episodes scripted, and from the
-#   first epoch on 250 world-model steps of batch 128 at learning rate 1e-4, with the bundled
+#   first epoch on 250 world-model steps of batch 128 at learning rate 1e-4, with that
 #   model's end weight 3 and reward and end heads that learn from dreamed frames too, and no
 #   actor-critic training; empty: none); a BALL_INIT folder whose world model has a frame
 #   conv (not in REM) gives the run the same one (--world-model-frame-conv,
@@ -56,7 +57,8 @@
 #     BALL_INIT= BALL_OPTIONS= BALL_MINUTES=0.0001 benchmarks/gpu_check.sh /tmp/gpu_check
 # On a lent GPU (within a 10-minute command; the defaults fit in about 9):
 #   timeout -k 5 580 benchmarks/gpu_check.sh "$OUT"
-# (A remote runner that copies the checkout may limit its size: warm_starts/ is not needed.)
+# (A remote runner that copies the checkout may limit its size: of warm_starts/ the default
+# Breakout run needs Breakout-vqvae only.)
 #
 # Each step runs even when an earlier one failed; the exit status is 1 if any failed.
 # rem_env needs gymnasium, safetensors and huggingface_hub, the training step ale-py too: carry
@@ -125,8 +127,9 @@ keep_data() {  # keep_data NAME: moves $out/NAME into $out/data.tar
 }
 
 # First, what a GPU is lent for most: a time-budgeted training run of the Breakout model,
-# warm-started from the bundled model; its export comes back as a tar archive in
-# parts of at most 15 MiB (reassemble: cat ball.tar.part-* | tar -x -C DIR).
+# warm-started from the VQ-VAE model bundled before (warm_starts/Breakout-vqvae); its export
+# comes back as a tar archive in parts of at most 15 MiB (reassemble: cat ball.tar.part-* |
+# tar -x -C DIR).
 GPU_BALL_OPTIONS="--common.env-steps-per-epoch 6000 --collect.scripted-share 0.8
     --world-model.start-after-epoch 0 --world-model.steps-per-epoch 250
     --world-model.batch-size 128 --world-model.lr 1e-4 --world-model.end-weight 3
@@ -135,7 +138,7 @@ GPU_BALL_OPTIONS=${GPU_BALL_OPTIONS//$'\n'/ }
 ball_minutes=${BALL_MINUTES:-5}
 if [[ "$ball_minutes" != 0 ]]; then
     ball_epochs=${BALL_EPOCHS:-400}
-    ball_init=${BALL_INIT-$(dirname "$here")/rem_env/weights/Breakout}
+    ball_init=${BALL_INIT-$(dirname "$here")/warm_starts/Breakout-vqvae}
     init=()
     if [[ -n "$ball_init" ]]; then
         parts=${BALL_PARTS:-tokenizer,world_model}

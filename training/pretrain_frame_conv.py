@@ -28,7 +28,7 @@ Run folder: ``progress.jsonl`` (one line per evaluation), ``frame_conv.safetenso
 weights) and ``export/``.
 
 Example:
-    python -m rem_train.pretrain_frame_conv --init-from rem_env/weights/Breakout \\
+    python -m rem_train.pretrain_frame_conv --init-from warm_starts/Breakout-vqvae \\
         --replay runs/breakout/replay --held-out runs/held_out/replay --out runs/fc --steps 3000
 """
 

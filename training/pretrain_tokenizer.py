@@ -16,7 +16,7 @@ Run folder: ``frames.npz`` (the frame set, reused on resume), ``tokenizer.safete
 
 Example:
     python -m rem_train.pretrain_tokenizer --game Breakout --out ~/runs/tok --steps 8000 \\
-        --init-from rem_env/weights/Breakout
+        --init-from warm_starts/Breakout-vqvae
 """
 
 from __future__ import annotations

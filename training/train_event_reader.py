@@ -31,7 +31,7 @@ contexts and actor-critic are unchanged.
 Run folder: ``progress.jsonl`` (one line per evaluation) and ``export/``.
 
 Example:
-    python -m rem_train.train_event_reader --init-from rem_env/weights/Breakout \\
+    python -m rem_train.train_event_reader --init-from warm_starts/Breakout-vqvae \\
         --replay runs/breakout/replay --held-out runs/held_out/replay --out runs/er --steps 6000
 """
 
