@@ -39,26 +39,26 @@
 #   compiled size: on an H200 the first size ran 114 s), BALL_MINUTES (5; time budget of the
 #   Breakout training run, 0 skips it; the run ends after the epoch that passes it, then
 #   exports), BALL_PRESET (breakout),
-#   BALL_EPOCHS (400), BALL_INIT (warm_starts/Breakout-vqvae, the VQ-VAE model bundled before
-#   the patch model; empty: from scratch), BALL_LAYERS (4: --world-model-layers, that model's;
-#   empty: the preset's),
-#   BALL_PARTS (all where BALL_INIT has an actor-critic, else tokenizer,world_model),
-#   BALL_MOVING_WEIGHT (10: --world-model.moving-weight, as that model was trained),
-#   BALL_OPTIONS (more rem-train options for the run, split on spaces; by default what a GPU
-#   affords: 6,000 real steps an epoch, 80% of the episodes scripted, and from the
-#   first epoch on 250 world-model steps of batch 128 at learning rate 1e-4, with that
-#   model's end weight 3 and reward and end heads that learn from dreamed frames too, and no
-#   actor-critic training; empty: none); a BALL_INIT folder whose world model has a frame
-#   conv (not in REM) gives the run the same one (--world-model-frame-conv,
-#   --world-model-frame-conv-events)
+#   BALL_EPOCHS (400), BALL_INIT (rem_env/weights/Breakout, the bundled model;
+#   warm_starts/Breakout-vqvae is the VQ-VAE model bundled before it; empty: from scratch):
+#   the run gets the init's shape from its config.json (a patch tokenizer, its RetNet
+#   layers, a frame conv, event reader or event window, not in REM: python -c "from
+#   rem_train.warm_start import architecture_options"), BALL_LAYERS (empty: the init's, or
+#   the preset's without one; a number: --world-model-layers, a deeper world model grown
+#   from the init's), BALL_PARTS (all where BALL_INIT has an actor-critic, else
+#   tokenizer,world_model), BALL_MOVING_WEIGHT (10: --world-model.moving-weight, as the
+#   VQ-VAE model was trained), BALL_OPTIONS (more rem-train options for the run, split on
+#   spaces; by default what a GPU affords: 6,000 real steps an epoch, 80% of the episodes
+#   scripted, and from the first epoch on 250 world-model steps of batch 128 at learning
+#   rate 1e-4, with the VQ-VAE model's end weight 3 and reward and end heads that learn
+#   from dreamed frames too, and no actor-critic training; empty: none)
 # A CPU smoke run of the script itself (the test suite does this):
 #   DEVICE=cpu PRESET=tiny SIZES="1 2" STEPS=1 TRAIN_PRESET=smoke TRAIN_EPOCHS=1 \
 #     TRAIN_ENV_STEPS=60 TRAIN_STEPS=2 COMPILE_SIZES=1 COMPILE_BACKEND=eager BALL_PRESET=smoke \
 #     BALL_INIT= BALL_OPTIONS= BALL_MINUTES=0.0001 benchmarks/gpu_check.sh /tmp/gpu_check
 # On a lent GPU (within a 10-minute command; the defaults fit in about 9):
 #   timeout -k 5 580 benchmarks/gpu_check.sh "$OUT"
-# (A remote runner that copies the checkout may limit its size: of warm_starts/ the default
-# Breakout run needs Breakout-vqvae only.)
+# (A remote runner that copies the checkout may limit its size: warm_starts/ is not needed.)
 #
 # Each step runs even when an earlier one failed; the exit status is 1 if any failed.
 # rem_env needs gymnasium, safetensors and huggingface_hub, the training step ale-py too: carry
@@ -127,9 +127,8 @@ keep_data() {  # keep_data NAME: moves $out/NAME into $out/data.tar
 }
 
 # First, what a GPU is lent for most: a time-budgeted training run of the Breakout model,
-# warm-started from the VQ-VAE model bundled before (warm_starts/Breakout-vqvae); its export
-# comes back as a tar archive in parts of at most 15 MiB (reassemble: cat ball.tar.part-* |
-# tar -x -C DIR).
+# warm-started from the bundled model; its export comes back as a tar archive in parts of at
+# most 15 MiB (reassemble: cat ball.tar.part-* | tar -x -C DIR).
 GPU_BALL_OPTIONS="--common.env-steps-per-epoch 6000 --collect.scripted-share 0.8
     --world-model.start-after-epoch 0 --world-model.steps-per-epoch 250
     --world-model.batch-size 128 --world-model.lr 1e-4 --world-model.end-weight 3
@@ -138,7 +137,7 @@ GPU_BALL_OPTIONS=${GPU_BALL_OPTIONS//$'\n'/ }
 ball_minutes=${BALL_MINUTES:-5}
 if [[ "$ball_minutes" != 0 ]]; then
     ball_epochs=${BALL_EPOCHS:-400}
-    ball_init=${BALL_INIT-$(dirname "$here")/warm_starts/Breakout-vqvae}
+    ball_init=${BALL_INIT-$(dirname "$here")/rem_env/weights/Breakout}
     init=()
     if [[ -n "$ball_init" ]]; then
         parts=${BALL_PARTS:-tokenizer,world_model}
@@ -146,18 +145,15 @@ if [[ "$ball_minutes" != 0 ]]; then
             parts=all  # the init's actor-critic too, where it has one
         fi
         init=(--init-from "$ball_init" --init-parts "$parts")
-        # A frame conv (not in REM) in the init's world model: the run's has the same one.
+        # The init's shape (a patch tokenizer, layers, parts not in REM): the run's is the same.
         if [[ -f "$ball_init/config.json" ]]; then
-            read -r conv events < <("$py" -c 'import json, sys
-w = json.load(open(sys.argv[1]))["world_model"]
-print(w.get("frame_conv_layers", 0), str(w.get("frame_conv_events", False)).lower())' \
-                "$ball_init/config.json")
-            if [[ "${conv:-0}" != 0 ]]; then
-                init+=(--world-model-frame-conv "$conv" --world-model-frame-conv-events "$events")
-            fi
+            read -r -a shape < <("$py" -c 'import json, sys
+from rem_train.warm_start import architecture_options
+print(" ".join(architecture_options(json.load(open(sys.argv[1])))))' "$ball_init/config.json")
+            init+=("${shape[@]}")
         fi
     fi
-    ball_layers=${BALL_LAYERS-4}
+    ball_layers=${BALL_LAYERS:-}
     if [[ -n "$ball_layers" ]]; then
         init+=(--world-model-layers "$ball_layers")
     fi

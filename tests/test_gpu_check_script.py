@@ -134,6 +134,28 @@ def test_the_breakout_run_keeps_the_frame_conv_of_its_init(tmp_path: Path) -> No
     assert world_model.frame_conv_layers == 1 and world_model.frame_conv_events
 
 
+def test_the_breakout_run_starts_from_the_bundled_patch_model_in_its_shape(
+    tmp_path: Path,
+) -> None:
+    """The default init, the bundled model: its patch tokenizer, frame conv and event window
+    (not in REM) come from its config.json, so the warm start takes it whole."""
+    out = tmp_path / "out"
+    result = run(
+        out, **SMOKE, SKIP_TRAIN="1", COMPILE_PATHS="", BALL_PRESET="smoke",
+        BALL_MINUTES="0.0001", BALL_EPOCHS="1", PYTHON=bare_python(tmp_path),
+        BALL_PARTS="tokenizer,world_model",  # the smoke preset's actor-critic is narrower
+    )  # fmt: skip
+    log = (out / "log.txt").read_text()
+    assert result.returncode == 0, log
+    joined = b"".join(p.read_bytes() for p in sorted(out.glob("ball.tar.part-*")))
+    with tarfile.open(fileobj=io.BytesIO(joined)) as ball:
+        ball.extractall(tmp_path / "ball", filter="data")
+    bundled = REMModel.from_pretrained(
+        SCRIPT.parents[1] / "rem_env" / "weights" / "Breakout"
+    ).config
+    assert REMModel.from_pretrained(tmp_path / "ball" / "export").config == bundled
+
+
 def test_the_gpu_options_of_the_breakout_run_are_valid_rem_train_options() -> None:
     from rem_train.cli import build_config, parser
 
@@ -144,7 +166,7 @@ def test_the_gpu_options_of_the_breakout_run_are_valid_rem_train_options() -> No
     config = build_config(vars(parser().parse_args(argv)))
     assert (config.world_model.batch_size, config.world_model.start_after_epoch) == (128, 0)
     assert config.common.env_steps_per_epoch == 6000
-    # the world-model loss the bundled model last trained with: without them its dream
+    # the world-model loss the VQ-VAE model bundled before last trained with: without them its dream
     # fine-tuned on mostly scripted games all but stopped ending lives
     assert (config.world_model.end_weight, config.world_model.dreamed_heads_weight) == (3, 1)
 

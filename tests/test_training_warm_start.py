@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from rem_env import REMModel
+from rem_env import REMConfig, REMModel
 from rem_env.actor_critic_files import save_actor_critic
 from rem_env.models.actor_critic import ActorCritic
+from rem_train.cli import build_config, parser
 from rem_train.cli import main as rem_train
 from rem_train.collect import Collector
 from rem_train.config import TrainConfig
 from rem_train.model_report import training_section
 from rem_train.replay import ReplayBuffer
 from rem_train.trainer import Trainer
-from rem_train.warm_start import WarmStartError, parse_parts
+from rem_train.warm_start import WarmStartError, architecture_options, parse_parts
 
 
 def _config(init_from: str | None, parts: str = "all", preset: str = "smoke") -> TrainConfig:
@@ -451,3 +452,23 @@ def test_world_model_frame_conv_pixels_is_an_option_of_patch_models() -> None:
     with pytest.raises(ValueError, match="set model to 'patch'"):
         dataclasses.replace(_config(None), world_model_frame_conv=2,
                             world_model_frame_conv_pixels=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [
+        Path(__file__).resolve().parent.parent / "rem_env" / "weights" / "Breakout",
+        Path(__file__).resolve().parent.parent / "warm_starts" / "Breakout-vqvae",
+    ],
+    ids=["bundled-patch-model", "vqvae-model"],
+)
+def test_architecture_options_build_a_run_of_the_models_shape(folder: Path) -> None:
+    """The options benchmarks/gpu_check.sh gives a run warm-started from a model folder: the
+    `breakout` preset with them builds that model's tokenizer and world model, field for field
+    (a patch model's frame conv and event window included)."""
+    raw = json.loads((folder / "config.json").read_text())
+    saved = REMConfig.from_dict(raw).to_dict()  # older files leave defaults out
+    argv = ["--preset", "breakout", *architecture_options(raw)]
+    built = build_config(vars(parser().parse_args(argv))).model_config().to_dict()
+    assert built["tokenizer"] == saved["tokenizer"]
+    assert built["world_model"] == saved["world_model"]

@@ -36,11 +36,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rem_env import REMConfig
+
 __all__ = [
     "PARTS",
     "WarmStart",
     "WarmStartError",
     "apply_warm_start",
+    "architecture_options",
     "lineage_of",
     "read_warm_start",
 ]
@@ -81,6 +84,53 @@ LINEAGE_FILE = "training.json"
 
 class WarmStartError(ValueError):
     """A warm-start source that cannot be read, lacks a part, or does not fit the run."""
+
+
+def architecture_options(config: dict[str, Any]) -> list[str]:
+    """The ``rem-train`` options whose run builds a model of this ``config.json``'s shape.
+
+    A run warm-started whole from a model (``--init-from``) needs a model of the same sizes: a
+    patch tokenizer (``--model patch``), its RetNet's layers, and the parts not in REM (frame
+    conv, event reader, event window) with their settings. Everything else -- the width of the
+    RetNet, the codes of a VQ-VAE -- comes from the run's preset and ``--model``.
+
+    Args:
+        config: A model folder's ``config.json``, as a dict.
+
+    Example:
+        >>> from rem_env import REMConfig
+        >>> config = REMConfig.preset("tiny", num_actions=4).to_dict()
+        >>> config["world_model"] |= {"frame_conv_layers": 2, "event_window_frames": 8}
+        >>> " ".join(architecture_options(config))  # doctest: +NORMALIZE_WHITESPACE
+        '--world-model-layers 2 --world-model-frame-conv 2 --world-model-frame-conv-width 128
+        --world-model-frame-conv-events false --world-model-frame-conv-copy false
+        --world-model-frame-conv-frames 2 --world-model-frame-conv-pixels false
+        --world-model-frame-conv-completion 0 --world-model-event-window 8
+        --world-model-event-window-reads-next false --world-model-event-window-change-width 0'
+    """
+
+    def flag(value: Any) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    full = REMConfig.from_dict(config).to_dict()  # older files leave defaults out
+    world_model, tokenizer = full["world_model"], full["tokenizer"]
+    options = ["--model", "patch"] if tokenizer["kind"] == "patch" else []
+    options += ["--world-model-layers", flag(world_model["num_layers"])]
+    if world_model["frame_conv_layers"]:
+        options += ["--world-model-frame-conv", flag(world_model["frame_conv_layers"])]
+        for name in ("width", "events", "copy", "frames", "pixels", "completion"):
+            value = world_model[f"frame_conv_{name}"]
+            if name == "pixels":  # the config keeps the patch size, the option a switch
+                value = bool(value)
+            options += [f"--world-model-frame-conv-{name}", flag(value)]
+    if world_model["event_reader_width"]:
+        options += ["--world-model-event-reader", flag(world_model["event_reader_width"])]
+    if world_model["event_window_frames"]:
+        options += ["--world-model-event-window", flag(world_model["event_window_frames"])]
+        for name in ("reads_next", "change_width"):
+            option = f"--world-model-event-window-{name.replace('_', '-')}"
+            options += [option, flag(world_model[f"event_window_{name}"])]
+    return options
 
 
 @dataclass
