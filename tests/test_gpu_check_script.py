@@ -49,6 +49,13 @@ def run(out: Path, **settings: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def unpack_ball(out: Path, into: Path) -> None:
+    """Puts the Breakout run's tar parts together and unpacks them into ``into``."""
+    joined = b"".join(p.read_bytes() for p in sorted(out.glob("ball.tar.part-*")))
+    with tarfile.open(fileobj=io.BytesIO(joined)) as ball:
+        ball.extractall(into, filter="data")
+
+
 def test_smoke_run_writes_every_table_and_each_phase_timing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run(
@@ -89,9 +96,7 @@ def test_smoke_run_writes_every_table_and_each_phase_timing(tmp_path: Path) -> N
         for phase in ("tokenizer", "world_model", "actor_critic"):
             assert epoch[phase]["num_steps"] == 2, phase  # TRAIN_STEPS reached every phase
     # The Breakout run's export comes back whole: the parts put together give a model folder.
-    joined = b"".join(p.read_bytes() for p in sorted(out.glob("ball.tar.part-*")))
-    with tarfile.open(fileobj=io.BytesIO(joined)) as ball:
-        ball.extractall(tmp_path / "ball", filter="data")
+    unpack_ball(out, tmp_path / "ball")
     model = REMModel.from_pretrained(tmp_path / "ball" / "export")
     assert model.config.game == "Breakout"
     stopped = [json.loads(line) for line in (tmp_path / "ball" / "metrics.jsonl").open()]
@@ -127,9 +132,7 @@ def test_the_breakout_run_keeps_the_frame_conv_of_its_init(tmp_path: Path) -> No
     )  # fmt: skip
     log = (out / "log.txt").read_text()
     assert result.returncode == 0, log
-    joined = b"".join(p.read_bytes() for p in sorted(out.glob("ball.tar.part-*")))
-    with tarfile.open(fileobj=io.BytesIO(joined)) as ball:
-        ball.extractall(tmp_path / "ball", filter="data")
+    unpack_ball(out, tmp_path / "ball")
     world_model = REMModel.from_pretrained(tmp_path / "ball" / "export").config.world_model
     assert world_model.frame_conv_layers == 1 and world_model.frame_conv_events
 
@@ -147,9 +150,7 @@ def test_the_breakout_run_starts_from_the_bundled_patch_model_in_its_shape(
     )  # fmt: skip
     log = (out / "log.txt").read_text()
     assert result.returncode == 0, log
-    joined = b"".join(p.read_bytes() for p in sorted(out.glob("ball.tar.part-*")))
-    with tarfile.open(fileobj=io.BytesIO(joined)) as ball:
-        ball.extractall(tmp_path / "ball", filter="data")
+    unpack_ball(out, tmp_path / "ball")
     bundled = REMModel.from_pretrained(
         SCRIPT.parents[1] / "rem_env" / "weights" / "Breakout"
     ).config
