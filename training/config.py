@@ -767,9 +767,10 @@ PRESETS: dict[str, TrainConfig] = {
 """The paper's schedule; ``cpu``: 20,000 real steps (a fifth of Atari 100K), a narrow model, and
 a tokenizer without LPIPS (too slow on a CPU) whose reconstruction error weighs 51x on pixels that
 differ from the background and whose unused codes are restarted every 10 steps, so that the ball
-and the paddle survive; about 75 minutes on 2 CPU cores; ``breakout``: the bundled Breakout
-model's recipe: the ``cpu`` sizes with 512 codes, a tokenizer pretrained on real frames
-(``python -m rem_train.pretrain_tokenizer``, given with ``--init-from``, never trained
-further: ``tokenizer.start_after_epoch`` is :data:`NEVER`), half
+and the paddle survive; about 75 minutes on 2 CPU cores; ``breakout``: the recipe of the VQ-VAE
+Breakout model bundled before the patch model (``warm_starts/Breakout-vqvae``): the ``cpu``
+sizes with 512 codes, a tokenizer pretrained on real frames (``python -m
+rem_train.pretrain_tokenizer``, given with ``--init-from``, never trained further:
+``tokenizer.start_after_epoch`` is :data:`NEVER`), half
 of the episodes played by a scripted player that keeps the ball in play (20,000 real steps);
 ``smoke``: a whole four-phase cycle in about a minute."""
