@@ -97,6 +97,18 @@ def test_sizes_that_differ_are_a_clear_error_and_leave_no_run_folder(tmp_path: P
     assert not (tmp_path / "run").exists()
 
 
+def test_a_model_folder_that_does_not_fit_says_which_options_build_its_shape(
+    tmp_path: Path,
+) -> None:
+    bundled = Path(__file__).resolve().parent.parent / "rem_env" / "weights" / "Breakout"
+    config = _config(str(bundled), "tokenizer,world_model", preset="breakout")
+    with pytest.raises(WarmStartError, match="does not fit this run's model sizes") as info:
+        Trainer(config, tmp_path / "run")
+    hint = str(info.value).split("The source's own shape is built by: ")[1]
+    assert hint.split() == architecture_options(json.loads((bundled / "config.json").read_text()))
+    assert hint.startswith("--model patch --world-model-layers 2 --world-model-frame-conv 4")
+
+
 def _deeper(init_from: str | None, layers: int) -> TrainConfig:
     return dataclasses.replace(
         _config(init_from, "tokenizer,world_model"), world_model_layers=layers

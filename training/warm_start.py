@@ -361,7 +361,7 @@ def apply_warm_start(
             + "; ".join(problems[:6])
             + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else "")
             + ". Choose the preset (--preset / --model) the source was trained with, or leave "
-            "the part out of --init-parts."
+            "the part out of --init-parts." + _shape_hint(warm.source)
         )
     with torch.no_grad():
         for part in parts:
@@ -375,6 +375,18 @@ def apply_warm_start(
             else:
                 modules[part].load_state_dict(source)
     return notes
+
+
+def _shape_hint(source: str) -> str:
+    """For a model folder: the options that build its shape, as a sentence ("" otherwise)."""
+    config = Path(source).expanduser() / "config.json"
+    if not config.is_file():
+        return ""
+    try:
+        options = architecture_options(json.loads(config.read_text()))
+    except (ValueError, KeyError, TypeError):  # not a model's config.json: no hint
+        return ""
+    return f" The source's own shape is built by: {' '.join(options)}"
 
 
 def _num_layers(state: dict[str, Tensor]) -> int:
