@@ -195,7 +195,7 @@ def test_the_seeds_table_shows_the_screen_blind_policy_when_every_run_played_it(
     assert "| never looks at the screen |" in text.splitlines()[0]
     assert text.splitlines()[1] == "|---|---|---|---|---|"
     assert "| mean of 2 seeds | 5.00 | 1.50 | 3.33x | 8.00 |" in text
-    assert "Never looks at the screen: RIGHT, FIRE with probability 0.1" in text
+    assert "The last column's policy: RIGHT, FIRE with probability 0.1" in text
     older = [{k: v for k, v in run.items() if k != "blind"} for run in runs[:1]] + runs[1:]
     assert "never looks" not in seeds_table(older)  # a report written before it was played
 

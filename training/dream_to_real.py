@@ -372,7 +372,7 @@ def seeds_table(reports: Sequence[dict[str, Any]]) -> str:
     rows.append(f"| mean of {len(reports)} seeds | {means} |")
     if blind:
         rows[-1] += f" {float(np.mean([r['blind']['mean'] for r in reports])):.2f} |"
-        rows += ["", f"Never looks at the screen: {reports[0]['blind']['policy']}."]
+        rows += ["", f"The last column's policy: {reports[0]['blind']['policy']}."]
     return "\n".join(rows)
 
 
