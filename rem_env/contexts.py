@@ -19,10 +19,13 @@ class StartContexts(NamedTuple):
     Attributes:
         tokens: (n, C, K) int64 tokens of C context frames; the last is the first observation.
         actions: (n, C-1) int64 actions taken between the context frames.
+        history: (n, N, K) int64 tokens of the real frames before the first context frame, -1
+            where unknown, or None (see :meth:`rem_env.model.REMModel.start_state`).
     """
 
     tokens: Tensor
     actions: Tensor
+    history: Tensor | None = None
 
 
 def draw_start_contexts(model: REMModel, uniforms: Tensor) -> StartContexts:
@@ -43,7 +46,11 @@ def draw_start_contexts(model: REMModel, uniforms: Tensor) -> StartContexts:
 
 
 def check_contexts(
-    model: REMModel, contexts: object, count: int, device: torch.device
+    model: REMModel,
+    contexts: object,
+    count: int,
+    device: torch.device,
+    history: object = None,
 ) -> StartContexts:
     """Validates caller-supplied contexts for ``count`` envs and moves them to ``device``.
 
@@ -53,6 +60,17 @@ def check_contexts(
             tensors.
         count: How many envs are being reset.
         device: Where the dreams live.
+        history: None, or ``(count, N, K)`` tokens of the real frames before the contexts,
+            -1 where a frame is unknown (what a frame conv or an event window reads of them).
+
+    Example:
+        >>> import torch
+        >>> from rem_env import REMConfig, REMModel
+        >>> model = REMModel(REMConfig.preset("tiny", num_actions=4))
+        >>> pair = (torch.zeros(1, 2, 16, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
+        >>> before = torch.full((1, 5, 16), -1)
+        >>> check_contexts(model, pair, 1, torch.device("cpu"), before).history.shape
+        torch.Size([1, 5, 16])
 
     Raises:
         TypeError: If ``contexts`` is not a pair of integer arrays or tensors.
@@ -84,7 +102,17 @@ def check_contexts(
         raise ValueError(f"context tokens must be in [0, {vocab})")
     if actions.numel() and (int(actions.min()) < 0 or int(actions.max()) >= model.num_actions):
         raise ValueError(f"context actions must be in [0, {model.num_actions})")
-    return StartContexts(tokens, actions)
+    if history is None:
+        return StartContexts(tokens, actions)
+    before = _as_long_tensor(history, "history", device)
+    if before.ndim != 3 or before.shape[0] != count or before.shape[2] != k:
+        raise ValueError(
+            f"history tokens must have shape ({count}, N, {k}) for {count} env(s) being reset, "
+            f"got {tuple(before.shape)}"
+        )
+    if before.numel() and (int(before.min()) < -1 or int(before.max()) >= vocab):
+        raise ValueError(f"history tokens must be in [0, {vocab}), or -1 for an unknown frame")
+    return StartContexts(tokens, actions, before)
 
 
 def _as_long_tensor(value: object, name: str, device: torch.device) -> Tensor:

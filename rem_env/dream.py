@@ -294,7 +294,10 @@ class DreamVectorEnv(VectorEnv):
                 reset: fresh entropy; later: the streams go on).
             options: ``"reset_mask"``: (num_envs,) bool array or tensor, the envs to reset;
                 ``"contexts"``: ``(tokens (n, C, K), actions (n, C-1))`` to start the n reset
-                envs from, instead of drawing from the model's start contexts.
+                envs from, instead of drawing from the model's start contexts;
+                ``"history"`` (with ``"contexts"``): ``(n, N, K)`` tokens of the real frames
+                before them, -1 where unknown, for a world model whose frame conv or event
+                window reads more frames than the contexts hold.
 
         Returns:
             ``(observations, infos)`` of all envs (unchanged ones keep their observation).
@@ -303,14 +306,23 @@ class DreamVectorEnv(VectorEnv):
         options = {} if options is None else options
         if not isinstance(options, dict):
             raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
-        unknown = sorted(set(options) - {"reset_mask", "contexts"})
+        unknown = sorted(set(options) - {"reset_mask", "contexts", "history"})
         if unknown:
-            raise ValueError(f"unknown reset options {unknown}; known: ['contexts', 'reset_mask']")
+            raise ValueError(
+                f"unknown reset options {unknown}; known: ['contexts', 'history', 'reset_mask']"
+            )
         mask = self._reset_mask(options.get("reset_mask"))
         seeds = self._seed_list(seed)
         contexts = None
         if options.get("contexts") is not None:
-            contexts = check_contexts(self.model, options["contexts"], int(mask.sum()), self.device)
+            contexts = check_contexts(
+                self.model, options["contexts"], int(mask.sum()), self.device,
+                options.get("history"),
+            )  # fmt: skip
+        elif options.get("history") is not None:
+            raise ValueError(
+                "the 'history' reset option goes with 'contexts': the frames before them"
+            )
         super().reset(seed=int(seed) if isinstance(seed, (int, np.integer)) else None)
 
         device = self.device
@@ -549,8 +561,9 @@ class DreamVectorEnv(VectorEnv):
         position = None if state is None else state.position
         # Contexts are the model's validated ones or were checked by check_contexts: no sync.
         fresh = self.model.start_state(
-            contexts.tokens, contexts.actions, position=position, check_values=False
-        )
+            contexts.tokens, contexts.actions, position=position, check_values=False,
+            history=contexts.history,
+        )  # fmt: skip
         if state is None:
             return fresh
         if index_t is None:

@@ -137,14 +137,19 @@ class REMModel(nn.Module):
         context_actions: Tensor,
         position: int | None = None,
         check_values: bool = True,
+        history: Tensor | None = None,
     ) -> ImaginationState:
         """Imagination state from (B, C, K) context tokens and (B, C-1) actions.
 
         ``check_values=False`` skips the range checks (a host sync) for validated contexts.
+        ``history``: (B, N, K) tokens of the real frames before the context, -1 where unknown,
+        for a frame conv or event window that reads more frames than the context holds
+        (:meth:`WorldModel.start_state`).
         """
         return self.world_model.start_state(
-            context_tokens, context_actions, self.tokenizer.codebook, position, check_values
-        )
+            context_tokens, context_actions, self.tokenizer.codebook, position, check_values,
+            history,
+        )  # fmt: skip
 
     def imagine_step(
         self,

@@ -116,7 +116,7 @@ def test_actor_critic_rollout_in_imagination_stays_on_the_device(
     monkeypatch.setattr(
         rem_env.dream,
         "check_contexts",
-        lambda model, contexts, count, device: StartContexts(*contexts),
+        lambda model, contexts, count, device, history=None: StartContexts(*contexts, history),
     )
     model = _meta_model().eval()
     torch.manual_seed(0)

@@ -209,6 +209,30 @@ def test_reset_with_explicit_contexts(model: REMModel) -> None:
         env.reset(options={"contexts": (tokens.astype(float), actions)})
 
 
+def test_reset_with_history_before_the_contexts() -> None:
+    torch.manual_seed(0)
+    config = REMConfig.preset("tiny", num_actions=4, game="Breakout")
+    config = dataclasses.replace(
+        config, world_model=dataclasses.replace(config.world_model, event_window_frames=5)
+    )
+    model = REMModel(config).eval()  # its state keeps the 4 frames before the current one
+    env = DreamVectorEnv(model, 2, obs_type="tokens")
+    rng = np.random.default_rng(0)
+    tokens, actions = rng.integers(0, 16, (2, 2, 16)), np.array([[0], [1]])
+    history = rng.integers(0, 16, (2, 3, 16))
+    history[1, :2] = -1  # the second env's episode began one frame before its context
+    env.reset(seed=0, options={"contexts": (tokens, actions), "history": history})
+    recent = env.state.recent_obs_tokens.numpy()  # (2, 4, 16)
+    assert np.array_equal(recent[:, :3], history) and np.array_equal(recent[:, 3], tokens[:, 0])
+    env.reset(seed=0, options={"contexts": (tokens, actions)})
+    assert (env.state.recent_obs_tokens[:, :3] == -1).all()  # without it: unknown frames
+    with pytest.raises(ValueError, match="goes with 'contexts'"):
+        env.reset(options={"history": history})
+    for bad in (history[:1], history - 2, history[..., :4]):
+        with pytest.raises(ValueError, match="history tokens"):
+            env.reset(options={"contexts": (tokens, actions), "history": bad})
+
+
 def test_truncation_after_max_episode_steps(model: REMModel) -> None:
     env = DreamVectorEnv(model, 4, obs_type="tokens", temperature=0.0, max_episode_steps=2)
     model_ends = model.world_model.head_end[-1].bias

@@ -280,3 +280,31 @@ def test_a_window_without_a_change_path_says_so():
     features = window.frame_features(torch.randint(V, (6, 16))).view(2, 3, -1)
     with pytest.raises(ValueError, match="pass change"):
         window.window_logits(features, torch.ones(2, 3, dtype=torch.bool), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("reads_next", [False, True], ids=["own-frame", "next-frame"])
+def test_history_before_a_short_context_fills_only_the_windows_frames(reads_next):
+    wm = make_model(window=4, reads_next=reads_next)
+    obs, actions = segment()
+    long = wm.start_state(obs[:, :5], actions[:, :4])  # five real frames
+    short = wm.start_state(obs[:, 3:5], actions[:, 3:4])  # the last two only
+    told = wm.start_state(obs[:, 3:5], actions[:, 3:4], history=obs[:, :3])  # and the three
+    assert (short.recent_obs_tokens[:, 0] == -1).all()  # without history: unknown
+    assert torch.equal(told.recent_obs_tokens, long.recent_obs_tokens)
+    for mine, plain in zip(told.retention, short.retention, strict=True):
+        assert torch.equal(mine, plain)  # the retention layers never see the history
+    unknown = wm.start_state(obs[:, 3:5], actions[:, 3:4], history=torch.full((2, 3, K), -1))
+    assert torch.equal(unknown.recent_obs_tokens, short.recent_obs_tokens)
+    step_told, _ = wm.step(told, actions[:, 4], next_obs_tokens=obs[:, 5])
+    step_short, _ = wm.step(short, actions[:, 4], next_obs_tokens=obs[:, 5])
+    assert max_diff(step_told.reward_logits, step_short.reward_logits) > 1e-6  # the window read it
+    assert max_diff(step_told.obs_logits, step_short.obs_logits) < TOL  # the retention did not
+
+
+def test_history_of_the_wrong_shape_or_values_is_refused():
+    wm = make_model(window=4)
+    obs, actions = segment()
+    with pytest.raises(ValueError, match="history tokens must be"):
+        wm.start_state(obs[:, 3:5], actions[:, 3:4], history=obs[:1, :3])
+    with pytest.raises(ValueError, match="history tokens must be in"):
+        wm.start_state(obs[:, 3:5], actions[:, 3:4], history=torch.full((2, 3, K), -2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode
@@ -129,3 +131,32 @@ def test_a_trajectory_dreams_the_same_in_any_batch(parts: tuple) -> None:
         assert torch.equal(getattr(alone, name), getattr(whole, name)[1:]), name
     torch.testing.assert_close(alone.codes, whole.codes[1:])
     torch.testing.assert_close(alone.logits, whole.logits[1:], rtol=1e-5, atol=1e-6)
+
+
+def test_dreams_start_with_the_segments_real_frames_before_the_context() -> None:
+    """A world model whose event window reads more frames than its context of 2 gets the
+    segment's earlier real frames (-1 in its padding); REM's world model reads none."""
+    torch.manual_seed(0)
+    config = REMConfig.preset("tiny", num_actions=4)
+    config = dataclasses.replace(
+        config, world_model=dataclasses.replace(config.world_model, event_window_frames=5)
+    )
+    model = REMModel(config)  # its dream keeps the 4 frames before the current one
+    actor_critic = ActorCritic.from_config(model.config, hidden_size=16)
+    imagination = Imagination(model, num_envs=B)
+    batch = _segments(model, padded=2)
+    with torch.no_grad():
+        tokens = model.tokenizer.encode(frames_to_tensor(batch.obs.flatten(0, 1))).tokens
+    tokens = tokens.unflatten(0, (B, T))  # (B, T, K)
+    start = imagination.start_from(actor_critic, batch, burn_in_actions=True)
+    assert start.history is not None and (start.history[:, :2] == -1).all()  # the padding
+    assert torch.equal(start.history[:, 2:], tokens[:, 2:-2])
+    imagination.rollout(actor_critic, start, steps=1, seed=0)
+    state = imagination.env.state
+    assert torch.equal(state.recent_obs_tokens, tokens[:, 2:])  # real frames 2..5 seen
+    blind = imagination.start_from(actor_critic, batch, burn_in_actions=True, real_history=False)
+    assert blind.history is None
+    imagination.rollout(actor_critic, blind, steps=1, seed=0)
+    assert (imagination.env.state.recent_obs_tokens[:, :2] == -1).all()
+    plain = REMModel(REMConfig.preset("tiny", num_actions=4))
+    assert Imagination(plain, B).start_from(actor_critic, batch, True).history is None

@@ -84,6 +84,7 @@ TUNABLE = (
     "actor_critic.lr",
     "actor_critic.dream_temperature",
     "actor_critic.dream_event_temperature",
+    "actor_critic.real_history",
 )
 """Fields that ``--resume`` may set to any valid value, for the epochs still to train (recorded
 in the run's ``config_changes.jsonl`` and its export's ``training.json``)."""

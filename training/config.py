@@ -219,6 +219,12 @@ class ActorCriticPhase:
     dream_event_temperature: float | None = doc(
         None, "sampling temperature of the imagined rewards and ends (None: dream_temperature)"
     )
+    real_history: bool = doc(
+        True,
+        "a world model's frame conv or event window that reads more frames than its context "
+        "starts each dream with the burn-in segment's real frames before the context (not in "
+        "REM, whose world model reads none; False: only the context's frames)",
+    )
 
 
 @dataclass(frozen=True)
@@ -557,7 +563,22 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Rebuilds a config from :meth:`to_dict` output, rejecting unknown keys."""
+        """Rebuilds a config from :meth:`to_dict` output, rejecting unknown keys.
+
+        A run saved before ``actor_critic.real_history`` existed dreamed without the history,
+        and is read with it off.
+
+        Example:
+            >>> data = TrainConfig.from_preset("smoke").to_dict()
+            >>> TrainConfig.from_dict(data).actor_critic.real_history
+            True
+            >>> del data["actor_critic"]["real_history"]
+            >>> TrainConfig.from_dict(data).actor_critic.real_history
+            False
+        """
+        section = data.get("actor_critic") if isinstance(data, dict) else None
+        if isinstance(section, dict) and "real_history" not in section:
+            data = {**data, "actor_critic": {**section, "real_history": False}}
         return _build(cls, data, "config")
 
     def differences(

@@ -16,7 +16,7 @@ one process would.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -46,6 +46,10 @@ class StartPoint(NamedTuple):
     """(B, C, K) tokens of the last C real frames (the last one is the start frame)."""
     context_actions: Tensor
     """(B, C-1) actions between them."""
+    history: Tensor | None = None
+    """(B, N, K) tokens of the segment's frames before the context, -1 in its padding, for a
+    world model whose frame conv or event window reads more frames than the context (None:
+    those frames are unknown to the dream, as in REM, whose world model reads none)."""
 
 
 class Rollout(NamedTuple):
@@ -120,6 +124,7 @@ class Imagination:
         batch: TensorSegmentBatch,
         burn_in_actions: bool,
         tokens: Tensor | None = None,
+        real_history: bool = True,
     ) -> StartPoint:
         """Encodes a left-padded segment batch, burns in all but its last frame, takes its contexts.
 
@@ -130,6 +135,10 @@ class Imagination:
             burn_in_actions: Feed actions during burn-in (REM_SPEC 11.1).
             tokens: (B, T, K) tokens of ``batch.obs`` if known (the trainer looks them up in
                 :class:`rem_train.batches.ReplayTokens`); else the real frames are encoded here.
+            real_history: Give a world model whose frame conv or event window reads more
+                frames than its context the segment's real frames before the context
+                (:attr:`StartPoint.history`); False: only the context's, as before 2026-12-07.
+                A world model without either (REM's) reads the context alone either way.
         """
         b, t = batch.mask.shape
         c = self.model.config.world_model.context_length
@@ -143,7 +152,11 @@ class Imagination:
         state = actor_critic.burn_in(
             codes, batch.actions[:, :-1], batch.mask[:, :-1], burn_in_actions=burn_in_actions
         )
-        return StartPoint(state, tokens[:, -c:], batch.actions[:, -c:-1])
+        history = None
+        if real_history and self.model.world_model.recent_frames is not None:
+            # (B, T-C, K): the frames before the context, -1 in the left padding
+            history = torch.where(batch.mask[:, :-c, None], tokens[:, :-c], -1)
+        return StartPoint(state, tokens[:, -c:], batch.actions[:, -c:-1], history)
 
     def _encode(self, batch: TensorSegmentBatch) -> Tensor:
         """(B, T, K) tokens of the batch's frames; token 0 in the padding (with ``skip_padding``).
@@ -192,10 +205,10 @@ class Imagination:
         """
         if seed is None:
             seed = int(torch.randint(2**62, ()).item())
-        obs, _ = self.env.reset(
-            seed=seed + first_row,
-            options={"contexts": (start.context_tokens, start.context_actions)},
-        )
+        options: dict[str, Any] = {"contexts": (start.context_tokens, start.context_actions)}
+        if start.history is not None:
+            options["history"] = start.history
+        obs, _ = self.env.reset(seed=seed + first_row, options=options)
         seeds = seed + first_row + torch.arange(self.env.num_envs, device=obs.device)  # (B,)
         action_seeds = seeds ^ ACTION_STREAM_KEY
         state = start.state

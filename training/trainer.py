@@ -525,7 +525,9 @@ class Trainer:
             tokens = None
             if cached is not None and batch.index is not None:
                 tokens = cached.lookup(batch.index, batch.mask)  # (B, T, K)
-            start = self.imagination.start_from(ac, batch, cfg.burn_in_actions, tokens)
+            start = self.imagination.start_from(
+                ac, batch, cfg.burn_in_actions, tokens, cfg.real_history
+            )
             seed = int(self.rng.integers(2**31))  # shared: row i dreams as in one process
             rollout = self.imagination.rollout(
                 ac, start, self.config.imagined_steps, seed=seed, first_row=rows.start

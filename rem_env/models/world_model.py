@@ -419,6 +419,7 @@ class WorldModel(nn.Module):
         codebook: Tensor | None = None,
         position: int | None = None,
         check_values: bool = True,
+        history: Tensor | None = None,
     ) -> ImaginationState:
         """Builds the imagination state from a real context of C frames and C-1 actions.
 
@@ -432,6 +433,10 @@ class WorldModel(nn.Module):
                 :meth:`ImaginationState.where`.
             check_values: Check token and action ranges (one host sync); callers that
                 validated the context already skip it.
+            history: (B, N, K) tokens of the N real frames before the context's first, -1
+                where a frame is unknown (before its episode began). Only the frames a frame
+                conv or an event window reads (:attr:`recent_frames`) are kept, the retention
+                layers never see them; None: the frames before the context are unknown.
         """
         if obs_tokens.ndim != 3 or obs_tokens.shape[2] != self.tokens_per_obs:
             raise ValueError(
@@ -444,8 +449,21 @@ class WorldModel(nn.Module):
                 f"a context of {frames} frames needs actions of shape ({batch}, {frames - 1}), "
                 f"got {tuple(actions.shape)}"
             )
+        k = self.tokens_per_obs
+        if history is not None and (
+            history.ndim != 3 or history.shape[0] != batch or history.shape[2] != k
+        ):
+            raise ValueError(
+                f"history tokens must be (B, N, {k}) with B = {batch}, got {tuple(history.shape)}"
+            )
         if check_values:
             self._check_values(obs_tokens, actions)
+            if (
+                history is not None
+                and history.numel()
+                and (history.min() < -1 or history.max() >= self.obs_vocab_size)
+            ):
+                raise ValueError(f"history tokens must be in [0, {self.obs_vocab_size}) or -1")
         block = self.tokens_per_block
         position = (frames - 1) * block if position is None else position
         if frames > 1:
@@ -465,7 +483,10 @@ class WorldModel(nn.Module):
         recent = None
         if self.recent_frames is not None:  # the frames before the current one; -1: none
             kept = self.recent_frames
-            before = obs_tokens[:, max(frames - 1 - kept, 0) : frames - 1]  # (B, <=kept, K)
+            before = obs_tokens[:, : frames - 1]  # (B, C-1, K)
+            if history is not None:  # (B, N + C - 1, K)
+                before = torch.cat([history.to(before.dtype), before], dim=1)
+            before = before[:, max(before.shape[1] - kept, 0) :]  # (B, <=kept, K)
             missing = before.new_full((batch, kept - before.shape[1], before.shape[2]), -1)
             recent = torch.cat([missing, before], dim=1)  # (B, kept, K)
         return ImaginationState(
