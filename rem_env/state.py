@@ -32,6 +32,11 @@ class ImaginationState:
             the oldest first, -1 where there was none; kept only for a world model with an event
             window of W frames (N = W - 1, or W - 2 where it reads the next frame) or a frame
             conv of F > 2 frames (N = F - 1), the more of the two (else None).
+        window_features: (B, M + 1, F) the event window's features
+            (:meth:`~rem_env.models.event_window.EventWindow.frame_features`) of the M frames
+            before the current one that its windows read and of the current one, the oldest
+            first, so that each frame's are computed once, as it is drawn; kept only for a world
+            model with an event window (else None).
     """
 
     retention: tuple[Tensor, ...]
@@ -40,6 +45,7 @@ class ImaginationState:
     num_fed: int = 0
     previous_obs_tokens: Tensor | None = None
     recent_obs_tokens: Tensor | None = None
+    window_features: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -68,7 +74,10 @@ class ImaginationState:
         tokens = torch.where(mask[:, None], other.obs_tokens, self.obs_tokens)
         previous = _merge_optional(self.previous_obs_tokens, other.previous_obs_tokens, mask)
         recent = _merge_optional(self.recent_obs_tokens, other.recent_obs_tokens, mask, _ONE_RECENT)
-        return ImaginationState(retention, tokens, self.position, self.num_fed, previous, recent)
+        features = _merge_optional(self.window_features, other.window_features, mask, _ONE_WINDOW)
+        return ImaginationState(
+            retention, tokens, self.position, self.num_fed, previous, recent, features
+        )
 
     def _check_mergeable(self, other: ImaginationState) -> None:
         if (other.position, other.num_fed) != (self.position, self.num_fed):
@@ -94,12 +103,16 @@ class ImaginationState:
             for old, new in zip(self.retention, other.retention, strict=True)
         )
         tokens = self.obs_tokens.index_copy(0, index, other.obs_tokens)
-        previous, recent = None, None
+        previous, recent, features = None, None, None
         if _both_or_neither(self.previous_obs_tokens, other.previous_obs_tokens):
             previous = self.previous_obs_tokens.index_copy(0, index, other.previous_obs_tokens)
         if _both_or_neither(self.recent_obs_tokens, other.recent_obs_tokens, _ONE_RECENT):
             recent = self.recent_obs_tokens.index_copy(0, index, other.recent_obs_tokens)
-        return ImaginationState(retention, tokens, self.position, self.num_fed, previous, recent)
+        if _both_or_neither(self.window_features, other.window_features, _ONE_WINDOW):
+            features = self.window_features.index_copy(0, index, other.window_features)
+        return ImaginationState(
+            retention, tokens, self.position, self.num_fed, previous, recent, features
+        )
 
 
 _ONE_PREVIOUS = (
@@ -111,6 +124,11 @@ _ONE_PREVIOUS = (
 _ONE_RECENT = (
     "cannot merge a state that keeps the frames before the current one (an event window, a frame "
     "conv of several frames) with one that does not"
+)
+
+
+_ONE_WINDOW = (
+    "cannot merge a state that keeps an event window's frame features with one that does not"
 )
 
 

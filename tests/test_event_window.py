@@ -1,5 +1,7 @@
 """The event window (not in REM): rewards and ends read from a step's latest frames' tokens."""
 
+import dataclasses
+
 import pytest
 import segments
 import torch
@@ -308,3 +310,21 @@ def test_history_of_the_wrong_shape_or_values_is_refused():
         wm.start_state(obs[:, 3:5], actions[:, 3:4], history=obs[:1, :3])
     with pytest.raises(ValueError, match="history tokens must be in"):
         wm.start_state(obs[:, 3:5], actions[:, 3:4], history=torch.full((2, 3, K), -2))
+
+
+@pytest.mark.parametrize("reads_next", [False, True], ids=["own-frame", "next-frame"])
+def test_a_dream_keeps_each_frames_window_features_from_when_it_was_drawn(reads_next):
+    wm = make_model(window=4, reads_next=reads_next)
+    window = wm.event_window
+    obs, actions = segment()
+    state = wm.start_state(obs[:, :2], actions[:, :1])
+    bare = dataclasses.replace(state, window_features=None)  # computed at each step instead
+    for t in range(1, 5):
+        frames = torch.cat([state.recent_obs_tokens, state.obs_tokens[:, None]], dim=1)
+        frames = frames[:, frames.shape[1] - window.frames_before - 1 :]
+        assert max_diff(state.window_features, window.frames_features(frames)) < TOL
+        step, state = wm.step(state, actions[:, t], next_obs_tokens=obs[:, t + 1])
+        again, bare = wm.step(bare, actions[:, t], next_obs_tokens=obs[:, t + 1])
+        assert max_diff(step.reward_logits, again.reward_logits) < TOL
+        assert max_diff(step.end_logits, again.end_logits) < TOL
+        bare = dataclasses.replace(bare, window_features=None)

@@ -199,13 +199,23 @@ class EventWindow(nn.Module):
             raise ValueError(
                 f"tokens must be (N, {self.frames}, K) windows, got {tuple(tokens.shape)}"
             )
+        return self.read(tokens, self.frames_features(tokens), actions)
+
+    def frames_features(self, tokens: Tensor) -> Tensor:
+        """(N, W', K) tokens of frames, -1 where a frame does not exist -> (N, W', 2 * width)
+        :meth:`frame_features` of each (a frame that does not exist gets some, never read)."""
         n, w, k = tokens.shape
+        return self.frame_features(tokens.clamp(min=0).reshape(n * w, k)).view(n, w, -1)
+
+    def read(self, tokens: Tensor, features: Tensor, actions: Tensor) -> Tensor:
+        """:meth:`forward` of (N, W, K) windows whose frames' (N, W, 2 * width) features are
+        known already (:meth:`frames_features`): a dream computes each frame's once, as it is
+        drawn, and keeps those of its window's frames in its state."""
         known = tokens[..., 0] >= 0  # (N, W)
-        tokens = tokens.clamp(min=0)
-        features = self.frame_features(tokens.reshape(n * w, k)).view(n, w, -1)
         change = None
         if self.change is not None:
-            change = self.change_features(tokens[:, -2], tokens[:, -1])
+            both = tokens[:, -2:].clamp(min=0)
+            change = self.change_features(both[:, 0], both[:, 1])
         return self.window_logits(features, known, actions, change)
 
     @property

@@ -105,6 +105,16 @@ class ImaginationStep(NamedTuple):
     """(B, 2)."""
 
 
+class _WindowStart(NamedTuple):
+    """An event window's frames up to a step's own, read by the step."""
+
+    tokens: Tensor
+    """(B, M + 1, K) tokens: the M frames before the step's that the window reads, then its
+    own; -1 where a frame does not exist."""
+    features: Tensor
+    """(B, M + 1, F) their :meth:`EventWindow.frame_features`."""
+
+
 def _head(embed_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, out_dim))
 
@@ -489,8 +499,14 @@ class WorldModel(nn.Module):
             before = before[:, max(before.shape[1] - kept, 0) :]  # (B, <=kept, K)
             missing = before.new_full((batch, kept - before.shape[1], before.shape[2]), -1)
             recent = torch.cat([missing, before], dim=1)  # (B, kept, K)
+        features = None
+        if self.event_window is not None:  # (B, M + 1, F): the frames its next window reads
+            assert recent is not None
+            window = self.event_window
+            start = torch.cat([recent[:, kept - window.frames_before :], current[:, None]], dim=1)
+            features = window.frames_features(start)
         return ImaginationState(
-            self._float_states(states), current, position, num_fed, previous, recent
+            self._float_states(states), current, position, num_fed, previous, recent, features
         )
 
     def step(
@@ -548,30 +564,37 @@ class WorldModel(nn.Module):
                 )
             read = self.event_reader(frames, actions)  # (B, 5)
         recent = outcome = None
+        window = self.event_window
         if self.recent_frames is not None:
             recent = self._recent(state)
-            window = self.event_window
             if window is not None:
                 kept = window.frames_before
                 before = recent[:, recent.shape[1] - kept :]  # (B, kept, K)
                 window_start = torch.cat([before, state.obs_tokens[:, None]], 1)
-                if window.reads_next:  # read once the next frame is drawn
-                    outcome = window_start
-                else:
-                    windowed = window(window_start, actions)  # (B, 5): from (B, W, K) tokens
+                features = state.window_features  # (B, kept + 1, F)
+                if features is None or features.shape[:2] != window_start.shape[:2]:
+                    features = window.frames_features(window_start)
+                outcome = _WindowStart(window_start, features)
+                if not window.reads_next:
+                    windowed = window.read(window_start, features, actions)  # (B, 5)
                     read = windowed if read is None else read + windowed
             # The next state's frames before its current one: these, less the oldest, and this.
             recent = torch.cat([recent, state.obs_tokens[:, None]], dim=1)[:, 1:]
         if self.config.pop:
-            step, new_state = self._step_pop(
+            step, new_state, drawn = self._step_pop(
                 state, actions, codebook, temperatures, noise, next_obs_tokens, read, outcome
             )
         else:
-            step, new_state = self._step_token_by_token(
+            step, new_state, drawn = self._step_token_by_token(
                 state, actions, codebook, temperatures, noise, next_obs_tokens, read, outcome
             )
         if recent is not None:
             new_state = dataclasses.replace(new_state, recent_obs_tokens=recent)
+        if window is not None and outcome is not None:  # the next window's frames' features
+            if drawn is None:  # (B, F) of the next frame
+                drawn = window.frame_features(new_state.obs_tokens)
+            features = torch.cat([outcome.features[:, 1:], drawn[:, None]], dim=1)
+            new_state = dataclasses.replace(new_state, window_features=features)
         return step, new_state
 
     def _step_pop(
@@ -583,8 +606,8 @@ class WorldModel(nn.Module):
         noise: StepNoise,
         next_obs_tokens: Tensor | None,
         read: Tensor | None = None,
-        outcome: Tensor | None = None,
-    ) -> tuple[ImaginationStep, ImaginationState]:
+        outcome: _WindowStart | None = None,
+    ) -> tuple[ImaginationStep, ImaginationState, Tensor | None]:
         k, block = self.tokens_per_obs, self.tokens_per_block
         real = self.embed_blocks(state.obs_tokens[:, None], actions[:, None], codebook)
         # One pass: the real block (K+1 tokens) then the K prediction tokens at the next
@@ -604,7 +627,7 @@ class WorldModel(nn.Module):
             events = read if events is None else events + read
         if next_obs_tokens is None:
             next_obs_tokens = self._draw_frame(obs_logits, features, codebook, noise, temperatures)
-        step = self._finish_step(
+        step, drawn = self._finish_step(
             action_hidden, obs_logits, next_obs_tokens, temperatures[1], noise, events,
             actions, outcome,
         )  # fmt: skip
@@ -612,7 +635,7 @@ class WorldModel(nn.Module):
         new_state = ImaginationState(
             self._float_states(states), next_obs_tokens, state.position + block, 0, previous
         )
-        return step, new_state
+        return step, new_state, drawn
 
     def _draw_frame(
         self,
@@ -644,8 +667,8 @@ class WorldModel(nn.Module):
         noise: StepNoise,
         next_obs_tokens: Tensor | None,
         read: Tensor | None = None,
-        outcome: Tensor | None = None,
-    ) -> tuple[ImaginationStep, ImaginationState]:
+        outcome: _WindowStart | None = None,
+    ) -> tuple[ImaginationStep, ImaginationState, Tensor | None]:
         k, block, fed = self.tokens_per_obs, self.tokens_per_block, state.num_fed
         rest = self.embed_obs(state.obs_tokens[:, fed:], codebook)  # (B, K-fed, E)
         x = torch.cat([rest, self.embed_actions(actions)[:, None]], dim=1)
@@ -665,14 +688,14 @@ class WorldModel(nn.Module):
                 hidden = hidden[:, 0]
         obs_logits = torch.stack(logits, dim=1)  # (B, K, V)
         next_tokens = torch.stack(tokens, dim=1)  # (B, K)
-        step = self._finish_step(
+        step, drawn = self._finish_step(
             action_hidden, obs_logits, next_tokens, temperatures[1], noise, read, actions, outcome
         )
         previous = state.obs_tokens if self.keeps_previous else None
         new_state = ImaginationState(
             self._float_states(states), next_tokens, next_block, k - 1, previous
         )
-        return step, new_state
+        return step, new_state, drawn
 
     def _finish_step(
         self,
@@ -683,15 +706,20 @@ class WorldModel(nn.Module):
         noise: StepNoise,
         events: Tensor | None = None,
         actions: Tensor | None = None,
-        outcome: Tensor | None = None,
-    ) -> ImaginationStep:
-        """The step's rewards and ends drawn; ``outcome``, the (B, W - 1, K) frames up to the
-        current one of an event window that reads the next frame, is read with ``obs_tokens``
-        (the next frame) and ``actions``."""
-        if outcome is not None:
-            assert self.event_window is not None and actions is not None
-            window = torch.cat([outcome, obs_tokens[:, None]], dim=1)  # (B, W, K)
-            read = self.event_window(window, actions)
+        outcome: _WindowStart | None = None,
+    ) -> tuple[ImaginationStep, Tensor | None]:
+        """The step's rewards and ends drawn, and the (B, F) event window features of
+        ``obs_tokens`` (the next frame) where it computed them (else None). ``outcome``, the
+        frames up to the current one of an event window and their features, is read with the
+        next frame and ``actions`` by a window that reads the next frame."""
+        drawn = None
+        window = self.event_window
+        if outcome is not None and window is not None and window.reads_next:
+            assert actions is not None
+            drawn = window.frame_features(obs_tokens)  # (B, F)
+            tokens = torch.cat([outcome.tokens, obs_tokens[:, None]], dim=1)  # (B, W, K)
+            features = torch.cat([outcome.features, drawn[:, None]], dim=1)  # (B, W, F)
+            read = window.read(tokens, features, actions)
             events = read if events is None else events + read
         reward_logits = self.head_reward(action_hidden)
         end_logits = self.head_end(action_hidden)
@@ -701,7 +729,8 @@ class WorldModel(nn.Module):
         reward_class = sample_categorical(reward_logits, noise.reward, event_temperature)
         rewards = reward_class.to(self.float_dtype) - 1
         ends = sample_categorical(end_logits, noise.end, event_temperature).bool()
-        return ImaginationStep(obs_tokens, rewards, ends, obs_logits, reward_logits, end_logits)
+        step = ImaginationStep(obs_tokens, rewards, ends, obs_logits, reward_logits, end_logits)
+        return step, drawn
 
     # ----------------------------------------------------------------------------------- checks
 
