@@ -31,7 +31,8 @@ convolutions of C channels, pooled (mean and max) into one more vector for the h
 
 A frame's features do not depend on the window it sits in: over a segment of T frames each is
 computed once (:meth:`EventWindow.frame_features`) and every step's window reads them
-(:meth:`EventWindow.segment_logits`).
+(:meth:`EventWindow.segment_logits`); a dream computes each frame's as it draws the frame and
+keeps its window's in the imagination state (:meth:`EventWindow.read`).
 """
 
 from __future__ import annotations
