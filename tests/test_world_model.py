@@ -653,3 +653,42 @@ def test_pixel_frame_conv_settings_that_cannot_work_are_refused():
         wm.frame_conv(torch.zeros(1, 4, K, 32).double(), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="reads pixels"):
         wm.frame_conv.load_fewer_frames(frame_conv_model().frame_conv.state_dict())
+
+
+def test_a_world_model_whose_heads_read_nothing_skips_its_retention_pass(monkeypatch):
+    """Heads whose output layers are zero (a RetNet that never trained beside a frame conv)
+    give zero logits whatever the retention layers give: the step skips those layers and dreams
+    exactly what the full step dreams; once a head changes, the layers run again."""
+    torch.manual_seed(0)
+    wm = make_model(frame_conv_layers=2, frame_conv_width=8, frame_conv_events=True)
+    with torch.no_grad():
+        for head in (wm.head_obs, wm.head_reward, wm.head_end):
+            head[-1].weight.zero_()
+            head[-1].bias.zero_()
+        for p in wm.frame_conv.parameters():  # its output layers start at zero: a function
+            p.normal_(0, 0.3)
+    obs, actions = random_segment()
+    noise = [StepNoise.draw(2, K, torch.device("cpu"), torch.Generator().manual_seed(t))
+             for t in range(4)]  # fmt: skip
+    calls = []
+    forward = wm.decoder.forward_with_tail
+    monkeypatch.setattr(wm.decoder, "forward_with_tail", lambda *a: calls.append(1) or forward(*a))
+
+    def dream(skip: bool) -> list:
+        monkeypatch.setattr(WorldModel, "_retention_unread", lambda self: skip)
+        state, steps = wm.start_state(obs[:, :2], actions[:, :1]), []
+        for t in range(4):
+            step, state = wm.step(state, actions[:, t + 1], noise=noise[t])
+            steps.append(step)
+        return steps
+
+    full, skipped = dream(False), dream(True)
+    assert len(calls) == 4  # only the full dream ran the retention layers
+    for a, b in zip(full, skipped, strict=True):
+        for name in ("obs_tokens", "rewards", "ends", "obs_logits", "reward_logits", "end_logits"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    monkeypatch.undo()
+    assert wm._retention_unread()
+    with torch.no_grad():
+        wm.head_end[-1].bias[0] = 1.0  # a head that reads them again
+    assert not wm._retention_unread()

@@ -177,6 +177,9 @@ class WorldModel(nn.Module):
         self.head_obs = _head(embed_dim, obs_vocab_size)
         self.head_reward = _head(embed_dim, NUM_REWARD_CLASSES)
         self.head_end = _head(embed_dim, 2)
+        # (where the heads' output layers are and their version counters, whether they are all
+        # zero): a memo of _retention_unread, recomputed whenever one of those layers changes.
+        self._heads_zero: tuple[tuple[int, ...], bool] | None = None
         self.frame_conv: FrameConv | None = None
         if config.frame_conv_layers:
             self.frame_conv = FrameConv(
@@ -613,11 +616,21 @@ class WorldModel(nn.Module):
         # One pass: the real block (K+1 tokens) then the K prediction tokens at the next
         # block's positions; only the real tokens write to the state, and only the action
         # token's and the prediction tokens' outputs are computed in the last layer.
-        out, states = self.decoder.forward_with_tail(
-            real.flatten(1, 2), self.prediction_tokens()[None], state.position, state.retention, k
-        )  # (B, K+1, E): the action token, then the K prediction tokens
-        action_hidden, obs_hidden = out[:, 0], out[:, 1:]
-        obs_logits = self.head_obs(obs_hidden)  # (B, K, V)
+        action_hidden: Tensor | None = None
+        if self._retention_unread():
+            # Every head's output layer is zero (a RetNet that never trained beside a frame
+            # conv): its logits are zeros whatever the retention layers give, so their pass is
+            # skipped and their states are kept as they were (read by nothing).
+            states = state.retention
+            b, vocab = state.batch_size, self.head_obs[-1].out_features
+            obs_logits = real.new_zeros((b, k, vocab))  # (B, K, V)
+        else:
+            out, states = self.decoder.forward_with_tail(
+                real.flatten(1, 2), self.prediction_tokens()[None], state.position,
+                state.retention, k,
+            )  # fmt: skip  # (B, K+1, E): the action token, then the K prediction tokens
+            action_hidden, obs_hidden = out[:, 0], out[:, 1:]
+            obs_logits = self.head_obs(obs_hidden)  # (B, K, V)
         events = features = None
         if self.frame_conv is not None:
             current = real[:, 0, :k]  # (B, K, E): the embedded current frame
@@ -699,7 +712,7 @@ class WorldModel(nn.Module):
 
     def _finish_step(
         self,
-        action_hidden: Tensor,
+        action_hidden: Tensor | None,
         obs_logits: Tensor,
         obs_tokens: Tensor,
         event_temperature: float,
@@ -721,8 +734,12 @@ class WorldModel(nn.Module):
             features = torch.cat([outcome.features, drawn[:, None]], dim=1)  # (B, W, F)
             read = window.read(tokens, features, actions)
             events = read if events is None else events + read
-        reward_logits = self.head_reward(action_hidden)
-        end_logits = self.head_end(action_hidden)
+        if action_hidden is None:  # the heads' output layers are zero (_retention_unread)
+            reward_logits = obs_logits.new_zeros((obs_logits.shape[0], NUM_REWARD_CLASSES))
+            end_logits = obs_logits.new_zeros((obs_logits.shape[0], 2))
+        else:
+            reward_logits = self.head_reward(action_hidden)
+            end_logits = self.head_end(action_hidden)
         if events is not None:  # (B, 5): reward, end logits of the frame conv / reader / window
             reward_logits = reward_logits + events[:, :NUM_REWARD_CLASSES]
             end_logits = end_logits + events[:, NUM_REWARD_CLASSES:]
@@ -774,6 +791,23 @@ class WorldModel(nn.Module):
         """The dtype of the model's own numbers (its embedding: linear layers may be quantized),
         kept by retention states and rewards also under ``torch.autocast``."""
         return self.embedding.weight.dtype
+
+    def _retention_unread(self) -> bool:
+        """Whether nothing reads the retention layers' outputs in a step: the output layers of
+        the observation, reward and end heads are all zero, so the heads give zeros whatever
+        those layers give (a patch model whose RetNet never trained beside its frame conv).
+        CPU only (reading the layers is a host sync elsewhere); False under autocast and while
+        compiling, where the step keeps its one path."""
+        if torch.is_autocast_enabled() or torch.compiler.is_compiling():
+            return False
+        tensors = [t for head in (self.head_obs, self.head_reward, self.head_end)
+                   for t in (head[-1].weight, head[-1].bias)]  # fmt: skip
+        if tensors[0].device.type != "cpu":
+            return False
+        versions = tuple(v for t in tensors for v in (t.data_ptr(), t._version))
+        if self._heads_zero is None or self._heads_zero[0] != versions:
+            self._heads_zero = (versions, not any(bool(t.any()) for t in tensors))
+        return self._heads_zero[1]
 
     def _float_states(self, states: LayerStates) -> LayerStates:
         # Under autocast the products that build a state come out in the low precision; the
