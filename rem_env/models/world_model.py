@@ -177,9 +177,6 @@ class WorldModel(nn.Module):
         self.head_obs = _head(embed_dim, obs_vocab_size)
         self.head_reward = _head(embed_dim, NUM_REWARD_CLASSES)
         self.head_end = _head(embed_dim, 2)
-        # (where the heads' output layers are and their version counters, whether they are all
-        # zero): a memo of _retention_unread, recomputed whenever one of those layers changes.
-        self._heads_zero: tuple[tuple[int, ...], bool] | None = None
         self.frame_conv: FrameConv | None = None
         if config.frame_conv_layers:
             self.frame_conv = FrameConv(
@@ -575,7 +572,7 @@ class WorldModel(nn.Module):
                 before = recent[:, recent.shape[1] - kept :]  # (B, kept, K)
                 window_start = torch.cat([before, state.obs_tokens[:, None]], 1)
                 features = state.window_features  # (B, kept + 1, F)
-                if features is None or features.shape[:2] != window_start.shape[:2]:
+                if features is None:  # a state not made by start_state or step
                     features = window.frames_features(window_start)
                 outcome = _WindowStart(window_start, features)
                 if not window.reads_next:
@@ -804,10 +801,7 @@ class WorldModel(nn.Module):
                    for t in (head[-1].weight, head[-1].bias)]  # fmt: skip
         if tensors[0].device.type != "cpu":
             return False
-        versions = tuple(v for t in tensors for v in (t.data_ptr(), t._version))
-        if self._heads_zero is None or self._heads_zero[0] != versions:
-            self._heads_zero = (versions, not any(bool(t.any()) for t in tensors))
-        return self._heads_zero[1]
+        return not any(bool(t.any()) for t in tensors)  # read at every step: a head may train
 
     def _float_states(self, states: LayerStates) -> LayerStates:
         # Under autocast the products that build a state come out in the low precision; the
