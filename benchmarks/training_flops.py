@@ -231,6 +231,7 @@ def speedups() -> dict[str, tuple[Any, str, Any]]:
     return {
         "replay token cache": (Trainer, "cache_replay_tokens", False),
         "burn-in skips padding": (Imagination, "skip_padding", False),
+        "actor-critic code tables": (Imagination, "code_tables", False),
     }
 
 

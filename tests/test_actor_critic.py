@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rem_env.config import REMConfig
-from rem_env.models.actor_critic import ActorCritic, LSTMState, sample_actions
+from rem_env.models.actor_critic import ActorCritic, LSTMState, TokenCodes, sample_actions
 
 
 @pytest.fixture
@@ -105,6 +105,47 @@ def test_burn_in_flag_makes_a_difference(ac: ActorCritic) -> None:
     assert torch.equal(other.h, published.h)
     with pytest.raises(ValueError, match="mask and actions"):
         ac.burn_in(codes, actions, mask[:, :2])
+
+
+def test_tokens_through_the_code_table_equal_their_codes() -> None:
+    """Tokens of a codebook read through the first layer's table (every cell, the grid's edges
+    included) give what their codes give through the convolution, in forward and burn-in."""
+    torch.manual_seed(2)
+    ac = ActorCritic(num_actions=3, embed_dim=8, latent_size=4, hidden_size=16).double()
+    codebook = torch.randn(6, 8, dtype=torch.float64)
+    tokens = torch.randint(6, (2, 5, 16))
+    codes = codebook[tokens].reshape(2, 5, 4, 4, 8).permute(0, 1, 4, 2, 3)  # (B, T, E, h, w)
+    table = ac.code_table(codebook)
+    state = ac.initial_state(2)
+    fast, slow = ac(TokenCodes(tokens[:, 0], table), state), ac(codes[:, 0], state)
+    torch.testing.assert_close(fast.logits, slow.logits, rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        ac._first_layer(TokenCodes(tokens[:, 0], table)), ac.encoder[0](codes[:, 0]),
+        rtol=0, atol=1e-12,
+    )  # fmt: skip
+    actions = torch.randint(3, (2, 5))
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    burned = ac.burn_in(TokenCodes(tokens, table), actions, mask)
+    torch.testing.assert_close(burned.h, ac.burn_in(codes, actions, mask).h, rtol=0, atol=1e-12)
+
+
+def test_a_code_table_is_refused_after_the_weights_change() -> None:
+    ac = ActorCritic(num_actions=3, embed_dim=8, latent_size=4, hidden_size=16)
+    codebook = torch.randn(6, 8)
+    table = ac.code_table(codebook)
+    tokens = torch.randint(6, (2, 16))
+    ac(TokenCodes(tokens, table), ac.initial_state(2))
+    with torch.no_grad():
+        ac.encoder[0].weight.add_(0.1)  # what an optimizer step does
+    with pytest.raises(ValueError, match="code table was made before"):
+        ac(TokenCodes(tokens, table), ac.initial_state(2))
+    ac(TokenCodes(tokens, ac.code_table(codebook)), ac.initial_state(2))  # a new one serves
+    with pytest.raises(ValueError, match="codebook must have shape"):
+        ac.code_table(torch.randn(6, 5))
+    with pytest.raises(ValueError, match="tokens must have shape"):
+        ac(TokenCodes(tokens[:, :9], table), ac.initial_state(2))
+    with pytest.raises(ValueError, match="tokens must have shape"):
+        ac.burn_in(TokenCodes(tokens, table), tokens[:, :1], tokens[:, :1].bool())
 
 
 def test_constructor_errors() -> None:

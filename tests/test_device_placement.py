@@ -127,7 +127,7 @@ def test_actor_critic_rollout_in_imagination_stays_on_the_device(
     )
     rollout = imagination.rollout(actor_critic, start, steps=3, seed=0)
     (rollout.logits.sum() + rollout.values.sum()).backward()
-    assert {rollout.codes.device, rollout.rewards.device, rollout.ends.device} == {META}
+    assert {rollout.tokens.device, rollout.rewards.device, rollout.ends.device} == {META}
     assert actor_critic.actor.weight.grad.device == META
     imagination.close()
 

@@ -65,7 +65,7 @@ def test_measure_compares_the_speedups_per_phase(tmp_path, capsys):
     from rem_train.imagination import Imagination
     from rem_train.trainer import Trainer
 
-    assert Trainer.cache_replay_tokens and Imagination.skip_padding
+    assert Trainer.cache_replay_tokens and Imagination.skip_padding and Imagination.code_tables
 
 
 def test_a_frame_conv_adds_its_flops_to_the_world_model_only(tmp_path, capsys):

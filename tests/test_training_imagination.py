@@ -46,7 +46,7 @@ def _segments(model: REMModel, padded: int = 2) -> TensorSegmentBatch:
 def test_dream_env_is_the_on_device_torch_mode(parts: tuple) -> None:
     _, _, imagination = parts
     env = imagination.env
-    assert (env.obs_type, env.output, env.num_envs) == ("latent", "torch", B)
+    assert (env.obs_type, env.output, env.num_envs) == ("tokens", "torch", B)
     assert env.autoreset_mode == AutoresetMode.DISABLED  # REM never resets at a predicted end
 
 
@@ -67,7 +67,35 @@ def test_start_from_burns_in_all_but_the_last_frame_and_takes_contexts(parts: tu
     assert not torch.allclose(other.state.h, start.state.h)
     # The start frame is the first observation of the rollout.
     rollout = imagination.rollout(actor_critic, start, steps=3, seed=0)
-    torch.testing.assert_close(rollout.codes[:, 0], model.tokenizer.to_codes(tokens[:, -1]))
+    assert torch.equal(rollout.tokens[:, 0], tokens[:, -1])
+
+
+def test_code_tables_give_what_the_codes_give() -> None:
+    """The actor-critic reading tokens through its first layer's table (the default) burns in,
+    acts and gets gradients as when it convolves the codes (float64: equal to rounding)."""
+    torch.manual_seed(0)
+    model = REMModel(REMConfig.preset("tiny", num_actions=4)).double()
+    actor_critic = ActorCritic.from_config(model.config, hidden_size=16).double()
+    batch = _segments(model)
+    results = []
+    for tables in (True, False):
+        imagination = Imagination(model, num_envs=B)
+        imagination.code_tables = tables
+        start = imagination.start_from(actor_critic, batch, burn_in_actions=True)
+        rollout = imagination.rollout(actor_critic, start, steps=4, seed=2)
+        loss, _ = actor_critic_loss(
+            rollout.logits, rollout.values, rollout.actions, rollout.rewards, rollout.ends
+        )
+        actor_critic.zero_grad()
+        loss.backward()
+        grads = [p.grad.clone() for p in actor_critic.parameters()]
+        results.append((start.state.h, rollout, grads))
+    (h_table, fast, grads_table), (h_conv, slow, grads_conv) = results
+    torch.testing.assert_close(h_table, h_conv, rtol=0, atol=1e-12)
+    assert torch.equal(fast.actions, slow.actions) and torch.equal(fast.tokens, slow.tokens)
+    torch.testing.assert_close(fast.logits, slow.logits, rtol=0, atol=1e-12)
+    for a, b in zip(grads_table, grads_conv, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 def test_start_from_needs_real_context_frames(parts: tuple) -> None:
@@ -99,7 +127,7 @@ def test_same_seeds_dream_the_same(parts: tuple) -> None:
     for _ in range(2):
         torch.manual_seed(5)  # the actor-critic's action draws
         rollouts.append(imagination.rollout(actor_critic, start, steps=5, seed=3))
-    for name in ("codes", "actions", "rewards", "ends"):
+    for name in ("tokens", "actions", "rewards", "ends"):
         assert torch.equal(getattr(rollouts[0], name), getattr(rollouts[1], name)), name
 
 
@@ -107,10 +135,11 @@ def test_replay_rollout_reproduces_the_rollout(parts: tuple) -> None:
     model, actor_critic, imagination = parts
     start = imagination.start_from(actor_critic, _segments(model), burn_in_actions=True)
     rollout = imagination.rollout(actor_critic, start, steps=4, seed=0)
-    logits, values = replay_rollout(actor_critic, rollout)
+    codebook = model.tokenizer.codebook
+    logits, values = replay_rollout(actor_critic, rollout, codebook)
     torch.testing.assert_close(logits, rollout.logits)
     torch.testing.assert_close(values, rollout.values)
-    before, after = objective_before_after(actor_critic, rollout)
+    before, after = objective_before_after(actor_critic, rollout, codebook)
     assert before == pytest.approx(after, abs=1e-6)
 
 
@@ -129,7 +158,7 @@ def test_a_trajectory_dreams_the_same_in_any_batch(parts: tuple) -> None:
     alone = part.rollout(actor_critic, rows, steps=5, seed=3, first_row=1)
     for name in ("actions", "rewards", "ends"):
         assert torch.equal(getattr(alone, name), getattr(whole, name)[1:]), name
-    torch.testing.assert_close(alone.codes, whole.codes[1:])
+    assert torch.equal(alone.tokens, whole.tokens[1:])
     torch.testing.assert_close(alone.logits, whole.logits[1:], rtol=1e-5, atol=1e-6)
 
 

@@ -1,12 +1,14 @@
 """The actor-critic phase's imagination: burn-in on real segments, then rollouts in the dream env.
 
 Imagination goes through the same :class:`rem_env.DreamVectorEnv` users get, in its on-device
-torch mode (``obs_type="latent"``, ``output="torch"``, autoreset disabled): REM never resets at
+torch mode (``obs_type="tokens"``, ``output="torch"``, autoreset disabled): REM never resets at
 a predicted end, ends only stop bootstrapping (REM_SPEC 11.5). Each rollout starts from
 replay-buffer contexts: the last ``context_length`` real frames' tokens of a left-padded segment
 and the actions between them, passed as ``reset(options={"contexts": ...})``. The frames before
 the start frame warm up the actor-critic's LSTM (burn-in, REM_SPEC 6); its state goes in and
-comes back, the env owns the world-model state.
+comes back, the env owns the world-model state. The actor-critic reads each frame's tokens
+through its first layer's table of the codebook (:class:`rem_env.models.actor_critic.TokenCodes`),
+made once for a burn-in and once for a rollout.
 
 Every imagined trajectory draws its randomness (the dream's and its actions') from counter-based
 streams of its own seed (:mod:`rem_env.noise`), so it is the same whichever batch it is part
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor
 
 from rem_env import DreamVectorEnv, REMModel
-from rem_env.models.actor_critic import ActorCritic, LSTMState
+from rem_env.models.actor_critic import ActorCritic, CodeTable, LSTMState, TokenCodes
 from rem_env.models.sampling import sample_categorical
 from rem_env.noise import hash_uniforms
 from rem_train.batches import TensorSegmentBatch, frames_to_tensor
@@ -55,8 +57,8 @@ class StartPoint(NamedTuple):
 class Rollout(NamedTuple):
     """An imagined batch of T steps, as :func:`rem_train.losses.actor_critic_loss` wants."""
 
-    codes: Tensor
-    """(B, T, E, h, w) observation codes the actor-critic saw (constants)."""
+    tokens: Tensor
+    """(B, T, K) tokens of the frames the actor-critic saw (constants)."""
     logits: Tensor
     """(B, T, A) policy logits (with gradient)."""
     values: Tensor
@@ -105,7 +107,7 @@ class Imagination:
         self.env = DreamVectorEnv(
             model,
             num_envs,
-            obs_type="latent",
+            obs_type="tokens",
             output="torch",
             autoreset_mode="disabled",
             temperature=temperature,
@@ -116,6 +118,11 @@ class Imagination:
     skip_padding = True
     """:meth:`start_from` encodes only the real frames (the burn-in never reads the padding's
     tokens); False encodes the padding too, as before 2026-11-30 (kept for benchmarks)."""
+
+    code_tables = True
+    """The actor-critic reads tokens through its first layer's table of the codebook
+    (:meth:`ActorCritic.code_table`); False gives it the codes to convolve, as before 2026-12-07
+    (the same numbers up to float rounding; kept for benchmarks)."""
 
     @torch.no_grad()
     def start_from(
@@ -140,23 +147,36 @@ class Imagination:
                 (:attr:`StartPoint.history`); False: only the context's, as before 2026-12-07.
                 A world model without either (REM's) reads the context alone either way.
         """
-        b, t = batch.mask.shape
         c = self.model.config.world_model.context_length
         if not bool(batch.mask[:, -c:].all()):
             raise ValueError(f"the last {c} frames of every segment must be real (min_real >= {c})")
         if tokens is None:
             tokens = self._encode(batch)
-        tokenizer = self.model.tokenizer
-        codes = tokenizer.to_codes(tokens[:, :-1].flatten(0, 1), check_values=False)
-        codes = codes.unflatten(0, (b, t - 1))  # (B, T-1, E, h, w)
+        burn = tokens[:, :-1]  # (B, T-1, K)
+        table = self._table(actor_critic)
         state = actor_critic.burn_in(
-            codes, batch.actions[:, :-1], batch.mask[:, :-1], burn_in_actions=burn_in_actions
+            TokenCodes(burn, table) if table is not None else self._codes(burn),
+            batch.actions[:, :-1],
+            batch.mask[:, :-1],
+            burn_in_actions=burn_in_actions,
         )
         history = None
         if real_history and self.model.world_model.recent_frames is not None:
             # (B, T-C, K): the frames before the context, -1 in the left padding
             history = torch.where(batch.mask[:, :-c, None], tokens[:, :-c], -1)
         return StartPoint(state, tokens[:, -c:], batch.actions[:, -c:-1], history)
+
+    def _table(self, actor_critic: ActorCritic) -> CodeTable | None:
+        """The actor-critic's first-layer table of the codebook, or None without
+        :attr:`code_tables`."""
+        if not self.code_tables:
+            return None
+        return actor_critic.code_table(self.model.tokenizer.codebook.detach())
+
+    def _codes(self, tokens: Tensor) -> Tensor:
+        """(..., K) tokens -> (..., E, h, w) codes."""
+        codes = self.model.tokenizer.to_codes(tokens.flatten(0, -2), check_values=False)
+        return codes.unflatten(0, tokens.shape[:-1])
 
     def _encode(self, batch: TensorSegmentBatch) -> Tensor:
         """(B, T, K) tokens of the batch's frames; token 0 in the padding (with ``skip_padding``).
@@ -190,7 +210,7 @@ class Imagination:
     ) -> Rollout:
         """Imagines ``steps`` steps from ``start`` with the actor-critic acting (temperature 1).
 
-        At each step the actor-critic sees the current codes, samples an action, the action is
+        At each step the actor-critic sees the current frame, samples an action, the action is
         pushed through its LSTM, and the dream env steps. Gradients flow through the
         actor-critic across the whole rollout; the world model's outputs are constants.
 
@@ -212,14 +232,16 @@ class Imagination:
         seeds = seed + first_row + torch.arange(self.env.num_envs, device=obs.device)  # (B,)
         action_seeds = seeds ^ ACTION_STREAM_KEY
         state = start.state
-        codes, logits, values, actions, rewards, ends = [], [], [], [], [], []
+        table = self._table(actor_critic)  # with gradient: one for the whole rollout
+        frames, logits, values, actions, rewards, ends = [], [], [], [], [], []
         for t in range(steps):
-            out = actor_critic(obs, state)
+            seen = TokenCodes(obs, table) if table is not None else self._codes(obs)
+            out = actor_critic(seen, state)
             step = torch.full_like(action_seeds, t)
             uniforms = hash_uniforms(action_seeds, step, 1)[:, 0]  # (B,)
             action = sample_categorical(out.logits.detach(), uniforms)
             state = actor_critic.observe_action(action, out.state)
-            codes.append(obs)
+            frames.append(obs)
             obs, reward, terminated, _, _ = self.env.step(action)
             logits.append(out.logits)
             values.append(out.value)
@@ -227,7 +249,7 @@ class Imagination:
             rewards.append(reward)
             ends.append(terminated)
         return Rollout(
-            torch.stack(codes, 1),  # (B, T, E, h, w)
+            torch.stack(frames, 1),  # (B, T, K)
             torch.stack(logits, 1),  # (B, T, A)
             torch.stack(values, 1),  # (B, T)
             torch.stack(actions, 1),
@@ -241,17 +263,25 @@ class Imagination:
         self.env.close()
 
 
-def replay_rollout(actor_critic: ActorCritic, rollout: Rollout) -> tuple[Tensor, Tensor]:
-    """Runs the actor-critic again over a stored rollout's codes and actions.
+def replay_rollout(
+    actor_critic: ActorCritic, rollout: Rollout, codebook: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Runs the actor-critic again over a stored rollout's frames and actions.
+
+    Args:
+        actor_critic: The actor-critic (its current weights).
+        rollout: The rollout to run again.
+        codebook: (V, E) codebook the rollout's tokens index (the tokenizer's).
 
     Returns:
         (B, T, A) logits and (B, T) values, with gradient; used to measure a step's loss on the
         same batch after the update.
     """
     state = rollout.start
+    table = actor_critic.code_table(codebook.detach())
     logits, values = [], []
-    for t in range(rollout.codes.shape[1]):
-        out = actor_critic(rollout.codes[:, t], state)
+    for t in range(rollout.tokens.shape[1]):
+        out = actor_critic(TokenCodes(rollout.tokens[:, t], table), state)
         state = actor_critic.observe_action(rollout.actions[:, t], out.state)
         logits.append(out.logits)
         values.append(out.value)
@@ -262,6 +292,7 @@ def replay_rollout(actor_critic: ActorCritic, rollout: Rollout) -> tuple[Tensor,
 def objective_before_after(
     actor_critic: ActorCritic,
     rollout: Rollout,
+    codebook: Tensor,
     gamma: float = 0.995,
     lambda_: float = 0.95,
     entropy_weight: float = 0.001,
@@ -270,8 +301,9 @@ def objective_before_after(
 
     The objective a gradient step descends holds the lambda-returns and the advantages fixed
     (constants of the step), so both values use the rollout's (pre-update) values for them; the
-    "after" value re-runs the updated actor-critic over the same codes and actions
-    (:func:`replay_rollout`). A diagnostic: the trainer records it with ``track_progress``.
+    "after" value re-runs the updated actor-critic over the same frames and actions
+    (:func:`replay_rollout`, reading ``codebook``'s codes). A diagnostic: the trainer records it
+    with ``track_progress``.
     """
     old_values = rollout.values.detach()
     returns = lambda_returns(rollout.rewards, old_values, rollout.ends, gamma, lambda_)
@@ -287,4 +319,4 @@ def objective_before_after(
         return float(policy - entropy_weight * entropy + value)
 
     before = objective(rollout.logits.detach(), old_values)
-    return before, objective(*replay_rollout(actor_critic, rollout))
+    return before, objective(*replay_rollout(actor_critic, rollout, codebook))

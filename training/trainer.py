@@ -536,12 +536,13 @@ class Trainer:
             clipped_step(loss, optimizer, ac, cfg.grad_clip, self.dist)
             if self.config.common.track_progress:
                 before, after = objective_before_after(
-                    ac, rollout, cfg.gamma, cfg.lambda_, cfg.entropy_weight
-                )
+                    ac, rollout, self.model.tokenizer.codebook, cfg.gamma, cfg.lambda_,
+                    cfg.entropy_weight,
+                )  # fmt: skip
                 metrics.update(check_before=before, check_after=after)
             metrics["imagined_reward"] = rollout.rewards.mean().item()
             losses.append(average_metrics(metrics, self.dist, 1 / self.dist.world_size))
-            self.last_dream = rollout.codes[0]  # (T, E, h, w) constants, for TensorBoard
+            self.last_dream = rollout.tokens[0]  # (T, K) constants, for TensorBoard
         ac.eval()
         check_in_sync(ac, "actor-critic", self.dist)
         return _summary(losses)
@@ -670,7 +671,7 @@ class Trainer:
         reconstruction = self.model.tokenizer(frames).reconstruction.add(1).div(2)
         self.log.images("tokenizer/reconstructions", torch.cat([frames, reconstruction], -2), epoch)
         if self.last_dream is not None:
-            dream = self.model.tokenizer.decode_latents(self.last_dream).add(1).div(2)
+            dream = self.model.tokenizer.decode_tokens(self.last_dream, check_values=False)
             self.log.images("actor_critic/imagined_rollout", dream, epoch)
 
     # ------------------------------------------------------------------ checkpoints and export

@@ -7,6 +7,10 @@ the executed action is pushed through the same LSTM as its own step
 
 Masked steps (``mask`` False, e.g. left padding in a burn-in segment) leave the state unchanged,
 so running a left-padded segment from zeros equals running its real frames alone.
+
+In imagination every code is a codebook row, so the first convolution of a frame is a sum of
+nine per-token tables (:meth:`ActorCritic.code_table`, :class:`TokenCodes`): the same numbers
+as the convolution, at a fraction of its work.
 """
 
 from __future__ import annotations
@@ -14,11 +18,19 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rem_env.config import REMConfig
 
-__all__ = ["ActorCritic", "ActorCriticOutput", "LSTMState", "sample_actions"]
+__all__ = [
+    "ActorCritic",
+    "ActorCriticOutput",
+    "CodeTable",
+    "LSTMState",
+    "TokenCodes",
+    "sample_actions",
+]
 
 
 class LSTMState(NamedTuple):
@@ -51,6 +63,36 @@ class ActorCriticOutput(NamedTuple):
     """The LSTM state after this observation."""
 
 
+class CodeTable(NamedTuple):
+    """The actor-critic's first convolution applied to every code of a codebook, from
+    :meth:`ActorCritic.code_table`; valid until that layer's weight changes."""
+
+    rows: Tensor
+    """(9 * (V + 1), C) float: for kernel offset ``o`` (raster order over the 3x3 kernel) and
+    token ``v``, row ``o * (V + 1) + v`` is what code ``v`` adds through that offset to an
+    output cell's C channels; row ``o * (V + 1) + V`` is zero (the padding outside the grid)."""
+    vocab_size: int
+    """V, the codes of the codebook."""
+    weight_version: int
+    """The first layer weight's version counter when the table was made (checked on use)."""
+
+
+class TokenCodes(NamedTuple):
+    """Frames given as tokens of a codebook, for an actor-critic that reads their codes.
+
+    Where every code is a codebook row (imagination, ``to_codes(tokens)``), the first
+    convolution of :class:`ActorCritic` is a sum, per output cell, of the table rows of the
+    nine tokens around it: the same numbers (up to the order of float additions) without the
+    convolution's work. Pass it where codes go (``forward``, ``burn_in``).
+    """
+
+    tokens: Tensor
+    """Integer token ids in [0, V): (B, h*w) for ``forward``, (B, T, h*w) for ``burn_in``,
+    raster (h-major) order."""
+    table: CodeTable
+    """:meth:`ActorCritic.code_table` of the codebook the tokens index."""
+
+
 class ActorCritic(nn.Module):
     """REM's actor-critic on tokenizer codes: conv-conv-linear, LSTMCell, actor and critic heads.
 
@@ -75,6 +117,16 @@ class ActorCritic(nn.Module):
         >>> state = ac.observe_action(torch.tensor([0, 3]), out.state)
         >>> state.h.shape
         torch.Size([2, 64])
+
+        The same step from tokens of a codebook, through the first layer's table:
+
+        >>> codebook = torch.randn(10, 32)
+        >>> tokens = torch.randint(10, (2, 16))
+        >>> codes = codebook[tokens].reshape(2, 4, 4, 32).permute(0, 3, 1, 2)
+        >>> fast = ac(TokenCodes(tokens, ac.code_table(codebook)), ac.initial_state(2))
+        >>> slow = ac(codes, ac.initial_state(2))
+        >>> torch.allclose(fast.logits, slow.logits, atol=1e-5)
+        True
     """
 
     def __init__(
@@ -125,22 +177,79 @@ class ActorCritic(nn.Module):
             torch.zeros(shape, device=device, dtype=weight.dtype),
         )
 
-    def forward(self, codes: Tensor, state: LSTMState) -> ActorCriticOutput:
+    def code_table(self, codebook: Tensor) -> CodeTable:
+        """The first convolution applied to each code of ``codebook`` (V, E), per kernel offset.
+
+        Differentiable in this module's weights: made once per training step with gradient, it
+        serves every frame of the step's rollout (:class:`TokenCodes`). Make a new one after the
+        weights change; using an old one raises.
+
+        Raises:
+            ValueError: If ``codebook`` is not (V, E) with this module's E.
+        """
+        if codebook.ndim != 2 or codebook.shape[1] != self.embed_dim:
+            raise ValueError(
+                f"codebook must have shape (V, {self.embed_dim}), got {tuple(codebook.shape)}"
+            )
+        conv = self.encoder[0]
+        v, channels = codebook.shape[0], conv.out_channels
+        table = torch.einsum("oekl,ve->klvo", conv.weight, codebook.to(conv.weight))  # (3,3,V,C)
+        table = table.reshape(9, v, channels)
+        padding = table.new_zeros(9, 1, channels)  # the zero code outside the grid
+        rows = torch.cat([table, padding], dim=1).reshape(9 * (v + 1), channels)
+        return CodeTable(rows, v, conv.weight._version)
+
+    def _first_layer(self, codes: Tensor | TokenCodes) -> Tensor:
+        """(N, E, h, w) codes or :class:`TokenCodes` of (N, h*w) tokens -> (N, 128, h, w), the
+        first convolution's output (before its activation)."""
+        conv = self.encoder[0]
+        if not isinstance(codes, TokenCodes):
+            self._check_codes(codes)
+            return conv(codes)
+        tokens, table = codes
+        s = self.latent_size
+        if tokens.ndim != 2 or tokens.shape[1] != s * s:
+            raise ValueError(f"tokens must have shape (N, {s * s}), got {tuple(tokens.shape)}")
+        if table.weight_version != conv.weight._version:
+            raise ValueError(
+                "the code table was made before the first layer's weight last changed: make a "
+                "new one with code_table() after each update"
+            )
+        n, v = tokens.shape[0], table.vocab_size
+        grid = F.pad(tokens.long().reshape(n, s, s), (1, 1, 1, 1), value=v)  # (N, s+2, s+2)
+        index = torch.stack(  # (N, s, s, 9): each cell's nine neighbours, as table rows
+            [
+                grid[:, k : k + s, j : j + s] + (3 * k + j) * (v + 1)
+                for k in range(3)
+                for j in range(3)
+            ],
+            dim=-1,
+        )
+        cells = F.embedding_bag(index.reshape(-1, 9), table.rows, mode="sum")  # (N*s*s, C)
+        cells = cells.reshape(n, s, s, -1) + conv.bias
+        return cells.permute(0, 3, 1, 2)  # (N, C, s, s)
+
+    def _features(self, codes: Tensor | TokenCodes) -> Tensor:
+        """(N, hidden) encoder output of N frames' codes."""
+        return self.encoder[1:](self._first_layer(codes))
+
+    def forward(self, codes: Tensor | TokenCodes, state: LSTMState) -> ActorCriticOutput:
         """One observation step.
 
         Args:
             codes: (B, E, h, w) token codes of the current frames (``z_quantized`` of the
-                tokenizer when acting, ``to_codes(tokens)`` in imagination).
+                tokenizer when acting, ``to_codes(tokens)`` in imagination), or the frames'
+                :class:`TokenCodes` (tokens (B, h*w)).
             state: LSTM state before this observation.
 
         Returns:
             Policy logits, value and the new state.
 
         Raises:
-            ValueError: If ``codes`` does not have shape (B, E, h, w).
+            ValueError: If ``codes`` does not have shape (B, E, h, w), or the tokens (B, h*w),
+                or the table is older than the weights.
         """
-        self._check_codes(codes)
-        x = self.encoder(codes)  # (B, hidden)
+        x = self._features(codes)  # (B, hidden)
         h, c = self.lstm(x, (state.h, state.c))
         return ActorCriticOutput(self.actor(h), self.critic(h).squeeze(-1), LSTMState(h, c))
 
@@ -163,7 +272,8 @@ class ActorCritic(nn.Module):
         """Runs a (left-padded) segment of real frames under no_grad and returns the state.
 
         Args:
-            codes: (B, T, E, h, w) token codes of the burn-in frames.
+            codes: (B, T, E, h, w) token codes of the burn-in frames, or their
+                :class:`TokenCodes` (tokens (B, T, h*w)).
             actions: (B, T) actions executed after each frame (read only with
                 ``burn_in_actions``).
             mask: (B, T) bool, False for padding; masked steps leave the state unchanged.
@@ -178,18 +288,27 @@ class ActorCritic(nn.Module):
         Raises:
             ValueError: If the shapes disagree.
         """
-        if codes.ndim != 5:
-            raise ValueError(f"codes must have shape (B, T, E, h, w), got {tuple(codes.shape)}")
-        b, t = codes.shape[:2]
+        if isinstance(codes, TokenCodes):
+            if codes.tokens.ndim != 3:
+                raise ValueError(
+                    f"tokens must have shape (B, T, h*w), got {tuple(codes.tokens.shape)}"
+                )
+            b, t = codes.tokens.shape[:2]
+            frames: Tensor | TokenCodes = TokenCodes(codes.tokens.flatten(0, 1), codes.table)
+            device = codes.tokens.device
+        else:
+            if codes.ndim != 5:
+                raise ValueError(f"codes must have shape (B, T, E, h, w), got {tuple(codes.shape)}")
+            b, t = codes.shape[:2]
+            frames, device = codes.flatten(0, 1), codes.device
         if tuple(mask.shape) != (b, t) or tuple(actions.shape) != (b, t):
             raise ValueError(
                 f"mask and actions must have shape {(b, t)}, got {tuple(mask.shape)} and "
                 f"{tuple(actions.shape)}"
             )
-        self._check_codes(codes[:, 0])
         if state is None:
-            state = self.initial_state(b, device=codes.device)
-        x = self.encoder(codes.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, hidden), one pass
+            state = self.initial_state(b, device=device)
+        x = self._features(frames).unflatten(0, (b, t))  # (B, T, hidden), one pass
         for i in range(t):
             new = LSTMState(*self.lstm(x[:, i], (state.h, state.c)))
             if burn_in_actions:
