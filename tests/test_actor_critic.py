@@ -144,6 +144,8 @@ def test_a_code_table_is_refused_after_the_weights_change() -> None:
         ac.code_table(torch.randn(6, 5))
     with pytest.raises(ValueError, match="tokens must have shape"):
         ac(TokenCodes(tokens[:, :9], table), ac.initial_state(2))
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 6\)"):
+        ac(TokenCodes(tokens + 6, ac.code_table(codebook)), ac.initial_state(2))
     with pytest.raises(ValueError, match="tokens must have shape"):
         ac.burn_in(TokenCodes(tokens, table), tokens[:, :1], tokens[:, :1].bool())
 

@@ -65,7 +65,8 @@ class ActorCriticOutput(NamedTuple):
 
 class CodeTable(NamedTuple):
     """The actor-critic's first convolution applied to every code of a codebook, from
-    :meth:`ActorCritic.code_table`; valid until that layer's weight changes."""
+    :meth:`ActorCritic.code_table`; valid until that layer's weight (checked on use) or the
+    codebook (not checked) changes."""
 
     rows: Tensor
     """(9 * (V + 1), C) float: for kernel offset ``o`` (raster order over the 3x3 kernel) and
@@ -216,6 +217,13 @@ class ActorCritic(nn.Module):
                 "new one with code_table() after each update"
             )
         n, v = tokens.shape[0], table.vocab_size
+        # An id outside [0, V) would read another kernel offset's rows; checked where it costs
+        # no device sync (imagination's own tokens are always in range).
+        if tokens.device.type == "cpu" and bool(((tokens < 0) | (tokens >= v)).any()):
+            raise ValueError(
+                f"token ids must lie in [0, {v}), got range [{int(tokens.min())}, "
+                f"{int(tokens.max())}]"
+            )
         grid = F.pad(tokens.long().reshape(n, s, s), (1, 1, 1, 1), value=v)  # (N, s+2, s+2)
         index = torch.stack(  # (N, s, s, 9): each cell's nine neighbours, as table rows
             [
