@@ -142,6 +142,9 @@ def test_a_code_table_is_refused_after_the_weights_change() -> None:
     ac(TokenCodes(tokens, ac.code_table(codebook)), ac.initial_state(2))  # a new one serves
     with pytest.raises(ValueError, match="codebook must have shape"):
         ac.code_table(torch.randn(6, 5))
+    with torch.inference_mode():  # a module made there keeps no version counters
+        made_there = ActorCritic(num_actions=3, embed_dim=8, latent_size=4, hidden_size=16)
+        made_there(TokenCodes(tokens, made_there.code_table(codebook)), ac.initial_state(2))
     with pytest.raises(ValueError, match="tokens must have shape"):
         ac(TokenCodes(tokens[:, :9], table), ac.initial_state(2))
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 6\)"):

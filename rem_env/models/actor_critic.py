@@ -74,8 +74,9 @@ class CodeTable(NamedTuple):
     output cell's C channels; row ``o * (V + 1) + V`` is zero (the padding outside the grid)."""
     vocab_size: int
     """V, the codes of the codebook."""
-    weight_version: int
-    """The first layer weight's version counter when the table was made (checked on use)."""
+    weight_version: int | None
+    """The first layer weight's version counter when the table was made (checked on use; None
+    for a module made under ``torch.inference_mode``, whose tensors keep no counter)."""
 
 
 class TokenCodes(NamedTuple):
@@ -198,7 +199,7 @@ class ActorCritic(nn.Module):
         table = table.reshape(9, v, channels)
         padding = table.new_zeros(9, 1, channels)  # the zero code outside the grid
         rows = torch.cat([table, padding], dim=1).reshape(9 * (v + 1), channels)
-        return CodeTable(rows, v, conv.weight._version)
+        return CodeTable(rows, v, _version(conv.weight))
 
     def _first_layer(self, codes: Tensor | TokenCodes) -> Tensor:
         """(N, E, h, w) codes or :class:`TokenCodes` of (N, h*w) tokens -> (N, 128, h, w), the
@@ -211,7 +212,7 @@ class ActorCritic(nn.Module):
         s = self.latent_size
         if tokens.ndim != 2 or tokens.shape[1] != s * s:
             raise ValueError(f"tokens must have shape (N, {s * s}), got {tuple(tokens.shape)}")
-        if table.weight_version != conv.weight._version:
+        if table.weight_version != _version(conv.weight):
             raise ValueError(
                 "the code table was made before the first layer's weight last changed: make a "
                 "new one with code_table() after each update"
@@ -332,6 +333,11 @@ class ActorCritic(nn.Module):
                 f"codes must have shape (B, {', '.join(map(str, expected))}), "
                 f"got {tuple(codes.shape)}"
             )
+
+
+def _version(weight: Tensor) -> int | None:
+    """How often ``weight`` was changed in place (None for an inference tensor)."""
+    return None if weight.is_inference() else weight._version
 
 
 def sample_actions(
