@@ -72,8 +72,6 @@ class CodeTable(NamedTuple):
     """(9 * (V + 1), C) float: for kernel offset ``o`` (raster order over the 3x3 kernel) and
     token ``v``, row ``o * (V + 1) + v`` is what code ``v`` adds through that offset to an
     output cell's C channels; row ``o * (V + 1) + V`` is zero (the padding outside the grid)."""
-    vocab_size: int
-    """V, the codes of the codebook."""
     weight_version: int | None
     """The first layer weight's version counter when the table was made (checked on use; None
     for a module made under ``torch.inference_mode``, whose tensors keep no counter)."""
@@ -199,7 +197,7 @@ class ActorCritic(nn.Module):
         table = table.reshape(9, v, channels)
         padding = table.new_zeros(9, 1, channels)  # the zero code outside the grid
         rows = torch.cat([table, padding], dim=1).reshape(9 * (v + 1), channels)
-        return CodeTable(rows, v, _version(conv.weight))
+        return CodeTable(rows, _version(conv.weight))
 
     def _first_layer(self, codes: Tensor | TokenCodes) -> Tensor:
         """(N, E, h, w) codes or :class:`TokenCodes` of (N, h*w) tokens -> (N, 128, h, w), the
@@ -217,7 +215,7 @@ class ActorCritic(nn.Module):
                 "the code table was made before the first layer's weight last changed: make a "
                 "new one with code_table() after each update"
             )
-        n, v = tokens.shape[0], table.vocab_size
+        n, v = tokens.shape[0], table.rows.shape[0] // 9 - 1  # V codes, one padding row each
         # An id outside [0, V) would read another kernel offset's rows; checked where it costs
         # no device sync (imagination's own tokens are always in range).
         if tokens.device.type == "cpu" and bool(((tokens < 0) | (tokens >= v)).any()):
