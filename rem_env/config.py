@@ -37,6 +37,12 @@ class TokenizerConfig:
             (:class:`~rem_env.models.patch_tokenizer.PatchTokenizer`); its ``embed_dim`` is the
             patch's pixel count times ``in_channels`` (192 for 8x8 RGB patches), and
             ``base_channels`` and ``norm_groups`` are unused.
+        row_offset: Not in REM (0). A patch tokenizer's grid starts this many rows above the
+            frame: the frame is read moved down by ``row_offset`` rows (black above it), and
+            its bottom ``row_offset`` rows are not read and decode as black, so they must be
+            black in the game (Breakout's rows 60-63 of 64 are). It lets a row of patches end
+            where a game's objects do (Breakout's bricks end at row 28: offset 3). Only for
+            ``kind="patch"``, below ``patch_size``.
     """
 
     image_size: int = 64
@@ -47,12 +53,18 @@ class TokenizerConfig:
     embed_dim: int = 256
     norm_groups: int = 8
     kind: Literal["vqvae", "patch"] = "vqvae"
+    row_offset: int = 0
 
     def __post_init__(self) -> None:
         _require(
             self.kind in TOKENIZER_KINDS,
             "kind",
             f"must be one of {TOKENIZER_KINDS}, got {self.kind!r}",
+        )
+        _require(
+            self.row_offset == 0 or self.kind == "patch",
+            "row_offset",
+            f"only a patch tokenizer's grid can be moved (kind='patch'), got {self.row_offset}",
         )
         for name in ("image_size", "in_channels", "base_channels", "vocab_size", "embed_dim"):
             _require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
@@ -63,6 +75,11 @@ class TokenizerConfig:
             f"{self.image_size} is not divisible by 2**num_downsamples = {2**self.num_downsamples}",
         )
         if self.kind == "patch":
+            _require(
+                0 <= self.row_offset < self.patch_size,
+                "row_offset",
+                f"must lie in [0, patch_size = {self.patch_size}), got {self.row_offset}",
+            )
             pixels = self.in_channels * self.patch_size**2
             _require(
                 self.embed_dim == pixels,

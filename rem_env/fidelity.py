@@ -49,6 +49,7 @@ from PIL import Image, ImageDraw
 
 from rem_env.agents import Agent
 from rem_env.model import REMModel
+from rem_env.models.patch_tokenizer import shift_rows
 from rem_env.probes import CLOSE_PIXELS, NEAR_PIXELS, ObjectProbe, probes_for
 from rem_env.rules import REWARD_RULES
 
@@ -498,7 +499,8 @@ class TokenFlips:
     """Counts how often a tokenizer changes the token of a patch whose pixels did not move.
 
     A patch moved when any of its pixels changed by more than :data:`MOTION_THRESHOLD` between
-    consecutive real frames. Tokens are in raster order over a square grid of patches.
+    consecutive real frames. Tokens are in raster order over a square grid of patches that
+    starts ``row_offset`` rows above the frame (a patch tokenizer's ``row_offset``).
 
     Example:
         >>> import torch
@@ -511,6 +513,7 @@ class TokenFlips:
         (0.3333333333333333, 0.25)
     """
 
+    row_offset: int = 0
     still: int = 0
     still_flipped: int = 0
     moving: int = 0
@@ -524,6 +527,7 @@ class TokenFlips:
         if side * side != k or real.shape[-1] % side or real.shape[-2] % side:
             raise ValueError(f"{k} tokens do not tile {tuple(real.shape[-2:])} frames")
         moved = (real - previous).abs().amax(dim=1) > MOTION_THRESHOLD  # (N, H, W)
+        moved = shift_rows(moved, self.row_offset, fill=False)  # rows of the token grid
         ph, pw = real.shape[-2] // side, real.shape[-1] // side
         patch_moved = moved.view(n, side, ph, side, pw).amax(dim=(2, 4)).reshape(n, k)  # (N, K)
         flipped = tokens != before
@@ -932,7 +936,7 @@ def _reconstruction_scores(
     device = model.start_tokens.device
     total, frames_seen = 0.0, 0
     motion = _MotionError()
-    flips = TokenFlips()
+    flips = TokenFlips(row_offset=model.config.tokenizer.row_offset)
     objects = {probe.name: ObjectCounts() for probe in probes}
     for traj in trajectories:
         last_tokens = None  # (1, K) tokens of the previous batch's last frame

@@ -65,6 +65,11 @@ def render_model_card(
     tokenizer = "VQ-VAE tokenizer"
     if config.tokenizer.kind == "patch":
         tokenizer = f"a tokenizer of fixed {side}x{side} patches fitted by k-means (not in REM)"
+        if config.tokenizer.row_offset:
+            tokenizer = (
+                f"a tokenizer of fixed {side}x{side} patches fitted by k-means on a grid "
+                f"{config.tokenizer.row_offset} rows above the frame (not in REM)"
+            )
     parts = _parts_not_in_rem(config.world_model)
     lines += [
         f"A token-based world model ({tokenizer} + RetNet with Parallel Observation "

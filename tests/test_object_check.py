@@ -17,7 +17,14 @@ from rem_env.atari import make_atari_env
 from rem_env.models.world_model import WorldModelOutput
 from rem_env.probes import SCRIPTED_PLAYERS, BreakoutBallProbe, ProbeHits
 from rem_train.config import TrainConfig
-from rem_train.object_check import ObjectCheck, _extrapolated, _steady, check_objects, main
+from rem_train.object_check import (
+    ObjectCheck,
+    _extrapolated,
+    _patch_of,
+    _steady,
+    check_objects,
+    main,
+)
 from rem_train.replay import ReplayBuffer
 from rem_train.trainer import Trainer
 
@@ -213,3 +220,11 @@ def test_the_rule_carries_the_object_on_by_its_last_step() -> None:
     chosen = np.zeros((2, 5), dtype=bool)
     chosen[0, 3:] = chosen[1, 3] = True
     assert _extrapolated(hits, chosen).tolist() == [True, False, False]
+
+
+def test_the_balls_patch_is_read_on_the_tokenizers_grid() -> None:
+    """A ball at row 29.5 is in the fourth row of 8x8 patches; on a grid 3 rows above the
+    frame (a patch tokenizer's row_offset) in the fifth."""
+    positions = np.array([[29.5, 10.0], [63.0, 63.0]])
+    assert _patch_of(positions, 8, 8, 0).tolist() == [3 * 8 + 1, 63]
+    assert _patch_of(positions, 8, 8, 3).tolist() == [4 * 8 + 1, 63]  # the last row: clipped

@@ -18,7 +18,7 @@ from rem_env.fidelity import to_pixels
 from rem_env.models import PatchTokenizer, Tokenizer, build_tokenizer
 from rem_train.config import NEVER, TrainConfig
 from rem_train.fit_patch_tokenizer import FitConfig, fit, fit_patches, frame_patches
-from rem_train.pretrain_tokenizer import PretrainConfig, pretrain
+from rem_train.pretrain_tokenizer import FrameSet, PretrainConfig, pretrain
 from rem_train.trainer import Trainer
 
 TINY = TokenizerConfig(image_size=16, num_downsamples=2, vocab_size=16, embed_dim=48, kind="patch")
@@ -172,3 +172,59 @@ def test_a_fit_on_real_frames_exports_a_model_rem_train_starts_from(tmp_path: Pa
         trainer.close()
     with pytest.raises(ValueError, match="fitted, not trained"):
         pretrain(PretrainConfig(frames=8, held_out=4, steps=1), tmp_path / "pre", str(export))
+
+
+TINY_MOVED = dataclasses.replace(TINY, row_offset=1)
+
+
+def test_a_grid_above_the_frame_reads_the_frame_moved_down() -> None:
+    """With row_offset 1 the tokens are those of the frame moved down a row (black on top);
+    decoding moves the patches back up, so a frame whose bottom row is black comes back."""
+    frame = torch.rand(3, 16, 16)
+    frame[:, -1] = 0.0  # the row the grid drops
+    moved = torch.cat([torch.zeros(3, 1, 16), frame[:, :-1]], dim=1)  # (3, 16, 16)
+    plain = _exact(moved)
+    tok = PatchTokenizer(TINY_MOVED)
+    tok.load_state_dict(plain.state_dict())
+    out = tok.encode(frame[None])
+    assert out.tokens.tolist() == [list(range(16))]
+    assert torch.allclose(tok.decode_tokens(out.tokens)[0], frame, atol=1e-6)
+    assert torch.allclose(plain.decode_tokens(out.tokens)[0], moved, atol=1e-6)
+
+
+def test_the_row_offset_is_a_patch_grids_and_below_a_patch() -> None:
+    with pytest.raises(ValueError, match="'row_offset': must lie in \\[0, patch_size = 4\\)"):
+        dataclasses.replace(TINY, row_offset=4)
+    with pytest.raises(ValueError, match="only a patch tokenizer's grid"):
+        TokenizerConfig(row_offset=1)
+    with pytest.raises(ValueError, match="row_offset must lie in \\[0, 8\\)"):
+        FitConfig(row_offset=8)
+
+
+def test_frame_patches_with_a_row_offset_cut_the_moved_frames() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    frames[:, -2:] = 0
+    moved = np.concatenate([np.zeros((2, 2, 16, 3), np.uint8), frames[:, :-2]], axis=1)
+    assert np.array_equal(frame_patches(frames, 4, 2), frame_patches(moved, 4))
+    frames[1, -1, 5, 0] = 1  # a lit pixel in the rows such a grid drops
+    with pytest.raises(ValueError, match="not black in 1 of 2 frames"):
+        frame_patches(frames, 4, 2)
+
+
+def test_a_fit_with_a_row_offset_exports_a_model_of_that_grid(tmp_path: Path) -> None:
+    config = FitConfig(frames=200, held_out=32, iterations=2, row_offset=3)
+    model = REMModel.from_pretrained(fit(config, tmp_path / "fit", command="test"))
+    assert model.config.tokenizer.row_offset == 3
+    frames = torch.from_numpy(FrameSet.load(tmp_path / "fit" / "frames.npz").frames[:8])
+    frames = frames.permute(0, 3, 1, 2).float() / 255.0  # (8, 3, 64, 64)
+    rebuilt = model.decode(model.encode(frames))
+    assert (rebuilt - frames).abs().mean() < 0.02  # the grid's codes, moved back in place
+    run = dataclasses.replace(
+        TrainConfig.from_preset("breakout", "Breakout"), model="patch", patch_row_offset=3
+    )
+    assert run.model_config().tokenizer == model.config.tokenizer
+    model.save_pretrained(tmp_path / "m")
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "fitted by k-means on a grid 3 rows above the frame (not in REM)" in card
+    with pytest.raises(ValueError, match="patch_row_offset moves a patch tokenizer's grid"):
+        dataclasses.replace(run, model="cpu")

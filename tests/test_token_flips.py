@@ -24,6 +24,19 @@ def test_counts_still_and_moving_patches() -> None:
     assert flips.moving_share() == pytest.approx(2 / 8)
 
 
+def test_patches_are_read_on_a_grid_above_the_frame() -> None:
+    """With the grid 2 rows above the frame, the frame's row 7 is the grid's row 9: the bottom
+    half's patches, where the frame's own grid has it in the top half."""
+    frames = torch.zeros(2, 3, 16, 16)
+    frames[1, :, 7, 3] = 0.5
+    tokens = torch.tensor([[0, 1, 2, 3], [5, 1, 2, 3]])  # token 0 changed
+    plain, moved = TokenFlips(), TokenFlips(row_offset=2)
+    for flips in (plain, moved):
+        flips.add(tokens[1:], tokens[:-1], frames[1:], frames[:1])
+    assert (plain.still, plain.still_flipped, plain.moving) == (3, 0, 1)  # patch 0 moved
+    assert (moved.still, moved.still_flipped, moved.moving) == (3, 1, 1)  # patch 2 moved
+
+
 def test_small_changes_are_not_motion() -> None:
     frames = torch.zeros(2, 3, 16, 16)
     frames[1] += 4 / 255  # below the motion threshold everywhere

@@ -593,3 +593,20 @@ def test_dreamed_frames_of_n_passes_begin_with_a_dream_of_n_steps() -> None:
     assert torch.equal(five, dream)  # as many passes as predicted frames: the whole dream
     with pytest.raises(ValueError, match="steps must be >= 1"):
         dreamed_frames(wm, tokens, actions, mask, codebook, 2, steps=0)
+
+
+def test_moved_patches_are_read_on_a_grid_above_the_frame() -> None:
+    """A patch tokenizer's grid 1 row above the frame: a pixel in the frame's row 3 is in the
+    grid's row 4, the second row of 4x4 patches, where the frame's own grid has it in the first."""
+    obs = torch.zeros(1, 2, 16, 16, 3, dtype=torch.uint8)
+    obs[0, 1, 3, 0] = 255
+    rows = [
+        moving_patch_weights(obs, 4, 9.0, row_offset=offset)[0, 1].view(4, 4)[:, 0].tolist()
+        for offset in (0, 1)
+    ]
+    assert rows == [[10.0, 10.0, 1.0, 1.0], [10.0, 10.0, 10.0, 1.0]]  # with 3x3 neighbours
+    real = torch.zeros(1, 2, 16, dtype=torch.long)
+    dreamed = real.clone()
+    dreamed[0, 1, 0] = 1  # the top-left token differs: the pixel's patch on the frame's grid
+    assert matching_blocks(dreamed, real, obs, 4).tolist() == [[True, False]]
+    assert matching_blocks(dreamed, real, obs, 4, row_offset=1).tolist() == [[True, True]]

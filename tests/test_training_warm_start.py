@@ -17,11 +17,16 @@ from rem_env.models.actor_critic import ActorCritic
 from rem_train.cli import build_config, parser
 from rem_train.cli import main as rem_train
 from rem_train.collect import Collector
-from rem_train.config import TrainConfig
+from rem_train.config import NEVER, TrainConfig
 from rem_train.model_report import training_section
 from rem_train.replay import ReplayBuffer
 from rem_train.trainer import Trainer
-from rem_train.warm_start import WarmStartError, architecture_options, parse_parts
+from rem_train.warm_start import (
+    WarmStartError,
+    architecture_options,
+    parse_parts,
+    read_warm_start,
+)
 
 
 def _config(init_from: str | None, parts: str = "all", preset: str = "smoke") -> TrainConfig:
@@ -484,3 +489,34 @@ def test_architecture_options_build_a_run_of_the_models_shape(folder: Path) -> N
     built = build_config(vars(parser().parse_args(argv))).model_config().to_dict()
     assert built["tokenizer"] == saved["tokenizer"]
     assert built["world_model"] == saved["world_model"]
+
+
+def test_a_patch_grid_that_starts_elsewhere_is_a_clear_error(tmp_path: Path) -> None:
+    """The same tensors on a grid moved by another row offset mean other pixels: refused, with
+    the option that builds the source's grid, which architecture_options gives too."""
+    base = _config(None)
+    tokenizer = dataclasses.replace(base.tokenizer, start_after_epoch=NEVER)
+    base = dataclasses.replace(base, model="patch", tokenizer=tokenizer)
+    moved = dataclasses.replace(base, patch_row_offset=3)
+    model = REMModel(moved.model_config(), num_start_contexts=2)
+    model.save_pretrained(tmp_path / "source")
+    raw = json.loads((tmp_path / "source" / "config.json").read_text())
+    assert architecture_options(raw)[:4] == ["--model", "patch", "--patch-row-offset", "3"]
+    common = dataclasses.replace(base.common, init_from=str(tmp_path / "source"))
+    for parts in ("tokenizer", "tokenizer,world_model"):
+        run = dataclasses.replace(base, common=dataclasses.replace(common, init_parts=parts))
+        with pytest.raises(WarmStartError, match="set --patch-row-offset 3"):
+            Trainer(run, tmp_path / "run")
+        assert not (tmp_path / "run").exists()
+    run = dataclasses.replace(moved, common=dataclasses.replace(common, init_parts="tokenizer"))
+    trainer = Trainer(run, tmp_path / "run")
+    assert trainer.model.config.tokenizer.row_offset == 3
+    assert torch.equal(trainer.model.tokenizer.codebook, model.tokenizer.codebook)
+    trainer._save(keep_numbered=False)
+    trainer.close()
+    # a run's checkpoint carries its grid in the run's config
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    assert read_warm_start(checkpoint).row_offset == 3
+    common = dataclasses.replace(common, init_from=str(tmp_path / "run"), init_parts="tokenizer")
+    with pytest.raises(WarmStartError, match="set --patch-row-offset 3"):
+        Trainer(dataclasses.replace(base, common=common), tmp_path / "again")

@@ -267,6 +267,11 @@ class TrainConfig:
         "model sizes: paper, cpu (narrow, 2 layers), cpu512 (cpu, 512 codes), patch (not in "
         "REM: cpu on 512 fixed 8x8 patches, python -m rem_train.fit_patch_tokenizer), smoke",
     )
+    patch_row_offset: int = doc(
+        0,
+        "not in REM: rows the patch tokenizer's grid starts above the frame (--model patch; "
+        "the fitted tokenizer's own, python -m rem_train.fit_patch_tokenizer --row-offset)",
+    )
     world_model_layers: int | None = doc(
         None,
         "RetNet layers of the world model (None: the model sizes' own, 2 for cpu and cpu512, 5 "
@@ -426,6 +431,11 @@ class TrainConfig:
                 "world_model_frame_conv_completion reads the frame conv's features: set "
                 "world_model_frame_conv (--world-model-frame-conv N) too"
             )
+        if self.patch_row_offset and self.model != "patch":
+            raise ValueError(
+                "patch_row_offset moves a patch tokenizer's grid: set model to 'patch' "
+                f"(--model patch), got {self.model!r}"
+            )
         if self.world_model_frame_conv_pixels and self.model != "patch":
             raise ValueError(
                 "world_model_frame_conv_pixels reads the pixels of a patch tokenizer's codes: "
@@ -527,6 +537,7 @@ class TrainConfig:
             config = REMConfig.preset("paper", num_actions=self.num_actions, game=self.game)
         else:
             tokenizer, world_model = _MODEL_SIZES[self.model]
+            tokenizer = dataclasses.replace(tokenizer, row_offset=self.patch_row_offset)
             config = REMConfig(self.num_actions, tokenizer, world_model, game=self.game)
         world_model = config.world_model
         if self.world_model_layers is not None:

@@ -36,7 +36,8 @@ import torch
 
 from rem_env import REMModel
 from rem_env.config import TokenizerConfig
-from rem_train.config import TrainConfig
+from rem_env.models.patch_tokenizer import shift_rows
+from rem_train.config import PATCH_TOKENIZER, TrainConfig
 from rem_train.config_options import add_config_options
 from rem_train.export import START_CONTEXTS, play_start_contexts
 from rem_train.pretrain_tokenizer import FrameSet, collect_frames, reconstruction_report
@@ -65,6 +66,10 @@ class FitConfig:
     """A distinct patch weighs its count to this power (1: every patch of every frame counts)."""
     seed: int = 0
     """Seed of the games played and of the k-means start."""
+    row_offset: int = 0
+    """Rows the patch grid starts above the frame (0-7; the frames' bottom rows that many must be
+    black). Breakout: 3 ends a row of patches where the bricks end, so that a ball below them
+    has a patch of its own (and the paddle's patch starts 4 rows above the paddle)."""
 
     def __post_init__(self) -> None:
         for name in ("frames", "held_out", "vocab_size", "iterations"):
@@ -74,14 +79,29 @@ class FitConfig:
             raise ValueError(f"scripted_share must lie in [0, 1], got {self.scripted_share}")
         if not 0.0 <= self.count_power <= 1.0:
             raise ValueError(f"count_power must lie in [0, 1], got {self.count_power}")
+        side = PATCH_TOKENIZER.patch_size
+        if not 0 <= self.row_offset < side:
+            raise ValueError(f"row_offset must lie in [0, {side}), got {self.row_offset}")
 
 
-def frame_patches(frames: np.ndarray, patch_size: int) -> np.ndarray:
+def frame_patches(frames: np.ndarray, patch_size: int, row_offset: int = 0) -> np.ndarray:
     """Cuts (N, H, W, C) frames into (N * (H/p) * (W/p), C * p * p) patches, raster order,
     each patch channel-major as :class:`~rem_env.models.patch_tokenizer.PatchTokenizer` reads
-    them."""
+    them (with ``row_offset``, from the frames moved down by that many rows, black above).
+
+    Raises:
+        ValueError: If the bottom ``row_offset`` rows, which such a grid drops, are not black.
+    """
     n, h, w, c = frames.shape
     p = patch_size
+    if row_offset:
+        lit = int(frames[:, h - row_offset :].any(axis=(1, 2, 3)).sum())
+        if lit:
+            raise ValueError(
+                f"a grid {row_offset} rows above the frame drops its bottom {row_offset} rows, "
+                f"but they are not black in {lit} of {n} frames: choose a smaller row offset"
+            )
+        frames = shift_rows(torch.from_numpy(frames), row_offset, dim=1).numpy()
     grid = frames.reshape(n, h // p, p, w // p, p, c)  # (N, h, p, w, p, C)
     grid = grid.transpose(0, 1, 3, 5, 2, 4)  # (N, h, w, C, p, p)
     return grid.reshape(-1, c * p * p)
@@ -190,9 +210,11 @@ def fit(config: FitConfig, out: Path, command: str = "rem_train.fit_patch_tokeni
 
     run = dataclasses.replace(TrainConfig.from_preset("breakout", config.game), model="patch")
     model_config = run.model_config()
-    tok = dataclasses.replace(model_config.tokenizer, vocab_size=config.vocab_size)
+    tok = dataclasses.replace(
+        model_config.tokenizer, vocab_size=config.vocab_size, row_offset=config.row_offset
+    )
     model = REMModel(dataclasses.replace(model_config, tokenizer=tok))
-    distinct, counts = distinct_patches(frame_patches(train, tok.patch_size))
+    distinct, counts = distinct_patches(frame_patches(train, tok.patch_size, tok.row_offset))
     centres = fit_patches(
         distinct,
         counts,

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rem_env.models.patch_tokenizer import shift_rows
 from rem_env.models.sampling import sample_categorical
 from rem_env.models.tokenizer import TokenizerReconstruction
 from rem_env.models.world_model import WorldModel, WorldModelOutput
@@ -100,7 +101,12 @@ last frame before it."""
 
 
 def moving_patch_weights(
-    obs: Tensor, latent_size: int, weight: float, threshold: int = 8, moving_from: str = "target"
+    obs: Tensor,
+    latent_size: int,
+    weight: float,
+    threshold: int = 8,
+    moving_from: str = "target",
+    row_offset: int = 0,
 ) -> Tensor:
     """(B, T, K) token weights: ``1 + weight`` on patches that moved, 1 elsewhere.
 
@@ -127,6 +133,8 @@ def moving_patch_weights(
         weight: Extra weight of the moved patches (0: every token weighs 1).
         threshold: Change of a channel, in grey levels, that counts as movement.
         moving_from: ``"target"`` or ``"context"`` (see above).
+        row_offset: Rows the token grid starts above the frame (a patch tokenizer's
+            ``row_offset``).
 
     Raises:
         ValueError: If ``moving_from`` is neither.
@@ -142,7 +150,8 @@ def moving_patch_weights(
     if moving_from not in MOVING_FROM:
         raise ValueError(f"moving_from must be one of {MOVING_FROM}, got {moving_from!r}")
     b, t = obs.shape[:2]
-    patches = _changed_patches(obs, latent_size, threshold).flatten(0, 1)  # (B*(T-1), s, s)
+    changed = _changed_patches(obs, latent_size, threshold, row_offset)  # (B, T-1, s, s)
+    patches = changed.flatten(0, 1)  # (B*(T-1), s, s)
     moved = F.max_pool2d(patches[:, None].float(), kernel_size=3, stride=1, padding=1) > 0
     moved = moved.view(b, t - 1, -1).float()  # (B, T-1, K): block t+1 against block t
     weights = torch.ones(b, t, latent_size**2, device=obs.device)
@@ -153,12 +162,14 @@ def moving_patch_weights(
     return weights
 
 
-def _changed_patches(obs: Tensor, latent_size: int, threshold: int) -> Tensor:
-    """(B, T-1, s, s) bool: patches of blocks 1.. with a pixel changed since the block before."""
+def _changed_patches(obs: Tensor, latent_size: int, threshold: int, row_offset: int = 0) -> Tensor:
+    """(B, T-1, s, s) bool: patches of blocks 1.. with a pixel changed since the block before
+    (the grid starting ``row_offset`` rows above the frame)."""
     b, t, h, w, _ = obs.shape
     if h % latent_size or w % latent_size:
         raise ValueError(f"frames of {h}x{w} do not split into {latent_size}x{latent_size} patches")
     changed = (obs[:, 1:].short() - obs[:, :-1].short()).abs().amax(-1) > threshold  # (B,T-1,H,W)
+    changed = shift_rows(changed, row_offset, fill=False)  # rows of the token grid
     patches = F.max_pool2d(
         changed.flatten(0, 1)[:, None].float(), kernel_size=(h // latent_size, w // latent_size)
     )  # (B*(T-1), 1, s, s)
@@ -172,6 +183,7 @@ def matching_blocks(
     latent_size: int,
     share: float = 1.0,
     threshold: int = 8,
+    row_offset: int = 0,
 ) -> Tensor:
     """(B, T) True where a dreamed frame has the real tokens at the patches that moved.
 
@@ -189,6 +201,8 @@ def matching_blocks(
         latent_size: Patches per side (K = latent_size ** 2).
         share: Share of the moved patches that must have the real tokens, in (0, 1].
         threshold: Change of a channel, in grey levels, that counts as movement.
+        row_offset: Rows the token grid starts above the frame (a patch tokenizer's
+            ``row_offset``).
 
     Example:
         >>> obs = torch.zeros(1, 2, 8, 8, 3, dtype=torch.uint8)
@@ -212,7 +226,8 @@ def matching_blocks(
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share must lie in (0, 1], got {share}")
     moved = torch.ones(obs_tokens.shape, dtype=torch.bool, device=obs_tokens.device)
-    moved[:, 1:] = _changed_patches(obs, latent_size, threshold).flatten(2)  # (B, T-1, K)
+    changed = _changed_patches(obs, latent_size, threshold, row_offset)  # (B, T-1, s, s)
+    moved[:, 1:] = changed.flatten(2)  # (B, T-1, K)
     right = ((dreamed_tokens == obs_tokens) & moved).sum(-1)  # (B, T)
     return right >= share * moved.sum(-1)
 

@@ -157,6 +157,7 @@ def check_objects(
     nll = dict.fromkeys(counts, 0.0)
     side = model.config.tokenizer.latent_size  # tokens per row of the grid
     patch = model.config.tokenizer.image_size // side  # pixels per patch side
+    row_offset = model.config.tokenizer.row_offset
     for first in range(0, segments, batch_size):
         rows = min(batch_size, segments - first)
         batch = replay.sample_segments(rows, length, rng, pad="right").to_torch(device)
@@ -187,9 +188,7 @@ def check_objects(
             band = np.digitize(seen.positions[:, 0] * 64 / frames.shape[-2], ROW_EDGES)  # (N,)
             for column, hit in enumerate((seen.found, near[0], near[1], anywhere)):
                 np.add.at(by_band[probe.name][:, column], band[hit], 1)
-            grid = np.floor(seen.positions[seen.found]) // patch  # (n, 2) patch row, column
-            grid = np.clip(grid, 0, side - 1).astype(np.int64)
-            where = torch.as_tensor(grid[:, 0] * side + grid[:, 1])  # (n,) raster index
+            where = torch.as_tensor(_patch_of(seen.positions[seen.found], patch, side, row_offset))
             index = torch.as_tensor(np.flatnonzero(seen.found))
             at = log_p[index, where]  # (n, V): the object's patch in each frame
             real_token = truth[index, where]
@@ -207,6 +206,15 @@ def check_objects(
                 _extrapolated(in_segments, chosen).sum(),
             ]
     return {name: _check(c, nll[name], by_band[name]) for name, c in counts.items()}
+
+
+def _patch_of(positions: np.ndarray, patch: int, side: int, row_offset: int) -> np.ndarray:
+    """(n,) raster index of the patch holding each of (n, 2) ``(row, column)`` frame positions,
+    on a grid of ``side`` x ``side`` patches of ``patch`` pixels that starts ``row_offset`` rows
+    above the frame (a patch tokenizer's ``row_offset``)."""
+    grid = np.floor(positions + np.array([row_offset, 0])) // patch  # (n, 2) patch row, column
+    grid = np.clip(grid, 0, side - 1).astype(np.int64)
+    return grid[:, 0] * side + grid[:, 1]
 
 
 def _near(hits: ProbeHits, seen: ProbeHits, pixels: float = NEAR_PIXELS) -> np.ndarray:

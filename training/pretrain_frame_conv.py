@@ -266,6 +266,7 @@ def gather(
     """
     rng = np.random.default_rng(seed)
     side = model.config.tokenizer.latent_size
+    row_offset = model.config.tokenizer.row_offset
     # Filled in place: many small tensors kept between the tokenizer's large temporaries
     # fragment the heap (measured: ~8x the triples' own size, 9 GB for 30,000 segments).
     most = count * (SEGMENT - 2)
@@ -301,7 +302,9 @@ def gather(
             obs = torch.as_tensor(np.asarray(batch.obs))  # (n, T, H, W, C)
             codes = model.tokenizer.encode(frames_to_tensor(obs.flatten(0, 1))).tokens
             codes = codes.unflatten(0, (n, SEGMENT))  # (n, T, K)
-            moved = moving_patch_weights(obs, side, moving_weight, moving_from=moving_from)
+            moved = moving_patch_weights(
+                obs, side, moving_weight, moving_from=moving_from, row_offset=row_offset
+            )
             real = torch.as_tensor(np.asarray(batch.mask))  # (n, T): padding at an end
             codes = torch.where(real[..., None], codes, -1)  # a frame not in the segment: -1
             # Frame t-j of step t is column t - j + F of the frames padded with F missing ones.

@@ -471,9 +471,14 @@ class Trainer:
                     frames_of=self.model.segment_frames,
                 )  # (B, T, K)
             if dreamed is not None and cfg.dreamed_heads_match > 0:  # blocks the heads learn on
-                latent = self.model.config.tokenizer.latent_size
+                tok = self.model.config.tokenizer
                 counted = matching_blocks(
-                    dreamed, tokens, batch.obs, latent, cfg.dreamed_heads_match
+                    dreamed,
+                    tokens,
+                    batch.obs,
+                    tok.latent_size,
+                    cfg.dreamed_heads_match,
+                    row_offset=tok.row_offset,
                 )  # (B, T)
             loss_fn = functools.partial(
                 self._wm_loss, tokens, batch, codebook, context, dreamed, counted
@@ -617,9 +622,13 @@ class Trainer:
             dreamed = WorldModelOutput(*(x[b:] for x in both))
         weights = None
         if cfg.moving_weight > 0:
-            latent = self.model.config.tokenizer.latent_size
+            tok = self.model.config.tokenizer
             weights = moving_patch_weights(
-                batch.obs, latent, cfg.moving_weight, moving_from=cfg.moving_from
+                batch.obs,
+                tok.latent_size,
+                cfg.moving_weight,
+                moving_from=cfg.moving_from,
+                row_offset=tok.row_offset,
             )
         return world_model_loss(
             output, tokens, batch.rewards, batch.ends, batch.mask, context, weights,

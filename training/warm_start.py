@@ -115,6 +115,8 @@ def architecture_options(config: dict[str, Any]) -> list[str]:
     full = REMConfig.from_dict(config).to_dict()  # older files leave defaults out
     world_model, tokenizer = full["world_model"], full["tokenizer"]
     options = ["--model", "patch"] if tokenizer["kind"] == "patch" else []
+    if tokenizer["row_offset"]:
+        options += ["--patch-row-offset", flag(tokenizer["row_offset"])]
     options += ["--world-model-layers", flag(world_model["num_layers"])]
     if world_model["frame_conv_layers"]:
         options += ["--world-model-frame-conv", flag(world_model["frame_conv_layers"])]
@@ -143,11 +145,14 @@ class WarmStart:
             :class:`rem_env.REMModel`'s submodules; ``world_model`` also carries the start
             contexts ``start_tokens`` / ``start_actions``).
         lineage: The source's own training record and the runs it came from, oldest first.
+        row_offset: Rows its patch tokenizer's grid starts above the frame (None: not known,
+            a checkpoint outside its run folder).
     """
 
     source: str
     states: dict[str, dict[str, Tensor]]
     lineage: list[dict[str, Any]] = field(default_factory=list)
+    row_offset: int | None = None
 
 
 def parse_parts(text: str) -> tuple[str, ...]:
@@ -209,7 +214,7 @@ def read_warm_start(source: str | os.PathLike[str]) -> WarmStart:
             states["actor_critic"] = saved.modules["actor_critic"]
         lineage = lineage_of(path if path.is_dir() else None)
         record = {"source": text, "kind": "checkpoint", "epoch": saved.epoch}
-        return WarmStart(text, states, [*lineage, record])
+        return WarmStart(text, states, [*lineage, record], _run_row_offset(checkpoint))
 
     from rem_env.actor_critic_files import ACTOR_CRITIC_WEIGHTS, actor_critic_file
     from rem_env.hub import ModelLoadError, load_pretrained
@@ -226,7 +231,23 @@ def read_warm_start(source: str | os.PathLike[str]) -> WarmStart:
 
         states["actor_critic"] = load_file(str(folder / ACTOR_CRITIC_WEIGHTS))  # type: ignore[operator]
     record = {"source": text, "kind": "model folder" if folder else "Hub repo"}
-    return WarmStart(text, states, [*lineage_of(folder), record])
+    lineage = [*lineage_of(folder), record]
+    return WarmStart(text, states, lineage, model.config.tokenizer.row_offset)
+
+
+def _run_row_offset(checkpoint: Path) -> int | None:
+    """The patch grid's row offset of the run a checkpoint (RUN/checkpoints/*.safetensors) is
+    from, read from the run's config (None where there is none)."""
+    from rem_train.checkpoint import CONFIG_FILE
+    from rem_train.config import TrainConfig  # it imports this module
+
+    config = checkpoint.parent.parent / CONFIG_FILE
+    if not config.is_file():
+        return None
+    try:
+        return TrainConfig.from_dict(json.loads(config.read_text())).patch_row_offset
+    except (ValueError, TypeError):  # not a run's config: not known
+        return None
 
 
 def export_with_lineage(
@@ -299,6 +320,13 @@ def apply_warm_start(
     problems: list[str] = []
     notes: list[str] = []
     added: dict[str, Tensor] = {}
+    ours = modules["world_model"].config.tokenizer.row_offset  # type: ignore[union-attr]
+    grid_parts = {"tokenizer", "world_model"} & set(parts)
+    if grid_parts and warm.row_offset is not None and warm.row_offset != ours:
+        problems.append(
+            f"the source's patch grid starts {warm.row_offset} rows above the frame, this "
+            f"run's {ours} (set --patch-row-offset {warm.row_offset})"
+        )
     for part in parts:
         if part not in warm.states:
             raise WarmStartError(

@@ -16,7 +16,33 @@ from torch import Tensor, nn
 from rem_env.config import TokenizerConfig
 from rem_env.models.tokenizer import FrameTokenizer, TokenizerOutput
 
-__all__ = ["PatchTokenizer"]
+__all__ = ["PatchTokenizer", "shift_rows"]
+
+
+def shift_rows(x: Tensor, rows: int, dim: int = -2, fill: float = 0.0) -> Tensor:
+    """``x`` moved ``rows`` along ``dim``: down for ``rows > 0``, up for ``rows < 0``.
+
+    What moves past the end is dropped; what is left empty is ``fill``. A patch tokenizer with
+    ``row_offset`` reads its frames moved down by it, so every pixel-to-patch map (which
+    patches moved, which patch holds the ball) moves the frames the same way.
+
+    Example:
+        >>> import torch
+        >>> shift_rows(torch.arange(4.0), 1, dim=0).tolist()
+        [0.0, 0.0, 1.0, 2.0]
+        >>> shift_rows(torch.arange(4.0), -1, dim=0, fill=-1.0).tolist()
+        [1.0, 2.0, 3.0, -1.0]
+    """
+    if rows == 0:
+        return x
+    size = x.shape[dim]
+    if abs(rows) > size:
+        raise ValueError(f"cannot move {size} rows by {rows}")
+    kept = x.narrow(dim, 0, size - rows) if rows > 0 else x.narrow(dim, -rows, size + rows)
+    empty = list(x.shape)
+    empty[dim] = abs(rows)
+    blank = x.new_full(empty, fill)
+    return torch.cat([blank, kept] if rows > 0 else [kept, blank], dim=dim)
 
 
 class PatchTokenizer(FrameTokenizer):
@@ -25,7 +51,9 @@ class PatchTokenizer(FrameTokenizer):
     A frame of (C, H, W) is cut into (H / p) x (W / p) patches of p = ``config.patch_size``
     pixels square; each one's token is the codebook row (its C * p * p pixels in [-1, 1],
     channel-major) nearest to it in L2. Decoding lays the rows of the tokens side by side. Tokens
-    are int64 of shape (B, h*w) in raster (h-major) order, as :class:`Tokenizer`'s. The
+    are int64 of shape (B, h*w) in raster (h-major) order, as :class:`Tokenizer`'s. With
+    ``config.row_offset`` r the grid starts r rows above the frame: the frame is read moved
+    down by r rows (black above), and decoding moves the patches back up (black below). The
     codebook is a parameter only so that it saves, loads and moves like any weight; nothing
     trains it by gradient.
 
@@ -85,6 +113,7 @@ class PatchTokenizer(FrameTokenizer):
         self._check_frames(frames)
         cfg = self.config
         x = frames.to(dtype=self.codebook.dtype) * 2.0 - 1.0
+        x = shift_rows(x, cfg.row_offset, fill=-1.0)  # the grid's rows, black above the frame
         p, s = cfg.patch_size, cfg.latent_size
         patches = F.unfold(x, kernel_size=p, stride=p)  # (B, C*p*p, h*w), channel-major
         return self._quantize(patches.reshape(x.shape[0], cfg.embed_dim, s, s))
@@ -99,4 +128,5 @@ class PatchTokenizer(FrameTokenizer):
         cfg = self.config
         size, p = cfg.image_size, cfg.patch_size
         flat = z_quantized.flatten(2)  # (B, C*p*p, h*w)
-        return F.fold(flat, output_size=(size, size), kernel_size=p, stride=p)
+        grid = F.fold(flat, output_size=(size, size), kernel_size=p, stride=p)  # (B, C, H, W)
+        return shift_rows(grid, -cfg.row_offset, fill=-1.0)  # the frame's rows, black below
