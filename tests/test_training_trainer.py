@@ -300,7 +300,7 @@ def test_moving_weight_weighs_the_world_model_loss_by_moved_patches(
         )  # fmt: skip
         b, t = trainer.config.world_model.batch_size, trainer.config.world_model.segment_length
         seen = [(tuple(obs.shape), obs.dtype, *rest) for obs, *rest in calls]
-        expected = ((b, t, 64, 64, 3), torch.uint8, 8, 10.0, moving_from)
+        expected = ((b, t, 64, 64, 3), torch.uint8, 8, 10.0, moving_from, 0)  # row offset 0
         assert seen and all(s == expected for s in seen)
         assert "obs_weighted" in metrics and metrics["obs_weighted"] != metrics["obs"]
 
@@ -335,7 +335,7 @@ def test_dreamed_heads_match_counts_the_matching_dreamed_frames(
     b, t = trainer.config.world_model.batch_size, trainer.config.world_model.segment_length
     k = trainer.model.config.tokenizer.tokens_per_frame
     seen = [(tuple(d.shape), tuple(r.shape), tuple(o.shape), *rest) for d, r, o, *rest in calls]
-    assert seen == [((b, t, k), (b, t, k), (b, t, 64, 64, 3), 8, 0.75)] * 2
+    assert seen == [((b, t, k), (b, t, k), (b, t, 64, 64, 3), 8, 0.75, 0)] * 2  # row offset 0
     assert 0.0 <= metrics["dreamed_counted"] <= 1.0 and "reward_dreamed" in metrics
     config = TrainConfig.from_preset("smoke", "Breakout")
     for fields, message in (
