@@ -40,9 +40,9 @@ class TokenizerConfig:
         row_offset: Not in REM (0). A patch tokenizer's grid starts this many rows above the
             frame: the frame is read moved down by ``row_offset`` rows (black above it), and
             its bottom ``row_offset`` rows are not read and decode as black, so they must be
-            black in the game (Breakout's rows 60-63 of 64 are). It lets a row of patches end
-            where a game's objects do (Breakout's bricks end at row 28: offset 3). Only for
-            ``kind="patch"``, below ``patch_size``.
+            black in the game (Breakout's rows 60-63 of 64 are, in the frames measured). It
+            lets a row of patches end where a game's objects do (Breakout's bricks end at row
+            28: offset 3). Only for ``kind="patch"``, below ``patch_size``.
     """
 
     image_size: int = 64

@@ -320,13 +320,13 @@ def apply_warm_start(
     problems: list[str] = []
     notes: list[str] = []
     added: dict[str, Tensor] = {}
-    ours = modules["world_model"].config.tokenizer.row_offset  # type: ignore[union-attr]
-    grid_parts = {"tokenizer", "world_model"} & set(parts)
-    if grid_parts and warm.row_offset is not None and warm.row_offset != ours:
-        problems.append(
-            f"the source's patch grid starts {warm.row_offset} rows above the frame, this "
-            f"run's {ours} (set --patch-row-offset {warm.row_offset})"
-        )
+    if {"tokenizer", "world_model"} & set(parts) and warm.row_offset is not None:
+        ours = modules["world_model"].config.tokenizer.row_offset  # type: ignore[union-attr]
+        if warm.row_offset != ours:
+            problems.append(
+                f"the source's patch grid starts {warm.row_offset} rows above the frame, this "
+                f"run's {ours} (set --patch-row-offset {warm.row_offset})"
+            )
     for part in parts:
         if part not in warm.states:
             raise WarmStartError(
