@@ -261,14 +261,18 @@ def test_replay_token_cache_leaves_every_step_unchanged(tmp_path: Path) -> None:
 
 
 def _world_model_epoch_recording(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, function: str, **world_model: Any
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    function: str,
+    config: TrainConfig | None = None,
+    **world_model: Any,
 ) -> tuple[list[tuple[Any, ...]], dict[str, Any], Trainer]:
-    """One world-model epoch of 2 steps of a ``smoke`` Breakout run with ``world_model``
-    fields set, recording the arguments of every call of the trainer module's ``function``
-    (positional ones, then the values of keyword ones)."""
+    """One world-model epoch of 2 steps of a run (default: ``smoke`` Breakout) with
+    ``world_model`` fields set, recording the arguments of every call of the trainer module's
+    ``function`` (positional ones, then the values of keyword ones)."""
     import rem_train.trainer as trainer_module
 
-    config = TrainConfig.from_preset("smoke", "Breakout")
+    config = config or TrainConfig.from_preset("smoke", "Breakout")
     wm = dataclasses.replace(config.world_model, steps_per_epoch=2, **world_model)
     config = dataclasses.replace(config, world_model=wm)
     calls, real = [], getattr(trainer_module, function)
@@ -303,6 +307,32 @@ def test_moving_weight_weighs_the_world_model_loss_by_moved_patches(
         expected = ((b, t, 64, 64, 3), torch.uint8, 8, 10.0, moving_from, 0)  # row offset 0
         assert seen and all(s == expected for s in seen)
         assert "obs_weighted" in metrics and metrics["obs_weighted"] != metrics["obs"]
+
+
+def test_a_patch_run_on_a_moved_grid_reads_the_moved_patches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A patch model whose grid starts 3 rows above the frame (``patch_row_offset``), trained
+    end to end on real frames: the moved patches and the dreamed frames' match are those of
+    its grid, and the world model's losses are finite."""
+    config = TrainConfig.from_preset("smoke", "Breakout")
+    tokenizer = dataclasses.replace(config.tokenizer, start_after_epoch=10**6)
+    config = dataclasses.replace(config, model="patch", tokenizer=tokenizer, patch_row_offset=3)
+    REMModel(config.model_config(), num_start_contexts=2).save_pretrained(tmp_path / "fit")
+    common = dataclasses.replace(
+        config.common, init_from=str(tmp_path / "fit"), init_parts="tokenizer"
+    )
+    config = dataclasses.replace(config, common=common)
+    for function, fields in (
+        ("moving_patch_weights", {"moving_weight": 10.0}),
+        ("matching_blocks", {"dreamed_heads_weight": 1.0, "dreamed_heads_match": 0.75}),
+    ):
+        calls, metrics, trainer = _world_model_epoch_recording(
+            tmp_path / function, monkeypatch, function, config, **fields
+        )
+        assert trainer.model.tokenizer.config.row_offset == 3
+        assert calls and all(args[-1] == 3 for args in calls), function  # the row offset
+        assert all(np.isfinite(value) for value in metrics.values() if isinstance(value, float))
 
 
 def test_end_weight_and_dreamed_heads_reach_the_world_model_loss(
