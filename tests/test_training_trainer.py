@@ -19,7 +19,7 @@ from rem_env import REMModel
 from rem_env.actor_critic_files import load_actor_critic
 from rem_train.batches import ReplayTokens, frames_to_tensor
 from rem_train.checkpoint import load_checkpoint
-from rem_train.config import TrainConfig
+from rem_train.config import NEVER, TrainConfig
 from rem_train.optim import weight_decay_groups
 from rem_train.replay import ReplayBuffer
 from rem_train.run_log import read_metrics
@@ -316,7 +316,7 @@ def test_a_patch_run_on_a_moved_grid_reads_the_moved_patches(
     end to end on real frames: the moved patches and the dreamed frames' match are those of
     its grid, and the world model's losses are finite."""
     config = TrainConfig.from_preset("smoke", "Breakout")
-    tokenizer = dataclasses.replace(config.tokenizer, start_after_epoch=10**6)
+    tokenizer = dataclasses.replace(config.tokenizer, start_after_epoch=NEVER)
     config = dataclasses.replace(config, model="patch", tokenizer=tokenizer, patch_row_offset=3)
     REMModel(config.model_config(), num_start_contexts=2).save_pretrained(tmp_path / "fit")
     common = dataclasses.replace(
