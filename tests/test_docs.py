@@ -126,6 +126,8 @@ def documented(prefix: str) -> list[tuple[str, list[str]]]:
         ("pretrain_frame_conv", 2),
         ("train_event_reader", 2),
         ("train_event_window", 2),
+        ("fit_patch_tokenizer", 2),
+        ("swap_tokenizer", 2),
     ],  # README and the Training page
 )
 def test_documented_pretraining_commands_parse(module: str, pages: int) -> None:
