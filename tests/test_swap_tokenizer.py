@@ -11,6 +11,7 @@ import torch
 
 from rem_env import REMModel
 from rem_env.config import REMConfig, TokenizerConfig, WorldModelConfig
+from rem_env.manifest import ProtocolManifest, TrainingBudget
 from rem_train.swap_tokenizer import SwapError, main, parents, swap_tokenizer
 
 V = 64  # more codes than a patch's 48 pixels: the pixels-to-embedding map is a least squares fit
@@ -113,7 +114,8 @@ def test_another_grid_or_a_vq_vae_is_a_clear_error() -> None:
 
 def test_the_command_writes_a_model_folder_with_its_lineage(tmp_path: Path, capsys) -> None:
     patches = torch.rand(V, 3, 4, 4)
-    _model(patches, seed=0).float().save_pretrained(tmp_path / "old")
+    manifest = ProtocolManifest(game="Breakout", training=TrainingBudget(env_steps=123_456))
+    _model(patches, seed=0).float().save_pretrained(tmp_path / "old", manifest=manifest)
     more = torch.cat([patches, torch.rand(8, 3, 4, 4)])
     _model(more, seed=1).float().save_pretrained(tmp_path / "fit")
     argv = ["--model", str(tmp_path / "old"), "--tokenizer", str(tmp_path / "fit")]
@@ -124,6 +126,7 @@ def test_the_command_writes_a_model_folder_with_its_lineage(tmp_path: Path, caps
     assert torch.equal(
         new.tokenizer.codebook, REMModel.from_pretrained(tmp_path / "fit").tokenizer.codebook
     )
+    assert new.manifest == manifest  # the old model's game and budget, not a new default
     record = json.loads((tmp_path / "new" / "training.json").read_text())
     assert record["command"].startswith("python -m rem_train.swap_tokenizer --model")
     moved = dataclasses.replace(TOKENIZER, row_offset=2)

@@ -90,6 +90,7 @@ def swap_tokenizer(model: REMModel, tokenizer: REMModel) -> REMModel:
     swapped.to(dtype)
     swapped.tokenizer.load_state_dict(tokenizer.tokenizer.state_dict())
     swapped.set_start_contexts(tokenizer.start_tokens, tokenizer.start_actions)
+    swapped.manifest = model.manifest  # the same game and protocol
 
     old_codes = model.tokenizer.codebook.detach().double()  # (V_old, C*p*p)
     new_codes = swapped.tokenizer.codebook.detach().double()  # (V_new, C*p*p)
