@@ -118,6 +118,8 @@ def test_the_command_writes_a_model_folder_with_its_lineage(tmp_path: Path, caps
     _model(patches, seed=0).float().save_pretrained(tmp_path / "old", manifest=manifest)
     more = torch.cat([patches, torch.rand(8, 3, 4, 4)])
     _model(more, seed=1).float().save_pretrained(tmp_path / "fit")
+    fit_record = {"lineage": [], "command": "python -m rem_train.fit_patch_tokenizer --out fit"}
+    (tmp_path / "fit" / "training.json").write_text(json.dumps(fit_record))
     argv = ["--model", str(tmp_path / "old"), "--tokenizer", str(tmp_path / "fit")]
     assert main([*argv, "--out", str(tmp_path / "new")]) == 0
     assert f"{V + 8} codes from {V}" in capsys.readouterr().out
@@ -129,6 +131,7 @@ def test_the_command_writes_a_model_folder_with_its_lineage(tmp_path: Path, caps
     assert new.manifest == manifest  # the old model's game and budget, not a new default
     record = json.loads((tmp_path / "new" / "training.json").read_text())
     assert record["command"].startswith("python -m rem_train.swap_tokenizer --model")
+    assert [step["command"] for step in record["lineage"]] == [fit_record["command"]]
     moved = dataclasses.replace(TOKENIZER, row_offset=2)
     REMModel(REMConfig(4, moved, WORLD_MODEL, game="Breakout")).save_pretrained(tmp_path / "moved")
     with pytest.raises(SystemExit) as exit_info:
