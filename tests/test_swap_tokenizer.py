@@ -116,13 +116,17 @@ def test_the_command_writes_a_model_folder_with_its_lineage(tmp_path: Path, caps
     patches = torch.rand(V, 3, 4, 4)
     manifest = ProtocolManifest(game="Breakout", training=TrainingBudget(env_steps=123_456))
     _model(patches, seed=0).float().save_pretrained(tmp_path / "old", manifest=manifest)
-    more = torch.cat([patches, torch.rand(8, 3, 4, 4)])
+    # the last old code left out, 9 new ones beside code 0
+    more = torch.cat([patches[:-1], patches[0] + 0.01 * torch.rand(9, 3, 4, 4)])
     _model(more, seed=1).float().save_pretrained(tmp_path / "fit")
     fit_record = {"lineage": [], "command": "python -m rem_train.fit_patch_tokenizer --out fit"}
     (tmp_path / "fit" / "training.json").write_text(json.dumps(fit_record))
     argv = ["--model", str(tmp_path / "old"), "--tokenizer", str(tmp_path / "fit")]
     assert main([*argv, "--out", str(tmp_path / "new")]) == 0
-    assert f"{V + 8} codes from {V}" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert (
+        f"{V + 8} codes from {V}; 1 old codes have more than one child (at most 10), 1 none" in said
+    )
     new = REMModel.from_pretrained(tmp_path / "new")
     assert new.config.tokenizer.vocab_size == V + 8
     assert torch.equal(

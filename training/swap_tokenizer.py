@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if actor_critic_file(args.model) is not None:
         actor_critic = load_actor_critic(args.model)
     codes = parents(swapped.tokenizer.codebook.detach(), model.tokenizer.codebook.detach())
-    families = torch.bincount(codes)
+    families = torch.bincount(codes, minlength=model.config.tokenizer.vocab_size)
     old_v, new_v = model.config.tokenizer.vocab_size, swapped.config.tokenizer.vocab_size
     record = {
         "command": shlex.join(["python", "-m", "rem_train.swap_tokenizer", *argv]),
