@@ -110,7 +110,7 @@ def swap_tokenizer(model: REMModel, tokenizer: REMModel) -> REMModel:
     state = {}
     v_old = len(old_codes)
     out_keys = {f"{name}.{part}" for name in OUTPUTS for part in ("weight", "bias")}
-    head = max(int(k.split(".")[1]) for k in old_state if k.startswith("head_obs."))
+    head = len(model.world_model.head_obs) - 1  # the head's output layer
     out_keys |= {f"head_obs.{head}.weight", f"head_obs.{head}.bias"}
     # the logits of a next token are the sum of the head's and the frame conv's (and its
     # completion's): one bias takes the share
