@@ -476,8 +476,9 @@ def test_world_model_frame_conv_pixels_is_an_option_of_patch_models() -> None:
     [
         Path(__file__).resolve().parent.parent / "rem_env" / "weights" / "Breakout",
         Path(__file__).resolve().parent.parent / "warm_starts" / "Breakout-vqvae",
+        Path(__file__).resolve().parent.parent / "warm_starts" / "Breakout-moved-grid-1024",
     ],
-    ids=["bundled-patch-model", "vqvae-model"],
+    ids=["bundled-patch-model", "vqvae-model", "patch-model-of-1024-codes"],
 )
 def test_architecture_options_build_a_run_of_the_models_shape(folder: Path) -> None:
     """The options benchmarks/gpu_check.sh gives a run warm-started from a model folder: the
@@ -489,6 +490,38 @@ def test_architecture_options_build_a_run_of_the_models_shape(folder: Path) -> N
     built = build_config(vars(parser().parse_args(argv))).model_config().to_dict()
     assert built["tokenizer"] == saved["tokenizer"]
     assert built["world_model"] == saved["world_model"]
+
+
+def test_a_patch_tokenizer_of_more_codes_is_taken_with_its_option(tmp_path: Path) -> None:
+    """A patch model of 1,024 codes (``fit_patch_tokenizer --vocab-size 1024``): a run with
+    ``--patch-vocab-size 1024`` takes its tokenizer and world model whole; a run of the default
+    512 codes refuses it, naming the option, which architecture_options gives too."""
+    base = _config(None)
+    tokenizer = dataclasses.replace(base.tokenizer, start_after_epoch=NEVER)
+    base = dataclasses.replace(base, model="patch", tokenizer=tokenizer)
+    more = dataclasses.replace(base, patch_vocab_size=1024)
+    torch.manual_seed(7)
+    model = REMModel(more.model_config(), num_start_contexts=2)
+    assert model.config.tokenizer.vocab_size == 1024
+    model.save_pretrained(tmp_path / "source")
+    raw = json.loads((tmp_path / "source" / "config.json").read_text())
+    assert architecture_options(raw)[:4] == ["--model", "patch", "--patch-vocab-size", "1024"]
+    common = dataclasses.replace(
+        base.common, init_from=str(tmp_path / "source"), init_parts="tokenizer,world_model"
+    )
+    with pytest.raises(WarmStartError, match="--patch-vocab-size 1024"):
+        Trainer(dataclasses.replace(base, common=common), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    trainer = Trainer(dataclasses.replace(more, common=common), tmp_path / "run")
+    try:
+        assert _equal(trainer.model.state_dict(), model.state_dict())
+    finally:
+        trainer.close()
+    argv = ["--preset", "breakout", "--model", "patch", "--patch-vocab-size", "1024"]
+    built = build_config(vars(parser().parse_args(argv))).model_config()
+    assert built.tokenizer.vocab_size == 1024
+    with pytest.raises(ValueError, match="patch_vocab_size sizes a patch tokenizer's codebook"):
+        dataclasses.replace(more, model="cpu")
 
 
 def test_a_patch_grid_that_starts_elsewhere_is_a_clear_error(tmp_path: Path) -> None:

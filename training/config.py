@@ -272,6 +272,11 @@ class TrainConfig:
         "not in REM: rows the patch tokenizer's grid starts above the frame (--model patch; "
         "the fitted tokenizer's own, python -m rem_train.fit_patch_tokenizer --row-offset)",
     )
+    patch_vocab_size: int = doc(
+        512,
+        "not in REM: codes of the patch tokenizer (--model patch; the fitted tokenizer's own, "
+        "python -m rem_train.fit_patch_tokenizer --vocab-size)",
+    )
     world_model_layers: int | None = doc(
         None,
         "RetNet layers of the world model (None: the model sizes' own, 2 for cpu and cpu512, 5 "
@@ -436,6 +441,13 @@ class TrainConfig:
                 "patch_row_offset moves a patch tokenizer's grid: set model to 'patch' "
                 f"(--model patch), got {self.model!r}"
             )
+        if self.patch_vocab_size != PATCH_TOKENIZER.vocab_size and self.model != "patch":
+            raise ValueError(
+                "patch_vocab_size sizes a patch tokenizer's codebook: set model to 'patch' "
+                f"(--model patch), got {self.model!r}"
+            )
+        if self.patch_vocab_size < 2:
+            raise ValueError(f"patch_vocab_size must be >= 2, got {self.patch_vocab_size}")
         if self.world_model_frame_conv_pixels and self.model != "patch":
             raise ValueError(
                 "world_model_frame_conv_pixels reads the pixels of a patch tokenizer's codes: "
@@ -538,6 +550,8 @@ class TrainConfig:
         else:
             tokenizer, world_model = _MODEL_SIZES[self.model]
             tokenizer = dataclasses.replace(tokenizer, row_offset=self.patch_row_offset)
+            if self.model == "patch":
+                tokenizer = dataclasses.replace(tokenizer, vocab_size=self.patch_vocab_size)
             config = REMConfig(self.num_actions, tokenizer, world_model, game=self.game)
         world_model = config.world_model
         if self.world_model_layers is not None:

@@ -90,9 +90,10 @@ def architecture_options(config: dict[str, Any]) -> list[str]:
     """The ``rem-train`` options whose run builds a model of this ``config.json``'s shape.
 
     A run warm-started whole from a model (``--init-from``) needs a model of the same sizes: a
-    patch tokenizer (``--model patch``), its RetNet's layers, and the parts not in REM (frame
-    conv, event reader, event window) with their settings. Everything else -- the width of the
-    RetNet, the codes of a VQ-VAE -- comes from the run's preset and ``--model``.
+    patch tokenizer (``--model patch``, its grid and its number of codes), its RetNet's layers,
+    and the parts not in REM (frame conv, event reader, event window) with their settings.
+    Everything else -- the width of the RetNet, the codes of a VQ-VAE -- comes from the run's
+    preset and ``--model``.
 
     Args:
         config: A model folder's ``config.json``, as a dict.
@@ -109,6 +110,8 @@ def architecture_options(config: dict[str, Any]) -> list[str]:
         --world-model-event-window-reads-next false --world-model-event-window-change-width 0'
     """
 
+    from rem_train.config import PATCH_TOKENIZER  # it imports this module
+
     def flag(value: Any) -> str:
         return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -117,6 +120,8 @@ def architecture_options(config: dict[str, Any]) -> list[str]:
     options = ["--model", "patch"] if tokenizer["kind"] == "patch" else []
     if tokenizer["row_offset"]:
         options += ["--patch-row-offset", flag(tokenizer["row_offset"])]
+    if tokenizer["kind"] == "patch" and tokenizer["vocab_size"] != PATCH_TOKENIZER.vocab_size:
+        options += ["--patch-vocab-size", flag(tokenizer["vocab_size"])]
     options += ["--world-model-layers", flag(world_model["num_layers"])]
     if world_model["frame_conv_layers"]:
         options += ["--world-model-frame-conv", flag(world_model["frame_conv_layers"])]
