@@ -36,6 +36,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -97,30 +98,75 @@ report's ``end_*_early`` figures (the exact-step ones count it only at the real 
 
 
 @dataclass
-class _EarlyEnds:
-    """Dreamed episode ends up to ``END_EARLY_STEPS`` before (or at) the real end of a dream."""
+class _EndHits:
+    """Dreamed episode ends at steps a rule counts right, and the real ends they found.
+
+    Each dream adds its dreamed ends and its real end (if one comes within its horizon); a
+    dream is compared only until its real end, so its right ends belong to that real end.
+    """
 
     dreamed: int = 0
-    dreamed_in_window: int = 0
+    dreamed_right: int = 0
     real: int = 0
     real_found: int = 0
 
-    def add(self, dreamed_steps: list[int], real_step: int | None) -> None:
-        """One dream: the imagined steps it ended at, and the step of its real end (or None)."""
-        window = [] if real_step is None else [
-            d for d in dreamed_steps if real_step - END_EARLY_STEPS <= d <= real_step
-        ]  # fmt: skip
+    def add_dream(
+        self, dreamed_steps: list[int], real_step: int | None, right: Container[int]
+    ) -> None:
+        """One dream: the imagined steps it ended at, the step of its real end (or None), and
+        the imagined steps that count as right."""
+        hits = [d for d in dreamed_steps if d in right]
         self.dreamed += len(dreamed_steps)
-        self.dreamed_in_window += len(window)
+        self.dreamed_right += len(hits)
         if real_step is not None:
             self.real += 1
-            self.real_found += int(bool(window))
+            self.real_found += int(bool(hits))
 
     def precision(self) -> float | None:
-        return self.dreamed_in_window / self.dreamed if self.dreamed else None
+        return self.dreamed_right / self.dreamed if self.dreamed else None
 
     def recall(self) -> float | None:
         return self.real_found / self.real if self.real else None
+
+
+class _EarlyEnds(_EndHits):
+    """Dreamed episode ends up to ``END_EARLY_STEPS`` before (or at) the real end of a dream."""
+
+    def add(self, dreamed_steps: list[int], real_step: int | None) -> None:
+        """One dream: the imagined steps it ended at, and the step of its real end (or None)."""
+        window = () if real_step is None else range(real_step - END_EARLY_STEPS, real_step + 1)
+        self.add_dream(dreamed_steps, real_step, window)
+
+
+def steps_after_object_left(seen: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The steps at which a life is already lost: after the last frame of its episode that
+    shows the probed object, up to the step that ends the episode.
+
+    An episode whose frames never show the object, and the steps after the last end, have
+    none. In Breakout the ball's last frame comes some steps before the game takes the life:
+    a dream that ends the life anywhere in between ends it after the ball has gone.
+
+    Args:
+        seen: (T,) bool, whether the probe sees its object in each step's frame.
+        ends: (T,) bool, True at the step that ended the episode.
+
+    Returns:
+        (T,) bool.
+
+    Example:
+        >>> seen = np.array([1, 1, 0, 1, 0, 0, 0, 1, 0, 0], bool)
+        >>> ends = np.array([0, 0, 0, 0, 0, 1, 0, 0, 0, 1], bool)
+        >>> steps_after_object_left(seen, ends).astype(int).tolist()
+        [0, 0, 0, 0, 1, 1, 0, 0, 1, 1]
+    """
+    lost = np.zeros(len(ends), dtype=bool)
+    first = 0
+    for end in np.flatnonzero(ends):
+        shown = np.flatnonzero(seen[first : end + 1])
+        if len(shown):
+            lost[first + int(shown[-1]) + 1 : end + 1] = True
+        first = int(end) + 1
+    return lost
 
 
 @dataclass(frozen=True)
@@ -190,6 +236,14 @@ class FidelityReport:
             is compared until its real episode ends, so a later dreamed end cannot be seen).
         end_recall_early: Of the real episode ends in the dreams' horizons, the share whose
             dream ended at it or up to :data:`END_EARLY_STEPS` steps before it.
+        end_precision_object_left: For games with object probes: of the dreamed episode ends,
+            the share that came after the real episode's last frame showing the first probe's
+            object (in Breakout the ball), when the life is already lost, and no later than
+            its real end (:func:`steps_after_object_left`; a real end past the dream's horizon
+            counts). None without probes.
+        end_recall_object_left: Likewise: of the real episode ends in the dreams' horizons,
+            the share whose dream ended after the object's last real frame, up to the end.
+        end_object: The probe's object those two figures go by (None without probes).
         context: Real frames each dream started from, at most (fewer where its episode had
             fewer before the start; None: the world model's ``context_length``).
     """
@@ -224,6 +278,9 @@ class FidelityReport:
     dreamed_ends: int = 0
     end_precision_early: float | None = None
     end_recall_early: float | None = None
+    end_precision_object_left: float | None = None
+    end_recall_object_left: float | None = None
+    end_object: str | None = None
     event_temperature: float | None = None
     rule: dict[str, Any] = field(default_factory=dict)
     context: int | None = None
@@ -324,12 +381,22 @@ class FidelityReport:
             f"{self.dreamed_rewards} dreamed). Episode ends: precision "
             f"{_fmt(self.end_precision)}, recall {_fmt(self.end_recall)} ({self.real_ends} real "
             f"ends, {self.dreamed_ends} dreamed); up to {END_EARLY_STEPS} steps early: precision "
-            f"{_fmt(self.end_precision_early)}, recall {_fmt(self.end_recall_early)}. "
+            f"{_fmt(self.end_precision_early)}, recall {_fmt(self.end_recall_early)}"
+            f"{self._object_left_words()}. "
             f"{self.rollouts} dreams of {self.horizon} "
             f"steps from {self.episodes} real episodes ({self.real_steps} real steps)"
             f"{self._context_words()}.{played}"
         )
         return "\n".join(rows)
+
+    def _object_left_words(self) -> str:
+        if self.end_object is None:
+            return ""
+        return (
+            f"; after the real {self.end_object}'s last frame (the life already lost), up to "
+            f"the real end: precision {_fmt(self.end_precision_object_left)}, recall "
+            f"{_fmt(self.end_recall_object_left)}"
+        )
 
     def _context_words(self) -> str:
         if self.context is None:
@@ -685,10 +752,16 @@ def measure_fidelity(
     step_rewards = [_Counts() for _ in range(horizon)]
     step_ends = [_Counts() for _ in range(horizon)]
     early_ends = _EarlyEnds()
+    after_left = _EndHits()
     motion = [_MotionError() for _ in range(horizon)]
     with_ram = all(traj.ram is not None for traj in trajectories)
     probes = probes_for(model.config.game or "") if with_ram else ()
     dream_objects = {p.name: [ObjectCounts() for _ in range(horizon)] for p in probes}
+    # Per episode: the steps at which its life is already lost, by the first probe's object.
+    lost_steps = [
+        steps_after_object_left(probes[0].find(traj.frames[: len(traj)]).found, traj.ends)
+        for traj in trajectories
+    ] if probes else None  # fmt: skip
     # Per step h >= 2: [dreams whose object was near at h-1 and is checkable at h, of them near]
     kept = {p.name: np.zeros((horizon, 2), dtype=np.int64) for p in probes}
     # The same for the dreams whose object was close at h-1.
@@ -832,8 +905,13 @@ def measure_fidelity(
             if dreamed and len(dreamed) < h:
                 dreamed = []  # the first dream's episode ended: no strip from it
             alive = seen
-        for steps_ended, real_step in zip(dreamed_end_steps, real_end_step, strict=True):
+        for (i, t), steps_ended, real_step in zip(
+            batch, dreamed_end_steps, real_end_step, strict=True
+        ):
             early_ends.add(steps_ended, real_step)
+            if lost_steps is not None:  # imagined step h is real step t + h - 1
+                right = {h for h in steps_ended if lost_steps[i][t + h - 1]}
+                after_left.add_dream(steps_ended, real_step, right)
         if not strip and len(dreamed) == horizon:
             i, t = batch[0]
             strip = {
@@ -911,6 +989,9 @@ def measure_fidelity(
         dreamed_ends=ends.tp + ends.fp,
         end_precision_early=early_ends.precision(),
         end_recall_early=early_ends.recall(),
+        end_precision_object_left=after_left.precision() if probes else None,
+        end_recall_object_left=after_left.recall() if probes else None,
+        end_object=probes[0].name if probes else None,
         rule=rule_scores,
     )
     return report, strip

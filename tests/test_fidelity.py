@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import rem_env.fidelity as fidelity_module
 from rem_env import REMConfig, REMModel
 from rem_env.agents import RandomAgent
 from rem_env.cli import main
@@ -17,6 +18,7 @@ from rem_env.fidelity import (
     record_real_trajectories,
     run_fidelity,
 )
+from rem_env.probes import ProbeHits, RealObjects
 
 
 def _model() -> REMModel:
@@ -225,6 +227,51 @@ def test_ends_dreamed_up_to_two_steps_early_are_found():
     assert "up to 2 steps early: precision 0.500, recall 1.000" in report.summary_table()
 
 
+class _BrightFrameBall:
+    """A probe that sees its object in every bright frame (mean above 128) and nowhere else."""
+
+    name = "ball"
+
+    def real_positions(self, ram: np.ndarray, size: int) -> RealObjects:
+        everywhere = np.ones(len(ram), dtype=bool)
+        return RealObjects(np.zeros((len(ram), 2)), everywhere, everywhere)
+
+    def find(self, frames: np.ndarray) -> ProbeHits:
+        return ProbeHits(np.zeros((len(frames), 2)), frames.mean(axis=(1, 2, 3)) > 128)
+
+
+def test_ends_dreamed_after_the_object_left_are_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dreamed end counts when the real life was already lost: after the real episode's
+    last frame that shows the probe's object, up to its real end."""
+    model = _model()
+    with torch.no_grad():  # a world model that ends every dreamed step
+        model.world_model.head_end[2].weight.zero_()
+        model.world_model.head_end[2].bias.copy_(torch.tensor([0.0, 50.0]))
+    frames = np.zeros((7, 16, 16, 3), np.uint8)
+    frames[:3] = 255  # the object shown in the frames of steps 0-2, gone from step 3 on
+    traj = RealTrajectory(
+        frames, np.zeros(6, np.int64), np.zeros(6, np.float32),
+        np.asarray([False] * 5 + [True]), ram=np.zeros((7, 128), np.uint8),
+    )  # fmt: skip
+    monkeypatch.setattr(fidelity_module, "probes_for", lambda game: (_BrightFrameBall(),))
+    report, _ = measure_fidelity(model, [traj], horizon=3, stride=1, temperature=1.0)
+    # Starts t = 1..5 dream real steps t..t+2 until the real end at step 5, ending at each;
+    # the life is lost at steps 3-5: start 1 ends once there, 2 twice, 3 three times (its
+    # real end at h=3), 4 twice (h=2), 5 once (h=1): 9 of 12 dreamed ends, all 3 real ends.
+    assert report.dreamed_ends == 12 and report.real_ends == 3
+    assert report.end_object == "ball"
+    assert report.end_precision_object_left == pytest.approx(9 / 12)
+    assert report.end_recall_object_left == 1.0
+    assert report.end_precision_early == pytest.approx(6 / 12)  # unchanged
+    assert (
+        "after the real ball's last frame (the life already lost), up to the real end: "
+        "precision 0.750, recall 1.000" in report.summary_table()
+    )
+    plain = RealTrajectory(traj.frames, traj.actions, traj.rewards, traj.ends)  # no RAM
+    without, _ = measure_fidelity(model, [plain], horizon=3, stride=1)  # no probes
+    assert without.end_object is None and without.end_precision_object_left is None
+
+
 def test_early_ends_count_each_dream_once():
     from rem_env.fidelity import _EarlyEnds
 
@@ -233,7 +280,7 @@ def test_early_ends_count_each_dream_once():
     early.add([2], real_step=None)  # a dreamed end where the real episode went on
     early.add([], real_step=3)  # a real end the dream missed
     early.add([3, 4], real_step=4)  # one real end found twice: counted once
-    assert (early.dreamed, early.dreamed_in_window, early.real, early.real_found) == (6, 3, 3, 2)
+    assert (early.dreamed, early.dreamed_right, early.real, early.real_found) == (6, 3, 3, 2)
     assert early.precision() == 0.5 and early.recall() == pytest.approx(2 / 3)
     assert _EarlyEnds().precision() is None and _EarlyEnds().recall() is None
 
