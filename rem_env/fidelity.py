@@ -66,6 +66,7 @@ __all__ = [
     "run_fidelity",
     "save_curve_png",
     "save_strip_png",
+    "steps_after_object_left",
     "to_pixels",
 ]
 
@@ -239,8 +240,8 @@ class FidelityReport:
         end_precision_object_left: For games with object probes: of the dreamed episode ends,
             the share that came after the real episode's last frame showing the first probe's
             object (in Breakout the ball), when the life is already lost, and no later than
-            its real end (:func:`steps_after_object_left`; a real end past the dream's horizon
-            counts). None without probes.
+            its real end (:func:`steps_after_object_left`; also where that end comes after the
+            dream's horizon). None without probes.
         end_recall_object_left: Likewise: of the real episode ends in the dreams' horizons,
             the share whose dream ended after the object's last real frame, up to the end.
         end_object: The probe's object those two figures go by (None without probes).

@@ -522,6 +522,8 @@ def test_a_patch_tokenizer_of_more_codes_is_taken_with_its_option(tmp_path: Path
     assert built.tokenizer.vocab_size == 1024
     with pytest.raises(ValueError, match="patch_vocab_size sizes a patch tokenizer's codebook"):
         dataclasses.replace(more, model="cpu")
+    with pytest.raises(ValueError, match="patch_vocab_size must be >= 2"):
+        dataclasses.replace(more, patch_vocab_size=1)
 
 
 def test_a_patch_grid_that_starts_elsewhere_is_a_clear_error(tmp_path: Path) -> None:
