@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -39,7 +38,7 @@ from torch import Tensor
 from rem_env.actor_critic_files import actor_critic_file, load_actor_critic
 from rem_env.model import REMModel
 
-from .warm_start import LINEAGE_FILE, export_with_lineage, lineage_of
+from .warm_start import export_with_lineage, lineage_of
 
 # world-model weights whose rows are the codes (the rest of each one's rows follow the codes)
 EMBEDDINGS = ("embedding.weight", "event_window.token_embedding.weight")
@@ -167,11 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "rem_train.swap_tokenizer", *argv]),
         "preset": f"tokenizer swapped ({old_v} -> {new_v} codes)",
     }
-    folder = export_with_lineage(swapped, actor_critic, Path(args.out), args.model, record)
     # the lineage: the model's, then the new tokenizer's (its fit), then this swap
-    info = json.loads((folder / LINEAGE_FILE).read_text())
-    info["lineage"] += lineage_of(Path(args.tokenizer))
-    (folder / LINEAGE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    fit = lineage_of(Path(args.tokenizer))
+    folder = export_with_lineage(swapped, actor_critic, Path(args.out), args.model, record, fit)
     print(
         f"{folder}: {new_v} codes from {old_v}; {int((families > 1).sum())} old codes have "
         f"more than one child (at most {int(families.max())}), {int((families == 0).sum())} none"

@@ -29,6 +29,7 @@ import copy
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,10 +257,16 @@ def _run_row_offset(checkpoint: Path) -> int | None:
 
 
 def export_with_lineage(
-    model: Any, actor_critic: nn.Module | None, folder: Path, init_from: str, record: dict
+    model: Any,
+    actor_critic: nn.Module | None,
+    folder: Path,
+    init_from: str,
+    record: dict,
+    joined: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Saves ``model`` (and ``actor_critic`` where given) as a model folder whose training
-    record is ``record`` after the lineage of ``init_from`` (where that is a folder).
+    record is ``record`` after the lineage of ``init_from`` (where that is a folder) and then
+    ``joined``, the lineage of another part it took (a swapped-in tokenizer's fit).
 
     For the trainings that start from a model and change part of it (the frame conv's and the
     event reader's pretrainings). Returns ``folder``.
@@ -270,7 +277,7 @@ def export_with_lineage(
     if actor_critic is not None:
         save_actor_critic(actor_critic, folder)
     path = Path(init_from).expanduser()
-    earlier = lineage_of(path) if path.is_dir() else []
+    earlier = [*(lineage_of(path) if path.is_dir() else []), *joined]
     (folder / LINEAGE_FILE).write_text(json.dumps({"lineage": earlier, **record}, indent=2) + "\n")
     return folder
 
